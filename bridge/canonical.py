@@ -1,0 +1,142 @@
+"""The bridge's own vocabulary: what mapping produces and the stateful step consumes.
+
+Mapping (per source) turns one webhook payload into a `Mapped`: candidate canonical events and
+trait updates, each naming the person through the keys the payload carries (`PersonRef`). The
+stateful step (identity graph, cart state, once-only rules) decides which become Pipelines calls.
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Canonical event names (snake_case default; `EVENT_NAMING=segment` renames at the edge).
+ADDED_TO_CART = "added_to_cart"
+CHECKOUT_STARTED = "checkout_started"
+ORDER_COMPLETED = "order_completed"
+ORDER_REFUNDED = "order_refunded"
+ORDER_FULFILLED = "order_fulfilled"
+ORDER_CANCELLED = "order_cancelled"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PersonRef(Frozen):
+    """Every key a payload offers for finding its person. All ids are strings."""
+
+    customer_id: str | None = None
+    email: str | None = None  # lower-cased
+    phone: str | None = None  # E.164 where it could be normalised
+    cart_token: str | None = None  # normalised
+    cart_token_raw: str | None = None
+    checkout_token: str | None = None
+    checkout_id: str | None = None
+    order_id: str | None = None
+    anonymous_id: str | None = None  # storefront hint from note_attributes
+    hinted_customer_id: str | None = None  # storefront hint from note_attributes
+
+
+class Item(Frozen):
+    """One product line, as every canonical event carries it."""
+
+    product_id: str | None = None
+    variant_id: str | None = None
+    sku: str | None = None
+    name: str | None = None
+    price: Decimal | None = None
+    quantity: int = 0
+    brand: str | None = None
+    category: str | None = None
+
+    def line_key(self) -> str:
+        """Identity of a cart line across updates (variant, else product, else sku/name)."""
+        return self.variant_id or self.product_id or self.sku or self.name or "?"
+
+
+class CanonicalEvent(Frozen):
+    """A candidate track call. `key` is the business key its messageId derives from."""
+
+    name: str
+    timestamp: datetime
+    key: str
+    person: PersonRef
+    properties: dict[str, Any] = Field(default_factory=dict)
+    items: tuple[Item, ...] = ()
+
+
+class TraitUpdate(Frozen):
+    """A candidate identify call; `version` orders updates (older never overwrites newer)."""
+
+    person: PersonRef
+    traits: dict[str, Any]
+    version: datetime | None = None
+    timestamp: datetime
+
+
+class OrderFact(Frozen):
+    """What the per-customer order index keeps of an order (for order traits)."""
+
+    order_id: str
+    created_at: datetime
+    total: Decimal
+    currency: str
+    test: bool = False
+    cancelled: bool = False
+
+
+class RefundFact(Frozen):
+    order_id: str
+    refund_id: str
+    amount: Decimal
+    created_at: datetime
+
+
+class CartSnapshot(Frozen):
+    """A cart or checkout's lines at a moment, for diffing additions and live cart traits."""
+
+    cart_token: str
+    updated_at: datetime
+    items: tuple[Item, ...]
+    value: Decimal
+    currency: str
+    url: str | None = None
+
+
+class MergeFact(Frozen):
+    kept_id: str
+    deleted_id: str
+    completed: bool
+
+
+class Mapped(Frozen):
+    """Everything one webhook says, in the bridge's terms. `skipped` explains an empty result."""
+
+    source: str
+    topic: str
+    events: tuple[CanonicalEvent, ...] = ()
+    identifies: tuple[TraitUpdate, ...] = ()
+    cart: CartSnapshot | None = None
+    order: OrderFact | None = None
+    refund: RefundFact | None = None
+    merge: MergeFact | None = None
+    person: PersonRef | None = None
+    skipped: str | None = None
+
+
+class MapContext(Frozen):
+    """What mapping may know beyond the payload (no settings object, no clock)."""
+
+    shop: str
+    shop_currency: str = "USD"
+    skip_test_orders: bool = True
+    triggered_at: datetime | None = None
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    # Which order topic emits `order_completed` (the other only records the order).
+    order_completed_on: str = "orders/paid"

@@ -1,0 +1,72 @@
+"""The drain loop: take queued webhooks in batches, process, commit, hand the outbox to delivery.
+
+One drain runs per shop at a time (a lease), so the shop's state has one writer; it re-enqueues
+itself when its time budget ends with work left, so other shops get workers too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from bridge.processor import ProcessConfig, process
+from bridge.store import Keys
+from jobs.enqueue import enqueue_deliver, enqueue_drain
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LEASE_MS = 60_000
+
+
+def process_config(rt: Runtime) -> ProcessConfig:
+    s = rt.settings
+    return ProcessConfig(
+        shop_currency=s.shop_currency,
+        skip_test_orders=s.skip_test_orders,
+        naming=s.event_naming,
+        order_completed_on=s.order_completed_on,
+    )
+
+
+def drain(rt: Runtime, shop: str) -> None:
+    """Process the shop's inbound queue until empty or out of time. Raises redis errors."""
+    keys = Keys(shop)
+    token = uuid.uuid4().hex
+    if not rt.store.acquire(keys.drain_lease, token, LEASE_MS):
+        return  # another worker drains this shop; its finish step sees anything new
+    config = process_config(rt)
+    deadline = time.monotonic() + rt.settings.drain_time_budget_s
+    more = False
+    try:
+        while True:
+            raw = rt.store.take_inbound(shop, rt.settings.drain_batch_size)
+            if not raw:
+                break
+            commit = process(
+                shop,
+                raw,
+                source=rt.source,
+                config=config,
+                load=rt.store.load_state,
+                key_of=keys.state,
+            )
+            rt.store.commit_drain(shop, commit)
+            log.info(
+                "batch processed",
+                extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},
+            )
+            if commit.calls and rt.store.wake(keys.deliver_flag):
+                enqueue_deliver(rt.queue, shop)
+            rt.store.renew(keys.drain_lease, token, LEASE_MS)
+            if time.monotonic() > deadline or rt.stopping.is_set():
+                break
+    finally:
+        rt.store.release(keys.drain_lease, token)
+        more = rt.store.finish_drain(shop)
+    if more:
+        enqueue_drain(rt.queue, shop)

@@ -1,0 +1,173 @@
+"""Canonical events and trait updates -> outbound Pipelines call dicts (Segment spec). Pure.
+
+Contract: the same inputs always give the same calls, messageIds included (ULIDs whose time is
+the event's time and whose rest hashes its business key), so retries and replays can be
+deduplicated downstream. Money becomes a JSON number, ids stay strings, None values are left
+out. Raises InvalidCall when a call would have neither userId nor anonymousId, ValueError for
+an unknown naming; nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from bridge.calls import Call, InvalidCall
+from bridge.canonical import (
+    ADDED_TO_CART,
+    CHECKOUT_STARTED,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_FULFILLED,
+    ORDER_REFUNDED,
+    CanonicalEvent,
+    Item,
+    TraitUpdate,
+)
+from bridge.ids import iso_z, message_id
+
+SOURCE = "shopify"
+
+# `EVENT_NAMING=segment`: Segment Ecommerce v2 names (added_to_cart is split per product).
+SEGMENT_NAMES = {
+    ADDED_TO_CART: "Product Added",
+    CHECKOUT_STARTED: "Checkout Started",
+    ORDER_COMPLETED: "Order Completed",
+    ORDER_REFUNDED: "Order Refunded",
+    ORDER_CANCELLED: "Order Cancelled",
+    ORDER_FULFILLED: "Order Fulfilled",
+}
+NAMINGS = ("snake", "segment")
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-ready copy: Decimal -> float, datetime -> ISO Z, tuples -> lists, None dropped
+    from dicts."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def item_dict(item: Item) -> dict[str, Any]:
+    """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
+    brand, category (None left out)."""
+    out: dict[str, Any] = to_json(item.model_dump())
+    return out
+
+
+def _who(user_id: str | None, anonymous_id: str | None, kind: str) -> dict[str, str]:
+    who = {"userId": user_id, "anonymousId": anonymous_id}
+    out = {k: v for k, v in who.items() if v}
+    if not out:
+        raise InvalidCall(f"{kind} needs userId or anonymousId")
+    return out
+
+
+def _track(mid: str, at: datetime, who: dict[str, str], event: str, props: dict[str, Any]) -> Call:
+    return {
+        "type": "track",
+        "messageId": mid,
+        "timestamp": iso_z(at),
+        **who,
+        "event": event,
+        "properties": props,
+    }
+
+
+def _line_keys(items: tuple[Item, ...]) -> list[str]:
+    # Two lines can share a variant (different line properties, e.g. engraving); the repeat
+    # gets an ordinal so each Product Added keeps its own messageId.
+    seen: dict[str, int] = {}
+    keys = []
+    for item in items:
+        key = item.line_key()
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
+
+def track_call(
+    event: CanonicalEvent,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    shop: str,
+    naming: str = "snake",
+    extra_properties: dict[str, Any] | None = None,
+) -> list[Call]:
+    """The track call(s) for one canonical event.
+
+    `snake` gives one call named as the event, its lines under `items`. `segment` renames to
+    Segment Ecommerce v2 with lines under `products`, except `added_to_cart`, which becomes one
+    `Product Added` per line with the product's fields at the top level (no line, no call).
+    `extra_properties` (from the stateful step) are merged over the event's own.
+    """
+    if naming not in NAMINGS:
+        raise ValueError(f"unknown event naming {naming!r}")
+    who = _who(user_id, anonymous_id, "track")
+    props = to_json({**event.properties, **(extra_properties or {})})
+    if naming == "segment" and event.name == ADDED_TO_CART:
+        props.pop("items", None)
+        calls = []
+        for item, line_key in zip(event.items, _line_keys(event.items), strict=True):
+            mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key, line_key)
+            product = {**props, **item_dict(item)}
+            calls.append(_track(mid, event.timestamp, who, SEGMENT_NAMES[ADDED_TO_CART], product))
+        return calls
+    name, list_key = event.name, "items"
+    if naming == "segment":
+        name, list_key = SEGMENT_NAMES.get(event.name, event.name), "products"
+    props[list_key] = [item_dict(i) for i in event.items]
+    mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key)
+    return [_track(mid, event.timestamp, who, name, props)]
+
+
+def traits_digest(traits: Mapping[str, Any]) -> str:
+    """A stable hash of JSON-ready traits (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(traits, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def identify_call(
+    update: TraitUpdate, *, user_id: str | None, anonymous_id: str | None, shop: str
+) -> Call:
+    """The identify call for one trait update; identical traits give an identical messageId.
+
+    The anonymousId joins the messageId's key only when present, because an identify that
+    merges a new anonymous profile must not be deduplicated against one that did not.
+    """
+    who = _who(user_id, anonymous_id, "identify")
+    traits = to_json(update.traits)
+    parts = [SOURCE, shop, "identify", user_id or "", traits_digest(traits)]
+    if anonymous_id:
+        parts.append(anonymous_id)
+    return {
+        "type": "identify",
+        "messageId": message_id(update.timestamp, *parts),
+        "timestamp": iso_z(update.timestamp),
+        **who,
+        "traits": traits,
+    }
+
+
+def alias_call(previous_id: str, user_id: str, at: datetime, shop: str) -> Call:
+    """The alias call making `user_id` inherit `previous_id` (destructive downstream: a merge)."""
+    if not previous_id or not user_id:
+        raise InvalidCall("alias needs previousId and userId")
+    return {
+        "type": "alias",
+        "messageId": message_id(at, SOURCE, shop, "alias", previous_id, user_id),
+        "timestamp": iso_z(at),
+        "previousId": previous_id,
+        "userId": user_id,
+    }

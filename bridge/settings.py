@@ -1,0 +1,98 @@
+"""The one reader of the environment: every setting the bridge has, typed and validated once.
+
+Tests build `Settings(...)` directly; nothing else in the package calls `os.environ`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+US_PIPELINES_URL = "https://cdp.customer.io/v1"
+EU_PIPELINES_URL = "https://cdp-eu.customer.io/v1"
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; `str()` is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    port: int = 8000
+    redis_url: str = "redis://localhost:6379/0"
+    redis_tls_verify: bool = False
+    shopify_webhook_secret: SecretStr = SecretStr("")
+    pipelines_write_key: SecretStr = SecretStr("")
+    pipelines_url: str = US_PIPELINES_URL
+    pipelines_region: Literal["us", "eu"] = "us"
+    pipelines_dry_run: bool = False
+    dry_run_file: str = "dry-run.jsonl"
+    shop_currency: str = "USD"
+
+    skip_test_orders: bool = True
+    event_naming: Literal["snake", "segment"] = "snake"
+    order_completed_on: Literal["orders/paid", "orders/create"] = "orders/paid"
+
+    webhook_dedupe_ttl_s: int = 72 * 3600
+    max_body_bytes: int = 5 * 1024 * 1024
+
+    drain_batch_size: int = Field(default=200, ge=1, le=5000)
+    drain_time_budget_s: float = 5.0
+    deliver_linger_s: float = Field(default=0.2, ge=0.0, le=1.0)
+    http_timeout_s: float = 10.0
+    retry_horizon_s: int = 72 * 3600
+    queue_name: str = "cartbridge"
+    log_level: str = "INFO"
+
+    @field_validator("pipelines_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        v = v.rstrip("/")
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL ending in /v1")
+        return v
+
+    @field_validator("shop_currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if len(v) != 3 or not v.isalpha():
+            raise ValueError("must be a three-letter ISO 4217 code")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _region(self) -> Settings:
+        if self.pipelines_region == "eu" and self.pipelines_url == US_PIPELINES_URL:
+            self.pipelines_url = EU_PIPELINES_URL
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[bytes]:
+        """Every secret that may have signed a webhook (several during a rotation)."""
+        raw = self.shopify_webhook_secret.get_secret_value()
+        return [s.strip().encode() for s in raw.split(",") if s.strip()]
+
+    @property
+    def dry_run(self) -> bool:
+        return self.pipelines_dry_run or not self.pipelines_write_key.get_secret_value()
+
+    def require_service_settings(self) -> None:
+        """Raise ConfigError for what `web` and `worker` cannot run without."""
+        if not self.webhook_secrets:
+            raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+        if not self.pipelines_write_key.get_secret_value() and not self.pipelines_dry_run:
+            raise ConfigError(
+                "PIPELINES_WRITE_KEY is not set (set PIPELINES_DRY_RUN=1 to run without sending)"
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; a bad value becomes one ConfigError line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+        raise ConfigError(f"{name}: {err['msg']}") from None

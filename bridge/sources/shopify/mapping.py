@@ -1,0 +1,260 @@
+"""Shopify webhook bodies -> `Mapped`: the `Source` for Shopify. Pure (no I/O, clock or settings).
+
+Contract: `ShopifySource.map` accepts any dict for any topic and either returns a `Mapped` or
+raises `MappingError` with a short reason that names fields, never values (no PII).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from bridge.canonical import (
+    ADDED_TO_CART,
+    CHECKOUT_STARTED,
+    CanonicalEvent,
+    CartSnapshot,
+    MapContext,
+    Mapped,
+    MergeFact,
+    PersonRef,
+    TraitUpdate,
+)
+from bridge.ids import gid_to_id, normalise_cart_token
+from bridge.sources import MappingError
+from bridge.sources.shopify import parts
+from bridge.sources.shopify.models import (
+    Cart,
+    Checkout,
+    ComplianceRequest,
+    Customer,
+    CustomerMerge,
+    LineItem,
+)
+from bridge.sources.shopify.orders import map_order, map_refund
+from bridge.sources.shopify.parts import SOURCE, compact, money
+from bridge.sources.shopify.traits import customer_traits, normalise_email, normalise_phone
+
+Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
+
+
+def _permalink(shop: str, lines: list[LineItem]) -> str | None:
+    # Shopify's cart permalink rebuilds the cart from variant:quantity pairs; lines without a
+    # variant or quantity cannot be expressed in it and are left out.
+    pairs = [f"{li.variant_id}:{li.quantity}" for li in lines if li.variant_id and li.quantity]
+    return f"https://{shop}/cart/{','.join(pairs)}" if pairs else None
+
+
+def _lines_value(lines: list[LineItem]) -> Decimal:
+    return sum((parts.line_total(li) for li in lines), Decimal(0))
+
+
+def map_cart(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`carts/*`: the cart snapshot, its anonymous person, and `added_to_cart` if it has lines."""
+    cart = Cart.model_validate(body)
+    raw = parts.first(cart.token, cart.id)
+    token = normalise_cart_token(raw)
+    if token is None:
+        raise MappingError("cart has no token or id")
+    at = parts.when(ctx, cart.updated_at, cart.created_at)
+    items = tuple(parts.item(li) for li in cart.line_items)
+    value = _lines_value(cart.line_items)
+    currency = parts.lines_currency(cart.line_items) or cart.currency or ctx.shop_currency
+    url = _permalink(ctx.shop, cart.line_items)
+    person = PersonRef(
+        cart_token=token, cart_token_raw=raw, **parts.hints(cart.note_attributes, ctx)
+    )
+    snapshot = CartSnapshot(
+        cart_token=token, updated_at=at, items=items, value=value, currency=currency, url=url
+    )
+    events: tuple[CanonicalEvent, ...] = ()
+    if items:
+        props = {"cart_id": token, "value": money(value), "currency": currency, "cart_url": url}
+        events = (
+            CanonicalEvent(
+                name=ADDED_TO_CART,
+                timestamp=at,
+                key=f"cart:{token}",
+                person=person,
+                properties=compact(props),
+                items=items,
+            ),
+        )
+    return Mapped(source=SOURCE, topic=topic, events=events, cart=snapshot, person=person)
+
+
+def map_checkout(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`checkouts/create|update`: `checkout_started`, the person, traits, the cart snapshot."""
+    co = Checkout.model_validate(body)
+    ref = parts.first(co.token, co.id)
+    if ref is None:
+        raise MappingError("checkout has no token or id")
+    at = parts.when(ctx, co.updated_at, co.created_at)
+    customer = co.customer
+    country = parts.country(customer, co.shipping_address, co.billing_address)
+    cart_token = normalise_cart_token(co.cart_token)
+    person = PersonRef(
+        customer_id=customer.id if customer else None,
+        email=normalise_email(parts.first(co.email, customer.email if customer else None)),
+        phone=normalise_phone(parts.first(co.phone, customer.phone if customer else None), country),
+        cart_token=cart_token,
+        cart_token_raw=co.cart_token,
+        checkout_token=co.token,
+        checkout_id=co.id,
+        **parts.hints(co.note_attributes, ctx),
+    )
+    items = tuple(parts.item(li) for li in co.line_items)
+    # Checkout `currency` is the shop's currency; `total_price` is expressed in it.
+    currency = co.currency or ctx.shop_currency
+    props = {
+        "cart_id": cart_token,
+        "checkout_id": parts.first(co.id, co.token),
+        "value": money(co.total_price),
+        "currency": currency,
+        "checkout_url": co.abandoned_checkout_url,
+        "shipping_country": co.shipping_address.country_code if co.shipping_address else None,
+    }
+    event = CanonicalEvent(
+        name=CHECKOUT_STARTED,
+        timestamp=at,
+        key=f"checkout:{ref}",
+        person=person,
+        properties=compact(props),
+        items=items,
+    )
+    identifies: tuple[TraitUpdate, ...] = ()
+    if person.customer_id or person.email:
+        traits = customer_traits(customer, email=person.email, phone=co.phone, country=country)
+        version = customer.updated_at if customer else None
+        identifies = (
+            TraitUpdate(person=person, traits=traits.as_traits(), version=version, timestamp=at),
+        )
+    cart = None
+    if cart_token is not None:
+        # Line value, not the checkout total: a cart snapshot means the same thing whether it
+        # came from `carts/*` or from a checkout (shipping and tax are not in the cart).
+        cart = CartSnapshot(
+            cart_token=cart_token,
+            updated_at=at,
+            items=items,
+            value=_lines_value(co.line_items),
+            currency=currency,
+            url=co.abandoned_checkout_url,
+        )
+    return Mapped(
+        source=SOURCE,
+        topic=topic,
+        events=(event,),
+        identifies=identifies,
+        cart=cart,
+        person=person,
+    )
+
+
+def map_customer(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`customers/create|update`: one trait update, versioned by the customer's `updated_at`."""
+    customer = Customer.model_validate(body)
+    if customer.id is None:
+        raise MappingError("customer has no id")
+    at = parts.when(ctx, customer.updated_at, customer.created_at)
+    country = parts.country(customer)
+    person = PersonRef(
+        customer_id=customer.id,
+        email=normalise_email(customer.email),
+        phone=normalise_phone(customer.phone, country),
+    )
+    traits = customer_traits(customer, country=country)
+    update = TraitUpdate(
+        person=person, traits=traits.as_traits(), version=customer.updated_at, timestamp=at
+    )
+    return Mapped(source=SOURCE, topic=topic, identifies=(update,), person=person)
+
+
+def map_merge(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`customers/merge`: which customer was kept, which deleted, and whether it completed."""
+    merge = CustomerMerge.model_validate(body)
+    kept = gid_to_id(merge.admin_graphql_api_customer_kept_id)
+    deleted = gid_to_id(merge.admin_graphql_api_customer_deleted_id)
+    if kept is None or deleted is None:
+        raise MappingError("merge has no kept or deleted customer id")
+    completed = (merge.status or "").lower() == "completed" and not merge.errors
+    fact = MergeFact(kept_id=kept, deleted_id=deleted, completed=completed)
+    return Mapped(source=SOURCE, topic=topic, merge=fact)
+
+
+def map_compliance(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`customers/redact|data_request`: the person concerned (no events).
+
+    A request naming nobody raises MappingError, so it is parked for a human, not dropped.
+    """
+    request = ComplianceRequest.model_validate(body)
+    customer = request.customer or Customer()
+    person = PersonRef(
+        customer_id=customer.id,
+        email=normalise_email(customer.email),
+        phone=normalise_phone(customer.phone, parts.country(customer)),
+    )
+    if not (person.customer_id or person.email or person.phone):
+        raise MappingError("compliance request names no customer")
+    return Mapped(source=SOURCE, topic=topic, person=person)
+
+
+def map_shop_redact(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+    """`shop/redact`: acknowledged; the bridge keeps nothing per shop to map."""
+    return Mapped(source=SOURCE, topic=topic)
+
+
+MAPPERS: dict[str, Mapper] = {
+    "carts/create": map_cart,
+    "carts/update": map_cart,
+    "checkouts/create": map_checkout,
+    "checkouts/update": map_checkout,
+    "orders/create": map_order,
+    "orders/paid": map_order,
+    "orders/fulfilled": map_order,
+    "orders/cancelled": map_order,
+    "refunds/create": map_refund,
+    "customers/create": map_customer,
+    "customers/update": map_customer,
+    "customers/merge": map_merge,
+    "customers/redact": map_compliance,
+    "customers/data_request": map_compliance,
+    "shop/redact": map_shop_redact,
+}
+
+
+def _reason(topic: str, exc: ValidationError) -> str:
+    # Field path and error type only: pydantic's messages and inputs may carry PII.
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0] if errors else {"loc": (), "type": "invalid"}
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{topic}: {where}: {first['type']}{more}"
+
+
+class ShopifySource:
+    """The Shopify `Source`: which topics it maps, and how."""
+
+    name = SOURCE
+
+    def handles(self, topic: str) -> bool:
+        """True for topics with canonical output (others are acknowledged and ignored)."""
+        return topic in MAPPERS
+
+    def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+        """One payload -> candidate events and trait updates. Raises MappingError, nothing else.
+
+        A topic it does not handle gives an empty `Mapped` with `skipped` set.
+        """
+        mapper = MAPPERS.get(topic)
+        if mapper is None:
+            return Mapped(source=SOURCE, topic=topic, skipped="topic not mapped")
+        if not isinstance(body, dict):
+            raise MappingError(f"{topic}: body is not a JSON object")
+        try:
+            return mapper(topic, body, ctx)
+        except ValidationError as exc:
+            raise MappingError(_reason(topic, exc)) from None

@@ -1,0 +1,378 @@
+"""Pydantic models of the Shopify webhook bodies the bridge reads: tolerant, exact, no I/O.
+
+Contract: unknown fields are ignored and nearly every field is optional. Ids become exact strings
+(64-bit ints never pass through float), money becomes `Decimal` (from strings or numbers),
+timestamps become offset-aware UTC datetimes and a malformed one becomes None. A value of the
+wrong type where the bridge needs it raises pydantic's `ValidationError`; validators raise
+nothing else.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+
+from bridge.ids import iso_z
+
+T = TypeVar("T")
+
+# Bounds keep Decimal arithmetic and str() conversions far from their limits, so summing
+# lines or rendering ids can never raise anything but a validation error.
+_MAX_MONEY = Decimal(10) ** 15
+_MAX_ID = 10**40
+_MAX_COUNT = 10**9
+
+
+def _to_id(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError("id must be an integer or a string")
+    if isinstance(v, int):
+        if abs(v) >= _MAX_ID:
+            raise ValueError("id out of range")
+        return str(v)
+    if isinstance(v, str):
+        return v.strip() or None
+    # A float id has already lost digits somewhere upstream; refuse it rather than guess.
+    raise ValueError("id must be an integer or a string")
+
+
+def _to_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v if v.strip() else None
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        if isinstance(v, int) and abs(v) >= _MAX_ID:
+            raise ValueError("number out of range")
+        return str(v)
+    raise ValueError("expected a string")
+
+
+def _to_money(v: Any) -> Decimal | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError("money must be a decimal string or a number")
+    if isinstance(v, int):
+        if abs(v) >= _MAX_MONEY:
+            raise ValueError("money out of range")
+        return Decimal(v)
+    if isinstance(v, Decimal):
+        text = str(v)
+    elif isinstance(v, float):
+        # repr() is the shortest round-tripping form: 89.99 -> "89.99", not its binary expansion.
+        text = repr(v)
+    elif isinstance(v, str):
+        text = v.strip()
+        if not text:
+            return None
+    else:
+        raise ValueError("money must be a decimal string or a number")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError("money is not a decimal") from None
+    # copy_abs() is exact; abs() would round in the context and could raise Overflow.
+    if not amount.is_finite() or amount.copy_abs() >= _MAX_MONEY:
+        raise ValueError("money out of range")
+    return amount
+
+
+def _to_utc(v: Any) -> datetime | None:
+    # Malformed timestamps are common enough in real payloads (see the fixtures README) that
+    # one must not sink a whole webhook: anything unreadable, naive or out of range is None.
+    if isinstance(v, datetime):
+        at = v
+    elif isinstance(v, str):
+        try:
+            at = datetime.fromisoformat(v.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if at.tzinfo is None or at.utcoffset() is None:
+        return None
+    try:
+        return at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _to_count(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise ValueError("quantity must be an integer")
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    elif isinstance(v, str) and v.strip().isascii() and v.strip().isdigit() and len(v) <= 12:
+        v = int(v.strip())
+    if not isinstance(v, int):
+        raise ValueError("quantity must be an integer")
+    if not 0 <= v < _MAX_COUNT:
+        raise ValueError("quantity out of range")
+    return v
+
+
+def _to_flag(v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise ValueError("expected a boolean")
+
+
+def _to_tags(v: Any) -> list[str] | None:
+    # REST sends "a, b"; GraphQL-shaped payloads send ["a", "b"]. Both become a list.
+    if v is None:
+        return None
+    if isinstance(v, str):
+        parts: list[Any] = v.split(",")
+    elif isinstance(v, list):
+        parts = v
+    else:
+        raise ValueError("tags must be a string or a list")
+    out = []
+    for part in parts:
+        text = _to_text(part)
+        if text is not None and text.strip():
+            out.append(text.strip())
+    return out
+
+
+def _to_attributes(v: Any) -> dict[str, str]:
+    # Note attributes only carry optional identity hints, so a strange shape is ignored
+    # rather than failing the webhook: keep the name/value pairs that are plainly strings.
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(v, list):
+        pairs = [(e.get("name"), e.get("value")) for e in v if isinstance(e, dict)]
+    elif isinstance(v, dict):
+        pairs = list(v.items())
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        if isinstance(name, str) and isinstance(value, str) and value.strip():
+            out[name] = value.strip()
+    return out
+
+
+def _empty_as_none(v: Any) -> Any:
+    # Shopify serialises some empty objects as `[]` (checkouts' `shipping_address`).
+    if isinstance(v, list | str) and not v:
+        return None
+    return v
+
+
+def _none_as_list(v: Any) -> Any:
+    return [] if v is None else v
+
+
+ShopifyId = Annotated[str | None, PlainValidator(_to_id)]
+Text = Annotated[str | None, PlainValidator(_to_text)]
+Amount = Annotated[Decimal | None, PlainValidator(_to_money)]
+Timestamp = Annotated[datetime | None, PlainValidator(_to_utc)]
+Count = Annotated[int | None, PlainValidator(_to_count)]
+Flag = Annotated[bool | None, PlainValidator(_to_flag)]
+Tags = Annotated[list[str] | None, PlainValidator(_to_tags)]
+Attributes = Annotated[dict[str, str], PlainValidator(_to_attributes)]
+Obj = Annotated[T | None, BeforeValidator(_empty_as_none)]
+ListOf = Annotated[list[T], BeforeValidator(_none_as_list)]
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Money(Payload):
+    amount: Amount = None
+    currency_code: Text = None
+
+
+class MoneySet(Payload):
+    shop_money: Obj[Money] = None
+    presentment_money: Obj[Money] = None
+
+
+def shop_amount(money_set: MoneySet | None) -> Decimal | None:
+    """The shop-currency amount of a `*_set`, or None."""
+    return money_set.shop_money.amount if money_set and money_set.shop_money else None
+
+
+def shop_currency(money_set: MoneySet | None) -> str | None:
+    """The shop currency code of a `*_set`, or None."""
+    return money_set.shop_money.currency_code if money_set and money_set.shop_money else None
+
+
+class Address(Payload):
+    country_code: Text = None
+
+
+class Consent(Payload):
+    state: Text = None
+
+
+class Customer(Payload):
+    """A customer, as its own webhook body or embedded in checkouts and orders."""
+
+    id: ShopifyId = None
+    email: Text = None
+    phone: Text = None
+    first_name: Text = None
+    last_name: Text = None
+    state: Text = None
+    tags: Tags = None
+    accepts_marketing: Flag = None
+    email_marketing_consent: Obj[Consent] = None
+    sms_marketing_consent: Obj[Consent] = None
+    default_address: Obj[Address] = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+
+
+class LineItem(Payload):
+    id: ShopifyId = None
+    product_id: ShopifyId = None
+    variant_id: ShopifyId = None
+    sku: Text = None
+    title: Text = None
+    name: Text = None
+    vendor: Text = None
+    product_type: Text = None
+    quantity: Count = None
+    price: Amount = None
+    price_set: Obj[MoneySet] = None
+    line_price: Amount = None
+    line_price_set: Obj[MoneySet] = None
+
+
+class Cart(Payload):
+    id: ShopifyId = None
+    token: ShopifyId = None
+    line_items: ListOf[LineItem] = Field(default_factory=list)
+    note_attributes: Attributes = Field(default_factory=dict)
+    currency: Text = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+
+
+class Checkout(Payload):
+    id: ShopifyId = None
+    token: ShopifyId = None
+    cart_token: ShopifyId = None
+    email: Text = None
+    phone: Text = None
+    customer: Obj[Customer] = None
+    line_items: ListOf[LineItem] = Field(default_factory=list)
+    note_attributes: Attributes = Field(default_factory=dict)
+    shipping_address: Obj[Address] = None
+    billing_address: Obj[Address] = None
+    abandoned_checkout_url: Text = None
+    total_price: Amount = None
+    currency: Text = None
+    created_at: Timestamp = None
+    updated_at: Timestamp = None
+
+
+class DiscountCode(Payload):
+    code: Text = None
+
+
+class Order(Payload):
+    """The one Order body every `orders/*` topic sends."""
+
+    id: ShopifyId = None
+    order_number: ShopifyId = None
+    email: Text = None
+    contact_email: Text = None
+    phone: Text = None
+    customer: Obj[Customer] = None
+    cart_token: ShopifyId = None
+    checkout_token: ShopifyId = None
+    checkout_id: ShopifyId = None
+    note_attributes: Attributes = Field(default_factory=dict)
+    line_items: ListOf[LineItem] = Field(default_factory=list)
+    shipping_address: Obj[Address] = None
+    billing_address: Obj[Address] = None
+    test: Flag = None
+    currency: Text = None
+    presentment_currency: Text = None
+    total_price: Amount = None
+    total_price_set: Obj[MoneySet] = None
+    subtotal_price: Amount = None
+    subtotal_price_set: Obj[MoneySet] = None
+    total_tax: Amount = None
+    total_tax_set: Obj[MoneySet] = None
+    total_discounts: Amount = None
+    total_discounts_set: Obj[MoneySet] = None
+    total_shipping_price_set: Obj[MoneySet] = None
+    discount_codes: ListOf[DiscountCode] = Field(default_factory=list)
+    cancel_reason: Text = None
+    created_at: Timestamp = None
+    processed_at: Timestamp = None
+    updated_at: Timestamp = None
+    closed_at: Timestamp = None
+    cancelled_at: Timestamp = None
+
+
+class RefundLineItem(Payload):
+    quantity: Count = None
+    line_item: Obj[LineItem] = None
+    subtotal_set: Obj[MoneySet] = None
+
+
+class Transaction(Payload):
+    kind: Text = None
+    status: Text = None
+    amount: Amount = None
+    currency: Text = None
+
+
+class Refund(Payload):
+    id: ShopifyId = None
+    order_id: ShopifyId = None
+    refund_line_items: ListOf[RefundLineItem] = Field(default_factory=list)
+    transactions: ListOf[Transaction] = Field(default_factory=list)
+    created_at: Timestamp = None
+    processed_at: Timestamp = None
+
+
+class CustomerMerge(Payload):
+    admin_graphql_api_customer_kept_id: Text = None
+    admin_graphql_api_customer_deleted_id: Text = None
+    status: Text = None
+    errors: Any = None
+
+
+class ComplianceRequest(Payload):
+    """`customers/redact` and `customers/data_request`: the customer whose data is concerned."""
+
+    customer: Obj[Customer] = None
+
+
+class CustomerTraits(BaseModel):
+    """The typed trait schema sent on identify calls (order-derived traits are added later)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    accepts_marketing: bool | None = None
+    accepts_sms: bool | None = None
+    created_at: datetime | None = None
+    tags: list[str] | None = None
+    state: str | None = None
+
+    def as_traits(self) -> dict[str, Any]:
+        """JSON-ready traits: None omitted, `created_at` as ISO-8601 UTC with `Z`."""
+        out = self.model_dump(exclude_none=True)
+        if self.created_at is not None:
+            out["created_at"] = iso_z(self.created_at)
+        return out

@@ -1,0 +1,105 @@
+"""Building blocks shared by the Shopify mappers: lines, times, hints, money. Pure.
+
+Contract: nothing here raises except `when`, which raises MappingError when a payload has no
+usable time at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from bridge.canonical import Item, MapContext
+from bridge.ids import gid_to_id
+from bridge.sources import MappingError
+from bridge.sources.shopify.models import Address, Customer, LineItem, shop_amount, shop_currency
+
+SOURCE = "shopify"
+
+T = TypeVar("T")
+
+
+def first(*values: T | None) -> T | None:
+    """The first value that is not None (unlike `or`, keeps `Decimal(0)` and `""`)."""
+    for value in values:
+        if value is not None:
+            return value
+    return None
+
+
+def when(ctx: MapContext, *candidates: datetime | None) -> datetime:
+    """The first known payload time, else the delivery's trigger time; MappingError if none."""
+    at = first(*candidates)
+    if at is not None:
+        return at
+    if ctx.triggered_at is not None:
+        # The trigger header is UTC by definition; a naive value only lost its marker.
+        trig = ctx.triggered_at
+        return trig.replace(tzinfo=UTC) if trig.tzinfo is None else trig.astimezone(UTC)
+    raise MappingError("payload has no usable timestamp")
+
+
+def money(amount: Decimal | None) -> float | None:
+    """Decimal -> JSON number for event properties (computed exactly, converted once)."""
+    return None if amount is None else float(amount)
+
+
+def compact(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop None values, so properties carry only what the payload actually said."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def unit_price(line: LineItem) -> Decimal | None:
+    """Per-unit price in shop money (`price_set.shop_money`, else `price`)."""
+    return first(shop_amount(line.price_set), line.price)
+
+
+def line_total(line: LineItem) -> Decimal:
+    """A line's price: `line_price_set.shop_money`, else `line_price`, else unit x quantity."""
+    total = first(shop_amount(line.line_price_set), line.line_price)
+    if total is not None:
+        return total
+    price = unit_price(line)
+    return Decimal(0) if price is None else price * (line.quantity or 0)
+
+
+def lines_currency(lines: Iterable[LineItem]) -> str | None:
+    """The shop currency named by the lines' money sets, if any line names one."""
+    for line in lines:
+        code = shop_currency(line.line_price_set) or shop_currency(line.price_set)
+        if code:
+            return code
+    return None
+
+
+def item(line: LineItem, *, quantity: int | None = None) -> Item:
+    """One canonical item; `quantity` overrides the line's (refunds refund part of a line)."""
+    return Item(
+        product_id=line.product_id,
+        variant_id=line.variant_id,
+        sku=line.sku,
+        name=first(line.title, line.name),
+        price=unit_price(line),
+        quantity=first(quantity, line.quantity, 0) or 0,
+        brand=line.vendor,
+        category=line.product_type,
+    )
+
+
+def hints(attributes: dict[str, str], ctx: MapContext) -> dict[str, str | None]:
+    """Storefront identity hints from note attributes, as PersonRef fields."""
+    return {
+        "anonymous_id": attributes.get(ctx.identity_hint_anonymous_attr),
+        "hinted_customer_id": gid_to_id(attributes.get(ctx.identity_hint_customer_attr)),
+    }
+
+
+def country(customer: Customer | None, *addresses: Address | None) -> str | None:
+    """The person's country for reading phone numbers: their default address, else the payload's."""
+    default = customer.default_address if customer else None
+    for address in (default, *addresses):
+        if address is not None and address.country_code:
+            return address.country_code
+    return None

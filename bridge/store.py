@@ -1,0 +1,329 @@
+"""Redis: the inbound queue, the outbox, leases and the bridge's counters.
+
+Every key is scoped by shop (`cb:{shop}:...`; the braces are a cluster hash tag), so one shop's
+work never mixes with another's and a batch can never carry two write keys.
+
+Queues are at-least-once: a consumer moves items from a list into its shop's `work` list in one
+script and removes them in the same MULTI that writes what they produced, so a crash at any
+instant means a redo (same messageIds), never a loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+INGEST_DUPLICATE = 0
+INGEST_QUEUED = 1
+INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enqueue one
+
+# A pending-drain flag older than this is presumed lost (its enqueue failed); re-enqueue.
+FLAG_STALE_MS = 30_000
+
+SHOPS_KEY = "cb:shops"
+
+
+class Keys:
+    """All key names for one shop."""
+
+    def __init__(self, shop: str) -> None:
+        p = f"cb:{{{shop}}}:"
+        self.prefix = p
+        self.inbound = p + "in"
+        self.inbound_work = p + "in:work"
+        self.drain_flag = p + "in:flag"
+        self.drain_lease = p + "in:lease"
+        self.outbox = p + "out"
+        self.outbox_work = p + "out:work"
+        self.deliver_flag = p + "out:flag"
+        self.deliver_lease = p + "out:lease"
+        self.stats = p + "stats"
+        self.parked = p + "parked"
+
+    def seen(self, webhook_id: str) -> str:
+        return f"{self.prefix}seen:{webhook_id}"
+
+    def state(self, name: str) -> str:
+        return f"{self.prefix}st:{name}"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A verified webhook as queued: the headers the worker needs and the exact raw body."""
+
+    shop: str
+    topic: str
+    webhook_id: str
+    body: bytes
+    triggered_at: str | None = None
+    api_version: str | None = None
+    event_id: str | None = None
+    received_ms: int = 0
+
+    def encode(self) -> bytes:
+        # A one-line JSON header, then the raw body: the body is never re-escaped.
+        head = {
+            "s": self.shop,
+            "t": self.topic,
+            "w": self.webhook_id,
+            "ta": self.triggered_at,
+            "v": self.api_version,
+            "e": self.event_id,
+            "r": self.received_ms,
+        }
+        return orjson.dumps(head) + b"\n" + self.body
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Envelope:
+        head_raw, _, body = raw.partition(b"\n")
+        head = orjson.loads(head_raw)
+        return cls(
+            shop=head["s"],
+            topic=head["t"],
+            webhook_id=head["w"],
+            body=body,
+            triggered_at=head.get("ta"),
+            api_version=head.get("v"),
+            event_id=head.get("e"),
+            received_ms=int(head.get("r") or 0),
+        )
+
+
+_INGEST = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[4], ARGV[5] .. ':duplicate', 1)
+  return 0
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
+redis.call('HINCRBY', KEYS[4], ARGV[5] .. ':accepted', 1)
+redis.call('SADD', KEYS[5], ARGV[6])
+local f = redis.call('GET', KEYS[3])
+if (not f) or (tonumber(ARGV[3]) - tonumber(f) > tonumber(ARGV[4])) then
+  redis.call('SET', KEYS[3], ARGV[3])
+  return 2
+end
+return 1
+"""
+
+# Resume an unfinished batch first (a crashed consumer's), else take up to N new items.
+_TAKE = """
+local w = redis.call('LRANGE', KEYS[2], 0, -1)
+if #w > 0 then return w end
+local items = redis.call('LPOP', KEYS[1], ARGV[1])
+if not items then return {} end
+redis.call('RPUSH', KEYS[2], unpack(items))
+return items
+"""
+
+# Like _TAKE, but bounded by bytes as well (a Pipelines batch is at most 500 KB).
+_TAKE_BYTES = """
+local w = redis.call('LRANGE', KEYS[2], 0, -1)
+if #w > 0 then return w end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+local total, n = 0, 0
+for i, v in ipairs(items) do
+  if n > 0 and total + #v + 1 > tonumber(ARGV[1]) then break end
+  total = total + #v + 1
+  n = i
+end
+if n == 0 then return {} end
+redis.call('LTRIM', KEYS[1], n, -1)
+redis.call('RPUSH', KEYS[2], unpack(items, 1, n))
+return {unpack(items, 1, n)}
+"""
+
+# Clear the pending flag only when nothing is left; otherwise the caller re-enqueues itself.
+_FINISH = """
+if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"""
+
+_WAKE = """
+local f = redis.call('GET', KEYS[1])
+if (not f) or (tonumber(ARGV[1]) - tonumber(f) > tonumber(ARGV[2])) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> redis.Redis[bytes]:
+    """A client for REDIS_URL; `rediss://` accepts Heroku's self-signed certificate by default."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    if url.startswith("rediss://") and not tls_verify:
+        kwargs["ssl_cert_reqs"] = "none"
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Commit:
+    """What one processed batch writes, all in one MULTI with the removal of its work list."""
+
+    calls: list[bytes] = field(default_factory=list)
+    state_set: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (value, ttl s)
+    state_del: set[str] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    parked: list[bytes] = field(default_factory=list)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+class Store:
+    """Queue and counter operations over one Redis client. Raises redis errors as they come."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self.redis = client
+        self._ingest = client.register_script(_INGEST)
+        self._take = client.register_script(_TAKE)
+        self._take_bytes = client.register_script(_TAKE_BYTES)
+        self._finish = client.register_script(_FINISH)
+        self._wake = client.register_script(_WAKE)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    # --- request path -------------------------------------------------------------------
+    def ingest(self, env: Envelope, *, dedupe_ttl_s: int) -> int:
+        """Queue a webhook unless its id was seen: one round trip. Returns an INGEST_* code."""
+        k = Keys(env.shop)
+        return int(
+            self._ingest(
+                keys=[k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
+                args=[
+                    env.encode(),
+                    dedupe_ttl_s,
+                    env.received_ms or now_ms(),
+                    FLAG_STALE_MS,
+                    "webhooks:" + env.topic,
+                    env.shop,
+                ],
+            )
+        )
+
+    def count(self, shop: str, name: str, n: int = 1) -> None:
+        self.redis.hincrby(Keys(shop).stats, name, n)
+
+    # --- leases ---------------------------------------------------------------------------
+    def acquire(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(self.redis.set(key, token, nx=True, px=ttl_ms))
+
+    def renew(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._renew(keys=[key], args=[token, ttl_ms]))
+
+    def release(self, key: str, token: str) -> None:
+        self._release(keys=[key], args=[token])
+
+    def wake(self, flag_key: str) -> bool:
+        """Set a pending flag unless a fresh one exists; True means the caller must enqueue."""
+        return bool(self._wake(keys=[flag_key], args=[now_ms(), FLAG_STALE_MS]))
+
+    # --- inbound --------------------------------------------------------------------------
+    def take_inbound(self, shop: str, n: int) -> list[bytes]:
+        k = Keys(shop)
+        return list(self._take(keys=[k.inbound, k.inbound_work], args=[n]))
+
+    def finish_drain(self, shop: str) -> bool:
+        """Clear the drain flag if the inbound queue is empty; True when work remains."""
+        k = Keys(shop)
+        return bool(self._finish(keys=[k.inbound, k.inbound_work, k.drain_flag], args=[now_ms()]))
+
+    def commit_drain(self, shop: str, commit: Commit) -> None:
+        """Atomically: state writes, outbox appends, parked webhooks, counters, work list gone."""
+        k = Keys(shop)
+        pipe = self.redis.pipeline(transaction=True)
+        for key, (value, ttl) in commit.state_set.items():
+            pipe.set(key, value, ex=ttl)
+        if commit.state_del:
+            pipe.delete(*commit.state_del)
+        if commit.calls:
+            pipe.rpush(k.outbox, *commit.calls)
+        if commit.parked:
+            pipe.rpush(k.parked, *commit.parked)
+        for name, n in commit.counters.items():
+            pipe.hincrby(k.stats, name, n)
+        pipe.delete(k.inbound_work)
+        pipe.execute()
+
+    # --- outbox ---------------------------------------------------------------------------
+    def take_outbox(self, shop: str, max_bytes: int, max_count: int) -> list[bytes]:
+        k = Keys(shop)
+        return list(self._take_bytes(keys=[k.outbox, k.outbox_work], args=[max_bytes, max_count]))
+
+    def ack_outbox(self, shop: str, counters: Mapping[str, int]) -> None:
+        k = Keys(shop)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(k.outbox_work)
+        for name, n in counters.items():
+            pipe.hincrby(k.stats, name, n)
+        pipe.execute()
+
+    def replace_outbox_work(self, shop: str, remaining: Sequence[bytes]) -> None:
+        """Shrink the in-flight batch to `remaining` (after part of it was sent or set aside)."""
+        k = Keys(shop)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(k.outbox_work)
+        if remaining:
+            pipe.rpush(k.outbox_work, *remaining)
+        pipe.execute()
+
+    def finish_deliver(self, shop: str) -> bool:
+        k = Keys(shop)
+        return bool(self._finish(keys=[k.outbox, k.outbox_work, k.deliver_flag], args=[now_ms()]))
+
+    # --- state ----------------------------------------------------------------------------
+    def load_state(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """One round trip for every state record a batch needs."""
+        names = list(dict.fromkeys(keys))
+        if not names:
+            return {}
+        values = self.redis.mget(names)
+        return dict(zip(names, values, strict=True))
+
+    def stats(self, shop: str) -> dict[str, int]:
+        raw = self.redis.hgetall(Keys(shop).stats)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def shops(self) -> list[str]:
+        return sorted(s.decode() for s in self.redis.smembers(SHOPS_KEY))
+
+    def depth(self, shop: str) -> dict[str, int]:
+        k = Keys(shop)
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (k.inbound, k.inbound_work, k.outbox, k.outbox_work, k.parked):
+            pipe.llen(key)
+        inbound, inwork, out, outwork, parked = pipe.execute()
+        return {
+            "inbound": inbound + inwork,
+            "outbox": out + outwork,
+            "parked": parked,
+        }

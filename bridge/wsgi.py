@@ -1,0 +1,27 @@
+"""Gunicorn entry point (`bridge.wsgi:app`): a bad setting stops the web with one clear line."""
+
+from __future__ import annotations
+
+import sys
+
+from flask import Flask
+
+from bridge import logs
+from bridge.settings import ConfigError, load_settings
+from bridge.web import create_app
+
+
+def build() -> Flask:
+    try:
+        settings = load_settings()
+        settings.require_service_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"cartbridge web: configuration error: {exc}\n")
+        sys.stderr.flush()
+        # Exit code 4 tells gunicorn the app cannot load: it stops instead of respawning.
+        raise SystemExit(4) from None
+    logs.setup(settings.log_level)
+    return create_app(settings)
+
+
+app = build()

@@ -1,0 +1,1 @@
+"""Thin RQ job functions: JSON-safe arguments in, work done by `bridge`, exceptions raised."""

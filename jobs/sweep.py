@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from bridge.runtime import runtime
+from bridge.worker import sweep as run_sweep
+
+
+def sweep() -> None:
+    """Periodic: re-wake shops whose queue has work but whose job was lost."""
+    run_sweep(runtime())

