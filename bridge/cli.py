@@ -118,8 +118,8 @@ def cmd_map(args: argparse.Namespace) -> int:
         print(json.dumps({"skipped": mapped.skipped}))
         return 0
     policy = Policy(shop=args.shop, naming=settings.event_naming)
-    for _key, call in decide(mapped, StateView(), policy):
-        sys.stdout.write(orjson.dumps(call, option=orjson.OPT_INDENT_2).decode() + "\n")
+    for out in decide(mapped, StateView(), policy):
+        sys.stdout.write(orjson.dumps(out.call, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 

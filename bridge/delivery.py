@@ -22,6 +22,7 @@ import orjson
 
 from bridge import pipelines
 from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
+from bridge.outbox import OutboxEntry
 from bridge.settings import Settings
 from bridge.store import Keys, now_ms
 from jobs.enqueue import enqueue_deliver
@@ -79,12 +80,6 @@ def make_sink(settings: Settings) -> Sink:
     )
 
 
-def split_entry(entry: bytes) -> tuple[int, bytes]:
-    """Outbox entries are `<received ms>\\n<call json>`."""
-    head, _, call = entry.partition(b"\n")
-    return int(head or 0), call
-
-
 class _Retry(Exception):
     def __init__(self, err: pipelines.RetryableError, remaining: list[bytes]) -> None:
         self.err = err
@@ -105,7 +100,7 @@ class _Attempt:
         self.dead: list[tuple[bytes, str, int | None, str]] = []
 
     def send(self, entries: list[bytes]) -> None:
-        calls = [split_entry(e)[1] for e in entries]
+        calls = [OutboxEntry.decode(e).call for e in entries]
         try:
             self.sink.send_batch(calls)
         except pipelines.RetryableError as err:
@@ -135,7 +130,7 @@ class _Attempt:
 def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:
     counters: dict[str, int] = {}
     for e in entries:
-        received, _call = split_entry(e)
+        received = OutboxEntry.decode(e).received_ms
         if received:
             ms = max(0, now - received)
             counters["latency_ms_sum"] = counters.get("latency_ms_sum", 0) + ms
@@ -148,7 +143,7 @@ def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:
 
 
 def dead_letter_record(entry: bytes, reason: str, status: int | None, body: str) -> bytes:
-    _received, call = split_entry(entry)
+    call = OutboxEntry.decode(entry).call
     return orjson.dumps(
         {
             "kind": "call",
@@ -201,6 +196,10 @@ def deliver(rt: Runtime, shop: str) -> None:
 def _send(rt: Runtime, shop: str, entries: list[bytes]) -> float | None:
     """Deliver one in-flight batch; returns seconds until a retry, or None when it is settled."""
     keys = Keys(shop)
+    entries = _drop_guarded(rt, shop, entries)
+    if not entries:
+        rt.store.ack_outbox(shop, {})
+        return None
     attempt = _Attempt(rt.sink)
     retry: _Retry | None = None
     paused: _Paused | None = None
@@ -233,6 +232,36 @@ def _send(rt: Runtime, shop: str, entries: list[bytes]) -> float | None:
         return PAUSE_PROBE_S
     assert retry is not None
     return _schedule_retry(rt, shop, retry)
+
+
+def _drop_guarded(rt: Runtime, shop: str, entries: list[bytes]) -> list[bytes]:
+    """Re-check, just before the POST, whether a queued call has been overtaken (a converted
+    cart): such calls are counted as suppressed and not sent."""
+    decoded = [OutboxEntry.decode(e) for e in entries]
+    guards = sorted({g for d in decoded for g in d.guards})
+    if not guards:
+        return entries
+    keys = Keys(shop)
+    hit = {
+        g for g, v in zip(guards, rt.redis.mget([keys.state(g) for g in guards]), strict=True) if v
+    }
+    if not hit:
+        return entries
+    kept: list[bytes] = []
+    suppressed: dict[str, int] = {}
+    for raw, d in zip(entries, decoded, strict=True):
+        if hit.intersection(d.guards):
+            name = orjson.loads(d.call).get("event") or "call"
+            suppressed[f"events:{name}:suppressed"] = (
+                suppressed.get(f"events:{name}:suppressed", 0) + 1
+            )
+        else:
+            kept.append(raw)
+    if len(kept) != len(entries):
+        rt.store.replace_outbox_work(shop, kept)
+        for name, n in suppressed.items():
+            rt.store.count(shop, name, n)
+    return kept
 
 
 def _schedule_retry(rt: Runtime, shop: str, retry: _Retry) -> float | None:

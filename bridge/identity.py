@@ -97,16 +97,25 @@ def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
     return Person(user_id, anon)
 
 
-def decide(mapped: Mapped, view: StateView, policy: Policy) -> list[tuple[str, Call]]:
-    """Candidate calls -> (ordering key, call) to send, identify before the tracks that need it."""
-    out: list[tuple[str, Call]] = []
+@dataclass(frozen=True)
+class Outgoing:
+    """A call to send, whose person it concerns, and the state records that would cancel it."""
+
+    call: Call
+    person: str
+    guards: tuple[str, ...] = ()
+
+
+def decide(mapped: Mapped, view: StateView, policy: Policy) -> list[Outgoing]:
+    """Candidate calls -> calls to send, identify before the tracks that need it."""
+    out: list[Outgoing] = []
     for update in mapped.identifies:
         who = resolve(update.person, view, policy)
         if who.user_id:
             call = render.identify_call(
                 update, user_id=who.user_id, anonymous_id=who.anonymous_id, shop=policy.shop
             )
-            out.append((who.order_key, call))
+            out.append(Outgoing(call, who.order_key))
     for event in mapped.events:
         who = resolve(event.person, view, policy)
         if not (who.user_id or who.anonymous_id):
@@ -118,5 +127,5 @@ def decide(mapped: Mapped, view: StateView, policy: Policy) -> list[tuple[str, C
             shop=policy.shop,
             naming=policy.naming,
         ):
-            out.append((who.order_key, call))
+            out.append(Outgoing(call, who.order_key))
     return out

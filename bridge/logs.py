@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+# International (+...) or North-American shaped numbers; bare digit runs are ids, not phones.
+_PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(\d{3}\)\s?\d{3}-\d{4}|\b\d{3}[-.\s]\d{3}[-.\s]\d{4}\b")
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -43,3 +44,5 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # RQ logs several lines per job; at our job rate they would drown the bridge's own lines.
+    logging.getLogger("rq").setLevel(max(logging.WARNING, root.level))

@@ -17,6 +17,7 @@ from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
 from bridge.identity import Policy, decide, keys_for
 from bridge.jsonio import parse_body
+from bridge.outbox import OutboxEntry
 from bridge.sources import MappingError, Source
 from bridge.state import StateView
 from bridge.store import Commit, Envelope
@@ -106,16 +107,18 @@ def process(
         if m.skipped:
             commit.count(f"webhooks:{env.topic}:skipped")
             continue
-        for _person, call in decide(m, view, policy):
+        for out in decide(m, view, policy):
+            call = out.call
             try:
-                # The receive time rides along so delivery can measure end-to-end latency.
-                commit.calls.append(b"%d\n" % env.received_ms + validate_call(call))
+                raw_call = validate_call(call)
             except InvalidCall as exc:
                 commit.parked.append(
                     orjson.dumps({"kind": "call", "reason": str(exc), "call": call})
                 )
                 commit.count("calls:invalid")
                 continue
+            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards)
+            commit.calls.append(entry.encode())
             name = call.get("event") or call["type"]
             commit.count(f"events:{name}:queued")
         commit.count(f"webhooks:{env.topic}:processed")
