@@ -130,7 +130,12 @@ class _Attempt:
 def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:
     counters: dict[str, int] = {}
     for e in entries:
-        received = OutboxEntry.decode(e).received_ms
+        entry = OutboxEntry.decode(e)
+        received = entry.received_ms
+        # issue 6: per-event outcome, read by /metrics as cartbridge_events_total{outcome}
+        call = orjson.loads(entry.call)
+        name = f"events:{call.get('event') or call.get('type')}:delivered"
+        counters[name] = counters.get(name, 0) + 1
         if received:
             ms = max(0, now - received)
             counters["latency_ms_sum"] = counters.get("latency_ms_sum", 0) + ms
@@ -219,6 +224,16 @@ def _send(rt: Runtime, shop: str, entries: list[bytes]) -> float | None:
         rt.store.count(shop, "calls:dead_lettered", len(attempt.dead))
     if retry is None and paused is None:
         rt.store.ack_outbox(shop, _latency_counters(attempt.delivered, now_ms()))
+        log.info(  # issue 6: one line per delivery batch
+            "batch delivered",
+            extra={
+                "shop": shop,
+                "batch_id": uuid.uuid4().hex[:16],
+                "calls": len(entries),
+                "delivered": len(attempt.delivered),
+                "dead_lettered": len(attempt.dead),
+            },
+        )
         rt.redis.delete(keys.prefix + "out:retry")
         return None
     done = set(attempt.delivered) | {d[0] for d in attempt.dead}

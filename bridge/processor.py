@@ -13,6 +13,7 @@ from datetime import datetime
 
 import orjson
 
+from bridge import volume
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
 from bridge.identity import Policy, decide, keys_for
@@ -121,6 +122,8 @@ def process(
             commit.calls.append(entry.encode())
             name = call.get("event") or call["type"]
             commit.count(f"events:{name}:queued")
+            if call["type"] == "track":
+                volume.record(commit, shop, name, env.received_ms)  # issue 6
         commit.count(f"webhooks:{env.topic}:processed")
     commit.state_set, commit.state_del = view.writes()
     return commit

@@ -6,6 +6,7 @@ Tests build `Settings(...)` directly; nothing else in the package calls `os.envi
 from __future__ import annotations
 
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +87,38 @@ class Settings(BaseSettings):
             raise ConfigError(
                 "PIPELINES_WRITE_KEY is not set (set PIPELINES_DRY_RUN=1 to run without sending)"
             )
+
+    # issue 6: metrics, volume-drop alerts (bridge/metrics.py, bridge/volume.py, bridge/monitor.py)
+    metrics_token: SecretStr = SecretStr("")
+    shop_timezone: str = "UTC"
+    volume_events: str = ""  # comma-separated; empty = the naming's cart, checkout, order events
+    volume_window_min: int = Field(default=60, ge=5, le=24 * 60)
+    volume_drop_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    volume_min_baseline: float = Field(default=20.0, ge=0.0)
+    volume_gap_factor: float = Field(default=10.0, gt=1.0)
+    volume_min_silence_s: int = Field(default=900, ge=0)
+    volume_check_every_s: int = Field(default=300, ge=30)
+    alert_webhook_url: SecretStr = SecretStr("")
+    alert_repeat_s: int = Field(default=6 * 3600, ge=60)
+
+    @field_validator("shop_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Berlin") from None
+        return v
+
+    @property
+    def key_events(self) -> list[str]:
+        """The events whose volume is watched (issue 6)."""
+        named = [e.strip() for e in self.volume_events.split(",") if e.strip()]
+        if named:
+            return named
+        if self.event_naming == "segment":
+            return ["Product Added", "Checkout Started", "Order Completed"]
+        return ["added_to_cart", "checkout_started", "order_completed"]
 
 
 def load_settings(**overrides: object) -> Settings:

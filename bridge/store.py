@@ -194,6 +194,9 @@ class Commit:
     state_del: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     parked: list[bytes] = field(default_factory=list)
+    # issue 6: per-event volume buckets and last-seen times (bridge/volume.record)
+    hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
+    hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -271,6 +274,10 @@ class Store:
             pipe.rpush(k.parked, *commit.parked)
         for name, n in commit.counters.items():
             pipe.hincrby(k.stats, name, n)
+        for (key, name), n in commit.hash_incr.items():
+            pipe.hincrby(key, name, n)
+        for (key, name), v in commit.hash_set.items():
+            pipe.hset(key, name, v)
         pipe.delete(k.inbound_work)
         pipe.execute()
 

@@ -78,6 +78,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     def shopify_webhook() -> Response:
         return receive_shopify(ingest)
 
+    from bridge.metrics import bp as metrics_bp  # issue 6: GET /metrics
+
+    app.register_blueprint(metrics_bp)
+
     return app
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from rq import SimpleWorker
 
+from bridge.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.runtime import Runtime, install
 from bridge.store import Keys
 
@@ -56,6 +57,8 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
     worker.runtime = rt
     if not burst and rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
         schedule_sweep(rt)
+    if not burst:
+        ensure_check_scheduled(rt)  # issue 6: the periodic volume check
     return bool(worker.work(burst=burst, with_scheduler=not burst, **work_kwargs))
 
 
@@ -72,3 +75,4 @@ def sweep(rt: Runtime) -> None:
             enqueue_deliver(rt.queue, shop)
     rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
     schedule_sweep(rt)
+    ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain

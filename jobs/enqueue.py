@@ -33,3 +33,16 @@ def enqueue_deliver(queue: Queue, shop: str, delay_s: float = 0.0) -> None:
 
 
 SWEEP = "jobs.sweep.sweep"
+
+
+CHECK = "jobs.check.check"  # issue 6: the periodic volume check (bridge/monitor.py)
+
+
+def enqueue_check(queue: Queue, delay_s: float) -> None:
+    queue.enqueue_in(
+        timedelta(seconds=delay_s),
+        CHECK,
+        job_timeout=JOB_TIMEOUT_S,
+        result_ttl=0,
+        failure_ttl=86_400,
+    )
