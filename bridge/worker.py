@@ -72,3 +72,7 @@ def sweep(rt: Runtime) -> None:
             enqueue_deliver(rt.queue, shop)
     rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
     schedule_sweep(rt)
+    # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
+    from bridge.reconcile import maybe_reconcile
+
+    maybe_reconcile(rt)
