@@ -152,7 +152,7 @@ class AdminStandIn:
         self.products = dict(products or {})
         self.maximum = maximum
         self.restore_rate = restore_rate
-        self.faults: list[str] = []
+        self.faults: list[tuple[str | None, str]] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.answers: list[str] = []
         self._lock = threading.Lock()
@@ -160,10 +160,10 @@ class AdminStandIn:
         self._thread: threading.Thread | None = None
 
     # --- control ---------------------------------------------------------------------------
-    def script(self, *faults: str) -> None:
-        """Answer the next requests with these faults, in order (`throttled`, `error500`)."""
+    def script(self, *faults: str, op: str | None = None) -> None:
+        """Answer the next requests (of operation `op`, or any) with these faults, in order."""
         with self._lock:
-            self.faults.extend(faults)
+            self.faults.extend((op, f) for f in faults)
 
     def order_requests(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -229,7 +229,12 @@ class AdminStandIn:
         cost = float(variables.get("first") or 1) + 2
         with self._lock:
             self.requests.append((op, variables))
-            fault = self.faults.pop(0) if self.faults else None
+            fault = None
+            for i, (want, name) in enumerate(self.faults):
+                if want is None or want == op:
+                    fault = name
+                    del self.faults[i]
+                    break
         if fault == "throttled":
             self.answers.append("throttled")
             return 200, {
