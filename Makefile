@@ -16,7 +16,7 @@ dev: $(VENV)/.installed
 	$(BIN)/bridge dev
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check bridge jobs tests bench
+	$(BIN)/ruff check bridge jobs tests $(wildcard bench)
 	$(BIN)/mypy
 
 test: lint

@@ -272,3 +272,35 @@ def test_traits_from_the_order_index_with_refunds_currencies_and_live_orders(
     assert traits["first_order_date"].startswith("2023-01-01")
     assert traits["last_order_date"].startswith("2023-03-01")
     assert traits["last_order_id"] == "3003"
+
+
+def test_category_dates_use_the_cached_product_lookup(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+) -> None:
+    admin.products = {"81": "Coffee Beans", "82": "Filters"}
+    a = rest_order(
+        gql_order(5001, customer_id=800, email="k@example.com", created="2023-05-01T00:00:00Z",
+                  total="9.00", lines=[(81, "", "9.00", 1)])
+    )
+    b = rest_order(
+        gql_order(5002, customer_id=800, email="k@example.com", created="2023-06-01T00:00:00Z",
+                  total="9.00", lines=[(81, "", "4.00", 1), (82, "", "5.00", 1)])
+    )
+    path = tmp_path / "rest.jsonl"
+    # REST exports carry no product type: the lookup finds it.
+    path.write_text("".join(json.dumps(o) + "\n" for o in (a, b)))
+    assert main(["backfill", "file", str(path), "--categories", "--rate", "1000"]) == 0
+    asked = [v["ids"] for op, v in admin.requests if op == "ProductTypes"]
+    # Product 81 is looked up once; the second order only asks for the one it has not seen.
+    assert asked == [["gid://shopify/Product/81"], ["gid://shopify/Product/82"]]
+    assert redis.hget(Keys(SHOP).prefix + "product_types", "82") == b"Filters"
+    queued = [Envelope.decode(raw) for raw in redis.lrange(Keys(SHOP).inbound, 0, -1)]
+    (traits,) = [json.loads(e.body) for e in queued if e.topic == "backfill/traits"]
+    assert traits["customer"] == {"id": "800", "email": "k@example.com"}
+    assert traits["traits"] == {
+        "last_order_date_coffee_beans": "2023-06-01T00:00:00.000Z",
+        "last_order_date_filters": "2023-06-01T00:00:00.000Z",
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from bridge.backfill import (
     MAX_ATTRIBUTE_NAME_BYTES,
+    Progress,
     RateCap,
     assemble_bulk,
     category_trait_name,
@@ -267,3 +269,18 @@ def test_missing_read_all_orders_is_reported() -> None:
     vis = check_visibility(client, datetime(2025, 1, 20, tzinfo=UTC))
     assert vis.scopes == frozenset({"read_orders"})
     assert len(vis.warnings) == 1 and "read_all_orders" in vis.warnings[0]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    tty, pipe = _Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = Progress(10, stream)
+        bar.update(5, force=True)
+        bar.close()
+    assert "5/10 orders" in tty.getvalue() and "ETA" in tty.getvalue()
+    assert pipe.getvalue() == ""
