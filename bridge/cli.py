@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge import cli_check  # issue 6: `bridge check`
 
     cli_check.register(sub)
+    from bridge import cli_backfill  # issue 5: backfill and reconcile
+
+    cli_backfill.register(sub)
     return parser
 
 

@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     queue_name: str = "cartbridge"
     log_level: str = "INFO"
 
+    # issue 5: backfill and reconciliation through the Shopify Admin GraphQL API.
+    shopify_shop: str = ""  # e.g. example.myshopify.com
+    shopify_admin_token: SecretStr = SecretStr("")
+    shopify_api_version: str = "2025-07"
+    shopify_admin_url: str = ""  # overrides https://{shop}/admin/api/{version}/graphql.json
+    backfill_rate_per_s: float = Field(default=50.0, gt=0)
+    backfill_category_traits: bool = False
+    backfill_category_traits_max: int = Field(default=50, ge=0, le=250)
+    reconcile_every_s: int = Field(default=0, ge=0)  # 0 = the worker never reconciles
+    reconcile_window_s: int = Field(default=7200, ge=60)
+    reconcile_grace_s: int = Field(default=300, ge=0)
+
     @field_validator("pipelines_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:

@@ -76,3 +76,7 @@ def sweep(rt: Runtime) -> None:
     rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
     schedule_sweep(rt)
     ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
+    # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
+    from bridge.reconcile import maybe_reconcile
+
+    maybe_reconcile(rt)

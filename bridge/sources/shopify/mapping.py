@@ -26,6 +26,11 @@ from bridge.canonical import (
 from bridge.ids import gid_to_id, normalise_cart_token
 from bridge.sources import MappingError
 from bridge.sources.shopify import parts
+from bridge.sources.shopify.historic import (
+    map_backfill_order,
+    map_backfill_refund,
+    map_backfill_traits,
+)
 from bridge.sources.shopify.models import (
     Cart,
     Checkout,
@@ -223,6 +228,10 @@ MAPPERS: dict[str, Mapper] = {
     "customers/redact": map_compliance,
     "customers/data_request": map_compliance,
     "shop/redact": map_shop_redact,
+    # issue 5: internal topics the backfill queues (never sent by Shopify).
+    "backfill/order": map_backfill_order,
+    "backfill/refund": map_backfill_refund,
+    "backfill/traits": map_backfill_traits,
 }
 
 

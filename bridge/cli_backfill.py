@@ -1,0 +1,243 @@
+"""`bridge backfill shopify|file PATH` and `bridge reconcile --since 2h` (issue 5)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+
+from bridge.backfill import (
+    Backfill,
+    BackfillOptions,
+    Batch,
+    Checkpoint,
+    ProductTypeCache,
+    Progress,
+    Summary,
+    count_file_orders,
+    file_batches,
+    file_job,
+    rest_order,
+)
+from bridge.settings import ConfigError, Settings, load_settings
+from bridge.shopify_admin import (
+    EMPTY_EMAIL_WARNING,
+    AdminAccessDenied,
+    AdminClient,
+    AdminError,
+    check_visibility,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `7d` -> timedelta. Raises argparse.ArgumentTypeError."""
+    m = _DURATION.match(text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a duration like 2h or 30m: {text!r}")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def _err(message: str) -> int:
+    sys.stderr.write(f"cartbridge: {message}\n")
+    return 2
+
+
+def _loud(message: str) -> None:
+    sys.stderr.write(f"\n!!! WARNING: {message}\n\n")
+
+
+def _report(summary: Summary, *, dry_run: bool, elapsed_s: float) -> None:
+    out = sys.stdout
+    if dry_run and summary.samples:
+        out.write("sample calls (not sent):\n")
+        for call in summary.samples:
+            out.write(orjson.dumps(call).decode() + "\n")
+    out.write("backfill " + ("dry run " if dry_run else "") + "summary:\n")
+    for line in summary.lines(dry_run=dry_run):
+        out.write(f"  {line}\n")
+    out.write(f"  elapsed: {elapsed_s:.1f}s\n")
+    if summary.resumed_from:
+        out.write(f"  resumed from checkpoint {summary.resumed_from}\n")
+    if summary.interrupted:
+        out.write("  interrupted: run the same command again to resume from the checkpoint\n")
+    if summary.empty_emails:
+        _loud(EMPTY_EMAIL_WARNING.format(n=summary.empty_emails, total=summary.with_customer))
+    out.flush()
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    import time
+
+    from bridge.processor import ProcessConfig
+    from bridge.sources.shopify import ShopifySource
+    from bridge.store import Store, connect
+    from jobs.enqueue import enqueue_drain
+
+    try:
+        settings = _settings()
+    except ConfigError as exc:
+        return _err(f"configuration error: {exc}")
+    shop = (args.shop or settings.shopify_shop).strip().lower()
+    if not shop:
+        return _err("SHOPIFY_SHOP is not set (or pass --shop)")
+    admin: AdminClient | None = None
+    if args.source == "shopify" or (settings.shopify_admin_token.get_secret_value() and shop):
+        try:
+            admin = AdminClient.from_settings(
+                settings.model_copy(update={"shopify_shop": shop}),
+                timeout_s=max(settings.http_timeout_s, 30.0),
+            )
+        except AdminError as exc:
+            if args.source == "shopify":
+                return _err(str(exc))
+    from rq import Queue
+
+    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
+    store = Store(client)
+    queue = Queue(settings.queue_name, connection=client)
+    config = ProcessConfig(
+        shop_currency=settings.shop_currency,
+        skip_test_orders=settings.skip_test_orders,
+        naming=settings.event_naming,
+        order_completed_on=settings.order_completed_on,
+    )
+    opts = BackfillOptions(
+        shop=shop,
+        config=config,
+        events=args.events,
+        dry_run=args.dry_run,
+        rate_per_s=args.rate or settings.backfill_rate_per_s,
+        dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
+        category_traits=args.categories or settings.backfill_category_traits,
+        category_limit=settings.backfill_category_traits_max,
+    )
+    job = "shopify" if args.source == "shopify" else file_job(Path(args.path))
+    checkpoint = Checkpoint(client, shop, job)
+    if args.restart:
+        checkpoint.clear()
+    types = (
+        ProductTypeCache(client, shop, admin.product_types if admin else None)
+        if opts.category_traits
+        else None
+    )
+    run = Backfill(
+        opts,
+        source=ShopifySource(),
+        store=store,
+        queue=queue,
+        checkpoint=checkpoint,
+        product_types=types,
+        enqueue_drain=enqueue_drain,
+    )
+    position = None if args.dry_run else run.resume_position()
+    started = time.monotonic()
+    try:
+        if args.source == "shopify":
+            assert admin is not None
+            visibility = check_visibility(admin, datetime.now(UTC))
+            for warning in visibility.warnings:
+                _loud(warning)
+            total = admin.orders_count(args.query)
+            batches: Iterator[Batch] = (
+                Batch([rest_order(n) for n in page.nodes], page.end_cursor or "")
+                for page in admin.order_pages(
+                    search=args.query, after=position, page_size=args.page_size
+                )
+            )
+        else:
+            path = Path(args.path)
+            if not path.is_file():
+                return _err(f"no such file: {path}")
+            total = count_file_orders(path)
+            batches = file_batches(path, start=int(position or 0))
+        progress = Progress(total, sys.stderr, start=run.summary.orders)
+        summary = run.run(batches, progress)
+    except AdminAccessDenied as exc:
+        return _err(f"the Admin API refused the token: {exc} (needs read_orders)")
+    except AdminError as exc:
+        _report(run.summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
+        return _err(f"Admin API: {exc}; run the same command again to resume")
+    finally:
+        if admin is not None:
+            admin.close()
+    _report(summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.errors else 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from rq import Queue
+
+    from bridge.reconcile import reconcile
+    from bridge.store import Store, connect
+    from jobs.enqueue import enqueue_drain
+
+    try:
+        settings = _settings()
+        admin = AdminClient.from_settings(settings, timeout_s=max(settings.http_timeout_s, 30.0))
+    except (ConfigError, AdminError) as exc:
+        return _err(f"configuration error: {exc}")
+    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
+    store = Store(client)
+    grace_s = settings.reconcile_grace_s if args.grace is None else args.grace
+    try:
+        report = reconcile(
+            admin,
+            store,
+            Queue(settings.queue_name, connection=client),
+            shop=admin.shop,
+            window=args.since,
+            grace=timedelta(seconds=grace_s),
+            dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
+            enqueue_drain=enqueue_drain,
+            dry_run=args.dry_run,
+        )
+    except AdminError as exc:
+        return _err(f"Admin API: {exc}")
+    finally:
+        admin.close()
+    print(report.line())
+    if args.dry_run and report.missing_ids:
+        print("missing order ids: " + " ".join(report.missing_ids[:50]))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `backfill` and `reconcile` to the `bridge` command."""
+    p = sub.add_parser("backfill", help="queue historic orders (Admin API or a JSONL file)")
+    p.add_argument("source", choices=["shopify", "file"])
+    p.add_argument("path", nargs="?", help="the JSONL file (for `file`)")
+    p.add_argument("--events", action="store_true", help="also send historic order_completed")
+    p.add_argument("--dry-run", action="store_true", help="map and summarise; queue nothing")
+    p.add_argument("--rate", type=float, help="orders queued per second (BACKFILL_RATE_PER_S)")
+    p.add_argument("--shop", help="the shop domain (default SHOPIFY_SHOP)")
+    p.add_argument("--query", help="Admin API order search, e.g. \"created_at:>='2024-01-01'\"")
+    p.add_argument("--page-size", type=int, default=50)
+    p.add_argument("--categories", action="store_true", help="per-category last order dates")
+    p.add_argument("--restart", action="store_true", help="ignore the checkpoint")
+    p.set_defaults(func=_checked_backfill)
+
+    p = sub.add_parser("reconcile", help="queue orders changed recently that the bridge missed")
+    p.add_argument("--since", type=parse_duration, default=timedelta(hours=2))
+    p.add_argument("--grace", type=float, help="seconds of recent changes to leave alone")
+    p.add_argument("--dry-run", action="store_true", help="report missing orders; queue nothing")
+    p.set_defaults(func=cmd_reconcile)
+
+
+def _checked_backfill(args: argparse.Namespace) -> int:
+    if args.source == "file" and not args.path:
+        return _err("bridge backfill file PATH: the path is missing")
+    return cmd_backfill(args)

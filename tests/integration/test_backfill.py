@@ -1,0 +1,306 @@
+"""`bridge backfill` on real parts: the Admin API stand-in, Redis, an RQ worker, the Pipelines
+stand-in. Historic orders take the live drain path as `backfill/order` envelopes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_lib
+
+from bridge.backfill import rest_order
+from bridge.cli import main
+from bridge.settings import Settings
+from bridge.standin import PipelinesStandIn
+from bridge.store import Envelope, Keys, Store, now_ms
+from jobs.enqueue import enqueue_drain
+from tests.conftest import ROOT, SHOP, service_env, start_worker, wait_until
+from tests.shopify_admin_standin import TOKEN, AdminStandIn, bulk_lines, gql_order
+
+
+def some_orders(n: int, customers: int) -> list[dict[str, Any]]:
+    return [
+        gql_order(
+            1000 + i,
+            customer_id=500 + i % customers,
+            email=f"c{i % customers}@example.com",
+            created=f"2023-01-{i + 1:02d}T10:00:00Z",
+            total=f"{10 + i}.00",
+            lines=[(70 + i % 3, "Coffee", f"{10 + i}.00", 1)],
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def admin() -> Iterator[AdminStandIn]:
+    with AdminStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def env(
+    settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The environment of an operator running `bridge backfill` against the stand-ins."""
+    values = service_env(
+        settings,
+        SHOPIFY_SHOP=SHOP,
+        SHOPIFY_ADMIN_TOKEN=TOKEN,
+        SHOPIFY_ADMIN_URL=admin.url,
+        LOG_LEVEL="ERROR",
+    )
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    proc = start_worker(settings)
+    yield proc
+    proc.terminate()
+    proc.wait(40)
+
+
+def kinds(calls: list[dict[str, Any]]) -> list[str]:
+    return sorted(c.get("event") or c["type"] for c in calls)
+
+
+def test_pages_with_a_throttled_answer_become_identify_calls(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin.orders = some_orders(7, customers=4)
+    admin.script("throttled", op="Orders")
+    assert main(["backfill", "shopify", "--page-size", "3", "--rate", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "customers: 4" in out and "orders: 7" in out and "errors: 0" in out
+
+    # Three pages, the first asked twice because the stand-in throttled it once.
+    assert [r["after"] for r in admin.order_requests()] == [None, None, "c:3", "c:6"]
+    assert "throttled" in admin.answers
+
+    assert pipelines.wait_for(7, 30), pipelines.calls
+    assert kinds(pipelines.calls) == ["identify"] * 7  # identify only without --events
+    assert {c["userId"] for c in pipelines.calls} == {"500", "501", "502", "503"}
+    assert all(c["traits"]["email"].endswith("@example.com") for c in pipelines.calls)
+
+
+def test_events_from_a_bulk_file_and_a_rerun_sends_the_same_message_ids(
+    env: dict[str, str],
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    orders = some_orders(2, customers=2)
+    orders[0] = gql_order(
+        1000,
+        customer_id=500,
+        email="c0@example.com",
+        created="2023-01-01T10:00:00Z",
+        total="40.00",
+        refunds=[(9001, "15.00", "2023-01-05T00:00:00Z")],
+    )
+    path = tmp_path / "bulk.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in bulk_lines(orders)))
+    argv = ["backfill", "file", str(path), "--events", "--rate", "1000"]
+    assert main(argv) == 0
+    assert pipelines.wait_for(5, 30), pipelines.calls
+    first = list(pipelines.calls)
+    assert kinds(first) == [
+        "identify",
+        "identify",
+        "order_completed",
+        "order_completed",
+        "order_refunded",
+    ]
+    completed = [c for c in first if c.get("event") == "order_completed"]
+    assert {c["timestamp"] for c in completed} == {
+        "2023-01-01T10:00:00.000Z",
+        "2023-01-02T10:00:00.000Z",
+    }
+    assert all(c["properties"]["backfill"] is True for c in completed)
+    refund = next(c for c in first if c.get("event") == "order_refunded")
+    assert refund["userId"] == "500" and refund["properties"]["amount"] == 15.0
+
+    # A rerun inside the dedupe window queues nothing.
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "+ 3 already queued" in capsys.readouterr().out
+
+    # Past the window (seen ids gone) a rerun sends the very same messageIds.
+    for key in redis.scan_iter(match=Keys(SHOP).seen("*")):
+        redis.delete(key)
+    assert main(argv) == 0
+    assert pipelines.wait_for(10, 30)
+    second = pipelines.calls[5:]
+    assert sorted(c["messageId"] for c in second) == sorted(c["messageId"] for c in first)
+
+
+def test_dry_run_prints_a_sample_and_queues_nothing(
+    env: dict[str, str],
+    settings: Settings,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "rest.jsonl"
+    path.write_text("".join(json.dumps(rest_order(o)) + "\n" for o in some_orders(3, 3)))
+    assert main(["backfill", "file", str(path), "--dry-run", "--events"]) == 0
+    out = capsys.readouterr().out
+    assert "sample calls (not sent):" in out
+    assert '"event":"order_completed"' in out
+    assert "would queue: 3 envelopes" in out and "calls that would be sent: 6" in out
+    assert Store(redis).depth(SHOP) == {"inbound": 0, "outbox": 0, "parked": 0}
+    assert not list(redis.scan_iter(match=Keys(SHOP).seen("*")))
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin.orders = some_orders(12, customers=12)
+    checkpoint = Keys(SHOP).prefix + "backfill:shopify"
+    # A slow run (4 orders/s) so Ctrl-C lands mid-way, after at least one finished page.
+    argv = ["backfill", "shopify", "--page-size", "2", "--rate", "4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", *argv],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert wait_until(lambda: redis.hget(checkpoint, "position") is not None, 30)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    assert b"interrupted" in out
+    position = redis.hget(checkpoint, "position")
+    assert position is not None
+    asked_before = len(admin.order_requests())
+
+    assert main(["backfill", "shopify", "--page-size", "2", "--rate", "1000"]) == 0
+    assert f"resumed from checkpoint {position.decode()}" in capsys.readouterr().out
+    assert admin.order_requests()[asked_before]["after"] == position.decode()
+    assert redis.exists(checkpoint) == 0  # a finished run leaves no checkpoint
+
+    # Every order exactly once, though the interrupted page was queued twice.
+    assert pipelines.wait_for(12, 30)
+    assert not wait_until(lambda: len(pipelines.calls) > 12, 1.5)
+    assert sorted(c["userId"] for c in pipelines.calls) == sorted(str(500 + i) for i in range(12))
+
+
+def _live(store: Store, settings: Settings, order: dict[str, Any]) -> None:
+    from rq import Queue
+
+    env = Envelope(
+        shop=SHOP,
+        topic="orders/paid",
+        webhook_id=f"live-{order['id']}",
+        body=json.dumps(order).encode(),
+        received_ms=now_ms(),
+    )
+    store.ingest(env, dedupe_ttl_s=3600)
+    enqueue_drain(Queue(settings.queue_name, connection=store.redis), SHOP)
+
+
+@pytest.mark.xfail(strict=False, reason="needs identity branch order index")
+def test_traits_from_the_order_index_with_refunds_currencies_and_live_orders(
+    env: dict[str, str],
+    settings: Settings,
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+) -> None:
+    orders = [
+        gql_order(
+            3001,
+            customer_id=900,
+            email="t@example.com",
+            created="2023-01-01T00:00:00Z",
+            total="50.00",
+        ),
+        # Paid in EUR; the shop's money is USD 110.00, which is what lifetime value sums.
+        gql_order(
+            3002,
+            customer_id=900,
+            email="t@example.com",
+            created="2023-02-01T00:00:00Z",
+            total="110.00",
+            presentment=("100.00", "EUR"),
+            refunds=[(9101, "30.00", "2023-02-03T00:00:00Z")],
+        ),
+        gql_order(
+            3003,
+            customer_id=900,
+            email="t@example.com",
+            created="2023-03-01T00:00:00Z",
+            total="20.00",
+        ),
+    ]
+    admin.orders = orders
+    store = Store(redis)
+    _live(store, settings, rest_order(orders[0]))  # seen live before the backfill
+    assert pipelines.wait_for(2, 30)
+    assert main(["backfill", "shopify", "--rate", "1000"]) == 0
+
+    def identifies() -> list[dict[str, Any]]:
+        return [c for c in pipelines.calls if c["type"] == "identify" and c["userId"] == "900"]
+
+    # The live identify and one per backfilled order have arrived; the last one is current.
+    assert wait_until(lambda: len(identifies()) >= 4, 30)
+    traits = identifies()[-1]["traits"]
+    assert traits["orders_count"] == 3  # 3001 counted once though seen live and backfilled
+    assert traits["lifetime_value"] == 150.0  # 50 + 110 + 20 - 30 refunded
+    assert traits["first_order_date"].startswith("2023-01-01")
+    assert traits["last_order_date"].startswith("2023-03-01")
+    assert traits["last_order_id"] == "3003"
+
+
+def test_category_dates_use_the_cached_product_lookup(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+) -> None:
+    admin.products = {"81": "Coffee Beans", "82": "Filters"}
+    a = rest_order(
+        gql_order(5001, customer_id=800, email="k@example.com", created="2023-05-01T00:00:00Z",
+                  total="9.00", lines=[(81, "", "9.00", 1)])
+    )
+    b = rest_order(
+        gql_order(5002, customer_id=800, email="k@example.com", created="2023-06-01T00:00:00Z",
+                  total="9.00", lines=[(81, "", "4.00", 1), (82, "", "5.00", 1)])
+    )
+    path = tmp_path / "rest.jsonl"
+    # REST exports carry no product type: the lookup finds it.
+    path.write_text("".join(json.dumps(o) + "\n" for o in (a, b)))
+    assert main(["backfill", "file", str(path), "--categories", "--rate", "1000"]) == 0
+    asked = [v["ids"] for op, v in admin.requests if op == "ProductTypes"]
+    # Product 81 is looked up once; the second order only asks for the one it has not seen.
+    assert asked == [["gid://shopify/Product/81"], ["gid://shopify/Product/82"]]
+    assert redis.hget(Keys(SHOP).prefix + "product_types", "82") == b"Filters"
+    queued = [Envelope.decode(raw) for raw in redis.lrange(Keys(SHOP).inbound, 0, -1)]
+    (traits,) = [json.loads(e.body) for e in queued if e.topic == "backfill/traits"]
+    assert traits["customer"] == {"id": "800", "email": "k@example.com"}
+    assert traits["traits"] == {
+        "last_order_date_coffee_beans": "2023-06-01T00:00:00.000Z",
+        "last_order_date_filters": "2023-06-01T00:00:00.000Z",
+    }
