@@ -171,7 +171,9 @@ def procfile_command(name: str) -> list[str]:
     raise RuntimeError(f"no {name} in Procfile")
 
 
-def service_env(redis_url: str, pipelines_url: str = "http://127.0.0.1:9/v1", **extra: str) -> dict[str, str]:
+def service_env(
+    redis_url: str, pipelines_url: str = "http://127.0.0.1:9/v1", **extra: str
+) -> dict[str, str]:
     """The environment a web or worker process runs with (Heroku-like: settings from env)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIPELINES_", "SHOPIFY_"))}
     env.update(
@@ -186,7 +188,9 @@ def service_env(redis_url: str, pipelines_url: str = "http://127.0.0.1:9/v1", **
     return env
 
 
-def wait_http(port: int, path: str = "/healthz", timeout_s: float = 30.0, method: str = "GET") -> None:
+def wait_http(
+    port: int, path: str = "/healthz", timeout_s: float = 30.0, method: str = "GET"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -206,7 +210,7 @@ LOG_DIR = Path(tempfile.gettempdir()) / "cartbridge-bench-logs"
 def _log(name: str) -> Any:
     """Where a service's output goes (its log lines would otherwise flood the bench's output)."""
     LOG_DIR.mkdir(exist_ok=True)
-    return open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - the child process owns it
+    return open(LOG_DIR / f"{name}.log", "ab")
 
 
 def start_web(env: dict[str, str], *, app: str | None = None, workers: int = 2) -> Service:
@@ -237,7 +241,9 @@ def start_workers(n: int, env: dict[str, str]) -> list[Service]:
     return [
         Service(
             f"worker{i}",
-            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=_log("worker"), stderr=subprocess.STDOUT),
+            subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=_log("worker"), stderr=subprocess.STDOUT
+            ),
         )
         for i in range(n)
     ]
@@ -362,7 +368,9 @@ class WebhookFactory:
         self.seed = seed
         self.shops = [f"bench-{seed}-{i}.myshopify.com" for i in range(shops)]
         self.n = 0
-        self.templates = {f: orjson.loads((FIXTURES / f"{f}.json").read_bytes()) for _, f, _ in TOPIC_MIX}
+        self.templates = {
+            f: orjson.loads((FIXTURES / f"{f}.json").read_bytes()) for _, f, _ in TOPIC_MIX
+        }
         self.spare_item = self.templates["carts-create"]["line_items"][0]
         self.topics = [t for t, _, _ in TOPIC_MIX]
         self.fixture = {t: f for t, f, _ in TOPIC_MIX}
@@ -524,7 +532,12 @@ def wrk_script(hooks: Sequence[Webhook], run_id: str, path: str = PATH) -> str:
 
 
 def run_wrk(
-    wrk: str, port: int, hooks: Sequence[Webhook], *, concurrency: int, duration_s: float,
+    wrk: str,
+    port: int,
+    hooks: Sequence[Webhook],
+    *,
+    concurrency: int,
+    duration_s: float,
     threads: int = 1,
 ) -> dict[str, Any]:
     """Closed-loop load at fixed concurrency for a fixed time; fresh webhook ids per request."""
@@ -534,15 +547,27 @@ def run_wrk(
     try:
         out = subprocess.run(
             [
-                wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
-                "--timeout", "5s", "-s", script, f"http://127.0.0.1:{port}{PATH}",
+                wrk,
+                "-t",
+                str(threads),
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{max(1, round(duration_s))}s",
+                "--timeout",
+                "5s",
+                "-s",
+                script,
+                f"http://127.0.0.1:{port}{PATH}",
             ],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     finally:
         os.unlink(script)
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
-    raw = json.loads(line[len("WRKJSON "):])
+    raw = json.loads(line[len("WRKJSON ") :])
     secs = raw["duration_us"] / 1e6
     errors = raw["connect"] + raw["read"] + raw["write"] + raw["status"] + raw["timeout"]
     return {
@@ -558,14 +583,38 @@ def run_wrk(
 
 
 def run_py_driver(
-    port: int, *, concurrency: int, duration_s: float = 0.0, count: int = 0, rate: float = 0.0,
-    seed: int = 1, shops: int = 4, pool: int = 0, posts_out: str | None = None,
+    port: int,
+    *,
+    concurrency: int,
+    duration_s: float = 0.0,
+    count: int = 0,
+    rate: float = 0.0,
+    seed: int = 1,
+    shops: int = 4,
+    pool: int = 0,
+    posts_out: str | None = None,
 ) -> dict[str, Any]:
     """Run the Python driver in its own process and return its JSON summary."""
     cmd = [
-        sys.executable, str(ROOT / "bench" / "common.py"), "drive", "--port", str(port),
-        "--concurrency", str(concurrency), "--duration", str(duration_s), "--count", str(count),
-        "--rate", str(rate), "--seed", str(seed), "--shops", str(shops), "--pool", str(pool),
+        sys.executable,
+        str(ROOT / "bench" / "common.py"),
+        "drive",
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+        "--duration",
+        str(duration_s),
+        "--count",
+        str(count),
+        "--rate",
+        str(rate),
+        "--seed",
+        str(seed),
+        "--shops",
+        str(shops),
+        "--pool",
+        str(pool),
     ]
     if posts_out:
         cmd += ["--posts-out", posts_out]
@@ -670,8 +719,15 @@ def _drive_main(args: argparse.Namespace) -> int:
 
 
 def drive(
-    port: int, *, concurrency: int, duration_s: float, prefer_wrk: bool = True, seed: int = 1,
-    shops: int = 4, rate: float = 0.0, pool: int = 256,
+    port: int,
+    *,
+    concurrency: int,
+    duration_s: float,
+    prefer_wrk: bool = True,
+    seed: int = 1,
+    shops: int = 4,
+    rate: float = 0.0,
+    pool: int = 256,
 ) -> dict[str, Any]:
     """Fixed-concurrency load for a fixed time: wrk when available (closed loop only), else the
     Python driver; `rate` > 0 means open loop at that many requests per second (Python)."""
@@ -681,7 +737,12 @@ def drive(
         hooks = [factory.make() for _ in range(pool)]
         return run_wrk(wrk, port, hooks, concurrency=concurrency, duration_s=duration_s)
     return run_py_driver(
-        port, concurrency=concurrency, duration_s=duration_s, rate=rate, seed=seed, shops=shops,
+        port,
+        concurrency=concurrency,
+        duration_s=duration_s,
+        rate=rate,
+        seed=seed,
+        shops=shops,
         pool=pool,
     )
 

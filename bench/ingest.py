@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis as redis_lib  # noqa: E402
+import redis as redis_lib
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     Service,
     drive,
     have_wrk,
@@ -43,8 +43,14 @@ def _one(
     web: Service, args: argparse.Namespace, *, rate: float = 0.0, seed: int = 1
 ) -> dict[str, Any]:
     # A short warm-up first: imports, connection pools and the Lua script cache.
-    drive(web.port, concurrency=args.concurrency, duration_s=1, prefer_wrk=args.driver != "python",
-          seed=seed, rate=0.0)
+    drive(
+        web.port,
+        concurrency=args.concurrency,
+        duration_s=1,
+        prefer_wrk=args.driver != "python",
+        seed=seed,
+        rate=0.0,
+    )
     return drive(
         web.port,
         concurrency=args.concurrency,
@@ -103,9 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             vals.append(float(v))
         return round(statistics.median(vals), 3)
 
-    web_rss = max(
-        max(r["bridge"]["rss"]["children_mb"] or [0.0]) for r in runs
-    )
+    web_rss = max(max(r["bridge"]["rss"]["children_mb"] or [0.0]) for r in runs)
     summary = {
         "bare_rps": med(("bare", "rps")),
         "bare_p50_ms": med(("bare", "p50_ms")),
@@ -148,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--concurrency", type=int, default=16, help="connections kept busy")
     p.add_argument("--web-concurrency", type=int, default=2, help="WEB_CONCURRENCY")
-    p.add_argument("--driver", choices=("auto", "python"), default="auto",
-                   help="auto: wrk if installed (apt-get install when root), else python")
+    p.add_argument(
+        "--driver",
+        choices=("auto", "python"),
+        default="auto",
+        help="auto: wrk if installed (apt-get install when root), else python",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
     out = run(args)
@@ -158,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     s = out["summary"]
     m = out["machine"]
-    print(f"machine: {m['nproc']} cpu, {m['cpu']}, {m['mem_gb']} GB; driver {out['params']['driver']}")
+    print(
+        f"machine: {m['nproc']} cpu, {m['cpu']}, {m['mem_gb']} GB; driver {out['params']['driver']}"
+    )
     for i, r in enumerate(out["runs"], 1):
         print(
             f"run {i}: bare {r['bare']['rps']:.0f} req/s p50 {r['bare']['p50_ms']} p99 "
