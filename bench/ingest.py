@@ -1,0 +1,195 @@
+"""Ingest bench: the web as the Procfile runs it vs a bare Flask app under the same gunicorn.
+
+    .venv/bin/python bench/ingest.py [--runs 5] [--duration 10] [--concurrency 16] [--json]
+
+Each run drives both apps (alternating, same Redis, same machine) with signed, realistic
+webhooks (bench.common.WebhookFactory: a topic mix, 2-20 KB bodies, a fresh webhook id per
+request) at fixed concurrency for a fixed time, then drives the bridge open loop at half its
+measured maximum rate for the p99 target. Prints req/s, p50, p99, the ratio bridge/bare (per run
+and the median), and each web process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis as redis_lib
+
+from bench.common import (
+    Service,
+    drive,
+    have_wrk,
+    machine,
+    run_py_driver,
+    service_env,
+    services,
+    start_redis,
+    start_web,
+    tree_rss,
+)
+
+BARE_APP = "bench.bare_app:app"
+
+
+def _one(
+    web: Service, args: argparse.Namespace, *, rate: float = 0.0, seed: int = 1
+) -> dict[str, Any]:
+    # A short warm-up first: imports, connection pools and the Lua script cache.
+    drive(
+        web.port,
+        concurrency=args.concurrency,
+        duration_s=1,
+        prefer_wrk=args.driver != "python",
+        seed=seed,
+        rate=0.0,
+    )
+    return drive(
+        web.port,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        prefer_wrk=args.driver != "python",
+        seed=seed,
+        rate=rate,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    with services() as started:
+        redis_svc = start_redis()
+        started.append(redis_svc)
+        client = redis_lib.Redis.from_url(redis_svc.url)
+        env = service_env(redis_svc.url)
+        for i in range(args.runs):
+            result: dict[str, Any] = {}
+            for name, app in (("bare", BARE_APP), ("bridge", None)):
+                client.flushall()
+                web = start_web(env, app=app, workers=args.web_concurrency)
+                started.append(web)
+                try:
+                    result[name] = _one(web, args, seed=i + 1)
+                    if name == "bridge":
+                        half = max(1.0, result["bridge"]["rps"] / 2)
+                        client.flushall()
+                        result["bridge_half_rate"] = run_py_driver(
+                            web.port,
+                            concurrency=max(args.concurrency, 32),
+                            duration_s=args.duration,
+                            rate=half,
+                            seed=100 + i,
+                            pool=256,
+                        )
+                        result["bridge_half_rate"]["offered_rps"] = round(half, 1)
+                        result["queued"] = sum(
+                            int(client.llen(k)) for k in client.scan_iter("cb:*:in")
+                        )
+                    result[name]["rss"] = tree_rss(web.pid)
+                finally:
+                    web.stop()
+                    started.remove(web)
+            bare, bridge = result["bare"]["rps"], result["bridge"]["rps"]
+            result["ratio"] = round(bridge / bare, 3) if bare else 0.0
+            runs.append(result)
+            time.sleep(0.5)
+
+    def med(path: tuple[str, ...]) -> float:
+        vals = []
+        for r in runs:
+            v: Any = r
+            for p in path:
+                v = v[p]
+            vals.append(float(v))
+        return round(statistics.median(vals), 3)
+
+    web_rss = max(max(r["bridge"]["rss"]["children_mb"] or [0.0]) for r in runs)
+    summary = {
+        "bare_rps": med(("bare", "rps")),
+        "bare_p50_ms": med(("bare", "p50_ms")),
+        "bare_p99_ms": med(("bare", "p99_ms")),
+        "bridge_rps": med(("bridge", "rps")),
+        "bridge_p50_ms": med(("bridge", "p50_ms")),
+        "bridge_p99_ms": med(("bridge", "p99_ms")),
+        "ratio": med(("ratio",)),
+        "half_rate_offered_rps": med(("bridge_half_rate", "offered_rps")),
+        "half_rate_rps": med(("bridge_half_rate", "rps")),
+        "half_rate_p50_ms": med(("bridge_half_rate", "p50_ms")),
+        "half_rate_p99_ms": med(("bridge_half_rate", "p99_ms")),
+        "web_process_peak_rss_mb": web_rss,
+        "web_dyno_peak_rss_mb": max(r["bridge"]["rss"]["total_mb"] for r in runs),
+        "targets": {},
+    }
+    summary["targets"] = {
+        "ratio_ge_0.8": summary["ratio"] >= 0.8,
+        "p99_half_rate_lt_25ms": summary["half_rate_p99_ms"] < 25,
+        "web_rss_lt_80mb": web_rss < 80,
+    }
+    return {
+        "bench": "ingest",
+        "machine": machine(),
+        "params": {
+            "runs": args.runs,
+            "duration_s": args.duration,
+            "concurrency": args.concurrency,
+            "web_concurrency": args.web_concurrency,
+            "driver": "wrk" if args.driver != "python" and have_wrk(install=False) else "python",
+        },
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    p.add_argument("--concurrency", type=int, default=16, help="connections kept busy")
+    p.add_argument("--web-concurrency", type=int, default=2, help="WEB_CONCURRENCY")
+    p.add_argument(
+        "--driver",
+        choices=("auto", "python"),
+        default="auto",
+        help="auto: wrk if installed (apt-get install when root), else python",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    args = p.parse_args(argv)
+    out = run(args)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    s = out["summary"]
+    m = out["machine"]
+    print(
+        f"machine: {m['nproc']} cpu, {m['cpu']}, {m['mem_gb']} GB; driver {out['params']['driver']}"
+    )
+    for i, r in enumerate(out["runs"], 1):
+        print(
+            f"run {i}: bare {r['bare']['rps']:.0f} req/s p50 {r['bare']['p50_ms']} p99 "
+            f"{r['bare']['p99_ms']} ms | bridge {r['bridge']['rps']:.0f} req/s p50 "
+            f"{r['bridge']['p50_ms']} p99 {r['bridge']['p99_ms']} ms | ratio {r['ratio']:.2f} | "
+            f"half rate {r['bridge_half_rate']['offered_rps']:.0f}/s p99 "
+            f"{r['bridge_half_rate']['p99_ms']} ms"
+        )
+    print(
+        f"median: bare {s['bare_rps']:.0f} req/s, bridge {s['bridge_rps']:.0f} req/s, "
+        f"ratio {s['ratio']:.2f}; bridge p50 {s['bridge_p50_ms']} p99 {s['bridge_p99_ms']} ms; "
+        f"at half rate ({s['half_rate_offered_rps']:.0f}/s) p50 {s['half_rate_p50_ms']} "
+        f"p99 {s['half_rate_p99_ms']} ms"
+    )
+    print(
+        f"peak RSS: web process {s['web_process_peak_rss_mb']} MB, "
+        f"web dyno {s['web_dyno_peak_rss_mb']} MB"
+    )
+    print("targets:", json.dumps(s["targets"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

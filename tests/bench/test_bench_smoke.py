@@ -1,0 +1,75 @@
+"""The benches keep working: each runs for a few seconds with tiny parameters.
+
+Nothing here is timed: the assertions are that the benches ran end to end and reported sane,
+parseable figures (the numbers themselves belong in BENCHMARKS.md, not in a test).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def _run(*args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, *args, "--json"], capture_output=True, text=True, cwd=ROOT, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_ingest_bench_runs() -> None:
+    doc = _run(
+        "bench/ingest.py",
+        "--runs",
+        "1",
+        "--duration",
+        "1",
+        "--concurrency",
+        "4",
+        "--driver",
+        "python",
+    )
+    run = doc["runs"][0]
+    for name in ("bare", "bridge"):
+        assert run[name]["ok"] > 0
+        assert run[name]["errors"] == 0
+        assert run[name]["p99_ms"] >= run[name]["p50_ms"] > 0
+        assert run[name]["rss"]["children_mb"], "gunicorn workers' peak RSS was read"
+    assert run["bridge_half_rate"]["ok"] > 0
+    assert run["queued"] > 0, "the bridge really queued the webhooks in Redis"
+    assert doc["summary"]["ratio"] > 0
+    assert doc["machine"]["nproc"] >= 1
+
+
+def test_pipeline_bench_runs() -> None:
+    doc = _run(
+        "bench/pipeline.py",
+        "--runs",
+        "1",
+        "--webhooks",
+        "60",
+        "--workers",
+        "1",
+        "--rate",
+        "40",
+        "--latency-duration",
+        "1",
+        "--delay-ms",
+        "20",
+    )
+    run = doc["runs"][0]
+    for name in ("bridge", "bridge_delayed"):
+        assert run[name]["webhooks_posted"] == 60
+        assert run[name]["events"] >= 60, "every webhook of the mix yields at least one call"
+        assert run[name]["events_per_s"] > 0
+        assert run[name]["worker_rss"][0]["main_mb"] > 0
+    assert run["client"]["received"] == run["client"]["sent"] == run["bridge"]["events"]
+    assert run["client_delayed"]["received"] == run["client_delayed"]["sent"]
+    lat = run["latency"]
+    assert lat["events_matched"] == lat["events"] > 0, "every call was matched to its webhook"
+    assert lat["p99_ms"] >= lat["p50_ms"] > 0
+    assert doc["summary"]["web_process_peak_rss_mb"] > 0
