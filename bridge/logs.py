@@ -13,12 +13,34 @@ import orjson
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 # International (+...) or North-American shaped numbers; bare digit runs are ids, not phones.
 _PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(\d{3}\)\s?\d{3}-\d{4}|\b\d{3}[-.\s]\d{3}[-.\s]\d{4}\b")
-_STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# Fields the bridge itself fills with identifiers, never with personal data: no regex needed.
+_SAFE = frozenset(
+    {
+        "request_id",
+        "shop",
+        "topic",
+        "webhook_id",
+        "result",
+        "status",
+        "batch_id",
+        "reason",
+        "attempt",
+        "calls",
+        "webhooks",
+        "delivered",
+        "dead_lettered",
+        "event",
+        "message_id",
+    }
+)
 
 
 def redact(text: str) -> str:
     """Emails and phone-like digit runs become placeholders (never logged raw)."""
-    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
+    if "@" in text:
+        text = _EMAIL.sub("[email]", text)
+    return _PHONE.sub("[phone]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,8 +53,12 @@ class JsonFormatter(logging.Formatter):
             "msg": redact(record.getMessage()),
         }
         for key, value in record.__dict__.items():
-            if key not in _STD and not key.startswith("_"):
-                out[key] = redact(value) if isinstance(value, str) else value
+            if key in _STD or key.startswith("_"):
+                continue
+            if key in _SAFE or not isinstance(value, str):
+                out[key] = value
+            else:
+                out[key] = redact(value)
         if record.exc_info:
             out["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(out, default=str).decode()
