@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     queue_name: str = "cartbridge"
     log_level: str = "INFO"
 
+    # issue 4: delivery that never loses an event
+    deliver_concurrency: int = Field(default=4, ge=1, le=32)  # POSTs in flight per shop
+    retry_base_s: float = Field(default=1.0, gt=0)  # full-jitter backoff: base * 2**attempt
+    retry_cap_s: float = Field(default=600.0, gt=0)  # ... capped here (Retry-After wins)
+    pause_probe_s: float = Field(default=60.0, gt=0)  # probe a refused write key this often
+    dead_letter_retention_s: int = Field(default=7 * 86_400, ge=3600)
+
     @field_validator("pipelines_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:
