@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import logs, signature
+from bridge import cli_dlq, logs, signature
 from bridge.settings import ConfigError, load_settings
 
 DEV_SECRET = "cartbridge-dev-secret"  # noqa: S105 - only `bridge dev` uses it
@@ -250,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shop", default=DEV_SHOP)
     p.add_argument("--include-test", action="store_true", help="map test orders too")
     p.set_defaults(func=cmd_map)
+
+    cli_dlq.register(sub)
     return parser
 
 
