@@ -206,7 +206,9 @@ def test_an_unmappable_webhook_is_dead_lettered_and_listed(
     monkeypatch.setenv("REDIS_URL", rt.settings.redis_url)
     assert cli.main(["dlq", "list"]) == 0
     listed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(d["id"], d["kind"], d["what"]) for d in listed] == [("w-wh-1", "webhook", "orders/paid")]
+    assert [(d["id"], d["kind"], d["what"]) for d in listed] == [
+        ("w-wh-1", "webhook", "orders/paid")
+    ]
     assert cli.main(["dlq", "show", "w-wh-1"]) == 0
     assert orjson.loads(capsys.readouterr().out)["envelope"]["w"] == "wh-1"
     assert cli.main(["dlq", "purge"]) == 0

@@ -14,7 +14,12 @@ from bridge.outbox import OutboxEntry
 
 
 def item(i: int, person: str, kind: str = "batch", size: int = 0, bad: bool = False) -> Item:
-    call: dict[str, object] = {"type": "track", "messageId": f"m{i}", "event": "e", "userId": person}
+    call: dict[str, object] = {
+        "type": "track",
+        "messageId": f"m{i}",
+        "event": "e",
+        "userId": person,
+    }
     if kind == "alias":
         call = {"type": "alias", "messageId": f"m{i}", "previousId": "x", "userId": person}
     if bad:
@@ -132,5 +137,9 @@ def test_redaction_hides_personal_fields_and_patterns() -> None:
         "properties": {"total": 9.5, "items": [{"name": "Hat"}]},
     }
     out = redact_value(call)
-    assert out["traits"] == {"email": "[redacted]", "first_name": "[redacted]", "note": "call [phone]"}
+    assert out["traits"] == {
+        "email": "[redacted]",
+        "first_name": "[redacted]",
+        "note": "call [phone]",
+    }
     assert out["properties"]["total"] == 9.5 and out["userId"] == "42"
