@@ -371,7 +371,7 @@ def _round(
     settle.remaining = [
         it.raw for it in sorted(not_done, key=lambda i: i.index) if it.person not in waiting
     ]
-    settle.clear = {h for h in states if h not in waiting}
+    settle.clear |= {h for h in states if h not in waiting}
     settle.count("calls:delivered", len(delivered))
     settle.counters.update(
         {k: settle.counters.get(k, 0) + v for k, v in latency_counters(delivered, now).items()}

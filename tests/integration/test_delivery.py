@@ -146,6 +146,7 @@ def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_
     letter = DeadLetters(runtime.redis).get(SHOP, "c-M00001")
     assert letter is not None and letter.reason == "retry horizon passed"
     assert letter.attempts >= 2 and letter.first_error_ms <= letter.last_error_ms
+    assert runtime.redis.hlen(K.out_meta) == 0  # the retry state went with the calls
     pipelines.configure(fault_rate=0.0)
     pipelines.reset()
     monkeypatch.setenv("REDIS_URL", runtime.settings.redis_url)
