@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import logs, signature
+from bridge import cli_dlq, logs, signature
 from bridge.settings import ConfigError, load_settings
 
 DEV_SECRET = "cartbridge-dev-secret"  # noqa: S105 - only `bridge dev` uses it
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge import cli_backfill  # issue 5: backfill and reconcile
 
     cli_backfill.register(sub)
+    cli_dlq.register(sub)
     return parser
 
 

@@ -1,30 +1,54 @@
-"""Delivery: the shop's outbox, in /v1/batch requests of up to 500 KB, with failure handling.
+"""Delivery: a shop's outbox to Pipelines, batched across webhooks, several POSTs in flight, with
+per-person order, retries, dead letters and a pause when the write key is refused.
 
-Failure handling (the error classes come from `bridge.pipelines`):
-- retryable (network, timeout, 408, 429, 5xx): the batch stays in flight and the job comes back
-  after a jittered backoff (honouring Retry-After) until the retry horizon, then dead letters;
-- 413: the batch is split; 400 (strict mode names no call): split until the bad call is alone,
-  then only that call is dead-lettered (calls re-sent on the way keep their messageIds);
-- 401/403: the shop is paused with its calls kept, and probed until the key works again.
+One deliverer per shop at a time (a short lease kept alive by a thread). It takes a window of
+calls into `cb:{shop}:out:work` (store.take_window), sends it in rounds and settles each round in
+one MULTI (store.settle_outbox): until then the window stays in Redis, so a crash at any instant
+means the window is sent again with the same messageIds (at-least-once, never a loss).
+
+Per-person order: a window's calls are grouped by person (the outbox header's `p`), each person's
+calls in order, cut into segments (a run of batch calls, or one alias call alone). A phase sends
+the first segment of every person, packed into /v1/batch requests of up to 500 KB that run
+concurrently; the next phase sends the next segments of the people whose previous one went
+through. A person whose request fails with a retryable error waits: that person's calls move to
+a per-person hold list with a due time, and later calls of that person join the list, while
+other people go on.
+
+Failures come classified from `bridge.pipelines` (its `classify` is the only place that decides):
+- RetryableError (network, timeout, 408, 429, 5xx): the people in the request wait, with full
+  jitter exponential backoff or the server's Retry-After; past `retry_horizon_s` since their
+  first failure their calls are dead-lettered;
+- PayloadTooLargeError (413) and BadRequestError (400 in strict mode, which names no call): the
+  request is split in halves until the bad call is alone; only it is dead-lettered (calls sent
+  again on the way keep their messageIds);
+- AuthError (401/403): the shop is paused with its calls kept in the window, one error is logged,
+  `delivery:paused` is counted and `cb:{shop}:paused` holds the pause time; delivery resumes by
+  itself when a probe succeeds or the configured write key changes;
+- FatalError (other 4xx): the request's calls are dead-lettered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
-from bridge import pipelines
+from bridge import deadletters, pipelines
 from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
+from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
 from bridge.settings import Settings
-from bridge.store import Keys, now_ms
+from bridge.store import Keys, LeaseLost, Settlement, now_ms, person_hash
 from jobs.enqueue import enqueue_deliver
 
 if TYPE_CHECKING:
@@ -32,10 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEASE_MS = 120_000
 MAX_CALLS_PER_BATCH = 2000
-PAUSE_PROBE_S = 60.0
+BATCH_BYTES = MAX_BATCH_BYTES - BATCH_ENVELOPE_BYTES
 LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000)
+ALIAS = "alias"
 
 
 class Sink(Protocol):
@@ -77,63 +101,169 @@ def make_sink(settings: Settings) -> Sink:
         settings.pipelines_url,
         settings.pipelines_write_key.get_secret_value(),
         timeout_s=settings.http_timeout_s,
+        max_connections=max(8, settings.deliver_concurrency),
     )
 
 
-class _Retry(Exception):
-    def __init__(self, err: pipelines.RetryableError, remaining: list[bytes]) -> None:
-        self.err = err
-        self.remaining = remaining
+def key_fingerprint(settings: Settings) -> str:
+    """A short hash of the write key: tells a changed key from the refused one, reveals nothing."""
+    key = settings.pipelines_write_key.get_secret_value()
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-class _Paused(Exception):
-    def __init__(self, err: pipelines.AuthError) -> None:
-        self.err = err
+# --- one window: pure planning ---------------------------------------------------------------
 
 
-class _Attempt:
-    """One pass over an in-flight batch: what was delivered, dead-lettered, and counted."""
+@dataclass(frozen=True)
+class Item:
+    """One call of the window: its raw outbox entry, decoded header, and place in the window."""
 
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
-        self.delivered: list[bytes] = []
-        self.dead: list[tuple[bytes, str, int | None, str]] = []
+    raw: bytes
+    entry: OutboxEntry
+    index: int
+    person: str  # hash of the header's person key
 
-    def send(self, entries: list[bytes]) -> None:
-        calls = [OutboxEntry.decode(e).call for e in entries]
+    @property
+    def size(self) -> int:
+        return len(self.entry.call) + 1
+
+
+@dataclass
+class Segment:
+    kind: str  # "batch" or "alias"
+    items: list[Item] = field(default_factory=list)
+    size: int = 0
+
+
+def segments_by_person(
+    items: Sequence[Item], max_bytes: int = BATCH_BYTES, max_calls: int = MAX_CALLS_PER_BATCH
+) -> dict[str, deque[Segment]]:
+    """Each person's calls in order, cut into segments: runs of batch calls that fit one request,
+    and every alias call alone. Pure; dict order is first appearance in the window."""
+    out: dict[str, deque[Segment]] = {}
+    for it in items:
+        q = out.setdefault(it.person, deque())
+        if it.entry.kind == ALIAS:
+            q.append(Segment(ALIAS, [it], it.size))
+            continue
+        last = q[-1] if q else None
+        if (
+            last is None
+            or last.kind == ALIAS
+            or last.size + it.size > max_bytes
+            or len(last.items) >= max_calls
+        ):
+            last = Segment("batch")
+            q.append(last)
+        last.items.append(it)
+        last.size += it.size
+    return out
+
+
+def pack(
+    heads: Sequence[Segment], max_bytes: int = BATCH_BYTES, max_calls: int = MAX_CALLS_PER_BATCH
+) -> list[Segment]:
+    """Requests for one phase: batch segments packed in order up to the limits, each alias
+    segment its own request. A segment is never split across requests. Pure."""
+    jobs: list[Segment] = []
+    current: Segment | None = None
+    for seg in heads:
+        if seg.kind == ALIAS:
+            jobs.append(seg)
+            continue
+        if (
+            current is None
+            or current.size + seg.size > max_bytes
+            or len(current.items) + len(seg.items) > max_calls
+        ):
+            current = Segment("batch")
+            jobs.append(current)
+        current.items.extend(seg.items)
+        current.size += seg.size
+    return jobs
+
+
+@dataclass
+class Sent:
+    """What became of one request's calls."""
+
+    delivered: list[Item] = field(default_factory=list)
+    dead: list[tuple[Item, pipelines.PipelinesError]] = field(default_factory=list)
+    waiting: list[Item] = field(default_factory=list)  # retryable failure: these people wait
+    retry: pipelines.RetryableError | None = None
+    unsent: list[Item] = field(default_factory=list)  # not tried: paused or stopping
+    auth: pipelines.AuthError | None = None
+    requests: int = 0
+
+
+def send_request(sink: Sink, job: Segment, stopping: Callable[[], bool]) -> Sent:
+    """Send one request, splitting it on 413/400 until a bad call is alone. Never raises a
+    PipelinesError; other exceptions (a broken sink) propagate."""
+    out = Sent()
+
+    def attempt(items: list[Item]) -> bool:
+        """True to go on with the rest, False once the request must stop (retry, auth, stop)."""
+        if stopping():
+            out.unsent.extend(items)
+            return False
+        out.requests += 1
         try:
-            self.sink.send_batch(calls)
+            if job.kind == ALIAS:
+                sink.send_alias(items[0].entry.call)
+            else:
+                sink.send_batch([i.entry.call for i in items])
         except pipelines.RetryableError as err:
-            raise _Retry(err, entries) from None
+            out.waiting.extend(items)
+            out.retry = err
+            return False
         except pipelines.AuthError as err:
-            raise _Paused(err) from None
+            out.unsent.extend(items)
+            out.auth = err
+            return False
         except (pipelines.PayloadTooLargeError, pipelines.BadRequestError) as err:
-            if len(entries) == 1:
-                self.dead.append((entries[0], type(err).__name__, err.status, err.body))
-                return
-            half = len(entries) // 2
-            for part in (entries[:half], entries[half:]):
-                try:
-                    self.send(part)
-                except _Retry as r:
-                    done = set(self.delivered) | {d[0] for d in self.dead}
-                    r.remaining = [e for e in entries if e not in done]
-                    raise
-            return
-        except pipelines.FatalError as err:
-            for e in entries:
-                self.dead.append((e, type(err).__name__, err.status, err.body))
-            return
-        self.delivered.extend(entries)
+            if len(items) == 1:
+                out.dead.append((items[0], err))
+                return True
+            half = len(items) // 2
+            if not attempt(items[:half]):
+                rest = items[half:]
+                (out.waiting if out.retry is not None else out.unsent).extend(rest)
+                return False
+            return attempt(items[half:])
+        except pipelines.PipelinesError as err:  # FatalError and anything unforeseen
+            out.dead.extend((i, err) for i in items)
+            return True
+        out.delivered.extend(items)
+        return True
+
+    attempt(list(job.items))
+    return out
 
 
-def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:
+@dataclass
+class RetryState:
+    attempts: int = 0
+    first_ms: int = 0
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> RetryState:
+        if not raw:
+            return cls()
+        d = orjson.loads(raw)
+        return cls(int(d.get("n") or 0), int(d.get("first") or 0))
+
+    def encode(self, last_ms: int, status: int | None) -> bytes:
+        return orjson.dumps(
+            {"n": self.attempts, "first": self.first_ms, "last": last_ms, "s": status}
+        )
+
+
+def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
     counters: dict[str, int] = {}
-    for e in entries:
-        entry = OutboxEntry.decode(e)
-        received = entry.received_ms
+    for it in items:
+        received = it.entry.received_ms
         # issue 6: per-event outcome, read by /metrics as cartbridge_events_total{outcome}
-        call = orjson.loads(entry.call)
+        call = orjson.loads(it.entry.call)
         name = f"events:{call.get('event') or call.get('type')}:delivered"
         counters[name] = counters.get(name, 0) + 1
         if received:
@@ -143,165 +273,268 @@ def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:
             for b in LATENCY_BUCKETS_MS:
                 if ms <= b:
                     counters[f"latency_le_{b}"] = counters.get(f"latency_le_{b}", 0) + 1
-    counters["calls:delivered"] = len(entries)
     return counters
 
 
-def dead_letter_record(entry: bytes, reason: str, status: int | None, body: str) -> bytes:
-    call = OutboxEntry.decode(entry).call
-    return orjson.dumps(
-        {
-            "kind": "call",
-            "reason": reason,
-            "status": status,
-            "response": body[:2048],
-            "at_ms": now_ms(),
-            "call": orjson.loads(call),
-        }
-    )
+# --- the job ---------------------------------------------------------------------------------
 
 
 def deliver(rt: Runtime, shop: str) -> None:
-    """Send the shop's outbox until empty, out of time, paused or waiting for a retry."""
+    """Send the shop's outbox until it is empty, out of time, paused or stopping.
+
+    Raises redis errors (the window stays in Redis and is redone); never loses a call.
+    """
     keys = Keys(shop)
-    token = uuid.uuid4().hex
-    if not rt.store.acquire(keys.deliver_lease, token, LEASE_MS):
+    paused = False
+    with Lease(rt.store, keys.deliver_lease) as lease:
+        if not lease.held:
+            return  # another worker delivers this shop; its finish step sees anything new
+        if not _resume_if_possible(rt, shop):
+            return  # still paused: the ticker wakes us again for the next probe
+        s = rt.settings
+        deadline = time.monotonic() + s.drain_time_budget_s
+        with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
+            while not (rt.stopping.is_set() or lease.lost.is_set()):
+                window, left = rt.store.take_window(
+                    shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
+                )
+                if window:
+                    try:
+                        paused = _round(rt, shop, lease, pool, window)
+                    except LeaseLost:
+                        log.warning(
+                            "delivery lease lost; another worker goes on", extra={"shop": shop}
+                        )
+                        return
+                    if paused:
+                        break
+                elif not left:
+                    break
+                if time.monotonic() > deadline:
+                    break
+    if paused:
         return
-    deadline = time.monotonic() + rt.settings.drain_time_budget_s
-    retry_in: float | None = None
-    try:
-        if rt.redis.exists(keys.prefix + "paused"):
-            try:
-                rt.sink.probe()
-            except pipelines.PipelinesError:
-                retry_in = PAUSE_PROBE_S
-            else:
-                log.warning("Pipelines accepts the write key again: delivery resumed")
-                rt.redis.delete(keys.prefix + "paused")
-        while retry_in is None and not rt.stopping.is_set():
-            entries = rt.store.take_outbox(
-                shop, MAX_BATCH_BYTES - BATCH_ENVELOPE_BYTES, MAX_CALLS_PER_BATCH
-            )
-            if not entries:
-                break
-            retry_in = _send(rt, shop, entries)
-            if retry_in is not None:
-                break
-            rt.store.renew(keys.deliver_lease, token, LEASE_MS)
-            if time.monotonic() > deadline:
-                break
-    finally:
-        rt.store.release(keys.deliver_lease, token)
-    if retry_in is not None:
-        enqueue_deliver(rt.queue, shop, delay_s=retry_in)
-    elif rt.store.finish_deliver(shop):
+    if rt.store.finish_deliver(shop):
         enqueue_deliver(rt.queue, shop)
 
 
-def _send(rt: Runtime, shop: str, entries: list[bytes]) -> float | None:
-    """Deliver one in-flight batch; returns seconds until a retry, or None when it is settled."""
-    keys = Keys(shop)
-    entries = _drop_guarded(rt, shop, entries)
-    if not entries:
-        rt.store.ack_outbox(shop, {})
-        return None
-    attempt = _Attempt(rt.sink)
-    retry: _Retry | None = None
-    paused: _Paused | None = None
-    try:
-        attempt.send(entries)
-    except _Retry as r:
-        retry = r
-    except _Paused as p:
-        paused = p
-    if attempt.dead:
-        for _entry, reason, status, _body in attempt.dead:
-            log.error(
-                "call dead-lettered",
-                extra={"shop": shop, "reason": reason, "status": status},
+def _round(
+    rt: Runtime, shop: str, lease: Lease, pool: ThreadPoolExecutor, window: list[bytes]
+) -> bool:
+    """Send one window in phases and settle it; returns True when the shop got paused."""
+    items = [
+        Item(raw, e, i, person_hash(e.person))
+        for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
+    ]
+    settle = Settlement()
+    items = _drop_guarded(rt, shop, items, settle)
+    queues = segments_by_person(items)
+    states = {h: RetryState.decode(v) for h, v in rt.store.retry_state(shop, list(queues)).items()}
+
+    def stopping() -> bool:
+        return rt.stopping.is_set() or lease.lost.is_set()
+
+    delivered: list[Item] = []
+    dead: list[tuple[Item, pipelines.PipelinesError]] = []
+    waiting: dict[str, pipelines.RetryableError] = {}
+    not_done: list[Item] = []  # failed or not tried, back to a hold list or the window
+    auth: pipelines.AuthError | None = None
+    while auth is None and not stopping():
+        heads = [q.popleft() for h, q in queues.items() if q and h not in waiting]
+        if not heads:
+            break
+        for sent in pool.map(lambda job: send_request(rt.sink, job, stopping), pack(heads)):
+            delivered += sent.delivered
+            dead += sent.dead
+            not_done += sent.waiting + sent.unsent
+            settle.count("deliver:requests", sent.requests)
+            if sent.retry is not None:
+                settle.count("deliver:retries")
+                _log_retry(shop, sent)
+                for it in sent.waiting:
+                    waiting.setdefault(it.person, sent.retry)
+            auth = auth or sent.auth
+    for q in queues.values():
+        for seg in q:
+            not_done += seg.items
+
+    now = now_ms()
+    for it, err in dead:
+        settle.letters.append(
+            deadletters.call_letter(
+                shop,
+                it.raw,
+                _reason(err),
+                status=err.status,
+                response=err.body,
+                first_error_ms=now,
+                last_error_ms=now,
             )
-        rt.redis.rpush(keys.parked, *(dead_letter_record(*d) for d in attempt.dead))
-        rt.store.count(shop, "calls:dead_lettered", len(attempt.dead))
-    if retry is None and paused is None:
-        rt.store.ack_outbox(shop, _latency_counters(attempt.delivered, now_ms()))
-        log.info(  # issue 6: one line per delivery batch
-            "batch delivered",
-            extra={
-                "shop": shop,
-                "batch_id": uuid.uuid4().hex[:16],
-                "calls": len(entries),
-                "delivered": len(attempt.delivered),
-                "dead_lettered": len(attempt.dead),
-            },
         )
-        rt.redis.delete(keys.prefix + "out:retry")
-        return None
-    done = set(attempt.delivered) | {d[0] for d in attempt.dead}
-    remaining = [e for e in entries if e not in done]
-    rt.store.replace_outbox_work(shop, remaining)
-    if attempt.delivered:
-        rt.store.count(shop, "calls:delivered", len(attempt.delivered))
-    if paused is not None:
-        log.error("Pipelines rejected the write key: delivery paused", extra={"shop": shop})
-        rt.redis.set(keys.prefix + "paused", now_ms())
-        return PAUSE_PROBE_S
-    assert retry is not None
-    return _schedule_retry(rt, shop, retry)
+    _hold(rt, shop, settle, waiting, not_done, states, now)
+    # Not tried (paused, stopping) and nobody waits for them: they stay in the window.
+    settle.remaining = [
+        it.raw for it in sorted(not_done, key=lambda i: i.index) if it.person not in waiting
+    ]
+    settle.clear |= {h for h in states if h not in waiting}
+    settle.count("calls:delivered", len(delivered))
+    settle.counters.update(
+        {k: settle.counters.get(k, 0) + v for k, v in latency_counters(delivered, now).items()}
+    )
+    settle.count("calls:dead_lettered", len(settle.letters))
+    rt.store.settle_outbox(shop, lease.token, settle)
+    log.info(  # issue 6: one line per delivery batch
+        "batch delivered",
+        extra={
+            "shop": shop,
+            "batch_id": uuid.uuid4().hex[:16],
+            "calls": len(window),
+            "delivered": len(delivered),
+            "dead_lettered": len(settle.letters),
+        },
+    )
+    for letter in settle.letters:
+        deadletters.log_dead_letter(letter)
+    if auth is not None:
+        _pause(rt, shop, auth)
+        return True
+    return False
 
 
-def _drop_guarded(rt: Runtime, shop: str, entries: list[bytes]) -> list[bytes]:
+def _reason(err: pipelines.PipelinesError) -> str:
+    if isinstance(err, pipelines.BadRequestError):
+        first = err.errors[0] if err.errors else ""
+        return f"rejected by Pipelines (400): {first}"[:300]
+    if isinstance(err, pipelines.PayloadTooLargeError):
+        return "too large for Pipelines (413 or over 32 KB)"
+    return f"not accepted by Pipelines ({err.status or type(err).__name__})"
+
+
+def _hold(
+    rt: Runtime,
+    shop: str,
+    settle: Settlement,
+    waiting: dict[str, pipelines.RetryableError],
+    not_done: list[Item],
+    states: dict[str, RetryState],
+    now: int,
+) -> None:
+    """Each waiting person's calls go to their hold list (in order) until a due time, or to the
+    dead letters once the retry horizon has passed since their first failure."""
+    s = rt.settings
+    by_person: dict[str, list[Item]] = {}
+    for it in sorted(not_done, key=lambda i: i.index):
+        if it.person in waiting:
+            by_person.setdefault(it.person, []).append(it)
+    delays: dict[int, float] = {}
+    for h, its in by_person.items():
+        err = waiting[h]
+        state = states.get(h) or RetryState()
+        state = RetryState(state.attempts + 1, state.first_ms or now)
+        if now - state.first_ms > s.retry_horizon_s * 1000:
+            for it in its:
+                settle.letters.append(
+                    deadletters.call_letter(
+                        shop,
+                        it.raw,
+                        "retry horizon passed",
+                        status=err.status,
+                        response=err.body,
+                        attempts=state.attempts,
+                        first_error_ms=state.first_ms,
+                        last_error_ms=now,
+                    )
+                )
+            states.pop(h, None)
+            settle.clear.add(h)
+            continue
+        # People who failed in the same request retry together (one jittered delay per error).
+        delay = delays.setdefault(
+            id(err),
+            pipelines.retry_delay_s(
+                err, state.attempts - 1, base_s=s.retry_base_s, cap_s=s.retry_cap_s
+            ),
+        )
+        due = now + int(delay * 1000)
+        settle.held.append((h, [it.raw for it in its], due, state.encode(now, err.status)))
+        settle.count("deliver:held", len(its))
+
+
+def _log_retry(shop: str, sent: Sent) -> None:
+    err = sent.retry
+    assert err is not None
+    log.warning(
+        "delivery attempt failed, will retry",
+        extra={
+            "shop": shop,
+            "status": err.status,
+            "error": str(err),
+            "calls": len(sent.waiting),
+            "message_ids": [deadletters.call_name(i.entry.call)[1] for i in sent.waiting[:5]],
+        },
+    )
+
+
+def _drop_guarded(rt: Runtime, shop: str, items: list[Item], settle: Settlement) -> list[Item]:
     """Re-check, just before the POST, whether a queued call has been overtaken (a converted
-    cart): such calls are counted as suppressed and not sent."""
-    decoded = [OutboxEntry.decode(e) for e in entries]
-    guards = sorted({g for d in decoded for g in d.guards})
+    cart): such calls are counted as suppressed, settled, and not sent."""
+    guards = sorted({g for it in items for g in it.entry.guards})
     if not guards:
-        return entries
+        return items
     keys = Keys(shop)
-    hit = {
-        g for g, v in zip(guards, rt.redis.mget([keys.state(g) for g in guards]), strict=True) if v
-    }
+    values = rt.redis.mget([keys.state(g) for g in guards])
+    hit = {g for g, v in zip(guards, values, strict=True) if v}
     if not hit:
-        return entries
-    kept: list[bytes] = []
-    suppressed: dict[str, int] = {}
-    for raw, d in zip(entries, decoded, strict=True):
-        if hit.intersection(d.guards):
-            name = orjson.loads(d.call).get("event") or "call"
-            suppressed[f"events:{name}:suppressed"] = (
-                suppressed.get(f"events:{name}:suppressed", 0) + 1
-            )
+        return items
+    kept: list[Item] = []
+    for it in items:
+        if hit.intersection(it.entry.guards):
+            name = deadletters.call_name(it.entry.call)[0] or "call"
+            settle.count(f"events:{name}:suppressed")
         else:
-            kept.append(raw)
-    if len(kept) != len(entries):
-        rt.store.replace_outbox_work(shop, kept)
-        for name, n in suppressed.items():
-            rt.store.count(shop, name, n)
+            kept.append(it)
     return kept
 
 
-def _schedule_retry(rt: Runtime, shop: str, retry: _Retry) -> float | None:
+# --- pause on a refused write key ------------------------------------------------------------
+
+
+def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
     keys = Keys(shop)
-    key = keys.prefix + "out:retry"
-    state = rt.redis.hgetall(key)
-    attempts = int(state.get(b"attempts", 0)) + 1
-    first = int(state.get(b"first_ms", now_ms()))
-    if now_ms() - first > rt.settings.retry_horizon_s * 1000:
-        rt.redis.rpush(
-            keys.parked,
-            *(
-                dead_letter_record(e, "retry horizon passed", retry.err.status, retry.err.body)
-                for e in retry.remaining
-            ),
+    s = rt.settings
+    pipe = rt.redis.pipeline(transaction=True)
+    pipe.set(keys.paused, now_ms(), nx=True)
+    pipe.set(keys.paused_key, key_fingerprint(s))
+    pipe.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000))
+    first = pipe.execute()[0]
+    if first:
+        rt.store.count(shop, "delivery:paused")
+        log.error(
+            "PIPELINES REFUSED THE WRITE KEY: delivery for this shop is paused, calls are kept; "
+            "fix PIPELINES_WRITE_KEY (delivery resumes by itself)",
+            extra={"shop": shop, "status": err.status},
         )
-        rt.store.replace_outbox_work(shop, [])
-        rt.redis.delete(key)
-        rt.store.count(shop, "calls:dead_lettered", len(retry.remaining))
-        return None
-    rt.redis.hset(key, mapping={"attempts": attempts, "first_ms": first, "last_ms": now_ms()})
-    rt.store.count(shop, "deliver:retries")
-    delay = pipelines.retry_delay_s(retry.err, attempts)
+
+
+def _resume_if_possible(rt: Runtime, shop: str) -> bool:
+    """True when the shop is not paused (any more): the key changed, or a probe went through."""
+    keys = Keys(shop)
+    s = rt.settings
+    paused_at, refused_key = rt.redis.mget([keys.paused, keys.paused_key])
+    if paused_at is None:
+        return True
+    if refused_key is not None and refused_key.decode() == key_fingerprint(s):
+        # Same key as was refused: probe, at most once per pause_probe_s.
+        if not rt.redis.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000), nx=True):
+            return False
+        try:
+            rt.sink.probe()
+        except pipelines.PipelinesError:
+            return False
+    rt.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)
+    rt.store.count(shop, "delivery:resumed")
     log.warning(
-        "delivery failed, will retry",
-        extra={"shop": shop, "status": retry.err.status, "attempt": attempts, "delay_s": delay},
+        "Pipelines accepts the write key again: delivery resumed",
+        extra={"shop": shop, "paused_ms": now_ms() - int(paused_at)},
     )
-    return delay
+    return True

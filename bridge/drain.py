@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
+from bridge.lease import Lease
 from bridge.processor import ProcessConfig, process
 from bridge.store import Keys
 from jobs.enqueue import enqueue_deliver, enqueue_drain
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from bridge.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-LEASE_MS = 60_000
 
 
 def process_config(rt: Runtime) -> ProcessConfig:
@@ -36,37 +34,37 @@ def process_config(rt: Runtime) -> ProcessConfig:
 def drain(rt: Runtime, shop: str) -> None:
     """Process the shop's inbound queue until empty or out of time. Raises redis errors."""
     keys = Keys(shop)
-    token = uuid.uuid4().hex
-    if not rt.store.acquire(keys.drain_lease, token, LEASE_MS):
-        return  # another worker drains this shop; its finish step sees anything new
     config = process_config(rt)
     deadline = time.monotonic() + rt.settings.drain_time_budget_s
     more = False
-    try:
-        while True:
-            raw = rt.store.take_inbound(shop, rt.settings.drain_batch_size)
-            if not raw:
-                break
-            commit = process(
-                shop,
-                raw,
-                source=rt.source,
-                config=config,
-                load=rt.store.load_state,
-                key_of=keys.state,
-            )
-            rt.store.commit_drain(shop, commit)
-            log.info(
-                "batch processed",
-                extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},
-            )
-            if commit.calls and rt.store.wake(keys.deliver_flag):
-                enqueue_deliver(rt.queue, shop)
-            rt.store.renew(keys.drain_lease, token, LEASE_MS)
-            if time.monotonic() > deadline or rt.stopping.is_set():
-                break
-    finally:
-        rt.store.release(keys.drain_lease, token)
-        more = rt.store.finish_drain(shop)
+    # A short lease kept alive by a thread: a SIGKILLed worker's shop is free again within
+    # seconds, not after a long fixed lease.
+    with Lease(rt.store, keys.drain_lease) as lease:
+        if not lease.held:
+            return  # another worker drains this shop; its finish step sees anything new
+        try:
+            while not lease.lost.is_set():
+                raw = rt.store.take_inbound(shop, rt.settings.drain_batch_size)
+                if not raw:
+                    break
+                commit = process(
+                    shop,
+                    raw,
+                    source=rt.source,
+                    config=config,
+                    load=rt.store.load_state,
+                    key_of=keys.state,
+                )
+                rt.store.commit_drain(shop, commit)
+                log.info(
+                    "batch processed",
+                    extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},
+                )
+                if commit.calls and rt.store.wake(keys.deliver_flag):
+                    enqueue_deliver(rt.queue, shop)
+                if time.monotonic() > deadline or rt.stopping.is_set():
+                    break
+        finally:
+            more = rt.store.finish_drain(shop)
     if more:
         enqueue_drain(rt.queue, shop)

@@ -35,6 +35,7 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from bridge import monitor, volume
+from bridge.deadletters import dlq_key
 from bridge.store import SHOPS_KEY, Keys
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ _UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
 def dead_letter_key(shop: str) -> str:
-    """Where a shop's dead letters live (one line to change if delivery moves them)."""
-    return Keys(shop).parked
+    """Where a shop's dead letters live (a hash: bridge/deadletters.py)."""
+    return dlq_key(shop)
 
 
 def paused_key(shop: str) -> str:
@@ -184,7 +185,7 @@ def collect(client: redis.Redis[bytes], key_events: Iterable[str]) -> str:
             pipe.llen(k.inbound_work)
             pipe.llen(k.outbox)
             pipe.llen(k.outbox_work)
-            pipe.llen(dead_letter_key(shop))
+            pipe.hlen(dead_letter_key(shop))
             pipe.exists(paused_key(shop))
             pipe.hgetall(volume.last_seen_key(shop))
             pipe.hgetall(monitor.alerts_key(shop))

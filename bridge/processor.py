@@ -16,6 +16,7 @@ import orjson
 from bridge import volume
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
+from bridge.deadletters import call_letter, log_dead_letter, webhook_letter
 from bridge.identity import Policy, decide, keys_for
 from bridge.jsonio import parse_body
 from bridge.outbox import OutboxEntry
@@ -44,17 +45,8 @@ def parse_time(raw: str | None) -> datetime | None:
 
 
 def park_record(env: Envelope, reason: str) -> bytes:
-    """A webhook that cannot be mapped, kept with its reason (the body stays for replay)."""
-    return orjson.dumps(
-        {
-            "kind": "webhook",
-            "reason": reason,
-            "topic": env.topic,
-            "webhook_id": env.webhook_id,
-            "received_ms": env.received_ms,
-            "body": env.body.decode("utf-8", "replace"),
-        }
-    )
+    """A webhook that cannot be mapped, as a dead letter: its envelope (for replay) and reason."""
+    return webhook_letter(env.shop, env.encode(), env.topic, env.webhook_id, reason).encode()
 
 
 def map_envelope(env: Envelope, source: Source, config: ProcessConfig) -> Mapped:
@@ -91,12 +83,11 @@ def process(
         env = Envelope.decode(item)
         try:
             m = map_envelope(env, source, config)
-        except MappingError as exc:
-            log.warning(
-                "webhook parked",
-                extra={"topic": env.topic, "webhook_id": env.webhook_id, "reason": str(exc)},
-            )
-            commit.parked.append(park_record(env, str(exc)))
+        except Exception as exc:  # a schema surprise must not crash or stall the drain
+            reason = str(exc) if isinstance(exc, MappingError) else f"mapping failed: {exc!r}"
+            letter = webhook_letter(env.shop, item, env.topic, env.webhook_id, reason[:500])
+            log_dead_letter(letter)
+            commit.parked.append(letter.encode())
             commit.count(f"webhooks:{env.topic}:parked")
             continue
         mapped.append((env, m))
@@ -113,9 +104,10 @@ def process(
             try:
                 raw_call = validate_call(call)
             except InvalidCall as exc:
-                commit.parked.append(
-                    orjson.dumps({"kind": "call", "reason": str(exc), "call": call})
-                )
+                entry = OutboxEntry(orjson.dumps(call), env.received_ms, out.person, out.guards)
+                letter = call_letter(shop, entry.encode(), f"invalid call: {exc}")
+                log_dead_letter(letter)
+                commit.parked.append(letter.encode())
                 commit.count("calls:invalid")
                 continue
             entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards)

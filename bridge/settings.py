@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     reconcile_every_s: int = Field(default=0, ge=0)  # 0 = the worker never reconciles
     reconcile_window_s: int = Field(default=7200, ge=60)
     reconcile_grace_s: int = Field(default=300, ge=0)
+    # issue 4: delivery that never loses an event
+    deliver_concurrency: int = Field(default=4, ge=1, le=32)  # POSTs in flight per shop
+    retry_base_s: float = Field(default=1.0, gt=0)  # full-jitter backoff: base * 2**attempt
+    retry_cap_s: float = Field(default=600.0, gt=0)  # ... capped here (Retry-After wins)
+    pause_probe_s: float = Field(default=60.0, gt=0)  # probe a refused write key this often
+    dead_letter_retention_s: int = Field(default=7 * 86_400, ge=3600)
 
     @field_validator("pipelines_url")
     @classmethod

@@ -10,6 +10,7 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,15 @@ from typing import Any
 import orjson
 import redis
 
+from bridge import deadletters
+
 INGEST_DUPLICATE = 0
 INGEST_QUEUED = 1
 INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enqueue one
 
-# A pending-drain flag older than this is presumed lost (its enqueue failed); re-enqueue.
-FLAG_STALE_MS = 30_000
+# A pending-job flag older than this is presumed lost (its enqueue failed, or its worker was
+# killed); the next webhook or the worker's ticker re-enqueues it.
+FLAG_STALE_MS = 15_000
 
 SHOPS_KEY = "cb:shops"
 
@@ -43,7 +47,14 @@ class Keys:
         self.deliver_flag = p + "out:flag"
         self.deliver_lease = p + "out:lease"
         self.stats = p + "stats"
-        self.parked = p + "parked"
+        self.parked = p + "parked"  # legacy list; dead letters live in `dlq` (deadletters.py)
+        # Delivery (issue 4): people whose calls wait for a retry, and the shop's pause.
+        self.out_due = p + "out:due"  # zset person hash -> when its held calls go again (ms)
+        self.out_meta = p + "out:meta"  # hash person hash -> retry state (attempts, first error)
+        self.out_held = p + "out:held:"  # + person hash: that person's calls, in order
+        self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
+        self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
+        self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
 
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
@@ -138,6 +149,56 @@ redis.call('RPUSH', KEYS[2], unpack(items, 1, n))
 return {unpack(items, 1, n)}
 """
 
+# The delivery window: resume an unfinished one (a crashed deliverer's), else release the people
+# whose retry is due (their held calls, in order) and take new entries up to the byte and count
+# limits. A new entry of a person who still waits for a retry joins that person's held list, so
+# per-person order holds while other people go on. Returns {window, outbox length left}.
+_TAKE_OUTBOX = """
+local w = redis.call('LRANGE', KEYS[2], 0, -1)
+if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end
+local maxb, maxn, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix = ARGV[4]
+local total, n = 0, 0
+local released = {}
+local function push(key, items)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+  local items = redis.call('LRANGE', prefix .. h, 0, -1)
+  push(KEYS[2], items)
+  n = n + #items
+  for _, v in ipairs(items) do total = total + #v + 1 end
+  redis.call('DEL', prefix .. h)
+  redis.call('ZREM', KEYS[3], h)
+  released[h] = true
+end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
+local taken, towork = 0, {}
+for i, v in ipairs(items) do
+  if n >= maxn or (n > 0 and total + #v + 1 > maxb) then break end
+  local nl = string.find(v, string.char(10), 1, true)
+  local p = ''
+  if nl then
+    local ok, head = pcall(cjson.decode, string.sub(v, 1, nl - 1))
+    if ok and type(head) == 'table' and type(head.p) == 'string' then p = head.p end
+  end
+  local h = string.sub(redis.sha1hex(p), 1, 16)
+  if (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
+    redis.call('RPUSH', prefix .. h, v)
+  else
+    towork[#towork + 1] = v
+    n = n + 1
+    total = total + #v + 1
+  end
+  taken = i
+end
+if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
+push(KEYS[2], towork)
+return {redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LLEN', KEYS[1])}
+"""
+
 # Clear the pending flag only when nothing is left; otherwise the caller re-enqueues itself.
 _FINISH = """
 if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
@@ -185,6 +246,35 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def person_hash(person: str) -> str:
+    """The key part naming one person in delivery's hold keys (same as the take script's)."""
+    return hashlib.sha1(person.encode()).hexdigest()[:16]  # noqa: S324 - a name, not security
+
+
+class LeaseLost(Exception):
+    """Another worker holds the lease now: this one must not write its results."""
+
+
+@dataclass
+class Settlement:
+    """What one delivery round writes, in one MULTI guarded by the delivery lease.
+
+    `remaining` becomes the new in-flight window (calls neither settled nor held: paused, or
+    stopping); `held` appends each waiting person's calls to their hold list with a due time and
+    retry state; `clear` forgets the retry state of people whose calls went through.
+    """
+
+    remaining: list[bytes] = field(default_factory=list)
+    held: list[tuple[str, list[bytes], int, bytes]] = field(default_factory=list)
+    clear: set[str] = field(default_factory=set)
+    letters: list[deadletters.DeadLetter] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
+
+
 @dataclass
 class Commit:
     """What one processed batch writes, all in one MULTI with the removal of its work list."""
@@ -193,7 +283,7 @@ class Commit:
     state_set: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (value, ttl s)
     state_del: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
-    parked: list[bytes] = field(default_factory=list)
+    parked: list[bytes] = field(default_factory=list)  # encoded deadletters.DeadLetter records
     # issue 6: per-event volume buckets and last-seen times (bridge/volume.record)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
@@ -214,6 +304,7 @@ class Store:
         self._wake = client.register_script(_WAKE)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._take_outbox = client.register_script(_TAKE_OUTBOX)
 
     # --- request path -------------------------------------------------------------------
     def ingest(self, env: Envelope, *, dedupe_ttl_s: int) -> int:
@@ -271,7 +362,7 @@ class Store:
         if commit.calls:
             pipe.rpush(k.outbox, *commit.calls)
         if commit.parked:
-            pipe.rpush(k.parked, *commit.parked)
+            deadletters.stage(pipe, shop, commit.parked, now_ms())
         for name, n in commit.counters.items():
             pipe.hincrby(k.stats, name, n)
         for (key, name), n in commit.hash_incr.items():
@@ -285,6 +376,55 @@ class Store:
     def take_outbox(self, shop: str, max_bytes: int, max_count: int) -> list[bytes]:
         k = Keys(shop)
         return list(self._take_bytes(keys=[k.outbox, k.outbox_work], args=[max_bytes, max_count]))
+
+    def take_window(
+        self, shop: str, max_bytes: int, max_count: int, *, max_scan: int = 5000
+    ) -> tuple[list[bytes], int]:
+        """The in-flight window (resumed or newly taken) and how many entries the outbox holds."""
+        k = Keys(shop)
+        window, left = self._take_outbox(
+            keys=[k.outbox, k.outbox_work, k.out_due],
+            args=[max_bytes, max_count, now_ms(), k.out_held, max_scan],
+        )
+        return list(window), int(left)
+
+    def retry_state(self, shop: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        if not hashes:
+            return {}
+        values = self.redis.hmget(Keys(shop).out_meta, list(hashes))
+        return {h: v for h, v in zip(hashes, values, strict=True) if v}
+
+    def settle_outbox(self, shop: str, lease_token: str, s: Settlement) -> None:
+        """Write a round's outcome atomically, unless the lease changed hands (LeaseLost)."""
+        k = Keys(shop)
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(k.deliver_lease)
+                holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
+                if holder != lease_token.encode():
+                    raise LeaseLost(shop)
+                pipe.multi()
+                pipe.delete(k.outbox_work)
+                for i in range(0, len(s.remaining), 1000):
+                    pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
+                for h, entries, due, meta in s.held:
+                    for i in range(0, len(entries), 1000):
+                        pipe.rpush(k.out_held + h, *entries[i : i + 1000])
+                    pipe.zadd(k.out_due, {h: due})
+                    pipe.hset(k.out_meta, h, meta)
+                if s.clear:
+                    pipe.hdel(k.out_meta, *s.clear)
+                deadletters.stage(pipe, shop, s.letters, now_ms())
+                for name, n in s.counters.items():
+                    pipe.hincrby(k.stats, name, n)
+                pipe.execute()
+            except redis.WatchError:
+                raise LeaseLost(shop) from None
+
+    def next_due_ms(self, shop: str) -> int | None:
+        """When the earliest waiting person's retry is due, or None when nobody waits."""
+        first = self.redis.zrange(Keys(shop).out_due, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
 
     def ack_outbox(self, shop: str, counters: Mapping[str, int]) -> None:
         k = Keys(shop)
@@ -326,11 +466,15 @@ class Store:
     def depth(self, shop: str) -> dict[str, int]:
         k = Keys(shop)
         pipe = self.redis.pipeline(transaction=False)
-        for key in (k.inbound, k.inbound_work, k.outbox, k.outbox_work, k.parked):
+        for key in (k.inbound, k.inbound_work, k.outbox, k.outbox_work):
             pipe.llen(key)
-        inbound, inwork, out, outwork, parked = pipe.execute()
+        pipe.hlen(deadletters.dlq_key(shop))
+        pipe.zcard(k.out_due)
+        inbound, inwork, out, outwork, dead, waiting = pipe.execute()
         return {
             "inbound": inbound + inwork,
             "outbox": out + outwork,
-            "parked": parked,
+            "parked": dead,  # kept for readers of the old name: same as dead_letters
+            "dead_letters": dead,
+            "waiting_people": waiting,
         }

@@ -2,25 +2,36 @@
 
 A forking worker pays a fork and new connections for every job; this one keeps one Redis client
 and one keep-alive HTTP client for its whole life. SIGTERM (a dyno restart) lets the current job
-finish its batch (jobs check `stopping` between batches) and then exits.
+finish its batch (jobs check `stopping` between batches and requests) and then exits.
+
+`run_worker` supervises RQ's work loop: RQ quits its loop on a Redis error outside the dequeue
+(mid-job, in a heartbeat), so after a Redis restart the loop is started again once Redis answers,
+and the process never exits for that. A ticker thread wakes shops whose jobs were lost (a killed
+worker) or whose held calls are due for a retry, so retries never depend on RQ's scheduler.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from datetime import timedelta
 from types import FrameType
 from typing import Any
 
+import redis
 from rq import SimpleWorker
 
+from bridge.deadletters import DeadLetters
 from bridge.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.runtime import Runtime, install
-from bridge.store import Keys
+from bridge.store import Keys, now_ms
 
 log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 15
+TICK_S = 1.0
+REDIS_WAIT_MAX_S = 5.0
 
 
 class BridgeWorker(SimpleWorker):
@@ -50,31 +61,99 @@ def schedule_sweep(rt: Runtime) -> None:
     rt.queue.enqueue_in(timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600)
 
 
+def wait_for_redis(rt: Runtime) -> bool:
+    """Block until Redis answers a PING (True) or the process is asked to stop (False)."""
+    delay = 0.2
+    logged = False
+    while not rt.stopping.is_set():
+        try:
+            rt.redis.ping()
+            if logged:
+                log.warning("Redis is back; the worker goes on")
+            return True
+        except redis.RedisError as exc:
+            if not logged:
+                log.error("Redis unavailable; the worker waits for it", extra={"error": str(exc)})
+                logged = True
+        rt.stopping.wait(delay)
+        delay = min(delay * 2, REDIS_WAIT_MAX_S)
+    return False
+
+
 def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
+    """Work until SIGTERM (or, with `burst`, until the queue is empty); survives Redis restarts."""
     install(rt)
-    check_redis_policy(rt)
-    worker = BridgeWorker([rt.queue], connection=rt.redis)
-    worker.runtime = rt
-    if not burst and rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
-        schedule_sweep(rt)
-    if not burst:
-        ensure_check_scheduled(rt)  # issue 6: the periodic volume check
-    return bool(worker.work(burst=burst, with_scheduler=not burst, **work_kwargs))
+
+    def stop_between_loops(signum: int, frame: FrameType | None) -> None:
+        rt.stopping.set()
+
+    ticker: threading.Thread | None = None
+    worker: BridgeWorker | None = None
+    worked = False
+    while True:
+        # RQ installs its own handlers inside work(); between two loops a SIGTERM just stops.
+        signal.signal(signal.SIGTERM, stop_between_loops)
+        signal.signal(signal.SIGINT, stop_between_loops)
+        if not wait_for_redis(rt):
+            return worked
+        try:
+            check_redis_policy(rt)
+            worker = BridgeWorker([rt.queue], connection=rt.redis)
+            worker.runtime = rt
+            if not burst:
+                if rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
+                    schedule_sweep(rt)
+                ensure_check_scheduled(rt)  # issue 6: the periodic volume check
+                if ticker is None:
+                    ticker = threading.Thread(target=_tick, args=(rt,), name="ticker", daemon=True)
+                    ticker.start()
+            worked = (
+                bool(worker.work(burst=burst, with_scheduler=not burst, **work_kwargs)) or worked
+            )
+        except redis.RedisError as exc:
+            log.warning("worker loop ended on a Redis error", extra={"error": str(exc)})
+        if burst or rt.stopping.is_set() or getattr(worker, "_stop_requested", False):
+            return worked
+        # RQ left its loop without being asked to (it does on a Redis error mid-job): go again.
+        log.warning("worker loop ended unexpectedly; restarting it when Redis answers")
+        rt.stopping.wait(0.5)
 
 
-def sweep(rt: Runtime) -> None:
-    """Wake drains and deliveries whose pending job was lost, then schedule the next sweep."""
+def wake_due(rt: Runtime) -> None:
+    """Wake drains and deliveries whose pending job was lost or whose retry is due."""
     from jobs.enqueue import enqueue_deliver, enqueue_drain
 
+    now = now_ms()
     for shop in rt.store.shops():
         keys = Keys(shop)
         depth = rt.store.depth(shop)
         if depth["inbound"] and rt.store.wake(keys.drain_flag):
             enqueue_drain(rt.queue, shop)
-        if depth["outbox"] and rt.store.wake(keys.deliver_flag):
+        due = rt.store.next_due_ms(shop)
+        if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
+            keys.deliver_flag
+        ):
             enqueue_deliver(rt.queue, shop)
-    rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
-    schedule_sweep(rt)
+
+
+def _tick(rt: Runtime) -> None:
+    while not rt.stopping.wait(TICK_S):
+        try:
+            wake_due(rt)
+        except redis.RedisError:
+            continue  # Redis is away: the work loop waits for it too
+
+
+def sweep(rt: Runtime) -> None:
+    """Wake lost jobs, expire old dead letters, then schedule the next sweep."""
+    try:
+        wake_due(rt)
+        letters = DeadLetters(rt.redis)
+        for shop in rt.store.shops():
+            letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
+    finally:
+        rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
+        schedule_sweep(rt)
     ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
     # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
     from bridge.reconcile import maybe_reconcile

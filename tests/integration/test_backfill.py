@@ -45,9 +45,7 @@ def admin() -> Iterator[AdminStandIn]:
 
 
 @pytest.fixture
-def env(
-    settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
+def env(settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The environment of an operator running `bridge backfill` against the stand-ins."""
     values = service_env(
         settings,
@@ -163,7 +161,8 @@ def test_dry_run_prints_a_sample_and_queues_nothing(
     assert "sample calls (not sent):" in out
     assert '"event":"order_completed"' in out
     assert "would queue: 3 envelopes" in out and "calls that would be sent: 6" in out
-    assert Store(redis).depth(SHOP) == {"inbound": 0, "outbox": 0, "parked": 0}
+    depth = Store(redis).depth(SHOP)
+    assert (depth["inbound"], depth["outbox"], depth["parked"]) == (0, 0, 0)
     assert not list(redis.scan_iter(match=Keys(SHOP).seen("*")))
 
 
@@ -282,12 +281,24 @@ def test_category_dates_use_the_cached_product_lookup(
 ) -> None:
     admin.products = {"81": "Coffee Beans", "82": "Filters"}
     a = rest_order(
-        gql_order(5001, customer_id=800, email="k@example.com", created="2023-05-01T00:00:00Z",
-                  total="9.00", lines=[(81, "", "9.00", 1)])
+        gql_order(
+            5001,
+            customer_id=800,
+            email="k@example.com",
+            created="2023-05-01T00:00:00Z",
+            total="9.00",
+            lines=[(81, "", "9.00", 1)],
+        )
     )
     b = rest_order(
-        gql_order(5002, customer_id=800, email="k@example.com", created="2023-06-01T00:00:00Z",
-                  total="9.00", lines=[(81, "", "4.00", 1), (82, "", "5.00", 1)])
+        gql_order(
+            5002,
+            customer_id=800,
+            email="k@example.com",
+            created="2023-06-01T00:00:00Z",
+            total="9.00",
+            lines=[(81, "", "4.00", 1), (82, "", "5.00", 1)],
+        )
     )
     path = tmp_path / "rest.jsonl"
     # REST exports carry no product type: the lookup finds it.

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from bridge import cli, monitor, volume
+from bridge.deadletters import dlq_key
 from bridge.delivery import deliver
 from bridge.drain import drain
 from bridge.runtime import Runtime
@@ -181,7 +182,7 @@ def test_counters_added_by_others_show_up_by_pattern(
     redis.hincrby(stats, "events:order_completed:dead_lettered", 1)
     redis.hincrby(stats, "identity:suppressed", 4)
     redis.hincrby(stats, "identity:guest:held", 5)
-    redis.rpush(Keys(SHOP).parked, b"x", b"y")
+    redis.hset(dlq_key(SHOP), mapping={"c-1": b"x", "c-2": b"y"})
     redis.set(Keys(SHOP).prefix + "paused", 1)
     redis.rpush(Keys(SHOP).outbox, b"a")
     m = scrape(create_app(settings).test_client())

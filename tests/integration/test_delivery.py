@@ -1,0 +1,216 @@
+"""Delivery on real parts: a private Redis, the loopback Pipelines stand-in, `deliver()` called in
+this process (no worker), so each failure mode is scripted exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+import pytest
+import redis as redis_lib
+
+from bridge import cli
+from bridge.deadletters import DeadLetters
+from bridge.delivery import deliver
+from bridge.outbox import OutboxEntry
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from bridge.standin import PipelinesStandIn
+from bridge.store import Keys
+from tests.conftest import SHOP, wait_until
+
+K = Keys(SHOP)
+
+
+def call(n: int, person: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "messageId": f"M{n:05d}",
+        "event": "order_completed",
+        "userId": person,
+        "properties": {"n": n, **extra},
+    }
+
+
+def queue(r: redis_lib.Redis, calls: Sequence[dict[str, Any]], kind: str = "batch") -> None:
+    entries = [
+        OutboxEntry(orjson.dumps(c), 1, str(c.get("userId")), (), kind).encode() for c in calls
+    ]
+    r.rpush(K.outbox, *entries)
+    r.sadd("cb:shops", SHOP)
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    fast = settings.model_copy(
+        update={"retry_base_s": 0.05, "retry_cap_s": 0.2, "pause_probe_s": 0.1}
+    )
+    runtime = Runtime.build(fast)
+    yield runtime
+    runtime.redis.close()
+
+
+def sent_ids(p: PipelinesStandIn) -> list[str]:
+    return [str(m) for m in p.message_ids()]
+
+
+def deliver_until(rt: Runtime, done: Any, rounds: int = 60) -> bool:
+    """Call deliver() (as the ticker's jobs would) until `done()` or `rounds` run out."""
+    return wait_until(lambda: (deliver(rt, SHOP), done())[1], timeout_s=15, interval_s=0.05)
+
+
+def test_a_backlog_goes_out_in_few_large_requests(rt: Runtime, pipelines: PipelinesStandIn) -> None:
+    queue(rt.redis, [call(i, f"p{i % 50}", pad="x" * 2000) for i in range(600)])
+    deliver(rt, SHOP)
+    assert len(pipelines.calls) == 600
+    assert pipelines.requests <= 6  # ~1.2 MB of calls: three or four 500 KB requests
+    assert max(pipelines.request_call_counts) > 100
+    # Per person, the calls arrive in the order they were queued.
+    for p in ("p0", "p7"):
+        mine = [c["properties"]["n"] for c in pipelines.calls if c["userId"] == p]
+        assert mine == sorted(mine)
+    assert rt.redis.llen(K.outbox_work) == 0 and rt.store.stats(SHOP)["calls:delivered"] == 600
+
+
+def test_a_person_waiting_for_a_retry_holds_only_their_own_calls(
+    rt: Runtime, pipelines: PipelinesStandIn
+) -> None:
+    queue(rt.redis, [call(1, "ann")])
+    pipelines.script(503)
+    deliver(rt, SHOP)
+    assert pipelines.calls == [] and rt.redis.zcard(K.out_due) == 1
+    # Ann's next call waits behind her first; Bob is not blocked.
+    queue(rt.redis, [call(2, "ann"), call(3, "bob")])
+    rt.redis.zadd(K.out_due, {rt.redis.zrange(K.out_due, 0, 0)[0]: 2**50})  # not due yet
+    deliver(rt, SHOP)
+    assert sent_ids(pipelines) == ["M00003"]
+    rt.redis.zadd(K.out_due, {rt.redis.zrange(K.out_due, 0, 0)[0]: 0})  # due now
+    deliver(rt, SHOP)
+    assert sent_ids(pipelines) == ["M00003", "M00001", "M00002"]
+    assert rt.redis.zcard(K.out_due) == 0 and rt.redis.hlen(K.out_meta) == 0
+
+
+def test_a_bad_call_in_strict_mode_is_isolated_and_dead_lettered(
+    rt: Runtime, pipelines: PipelinesStandIn
+) -> None:
+    calls = [call(i, f"p{i}") for i in range(20)]
+    del calls[13]["event"]  # strict mode refuses the whole request for this one
+    queue(rt.redis, calls)
+    deliver(rt, SHOP)
+    assert sorted(sent_ids(pipelines)) == [f"M{i:05d}" for i in range(20) if i != 13]
+    letters = list(DeadLetters(rt.redis).iter(SHOP))
+    assert [(d.id, d.status, d.kind) for d in letters] == [("c-M00013", 400, "call")]
+    assert "track needs event" in letters[0].response
+
+
+def test_too_large_requests_are_split_and_an_oversize_call_is_dead_lettered(
+    rt: Runtime,
+) -> None:
+    with PipelinesStandIn(write_keys={"test-write-key"}, max_request_bytes=3000) as small:
+        runtime = Runtime.build(rt.settings.model_copy(update={"pipelines_url": small.url}))
+        queue(runtime.redis, [call(i, f"p{i}", pad="y" * 400) for i in range(12)])
+        queue(runtime.redis, [call(99, "big", pad="z" * 5000)])
+        deliver(runtime, SHOP)
+        assert len(small.calls) == 12
+        assert [d.id for d in DeadLetters(runtime.redis).iter(SHOP)] == ["c-M00099"]
+
+
+def test_a_refused_key_pauses_the_shop_keeps_the_calls_and_resumes_on_a_probe(
+    rt: Runtime, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.configure(write_keys=["another-key"])
+    queue(rt.redis, [call(i, "ann") for i in range(3)])
+    deliver(rt, SHOP)
+    assert rt.redis.get(K.paused) is not None
+    assert rt.store.stats(SHOP)["delivery:paused"] == 1
+    assert rt.redis.llen(K.outbox_work) == 3 and DeadLetters(rt.redis).count(SHOP) == 0
+    deliver(rt, SHOP)  # still refused: a second pause is not counted again
+    assert rt.store.stats(SHOP)["delivery:paused"] == 1
+    pipelines.configure(write_keys=["test-write-key"])
+    assert deliver_until(rt, lambda: len(pipelines.calls) == 3)
+    assert rt.redis.get(K.paused) is None and sent_ids(pipelines) == [
+        "M00000",
+        "M00001",
+        "M00002",
+    ]
+
+
+def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_ids(
+    rt: Runtime, pipelines: PipelinesStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = Runtime.build(rt.settings.model_copy(update={"retry_horizon_s": 0}))
+    queue(runtime.redis, [call(1, "ann"), call(2, "ann")])
+    pipelines.configure(fault_rate=1.0)
+    assert deliver_until(runtime, lambda: DeadLetters(runtime.redis).count(SHOP) == 2)
+    letter = DeadLetters(runtime.redis).get(SHOP, "c-M00001")
+    assert letter is not None and letter.reason == "retry horizon passed"
+    assert letter.attempts >= 2 and letter.first_error_ms <= letter.last_error_ms
+    assert runtime.redis.hlen(K.out_meta) == 0  # the retry state went with the calls
+    pipelines.configure(fault_rate=0.0)
+    pipelines.reset()
+    monkeypatch.setenv("REDIS_URL", runtime.settings.redis_url)
+    assert cli.main(["dlq", "replay", "--all"]) == 0
+    assert deliver_until(runtime, lambda: len(pipelines.calls) == 2)
+    assert sent_ids(pipelines) == ["M00001", "M00002"]
+    assert DeadLetters(runtime.redis).count(SHOP) == 0
+
+
+def test_an_alias_goes_alone_after_the_persons_earlier_calls(
+    rt: Runtime, pipelines: PipelinesStandIn
+) -> None:
+    queue(rt.redis, [call(1, "ann"), call(2, "bob")])
+    alias = {"type": "alias", "messageId": "A0001", "previousId": "anon-1", "userId": "ann"}
+    queue(rt.redis, [alias], kind="alias")
+    queue(rt.redis, [call(3, "ann")])
+    deliver(rt, SHOP)
+    assert sent_ids(pipelines) == ["M00001", "M00002", "A0001", "M00003"]
+    assert pipelines.request_call_counts == [2, 1, 1]
+
+
+def test_a_crash_after_the_post_redelivers_the_window_with_the_same_ids(
+    rt: Runtime, pipelines: PipelinesStandIn
+) -> None:
+    queue(rt.redis, [call(i, f"p{i}") for i in range(5)])
+
+    class Dies:
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def send_batch(self, calls: Sequence[bytes]) -> None:
+            self.real.send_batch(calls)
+            raise KeyboardInterrupt  # the process dies between the POST and the ack
+
+    real = rt.sink
+    rt.sink = Dies(real)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        deliver(rt, SHOP)
+    assert rt.redis.llen(K.outbox_work) == 5  # the window is still in Redis
+    rt.sink = real
+    deliver(rt, SHOP)
+    ids = sent_ids(pipelines)
+    assert len(ids) == 10 and len(set(ids)) == 5  # redundant, never lost
+    assert rt.redis.llen(K.outbox_work) == 0
+
+
+def test_an_unmappable_webhook_is_dead_lettered_and_listed(
+    rt: Runtime, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.drain import drain
+    from bridge.store import Envelope
+
+    env = Envelope(SHOP, "orders/paid", "wh-1", b'{"id": "not-an-order"}', received_ms=1)
+    rt.redis.rpush(K.inbound, env.encode())
+    rt.redis.sadd("cb:shops", SHOP)
+    drain(rt, SHOP)
+    assert rt.redis.llen(K.inbound) == 0 and rt.redis.llen(K.inbound_work) == 0
+    monkeypatch.setenv("REDIS_URL", rt.settings.redis_url)
+    assert cli.main(["dlq", "list"]) == 0
+    listed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["id"], d["kind"], d["what"]) for d in listed] == [
+        ("w-wh-1", "webhook", "orders/paid")
+    ]
+    assert cli.main(["dlq", "show", "w-wh-1"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["envelope"]["w"] == "wh-1"
+    assert cli.main(["dlq", "purge"]) == 0
+    assert DeadLetters(rt.redis).count(SHOP) == 0

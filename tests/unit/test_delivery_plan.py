@@ -1,0 +1,145 @@
+"""Delivery's pure parts: segments per person, request packing, splitting on 400/413, redaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from bridge import pipelines
+from bridge.deadletters import DeadLetter, call_letter, redact_value
+from bridge.delivery import Item, Segment, pack, segments_by_person, send_request
+from bridge.outbox import OutboxEntry
+
+
+def item(i: int, person: str, kind: str = "batch", size: int = 0, bad: bool = False) -> Item:
+    call: dict[str, object] = {
+        "type": "track",
+        "messageId": f"m{i}",
+        "event": "e",
+        "userId": person,
+    }
+    if kind == "alias":
+        call = {"type": "alias", "messageId": f"m{i}", "previousId": "x", "userId": person}
+    if bad:
+        call["bad"] = True
+    if size:
+        call["pad"] = "x" * size
+    entry = OutboxEntry(orjson.dumps(call), 0, person, (), kind)
+    return Item(entry.encode(), entry, i, person)
+
+
+def ids(items: Sequence[Item]) -> list[int]:
+    return [i.index for i in items]
+
+
+def test_segments_keep_each_persons_order_and_put_alias_alone() -> None:
+    items = [item(0, "a"), item(1, "b"), item(2, "a"), item(3, "a", "alias"), item(4, "a")]
+    q = segments_by_person(items)
+    assert list(q) == ["a", "b"]
+    assert [(s.kind, ids(s.items)) for s in q["a"]] == [
+        ("batch", [0, 2]),
+        ("alias", [3]),
+        ("batch", [4]),
+    ]
+    assert [ids(s.items) for s in q["b"]] == [[1]]
+
+
+def test_segments_and_requests_respect_the_byte_limit() -> None:
+    items = [item(i, "a", size=300) for i in range(10)]
+    segs = segments_by_person(items, max_bytes=1000)
+    assert all(s.size <= 1000 for s in segs["a"])
+    assert [i for s in segs["a"] for i in ids(s.items)] == list(range(10))
+    heads = [Segment("batch", [it], it.size) for it in items]
+    jobs = pack(heads, max_bytes=1000)
+    assert len(jobs) > 1 and all(j.size <= 1000 for j in jobs)
+    assert [i for j in jobs for i in ids(j.items)] == list(range(10))
+
+
+def test_pack_puts_many_people_in_one_request_and_an_alias_in_its_own() -> None:
+    heads = [Segment("batch", [item(i, f"p{i}")], 50) for i in range(5)]
+    heads.append(Segment("alias", [item(9, "q", "alias")], 50))
+    jobs = pack(heads)
+    assert [(j.kind, len(j.items)) for j in jobs] == [("batch", 5), ("alias", 1)]
+
+
+class FakeSink:
+    """Answers like Pipelines in strict mode: 400 for a whole request holding a bad call."""
+
+    def __init__(self, retry_on: int | None = None) -> None:
+        self.requests: list[list[str]] = []
+        self.retry_on = retry_on
+
+    def send_batch(self, calls: Sequence[bytes]) -> None:
+        docs = [orjson.loads(c) for c in calls]
+        self.requests.append([d["messageId"] for d in docs])
+        if self.retry_on is not None and len(self.requests) == self.retry_on:
+            raise pipelines.RetryableError("503", status=503)
+        if any(d.get("bad") for d in docs):
+            raise pipelines.BadRequestError("400", status=400, errors=["batch[0]: bad"])
+
+    def send_alias(self, call: bytes) -> None:
+        self.requests.append(["alias:" + orjson.loads(call)["messageId"]])
+
+    def probe(self) -> None:
+        return None
+
+
+def test_a_400_is_split_until_only_the_bad_call_is_dead() -> None:
+    items = [item(i, f"p{i}", bad=(i == 5)) for i in range(8)]
+    sent = send_request(FakeSink(), Segment("batch", items), lambda: False)
+    assert ids(sent.delivered) == [0, 1, 2, 3, 4, 6, 7]
+    assert [(it.index, err.status) for it, err in sent.dead] == [(5, 400)]
+    assert not sent.waiting and not sent.unsent
+
+
+def test_a_retryable_error_while_splitting_makes_the_rest_wait() -> None:
+    items = [item(i, f"p{i}", bad=(i == 1)) for i in range(8)]
+    # request 1: all (400); 2: first half (400); 3: [0,1] -> 503
+    sent = send_request(FakeSink(retry_on=3), Segment("batch", items), lambda: False)
+    assert not sent.delivered
+    assert sorted(ids(sent.waiting)) == list(range(8))
+    assert sent.retry is not None and sent.retry.status == 503
+
+
+def test_stopping_leaves_calls_unsent() -> None:
+    sent = send_request(FakeSink(), Segment("batch", [item(0, "a")]), lambda: True)
+    assert ids(sent.unsent) == [0] and sent.requests == 0
+
+
+@pytest.mark.parametrize(
+    "err",
+    [pipelines.FatalError("404", status=404), pipelines.PayloadTooLargeError("big", status=413)],
+)
+def test_a_lone_call_that_cannot_be_sent_is_dead(err: pipelines.PipelinesError) -> None:
+    class Refuses(FakeSink):
+        def send_batch(self, calls: Sequence[bytes]) -> None:
+            raise err
+
+    sent = send_request(Refuses(), Segment("batch", [item(0, "a")]), lambda: False)
+    assert [it.index for it, _ in sent.dead] == [0]
+
+
+def test_dead_letter_round_trips_and_has_a_stable_id() -> None:
+    it = item(3, "a")
+    letter = call_letter("s.myshopify.com", it.raw, "why", status=400, response="r" * 5000)
+    again = DeadLetter.decode(letter.encode())
+    assert again.id == "c-m3" and again.payload == it.raw and again.status == 400
+    assert len(again.response) == 2048
+    assert again.stamped(7).first_error_ms == 7
+
+
+def test_redaction_hides_personal_fields_and_patterns() -> None:
+    call = {
+        "userId": "42",
+        "traits": {"email": "a@b.co", "first_name": "Ann", "note": "call +1 415 555 0100"},
+        "properties": {"total": 9.5, "items": [{"name": "Hat"}]},
+    }
+    out = redact_value(call)
+    assert out["traits"] == {
+        "email": "[redacted]",
+        "first_name": "[redacted]",
+        "note": "call [phone]",
+    }
+    assert out["properties"]["total"] == 9.5 and out["userId"] == "42"
