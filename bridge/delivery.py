@@ -100,7 +100,18 @@ class _Attempt:
         self.dead: list[tuple[bytes, str, int | None, str]] = []
 
     def send(self, entries: list[bytes]) -> None:
-        calls = [OutboxEntry.decode(e).call for e in entries]
+        decoded = [OutboxEntry.decode(e) for e in entries]
+        alias = next((i for i, d in enumerate(decoded) if d.kind == "alias"), None)
+        if alias is not None:
+            # An alias goes to /v1/alias on its own, only after every call queued before it
+            # (the kept profile's identify) was accepted: a failure before it raises first.
+            if alias:
+                self.send(entries[:alias])
+            self.send_alias(entries[alias])
+            if alias + 1 < len(entries):
+                self.send(entries[alias + 1 :])
+            return
+        calls = [d.call for d in decoded]
         try:
             self.sink.send_batch(calls)
         except pipelines.RetryableError as err:
@@ -125,6 +136,22 @@ class _Attempt:
                 self.dead.append((e, type(err).__name__, err.status, err.body))
             return
         self.delivered.extend(entries)
+
+    def send_alias(self, entry: bytes) -> None:
+        try:
+            self.sink.send_alias(OutboxEntry.decode(entry).call)
+        except pipelines.RetryableError as err:
+            raise _Retry(err, [entry]) from None
+        except pipelines.AuthError as err:
+            raise _Paused(err) from None
+        except (
+            pipelines.PayloadTooLargeError,
+            pipelines.BadRequestError,
+            pipelines.FatalError,
+        ) as err:
+            self.dead.append((entry, type(err).__name__, err.status, err.body))
+            return
+        self.delivered.append(entry)
 
 
 def _latency_counters(entries: Sequence[bytes], now: int) -> dict[str, int]:

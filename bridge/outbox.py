@@ -18,11 +18,14 @@ class OutboxEntry:
     received_ms: int = 0
     person: str = ""
     guards: tuple[str, ...] = ()
+    kind: str = "batch"  # "alias": sent alone to /v1/alias, after everything before it
 
     def encode(self) -> bytes:
         head: dict[str, object] = {"r": self.received_ms, "p": self.person}
         if self.guards:
             head["g"] = list(self.guards)
+        if self.kind != "batch":
+            head["k"] = self.kind
         return orjson.dumps(head) + b"\n" + self.call
 
     @classmethod
@@ -34,4 +37,5 @@ class OutboxEntry:
             received_ms=int(head.get("r") or 0),
             person=str(head.get("p") or ""),
             guards=tuple(head.get("g") or ()),
+            kind=str(head.get("k") or "batch"),
         )

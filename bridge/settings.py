@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     queue_name: str = "cartbridge"
     log_level: str = "INFO"
 
+    # issue 3 (identity, joins and suppression)
+    checkout_contact_wait_s: int = Field(default=24 * 3600, ge=60)
+    refund_order_wait_s: int = Field(default=6 * 3600, ge=60)
+    unjoined_order_window_s: int = Field(default=3600, ge=0)
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+
     @field_validator("pipelines_url")
     @classmethod
     def _strip_slash(cls, v: str) -> str:

@@ -60,7 +60,9 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
 
 
 def sweep(rt: Runtime) -> None:
-    """Wake drains and deliveries whose pending job was lost, then schedule the next sweep."""
+    """Wake drains and deliveries whose pending job was lost, expire held identity work (once a
+    minute per shop), then schedule the next sweep."""
+    from bridge.identity.housekeeping import housekeep, housekeep_due
     from jobs.enqueue import enqueue_deliver, enqueue_drain
 
     for shop in rt.store.shops():
@@ -70,5 +72,7 @@ def sweep(rt: Runtime) -> None:
             enqueue_drain(rt.queue, shop)
         if depth["outbox"] and rt.store.wake(keys.deliver_flag):
             enqueue_deliver(rt.queue, shop)
+        if housekeep_due(rt, shop):
+            housekeep(rt, shop)
     rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
     schedule_sweep(rt)

@@ -68,7 +68,13 @@ def map_cart(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         cart_token=token, cart_token_raw=raw, **parts.hints(cart.note_attributes, ctx)
     )
     snapshot = CartSnapshot(
-        cart_token=token, updated_at=at, items=items, value=value, currency=currency, url=url
+        cart_token=token,
+        updated_at=at,
+        items=items,
+        value=value,
+        currency=currency,
+        url=url,
+        created_at=cart.created_at,
     )
     events: tuple[CanonicalEvent, ...] = ()
     if items:
@@ -119,7 +125,9 @@ def map_checkout(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     }
     event = CanonicalEvent(
         name=CHECKOUT_STARTED,
-        timestamp=at,
+        # A checkout starts when it is created: every snapshot of it then gives the one
+        # `checkout_started` the same messageId, whichever arrives first.
+        timestamp=parts.when(ctx, co.created_at, co.updated_at),
         key=f"checkout:{ref}",
         person=person,
         properties=compact(props),
@@ -216,6 +224,7 @@ MAPPERS: dict[str, Mapper] = {
     "orders/paid": map_order,
     "orders/fulfilled": map_order,
     "orders/cancelled": map_order,
+    "backfill/order": map_order,
     "refunds/create": map_refund,
     "customers/create": map_customer,
     "customers/update": map_customer,
