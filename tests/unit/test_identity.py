@@ -14,7 +14,6 @@ from tests.journeys import (
     CUSTOMER_ID,
     EMAIL,
     NOW,
-    ORDER_ID,
     MemoryShop,
     cart,
     checkout,
