@@ -178,3 +178,27 @@ def test_redeliveries_send_each_call_once(
         ("identify", CUSTOMER_ID),
         ("order_refunded", CUSTOMER_ID),
     ]
+
+
+def test_sweep_housekeeping_drops_held_checkouts_and_parks_waiting_refunds(
+    client: FlaskClient, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bridge.drain import drain
+    from bridge.identity.housekeeping import housekeep
+    from bridge.runtime import Runtime
+
+    rt = Runtime.build(settings)
+    post(client, "checkouts/create", checkout(email=False, updated_at="2024-11-06T02:22:02Z"))
+    post(client, "refunds/create", refund(order_id="999"))
+    drain(rt, SHOP)
+    now = datetime.now(UTC)
+    assert housekeep(rt, SHOP, now=now + timedelta(hours=1)) == 0
+    assert housekeep(rt, SHOP, now=now + timedelta(hours=25)) == 2
+    s = stats(redis)
+    assert s["events:checkout_started:dropped_no_contact"] == 1
+    assert s["events:order_refunded:parked_unresolved"] == 1
+    [parked] = [json.loads(p) for p in redis.lrange(Keys(SHOP).parked, 0, -1)]
+    assert (parked["kind"], parked["order_id"]) == ("refund", "999")
+    assert housekeep(rt, SHOP, now=now + timedelta(hours=26)) == 0
