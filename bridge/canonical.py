@@ -106,6 +106,8 @@ class CartSnapshot(Frozen):
     value: Decimal
     currency: str
     url: str | None = None
+    # The cart's creation time: the stable time part of its `added_to_cart` messageIds.
+    created_at: datetime | None = None
 
 
 class MergeFact(Frozen):

@@ -28,6 +28,11 @@ def process_config(rt: Runtime) -> ProcessConfig:
         skip_test_orders=s.skip_test_orders,
         naming=s.event_naming,
         order_completed_on=s.order_completed_on,
+        checkout_contact_wait_s=s.checkout_contact_wait_s,
+        refund_order_wait_s=s.refund_order_wait_s,
+        unjoined_order_window_s=s.unjoined_order_window_s,
+        identity_hint_customer_attr=s.identity_hint_customer_attr,
+        identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 
@@ -17,11 +17,10 @@ from bridge import volume
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
 from bridge.deadletters import call_letter, log_dead_letter, webhook_letter
-from bridge.identity import Policy, decide, keys_for
+from bridge.identity import DecisionView, Outgoing, Policy, decide, keys_for
 from bridge.jsonio import parse_body
 from bridge.outbox import OutboxEntry
 from bridge.sources import MappingError, Source
-from bridge.state import StateView
 from bridge.store import Commit, Envelope
 
 log = logging.getLogger(__name__)
@@ -33,6 +32,16 @@ class ProcessConfig:
     skip_test_orders: bool = True
     naming: str = "snake"
     order_completed_on: str = "orders/paid"
+    checkout_contact_wait_s: int = 24 * 3600
+    refund_order_wait_s: int = 6 * 3600
+    unjoined_order_window_s: int = 3600
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+
+
+# State lookups per batch: the records the payloads name, then up to two more rounds for
+# records only nameable after a first lookup (refund -> order -> person -> order index).
+MAX_LOAD_ROUNDS = 3
 
 
 def parse_time(raw: str | None) -> datetime | None:
@@ -63,6 +72,8 @@ def map_envelope(env: Envelope, source: Source, config: ProcessConfig) -> Mapped
         skip_test_orders=config.skip_test_orders,
         triggered_at=parse_time(env.triggered_at),
         order_completed_on=config.order_completed_on,
+        identity_hint_customer_attr=config.identity_hint_customer_attr,
+        identity_hint_anonymous_attr=config.identity_hint_anonymous_attr,
     )
     return source.map(env.topic, body, ctx)
 
@@ -75,8 +86,13 @@ def process(
     config: ProcessConfig,
     load: Callable[[list[str]], Mapping[str, bytes | None]],
     key_of: Callable[[str], str],
+    now: datetime | None = None,
 ) -> Commit:
-    """Map, resolve and validate a batch; `load` fetches state records by key in one call."""
+    """Map, resolve and validate a batch; `load` fetches state records by key in one call.
+
+    `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
+    batch's clock for holds and waits (default: the wall clock).
+    """
     commit = Commit()
     mapped: list[tuple[Envelope, Mapped]] = []
     for item in raw:
@@ -93,13 +109,33 @@ def process(
         mapped.append((env, m))
 
     names = [n for _, m in mapped for n in keys_for(m)]
-    view = StateView(dict(load([key_of(n) for n in names])), key_of=key_of)
-    policy = Policy(shop=shop, naming=config.naming)
-    for env, m in mapped:
+    loaded: dict[str, bytes | None] = dict(load(list(dict.fromkeys(key_of(n) for n in names))))
+    policy = Policy(
+        shop=shop,
+        naming=config.naming,
+        now=now or datetime.now(UTC),
+        order_completed_on=config.order_completed_on,
+        checkout_contact_wait_s=config.checkout_contact_wait_s,
+        refund_order_wait_s=config.refund_order_wait_s,
+        unjoined_order_window_s=config.unjoined_order_window_s,
+    )
+    for round_no in range(1, MAX_LOAD_ROUNDS + 1):
+        # Deciding is pure, so a round that read records it was not given is simply redone
+        # with them loaded; the last round's result is the batch's.
+        view = DecisionView(loaded, key_of=key_of)
+        decided: list[tuple[Envelope, Mapped, list[Outgoing]]] = []
+        for env, m in mapped:
+            outs = [] if m.skipped else decide(m, view, policy, parse_time(env.triggered_at))
+            decided.append((env, m, outs))
+        missing = view.misses - loaded.keys()
+        if not missing or round_no == MAX_LOAD_ROUNDS:
+            break
+        loaded.update(load(sorted(missing)))
+    for env, m, outs in decided:
         if m.skipped:
             commit.count(f"webhooks:{env.topic}:skipped")
             continue
-        for out in decide(m, view, policy):
+        for out in outs:
             call = out.call
             try:
                 raw_call = validate_call(call)
@@ -110,12 +146,14 @@ def process(
                 commit.parked.append(letter.encode())
                 commit.count("calls:invalid")
                 continue
-            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards)
+            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind)
             commit.calls.append(entry.encode())
             name = call.get("event") or call["type"]
             commit.count(f"events:{name}:queued")
             if call["type"] == "track":
                 volume.record(commit, shop, name, env.received_ms)  # issue 6
         commit.count(f"webhooks:{env.topic}:processed")
+    for name, n in view.counters.items():
+        commit.count(name, n)
     commit.state_set, commit.state_del = view.writes()
     return commit

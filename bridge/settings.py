@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     retry_cap_s: float = Field(default=600.0, gt=0)  # ... capped here (Retry-After wins)
     pause_probe_s: float = Field(default=60.0, gt=0)  # probe a refused write key this often
     dead_letter_retention_s: int = Field(default=7 * 86_400, ge=3600)
+    # issue 3 (identity, joins and suppression)
+    checkout_contact_wait_s: int = Field(default=24 * 3600, ge=60)
+    refund_order_wait_s: int = Field(default=6 * 3600, ge=60)
+    unjoined_order_window_s: int = Field(default=3600, ge=0)
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
 
     @field_validator("pipelines_url")
     @classmethod

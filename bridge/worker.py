@@ -145,12 +145,17 @@ def _tick(rt: Runtime) -> None:
 
 
 def sweep(rt: Runtime) -> None:
-    """Wake lost jobs, expire old dead letters, then schedule the next sweep."""
+    """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
+    then schedule the next sweep."""
+    from bridge.identity.housekeeping import housekeep, housekeep_due
+
     try:
         wake_due(rt)
         letters = DeadLetters(rt.redis)
         for shop in rt.store.shops():
             letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
+            if housekeep_due(rt, shop):
+                housekeep(rt, shop)
     finally:
         rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
         schedule_sweep(rt)

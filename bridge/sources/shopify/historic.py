@@ -1,13 +1,8 @@
-"""The backfill's internal topics: `backfill/order`, `backfill/refund`, `backfill/traits`. Pure.
+"""The backfill's internal topics besides `backfill/order` (mapped in orders.py). Pure.
 
-A historic order maps like `orders/paid` (person, traits, order fact) but sends no
-`order_completed` unless the body carries `"_cartbridge_events": true`; then the event keeps
-the order's own time and messageId and gains `backfill: true`. A historic refund likewise keeps
-its refund fact and only sends `order_refunded` with the flag. `backfill/traits` carries extra
-traits (per-category last purchase dates) for one customer.
-
-NOTE(issue 5): the identity branch implements `backfill/order` too (with the order index); at
-merge, keep one mapping — this minimal one only lets the backfill branch's tests run.
+A historic refund keeps its refund fact and only sends `order_refunded` (with `backfill: true`)
+when the body carries `"_cartbridge_events": true`. `backfill/traits` carries extra traits
+(per-category last purchase dates) for one customer.
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ from typing import Any
 from bridge.canonical import MapContext, Mapped, PersonRef, TraitUpdate
 from bridge.sources import MappingError
 from bridge.sources.shopify.models import Customer
-from bridge.sources.shopify.orders import map_order, map_refund
+from bridge.sources.shopify.orders import map_refund
 from bridge.sources.shopify.parts import SOURCE
 from bridge.sources.shopify.traits import normalise_email
 
@@ -32,13 +27,6 @@ def _flagged(mapped: Mapped, topic: str, events: bool) -> Mapped:
         for e in mapped.events
     )
     return mapped.model_copy(update={"topic": topic, "events": flagged})
-
-
-def map_backfill_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
-    """A historic order: `orders/paid` mapping; `order_completed` only with the events flag."""
-    as_paid = ctx.model_copy(update={"order_completed_on": "orders/paid"})
-    mapped = map_order("orders/paid", body, as_paid)
-    return _flagged(mapped, topic, body.get(EVENTS_FLAG) is True)
 
 
 def map_backfill_refund(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:

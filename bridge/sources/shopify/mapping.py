@@ -27,7 +27,6 @@ from bridge.ids import gid_to_id, normalise_cart_token
 from bridge.sources import MappingError
 from bridge.sources.shopify import parts
 from bridge.sources.shopify.historic import (
-    map_backfill_order,
     map_backfill_refund,
     map_backfill_traits,
 )
@@ -73,7 +72,13 @@ def map_cart(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         cart_token=token, cart_token_raw=raw, **parts.hints(cart.note_attributes, ctx)
     )
     snapshot = CartSnapshot(
-        cart_token=token, updated_at=at, items=items, value=value, currency=currency, url=url
+        cart_token=token,
+        updated_at=at,
+        items=items,
+        value=value,
+        currency=currency,
+        url=url,
+        created_at=cart.created_at,
     )
     events: tuple[CanonicalEvent, ...] = ()
     if items:
@@ -124,7 +129,9 @@ def map_checkout(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     }
     event = CanonicalEvent(
         name=CHECKOUT_STARTED,
-        timestamp=at,
+        # A checkout starts when it is created: every snapshot of it then gives the one
+        # `checkout_started` the same messageId, whichever arrives first.
+        timestamp=parts.when(ctx, co.created_at, co.updated_at),
         key=f"checkout:{ref}",
         person=person,
         properties=compact(props),
@@ -221,6 +228,7 @@ MAPPERS: dict[str, Mapper] = {
     "orders/paid": map_order,
     "orders/fulfilled": map_order,
     "orders/cancelled": map_order,
+    "backfill/order": map_order,
     "refunds/create": map_refund,
     "customers/create": map_customer,
     "customers/update": map_customer,
@@ -228,8 +236,7 @@ MAPPERS: dict[str, Mapper] = {
     "customers/redact": map_compliance,
     "customers/data_request": map_compliance,
     "shop/redact": map_shop_redact,
-    # issue 5: internal topics the backfill queues (never sent by Shopify).
-    "backfill/order": map_backfill_order,
+    # issue 5: more internal topics the backfill queues (never sent by Shopify).
     "backfill/refund": map_backfill_refund,
     "backfill/traits": map_backfill_traits,
 }

@@ -34,6 +34,11 @@ from bridge.sources.shopify.traits import customer_traits, normalise_email, norm
 
 # The topics that may emit `order_completed`; which one does is `MapContext.order_completed_on`.
 COMPLETING_TOPICS = ("orders/paid", "orders/create")
+# `bridge backfill` feeds historic REST orders through the drain under this internal topic:
+# they update the identity graph and order index, and emit `order_completed` (marked
+# `backfill: true`) only when the body carries `"_cartbridge_events": true`.
+BACKFILL_TOPIC = "backfill/order"
+BACKFILL_EVENTS_FLAG = "_cartbridge_events"
 
 
 def _person(order: Order, order_id: str, ctx: MapContext) -> PersonRef:
@@ -111,7 +116,13 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     props = _properties(order, order_id, total, currency)
     items = tuple(parts.item(line) for line in order.line_items)
     events: list[CanonicalEvent] = []
-    if topic == ctx.order_completed_on and topic in COMPLETING_TOPICS:
+    if topic == BACKFILL_TOPIC:
+        if body.get(BACKFILL_EVENTS_FLAG) is True:
+            props = {**props, "backfill": True}
+            events.append(
+                _event(ORDER_COMPLETED, placed, f"order:{order_id}", person, props, items)
+            )
+    elif topic == ctx.order_completed_on and topic in COMPLETING_TOPICS:
         # Keyed on the order and timed at its placement, so a second `orders/paid` (partial
         # payments) or a replay yields the same messageId.
         events.append(_event(ORDER_COMPLETED, placed, f"order:{order_id}", person, props, items))

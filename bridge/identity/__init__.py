@@ -1,0 +1,72 @@
+"""Identity, joins and suppression: one person per shopper, no recovery message after a buy.
+
+Public surface (the processor and the backfill use these):
+- `keys_for(mapped)`: the state records `decide` reads first (one MGET per batch); records
+  only nameable after a lookup are found through `DecisionView.misses` in a further round.
+- `decide(mapped, view, policy, triggered_at)` -> `list[Outgoing]`; `Policy`, `Outgoing`.
+- `orders.index_order / index_refund / order_traits` (the per-customer order index).
+- `expire_held`, `expire_refunds`, `housekeep` (time-driven drops, injectable clock).
+"""
+
+from __future__ import annotations
+
+from bridge.canonical import Mapped
+from bridge.identity.carts import conversion_guards, expire_held
+from bridge.identity.decide import Outgoing, decide
+from bridge.identity.graph import (
+    Person,
+    Policy,
+    anonymous_id,
+    checkout_ref,
+    email_key,
+    person_key,
+    resolve,
+)
+from bridge.identity.housekeeping import expire_refunds
+from bridge.identity.view import DecisionView
+
+__all__ = [
+    "DecisionView",
+    "Outgoing",
+    "Person",
+    "Policy",
+    "anonymous_id",
+    "decide",
+    "email_key",
+    "expire_held",
+    "expire_refunds",
+    "keys_for",
+    "person_key",
+    "resolve",
+]
+
+
+def keys_for(mapped: Mapped) -> list[str]:
+    """The state records `decide` reads for this webhook that its payload alone names."""
+    refs = [
+        mapped.person,
+        *(e.person for e in mapped.events),
+        *(u.person for u in mapped.identifies),
+    ]
+    names: list[str] = []
+    for ref in refs:
+        if ref is None:
+            continue
+        cid = ref.customer_id or ref.hinted_customer_id
+        if cid:
+            names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
+        if ref.email:
+            pk = person_key(ref.email)
+            names += [email_key(ref.email), "person:" + pk, "orders:" + pk]
+        if ref.cart_token:
+            names += ["cart:" + ref.cart_token]
+        names += conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
+        co = checkout_ref(ref.checkout_token, ref.checkout_id)
+        if co:
+            names += ["checkout:" + co, "co_drop:" + co]
+        if ref.order_id:
+            names += ["order:" + ref.order_id, "refund_wait:" + ref.order_id]
+    if mapped.merge is not None:
+        for cid in (mapped.merge.kept_id, mapped.merge.deleted_id):
+            names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
+    return list(dict.fromkeys(names))

@@ -1,0 +1,389 @@
+"""The stateful step: which candidate calls are sent, under which person, guarded by what.
+
+Contract: `decide` is a pure function of (mapped webhook, StateView, Policy); it reads and
+writes state records only through the view, reports what it suppressed, held or dropped as
+counters on a DecisionView, and returns identifies first, then tracks, then (for a completed
+customers/merge) the alias, so per-person order puts an identify before what needs it.
+Once-only rules: `checkout_started` once per checkout, each order event once per order id,
+`order_refunded` once per refund id, the alias once per merged-away customer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bridge import render
+from bridge.calls import Call
+from bridge.canonical import (
+    ADDED_TO_CART,
+    CHECKOUT_STARTED,
+    ORDER_REFUNDED,
+    CanonicalEvent,
+    Mapped,
+    PersonRef,
+    RefundFact,
+)
+from bridge.identity import carts, orders
+from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
+from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
+from bridge.identity.view import count
+from bridge.ids import iso_z, message_id
+from bridge.state import StateView
+
+HELD_REFUNDS = "held:refunds"
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A call to send, whose person it concerns, and the state records that would cancel it.
+
+    `kind` is "alias" for a call that must go to /v1/alias on its own, "batch" otherwise.
+    """
+
+    call: Call
+    person: str
+    guards: tuple[str, ...] = ()
+    kind: str = "batch"
+
+
+class _Run:
+    """One webhook's decision: collects identifies, tracks and trailing calls."""
+
+    def __init__(self, view: StateView, policy: Policy, triggered_at: datetime | None) -> None:
+        self.view = view
+        self.policy = policy
+        self.triggered_at = triggered_at
+        self.ids = Identities()
+        self.tracks: list[Outgoing] = []
+        self.after: list[Outgoing] = []
+
+    # --- helpers ---------------------------------------------------------------------------
+    def track(self, event: CanonicalEvent, who: Person, guards: tuple[str, ...] = ()) -> None:
+        for call in render.track_call(
+            event,
+            user_id=who.user_id,
+            anonymous_id=who.anonymous_id,
+            shop=self.policy.shop,
+            naming=self.policy.naming,
+        ):
+            self.tracks.append(Outgoing(call, who.order_key, guards))
+
+    def order_traits(self, who: Person, at: datetime) -> None:
+        if who.user_id:
+            traits = orders.order_traits(self.view, person_key(who.user_id))
+            if traits:
+                self.ids.computed(who.user_id, traits, at, who.anonymous_id)
+
+    def live_cart(self, who: Person, cart_token: str | None, at: datetime) -> None:
+        if not (who.user_id and cart_token):
+            return
+        traits = carts.live_traits(self.view, cart_token)
+        if not traits:
+            return
+        self.ids.computed(who.user_id, traits, at, who.anonymous_id)
+        name = person_name(who.user_id)
+        rec = self.view.get(name) or {}
+        if rec.get("cart") != cart_token:
+            self.view.put(name, {**rec, "cart": cart_token})
+
+    def outgoing(self) -> list[Outgoing]:
+        out = [Outgoing(call, user) for user, call in self.ids.render(self.view, self.policy)]
+        return out + self.tracks + self.after
+
+    # --- identifies ------------------------------------------------------------------------
+    def trait_updates(self, mapped: Mapped) -> None:
+        for update in mapped.identifies:
+            who = resolve(update.person, self.view, self.policy)
+            if not who.user_id:
+                continue
+            version = update.version or self.triggered_at or update.timestamp
+            self.ids.versioned(
+                who.user_id, update.traits, version, update.timestamp, who.anonymous_id
+            )
+            self.order_traits(who, update.timestamp)
+
+    # --- carts -----------------------------------------------------------------------------
+    def cart(self, mapped: Mapped) -> None:
+        snap = mapped.cart
+        if snap is None:
+            return
+        who = resolve(mapped.person, self.view, self.policy)
+        name = "cart:" + snap.cart_token
+        rec = self.view.get(name) or {}
+        at = iso_z(snap.updated_at)
+        if rec.get("at") and at <= str(rec["at"]):
+            count(self.view, "events:added_to_cart:stale")
+            return
+        lines, added = carts.additions(dict(rec.get("lines") or {}), snap.items)
+        self.view.put(name, {**rec, "at": at, "lines": lines})
+        guards = carts.conversion_guards(snap.cart_token, None, None)
+        if carts.converted(self.view, guards):
+            if added:
+                count(self.view, "events:added_to_cart:suppressed", len(added))
+            return
+        carts.update_live(self.view, snap, from_checkout=False)
+        self.live_cart(who, snap.cart_token, snap.updated_at)
+        base = mapped.events[0] if mapped.events else None
+        stable_at = snap.created_at or snap.updated_at
+        for line_key, level, item in added:
+            key = f"cart:{snap.cart_token}:{line_key}:{level}"
+            event = CanonicalEvent(
+                name=ADDED_TO_CART,
+                timestamp=snap.updated_at,
+                key=key,
+                person=mapped.person or PersonRef(cart_token=snap.cart_token),
+                properties=dict(base.properties) if base else {"cart_id": snap.cart_token},
+                items=(item,),
+            )
+            before = len(self.tracks)
+            self.track(event, who, guards)
+            # The id's time is the cart's creation, not the update's: the same addition
+            # then gets the same id whichever snapshot revealed it first.
+            mid = message_id(stable_at, render.SOURCE, self.policy.shop, ADDED_TO_CART, key)
+            for i, out in enumerate(self.tracks[before:]):
+                out.call["messageId"] = mid if i == 0 else message_id(stable_at, mid, str(i))
+
+    # --- checkouts -------------------------------------------------------------------------
+    def checkout(self, mapped: Mapped) -> None:
+        ref = mapped.person
+        if ref is None:
+            return
+        co = checkout_ref(ref.checkout_token, ref.checkout_id)
+        if co is None:
+            return
+        who = resolve(ref, self.view, self.policy)
+        name = "checkout:" + co
+        rec = self.view.get(name) or {}
+        if ref.cart_token and rec.get("cart") != ref.cart_token:
+            rec = {**rec, "cart": ref.cart_token}
+            self.view.put(name, rec)
+        guards = carts.conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
+        is_converted = carts.converted(self.view, guards)
+        if mapped.cart is not None and not is_converted:
+            carts.update_live(self.view, mapped.cart, from_checkout=True)
+            self.live_cart(who, mapped.cart.cart_token, mapped.cart.updated_at)
+        for event in mapped.events:
+            if event.name != CHECKOUT_STARTED:
+                self.track(event, who)
+                continue
+            if rec.get("started"):
+                count(self.view, "events:checkout_started:duplicate")
+            elif is_converted:
+                count(self.view, "events:checkout_started:suppressed")
+                self._unhold(name, rec, co)
+            elif self.view.get("co_drop:" + co) is not None:
+                count(self.view, "events:checkout_started:late_contact_dropped")
+            elif self._recent_unjoined_order(who, event.timestamp):
+                count(self.view, "events:checkout_started:suppressed")
+                self._unhold(name, rec, co)
+            elif not who.user_id:
+                if not rec.get("held"):
+                    rec = {**rec, "held": iso_z(self.policy.clock())}
+                    self.view.put(name, rec)
+                    carts.hold_checkout(self.view, co, self.policy.clock())
+                    count(self.view, "events:checkout_started:held")
+            else:
+                self.track(event, who, guards)
+                self._unhold(name, rec, co)
+                rec = {k: v for k, v in rec.items() if k != "held"}
+                self.view.put(name, {**rec, "started": True})
+
+    def _unhold(self, name: str, rec: dict[str, Any], co: str) -> None:
+        if rec.get("held"):
+            carts.release_checkout(self.view, co)
+            self.view.put(name, {k: v for k, v in rec.items() if k != "held"})
+
+    def _recent_unjoined_order(self, who: Person, at: datetime) -> bool:
+        if not who.user_id:
+            return False
+        rec = self.view.get(person_name(who.user_id)) or {}
+        last = rec.get("unjoined_at")
+        if not last:
+            return False
+        window = timedelta(seconds=self.policy.unjoined_order_window_s)
+        return abs(datetime.fromisoformat(str(last)) - at) <= window
+
+    # --- orders ----------------------------------------------------------------------------
+    def order(self, mapped: Mapped) -> None:
+        fact = mapped.order
+        ref = mapped.person
+        if fact is None or ref is None:
+            return
+        who = resolve(ref, self.view, self.policy)
+        name = "order:" + fact.order_id
+        rec = dict(self.view.get(name) or {})
+        rec.update(
+            {
+                k: v
+                for k, v in (
+                    ("cart", ref.cart_token),
+                    ("checkout", ref.checkout_token),
+                    ("checkout_id", ref.checkout_id),
+                    ("anon", who.anonymous_id),
+                )
+                if v
+            }
+        )
+        guards = carts.conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
+        if not fact.test:
+            carts.convert(self.view, guards, fact.order_id)
+            self._clear_live_cart(who, ref.cart_token, fact.created_at)
+            if who.user_id:
+                if orders.index_order(self.view, person_key(who.user_id), fact):
+                    self.order_traits(who, fact.created_at)
+                if not guards:
+                    self._mark_unjoined(who.user_id, fact.created_at)
+        sent = list(rec.get("sent") or [])
+        for event in mapped.events:
+            if event.name in sent:
+                count(self.view, f"events:{event.name}:duplicate")
+            elif not (who.user_id or who.anonymous_id):
+                count(self.view, f"events:{event.name}:no_person")
+            else:
+                self.track(event, who)
+                sent.append(event.name)
+        rec["sent"] = sent
+        self.view.put(name, rec)
+        self._release_refunds(fact.order_id)
+
+    def _clear_live_cart(self, who: Person, cart_token: str | None, at: datetime) -> None:
+        if not who.user_id:
+            return
+        rec = self.view.get(person_name(who.user_id)) or {}
+        if rec.get("cart") and (cart_token is None or rec.get("cart") == cart_token):
+            self.ids.computed(who.user_id, dict.fromkeys(LIVE_CART_TRAITS), at, who.anonymous_id)
+            rec = self.view.get(person_name(who.user_id)) or {}
+            self.view.put(person_name(who.user_id), {k: v for k, v in rec.items() if k != "cart"})
+
+    def _mark_unjoined(self, user: str, at: datetime) -> None:
+        name = person_name(user)
+        rec = self.view.get(name) or {}
+        if str(rec.get("unjoined_at") or "") < iso_z(at):
+            self.view.put(name, {**rec, "unjoined_at": iso_z(at)})
+
+    # --- refunds ---------------------------------------------------------------------------
+    def refund(self, mapped: Mapped) -> None:
+        fact = mapped.refund
+        if fact is None:
+            return
+        event = next((e for e in mapped.events if e.name == ORDER_REFUNDED), None)
+        order = self.view.get("order:" + fact.order_id)
+        if order is None or not (order.get("user") or order.get("anon")):
+            self._hold_refund(fact, event)
+            return
+        self._send_refund(order, fact, event)
+
+    def _send_refund(
+        self, order: dict[str, Any], fact: RefundFact, event: CanonicalEvent | None
+    ) -> None:
+        name = "order:" + fact.order_id
+        done = list(order.get("refunds") or [])
+        if fact.refund_id in done:
+            count(self.view, "events:order_refunded:duplicate")
+            return
+        user = order.get("user")
+        user = str(user) if user else None
+        if user and "@" not in user:
+            user = follow(self.view, user)
+        who = Person(user, order.get("anon"))
+        if event is not None:
+            self.track(event, who)
+        if who.user_id and orders.index_refund(self.view, person_key(who.user_id), fact):
+            self.order_traits(who, fact.created_at)
+        self.view.put(name, {**order, "refunds": [*done, fact.refund_id]})
+
+    def _hold_refund(self, fact: RefundFact, event: CanonicalEvent | None) -> None:
+        name = "refund_wait:" + fact.order_id
+        rec = dict(self.view.get(name) or {})
+        if fact.refund_id in rec:
+            count(self.view, "events:order_refunded:duplicate")
+            return
+        since = iso_z(self.policy.clock())
+        rec[fact.refund_id] = {
+            "since": since,
+            "fact": fact.model_dump(mode="json"),
+            "event": event.model_dump(mode="json") if event else None,
+        }
+        self.view.put(name, rec)
+        idx = self.view.get(HELD_REFUNDS) or {}
+        entries = dict(idx.get("e") or {})
+        entries[f"{fact.order_id}/{fact.refund_id}"] = since
+        self.view.put(HELD_REFUNDS, {"e": entries})
+        count(self.view, "events:order_refunded:held")
+
+    def _release_refunds(self, order_id: str) -> None:
+        name = "refund_wait:" + order_id
+        waiting = self.view.get(name)
+        if not waiting:
+            return
+        order = self.view.get("order:" + order_id) or {}
+        if not (order.get("user") or order.get("anon")):
+            return
+        idx = self.view.get(HELD_REFUNDS) or {}
+        entries = dict(idx.get("e") or {})
+        for refund_id, held in sorted(waiting.items()):
+            fact = RefundFact.model_validate(held["fact"])
+            event = CanonicalEvent.model_validate(held["event"]) if held.get("event") else None
+            self._send_refund(self.view.get("order:" + order_id) or order, fact, event)
+            entries.pop(f"{order_id}/{refund_id}", None)
+            count(self.view, "events:order_refunded:released")
+        self.view.delete(name)
+        if entries:
+            self.view.put(HELD_REFUNDS, {"e": entries})
+        else:
+            self.view.delete(HELD_REFUNDS)
+
+    # --- customers/merge -------------------------------------------------------------------
+    def merge(self, mapped: Mapped) -> None:
+        fact = mapped.merge
+        if fact is None:
+            return
+        if not fact.completed:
+            count(self.view, "merges:failed_ignored")
+            return
+        deleted = fact.deleted_id
+        kept = follow(self.view, fact.kept_id) or fact.kept_id
+        if deleted == kept:
+            return
+        name = "cust:" + deleted
+        if (self.view.get(name) or {}).get("merged_into"):
+            count(self.view, "merges:duplicate")
+            return
+        self.view.put(name, {"merged_into": kept})
+        at = self.triggered_at or self.policy.clock()
+        orders.merge_index(self.view, person_key(deleted), person_key(kept))
+        who = Person(kept, None)
+        self.order_traits(who, at)
+        # The kept profile must exist before the alias: an identify goes first, and delivery
+        # sends the alias alone only after everything queued before it was accepted.
+        self.ids.touch(kept, at, None, force=True)
+        call = render.alias_call(deleted, kept, at, self.policy.shop)
+        self.after.append(Outgoing(call, kept, kind="alias"))
+        count(self.view, "merges:completed")
+
+
+def decide(
+    mapped: Mapped, view: StateView, policy: Policy, triggered_at: datetime | None = None
+) -> list[Outgoing]:
+    """Candidate calls -> calls to send: identifies first, then tracks, then an alias.
+
+    `triggered_at` (X-Shopify-Triggered-At) versions traits whose resource has no updated_at.
+    """
+    run = _Run(view, policy, triggered_at)
+    if mapped.merge is not None:
+        run.merge(mapped)
+    run.trait_updates(mapped)
+    if mapped.order is not None:
+        run.order(mapped)
+    elif mapped.refund is not None:
+        run.refund(mapped)
+    elif mapped.topic.startswith("carts/"):
+        run.cart(mapped)
+    elif mapped.topic.startswith("checkouts/"):
+        run.checkout(mapped)
+    else:
+        for event in mapped.events:
+            run.track(event, resolve(event.person, view, policy))
+    return run.outgoing()

@@ -1,0 +1,151 @@
+"""The identity graph: which person a payload speaks of, and the links that find them later.
+
+Records (names relative to the shop's state prefix, JSON objects, kept PERSON_LINK_TTL_S):
+- `email:<sha256-prefix>` -> `{"customer_id"}`: a (lower-cased) email's Shopify customer.
+- `cust:<id>` -> `{"merged_into"}`: a customer deleted by a completed `customers/merge`.
+- `cart:<token>` -> `{"anon", "raw", "user", ...}` (cart state lives in the same record).
+- `checkout:<token or id>` -> `{"cart", "user", "started", ...}`.
+- `order:<id>` -> `{"user", "cart", "checkout", "checkout_id", "sent", "refunds"}`.
+
+Person resolution: the Shopify customer id when known (a deleted one is followed to the kept
+one), else the email (Customer.io identifies by email), else whatever person the cart,
+checkout or order was linked to earlier; the anonymous id is the storefront's hint, else a
+uuid5 of (shop, cart token) so the same cart gets the same id in any process and order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bridge.canonical import PersonRef
+from bridge.identity import orders
+from bridge.state import StateView
+
+_ANON_NS = uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10")
+MAX_MERGE_HOPS = 5
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the stateful step may know of the configuration, and the batch's clock."""
+
+    shop: str
+    naming: str = "snake"
+    now: datetime | None = None
+    order_completed_on: str = "orders/paid"
+    checkout_contact_wait_s: int = 24 * 3600
+    refund_order_wait_s: int = 6 * 3600
+    unjoined_order_window_s: int = 3600
+
+    def clock(self) -> datetime:
+        return self.now or datetime.now(UTC)
+
+
+def anonymous_id(shop: str, cart_token: str) -> str:
+    """The same cart always gets the same anonymous id, in any process and arrival order."""
+    return str(uuid.uuid5(_ANON_NS, f"{shop}\x1f{cart_token}"))
+
+
+def email_key(email: str) -> str:
+    # Records keyed by email store a hash of it, never the address itself.
+    return "email:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+
+
+def is_email(user_id: str) -> bool:
+    return "@" in user_id
+
+
+def person_key(user_id: str) -> str:
+    """The suffix of a person's records (`person:`, `orders:`): customer id or email hash."""
+    return email_key(user_id) if is_email(user_id) else "cust:" + user_id
+
+
+def checkout_ref(token: str | None, checkout_id: str | None) -> str | None:
+    return token or checkout_id
+
+
+def follow(view: StateView, customer_id: str | None) -> str | None:
+    """A customer id, or the id it was merged into (merges are followed a few hops)."""
+    cid = customer_id
+    for _ in range(MAX_MERGE_HOPS):
+        if not cid:
+            return cid
+        rec = view.get("cust:" + cid)
+        kept = rec.get("merged_into") if rec else None
+        if not kept or kept == cid:
+            return cid
+        cid = str(kept)
+    return cid
+
+
+@dataclass(frozen=True)
+class Person:
+    user_id: str | None
+    anonymous_id: str | None
+
+    @property
+    def order_key(self) -> str:
+        """Calls sharing this key keep their relative order end to end."""
+        return self.user_id or self.anonymous_id or ""
+
+
+def _better(stored: str | None, new: str) -> bool:
+    # A link is set once and only upgraded from an email to a customer id.
+    return stored is None or (stored != new and is_email(stored) and not is_email(new))
+
+
+def _link(view: StateView, name: str, user: str) -> None:
+    rec = view.get(name) or {}
+    if _better(rec.get("user"), user):
+        view.put(name, {**rec, "user": user})
+
+
+def _linked_user(view: StateView, *names: str) -> str | None:
+    for name in names:
+        rec = view.get(name)
+        user = rec.get("user") if rec else None
+        if user:
+            user = str(user)
+            return user if is_email(user) else follow(view, user)
+    return None
+
+
+def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
+    """Find the person a payload speaks of, learning links (email -> id, cart/order -> person).
+
+    When a customer id and an email meet for the first time, the guest's order index (kept
+    under the email) joins the customer's, so their earlier orders count once.
+    """
+    if ref is None:
+        return Person(None, None)
+    cart_name = "cart:" + ref.cart_token if ref.cart_token else None
+    cart = (view.get(cart_name) if cart_name else None) or {}
+    anon = ref.anonymous_id or cart.get("anon")
+    if anon is None and ref.cart_token:
+        anon = anonymous_id(policy.shop, ref.cart_token)
+    if cart_name and (cart.get("anon") != anon or (ref.cart_token_raw and "raw" not in cart)):
+        view.put(cart_name, {**cart, "anon": anon, "raw": ref.cart_token_raw})
+    cid = follow(view, ref.customer_id or ref.hinted_customer_id)
+    if ref.email:
+        name = email_key(ref.email)
+        link = view.get(name) or {}
+        if cid:
+            if link.get("customer_id") != cid:
+                view.put(name, {"customer_id": cid})
+                orders.merge_index(view, person_key(ref.email), person_key(cid))
+        elif link.get("customer_id"):
+            cid = follow(view, str(link["customer_id"]))
+    user = cid or ref.email
+    co = checkout_ref(ref.checkout_token, ref.checkout_id)
+    names = [n for n in (cart_name, "checkout:" + co if co else None) if n]
+    if ref.order_id:
+        names.append("order:" + ref.order_id)
+    if user is None:
+        user = _linked_user(view, *names)
+    if user is not None:
+        for n in names:
+            _link(view, n, user)
+    return Person(user, anon)

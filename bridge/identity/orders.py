@@ -1,0 +1,98 @@
+"""The per-customer order index and the order traits computed from it. Pure over a StateView.
+
+Shared with `bridge backfill`, which feeds historic orders through the same calls.
+
+Records (relative to the shop's state prefix; `<person>` is `cust:<customer id>` or, for a
+guest known only by email, `email:<sha256-prefix>` as in `bridge.identity.graph.person_key`):
+- `orders:<person>` -> `{"o": {order_id: {"at": ISO-8601 UTC, "t": "total", "c": "USD"}},
+  "r": {refund_id: {"o": order_id, "a": "amount"}}, "merged_into": person?}`
+
+Rules: an order is indexed once per id (a repeat replaces its entry, never adds one); test
+orders are never indexed; a refund subtracts its successful refund transactions once per
+refund id; a guest's index merges into the customer's when the customer id appears (entries
+keyed by id, so nothing counts twice). `orders_count` counts every indexed order (cancelled
+ones too, as Shopify does); `lifetime_value` is the sum of their shop-currency totals minus
+their refunds.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from bridge.canonical import OrderFact, RefundFact
+from bridge.ids import iso_z
+from bridge.state import StateView
+
+ORDER_TRAITS = (
+    "orders_count",
+    "lifetime_value",
+    "first_order_date",
+    "last_order_date",
+    "last_order_id",
+)
+
+
+def index_name(person: str) -> str:
+    return "orders:" + person
+
+
+def _index(view: StateView, person: str) -> dict[str, Any]:
+    rec = view.get(index_name(person)) or {}
+    return {"o": dict(rec.get("o") or {}), "r": dict(rec.get("r") or {})}
+
+
+def index_order(view: StateView, person: str, fact: OrderFact) -> bool:
+    """Record one order under a person; True when the index changed. Test orders are ignored."""
+    if fact.test:
+        return False
+    idx = _index(view, person)
+    entry = {"at": iso_z(fact.created_at), "t": str(fact.total), "c": fact.currency}
+    if idx["o"].get(fact.order_id) == entry:
+        return False
+    idx["o"][fact.order_id] = entry
+    view.put(index_name(person), idx)
+    return True
+
+
+def index_refund(view: StateView, person: str, fact: RefundFact) -> bool:
+    """Record one refund (successful refund transactions) once per refund id; True if new."""
+    idx = _index(view, person)
+    if fact.refund_id in idx["r"]:
+        return False
+    idx["r"][fact.refund_id] = {"o": fact.order_id, "a": str(fact.amount)}
+    view.put(index_name(person), idx)
+    return True
+
+
+def merge_index(view: StateView, source: str, target: str) -> bool:
+    """Move a guest's orders and refunds into the customer's index (idempotent by id)."""
+    if source == target:
+        return False
+    src = view.get(index_name(source))
+    if not src or not (src.get("o") or src.get("r")):
+        return False
+    idx = _index(view, target)
+    idx["o"].update(src.get("o") or {})
+    idx["r"].update(src.get("r") or {})
+    view.put(index_name(target), idx)
+    view.put(index_name(source), {"merged_into": target})
+    return True
+
+
+def order_traits(view: StateView, person: str) -> dict[str, Any]:
+    """`orders_count`, `lifetime_value`, first/last order dates and the last order id."""
+    idx = _index(view, person)
+    orders = idx["o"]
+    if not orders:
+        return {}
+    total = sum((Decimal(e["t"]) for e in orders.values()), Decimal(0))
+    refunded = sum((Decimal(r["a"]) for r in idx["r"].values() if r.get("o") in orders), Decimal(0))
+    by_time = sorted(orders.items(), key=lambda kv: (kv[1]["at"], kv[0]))
+    return {
+        "orders_count": len(orders),
+        "lifetime_value": float(total - refunded),
+        "first_order_date": by_time[0][1]["at"],
+        "last_order_date": by_time[-1][1]["at"],
+        "last_order_id": by_time[-1][0],
+    }

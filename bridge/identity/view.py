@@ -1,0 +1,36 @@
+"""The StateView the stateful step runs over: it also notes what it could not find, and counts.
+
+`misses` lets the processor load, in a further round trip, records that only become nameable
+after a first lookup (refund -> order -> person -> order index). `counters` lets the pure step
+report what it suppressed, held or dropped without touching Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.state import StateView
+
+
+class DecisionView(StateView):
+    """A StateView that records reads of records it was never given, and counters."""
+
+    def __init__(self, loaded: dict[str, bytes | None] | None = None, key_of: Any = None) -> None:
+        super().__init__(loaded, key_of)
+        self.misses: set[str] = set()
+        self.counters: dict[str, int] = {}
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        key = self.key(name)
+        if key not in self._values:
+            self.misses.add(key)
+        return super().get(name)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+
+def count(view: StateView, name: str, n: int = 1) -> None:
+    """Count on views that can (a plain StateView, as the backfill may pass, just ignores it)."""
+    if isinstance(view, DecisionView):
+        view.count(name, n)
