@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shop", default=DEV_SHOP)
     p.add_argument("--include-test", action="store_true", help="map test orders too")
     p.set_defaults(func=cmd_map)
+
+    from bridge import cli_gdpr  # issue 7
+
+    cli_gdpr.register(sub)
     return parser
 
 

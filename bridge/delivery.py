@@ -167,7 +167,7 @@ def deliver(rt: Runtime, shop: str) -> None:
     try:
         if rt.redis.exists(keys.prefix + "paused"):
             try:
-                rt.sink.probe()
+                rt.sink_for(shop).probe()
             except pipelines.PipelinesError:
                 retry_in = PAUSE_PROBE_S
             else:
@@ -200,7 +200,7 @@ def _send(rt: Runtime, shop: str, entries: list[bytes]) -> float | None:
     if not entries:
         rt.store.ack_outbox(shop, {})
         return None
-    attempt = _Attempt(rt.sink)
+    attempt = _Attempt(rt.sink_for(shop))
     retry: _Retry | None = None
     paused: _Paused | None = None
     try:

@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from bridge.compliance import run_pending
 from bridge.processor import ProcessConfig, process
 from bridge.store import Keys
 from jobs.enqueue import enqueue_deliver, enqueue_drain
@@ -23,10 +24,11 @@ log = logging.getLogger(__name__)
 LEASE_MS = 60_000
 
 
-def process_config(rt: Runtime) -> ProcessConfig:
+def process_config(rt: Runtime, shop: str) -> ProcessConfig:
     s = rt.settings
+    store = rt.store_config(shop)
     return ProcessConfig(
-        shop_currency=s.shop_currency,
+        shop_currency=store.currency if store is not None else s.shop_currency,
         skip_test_orders=s.skip_test_orders,
         naming=s.event_naming,
         order_completed_on=s.order_completed_on,
@@ -39,10 +41,11 @@ def drain(rt: Runtime, shop: str) -> None:
     token = uuid.uuid4().hex
     if not rt.store.acquire(keys.drain_lease, token, LEASE_MS):
         return  # another worker drains this shop; its finish step sees anything new
-    config = process_config(rt)
+    config = process_config(rt, shop)
     deadline = time.monotonic() + rt.settings.drain_time_budget_s
     more = False
     try:
+        run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
         while True:
             raw = rt.store.take_inbound(shop, rt.settings.drain_batch_size)
             if not raw:
@@ -56,6 +59,8 @@ def drain(rt: Runtime, shop: str) -> None:
                 key_of=keys.state,
             )
             rt.store.commit_drain(shop, commit)
+            if commit.compliance:
+                run_pending(rt, shop)
             log.info(
                 "batch processed",
                 extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},

@@ -15,6 +15,7 @@ import orjson
 
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
+from bridge.compliance import COMPLIANCE_TOPICS, request_from
 from bridge.identity import Policy, decide, keys_for
 from bridge.jsonio import parse_body
 from bridge.outbox import OutboxEntry
@@ -99,6 +100,9 @@ def process(
             commit.count(f"webhooks:{env.topic}:parked")
             continue
         mapped.append((env, m))
+        if env.topic in COMPLIANCE_TOPICS:
+            # Committed with the batch; the drain carries it out after the commit (issue 7).
+            commit.compliance.append(request_from(env, m).encode())
 
     names = [n for _, m in mapped for n in keys_for(m)]
     view = StateView(dict(load([key_of(n) for n in names])), key_of=key_of)

@@ -44,6 +44,8 @@ class Keys:
         self.deliver_lease = p + "out:lease"
         self.stats = p + "stats"
         self.parked = p + "parked"
+        # Compliance requests (issue 7) committed with their batch, run after it, then removed.
+        self.compliance = p + "compliance"
 
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
@@ -194,6 +196,7 @@ class Commit:
     state_del: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     parked: list[bytes] = field(default_factory=list)
+    compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -269,6 +272,8 @@ class Store:
             pipe.rpush(k.outbox, *commit.calls)
         if commit.parked:
             pipe.rpush(k.parked, *commit.parked)
+        if commit.compliance:
+            pipe.rpush(k.compliance, *commit.compliance)
         for name, n in commit.counters.items():
             pipe.hincrby(k.stats, name, n)
         pipe.delete(k.inbound_work)
