@@ -202,11 +202,6 @@ def _shop_keys(client: redis.Redis[bytes], shop: str) -> Iterator[bytes]:
     yield from client.scan_iter(match=_glob_escape(Keys(shop).prefix) + "*", count=1000)
 
 
-def _kind(client: redis.Redis[bytes], key: bytes) -> str:
-    kind: bytes = client.type(key)  # type: ignore[no-untyped-call]
-    return kind.decode()
-
-
 def _is_compliance_envelope(entry: bytes) -> bool:
     head, sep, _ = entry.partition(b"\n")
     if not sep or not head.startswith(b"{"):
@@ -224,23 +219,41 @@ class Erased:
     entries: int = 0
 
 
+def _records(client: redis.Redis[bytes], shop: str) -> Iterator[tuple[bytes, str, bytes | None]]:
+    """(key, type, value for strings) for every key of the shop, pipelined per SCAN page."""
+    page: list[bytes] = []
+
+    def flush() -> Iterator[tuple[bytes, str, bytes | None]]:
+        pipe = client.pipeline(transaction=False)
+        for key in page:
+            pipe.type(key)
+        kinds = [k.decode() for k in pipe.execute()]
+        strings = [key for key, kind in zip(page, kinds, strict=True) if kind == "string"]
+        values = dict(zip(strings, client.mget(strings), strict=True)) if strings else {}
+        for key, kind in zip(page, kinds, strict=True):
+            yield key, kind, values.get(key)
+
+    for key in _shop_keys(client, shop):
+        page.append(key)
+        if len(page) >= 1000:
+            yield from flush()
+            page = []
+    if page:
+        yield from flush()
+
+
 def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> Erased:
     """Remove every record of `shop` naming the customer (see the module docstring).
     Raises redis errors; a rerun after a failure finishes the job."""
     k = Keys(shop)
     skip = {k.compliance.encode()}
     out = Erased()
-    for key in _shop_keys(client, shop):
+    doomed: list[bytes] = []
+    for key, kind, value in _records(client, shop):
         if key in skip:
             continue
-        if needles.in_key(key):
-            out.keys += int(client.unlink(key))
-            continue
-        kind = _kind(client, key)
-        if kind == "string":
-            value = client.get(key)
-            if value is not None and needles.in_value(value):
-                out.keys += int(client.unlink(key))
+        if needles.in_key(key) or (value is not None and needles.in_value(value)):
+            doomed.append(key)
         elif kind == "list":
             for entry in set(client.lrange(key, 0, -1)):
                 if needles.in_value(entry) and not _is_compliance_envelope(entry):
@@ -261,6 +274,8 @@ def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> E
             members = [m for m in client.zrange(key, 0, -1) if needles.in_value(m)]
             if members:
                 out.entries += int(client.zrem(key, *members))
+    for i in range(0, len(doomed), 500):
+        out.keys += int(client.unlink(*doomed[i : i + 500]))
     return out
 
 
@@ -319,14 +334,12 @@ def collect_customer(client: redis.Redis[bytes], shop: str, needles: Needles) ->
     skip = {k.compliance.encode()}
     export_prefix = (k.prefix + EXPORT_SEGMENT).encode()
     records: list[Any] = []
-    for key in sorted(_shop_keys(client, shop)):
+    for key, kind, value in sorted(_records(client, shop)):
         if key in skip or key.startswith(export_prefix):
             continue
         name = key.decode("utf-8", "replace")
-        kind = _kind(client, key)
         by_key = needles.in_key(key)
         if kind == "string":
-            value = client.get(key)
             if value is not None and (by_key or needles.in_value(value)):
                 records.append({"key": name, "value": _readable(value)})
         elif kind == "list":
