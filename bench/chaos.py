@@ -56,7 +56,8 @@ from bridge.store import Envelope  # noqa: E402
 
 SECRET = "chaos-secret"
 WRITE_KEY = "chaos-write-key"
-TRIGGERED_AT = "2026-11-28T12:00:00.000000Z"
+# Fresh at every run: the bridge ignores deliveries triggered over 24 h ago (staleness filter).
+TRIGGERED_AT = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 SAMPLES = ROOT / "bridge" / "samples"
 
 

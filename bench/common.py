@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Fresh at every run: the bridge ignores deliveries triggered over 24 h ago (staleness filter).
+TRIGGERED_AT = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -354,7 +357,7 @@ class Webhook:
             "X-Shopify-Shop-Domain": self.shop,
             "X-Shopify-Webhook-Id": webhook_id,
             "X-Shopify-API-Version": "2025-07",
-            "X-Shopify-Triggered-At": "2026-11-27T12:00:00.000000Z",
+            "X-Shopify-Triggered-At": TRIGGERED_AT,
             "X-Shopify-Hmac-Sha256": self.hmac,
         }
 
@@ -495,7 +498,7 @@ request = function()
   h["X-Shopify-Shop-Domain"] = shops[i]
   h["X-Shopify-Webhook-Id"] = "%(run)s-" .. tid .. "-" .. counter
   h["X-Shopify-API-Version"] = "2025-07"
-  h["X-Shopify-Triggered-At"] = "2026-11-27T12:00:00.000000Z"
+  h["X-Shopify-Triggered-At"] = "%(triggered_at)s"
   h["X-Shopify-Hmac-Sha256"] = hmacs[i]
   return wrk.format("POST", "%(path)s", h, bodies[i])
 end
@@ -527,6 +530,7 @@ def wrk_script(hooks: Sequence[Webhook], run_id: str, path: str = PATH) -> str:
         "topics": ",".join(_lua_str(h.topic) for h in hooks),
         "shops": ",".join(_lua_str(h.shop) for h in hooks),
         "run": run_id,
+        "triggered_at": TRIGGERED_AT,
         "path": path,
     }
 

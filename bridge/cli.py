@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_backfill.register(sub)
     cli_dlq.register(sub)
+    from bridge import cli_gdpr  # issue 7
+
+    cli_gdpr.register(sub)
     return parser
 
 

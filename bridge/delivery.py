@@ -105,9 +105,12 @@ def make_sink(settings: Settings) -> Sink:
     )
 
 
-def key_fingerprint(settings: Settings) -> str:
-    """A short hash of the write key: tells a changed key from the refused one, reveals nothing."""
-    key = settings.pipelines_write_key.get_secret_value()
+def key_fingerprint(rt: Runtime, shop: str) -> str:
+    """A short hash of the shop's write key: tells a changed key from the refused one, reveals
+    nothing."""
+    config = rt.store_config(shop)
+    key = config.pipelines_write_key.get_secret_value() if config is not None else ""
+    key = key or rt.settings.pipelines_write_key.get_secret_value()
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -343,7 +346,9 @@ def _round(
         heads = [q.popleft() for h, q in queues.items() if q and h not in waiting]
         if not heads:
             break
-        for sent in pool.map(lambda job: send_request(rt.sink, job, stopping), pack(heads)):
+        for sent in pool.map(
+            lambda job: send_request(rt.sink_for(shop), job, stopping), pack(heads)
+        ):
             delivered += sent.delivered
             dead += sent.dead
             not_done += sent.waiting + sent.unsent
@@ -504,7 +509,7 @@ def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
     s = rt.settings
     pipe = rt.redis.pipeline(transaction=True)
     pipe.set(keys.paused, now_ms(), nx=True)
-    pipe.set(keys.paused_key, key_fingerprint(s))
+    pipe.set(keys.paused_key, key_fingerprint(rt, shop))
     pipe.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000))
     first = pipe.execute()[0]
     if first:
@@ -523,12 +528,12 @@ def _resume_if_possible(rt: Runtime, shop: str) -> bool:
     paused_at, refused_key = rt.redis.mget([keys.paused, keys.paused_key])
     if paused_at is None:
         return True
-    if refused_key is not None and refused_key.decode() == key_fingerprint(s):
+    if refused_key is not None and refused_key.decode() == key_fingerprint(rt, shop):
         # Same key as was refused: probe, at most once per pause_probe_s.
         if not rt.redis.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000), nx=True):
             return False
         try:
-            rt.sink.probe()
+            rt.sink_for(shop).probe()
         except pipelines.PipelinesError:
             return False
     rt.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from bridge.compliance import run_pending
 from bridge.lease import Lease
 from bridge.processor import ProcessConfig, process
 from bridge.store import Keys
@@ -21,10 +22,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def process_config(rt: Runtime) -> ProcessConfig:
+def process_config(rt: Runtime, shop: str) -> ProcessConfig:
     s = rt.settings
+    store = rt.store_config(shop)
     return ProcessConfig(
-        shop_currency=s.shop_currency,
+        shop_currency=store.currency if store is not None else s.shop_currency,
         skip_test_orders=s.skip_test_orders,
         naming=s.event_naming,
         order_completed_on=s.order_completed_on,
@@ -39,7 +41,7 @@ def process_config(rt: Runtime) -> ProcessConfig:
 def drain(rt: Runtime, shop: str) -> None:
     """Process the shop's inbound queue until empty or out of time. Raises redis errors."""
     keys = Keys(shop)
-    config = process_config(rt)
+    config = process_config(rt, shop)
     deadline = time.monotonic() + rt.settings.drain_time_budget_s
     more = False
     # A short lease kept alive by a thread: a SIGKILLed worker's shop is free again within
@@ -48,6 +50,7 @@ def drain(rt: Runtime, shop: str) -> None:
         if not lease.held:
             return  # another worker drains this shop; its finish step sees anything new
         try:
+            run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
             while not lease.lost.is_set():
                 raw = rt.store.take_inbound(shop, rt.settings.drain_batch_size)
                 if not raw:
@@ -61,6 +64,8 @@ def drain(rt: Runtime, shop: str) -> None:
                     key_of=keys.state,
                 )
                 rt.store.commit_drain(shop, commit)
+                if commit.compliance:
+                    run_pending(rt, shop)
                 log.info(
                     "batch processed",
                     extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},

@@ -16,6 +16,7 @@ import orjson
 from bridge import volume
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
+from bridge.compliance import COMPLIANCE_TOPICS, request_from
 from bridge.deadletters import call_letter, log_dead_letter, webhook_letter
 from bridge.identity import DecisionView, Outgoing, Policy, decide, keys_for
 from bridge.jsonio import parse_body
@@ -107,6 +108,9 @@ def process(
             commit.count(f"webhooks:{env.topic}:parked")
             continue
         mapped.append((env, m))
+        if env.topic in COMPLIANCE_TOPICS:
+            # Committed with the batch; the drain carries it out after the commit (issue 7).
+            commit.compliance.append(request_from(env, m).encode())
 
     names = [n for _, m in mapped for n in keys_for(m)]
     loaded: dict[str, bytes | None] = dict(load(list(dict.fromkeys(key_of(n) for n in names))))

@@ -13,10 +13,12 @@ import redis
 from rq import Queue
 
 from bridge.delivery import Sink, make_sink
+from bridge.identity import configure_email_hash
 from bridge.settings import Settings, load_settings
 from bridge.sources import Source
 from bridge.sources.shopify import ShopifySource
 from bridge.store import Store, connect
+from bridge.stores import StoreConfig, StoreRegistry, stores_for
 
 
 @dataclass
@@ -28,10 +30,42 @@ class Runtime:
     sink: Sink
     source: Source
     stopping: threading.Event = field(default_factory=threading.Event)
+    stores: StoreRegistry | None = None
+    _sinks: dict[str, Sink] = field(default_factory=dict)
+    _sinks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def store_config(self, shop: str) -> StoreConfig | None:
+        """The shop's StoreConfig (or the default store's); None for an unknown shop."""
+        return (self.stores or stores_for(self.settings)).get(shop)
+
+    def sink_for(self, shop: str) -> Sink:
+        """The sink for this shop's Pipelines workspace (built once per shop, then reused).
+
+        A shop the stores file names gets a client with its own write key and URL; any other
+        shop (the default store) uses `sink`, built from the environment settings.
+        """
+        config = self.store_config(shop)
+        if config is None or config.is_default:
+            return self.sink
+        with self._sinks_lock:
+            sink = self._sinks.get(config.shop)
+            if sink is None:
+                sink = make_sink(
+                    self.settings.model_copy(
+                        update={
+                            "pipelines_write_key": config.pipelines_write_key,
+                            "pipelines_url": config.pipelines_url,
+                            "pipelines_dry_run": config.dry_run,
+                        }
+                    )
+                )
+                self._sinks[config.shop] = sink
+            return sink
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
+        configure_email_hash(settings.email_hash_key)
         return cls(
             settings=settings,
             redis=client,
@@ -39,6 +73,7 @@ class Runtime:
             queue=Queue(settings.queue_name, connection=client),
             sink=make_sink(settings),
             source=ShopifySource(),
+            stores=stores_for(settings),
         )
 
 

@@ -5,6 +5,7 @@ Tests build `Settings(...)` directly; nothing else in the package calls `os.envi
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -71,6 +72,12 @@ class Settings(BaseSettings):
     unjoined_order_window_s: int = Field(default=3600, ge=0)
     identity_hint_customer_attr: str = "cartbridge_customer_id"
     identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    # Issue 7: many stores, hostile input, compliance topics, PII.
+    bridge_stores_file: str = ""  # TOML: shop -> secrets, write key, region, time zone, currency
+    stale_after_s: int = Field(default=24 * 3600, ge=0)  # 0 turns the staleness filter off
+    forward_redactions: bool = False  # customers/redact also sends Customer.io `User Deleted`
+    identity_hash_key: SecretStr = SecretStr("")  # key of the email hash in state record names
+    gdpr_export_ttl_s: int = 30 * 86_400
 
     @field_validator("pipelines_url")
     @classmethod
@@ -103,8 +110,23 @@ class Settings(BaseSettings):
     def dry_run(self) -> bool:
         return self.pipelines_dry_run or not self.pipelines_write_key.get_secret_value()
 
+    @property
+    def email_hash_key(self) -> bytes:
+        """IDENTITY_HASH_KEY, else a key derived from the first webhook secret (set it
+        explicitly: rotating the secret would otherwise change every email-keyed record name)."""
+        explicit = self.identity_hash_key.get_secret_value()
+        if explicit:
+            return explicit.encode()
+        first = self.webhook_secrets[0] if self.webhook_secrets else b""
+        return hashlib.sha256(b"cartbridge identity hash key\x1f" + first).digest()
+
     def require_service_settings(self) -> None:
         """Raise ConfigError for what `web` and `worker` cannot run without."""
+        if self.bridge_stores_file:
+            from bridge.stores import stores_for  # local: stores imports this module
+
+            stores_for(self)  # validates the file (each store has a secret and a write key)
+            return
         if not self.webhook_secrets:
             raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
         if not self.pipelines_write_key.get_secret_value() and not self.pipelines_dry_run:

@@ -55,6 +55,8 @@ class Keys:
         self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
         self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
         self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
+        # Compliance requests (issue 7) committed with their batch, run after it, then removed.
+        self.compliance = p + "compliance"
 
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
@@ -287,6 +289,7 @@ class Commit:
     # issue 6: per-event volume buckets and last-seen times (bridge/volume.record)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
+    compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -363,6 +366,8 @@ class Store:
             pipe.rpush(k.outbox, *commit.calls)
         if commit.parked:
             deadletters.stage(pipe, shop, commit.parked, now_ms())
+        if commit.compliance:
+            pipe.rpush(k.compliance, *commit.compliance)
         for name, n in commit.counters.items():
             pipe.hincrby(k.stats, name, n)
         for (key, name), n in commit.hash_incr.items():

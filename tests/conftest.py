@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,17 @@ def webhook_headers(
     shop: str = SHOP,
     secret: str = SECRET,
     webhook_id: str | None = None,
+    triggered_at: str | None = None,
 ) -> dict[str, str]:
+    # Now, unless given: a fixed date would make every test webhook stale a day later.
+    at = triggered_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "Content-Type": "application/json",
         "X-Shopify-Topic": topic,
         "X-Shopify-Shop-Domain": shop,
         "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
         "X-Shopify-API-Version": "2025-07",
-        "X-Shopify-Triggered-At": "2026-11-28T12:00:00.000000Z",
+        "X-Shopify-Triggered-At": at,
         "X-Shopify-Hmac-Sha256": signature.sign(body, secret.encode()),
     }
 

@@ -16,6 +16,7 @@ uuid5 of (shop, cart token) so the same cart gets the same id in any process and
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,9 +50,22 @@ def anonymous_id(shop: str, cart_token: str) -> str:
     return str(uuid.uuid5(_ANON_NS, f"{shop}\x1f{cart_token}"))
 
 
+# The key of the email hash (issue 7): set once per process by `configure_email_hash`
+# (Runtime.build does it from settings.email_hash_key); a keyed hash cannot be reversed by
+# hashing a list of known addresses without the key.
+_email_hash_key: bytes = b""
+
+
+def configure_email_hash(key: bytes) -> None:
+    """Set this process's email-hash key (before any batch is processed)."""
+    global _email_hash_key
+    _email_hash_key = key
+
+
 def email_key(email: str) -> str:
-    # Records keyed by email store a hash of it, never the address itself.
-    return "email:" + hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    # Records keyed by email store a keyed hash of it, never the address itself.
+    digest = hmac.new(_email_hash_key, email.strip().lower().encode(), hashlib.sha256)
+    return "email:" + digest.hexdigest()[:32]
 
 
 def is_email(user_id: str) -> bool:

@@ -1,0 +1,139 @@
+"""The stores file: per-shop secrets, write keys, regions, locale; the env default store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bridge import identity
+from bridge.settings import EU_PIPELINES_URL, US_PIPELINES_URL, ConfigError, Settings
+from bridge.stores import load_stores, stores_for
+
+GOOD = """
+[stores."Brand-A.myshopify.com"]
+webhook_secrets = ["new", "old"]
+admin_webhook_key = "admin-key"
+pipelines_write_key = "key-a"
+pipelines_region = "eu"
+time_zone = "Europe/Berlin"
+currency = "eur"
+
+[stores."brand-b.myshopify.com"]
+pipelines_url = "http://127.0.0.1:9/v1/"
+"""
+ONLY_A = GOOD.split('[stores."brand-b')[0]
+
+
+def settings_with(tmp_path: Path, text: str, **kw: object) -> Settings:
+    path = tmp_path / "stores.toml"
+    path.write_text(text)
+    return Settings(bridge_stores_file=str(path), **kw)  # type: ignore[arg-type]
+
+
+def test_file_entries_and_their_fallbacks(tmp_path: Path) -> None:
+    s = settings_with(
+        tmp_path, GOOD, shopify_webhook_secret="env-1, env-2", pipelines_write_key="env-key"
+    )
+    reg = load_stores(s)
+    a = reg.get("brand-a.myshopify.com")
+    assert a is not None and not a.is_default
+    assert a.signing_keys() == [b"new", b"old", b"admin-key"]
+    assert a.pipelines_write_key.get_secret_value() == "key-a"
+    assert (a.pipelines_url, a.time_zone, a.currency, a.sends) == (
+        EU_PIPELINES_URL,
+        "Europe/Berlin",
+        "EUR",
+        True,
+    )
+    b = reg.get("BRAND-B.myshopify.com ")
+    assert b is not None
+    assert b.signing_keys() == [b"env-1", b"env-2"]  # omitted: the environment's
+    assert b.pipelines_write_key.get_secret_value() == "env-key"
+    assert (b.pipelines_url, b.currency, b.time_zone) == ("http://127.0.0.1:9/v1", "USD", "UTC")
+    # Any other shop falls to the default store built from the environment.
+    other = reg.get("else.myshopify.com")
+    assert other is not None and other.is_default and other.pipelines_url == US_PIPELINES_URL
+    assert reg.configured("brand-a.myshopify.com") and not reg.configured("else.myshopify.com")
+    assert "admin-key" not in repr(a) and "key-a" not in repr(a)
+
+
+def test_without_an_env_secret_unlisted_shops_are_unknown(tmp_path: Path) -> None:
+    reg = load_stores(settings_with(tmp_path, ONLY_A, pipelines_write_key="k"))
+    assert reg.get("else.myshopify.com") is None
+    assert reg.get("brand-a.myshopify.com") is not None
+
+
+def test_single_store_environment_alone_still_works() -> None:
+    reg = load_stores(Settings(shopify_webhook_secret="s", pipelines_write_key="k"))
+    store = reg.get("any.myshopify.com")
+    assert store is not None and store.signing_keys() == [b"s"] and store.sends
+    assert load_stores(Settings()).get("any.myshopify.com") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("[stores.\"a.myshopify.com\"\nwebhook_secret = 'topsecret'", "not valid TOML"),
+        ("[stores.\"a.myshopify.com\"]\nwebhook_secret = 'topsecret'\nsecret = 1", "secret"),
+        (
+            "[stores.\"a.myshopify.com\"]\nwebhook_secret = 'topsecret'\ntime_zone = 'Mars/Base'",
+            "time zone",
+        ),
+        (
+            "[stores.\"a.myshopify.com\"]\nwebhook_secret = 'topsecret'\ncurrency = 'EURO'",
+            "currency",
+        ),
+        ("[stores.\"a.myshopify.com\"]\nwebhook_secret = 'topsecret'", "no pipelines_write_key"),
+        ("[stores.\"a.myshopify.com\"]\npipelines_write_key = 'topsecret'", "no webhook secret"),
+        (
+            "[stores.\"a.myshopify.com\"]\nwebhook_secret = 'topsecret'\npipelines_region = 'ap'",
+            "pipelines_region",
+        ),
+    ],
+)
+def test_a_bad_file_is_one_config_error_without_secrets(
+    tmp_path: Path, text: str, names: str
+) -> None:
+    s = settings_with(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        s.require_service_settings()
+    assert str(err.value).startswith("BRIDGE_STORES_FILE")
+    assert "topsecret" not in str(err.value)
+
+
+def test_a_missing_file_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_stores(Settings(bridge_stores_file="/nonexistent/stores.toml"))
+
+
+def test_the_registry_is_read_once_per_settings(tmp_path: Path) -> None:
+    s = settings_with(tmp_path, ONLY_A)
+    first = stores_for(s)
+    (tmp_path / "stores.toml").write_text("not toml [")
+    assert stores_for(s) is first
+    s.require_service_settings()  # a file of stores needs no single-store secret
+
+
+def test_email_key_is_a_keyed_hash() -> None:
+    plain = identity.email_key("A@B.co")
+    try:
+        identity.configure_email_hash(b"key-1")
+        one = identity.email_key(" a@b.CO ")
+        identity.configure_email_hash(b"key-2")
+        two = identity.email_key("a@b.co")
+    finally:
+        identity.configure_email_hash(b"")
+    assert one.startswith("email:") and len(one) == 6 + 32
+    assert len({plain, one, two}) == 3
+    assert "a@b.co" not in one
+
+
+def test_email_hash_key_setting() -> None:
+    explicit = Settings(identity_hash_key=SecretStr("k"), shopify_webhook_secret="s")
+    assert explicit.email_hash_key == b"k"
+    derived = Settings(shopify_webhook_secret="s1,s2").email_hash_key
+    assert derived == Settings(shopify_webhook_secret="s1").email_hash_key
+    assert derived != Settings(shopify_webhook_secret="s2").email_hash_key
+    assert b"s1" not in derived
