@@ -56,6 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MIN_RETRY_DELAY_MS = 200
+
 MAX_CALLS_PER_BATCH = 2000
 BATCH_BYTES = MAX_BATCH_BYTES - BATCH_ENVELOPE_BYTES
 LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000)
@@ -460,7 +462,9 @@ def _hold(
                 err, state.attempts - 1, base_s=s.retry_base_s, cap_s=s.retry_cap_s
             ),
         )
-        due = now + int(delay * 1000)
+        # Full jitter can draw ~0: a floor keeps a failing person from being retried in the same
+        # breath (and the window loop from spinning on them).
+        due = now + max(MIN_RETRY_DELAY_MS, int(delay * 1000))
         settle.held.append((h, [it.raw for it in its], due, state.encode(now, err.status)))
         settle.count("deliver:held", len(its))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import UTC, datetime
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 _GID_CART = "gid://shopify/Cart/"
 
 
@@ -20,11 +22,11 @@ def message_id(at: datetime, *parts: str) -> str:
         ms = 0
     digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
     value = (ms << 80) | int.from_bytes(digest[:10], "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    # 26 base-32 digits are 130 bits: shifted into 160 bits, the first 26 characters of the
+    # standard base32 encoding are exactly those digits (in the RFC 4648 alphabet).
+    return (
+        base64.b32encode((value << 30).to_bytes(20, "big"))[:26].decode().translate(_TO_CROCKFORD)
+    )
 
 
 def message_id_time(mid: str) -> datetime:

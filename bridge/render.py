@@ -48,6 +48,14 @@ NAMINGS = ("snake", "segment")
 def to_json(value: Any) -> Any:
     """A JSON-ready copy: Decimal -> float, datetime -> ISO Z, tuples -> lists, None dropped
     from dicts."""
+    kind = type(value)
+    # Exact-type checks first: this runs for every value of every call (the hot path).
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+    if kind is list or kind is tuple:
+        return [to_json(v) for v in value]
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime):

@@ -107,18 +107,19 @@ class Envelope:
         )
 
 
+# The seen-marker is the script's first write: if Redis refuses writes (out of memory) nothing
+# is written at all, so a refused webhook is never marked as seen.
 _INGEST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[2]) then
   redis.call('HINCRBY', KEYS[4], ARGV[5] .. ':duplicate', 1)
   return 0
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
 redis.call('HINCRBY', KEYS[4], ARGV[5] .. ':accepted', 1)
-redis.call('SADD', KEYS[5], ARGV[6])
 local f = redis.call('GET', KEYS[3])
 if (not f) or (tonumber(ARGV[3]) - tonumber(f) > tonumber(ARGV[4])) then
   redis.call('SET', KEYS[3], ARGV[3])
+  redis.call('SADD', KEYS[5], ARGV[6])
   return 2
 end
 return 1

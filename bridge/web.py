@@ -177,6 +177,15 @@ def _optional(name: str) -> str | None:
     return value.strip()[:_OPTIONAL_MAX] if value else None
 
 
+# Topics the bridge queues itself (`bridge backfill`): a signed request naming one is ignored,
+# so nobody outside can inject historic orders or traits.
+INTERNAL_TOPIC_PREFIX = "backfill/"
+
+
+def accepts_from_shopify(ingest: Ingest, topic: str) -> bool:
+    return ingest.source.handles(topic) and not topic.startswith(INTERNAL_TOPIC_PREFIX)
+
+
 def receive_shopify(ingest: Ingest) -> Response:
     """Run the checks in the documented order, then queue the webhook in one round trip."""
     settings = ingest.settings
@@ -217,7 +226,7 @@ def receive_shopify(ingest: Ingest) -> Response:
     if settings.stale_after_s and age is not None and age > settings.stale_after_s:
         _count_rejected(ingest, shop, topic, "stale")
         return _json({"ignored": "stale"})
-    if not ingest.source.handles(topic):
+    if not accepts_from_shopify(ingest, topic):
         _count_quietly(ingest, shop, f"webhooks:{topic}:ignored")
         return _json({"ignored": True})
     return _queue(ingest, shop, topic, webhook_id, body, triggered_at)
@@ -271,7 +280,7 @@ def _queue(
 
 def _topic_label(ingest: Ingest, topic: str) -> str:
     # Unsigned requests choose their topic header: only known topics name a counter.
-    return topic if ingest.source.handles(topic) else "other"
+    return topic if accepts_from_shopify(ingest, topic) else "other"
 
 
 def _count_rejected(ingest: Ingest, shop: str | None, topic: str, result: str) -> None:

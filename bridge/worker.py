@@ -87,6 +87,8 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
     def stop_between_loops(signum: int, frame: FrameType | None) -> None:
         rt.stopping.set()
 
+    # RQ logs several lines per job at INFO; at our job rate they would drown the bridge's own.
+    kwargs = {"logging_level": "WARNING", **work_kwargs}
     ticker: threading.Thread | None = None
     worker: BridgeWorker | None = None
     worked = False
@@ -107,9 +109,7 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
                 if ticker is None:
                     ticker = threading.Thread(target=_tick, args=(rt,), name="ticker", daemon=True)
                     ticker.start()
-            worked = (
-                bool(worker.work(burst=burst, with_scheduler=not burst, **work_kwargs)) or worked
-            )
+            worked = bool(worker.work(burst=burst, with_scheduler=not burst, **kwargs)) or worked
         except redis.RedisError as exc:
             log.warning("worker loop ended on a Redis error", extra={"error": str(exc)})
         if burst or rt.stopping.is_set() or getattr(worker, "_stop_requested", False):

@@ -11,8 +11,8 @@ Public surface (the processor and the backfill use these):
 from __future__ import annotations
 
 from bridge.canonical import Mapped
-from bridge.identity.carts import conversion_guards, expire_held
-from bridge.identity.decide import Outgoing, decide
+from bridge.identity.carts import HELD_CHECKOUTS, conversion_guards, expire_held
+from bridge.identity.decide import HELD_REFUNDS, Outgoing, decide
 from bridge.identity.graph import (
     Person,
     Policy,
@@ -68,6 +68,10 @@ def keys_for(mapped: Mapped) -> list[str]:
             names += ["checkout:" + co, "co_drop:" + co]
         if ref.order_id:
             names += ["order:" + ref.order_id, "refund_wait:" + ref.order_id]
+    if mapped.cart is not None or mapped.refund is not None or mapped.order is not None:
+        # Shop-wide lists of held work that these webhooks may touch: loading them up front
+        # saves the batch a second lookup round.
+        names += [HELD_CHECKOUTS, HELD_REFUNDS]
     if mapped.merge is not None:
         for cid in (mapped.merge.kept_id, mapped.merge.deleted_id):
             names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]

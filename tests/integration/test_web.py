@@ -162,3 +162,13 @@ def test_health_and_readiness(client: FlaskClient, settings: Settings) -> None:
     )
     assert down.test_client().get("/readyz").status_code == 503
     assert down.test_client().get("/healthz").status_code == 200
+
+
+def test_internal_backfill_topics_are_ignored_at_the_edge(
+    client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    body = fixture_bytes("orders-paid")
+    resp = client.post(URL, data=body, headers=webhook_headers(body, "backfill/order"))
+    assert resp.status_code == 200
+    assert resp.json == {"ignored": True}
+    assert inbound(redis) == []
