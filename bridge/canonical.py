@@ -59,6 +59,18 @@ class Item(Frozen):
         return self.variant_id or self.product_id or self.sku or self.name or "?"
 
 
+def line_keys(items: tuple[Item, ...]) -> list[str]:
+    """Line identities in a cart. Two lines can share a variant (different line properties,
+    e.g. engraving): the repeat gets an ordinal, so each keeps its own state and messageId."""
+    seen: dict[str, int] = {}
+    keys = []
+    for item in items:
+        key = item.line_key()
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
+
 class CanonicalEvent(Frozen):
     """A candidate track call. `key` is the business key its messageId derives from."""
 

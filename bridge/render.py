@@ -28,6 +28,7 @@ from bridge.canonical import (
     CanonicalEvent,
     Item,
     TraitUpdate,
+    line_keys,
 )
 from bridge.ids import iso_z, message_id
 
@@ -93,18 +94,6 @@ def _track(mid: str, at: datetime, who: dict[str, str], event: str, props: dict[
     }
 
 
-def _line_keys(items: tuple[Item, ...]) -> list[str]:
-    # Two lines can share a variant (different line properties, e.g. engraving); the repeat
-    # gets an ordinal so each Product Added keeps its own messageId.
-    seen: dict[str, int] = {}
-    keys = []
-    for item in items:
-        key = item.line_key()
-        seen[key] = seen.get(key, 0) + 1
-        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
-    return keys
-
-
 def track_call(
     event: CanonicalEvent,
     *,
@@ -128,7 +117,7 @@ def track_call(
     if naming == "segment" and event.name == ADDED_TO_CART:
         props.pop("items", None)
         calls = []
-        for item, line_key in zip(event.items, _line_keys(event.items), strict=True):
+        for item, line_key in zip(event.items, line_keys(event.items), strict=True):
             mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key, line_key)
             product = {**props, **item_dict(item)}
             calls.append(_track(mid, event.timestamp, who, SEGMENT_NAMES[ADDED_TO_CART], product))

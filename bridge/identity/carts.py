@@ -20,24 +20,13 @@ from typing import Any
 import orjson
 
 from bridge import render
-from bridge.canonical import CartSnapshot, Item
+from bridge.canonical import CartSnapshot, Item, line_keys
 from bridge.identity.view import count
 from bridge.ids import iso_z
 from bridge.state import StateView
 
 HELD_CHECKOUTS = "held:checkouts"
 MAX_TRAIT_BYTES = 900  # Customer.io keeps attribute values up to 1000 bytes
-
-
-def line_keys(items: tuple[Item, ...]) -> list[str]:
-    """Line identities in a cart (a repeated variant gets an ordinal, as render does)."""
-    seen: dict[str, int] = {}
-    keys = []
-    for item in items:
-        key = item.line_key()
-        seen[key] = seen.get(key, 0) + 1
-        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
-    return keys
 
 
 def additions(
