@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
-from bench.common import free_port, redis_binary  # noqa: E402
-from bridge import signature  # noqa: E402
+from bench.common import free_port  # noqa: E402
+from bridge import redis_server, signature  # noqa: E402
 from bridge.identity import Policy, decide  # noqa: E402
 from bridge.processor import ProcessConfig, map_envelope  # noqa: E402
 from bridge.sources.shopify import ShopifySource  # noqa: E402
@@ -75,11 +75,7 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [
-            redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", self.dir, "--appendonly", "yes", "--appendfsync", self.fsync,
-            "--maxmemory-policy", "noeviction",
-        ]  # fmt: skip
+        args = redis_server.command(self.port, self.dir, aof_fsync=self.fsync)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(200):
             try:

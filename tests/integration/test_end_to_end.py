@@ -22,7 +22,6 @@ from tests.conftest import (
     fixture_json,
     free_port,
     service_env,
-    start_worker,
     wait_until,
     webhook_headers,
 )
@@ -71,14 +70,6 @@ def web(settings: Settings) -> Iterator[Web]:
     yield Web(port, proc)
     proc.terminate()
     proc.wait(20)
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(settings)
-    yield proc
-    proc.terminate()
-    proc.wait(40)
 
 
 def order_paid_body() -> bytes:

@@ -21,7 +21,7 @@ from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
 from bridge.store import Envelope, Keys, Store, now_ms
 from jobs.enqueue import enqueue_drain
-from tests.conftest import SHOP, service_env, start_worker, wait_until
+from tests.conftest import SHOP, wait_until
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, gql_order
 
 
@@ -42,27 +42,6 @@ def recent_orders() -> list[dict[str, Any]]:
 def admin() -> Iterator[AdminStandIn]:
     with AdminStandIn(recent_orders()) as standin:
         yield standin
-
-
-@pytest.fixture
-def env(settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
-    values = service_env(
-        settings,
-        SHOPIFY_SHOP=SHOP,
-        SHOPIFY_ADMIN_TOKEN=TOKEN,
-        SHOPIFY_ADMIN_URL=admin.url,
-        LOG_LEVEL="ERROR",
-    )
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(settings)
-    yield proc
-    proc.terminate()
-    proc.wait(40)
 
 
 def deliver_live(settings: Settings, store: Store, orders: list[dict[str, Any]]) -> None:

@@ -4,8 +4,6 @@ RQ worker process, and the Pipelines stand-in; each asserts the exact calls Pipe
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,21 +14,13 @@ from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
 from bridge.store import Keys, Store
 from bridge.web import create_app
-from tests.conftest import SHOP, fixture_json, start_worker, wait_until, webhook_headers
+from tests.conftest import SHOP, fixture_json, wait_until, webhook_headers
 from tests.journeys import CART, CUSTOMER_ID, EMAIL, cart, checkout, order, refund
 
 
 @pytest.fixture
 def client(settings: Settings) -> FlaskClient:
     return create_app(settings).test_client()
-
-
-@pytest.fixture
-def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
-    proc = start_worker(settings)
-    yield proc
-    proc.terminate()
-    proc.wait(40)
 
 
 def post(

@@ -1,0 +1,25 @@
+"""Fixtures shared by the integration tests of `bridge backfill` and `bridge reconcile`."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.settings import Settings
+from tests.conftest import SHOP, service_env
+from tests.shopify_admin_standin import TOKEN, AdminStandIn
+
+
+@pytest.fixture
+def env(settings: Settings, admin: AdminStandIn, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of an operator running the CLI against the stand-ins (each test module
+    provides its own `admin` stand-in with the orders it needs)."""
+    values = service_env(
+        settings,
+        SHOPIFY_SHOP=SHOP,
+        SHOPIFY_ADMIN_TOKEN=TOKEN,
+        SHOPIFY_ADMIN_URL=admin.url,
+        LOG_LEVEL="ERROR",
+    )
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
