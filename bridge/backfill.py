@@ -561,7 +561,6 @@ class BackfillOptions:
     events: bool = False
     dry_run: bool = False
     rate_per_s: float = 50.0
-    dedupe_ttl_s: int = 72 * 3600
     category_traits: bool = False
     category_limit: int = 50
     sample_size: int = 5
@@ -684,7 +683,7 @@ class Backfill:
     def _queue(self, envs: list[Envelope]) -> None:
         assert self.store is not None and self.queue is not None
         for env in envs:
-            result = self.store.ingest(env, dedupe_ttl_s=self.opts.dedupe_ttl_s)
+            result = self.store.ingest(env)
             if result == INGEST_DUPLICATE:
                 self.summary.duplicates += 1
                 continue

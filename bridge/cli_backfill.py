@@ -119,7 +119,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         events=args.events,
         dry_run=args.dry_run,
         rate_per_s=args.rate or settings.backfill_rate_per_s,
-        dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
         category_traits=args.categories or settings.backfill_category_traits,
         category_limit=settings.backfill_category_traits_max,
     )
@@ -201,7 +200,6 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             shop=admin.shop,
             window=args.since,
             grace=timedelta(seconds=grace_s),
-            dedupe_ttl_s=settings.webhook_dedupe_ttl_s,
             enqueue_drain=enqueue_drain,
             dry_run=args.dry_run,
         )

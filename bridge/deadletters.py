@@ -276,8 +276,9 @@ class DeadLetters:
     def replay(self, shop: str, letters: Sequence[DeadLetter]) -> int:
         """Put each letter's payload back on its queue and drop the letter, in one MULTI.
 
-        Calls go to the end of the outbox, webhooks to the end of the inbound queue (past the
-        72-h seen check: a replay is deliberate). The caller wakes the shop's jobs.
+        Calls go to the end of the outbox, webhooks to the end of the inbound queue with their
+        seen-markers removed (the drain marked them when it parked them; a replay is
+        deliberate, so it must not be skipped as a duplicate). The caller wakes the shop's jobs.
         """
         if not letters:
             return 0
@@ -285,6 +286,9 @@ class DeadLetters:
         pipe = self.redis.pipeline(transaction=True)
         calls = [d.payload for d in letters if d.kind == KIND_CALL]
         hooks = [d.payload for d in letters if d.kind == KIND_WEBHOOK]
+        marks = [p + "seen:" + d.webhook_id for d in letters if d.kind == KIND_WEBHOOK]
+        for chunk in _chunks(marks, 1000):
+            pipe.delete(*chunk)
         for chunk in _chunks(calls, 1000):
             pipe.rpush(p + "out", *chunk)
         for chunk in _chunks(hooks, 1000):

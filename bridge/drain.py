@@ -35,6 +35,7 @@ def process_config(rt: Runtime, shop: str) -> ProcessConfig:
         unjoined_order_window_s=s.unjoined_order_window_s,
         identity_hint_customer_attr=s.identity_hint_customer_attr,
         identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
+        dedupe_ttl_s=s.webhook_dedupe_ttl_s,
     )
 
 

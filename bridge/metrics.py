@@ -8,7 +8,8 @@ round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the s
 Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
 counter added elsewhere shows up without touching this file:
 - `webhooks:{topic}:{result}` -> cartbridge_webhooks_total{shop, topic, result}
-  (accepted, duplicate, ignored, bad_signature, stale, rejected, processed, parked, skipped...);
+  (accepted = queued by the web, duplicate = skipped by the drain as already processed,
+  ignored, bad_signature, stale, rejected, processed, parked, skipped...);
 - `events:{event}:{outcome}` -> cartbridge_events_total{shop, event, outcome}
   (queued, delivered, suppressed, held, parked, dead_lettered...);
 - `{family}:{what}` -> cartbridge_{family}_total{shop, outcome=what}

@@ -22,7 +22,7 @@ from bridge.identity import DecisionView, Outgoing, Policy, decide, keys_for
 from bridge.jsonio import parse_body
 from bridge.outbox import OutboxEntry
 from bridge.sources import MappingError, Source
-from bridge.store import Commit, Envelope
+from bridge.store import Commit, Envelope, Keys
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class ProcessConfig:
     unjoined_order_window_s: int = 3600
     identity_hint_customer_attr: str = "cartbridge_customer_id"
     identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    dedupe_ttl_s: int = 72 * 3600
 
 
 # State lookups per batch: the records the payloads name, then up to two more rounds for
@@ -94,15 +95,33 @@ def process(
     `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
     batch's clock for holds and waits (default: the wall clock).
     """
-    commit = Commit()
-    mapped: list[tuple[Envelope, Mapped]] = []
-    for item in raw:
-        env = Envelope.decode(item)
+    commit = Commit(seen_ttl_s=config.dedupe_ttl_s)
+    keys = Keys(shop)
+    envs = [Envelope.decode(item) for item in raw]
+    read: list[Mapped | str] = []  # each webhook's mapping, or why it cannot be mapped
+    for env in envs:
         try:
-            m = map_envelope(env, source, config)
+            read.append(map_envelope(env, source, config))
         except Exception as exc:  # a schema surprise must not crash or stall the drain
-            reason = str(exc) if isinstance(exc, MappingError) else f"mapping failed: {exc!r}"
-            letter = webhook_letter(env.shop, item, env.topic, env.webhook_id, reason[:500])
+            read.append(str(exc) if isinstance(exc, MappingError) else f"mapping failed: {exc!r}")
+
+    # Deduplication lives here, not in the request path: a webhook id processed within the TTL
+    # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
+    # skipped; every other one is marked in this batch's commit, with its results.
+    seen_keys = [keys.seen(env.webhook_id) for env in envs]
+    names = [n for m in read if not isinstance(m, str) for n in keys_for(m)]
+    wanted = list(dict.fromkeys([key_of(n) for n in names] + seen_keys))
+    loaded: dict[str, bytes | None] = dict(load(wanted))
+    done = {key for key in seen_keys if loaded.pop(key, None) is not None}
+    mapped: list[tuple[Envelope, Mapped]] = []
+    for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
+        if seen_key in done:
+            commit.count(f"webhooks:{env.topic}:duplicate")
+            continue
+        done.add(seen_key)
+        commit.seen.append(seen_key)
+        if isinstance(m, str):
+            letter = webhook_letter(env.shop, item, env.topic, env.webhook_id, m[:500])
             log_dead_letter(letter)
             commit.parked.append(letter.encode())
             commit.count(f"webhooks:{env.topic}:parked")
@@ -112,8 +131,6 @@ def process(
             # Committed with the batch; the drain carries it out after the commit (issue 7).
             commit.compliance.append(request_from(env, m).encode())
 
-    names = [n for _, m in mapped for n in keys_for(m)]
-    loaded: dict[str, bytes | None] = dict(load(list(dict.fromkeys(key_of(n) for n in names))))
     policy = Policy(
         shop=shop,
         naming=config.naming,

@@ -84,7 +84,6 @@ def reconcile(
     window: timedelta,
     grace: timedelta = timedelta(minutes=5),
     now: datetime | None = None,
-    dedupe_ttl_s: int = 72 * 3600,
     enqueue_drain: Callable[[Queue, str], None] | None = None,
     dry_run: bool = False,
 ) -> ReconcileReport:
@@ -114,7 +113,7 @@ def reconcile(
                 body=orjson.dumps(order),
                 received_ms=now_ms(),
             )
-            result = store.ingest(env, dedupe_ttl_s=dedupe_ttl_s)
+            result = store.ingest(env)
             if result == INGEST_DUPLICATE:
                 report.duplicates += 1
                 continue
@@ -156,7 +155,6 @@ def maybe_reconcile(rt: Any) -> ReconcileReport | None:
             shop=s.shopify_shop.strip().lower(),
             window=timedelta(seconds=s.reconcile_window_s),
             grace=timedelta(seconds=s.reconcile_grace_s),
-            dedupe_ttl_s=s.webhook_dedupe_ttl_s,
             enqueue_drain=enqueue_drain,
         )
     except AdminError as exc:

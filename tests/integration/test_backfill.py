@@ -202,7 +202,7 @@ def _live(store: Store, settings: Settings, order: dict[str, Any]) -> None:
         body=json.dumps(order).encode(),
         received_ms=now_ms(),
     )
-    store.ingest(env, dedupe_ttl_s=3600)
+    store.ingest(env)
     enqueue_drain(Queue(settings.queue_name, connection=store.redis), SHOP)
 
 

@@ -56,7 +56,7 @@ def deliver_live(settings: Settings, store: Store, orders: list[dict[str, Any]])
             body=json.dumps(body).encode(),
             received_ms=now_ms(),
         )
-        store.ingest(env, dedupe_ttl_s=3600)
+        store.ingest(env)
     enqueue_drain(queue, SHOP)
 
 

@@ -6,6 +6,8 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
+from bridge.drain import drain
+from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.store import Envelope, Keys
 from bridge.web import create_app
@@ -38,14 +40,26 @@ def test_signed_webhook_is_queued_with_its_exact_bytes(
     assert env.received_ms > 0
 
 
-def test_redelivery_is_acknowledged_once(client: FlaskClient, redis: redis_lib.Redis) -> None:
+def test_redelivery_is_acknowledged_and_processed_once(
+    settings: Settings, client: FlaskClient, redis: redis_lib.Redis
+) -> None:
     body = fixture_bytes("carts-create")
     headers = webhook_headers(body, "carts/create", webhook_id="same-id")
     assert client.post(URL, data=body, headers=headers).json == {"ok": True}
-    second = client.post(URL, data=body, headers=headers)
-    assert second.status_code == 200
-    assert second.json == {"ok": True, "duplicate": True}
-    assert len(inbound(redis)) == 1
+    # Redelivered before the drain ran: queued again, and the drain processes the id once.
+    again = client.post(URL, data=body, headers=headers)
+    assert (again.status_code, again.json) == (200, {"ok": True})
+    assert len(inbound(redis)) == 2
+    drain(Runtime.build(settings), SHOP)
+    stats = {k.decode(): int(v) for k, v in redis.hgetall(Keys(SHOP).stats).items()}
+    assert stats["webhooks:carts/create:processed"] == 1
+    assert stats["webhooks:carts/create:duplicate"] == 1
+    assert redis.llen(Keys(SHOP).outbox) == 1
+    # Redelivered after it was processed: answered as a duplicate, and skipped again.
+    late = client.post(URL, data=body, headers=headers)
+    assert (late.status_code, late.json) == (200, {"ok": True, "duplicate": True})
+    drain(Runtime.build(settings), SHOP)
+    assert redis.llen(Keys(SHOP).outbox) == 1
     # The same webhook id in another shop is another delivery.
     other = webhook_headers(body, "carts/create", webhook_id="same-id", shop="other.myshopify.com")
     assert client.post(URL, data=body, headers=other).json == {"ok": True}
