@@ -71,8 +71,18 @@ def to_json(value: Any) -> Any:
 def item_dict(item: Item) -> dict[str, Any]:
     """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
     brand, category (None left out)."""
-    out: dict[str, Any] = to_json(item.model_dump())
-    return out
+    # Field by field rather than model_dump() + to_json(): it runs for every line of every call.
+    fields = (
+        ("product_id", item.product_id),
+        ("variant_id", item.variant_id),
+        ("sku", item.sku),
+        ("name", item.name),
+        ("price", None if item.price is None else float(item.price)),
+        ("quantity", item.quantity),
+        ("brand", item.brand),
+        ("category", item.category),
+    )
+    return {k: v for k, v in fields if v is not None}
 
 
 def _who(user_id: str | None, anonymous_id: str | None, kind: str) -> dict[str, str]:
@@ -102,13 +112,16 @@ def track_call(
     shop: str,
     naming: str = "snake",
     extra_properties: dict[str, Any] | None = None,
+    stable_id: tuple[datetime, str] | None = None,
 ) -> list[Call]:
     """The track call(s) for one canonical event.
 
     `snake` gives one call named as the event, its lines under `items`. `segment` renames to
     Segment Ecommerce v2 with lines under `products`, except `added_to_cart`, which becomes one
     `Product Added` per line with the product's fields at the top level (no line, no call).
-    `extra_properties` (from the stateful step) are merged over the event's own.
+    `extra_properties` (from the stateful step) are merged over the event's own. `stable_id`
+    (time, id) is the caller's own id for the first call; any further call's id is derived from
+    it (`message_id(time, id, str(i))`).
     """
     if naming not in NAMINGS:
         raise ValueError(f"unknown event naming {naming!r}")
@@ -117,8 +130,11 @@ def track_call(
     if naming == "segment" and event.name == ADDED_TO_CART:
         props.pop("items", None)
         calls = []
-        for item, line_key in zip(event.items, line_keys(event.items), strict=True):
-            mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key, line_key)
+        for i, (item, line_key) in enumerate(zip(event.items, line_keys(event.items), strict=True)):
+            if stable_id is None:
+                mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key, line_key)
+            else:
+                mid = stable_id[1] if i == 0 else message_id(stable_id[0], stable_id[1], str(i))
             product = {**props, **item_dict(item)}
             calls.append(_track(mid, event.timestamp, who, SEGMENT_NAMES[ADDED_TO_CART], product))
         return calls
@@ -126,7 +142,10 @@ def track_call(
     if naming == "segment":
         name, list_key = SEGMENT_NAMES.get(event.name, event.name), "products"
     props[list_key] = [item_dict(i) for i in event.items]
-    mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key)
+    if stable_id is None:
+        mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key)
+    else:
+        mid = stable_id[1]
     return [_track(mid, event.timestamp, who, name, props)]
 
 

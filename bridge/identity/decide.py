@@ -60,13 +60,20 @@ class _Run:
         self.after: list[Outgoing] = []
 
     # --- helpers ---------------------------------------------------------------------------
-    def track(self, event: CanonicalEvent, who: Person, guards: tuple[str, ...] = ()) -> None:
+    def track(
+        self,
+        event: CanonicalEvent,
+        who: Person,
+        guards: tuple[str, ...] = (),
+        stable_id: tuple[datetime, str] | None = None,
+    ) -> None:
         for call in render.track_call(
             event,
             user_id=who.user_id,
             anonymous_id=who.anonymous_id,
             shop=self.policy.shop,
             naming=self.policy.naming,
+            stable_id=stable_id,
         ):
             self.tracks.append(Outgoing(call, who.order_key, guards))
 
@@ -137,13 +144,10 @@ class _Run:
                 properties=dict(base.properties) if base else {"cart_id": snap.cart_token},
                 items=(item,),
             )
-            before = len(self.tracks)
-            self.track(event, who, guards)
             # The id's time is the cart's creation, not the update's: the same addition
             # then gets the same id whichever snapshot revealed it first.
             mid = message_id(stable_at, render.SOURCE, self.policy.shop, ADDED_TO_CART, key)
-            for i, out in enumerate(self.tracks[before:]):
-                out.call["messageId"] = mid if i == 0 else message_id(stable_at, mid, str(i))
+            self.track(event, who, guards, stable_id=(stable_at, mid))
 
     # --- checkouts -------------------------------------------------------------------------
     def checkout(self, mapped: Mapped) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge import render
 from bridge.calls import InvalidCall, validate_call
@@ -475,3 +477,21 @@ def test_alias_call() -> None:
 def test_alias_needs_both_ids() -> None:
     with pytest.raises(InvalidCall):
         render.alias_call("", "42", DOC_TIME, SHOP)
+
+
+@given(
+    item=st.builds(
+        Item,
+        product_id=st.one_of(st.none(), st.text(max_size=8)),
+        variant_id=st.one_of(st.none(), st.text(max_size=8)),
+        sku=st.one_of(st.none(), st.text(max_size=8)),
+        name=st.one_of(st.none(), st.text(max_size=8)),
+        price=st.one_of(st.none(), st.decimals(allow_nan=False, allow_infinity=False, places=2)),
+        quantity=st.integers(0, 10**6),
+        brand=st.one_of(st.none(), st.text(max_size=8)),
+        category=st.one_of(st.none(), st.text(max_size=8)),
+    )
+)
+def test_item_dict_is_the_items_json_form(item: Item) -> None:
+    # item_dict is written out field by field for speed: it must stay the model's JSON form.
+    assert render.item_dict(item) == render.to_json(item.model_dump())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
 
@@ -26,7 +26,13 @@ _MAX_ID = 10**40
 _MAX_COUNT = 10**9
 
 
+# The validators below run for every field of every line of every webhook: the common exact
+# types are checked first, before the general isinstance chains.
+
+
 def _to_id(v: Any) -> str | None:
+    if type(v) is int and -_MAX_ID < v < _MAX_ID:
+        return str(v)
     if v is None:
         return None
     if isinstance(v, bool):
@@ -42,10 +48,10 @@ def _to_id(v: Any) -> str | None:
 
 
 def _to_text(v: Any) -> str | None:
+    if isinstance(v, str):
+        return v if v and not v.isspace() else None
     if v is None:
         return None
-    if isinstance(v, str):
-        return v if v.strip() else None
     if isinstance(v, int | float) and not isinstance(v, bool):
         if isinstance(v, int) and abs(v) >= _MAX_ID:
             raise ValueError("number out of range")
@@ -54,6 +60,17 @@ def _to_text(v: Any) -> str | None:
 
 
 def _to_money(v: Any) -> Decimal | None:
+    if type(v) is str:
+        # Decimal() itself ignores surrounding whitespace; a blank string is "no amount".
+        try:
+            amount = Decimal(v)
+        except InvalidOperation:
+            if not v.strip():
+                return None
+            raise ValueError("money is not a decimal") from None
+        if not amount.is_finite() or amount.copy_abs() >= _MAX_MONEY:
+            raise ValueError("money out of range")
+        return amount
     if v is None:
         return None
     if isinstance(v, bool):
@@ -164,6 +181,8 @@ def _to_attributes(v: Any) -> dict[str, str]:
 
 def _empty_as_none(v: Any) -> Any:
     # Shopify serialises some empty objects as `[]` (checkouts' `shipping_address`).
+    if type(v) is dict:
+        return v
     if isinstance(v, list | str) and not v:
         return None
     return v
@@ -197,6 +216,33 @@ class Money(Payload):
 class MoneySet(Payload):
     shop_money: Obj[Money] = None
     presentment_money: Obj[Money] = None
+
+
+class ShopMoney(NamedTuple):
+    """The shop-currency part of a line's `*_set`."""
+
+    amount: Decimal | None
+    currency_code: str | None
+
+
+def _to_shop_money(v: Any) -> ShopMoney | None:
+    # A line's `*_set`: only the shop money is read (presentment money matters at order
+    # level), so it is read by hand into a tuple rather than through three models: lines are
+    # most of a webhook's fields.
+    v = _empty_as_none(v)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError("a money set must be an object")
+    shop = _empty_as_none(v.get("shop_money"))
+    if shop is None:
+        return None
+    if not isinstance(shop, dict):
+        raise ValueError("shop_money must be an object")
+    return ShopMoney(_to_money(shop.get("amount")), _to_text(shop.get("currency_code")))
+
+
+ShopMoneyOf = Annotated[ShopMoney | None, PlainValidator(_to_shop_money)]
 
 
 def shop_amount(money_set: MoneySet | None) -> Decimal | None:
@@ -246,9 +292,9 @@ class LineItem(Payload):
     product_type: Text = None
     quantity: Count = None
     price: Amount = None
-    price_set: Obj[MoneySet] = None
+    price_set: ShopMoneyOf = None
     line_price: Amount = None
-    line_price_set: Obj[MoneySet] = None
+    line_price_set: ShopMoneyOf = None
 
 
 class Cart(Payload):

@@ -192,7 +192,7 @@ def map_refund(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     currency = (
         first(*(t.currency for t in paid_back))
         or first(*(shop_currency(rli.subtotal_set) for rli, _ in lines))
-        or first(*(shop_currency(line.price_set) for _, line in lines))
+        or first(*(line.price_set.currency_code for _, line in lines if line.price_set))
         or ctx.shop_currency
     )
     items = tuple(parts.item(line, quantity=rli.quantity or 0) for rli, line in lines)

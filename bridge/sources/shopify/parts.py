@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from bridge.canonical import Item, MapContext
 from bridge.ids import gid_to_id
 from bridge.sources import MappingError
-from bridge.sources.shopify.models import Address, Customer, LineItem, shop_amount, shop_currency
+from bridge.sources.shopify.models import Address, Customer, LineItem
 
 SOURCE = "shopify"
 
@@ -53,12 +53,12 @@ def compact(values: dict[str, Any]) -> dict[str, Any]:
 
 def unit_price(line: LineItem) -> Decimal | None:
     """Per-unit price in shop money (`price_set.shop_money`, else `price`)."""
-    return first(shop_amount(line.price_set), line.price)
+    return first(line.price_set.amount if line.price_set else None, line.price)
 
 
 def line_total(line: LineItem) -> Decimal:
     """A line's price: `line_price_set.shop_money`, else `line_price`, else unit x quantity."""
-    total = first(shop_amount(line.line_price_set), line.line_price)
+    total = first(line.line_price_set.amount if line.line_price_set else None, line.line_price)
     if total is not None:
         return total
     price = unit_price(line)
@@ -68,7 +68,9 @@ def line_total(line: LineItem) -> Decimal:
 def lines_currency(lines: Iterable[LineItem]) -> str | None:
     """The shop currency named by the lines' money sets, if any line names one."""
     for line in lines:
-        code = shop_currency(line.line_price_set) or shop_currency(line.price_set)
+        code = (line.line_price_set and line.line_price_set.currency_code) or (
+            line.price_set and line.price_set.currency_code
+        )
         if code:
             return code
     return None

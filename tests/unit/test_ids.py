@@ -1,0 +1,49 @@
+"""messageIds and timestamps against plain reference encodings (hypothesis)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.ids import iso_z, message_id, message_id_time
+
+_TO_CROCKFORD = str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
+
+
+def reference_message_id(at: datetime, *parts: str) -> str:
+    """The ULID by the book: 48-bit ms time, 80 bits of the hash, RFC 4648 base32 re-lettered."""
+    ms = int(at.timestamp() * 1000)
+    if not 0 <= ms < 2**48:
+        ms = 0
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    value = (ms << 80) | int.from_bytes(digest[:10], "big")
+    encoded = base64.b32encode((value << 30).to_bytes(20, "big"))[:26].decode()
+    return encoded.translate(_TO_CROCKFORD)
+
+
+moments = st.datetimes(
+    min_value=datetime(1000, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
+)
+offsets = st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@given(at=moments, offset=offsets, parts=st.lists(st.text(max_size=30), max_size=5))
+def test_message_id_is_the_reference_ulid(at: datetime, offset: timezone, parts: list[str]) -> None:
+    local = at.astimezone(offset)
+    mid = message_id(local, *parts)
+    assert mid == reference_message_id(local, *parts)
+    if 0 <= at.timestamp() * 1000 < 2**48:
+        assert abs(message_id_time(mid) - at) < timedelta(milliseconds=1)
+
+
+@given(at=moments.filter(lambda d: d.year >= 1900), offset=offsets)
+def test_iso_z_is_utc_with_milliseconds(at: datetime, offset: timezone) -> None:
+    text = iso_z(at.astimezone(offset))
+    expected = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    assert text == expected
