@@ -186,3 +186,19 @@ def test_internal_backfill_topics_are_ignored_at_the_edge(
     assert resp.status_code == 200
     assert resp.json == {"ignored": True}
     assert inbound(redis) == []
+
+
+def test_an_unexpected_error_is_a_short_500_and_nothing_is_acknowledged(
+    settings: Settings, redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(settings)
+    ingest = app.extensions["cartbridge"]
+
+    def broken(env: Envelope) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ingest.store, "accept", broken)
+    body = fixture_bytes("carts-create")
+    resp = app.test_client().post(URL, data=body, headers=webhook_headers(body, "carts/create"))
+    assert (resp.status_code, resp.json) == (500, {"error": "internal error"})
+    assert inbound(redis) == []
