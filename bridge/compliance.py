@@ -40,7 +40,6 @@ from bridge.ids import iso_z, message_id
 from bridge.jsonio import parse_body
 from bridge.outbox import OutboxEntry
 from bridge.store import SHOPS_KEY, Envelope, Keys, now_ms
-from jobs.enqueue import enqueue_deliver
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -433,7 +432,7 @@ def run(rt: Runtime, request: ComplianceRequest) -> None:
             client.rpush(Keys(shop).outbox, entry)
             rt.store.count(shop, f"events:{USER_DELETED}:queued")
             if rt.store.wake(Keys(shop).deliver_flag):
-                enqueue_deliver(rt.queue, shop)
+                rt.deliver_soon(shop)
         rt.store.count(shop, "compliance:customers/redact:done")
     elif request.topic == CUSTOMERS_DATA_REQUEST:
         _key, n = record_export(client, request, rt.settings.gdpr_export_ttl_s)

@@ -49,7 +49,6 @@ from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
 from bridge.settings import Settings
 from bridge.store import Keys, LeaseLost, Settlement, now_ms, person_hash
-from jobs.enqueue import enqueue_deliver
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -320,7 +319,7 @@ def deliver(rt: Runtime, shop: str) -> None:
     if paused:
         return
     if rt.store.finish_deliver(shop):
-        enqueue_deliver(rt.queue, shop)
+        rt.deliver_soon(shop)
 
 
 def _round(

@@ -14,7 +14,7 @@ from bridge.compliance import run_pending
 from bridge.lease import Lease
 from bridge.processor import ProcessConfig, process
 from bridge.store import Keys
-from jobs.enqueue import enqueue_deliver, enqueue_drain
+from jobs.enqueue import enqueue_drain
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -72,7 +72,7 @@ def drain(rt: Runtime, shop: str) -> None:
                     extra={"shop": shop, "webhooks": len(raw), "calls": len(commit.calls)},
                 )
                 if commit.calls and rt.store.wake(keys.deliver_flag):
-                    enqueue_deliver(rt.queue, shop)
+                    rt.deliver_soon(shop)
                 if time.monotonic() > deadline or rt.stopping.is_set():
                     break
         finally:

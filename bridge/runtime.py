@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis
 from rq import Queue
@@ -19,6 +20,10 @@ from bridge.sources import Source
 from bridge.sources.shopify import ShopifySource
 from bridge.store import Store, connect
 from bridge.stores import StoreConfig, StoreRegistry, stores_for
+from jobs.enqueue import enqueue_deliver
+
+if TYPE_CHECKING:
+    from bridge.background import BackgroundDelivery
 
 
 @dataclass
@@ -33,6 +38,16 @@ class Runtime:
     stores: StoreRegistry | None = None
     _sinks: dict[str, Sink] = field(default_factory=dict)
     _sinks_lock: threading.Lock = field(default_factory=threading.Lock)
+    # A worker process delivers on a thread of its own (bridge/background.py); None elsewhere.
+    deliverer: BackgroundDelivery | None = None
+
+    def deliver_soon(self, shop: str) -> None:
+        """Have the shop's outbox delivered: by this worker's delivery thread when it has one,
+        else by an RQ job. Callers set the shop's pending flag first (`Store.wake`)."""
+        if self.deliverer is not None:
+            self.deliverer.submit(shop)
+        else:
+            enqueue_deliver(self.queue, shop)
 
     def store_config(self, shop: str) -> StoreConfig | None:
         """The shop's StoreConfig (or the default store's); None for an unknown shop."""

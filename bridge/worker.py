@@ -8,6 +8,7 @@ finish its batch (jobs check `stopping` between batches and requests) and then e
 (mid-job, in a heartbeat), so after a Redis restart the loop is started again once Redis answers,
 and the process never exits for that. A ticker thread wakes shops whose jobs were lost (a killed
 worker) or whose held calls are due for a retry, so retries never depend on RQ's scheduler.
+Deliveries run on a thread of their own (bridge/background.py) while the job loop drains.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 import redis
 from rq import SimpleWorker
 
+from bridge.background import BackgroundDelivery
 from bridge.deadletters import DeadLetters
 from bridge.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.runtime import Runtime, install
 from bridge.store import Keys, now_ms
+from jobs.enqueue import JOB_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,17 @@ def wait_for_redis(rt: Runtime) -> bool:
 def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
     """Work until SIGTERM (or, with `burst`, until the queue is empty); survives Redis restarts."""
     install(rt)
+    rt.deliverer = BackgroundDelivery(rt)
+    try:
+        return _work(rt, burst=burst, **work_kwargs)
+    finally:
+        if burst and not rt.stopping.is_set():
+            rt.deliverer.wait_idle(JOB_TIMEOUT_S)
+        rt.deliverer.close()
+        rt.deliverer = None
 
+
+def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
     def stop_between_loops(signum: int, frame: FrameType | None) -> None:
         rt.stopping.set()
 
@@ -121,7 +134,7 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
 
 def wake_due(rt: Runtime) -> None:
     """Wake drains and deliveries whose pending job was lost or whose retry is due."""
-    from jobs.enqueue import enqueue_deliver, enqueue_drain
+    from jobs.enqueue import enqueue_drain
 
     now = now_ms()
     for shop in rt.store.shops():
@@ -133,7 +146,7 @@ def wake_due(rt: Runtime) -> None:
         if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
             keys.deliver_flag
         ):
-            enqueue_deliver(rt.queue, shop)
+            rt.deliver_soon(shop)
 
 
 def _tick(rt: Runtime) -> None:
