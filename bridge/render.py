@@ -149,6 +149,29 @@ def track_call(
     return [_track(mid, event.timestamp, who, name, props)]
 
 
+def added_to_cart_call(
+    item: Item,
+    *,
+    mid: str,
+    at: datetime,
+    properties: dict[str, Any],
+    user_id: str | None,
+    anonymous_id: str | None,
+    naming: str = "snake",
+) -> Call:
+    """The call `track_call` gives for an `added_to_cart` event of this one item with
+    `stable_id` (at, mid), without building the event: a cart's added lines share everything
+    but the item and the id. `properties` are the event's, JSON-ready (`to_json`); unchanged."""
+    who = _who(user_id, anonymous_id, "track")
+    if naming == "segment":
+        product = {k: v for k, v in properties.items() if k != "items"}
+        product.update(item_dict(item))
+        return _track(mid, at, who, SEGMENT_NAMES[ADDED_TO_CART], product)
+    if naming != "snake":
+        raise ValueError(f"unknown event naming {naming!r}")
+    return _track(mid, at, who, ADDED_TO_CART, {**properties, "items": [item_dict(item)]})
+
+
 def traits_digest(traits: Mapping[str, Any]) -> str:
     """A stable hash of JSON-ready traits (key order does not matter)."""
     return hashlib.sha256(orjson.dumps(traits, option=orjson.OPT_SORT_KEYS)).hexdigest()

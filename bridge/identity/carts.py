@@ -35,12 +35,17 @@ def additions(
     """New line levels, and each (line key, level reached, item carrying the added quantity)."""
     new: dict[str, int] = {}
     added = []
-    for key, item in zip(line_keys(items), items, strict=True):
+    keys = line_keys(items)
+    for key, item in zip(keys, items, strict=True):
         new[key] = new.get(key, 0) + item.quantity
-    for key, item in zip(line_keys(items), items, strict=True):
+    for key, item in zip(keys, items, strict=True):
         before = int(old.get(key, 0))
         if new[key] > before:
-            added.append((key, new[key], item.model_copy(update={"quantity": new[key] - before})))
+            quantity = new[key] - before
+            # A new line (the common case) is added whole: the item itself, not a copy.
+            if quantity != item.quantity:
+                item = item.model_copy(update={"quantity": quantity})
+            added.append((key, new[key], item))
     return new, added
 
 

@@ -22,7 +22,6 @@ from bridge.canonical import (
     ORDER_REFUNDED,
     CanonicalEvent,
     Mapped,
-    PersonRef,
     RefundFact,
 )
 from bridge.identity import carts, orders
@@ -132,22 +131,26 @@ class _Run:
             return
         carts.update_live(self.view, snap, from_checkout=False)
         self.live_cart(who, snap.cart_token, snap.updated_at)
+        if not added:
+            return
         base = mapped.events[0] if mapped.events else None
+        props = render.to_json(base.properties) if base else {"cart_id": snap.cart_token}
         stable_at = snap.created_at or snap.updated_at
         for line_key, level, item in added:
             key = f"cart:{snap.cart_token}:{line_key}:{level}"
-            event = CanonicalEvent(
-                name=ADDED_TO_CART,
-                timestamp=snap.updated_at,
-                key=key,
-                person=mapped.person or PersonRef(cart_token=snap.cart_token),
-                properties=dict(base.properties) if base else {"cart_id": snap.cart_token},
-                items=(item,),
-            )
             # The id's time is the cart's creation, not the update's: the same addition
             # then gets the same id whichever snapshot revealed it first.
             mid = message_id(stable_at, render.SOURCE, self.policy.shop, ADDED_TO_CART, key)
-            self.track(event, who, guards, stable_id=(stable_at, mid))
+            call = render.added_to_cart_call(
+                item,
+                mid=mid,
+                at=snap.updated_at,
+                properties=props,
+                user_id=who.user_id,
+                anonymous_id=who.anonymous_id,
+                naming=self.policy.naming,
+            )
+            self.tracks.append(Outgoing(call, who.order_key, guards))
 
     # --- checkouts -------------------------------------------------------------------------
     def checkout(self, mapped: Mapped) -> None:

@@ -495,3 +495,76 @@ def test_alias_needs_both_ids() -> None:
 def test_item_dict_is_the_items_json_form(item: Item) -> None:
     # item_dict is written out field by field for speed: it must stay the model's JSON form.
     assert render.item_dict(item) == render.to_json(item.model_dump())
+
+
+ITEMS = st.builds(
+    Item,
+    product_id=st.one_of(st.none(), st.text(max_size=8)),
+    variant_id=st.one_of(st.none(), st.text(max_size=8)),
+    sku=st.one_of(st.none(), st.text(max_size=8)),
+    name=st.one_of(st.none(), st.text(max_size=8)),
+    price=st.one_of(st.none(), st.decimals(allow_nan=False, allow_infinity=False, places=2)),
+    quantity=st.integers(0, 10**6),
+)
+JSON_SCALARS = st.one_of(st.none(), st.text(max_size=6), st.integers(-100, 100), st.booleans())
+
+
+@given(
+    item=ITEMS,
+    properties=st.dictionaries(
+        st.sampled_from(["cart_id", "items", "value", "currency", "x"]), JSON_SCALARS, max_size=5
+    ),
+    user_id=st.one_of(st.none(), st.just("7188389789809")),
+    anonymous_id=st.one_of(st.none(), st.just("anon-1")),
+    naming=st.sampled_from(render.NAMINGS),
+)
+def test_added_to_cart_call_is_track_calls_call_for_one_item(
+    item: Item,
+    properties: dict[str, Any],
+    user_id: str | None,
+    anonymous_id: str | None,
+    naming: str,
+) -> None:
+    # The drain renders a cart's added lines without one CanonicalEvent each: same calls.
+    at = datetime(2026, 11, 27, 10, 0, 0, 123000, tzinfo=UTC)
+    mid = message_id(at, "k")
+    event = CanonicalEvent(
+        name=ADDED_TO_CART,
+        timestamp=at,
+        key="cart:t:v:1",
+        person=PersonRef(cart_token="t"),
+        properties=properties,
+        items=(item,),
+    )
+    try:
+        expected = render.track_call(
+            event,
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            shop=SHOP,
+            naming=naming,
+            stable_id=(at, mid),
+        )
+    except InvalidCall:
+        with pytest.raises(InvalidCall):
+            render.added_to_cart_call(
+                item,
+                mid=mid,
+                at=at,
+                properties=render.to_json(properties),
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                naming=naming,
+            )
+        return
+    got = render.added_to_cart_call(
+        item,
+        mid=mid,
+        at=at,
+        properties=render.to_json(properties),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        naming=naming,
+    )
+    assert [got] == expected
+    assert json.dumps(got) == json.dumps(expected[0])  # key order too

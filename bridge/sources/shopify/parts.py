@@ -78,13 +78,16 @@ def lines_currency(lines: Iterable[LineItem]) -> str | None:
 
 def item(line: LineItem, *, quantity: int | None = None) -> Item:
     """One canonical item; `quantity` overrides the line's (refunds refund part of a line)."""
+    # `first()` spelled out: this runs for every line of every webhook.
+    price_set = line.price_set
+    price = price_set.amount if price_set is not None else None
     return Item(
         product_id=line.product_id,
         variant_id=line.variant_id,
         sku=line.sku,
-        name=first(line.title, line.name),
-        price=unit_price(line),
-        quantity=first(quantity, line.quantity, 0) or 0,
+        name=line.title if line.title is not None else line.name,
+        price=price if price is not None else line.price,
+        quantity=(quantity if quantity is not None else line.quantity) or 0,
         brand=line.vendor,
         category=line.product_type,
     )
