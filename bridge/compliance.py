@@ -407,7 +407,9 @@ def user_deleted_entry(request: ComplianceRequest) -> bytes | None:
         "event": USER_DELETED,
         "properties": {},
     }
-    return OutboxEntry(validate_call(call), request.received_ms, user_id).encode()
+    return OutboxEntry(
+        validate_call(call), request.received_ms, user_id, event=USER_DELETED
+    ).encode()
 
 
 def run(rt: Runtime, request: ComplianceRequest) -> None:

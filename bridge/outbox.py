@@ -7,13 +7,14 @@ existence means the call must no longer be sent (a cart converted since the call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True)
-class OutboxEntry:
+class OutboxEntry(NamedTuple):
+    """Immutable; a named tuple because delivery decodes one per call it sends."""
+
     call: bytes
     received_ms: int = 0
     person: str = ""
@@ -21,6 +22,9 @@ class OutboxEntry:
     # "batch" goes in a /v1/batch request; "alias" is sent alone to /v1/alias, once the
     # person's earlier calls were accepted (header "k", left out for "batch").
     kind: str = "batch"
+    # The event (track) or call type, for delivery's per-event counters without parsing the
+    # call (header "e"; entries queued before it was added have none).
+    event: str = ""
 
     def encode(self) -> bytes:
         head: dict[str, object] = {"r": self.received_ms, "p": self.person}
@@ -28,6 +32,8 @@ class OutboxEntry:
             head["g"] = list(self.guards)
         if self.kind != "batch":
             head["k"] = self.kind
+        if self.event:
+            head["e"] = self.event
         return orjson.dumps(head) + b"\n" + self.call
 
     @classmethod
@@ -40,4 +46,5 @@ class OutboxEntry:
             person=str(head.get("p") or ""),
             guards=tuple(head.get("g") or ()),
             kind=str(head.get("k") or "batch"),
+            event=str(head.get("e") or ""),
         )

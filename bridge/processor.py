@@ -167,9 +167,9 @@ def process(
                 commit.parked.append(letter.encode())
                 commit.count("calls:invalid")
                 continue
-            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind)
-            commit.calls.append(entry.encode())
             name = call.get("event") or call["type"]
+            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind, name)
+            commit.calls.append(entry.encode())
             commit.count(f"events:{name}:queued")
             if call["type"] == "track":
                 volume.record(commit, shop, name, env.received_ms)  # issue 6

@@ -14,6 +14,7 @@ import hashlib
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,9 +312,30 @@ class Accepted:
     wake: bool
 
 
+class Pending:
+    """The replies of commands already written, read when asked for (`result`)."""
+
+    __slots__ = ("_error", "_n", "_pipe", "_replies")
+
+    def __init__(self, pipe: RawPipeline, n: int) -> None:
+        self._pipe = pipe
+        self._n = n
+        self._replies: list[Any] | None = None
+        self._error: BaseException | None = None
+
+    def result(self) -> list[Any]:
+        """Every reply, a command's error reply as its exception; raises a connection error."""
+        if self._replies is None and self._error is None:
+            self._pipe._complete(self)
+        if self._error is not None:
+            raise self._error
+        assert self._replies is not None
+        return self._replies
+
+
 class RawPipeline:
     """Pipelined plain commands on a connection of the client's own pool, without redis-py's
-    per-command machinery: the request path's one round trip, and the drain's commit.
+    per-command machinery: the request path's one round trip, and the drain's take and commit.
 
     redis-py 8 spends ~55 us of Python on each command it sends (argument filtering,
     observability hooks, a pool checkout and return) and ~4 us on each reply it reads: as much
@@ -322,6 +344,10 @@ class RawPipeline:
     redis-py still opens the connection (TLS, AUTH, SELECT, timeouts), so this works wherever
     the client does. Each thread keeps one connection (gunicorn forks after `preload_app`, so a
     connection is only ever used by the process that opened it).
+
+    `send` writes without waiting: the drain has Redis run one batch's commit and move the
+    next batch while it maps. Replies are read in the order the commands were sent, whoever
+    asks first, so a later round trip on the thread never reads an earlier one's replies.
     """
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
@@ -335,6 +361,7 @@ class RawPipeline:
             local.conn = self.pool.make_connection()
             local.pid = os.getpid()
             local.sock = None
+            local.pending = deque()
         if local.sock is None:
             local.conn.connect()
             # redis-py keeps the connected socket in `_sock`; the reader is ours, so a reply is
@@ -345,38 +372,53 @@ class RawPipeline:
 
     def _drop(self) -> None:
         local = self._local
+        for waiting in local.pending:
+            waiting._error = redis.ConnectionError("connection to Redis lost before the reply")
+        local.pending.clear()
         local.sock = None
         local.conn.disconnect()
 
-    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send `commands` in one write, read every reply: a command's error reply comes back
-        as its exception (the others still ran); a connection error raises."""
+    def send(self, *commands: tuple[Any, ...]) -> Pending:
+        """Write `commands` in one write; their replies come with the returned `Pending`."""
         packed = b"".join([hiredis.pack_command(c) for c in commands])
         try:
-            sock, reader = self._link()
+            sock = self._link()[0]
             sock.sendall(packed)
         except (OSError, redis.ConnectionError):
             # An idle connection dropped (a Redis restart, a proxy timeout): one retry on a
             # fresh connection. Safe even if part of the first write landed: Redis discards a
             # MULTI its client left unfinished, and the drain deduplicates webhooks by id.
+            # Replies still owed on the old connection are lost: their `result` raises.
             self._drop()
-            sock, reader = self._link()
-            self._send(sock, packed)
-        try:
-            return self._read(sock, reader, len(commands))
-        except BaseException:
-            self._drop()  # replies may be left unread on the socket: never reuse it
-            raise
+            sock = self._link()[0]
+            try:
+                sock.sendall(packed)
+            except TimeoutError as exc:
+                self._drop()
+                raise redis.TimeoutError("timeout writing to Redis") from exc
+            except OSError as exc:
+                self._drop()
+                raise redis.ConnectionError(f"error writing to Redis: {exc}") from exc
+        pending = Pending(self, len(commands))
+        self._local.pending.append(pending)
+        return pending
 
-    def _send(self, sock: Any, packed: bytes) -> None:
-        try:
-            sock.sendall(packed)
-        except TimeoutError as exc:
-            self._drop()
-            raise redis.TimeoutError("timeout writing to Redis") from exc
-        except OSError as exc:
-            self._drop()
-            raise redis.ConnectionError(f"error writing to Redis: {exc}") from exc
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` in one write, read every reply: a command's error reply comes back
+        as its exception (the others still ran); a connection error raises."""
+        return self.send(*commands).result()
+
+    def _complete(self, target: Pending) -> None:
+        """Read replies, oldest first, until `target` has its own."""
+        local = self._local
+        while target._replies is None and target._error is None:
+            first = local.pending[0]
+            try:
+                first._replies = self._read(local.sock, local.reader, first._n)
+            except BaseException:
+                self._drop()  # replies may be left unread on the socket: never reuse it
+                raise
+            local.pending.popleft()
 
     @staticmethod
     def _read(sock: Any, reader: hiredis.Reader, n: int) -> list[Any]:
@@ -400,10 +442,26 @@ class RawPipeline:
                 replies.append(reply)
         return replies
 
+    def send_transaction(self, commands: Sequence[tuple[Any, ...]]) -> PendingTransaction:
+        """MULTI, `commands`, EXEC in one write, without waiting for the outcome."""
+        return PendingTransaction(self.send(("MULTI",), *commands, ("EXEC",)))
+
     def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """MULTI, `commands`, EXEC in one write; the replies of EXEC. Raises the first error
         (a command refused when queued aborts the whole transaction, as MULTI does)."""
-        replies = self.pipeline(("MULTI",), *commands, ("EXEC",))
+        return self.send_transaction(commands).result()
+
+
+class PendingTransaction:
+    """A MULTI/EXEC sent; `result` gives EXEC's replies or raises the first error."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: Pending) -> None:
+        self._pending = pending
+
+    def result(self) -> list[Any]:
+        replies = self._pending.result()
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -414,6 +472,32 @@ class RawPipeline:
             if isinstance(result, Exception):
                 raise result
         return list(results)
+
+
+def _moves(k: Keys, n: int) -> list[tuple[Any, ...]]:
+    return [("LMOVE", k.inbound, k.inbound_work, "LEFT", "RIGHT")] * n
+
+
+def _checked(reply: Any) -> Any:
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
+def _moved(replies: list[Any]) -> list[bytes]:
+    return [m for m in replies if _checked(m) is not None]
+
+
+class PendingTake:
+    """LMOVEs sent; `result` gives the webhooks they moved (raises a Redis error)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, pending: Pending) -> None:
+        self._pending = pending
+
+    def result(self) -> list[bytes]:
+        return _moved(self._pending.result())
 
 
 class Store:
@@ -491,19 +575,20 @@ class Store:
 
     # --- inbound --------------------------------------------------------------------------
     def take_inbound(self, shop: str, n: int) -> list[bytes]:
-        """The drain's next batch: its work list (a crashed drain's batch, resumed) followed by
+        """The drain's first batch: its work list (a crashed drain's batch, resumed) followed by
         up to `n` webhooks moved there from the inbound queue, in one round trip.
 
         Plain LMOVEs rather than a script: a script copies each 2-20 KB body into Lua and out
         again. Each LMOVE is atomic and the drain lease means one mover per shop, so a crash
         between two of them leaves every webhook in exactly one of the two lists."""
         k = Keys(shop)
-        move = ("LMOVE", k.inbound, k.inbound_work, "LEFT", "RIGHT")
-        resumed, *moved = self._raw.pipeline(("LRANGE", k.inbound_work, 0, -1), *[move] * n)
-        for reply in (resumed, *moved):
-            if isinstance(reply, Exception):
-                raise reply
-        return [*resumed, *(m for m in moved if m is not None)]
+        resumed, *moved = self._raw.pipeline(("LRANGE", k.inbound_work, 0, -1), *_moves(k, n))
+        return [*_checked(resumed), *_moved(moved)]
+
+    def send_take(self, shop: str, n: int) -> PendingTake:
+        """Move up to `n` more webhooks to the end of the work list, without waiting: the
+        drain's next batch, taken while it processes the one before (see `send_commit`)."""
+        return PendingTake(self._raw.send(*_moves(Keys(shop), n)))
 
     def finish_drain(self, shop: str) -> bool:
         """Clear the drain flag if the inbound queue is empty; True when work remains."""
@@ -514,11 +599,20 @@ class Store:
             )
         )
 
-    def commit_drain(self, shop: str, commit: Commit) -> None:
-        """Atomically: state writes, outbox appends, parked webhooks, counters, work list gone.
+    def commit_drain(self, shop: str, commit: Commit, taken: int | None = None) -> None:
+        """Atomically: state writes, outbox appends, parked webhooks, counters, and the batch
+        gone from the work list (all of it, or its first `taken` entries)."""
+        self.send_commit(shop, commit, taken).result()
+
+    def send_commit(
+        self, shop: str, commit: Commit, taken: int | None = None
+    ) -> PendingTransaction:
+        """`commit_drain` without waiting for the outcome: `result()` raises if it failed.
 
         One MULTI of a few thousand commands per batch: packed directly (RawPipeline), since
-        redis-py's pipeline spends ~10 us of Python on each command."""
+        redis-py's pipeline spends ~10 us of Python on each command. With `taken`, only the
+        batch's own entries leave the work list: the next batch, already moved behind them,
+        stays there until its own commit."""
         k = Keys(shop)
         cmds = CommandList()
         for key, (value, ttl) in commit.state_set.items():
@@ -539,8 +633,11 @@ class Store:
             cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
-        cmds.add("DEL", k.inbound_work)
-        self._raw.transaction(cmds.commands)
+        if taken is None:
+            cmds.add("DEL", k.inbound_work)
+        else:
+            cmds.add("LTRIM", k.inbound_work, taken, -1)
+        return self._raw.send_transaction(cmds.commands)
 
     # --- outbox ---------------------------------------------------------------------------
     def take_outbox(self, shop: str, max_bytes: int, max_count: int) -> list[bytes]:

@@ -1,0 +1,74 @@
+"""Deferred replies (RawPipeline.send) and the drain's pipelined batches, on a real Redis."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis as redis_lib
+
+from bridge.drain import drain
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from bridge.store import Commit, Envelope, Keys, RawPipeline, Store
+from tests.conftest import SHOP, fixture_json
+
+K = Keys(SHOP)
+
+
+def envelope(i: int) -> bytes:
+    body = fixture_json("carts-create")
+    body["id"] = body["token"] = f"cart-{i}"
+    return Envelope(SHOP, "carts/create", f"w-{i}", orjson.dumps(body)).encode()
+
+
+def test_replies_are_read_in_send_order_whoever_asks_first(redis: redis_lib.Redis) -> None:
+    raw = RawPipeline(redis)
+    first = raw.send(("SET", "a", "1"), ("INCR", "n"))
+    second = raw.send(("GET", "a"), ("INCR", "n"))
+    assert raw.pipeline(("INCR", "n")) == [3]  # reads the two owed replies first
+    assert second.result() == [b"1", 2]
+    assert first.result() == [b"OK", 1]
+    failed = raw.send(("INCR", "a"), ("LPUSH", "a", "x"))  # a string: the LPUSH is refused
+    incr, refused = failed.result()
+    assert incr == 2 and isinstance(refused, redis_lib.ResponseError)
+
+
+def test_replies_owed_on_a_dropped_connection_raise_instead_of_going_astray(
+    redis: redis_lib.Redis,
+) -> None:
+    raw = RawPipeline(redis)
+    owed = raw.send(("SET", "a", "1"))
+    raw._drop()  # as after a read error: the socket is closed
+    with pytest.raises(redis_lib.ConnectionError):
+        owed.result()
+    assert raw.pipeline(("GET", "a")) == [b"1"]  # a fresh connection for what comes next
+
+
+def test_a_commit_removes_only_its_batch_from_the_work_list(redis: redis_lib.Redis) -> None:
+    store = Store(redis)
+    redis.rpush(K.inbound, *[envelope(i) for i in range(5)])
+    first = store.take_inbound(SHOP, 2)
+    upcoming = store.send_take(SHOP, 2)
+    store.commit_drain(SHOP, Commit(), taken=len(first))
+    second = upcoming.result()
+    # What a crash here would leave: the next batch, whole, in the work list.
+    assert redis.lrange(K.inbound_work, 0, -1) == second
+    assert [first, second] == [[envelope(0), envelope(1)], [envelope(2), envelope(3)]]
+    # The next drain resumes it and takes more behind it.
+    assert store.take_inbound(SHOP, 2) == [envelope(2), envelope(3), envelope(4)]
+
+
+def test_pipelined_drain_processes_every_webhook_once_in_order(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    rt = Runtime.build(settings.model_copy(update={"drain_batch_size": 3}))
+    redis.rpush(K.inbound, *[envelope(i) for i in range(10)])
+    drain(rt, SHOP)
+    assert redis.llen(K.inbound) == 0 and redis.llen(K.inbound_work) == 0
+    stats = {k.decode(): int(v) for k, v in redis.hgetall(K.stats).items()}
+    assert stats["webhooks:carts/create:processed"] == 10
+    carts = [
+        orjson.loads(raw.partition(b"\n")[2])["properties"]["cart_id"]
+        for raw in redis.lrange(K.outbox, 0, -1)
+    ]
+    assert list(dict.fromkeys(carts)) == [f"cart-{i}" for i in range(10)]
