@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator
 
 # Canonical event names (snake_case default; `EVENT_NAMING=segment` renames at the edge).
 ADDED_TO_CART = "added_to_cart"
@@ -42,8 +42,13 @@ class PersonRef(Frozen):
     hinted_customer_id: str | None = None  # storefront hint from note_attributes
 
 
-class Item(Frozen):
-    """One product line, as every canonical event carries it."""
+class Item(NamedTuple):
+    """One product line, as every canonical event carries it.
+
+    An immutable named tuple rather than a model: a webhook has tens of lines and each is built
+    from fields its payload model already validated, so a model's validation per line was
+    pure cost. Models holding items check them with `_to_item` (instances pass as they are,
+    stored JSON is read back) and store them as their fields (`ItemField`)."""
 
     product_id: str | None = None
     variant_id: str | None = None
@@ -57,6 +62,46 @@ class Item(Frozen):
     def line_key(self) -> str:
         """Identity of a cart line across updates (variant, else product, else sku/name)."""
         return self.variant_id or self.product_id or self.sku or self.name or "?"
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError("item text fields must be strings")
+
+
+def _to_item(value: Any) -> Item:
+    """An Item as is; an item's stored form (a dict of its fields, as `ItemField` dumps it)
+    read back with each field checked."""
+    if type(value) is Item:
+        return value
+    if not isinstance(value, dict) or not set(value) <= set(Item._fields):
+        raise ValueError("an item must be an Item or a dict of its fields")
+    price = value.get("price")
+    quantity = value.get("quantity", 0)
+    if isinstance(quantity, bool) or not isinstance(quantity, int):
+        raise ValueError("item quantity must be an integer")
+    try:
+        amount = None if price is None else Decimal(str(price))
+    except ArithmeticError:
+        raise ValueError("item price must be a decimal") from None
+    return Item(
+        product_id=_text_or_none(value.get("product_id")),
+        variant_id=_text_or_none(value.get("variant_id")),
+        sku=_text_or_none(value.get("sku")),
+        name=_text_or_none(value.get("name")),
+        price=amount,
+        quantity=quantity,
+        brand=_text_or_none(value.get("brand")),
+        category=_text_or_none(value.get("category")),
+    )
+
+
+def _item_fields(item: Item) -> dict[str, Any]:
+    return item._asdict()
+
+
+ItemField = Annotated[Item, PlainValidator(_to_item), PlainSerializer(_item_fields)]
 
 
 def line_keys(items: tuple[Item, ...]) -> list[str]:
@@ -79,7 +124,7 @@ class CanonicalEvent(Frozen):
     key: str
     person: PersonRef
     properties: dict[str, Any] = Field(default_factory=dict)
-    items: tuple[Item, ...] = ()
+    items: tuple[ItemField, ...] = ()
 
 
 class TraitUpdate(Frozen):
@@ -114,7 +159,7 @@ class CartSnapshot(Frozen):
 
     cart_token: str
     updated_at: datetime
-    items: tuple[Item, ...]
+    items: tuple[ItemField, ...]
     value: Decimal
     currency: str
     url: str | None = None

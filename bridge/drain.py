@@ -50,14 +50,14 @@ class _Committing:
     def confirm(self) -> None:
         """Wait for the commit (raises a Redis error), then run what it committed."""
         rt, shop, commit = self.rt, self.shop, self.commit
-        self.pending.result()
+        woke = self.pending.result()
         if commit.compliance:
             run_pending(rt, shop)
         log.info(
             "batch processed",
             extra={"shop": shop, "webhooks": self.webhooks, "calls": len(commit.calls)},
         )
-        if commit.calls and rt.store.wake(Keys(shop).deliver_flag):
+        if woke:  # the commit set the delivery flag: no delivery was pending
             rt.deliver_soon(shop)
 
 

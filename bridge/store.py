@@ -500,6 +500,21 @@ class PendingTake:
         return _moved(self._pending.result())
 
 
+class PendingCommit:
+    """A drain commit sent; `result` raises if it failed, else tells whether it set the
+    delivery flag (see `Store.commit_drain`)."""
+
+    __slots__ = ("_pending", "_wakes")
+
+    def __init__(self, pending: PendingTransaction, *, wakes: bool) -> None:
+        self._pending = pending
+        self._wakes = wakes
+
+    def result(self) -> bool:
+        replies = self._pending.result()
+        return self._wakes and replies[-1] is not None
+
+
 class Store:
     """Queue and counter operations over one Redis client. Raises redis errors as they come."""
 
@@ -599,14 +614,14 @@ class Store:
             )
         )
 
-    def commit_drain(self, shop: str, commit: Commit, taken: int | None = None) -> None:
+    def commit_drain(self, shop: str, commit: Commit, taken: int | None = None) -> bool:
         """Atomically: state writes, outbox appends, parked webhooks, counters, and the batch
-        gone from the work list (all of it, or its first `taken` entries)."""
-        self.send_commit(shop, commit, taken).result()
+        gone from the work list (all of it, or its first `taken` entries). When calls were
+        queued, the delivery flag is set too: True means it was not set before, so the caller
+        must have the shop delivered (as `wake` says)."""
+        return self.send_commit(shop, commit, taken).result()
 
-    def send_commit(
-        self, shop: str, commit: Commit, taken: int | None = None
-    ) -> PendingTransaction:
+    def send_commit(self, shop: str, commit: Commit, taken: int | None = None) -> PendingCommit:
         """`commit_drain` without waiting for the outcome: `result()` raises if it failed.
 
         One MULTI of a few thousand commands per batch: packed directly (RawPipeline), since
@@ -637,7 +652,9 @@ class Store:
             cmds.add("DEL", k.inbound_work)
         else:
             cmds.add("LTRIM", k.inbound_work, taken, -1)
-        return self._raw.send_transaction(cmds.commands)
+        if commit.calls:
+            cmds.add("SET", k.deliver_flag, now_ms(), "NX", "PX", FLAG_STALE_MS)
+        return PendingCommit(self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls))
 
     # --- outbox ---------------------------------------------------------------------------
     def take_outbox(self, shop: str, max_bytes: int, max_count: int) -> list[bytes]:

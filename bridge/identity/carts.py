@@ -44,7 +44,7 @@ def additions(
             quantity = new[key] - before
             # A new line (the common case) is added whole: the item itself, not a copy.
             if quantity != item.quantity:
-                item = item.model_copy(update={"quantity": quantity})
+                item = item._replace(quantity=quantity)
             added.append((key, new[key], item))
     return new, added
 
