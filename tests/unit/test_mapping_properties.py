@@ -364,3 +364,59 @@ def test_field_names_cover_nested_payload_fields() -> None:
     for expected in ("line_items", "total_price_set", "transactions", "email_marketing_consent"):
         assert expected in names
     assert names == sorted(set(names))
+
+
+# Values a line field may hold: the common exact types and the odd ones the validators handle.
+LINE_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**41), 10**41),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["", "  ", "19.99", " 7 ", "0", "abc", "1e400"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["shop_money", "amount", "currency_code"]),
+        st.one_of(st.none(), st.text(max_size=4), st.sampled_from(["1.50", "x"])),
+        max_size=2,
+    ),
+    st.fixed_dictionaries(
+        {"shop_money": st.fixed_dictionaries({"amount": st.sampled_from(["2.5", 3, "bad", None])})}
+    ),
+)
+LINE_READERS = {
+    "id": models._to_id,
+    "product_id": models._to_id,
+    "variant_id": models._to_id,
+    "sku": models._to_text,
+    "title": models._to_text,
+    "name": models._to_text,
+    "vendor": models._to_text,
+    "product_type": models._to_text,
+    "quantity": models._to_count,
+    "price": models._to_money,
+    "price_set": models._to_shop_money,
+    "line_price": models._to_money,
+    "line_price_set": models._to_shop_money,
+}
+
+
+def _read_by_validators(raw: dict[str, Any]) -> Any:
+    try:
+        return models.LineItem(**{f: read(raw.get(f)) for f, read in LINE_READERS.items()})
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.dictionaries(st.sampled_from(sorted(LINE_READERS)), LINE_VALUES, max_size=13))
+def test_a_line_read_inline_is_what_the_validators_give(raw: dict[str, Any]) -> None:
+    # Lines are read with inline fast paths for speed: results and errors stay the validators'.
+    try:
+        got: Any = models._read_line(raw)
+    except ValueError:
+        got = ValueError
+    expected = _read_by_validators(raw)
+    assert got == expected
+    if got is not ValueError:
+        assert [type(x) for x in got] == [type(x) for x in expected]
