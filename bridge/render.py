@@ -10,7 +10,7 @@ an unknown naming; nothing else.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -149,27 +149,50 @@ def track_call(
     return [_track(mid, event.timestamp, who, name, props)]
 
 
-def added_to_cart_call(
-    item: Item,
+def added_to_cart_calls(
+    added: Sequence[tuple[str, Item]],
     *,
-    mid: str,
     at: datetime,
     properties: dict[str, Any],
     user_id: str | None,
     anonymous_id: str | None,
     naming: str = "snake",
-) -> Call:
-    """The call `track_call` gives for an `added_to_cart` event of this one item with
-    `stable_id` (at, mid), without building the event: a cart's added lines share everything
-    but the item and the id. `properties` are the event's, JSON-ready (`to_json`); unchanged."""
-    who = _who(user_id, anonymous_id, "track")
-    if naming == "segment":
-        product = {k: v for k, v in properties.items() if k != "items"}
-        product.update(item_dict(item))
-        return _track(mid, at, who, SEGMENT_NAMES[ADDED_TO_CART], product)
-    if naming != "snake":
+) -> list[Call]:
+    """For each (messageId, item) of a cart's added lines, the call `track_call` gives for an
+    `added_to_cart` event of that one item with `stable_id` (at, messageId), without building
+    the events: the lines share everything but the item and the id. `properties` are the
+    event's, JSON-ready (`to_json`); unchanged."""
+    if naming not in NAMINGS:
         raise ValueError(f"unknown event naming {naming!r}")
-    return _track(mid, at, who, ADDED_TO_CART, {**properties, "items": [item_dict(item)]})
+    if not added:
+        return []
+    who = _who(user_id, anonymous_id, "track")
+    timestamp = iso_z(at)
+    if naming == "segment":
+        name = SEGMENT_NAMES[ADDED_TO_CART]
+        shared = {k: v for k, v in properties.items() if k != "items"}
+        return [
+            {
+                "type": "track",
+                "messageId": mid,
+                "timestamp": timestamp,
+                **who,
+                "event": name,
+                "properties": {**shared, **item_dict(item)},
+            }
+            for mid, item in added
+        ]
+    return [
+        {
+            "type": "track",
+            "messageId": mid,
+            "timestamp": timestamp,
+            **who,
+            "event": ADDED_TO_CART,
+            "properties": {**properties, "items": [item_dict(item)]},
+        }
+        for mid, item in added
+    ]
 
 
 def traits_digest(traits: Mapping[str, Any]) -> str:

@@ -135,22 +135,26 @@ class _Run:
             return
         base = mapped.events[0] if mapped.events else None
         props = render.to_json(base.properties) if base else {"cart_id": snap.cart_token}
+        # The ids' time is the cart's creation, not the update's: the same addition then gets
+        # the same id whichever snapshot revealed it first.
         stable_at = snap.created_at or snap.updated_at
-        for line_key, level, item in added:
-            key = f"cart:{snap.cart_token}:{line_key}:{level}"
-            # The id's time is the cart's creation, not the update's: the same addition
-            # then gets the same id whichever snapshot revealed it first.
-            mid = message_id(stable_at, render.SOURCE, self.policy.shop, ADDED_TO_CART, key)
-            call = render.added_to_cart_call(
+        shop, token = self.policy.shop, snap.cart_token
+        ids = [
+            (
+                message_id(stable_at, render.SOURCE, shop, ADDED_TO_CART, f"cart:{token}:{k}:{n}"),
                 item,
-                mid=mid,
-                at=snap.updated_at,
-                properties=props,
-                user_id=who.user_id,
-                anonymous_id=who.anonymous_id,
-                naming=self.policy.naming,
             )
-            self.tracks.append(Outgoing(call, who.order_key, guards))
+            for k, n, item in added
+        ]
+        calls = render.added_to_cart_calls(
+            ids,
+            at=snap.updated_at,
+            properties=props,
+            user_id=who.user_id,
+            anonymous_id=who.anonymous_id,
+            naming=self.policy.naming,
+        )
+        self.tracks.extend(Outgoing(call, who.order_key, guards) for call in calls)
 
     # --- checkouts -------------------------------------------------------------------------
     def checkout(self, mapped: Mapped) -> None:

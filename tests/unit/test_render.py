@@ -518,7 +518,7 @@ JSON_SCALARS = st.one_of(st.none(), st.text(max_size=6), st.integers(-100, 100),
     anonymous_id=st.one_of(st.none(), st.just("anon-1")),
     naming=st.sampled_from(render.NAMINGS),
 )
-def test_added_to_cart_call_is_track_calls_call_for_one_item(
+def test_added_to_cart_calls_are_track_calls_calls_for_one_item(
     item: Item,
     properties: dict[str, Any],
     user_id: str | None,
@@ -547,9 +547,8 @@ def test_added_to_cart_call_is_track_calls_call_for_one_item(
         )
     except InvalidCall:
         with pytest.raises(InvalidCall):
-            render.added_to_cart_call(
-                item,
-                mid=mid,
+            render.added_to_cart_calls(
+                [(mid, item)],
                 at=at,
                 properties=render.to_json(properties),
                 user_id=user_id,
@@ -557,17 +556,16 @@ def test_added_to_cart_call_is_track_calls_call_for_one_item(
                 naming=naming,
             )
         return
-    got = render.added_to_cart_call(
-        item,
-        mid=mid,
+    got = render.added_to_cart_calls(
+        [(mid, item)],
         at=at,
         properties=render.to_json(properties),
         user_id=user_id,
         anonymous_id=anonymous_id,
         naming=naming,
     )
-    assert [got] == expected
-    assert json.dumps(got) == json.dumps(expected[0])  # key order too
+    assert got == expected
+    assert json.dumps(got) == json.dumps(expected)  # key order too
 
 
 @given(item=ITEMS)
