@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -151,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--concurrency", type=int, default=16, help="connections kept busy")
-    p.add_argument("--web-concurrency", type=int, default=2, help="WEB_CONCURRENCY")
+    p.add_argument(
+        "--web-concurrency",
+        type=int,
+        default=min(8, 2 * len(os.sched_getaffinity(0))),
+        help="WEB_CONCURRENCY for both apps (default: gunicorn.conf.py's, 2 per core)",
+    )
     p.add_argument(
         "--driver",
         choices=("auto", "python"),

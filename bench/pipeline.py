@@ -1,6 +1,6 @@
 """End-to-end bench: webhook in -> call accepted by a loopback Pipelines stand-in, W workers.
 
-    .venv/bin/python bench/pipeline.py [--webhooks 4000] [--workers 2] [--rate 200] [--json]
+    .venv/bin/python bench/pipeline.py [--webhooks 4000] [--workers 1] [--rate 200] [--json]
 
 Phases, all against real processes (redis-server, gunicorn as the Procfile runs it, W `bridge
 worker` processes, the stand-in in its own process):
@@ -375,7 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--webhooks", type=int, default=4000, help="per throughput phase")
-    p.add_argument("--workers", type=int, default=2, help="W worker processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="W worker processes (default 1: like the client's one process, it has a core of "
+        "its own beside Redis and the stand-in on a 2-core machine; more share the cores)",
+    )
     p.add_argument("--shops", type=int, default=4)
     p.add_argument("--delay-ms", type=float, default=80.0, help="stand-in delay, slow phase")
     p.add_argument("--rate", type=float, default=200.0, help="offered webhooks/s, latency phase")

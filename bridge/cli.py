@@ -34,7 +34,7 @@ def _fail(message: str) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from bridge.runtime import Runtime
-    from bridge.worker import run_worker
+    from bridge.worker import limit_malloc_arenas, run_worker
 
     try:
         settings = load_settings()
@@ -42,6 +42,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")
     logs.setup(settings.log_level)
+    limit_malloc_arenas()
     ok = run_worker(Runtime.build(settings), burst=args.burst)
     return 0 if ok or not args.burst else 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import sys
@@ -13,7 +14,11 @@ import orjson
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 # International (+...) or North-American shaped numbers; bare digit runs are ids, not phones.
 _PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(\d{3}\)\s?\d{3}-\d{4}|\b\d{3}[-.\s]\d{3}[-.\s]\d{4}\b")
-_STD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_BARE = logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+_STD = frozenset(_BARE) | {"message", "asctime"}
+# A record's own attributes come first in its __dict__, the `extra` fields after them: the
+# formatter starts at the extras (and still skips anything standard set later).
+_N_OWN = len(_BARE)
 # Fields the bridge itself fills with identifiers, never with personal data: no regex needed.
 _SAFE = frozenset(
     {
@@ -64,7 +69,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        for key, value in record.__dict__.items():
+        for key, value in itertools.islice(record.__dict__.items(), _N_OWN, None):
             if key in _STD or key.startswith("_"):
                 continue
             if key in _SAFE or not isinstance(value, str):

@@ -10,6 +10,7 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -17,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import orjson
@@ -68,6 +69,12 @@ class Keys:
 
     def state(self, name: str) -> str:
         return f"{self.prefix}st:{name}"
+
+
+@functools.lru_cache(maxsize=4096)
+def shop_keys(shop: str) -> Keys:
+    """`Keys(shop)`, built once per shop: the request path needs them for every webhook."""
+    return Keys(shop)
 
 
 @dataclass(frozen=True)
@@ -304,8 +311,7 @@ class CommandList:
             self.add("ZADD", key, score, member)
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(NamedTuple):
     """What queueing one webhook found: its id already processed, and whether to wake a drain."""
 
     seen_before: bool
@@ -532,7 +538,7 @@ class Store:
     # --- request path -------------------------------------------------------------------
     def accept(self, env: Envelope) -> Accepted:
         """Queue a verified webhook: one round trip of plain commands (see RawPipeline)."""
-        k = Keys(env.shop)
+        k = shop_keys(env.shop)
         at = env.received_ms or now_ms()
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", k.inbound, env.encode()),

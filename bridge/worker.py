@@ -13,6 +13,7 @@ Deliveries run on a thread of their own (bridge/background.py) while the job loo
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import threading
@@ -44,6 +45,22 @@ class BridgeWorker(SimpleWorker):
         if self.runtime is not None:
             self.runtime.stopping.set()
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the worker starts threads.
+
+    glibc gives each thread that allocates its own arena; the delivery thread's arena kept
+    ~6 MB of freed memory beside the job loop's, which is peak RSS a dyno pays for. A no-op
+    (False) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def check_redis_policy(rt: Runtime) -> None:
