@@ -33,6 +33,7 @@ def _fail(message: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from bridge.gctune import tune_gc
     from bridge.runtime import Runtime
     from bridge.worker import limit_malloc_arenas, run_worker
 
@@ -43,7 +44,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail(f"configuration error: {exc}")
     logs.setup(settings.log_level)
     limit_malloc_arenas()
-    ok = run_worker(Runtime.build(settings), burst=args.burst)
+    rt = Runtime.build(settings)
+    tune_gc()
+    ok = run_worker(rt, burst=args.burst)
     return 0 if ok or not args.burst else 1
 
 

@@ -7,6 +7,7 @@ import sys
 from flask import Flask
 
 from bridge import logs
+from bridge.gctune import tune_gc
 from bridge.settings import ConfigError, load_settings
 from bridge.web import create_app
 
@@ -21,7 +22,9 @@ def build() -> Flask:
         # Exit code 4 tells gunicorn the app cannot load: it stops instead of respawning.
         raise SystemExit(4) from None
     logs.setup(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    tune_gc()  # gunicorn preloads the app: the master freezes it before forking its workers
+    return app
 
 
 app = build()
