@@ -6,7 +6,8 @@ it. As an RQ job of its own it kept the worker from draining meanwhile (~60 us o
 the job loop drains the next batch. Nothing about delivery's guarantees changes: `deliver()`
 still takes the shop's delivery lease, works on windows kept in Redis and settles them there,
 so a worker killed mid-delivery loses nothing (the lease expires, the pending flag expires and
-any worker's ticker wakes the shop again).
+any worker's ticker wakes the shop again). A delivery that fails on a Redis error is retried
+by the thread itself, backing off, rather than after the pending flag expires.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from bridge.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+# After a failed delivery (Redis away), the shop is tried again after 0.5 s, doubling to 10 s.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 10.0
 
 
 class BackgroundDelivery:
@@ -60,6 +65,7 @@ class BackgroundDelivery:
         self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        failures = 0
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: bool(self._pending) or self._closed)
@@ -72,14 +78,25 @@ class BackgroundDelivery:
                 self._busy = True
             try:
                 deliver(self.rt, shop)
+                failures = 0
             except Exception as exc:
-                # A Redis error mid-round: the window stays in Redis and the pending flag
-                # expires, so the ticker wakes this shop again.
+                # A Redis error mid-round (a restart, a failover): the window stays in Redis,
+                # and so does the shop's pending flag, which keeps other wake-ups away. This
+                # thread is the shop's deliverer, so it goes again itself, backing off.
+                failures += 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (failures - 1))
                 log.warning(
-                    "background delivery failed; the shop is woken again",
-                    extra={"shop": shop, "error": type(exc).__name__},
+                    "background delivery failed; trying again",
+                    extra={"shop": shop, "error": type(exc).__name__, "retry_in_s": delay},
                 )
+                self._retry_later(shop, delay)
             finally:
                 with self._changed:
                     self._busy = False
                     self._changed.notify_all()
+
+    def _retry_later(self, shop: str, delay_s: float) -> None:
+        with self._changed:
+            if self._changed.wait_for(lambda: self._closed, delay_s):
+                return
+            self._pending[shop] = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import select
 import threading
 import time
 from collections import deque
@@ -374,6 +375,13 @@ class RawPipeline:
             # never split between two parsers.
             local.sock = local.conn._sock
             local.reader = hiredis.Reader(replyError=redis.ResponseError)
+            local.idle = select.poll()
+            local.idle.register(local.sock, select.POLLIN)
+        elif not local.pending and local.idle.poll(0):
+            # Readable while no reply is owed: Redis closed it (a restart, an idle timeout).
+            # A write would still "succeed" into it, so reconnect before writing, not after.
+            self._drop()
+            return self._link()
         return local.sock, local.reader
 
     def _drop(self) -> None:

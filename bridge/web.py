@@ -44,7 +44,7 @@ from flask import Flask, Response
 from rq import Queue
 from werkzeug.exceptions import HTTPException
 
-from bridge import signature
+from bridge import logs, signature
 from bridge.jsonio import is_json_object
 from bridge.settings import Settings, load_settings
 from bridge.sources import Source
@@ -322,9 +322,10 @@ def _queue(ingest: Ingest, env: Envelope, request_id: str) -> Answer:
     except redis.RedisError as exc:
         log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
         return _error(503, "queue unavailable, retry later")
-    log.info(
+    logs.info_line(
+        log,
         "webhook",
-        extra={
+        {
             "request_id": request_id,
             "shop": env.shop,
             "topic": env.topic,

@@ -10,7 +10,7 @@ from bridge.drain import drain
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.store import Commit, Envelope, Keys, RawPipeline, Store
-from tests.conftest import SHOP, fixture_json
+from tests.conftest import SHOP, RedisServer, fixture_json
 
 K = Keys(SHOP)
 
@@ -72,3 +72,23 @@ def test_pipelined_drain_processes_every_webhook_once_in_order(
         for raw in redis.lrange(K.outbox, 0, -1)
     ]
     assert list(dict.fromkeys(carts)) == [f"cart-{i}" for i in range(10)]
+
+
+def test_a_connection_redis_closed_is_replaced_before_the_next_write() -> None:
+    # After a Redis restart the old socket still takes a write; the reply never comes. The
+    # first command after the restart must not fail for that (a 503, a failed drain).
+    server = RedisServer(appendonly=True)
+    server.start()
+    try:
+        raw = RawPipeline(redis_lib.Redis.from_url(server.url))
+        assert raw.pipeline(("SET", "a", "1")) == [b"OK"]
+        server.stop()
+        server.start()
+        assert raw.pipeline(("GET", "a")) == [b"1"]
+        store = Store(redis_lib.Redis.from_url(server.url))
+        store.take_inbound(SHOP, 1)
+        server.stop()
+        server.start()
+        assert store.take_inbound(SHOP, 1) == []
+    finally:
+        server.stop()
