@@ -198,9 +198,10 @@ def _sole_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
             return None
         if node is logging.root:
             handlers = node.handlers
-            if len(handlers) == 1 and type(handlers[0]) is BatchedStreamHandler:
-                return handlers[0] if not handlers[0].filters else None
-            return None
+            if len(handlers) != 1 or type(handlers[0]) is not BatchedStreamHandler:
+                return None
+            handler = handlers[0]
+            return handler if handler.level <= logging.INFO and not handler.filters else None
         if node.handlers or not node.propagate:
             return None
         node = node.parent

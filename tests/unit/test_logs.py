@@ -99,3 +99,11 @@ def test_below_info_nothing_is_written(stream: io.StringIO) -> None:
     info_line(logging.getLogger("bridge.web"), "webhook", FIELDS)
     logging.getLogger().handlers[0].flush()
     assert stream.getvalue() == ""
+
+
+def test_a_handler_above_info_writes_no_fast_line(stream: io.StringIO) -> None:
+    handler = logging.getLogger().handlers[0]
+    handler.setLevel(logging.WARNING)
+    info_line(logging.getLogger("bridge.web"), "webhook", FIELDS)
+    handler.flush()
+    assert stream.getvalue() == ""
