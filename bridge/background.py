@@ -45,10 +45,6 @@ class BackgroundDelivery:
             self._pending[shop] = None
             self._changed.notify_all()
 
-    def idle(self) -> bool:
-        with self._changed:
-            return not self._pending and not self._busy
-
     def wait_idle(self, timeout_s: float) -> bool:
         """Block until nothing is pending or running (True), or `timeout_s` ran out."""
         with self._changed:

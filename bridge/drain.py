@@ -84,11 +84,14 @@ def drain(rt: Runtime, shop: str) -> None:
         try:
             run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
             batch = rt.store.take_inbound(shop, size)
-            previous: list[_Committing] = []
+            previous: list[_Committing] = []  # at most one: the last batch's, unconfirmed
 
-            def load(names: list[str]) -> Mapping[str, bytes | None]:
+            def confirm_previous() -> None:
                 while previous:
                     previous.pop().confirm()
+
+            def load(names: list[str]) -> Mapping[str, bytes | None]:
+                confirm_previous()  # this batch reads what the last one wrote
                 return rt.store.load_state(names)
 
             while batch and not lease.lost.is_set():
@@ -97,8 +100,7 @@ def drain(rt: Runtime, shop: str) -> None:
                 commit = process(
                     shop, batch, source=rt.source, config=config, load=load, key_of=keys.state
                 )
-                while previous:
-                    previous.pop().confirm()
+                confirm_previous()
                 committing = _Committing(rt, shop, commit, len(batch))
                 if commit.compliance:
                     # An erasure must also reach webhooks queued after the request: the batch
@@ -113,8 +115,7 @@ def drain(rt: Runtime, shop: str) -> None:
                     continue
                 previous.append(committing)
                 batch = upcoming.result() if upcoming is not None else []
-            while previous:
-                previous.pop().confirm()
+            confirm_previous()
         finally:
             more = rt.store.finish_drain(shop)
     if more:

@@ -57,9 +57,6 @@ class JsonFormatter(logging.Formatter):
     # One tuple, swapped whole: threads never see one second's number with another's text.
     _second: tuple[int, str] = (-1, "")
 
-    def _timestamp(self, record: logging.LogRecord) -> str:
-        return self.stamp(record.created)
-
     @classmethod
     def stamp(cls, created: float) -> str:
         """ISO-8601 UTC with milliseconds and a Z, for a `time.time()` value."""
@@ -72,7 +69,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": self._timestamp(record),
+            "ts": self.stamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": redact(record.getMessage()),

@@ -137,25 +137,6 @@ end
 return 1
 """
 
-# Resume an unfinished batch first (a crashed consumer's), else take up to N new items.
-# The delivery take: resume the work list, else move entries up to a byte and a count limit
-# (a Pipelines batch is at most 500 KB).
-_TAKE_BYTES = """
-local w = redis.call('LRANGE', KEYS[2], 0, -1)
-if #w > 0 then return w end
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-local total, n = 0, 0
-for i, v in ipairs(items) do
-  if n > 0 and total + #v + 1 > tonumber(ARGV[1]) then break end
-  total = total + #v + 1
-  n = i
-end
-if n == 0 then return {} end
-redis.call('LTRIM', KEYS[1], n, -1)
-redis.call('RPUSH', KEYS[2], unpack(items, 1, n))
-return {unpack(items, 1, n)}
-"""
-
 # The delivery window: resume an unfinished one (a crashed deliverer's), else release the people
 # whose retry is due (their held calls, in order) and take new entries up to the byte and count
 # limits. A new entry of a person who still waits for a retry joins that person's held list, so
@@ -537,7 +518,6 @@ class Store:
         self._ingest = client.register_script(_INGEST)
         self._raw = RawPipeline(client)
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
-        self._take_bytes = client.register_script(_TAKE_BYTES)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
@@ -671,10 +651,6 @@ class Store:
         return PendingCommit(self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls))
 
     # --- outbox ---------------------------------------------------------------------------
-    def take_outbox(self, shop: str, max_bytes: int, max_count: int) -> list[bytes]:
-        k = Keys(shop)
-        return list(self._take_bytes(keys=[k.outbox, k.outbox_work], args=[max_bytes, max_count]))
-
     def take_window(
         self, shop: str, max_bytes: int, max_count: int, *, max_scan: int = 5000
     ) -> tuple[list[bytes], int]:
