@@ -27,7 +27,11 @@ def dumps(call: Call) -> bytes:
 
 
 def validate_call(call: Call) -> bytes:
-    """Check required fields and the 32 KB limit; return the call's JSON bytes."""
+    """Check required fields and the 32 KB limit; return the call's JSON bytes.
+
+    A call over 32 KB is sent trimmed of optional data (see `_trimmed`) rather than lost;
+    raises InvalidCall when a required field is missing or even the trimmed call is too large.
+    """
     kind = call.get("type")
     if kind not in ("identify", "track", "alias", "page", "screen", "group"):
         raise InvalidCall(f"unknown call type {kind!r}")
@@ -42,5 +46,47 @@ def validate_call(call: Call) -> bytes:
         raise InvalidCall("track needs event")
     raw = orjson.dumps(call)
     if len(raw) > MAX_CALL_BYTES:
-        raise InvalidCall(f"call is {len(raw)} bytes, over the 32 KB limit")
+        raw = _trimmed(call, len(raw))
+    return raw
+
+
+# Never trimmed: what names the call, its person and its time, and what the recovery flows
+# key on (Customer.io segments and triggers read these).
+_KEPT = frozenset(
+    {"cart_id", "checkout_id", "order_id", "refund_id", "value", "total", "amount", "currency"}
+)
+
+
+def _trimmed(call: Call, size: int) -> bytes:
+    """The call cut to 32 KB by dropping optional data, or InvalidCall if it cannot be.
+
+    First the longest list of properties or traits (items) loses its tail half by half, and
+    the call says so (`items_truncated`); then whole optional fields go, largest first. A call
+    that is still too large (its required fields alone) is refused."""
+    key = "properties" if isinstance(call.get("properties"), dict) else "traits"
+    fields = call.get(key)
+    if not isinstance(fields, dict):
+        raise InvalidCall(f"call is {size} bytes, over the 32 KB limit")
+    fields = dict(fields)
+    call = {**call, key: fields}
+    raw = orjson.dumps(call)
+    lists = sorted((k for k, v in fields.items() if isinstance(v, list) and v), key=str)
+    for name in lists:
+        while len(raw) > MAX_CALL_BYTES and fields[name]:
+            fields[name] = fields[name][: len(fields[name]) // 2]
+            if key == "properties":
+                fields["items_truncated"] = True
+            raw = orjson.dumps(call)
+    by_size = sorted(
+        (k for k in fields if k not in _KEPT and k != "items_truncated"),
+        key=lambda k: len(orjson.dumps(fields[k])),
+        reverse=True,
+    )
+    for name in by_size:
+        if len(raw) <= MAX_CALL_BYTES:
+            break
+        del fields[name]
+        raw = orjson.dumps(call)
+    if len(raw) > MAX_CALL_BYTES:
+        raise InvalidCall(f"call is {size} bytes, over the 32 KB limit even without options")
     return raw

@@ -42,6 +42,12 @@ class PersonRef(Frozen):
     hinted_customer_id: str | None = None  # storefront hint from note_attributes
 
 
+# Lines one event carries (and a cart's state keeps): a webhook's work and size stay bounded
+# whatever its line count (a signed 45 000-line cart once cost 2 GB a try). The event says
+# when it was cut (`items_truncated`, `item_count`).
+MAX_EVENT_ITEMS = 100
+
+
 class Item(NamedTuple):
     """One product line, as every canonical event carries it.
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,18 +22,14 @@ from typing import Any
 import orjson
 import redis
 
-from bridge.logs import redact
 from bridge.outbox import OutboxEntry
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_CHARS = 2048
+MAX_SUMMARY_FIELDS = 30  # field names a dead letter's log line lists
 KIND_CALL = "call"
 KIND_WEBHOOK = "webhook"
-# Trait and property names whose values are personal data: replaced in logs, whatever they hold.
-_SENSITIVE = re.compile(
-    r"email|phone|name|address|street|zip|postal|city|birth|token|secret|password|ip$", re.I
-)
 
 
 def dlq_key(shop: str) -> str:
@@ -188,28 +183,22 @@ def webhook_letter(
     )
 
 
-def redact_value(value: Any, key: str = "") -> Any:
-    """A copy of a call safe to log: personal fields replaced, emails and phones masked."""
-    if isinstance(value, dict):
-        return {k: redact_value(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_value(v, key) for v in value]
-    if key and _SENSITIVE.search(key) and value not in (None, ""):
-        return "[redacted]"
-    if isinstance(value, str):
-        return redact(value)
-    return value
-
-
-def redacted_call(call: bytes) -> Any:
+def call_summary(call: bytes) -> dict[str, Any]:
+    """What a log line says of a call: its kind, size and field names, never its values (a
+    call can be 32 KB and more, and its values are a shopper's)."""
     try:
-        return redact_value(orjson.loads(call))
+        doc = orjson.loads(call)
     except orjson.JSONDecodeError:
-        return "[not JSON]"
+        return {"bytes": len(call), "json": False}
+    if not isinstance(doc, dict):
+        return {"bytes": len(call), "json": False}
+    fields = doc.get("properties") or doc.get("traits")
+    names = sorted(str(k) for k in fields)[:MAX_SUMMARY_FIELDS] if isinstance(fields, dict) else []
+    return {"type": str(doc.get("type"))[:16], "bytes": len(call), "fields": names}
 
 
 def log_dead_letter(letter: DeadLetter) -> None:
-    """The one log line a dead-lettered call or webhook gets: no raw payload, ever."""
+    """The one log line a dead-lettered call or webhook gets: a summary, no payload, ever."""
     extra: dict[str, Any] = {
         "shop": letter.shop,
         "dead_letter": letter.id,
@@ -221,7 +210,7 @@ def log_dead_letter(letter: DeadLetter) -> None:
         extra.update(
             event=letter.event,
             message_id=letter.message_id,
-            payload=redacted_call(OutboxEntry.decode(letter.payload).call),
+            call=call_summary(OutboxEntry.decode(letter.payload).call),
         )
         log.error("call dead-lettered", extra=extra)
     else:

@@ -11,10 +11,13 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import redis
+
 from bridge.compliance import run_pending
+from bridge.deadletters import log_dead_letter, webhook_letter
 from bridge.lease import Lease
 from bridge.processor import ProcessConfig, process
-from bridge.store import Commit, Keys
+from bridge.store import Begun, Commit, Envelope, Keys
 from jobs.enqueue import enqueue_drain
 
 if TYPE_CHECKING:
@@ -61,6 +64,12 @@ class _Committing:
             rt.deliver_soon(shop)
 
 
+# Drains that retry a whole work list left unfinished (a crash, the job's timeout) before it is
+# split: a passing fault (a worker killed by a deploy) is retried whole; a poison batch is then
+# halved on each further try until its culprit fails alone and is parked.
+TRIES_BEFORE_SPLIT = 3
+
+
 def drain(rt: Runtime, shop: str) -> None:
     """Process the shop's inbound queue until empty or out of time. Raises redis errors.
 
@@ -70,6 +79,11 @@ def drain(rt: Runtime, shop: str) -> None:
     only its own batch from the work list, so a crash anywhere leaves every webhook queued.
     A batch carrying a compliance request is committed and carried out before anything after
     it is read.
+
+    One webhook that fails is parked by `process`; a batch that fails as a whole (an error
+    outside any one webhook, a crash, the job's timeout) stays in the work list and is tried
+    again by the next drain, whole `TRIES_BEFORE_SPLIT` times, then in ever smaller batches
+    (`_split`): no webhook blocks its shop for more than a bounded number of tries.
     """
     keys = Keys(shop)
     config = process_config(rt, shop)
@@ -83,7 +97,17 @@ def drain(rt: Runtime, shop: str) -> None:
             return  # another worker drains this shop; its finish step sees anything new
         try:
             run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
-            batch = rt.store.take_inbound(shop, size)
+            begun = rt.store.begin_drain(shop, size)
+            batch = [*begun.resumed, *begun.moved]
+            retried = begun.tries > 0
+            if begun.tries > TRIES_BEFORE_SPLIT:
+                log.warning(
+                    "a batch failed %d times; trying it in smaller batches",
+                    begun.tries - 1,
+                    extra={"shop": shop, "webhooks": len(begun.resumed)},
+                )
+                _split(rt, shop, config, begun, lease)
+                batch, retried = rt.store.take_inbound(shop, size), False
             previous: list[_Committing] = []  # at most one: the last batch's, unconfirmed
 
             def confirm_previous() -> None:
@@ -100,6 +124,7 @@ def drain(rt: Runtime, shop: str) -> None:
                 commit = process(
                     shop, batch, source=rt.source, config=config, load=load, key_of=keys.state
                 )
+                commit.retried, retried = retried, False
                 confirm_previous()
                 committing = _Committing(rt, shop, commit, len(batch))
                 if commit.compliance:
@@ -116,7 +141,61 @@ def drain(rt: Runtime, shop: str) -> None:
                 previous.append(committing)
                 batch = upcoming.result() if upcoming is not None else []
             confirm_previous()
+        except redis.RedisError:
+            raise
+        except Exception:
+            # Not one webhook's fault (those are parked): the batch stays in the work list and
+            # the next drain, enqueued below, tries it again, then splits it.
+            log.exception("drain failed; its batch is tried again", extra={"shop": shop})
+            rt.store.count(shop, "drain:failed")
         finally:
             more = rt.store.finish_drain(shop)
     if more:
         enqueue_drain(rt.queue, shop)
+
+
+def _split(rt: Runtime, shop: str, config: ProcessConfig, begun: Begun, lease: Lease) -> None:
+    """Process a work list that failed `begun.tries` times in batches of half the size tried
+    last, each committed on its own, so the next failure is narrowed down to half as many
+    webhooks; a webhook that failed alone is parked with the reason. Raises as `process` and
+    Redis do (the next drain halves again)."""
+    keys = Keys(shop)
+    work = [*begun.resumed, *begun.moved]
+    if begun.size == 1:
+        commit = Commit(seen_ttl_s=config.dedupe_ttl_s, retried=True)
+        park_alone(commit, work[0], begun.tries - 1)
+        _Committing(rt, shop, commit, 1).confirm()
+        return  # the rest of the work list is drained as usual
+    size = max(1, -(-(begun.size or len(begun.resumed)) // 2))
+    rt.store.set_try_size(shop, size)
+    for start in range(0, len(work), size):
+        if lease.lost.is_set():
+            return
+        chunk = work[start : start + size]
+        commit = process(
+            shop,
+            chunk,
+            source=rt.source,
+            config=config,
+            load=rt.store.load_state,
+            key_of=keys.state,
+        )
+        commit.retried = start + size >= len(work)  # the whole list went through
+        _Committing(rt, shop, commit, len(chunk)).confirm()
+
+
+def park_alone(commit: Commit, raw: bytes, tries: int) -> None:
+    """Park a webhook whose batch failed `tries` times, the last ones with it alone."""
+    reason = f"processing failed {tries} times (a crash or the job's timeout); parked alone"
+    try:
+        env = Envelope.decode(raw)
+    except Exception:
+        letter = webhook_letter("", raw, "unknown", "", reason)
+        commit.parked.append(letter.encode())
+        commit.count("webhooks:unknown:parked")
+        return
+    letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
+    log_dead_letter(letter)
+    commit.parked.append(letter.encode())
+    commit.seen.append(Keys(env.shop).seen(env.webhook_id))
+    commit.count(f"webhooks:{env.topic}:parked")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -12,13 +13,30 @@ import orjson
 _TOP_LEVEL_OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
+# A surrogate code point left in a str after parsing is a lone one (json pairs the others).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_body(body: bytes) -> Any:
-    """Parse JSON bytes. Raises ValueError for anything that is not JSON."""
+    """Parse JSON bytes. Raises ValueError for anything that is not JSON.
+
+    Lone surrogates (`"\\ud800"`: valid JSON, invalid Unicode, and a real store's titles do
+    hold them) become U+FFFD, so every str parsed here encodes as UTF-8 again downstream."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson refuses integers beyond 64 bits, which are still valid JSON.
-        return json.loads(body)
+        # orjson refuses integers beyond 64 bits and lone surrogates, both valid JSON.
+        return _without_lone_surrogates(json.loads(body))
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def is_json_object(body: bytes) -> bool:

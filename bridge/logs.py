@@ -17,6 +17,8 @@ import orjson
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 # International (+...) or North-American shaped numbers; bare digit runs are ids, not phones.
 _PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(\d{3}\)\s?\d{3}-\d{4}|\b\d{3}[-.\s]\d{3}[-.\s]\d{4}\b")
+# A URL's query string, up to whitespace, a quote or a bracket (the URL itself is kept).
+_URL_QUERY = re.compile(r"""([a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#"'<>]*)\?[^\s#"'<>]*""")
 _BARE = logging.LogRecord("", 0, "", 0, "", None, None).__dict__
 _STD = frozenset(_BARE) | {"message", "asctime"}
 # A record's own attributes come first in its __dict__, the `extra` fields after them: the
@@ -32,7 +34,6 @@ _SAFE = frozenset(
         "result",
         "status",
         "batch_id",
-        "reason",
         "attempt",
         "calls",
         "webhooks",
@@ -45,7 +46,11 @@ _SAFE = frozenset(
 
 
 def redact(text: str) -> str:
-    """Emails and phone-like digit runs become placeholders (never logged raw)."""
+    """Emails, phone-like digit runs and URL query strings become placeholders (never logged
+    raw): a query can carry a key, and an abandoned checkout's `…/recover?key=…` opens the
+    checkout with the buyer's details to whoever holds it."""
+    if "://" in text:
+        text = _URL_QUERY.sub(r"\1?[redacted]", text)
     if "@" in text:
         text = _EMAIL.sub("[email]", text)
     return _PHONE.sub("[phone]", text)

@@ -17,9 +17,10 @@ from bridge import volume
 from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import MapContext, Mapped
 from bridge.compliance import COMPLIANCE_TOPICS, request_from
-from bridge.deadletters import call_letter, log_dead_letter, webhook_letter
-from bridge.identity import DecisionView, Outgoing, Policy, decide, keys_for
+from bridge.deadletters import DeadLetter, call_letter, log_dead_letter, webhook_letter
+from bridge.identity import DecisionView, Policy, decide, keys_for
 from bridge.jsonio import parse_body
+from bridge.logs import redact
 from bridge.outbox import OutboxEntry
 from bridge.sources import MappingError, Source
 from bridge.store import Commit, Envelope, Keys
@@ -44,6 +45,8 @@ class ProcessConfig:
 # State lookups per batch: the records the payloads name, then up to two more rounds for
 # records only nameable after a first lookup (refund -> order -> person -> order index).
 MAX_LOAD_ROUNDS = 3
+# A parked webhook's reason, as stored and logged.
+MAX_REASON_CHARS = 500
 
 
 def parse_time(raw: str | None) -> datetime | None:
@@ -103,7 +106,7 @@ def process(
         try:
             read.append(map_envelope(env, source, config))
         except Exception as exc:  # a schema surprise must not crash or stall the drain
-            read.append(str(exc) if isinstance(exc, MappingError) else f"mapping failed: {exc!r}")
+            read.append(failure_reason(exc, "mapping failed"))
 
     # Deduplication lives here, not in the request path: a webhook id processed within the TTL
     # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
@@ -121,10 +124,7 @@ def process(
         done.add(seen_key)
         commit.seen.append(seen_key)
         if isinstance(m, str):
-            letter = webhook_letter(env.shop, item, env.topic, env.webhook_id, m[:500])
-            log_dead_letter(letter)
-            commit.parked.append(letter.encode())
-            commit.count(f"webhooks:{env.topic}:parked")
+            _park(commit, env, item, m[:MAX_REASON_CHARS])
             continue
         mapped.append((env, m))
         if env.topic in COMPLIANCE_TOPICS:
@@ -140,41 +140,107 @@ def process(
         refund_order_wait_s=config.refund_order_wait_s,
         unjoined_order_window_s=config.unjoined_order_window_s,
     )
-    for round_no in range(1, MAX_LOAD_ROUNDS + 1):
-        # Deciding is pure, so a round that read records it was not given is simply redone
-        # with them loaded; the last round's result is the batch's.
+    failed: dict[int, str] = {}  # index in `mapped` -> why that webhook could not be processed
+    check_writes = False  # set once the batch's state writes failed to encode: find the culprit
+    round_no = 1
+    while True:
+        # Deciding is pure, so a round is simply redone: with records it read but was not
+        # given, or without a webhook that failed in it (its partial writes die with the view).
         view = DecisionView(loaded, key_of=key_of)
-        decided: list[tuple[Envelope, Mapped, list[Outgoing]]] = []
-        for env, m in mapped:
-            outs = [] if m.skipped else decide(m, view, policy, parse_time(env.triggered_at))
-            decided.append((env, m, outs))
+        decided: list[tuple[Envelope, Mapped, _Outcome]] = []
+        culprit: tuple[int, str] | None = None
+        for i, (env, m) in enumerate(mapped):
+            if i in failed:
+                continue
+            try:
+                outcome = _decide_one(shop, env, m, view, policy)
+                if check_writes:
+                    view.writes()
+            except Exception as exc:  # one webhook's surprise never stops its shop (issue 12)
+                culprit = (i, failure_reason(exc, "processing failed"))
+                break
+            decided.append((env, m, outcome))
+        if culprit is not None:
+            failed[culprit[0]] = culprit[1]
+            continue
+        try:
+            writes = view.writes()
+        except Exception:
+            if check_writes:
+                raise  # no single webhook's records fail alone: the batch fails as a whole
+            check_writes = True
+            continue
         missing = view.misses - loaded.keys()
         if not missing or round_no == MAX_LOAD_ROUNDS:
             break
         loaded.update(load(sorted(missing)))
-    for env, m, outs in decided:
+        round_no += 1
+    for i, reason in failed.items():
+        env, _ = mapped[i]
+        _park(commit, env, env.encode(), reason)
+    for env, m, outcome in decided:
         if m.skipped:
             commit.count(f"webhooks:{env.topic}:skipped")
             continue
-        for out in outs:
-            call = out.call
-            try:
-                raw_call = validate_call(call)
-            except InvalidCall as exc:
-                entry = OutboxEntry(orjson.dumps(call), env.received_ms, out.person, out.guards)
-                letter = call_letter(shop, entry.encode(), f"invalid call: {exc}")
-                log_dead_letter(letter)
-                commit.parked.append(letter.encode())
-                commit.count("calls:invalid")
-                continue
-            name = call.get("event") or call["type"]
-            entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind, name)
-            commit.calls.append(entry.encode())
-            commit.count(f"events:{name}:queued")
-            if call["type"] == "track":
-                volume.record(commit, shop, name, env.received_ms)  # issue 6
+        outcome.apply(commit, shop, env)
         commit.count(f"webhooks:{env.topic}:processed")
     for name, n in view.counters.items():
         commit.count(name, n)
-    commit.state_set, commit.state_del = view.writes()
+    commit.state_set, commit.state_del = writes
     return commit
+
+
+def failure_reason(exc: BaseException, step: str) -> str:
+    """Why a webhook could not be processed, short and safe to log and store: the exception's
+    kind and message with emails, phones and keyed URLs redacted (messages can quote values)."""
+    text = str(exc) if isinstance(exc, MappingError) else f"{step}: {type(exc).__name__}: {exc}"
+    return redact(text)[:MAX_REASON_CHARS]
+
+
+def _park(commit: Commit, env: Envelope, raw: bytes, reason: str) -> None:
+    letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
+    log_dead_letter(letter)
+    commit.parked.append(letter.encode())
+    commit.count(f"webhooks:{env.topic}:parked")
+
+
+@dataclass
+class _Outcome:
+    """One webhook's calls, encoded and checked, and the dead letters among them: applied to
+    the batch's commit only once the whole webhook went through."""
+
+    entries: list[tuple[bytes, str, str]]  # (outbox entry, call name, call type)
+    invalid: list[DeadLetter]
+
+    def apply(self, commit: Commit, shop: str, env: Envelope) -> None:
+        for letter in self.invalid:
+            log_dead_letter(letter)
+            commit.parked.append(letter.encode())
+            commit.count("calls:invalid")
+        for entry, name, kind in self.entries:
+            commit.calls.append(entry)
+            commit.count(f"events:{name}:queued")
+            if kind == "track":
+                volume.record(commit, shop, name, env.received_ms)  # issue 6
+
+
+def _decide_one(
+    shop: str, env: Envelope, m: Mapped, view: DecisionView, policy: Policy
+) -> _Outcome:
+    """Decide one webhook and encode its calls. Raises whatever goes wrong (the caller parks
+    the webhook); a call Pipelines would refuse is a dead letter of its own, not a failure."""
+    outcome = _Outcome([], [])
+    if m.skipped:
+        return outcome
+    for out in decide(m, view, policy, parse_time(env.triggered_at)):
+        call = out.call
+        try:
+            raw_call = validate_call(call)
+        except InvalidCall as exc:
+            entry = OutboxEntry(orjson.dumps(call), env.received_ms, out.person, out.guards)
+            outcome.invalid.append(call_letter(shop, entry.encode(), f"invalid call: {exc}"))
+            continue
+        name = call.get("event") or call["type"]
+        entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind, name)
+        outcome.entries.append((entry.encode(), name, call["type"]))
+    return outcome

@@ -49,6 +49,10 @@ class Keys:
         self.inbound_work = p + "in:work"
         self.drain_flag = p + "in:flag"
         self.drain_lease = p + "in:lease"
+        # Drains that found the work list left by one that did not finish (a crash, a timeout)
+        # and the batch size last tried on it: a poison batch is split until its culprit is
+        # alone, then parked (drain.py).
+        self.drain_tries = p + "in:tries"
         self.outbox = p + "out"
         self.outbox_work = p + "out:work"
         self.deliver_flag = p + "out:flag"
@@ -198,6 +202,18 @@ redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# A drain starts: if the work list holds a batch a drain before it took and did not commit, one
+# more try on it is counted (and the size last tried returned); else the count is cleared.
+_BEGIN = """
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  return {0, 0}
+end
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+redis.call('EXPIRE', KEYS[2], 604800)
+return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -270,6 +286,7 @@ class Commit:
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
     seen_ttl_s: int = 72 * 3600
+    retried: bool = False  # the batch ends a run of failed tries: clear their count
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -483,6 +500,17 @@ def _moved(replies: list[Any]) -> list[bytes]:
     return [m for m in replies if _checked(m) is not None]
 
 
+class Begun(NamedTuple):
+    """A drain's start: the work list left by an unfinished drain (`resumed`), the webhooks
+    moved in behind it, how many drains in a row found that work list (0: none was left) and
+    the batch size the last of them tried (0: the whole list)."""
+
+    resumed: list[bytes]
+    moved: list[bytes]
+    tries: int
+    size: int
+
+
 class PendingTake:
     """LMOVEs sent; `result` gives the webhooks they moved (raises a Redis error)."""
 
@@ -594,6 +622,22 @@ class Store:
         resumed, *moved = self._raw.pipeline(("LRANGE", k.inbound_work, 0, -1), *_moves(k, n))
         return [*_checked(resumed), *_moved(moved)]
 
+    def begin_drain(self, shop: str, n: int) -> Begun:
+        """`take_inbound`, also counting a try on a work list a drain before left unfinished
+        (`Begun`); one round trip. The script touches no body: it counts and reads one hash."""
+        k = Keys(shop)
+        tries, resumed, *moved = self._raw.pipeline(
+            ("EVAL", _BEGIN, 2, k.inbound_work, k.drain_tries),
+            ("LRANGE", k.inbound_work, 0, -1),
+            *_moves(k, n),
+        )
+        count, size = _checked(tries)
+        return Begun(_checked(resumed), _moved(moved), int(count), int(size))
+
+    def set_try_size(self, shop: str, size: int) -> None:
+        """Record the batch size a drain is about to try on an unfinished work list."""
+        self.redis.hset(Keys(shop).drain_tries, "size", size)
+
     def send_take(self, shop: str, n: int) -> PendingTake:
         """Move up to `n` more webhooks to the end of the work list, without waiting: the
         drain's next batch, taken while it processes the one before (see `send_commit`)."""
@@ -642,6 +686,8 @@ class Store:
             cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
+        if commit.retried:
+            cmds.add("DEL", k.drain_tries)
         if taken is None:
             cmds.add("DEL", k.inbound_work)
         else:

@@ -108,12 +108,15 @@ def settings(
     )
 
 
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / f"{name}.json").read_bytes()
+def fixture_bytes(name: str, shop: str = SHOP) -> bytes:
+    """A recorded body; the documented samples' `{shop}.myshopify.com` becomes the test shop
+    (compliance requests must name the shop their header names)."""
+    raw = (FIXTURES / f"{name}.json").read_bytes()
+    return raw.replace(b"{shop}.myshopify.com", shop.encode())
 
 
-def fixture_json(name: str) -> dict[str, Any]:
-    return dict(json.loads(fixture_bytes(name)))
+def fixture_json(name: str, shop: str = SHOP) -> dict[str, Any]:
+    return dict(json.loads(fixture_bytes(name, shop)))
 
 
 def webhook_headers(

@@ -226,6 +226,25 @@ def test_shop_redact_erases_the_shop_and_nothing_else(
     assert redis.exists(Keys(OTHER_SHOP).outbox)
 
 
+@pytest.mark.parametrize("named", [OTHER_SHOP, None])
+def test_shop_redact_naming_another_shop_is_parked_and_erases_nothing(
+    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, named: str | None
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    before = sorted(redis.scan_iter(match=f"cb:{{{SHOP}}}:st:*"))
+    assert before
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": named})
+    assert post(client, "shop/redact", body) == 200  # signed for SHOP, so accepted...
+    drain(rt, SHOP)
+    # ...but not run: the shop's records stand, the request waits in the dead letters.
+    assert sorted(redis.scan_iter(match=f"cb:{{{SHOP}}}:st:*")) == before
+    letters = [orjson.loads(v) for v in redis.hvals(dlq_key(SHOP))]
+    [letter] = [x for x in letters if x["topic"] == "shop/redact"]
+    assert letter["kind"] == "webhook"
+    assert "shop_domain" in letter["reason"]
+    assert redis.hget(Keys(SHOP).stats, "webhooks:shop/redact:parked") == b"1"
+
+
 def test_data_request_export_is_retrievable_with_the_cli(
     client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, dry_settings: Settings
 ) -> None:

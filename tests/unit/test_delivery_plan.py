@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import orjson
 import pytest
 
 from bridge import pipelines
-from bridge.deadletters import DeadLetter, call_letter, redact_value
+from bridge.deadletters import DeadLetter, call_letter, log_dead_letter
 from bridge.delivery import Item, Segment, pack, segments_by_person, send_request
+from bridge.logs import JsonFormatter
 from bridge.outbox import OutboxEntry
 
 
@@ -130,16 +132,30 @@ def test_dead_letter_round_trips_and_has_a_stable_id() -> None:
     assert again.stamped(7).first_error_ms == 7
 
 
-def test_redaction_hides_personal_fields_and_patterns() -> None:
+def test_a_dead_letter_log_line_summarises_the_call_without_its_values(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     call = {
+        "type": "track",
+        "messageId": "m1",
         "userId": "42",
-        "traits": {"email": "a@b.co", "first_name": "Ann", "note": "call +1 415 555 0100"},
-        "properties": {"total": 9.5, "items": [{"name": "Hat"}]},
+        "event": "checkout_started",
+        "properties": {
+            "email": "a@b.co",
+            "checkout_url": "https://s.example/checkouts/ac/abc/recover?key=SECRETKEY",
+            "items": [{"name": "Hat " * 20_000}],
+        },
     }
-    out = redact_value(call)
-    assert out["traits"] == {
-        "email": "[redacted]",
-        "first_name": "[redacted]",
-        "note": "call [phone]",
-    }
-    assert out["properties"]["total"] == 9.5 and out["userId"] == "42"
+    entry = OutboxEntry(orjson.dumps(call), 1, "p", ())
+    letter = call_letter("s.myshopify.com", entry.encode(), "refused: https://x.example/r?key=K9")
+    with caplog.at_level(logging.ERROR):
+        log_dead_letter(letter)
+    [record] = caplog.records
+    line = JsonFormatter().format(record)
+    assert len(line) < 1000  # a summary, whatever the call's size
+    for value in ("a@b.co", "SECRETKEY", "Hat", "K9"):
+        assert value not in line
+    doc = orjson.loads(line)
+    assert doc["call"]["fields"] == ["checkout_url", "email", "items"]
+    assert doc["call"]["bytes"] > 80_000
+    assert doc["reason"] == "refused: https://x.example/r?[redacted]"

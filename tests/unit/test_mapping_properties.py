@@ -68,7 +68,9 @@ GROUPS = {
 
 
 def load(name: str) -> dict[str, Any]:
-    return dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+    # Documented samples name their shop `{shop}.myshopify.com`: here it is the context's.
+    text = (FIXTURES / f"{name}.json").read_text().replace("{shop}.myshopify.com", SHOP)
+    return dict(json.loads(text))
 
 
 def field_names() -> list[str]:

@@ -45,7 +45,9 @@ source = ShopifySource()
 
 
 def load(name: str) -> dict[str, Any]:
-    return dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+    # Documented samples name their shop `{shop}.myshopify.com`: here it is the context's.
+    text = (FIXTURES / f"{name}.json").read_text().replace("{shop}.myshopify.com", SHOP)
+    return dict(json.loads(text))
 
 
 def run(topic: str, body: dict[str, Any], ctx: MapContext = CTX) -> Mapped:
@@ -888,7 +890,27 @@ def test_compliance_request_naming_nobody_is_a_mapping_error() -> None:
 
 
 def test_shop_redact_maps_to_nothing() -> None:
-    assert run("shop/redact", load("shop-redact")) == Mapped(source="shopify", topic="shop/redact")
+    body = {**load("shop-redact"), "shop_domain": SHOP}
+    assert run("shop/redact", body) == Mapped(source="shopify", topic="shop/redact")
+
+
+@pytest.mark.parametrize(
+    "named", [None, "", "other-shop.myshopify.com", 954889, ["shop.example"], "shop.example.evil"]
+)
+def test_shop_redact_for_another_shop_than_the_header_is_a_mapping_error(named: object) -> None:
+    body = {"shop_id": 954889, "shop_domain": named}
+    with pytest.raises(MappingError, match="shop_domain"):
+        run("shop/redact", body)
+
+
+@pytest.mark.parametrize("topic", ["customers/redact", "customers/data_request"])
+def test_customer_request_naming_another_shop_is_a_mapping_error(topic: str) -> None:
+    body = {"shop_domain": "other-shop.myshopify.com", "customer": {"id": 191167}}
+    with pytest.raises(MappingError, match="shop_domain"):
+        run(topic, body)
+    # Its own shop (any case) or no shop named: the request is mapped.
+    for named in (SHOP.upper(), None):
+        assert run(topic, {**body, "shop_domain": named}).person is not None
 
 
 # --- errors ---------------------------------------------------------------------------------

@@ -45,11 +45,25 @@ from bridge.sources.shopify.traits import customer_traits, normalise_email, norm
 Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
 
 
+# Longer cart permalinks are left out: browsers, mail clients and Customer.io's 1000-byte
+# attribute values all cut them, and a cut permalink rebuilds the wrong cart.
+MAX_PERMALINK_CHARS = 1000
+
+
 def _permalink(shop: str, lines: list[LineItem]) -> str | None:
     # Shopify's cart permalink rebuilds the cart from variant:quantity pairs; lines without a
     # variant or quantity cannot be expressed in it and are left out.
-    pairs = [f"{li.variant_id}:{li.quantity}" for li in lines if li.variant_id and li.quantity]
-    return f"https://{shop}/cart/{','.join(pairs)}" if pairs else None
+    url = f"https://{shop}/cart/"
+    budget = MAX_PERMALINK_CHARS - len(url)
+    pairs: list[str] = []
+    for li in lines:
+        if li.variant_id and li.quantity:
+            pair = f"{li.variant_id}:{li.quantity}"
+            budget -= len(pair) + 1
+            if budget < -1:
+                return None  # stops at the limit: a 45 000-line cart builds no 349 KB string
+            pairs.append(pair)
+    return url + ",".join(pairs) if pairs else None
 
 
 def _lines_value(lines: list[LineItem]) -> Decimal:
@@ -64,7 +78,7 @@ def map_cart(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     if token is None:
         raise MappingError("cart has no token or id")
     at = parts.when(ctx, cart.updated_at, cart.created_at)
-    items = tuple(parts.item(li) for li in cart.line_items)
+    items, cut = parts.items(cart.line_items)
     value = _lines_value(cart.line_items)
     currency = parts.lines_currency(cart.line_items) or cart.currency or ctx.shop_currency
     url = _permalink(ctx.shop, cart.line_items)
@@ -82,7 +96,13 @@ def map_cart(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     )
     events: tuple[CanonicalEvent, ...] = ()
     if items:
-        props = {"cart_id": token, "value": money(value), "currency": currency, "cart_url": url}
+        props = {
+            "cart_id": token,
+            "value": money(value),
+            "currency": currency,
+            "cart_url": url,
+            **cut,
+        }
         events = (
             CanonicalEvent(
                 name=ADDED_TO_CART,
@@ -116,7 +136,7 @@ def map_checkout(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         checkout_id=co.id,
         **parts.hints(co.note_attributes, ctx),
     )
-    items = tuple(parts.item(li) for li in co.line_items)
+    items, cut = parts.items(co.line_items)
     # Checkout `currency` is the shop's currency; `total_price` is expressed in it.
     currency = co.currency or ctx.shop_currency
     props = {
@@ -126,6 +146,7 @@ def map_checkout(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         "currency": currency,
         "checkout_url": co.abandoned_checkout_url,
         "shipping_country": co.shipping_address.country_code if co.shipping_address else None,
+        **cut,
     }
     event = CanonicalEvent(
         name=CHECKOUT_STARTED,
@@ -197,11 +218,23 @@ def map_merge(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     return Mapped(source=SOURCE, topic=topic, merge=fact)
 
 
+def _check_shop_named(body: dict[str, Any], ctx: MapContext, *, required: bool) -> None:
+    """A compliance request acts on the shop the signed header names; a body naming another
+    shop (or, where it must name one, none) is refused, so it is parked for a human."""
+    named = body.get("shop_domain")
+    if named is None and not required:
+        return
+    if not isinstance(named, str) or named.strip().lower() != ctx.shop.lower():
+        raise MappingError("compliance request: shop_domain does not match the shop header")
+
+
 def map_compliance(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     """`customers/redact|data_request`: the person concerned (no events).
 
-    A request naming nobody raises MappingError, so it is parked for a human, not dropped.
+    A request naming nobody, or another shop than the header's, raises MappingError, so it is
+    parked for a human, not dropped.
     """
+    _check_shop_named(body, ctx, required=False)
     request = ComplianceRequest.model_validate(body)
     customer = request.customer or Customer()
     person = PersonRef(
@@ -215,7 +248,9 @@ def map_compliance(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
 
 
 def map_shop_redact(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
-    """`shop/redact`: acknowledged; the bridge keeps nothing per shop to map."""
+    """`shop/redact`: nothing to map, but it erases the whole shop, so its body must name the
+    same shop as the signed header (else MappingError: parked, not run)."""
+    _check_shop_named(body, ctx, required=True)
     return Mapped(source=SOURCE, topic=topic)
 
 

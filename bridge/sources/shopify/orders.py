@@ -113,8 +113,8 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         test=bool(order.test),
         cancelled=order.cancelled_at is not None or topic == "orders/cancelled",
     )
-    props = _properties(order, order_id, total, currency)
-    items = tuple(parts.item(line) for line in order.line_items)
+    items, cut = parts.items(order.line_items)
+    props = {**_properties(order, order_id, total, currency), **cut}
     events: list[CanonicalEvent] = []
     if topic == BACKFILL_TOPIC:
         if body.get(BACKFILL_EVENTS_FLAG) is True:
@@ -195,7 +195,7 @@ def map_refund(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         or first(*(line.price_set.currency_code for _, line in lines if line.price_set))
         or ctx.shop_currency
     )
-    items = tuple(parts.item(line, quantity=rli.quantity or 0) for rli, line in lines)
+    items, cut = parts.items([line for _, line in lines], [rli.quantity for rli, _ in lines])
     person = PersonRef(order_id=refund.order_id)
     event = CanonicalEvent(
         name=ORDER_REFUNDED,
@@ -207,6 +207,7 @@ def map_refund(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
             "refund_id": refund.id,
             "amount": money(amount),
             "currency": currency,
+            **cut,
         },
         items=items,
     )

@@ -6,12 +6,12 @@ usable time at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from bridge.canonical import Item, MapContext
+from bridge.canonical import MAX_EVENT_ITEMS, Item, MapContext
 from bridge.ids import gid_to_id
 from bridge.sources import MappingError
 from bridge.sources.shopify.models import Address, Customer, LineItem
@@ -91,6 +91,20 @@ def item(line: LineItem, *, quantity: int | None = None) -> Item:
         brand=line.vendor,
         category=line.product_type,
     )
+
+
+def items(
+    lines: Sequence[LineItem], quantities: Sequence[int | None] | None = None
+) -> tuple[tuple[Item, ...], dict[str, Any]]:
+    """The first MAX_EVENT_ITEMS lines as items, and the properties saying what was cut
+    (`items_truncated`, `item_count`; none when nothing was)."""
+    kept = lines[:MAX_EVENT_ITEMS]
+    if quantities is None:
+        out = tuple(item(line) for line in kept)
+    else:
+        out = tuple(item(line, quantity=q or 0) for line, q in zip(kept, quantities, strict=False))
+    cut = {"items_truncated": True, "item_count": len(lines)} if len(lines) > len(kept) else {}
+    return out, cut
 
 
 def hints(attributes: dict[str, str], ctx: MapContext) -> dict[str, str | None]:

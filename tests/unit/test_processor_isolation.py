@@ -1,0 +1,72 @@
+"""`process` parks the one webhook that fails and keeps the rest of its batch (issue 12).
+
+Pure: `process` runs with its state loader injected, no Redis. These cover what the odd bodies of
+tests/integration/test_poison.py cannot reach through the Shopify mapping: a webhook whose
+decision fails after writing part of its state, and one whose state writes alone fail to encode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from bridge import processor
+from bridge.identity import decide as real_decide
+from bridge.processor import ProcessConfig, process
+from bridge.sources.shopify import ShopifySource
+from bridge.store import Envelope, Keys
+from tests.conftest import SHOP, fixture_bytes
+
+K = Keys(SHOP)
+
+
+def cart(token: str) -> bytes:
+    body = orjson.loads(fixture_bytes("carts-create"))
+    body["id"] = body["token"] = token
+    env = Envelope(SHOP, "carts/create", "w-" + token, orjson.dumps(body), received_ms=1)
+    return env.encode()
+
+
+def run(batch: list[bytes]) -> Any:
+    return process(
+        SHOP,
+        batch,
+        source=ShopifySource(),
+        config=ProcessConfig(),
+        load=lambda names: dict.fromkeys(names),
+        key_of=K.state,
+    )
+
+
+@pytest.mark.parametrize("how", ["raises after writing", "writes what cannot be encoded"])
+def test_a_failing_webhook_is_parked_with_nothing_it_wrote(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    def decide(mapped: Any, view: Any, policy: Any, triggered_at: Any) -> Any:
+        outs = real_decide(mapped, view, policy, triggered_at)
+        if mapped.cart is not None and mapped.cart.cart_token == "bad":
+            view.put("cart:bad", {"huge": 2**80})  # orjson refuses integers past 64 bits
+            view.put("cart:good", {"clobbered": True})  # and overwrites another cart's record
+            if how == "raises after writing":
+                raise KeyError("shopper@example.com")
+        return outs
+
+    monkeypatch.setattr(processor, "decide", decide)
+    commit = run([cart("good"), cart("bad"), cart("later")])
+    [letter] = [orjson.loads(p) for p in commit.parked]
+    assert letter["webhook_id"] == "w-bad"
+    assert letter["reason"].startswith("processing failed: ")
+    assert "shopper@example.com" not in letter["reason"]  # reasons are redacted
+    written = {k: orjson.loads(v) for k, (v, _ttl) in commit.state_set.items()}
+    assert K.state("cart:bad") not in written
+    assert "clobbered" not in written[K.state("cart:good")]
+    assert K.state("cart:later") in written
+    assert commit.counters["webhooks:carts/create:parked"] == 1
+    assert commit.counters["webhooks:carts/create:processed"] == 2
+    assert {orjson.loads(c.partition(b"\n")[2])["properties"]["cart_id"] for c in commit.calls} == {
+        "good",
+        "later",
+    }
+    assert len(commit.seen) == 3  # the parked one is marked too: a redelivery is a duplicate
