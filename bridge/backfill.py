@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import sqlite3
+import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
@@ -132,14 +135,22 @@ def rest_line_item(li: dict[str, Any]) -> dict[str, Any]:
 
 
 def rest_refund(r: dict[str, Any], order_id: str) -> dict[str, Any]:
-    """A GraphQL Refund as a REST refund: one successful transaction of the refunded total.
+    """A GraphQL Refund as a REST refund: its transactions and its refunded line items.
 
-    `totalRefundedSet.shopMoney` is in the shop currency, which is what lifetime value sums.
+    Money is taken in the shop currency, which is what lifetime value sums. A refund read
+    without its transactions stands for one successful refund of `totalRefundedSet`.
     """
-    total = r.get("totalRefundedSet") or {}
-    shop = total.get("shopMoney") or {}
-    transactions = []
-    if shop.get("amount") is not None:
+    transactions = [
+        {
+            "kind": str(t.get("kind") or "").lower(),
+            "status": str(t.get("status") or "").lower(),
+            "amount": _shop_amount(t.get("amountSet")),
+            "currency": ((t.get("amountSet") or {}).get("shopMoney") or {}).get("currencyCode"),
+        }
+        for t in connection_nodes(r.get("transactions"))
+    ]
+    shop = (r.get("totalRefundedSet") or {}).get("shopMoney") or {}
+    if not transactions and shop.get("amount") is not None:
         transactions.append(
             {
                 "kind": "refund",
@@ -148,13 +159,25 @@ def rest_refund(r: dict[str, Any], order_id: str) -> dict[str, Any]:
                 "currency": shop.get("currencyCode"),
             }
         )
+    lines = []
+    for rli in connection_nodes(r.get("refundLineItems")):
+        line = rli.get("lineItem")
+        lines.append(
+            {
+                "id": gid_to_id(rli.get("id")),
+                "quantity": rli.get("quantity"),
+                "line_item_id": gid_to_id((line or {}).get("id")),
+                "line_item": rest_line_item(line) if isinstance(line, dict) else None,
+                "subtotal_set": _money_set(rli.get("subtotalSet")),
+            }
+        )
     return {
         "id": gid_to_id(r.get("id")),
         "order_id": order_id,
         "created_at": r.get("createdAt"),
         "processed_at": r.get("processedAt") or r.get("createdAt"),
         "transactions": transactions,
-        "refund_line_items": [],
+        "refund_line_items": lines,
     }
 
 
@@ -216,35 +239,126 @@ def _gid_type(gid: Any) -> str:
     return parts[3] if len(parts) > 4 and parts[0] == "gid:" else ""
 
 
-def assemble_bulk(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """GraphQL bulk-operation lines -> whole GraphQL orders, in file order. Pure.
+_CHILD_LISTS = {
+    "LineItem": "lineItems",
+    "RefundLineItem": "refundLineItems",
+    "OrderTransaction": "transactions",
+    "Refund": "refunds",
+}
 
-    A child line names its parent with `__parentId`; Shopify writes children after their parent
-    but not necessarily right after it, so the whole file is assembled before anything is used.
-    LineItem children join `lineItems`, Refund children join `refunds`; anything else is ignored.
+
+class BulkIndex:
+    """Bulk JSONL lines grouped by `__parentId` in an SQLite file, so orders are assembled
+    without holding the file in memory.
+
+    Shopify gives no ordering guarantee for child lines (from API 2026-01 a child may even
+    come before its parent), so nothing can be assembled until every line has been read; a
+    large store's file is gigabytes, which is why the grouping lives on disk. Parents are
+    kept in file order. Raises MappingError on a line that is not JSON.
     """
-    by_id: dict[str, dict[str, Any]] = {}
-    orders: list[dict[str, Any]] = []
-    for obj in lines:
-        parent = obj.get("__parentId")
-        if parent is None:
-            if is_graphql_order(obj):
-                order = dict(obj)
-                order["lineItems"] = connection_nodes(obj.get("lineItems"))
-                order["refunds"] = connection_nodes(obj.get("refunds"))
-                by_id[str(obj["id"])] = order
-                orders.append(order)
-            continue
-        owner = by_id.get(str(parent))
-        if owner is None:
-            continue
-        kind = _gid_type(obj.get("id"))
-        child = {k: v for k, v in obj.items() if k != "__parentId"}
-        if kind == "LineItem":
-            owner["lineItems"].append(child)
-        elif kind == "Refund":
-            owner["refunds"].append(child)
-    return orders
+
+    BATCH = 5000
+
+    def __init__(self, directory: Path | None = None) -> None:
+        if directory is None:
+            self._path: Path | None = None
+            self.db = sqlite3.connect(":memory:")
+        else:
+            fd, name = tempfile.mkstemp(prefix="cartbridge-bulk-", suffix=".sqlite", dir=directory)
+            os.close(fd)
+            self._path = Path(name)
+            self.db = sqlite3.connect(name)
+        # A scratch file rebuilt on every run: no journal, no fsync, a bounded page cache.
+        self.db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-16000;"
+            "PRAGMA temp_store=FILE;"
+            "CREATE TABLE roots (seq INTEGER PRIMARY KEY, body BLOB);"
+            "CREATE TABLE children (parent TEXT, body BLOB);"
+        )
+        self.roots = 0
+
+    def load(self, raw_lines: Iterable[bytes]) -> int:
+        """Read every line; returns the number of orders."""
+        roots: list[tuple[bytes]] = []
+        children: list[tuple[str, bytes]] = []
+        for raw in raw_lines:
+            obj = _parse_line(raw)
+            if obj is None:
+                continue
+            parent = obj.get("__parentId")
+            if parent is not None:
+                children.append((str(parent), raw))
+            elif is_graphql_order(obj):
+                roots.append((raw,))
+            if len(children) >= self.BATCH or len(roots) >= self.BATCH:
+                self._flush(roots, children)
+        self._flush(roots, children)
+        self.db.execute("CREATE INDEX children_parent ON children (parent)")
+        self.db.commit()
+        return self.roots
+
+    def _flush(self, roots: list[tuple[bytes]], children: list[tuple[str, bytes]]) -> None:
+        self.db.executemany("INSERT INTO roots (body) VALUES (?)", roots)
+        self.db.executemany("INSERT INTO children VALUES (?, ?)", children)
+        self.roots += len(roots)
+        roots.clear()
+        children.clear()
+
+    def _attach(self, obj: dict[str, Any]) -> None:
+        """Put the children of `obj` (and of its inline refunds) into their lists."""
+        for name in _CHILD_LISTS.values():
+            if name in obj:
+                obj[name] = connection_nodes(obj.get(name))
+        for (raw,) in self.db.execute(
+            "SELECT body FROM children WHERE parent = ?", (str(obj.get("id")),)
+        ):
+            child = orjson.loads(raw)
+            child.pop("__parentId", None)
+            kind = _CHILD_LISTS.get(_gid_type(child.get("id")))
+            if kind is not None:
+                obj.setdefault(kind, []).append(child)
+        for refund in obj.get("refunds") or []:
+            if isinstance(refund, dict) and refund.get("id"):
+                self._attach(refund)
+
+    def orders(self, start: int = 0) -> Iterator[dict[str, Any]]:
+        """Whole GraphQL orders in file order, from order number `start` (0-based) on."""
+        cursor = self.db.execute("SELECT body FROM roots WHERE seq > ? ORDER BY seq", (start,))
+        while True:
+            rows = cursor.fetchmany(500)
+            if not rows:
+                return
+            for (raw,) in rows:
+                order = orjson.loads(raw)
+                self._attach(order)
+                yield order
+
+    def close(self) -> None:
+        self.db.close()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+
+def assemble_bulk(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """GraphQL bulk-operation lines -> whole GraphQL orders in file order, joined by
+    `__parentId` whatever the line order (held in memory: for tests and small files)."""
+    index = BulkIndex()
+    try:
+        index.load(orjson.dumps(line) for line in lines)
+        return list(index.orders())
+    finally:
+        index.close()
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        obj = parse_body(raw)
+    except ValueError:
+        raise MappingError("a line is not JSON") from None
+    return obj if isinstance(obj, dict) else None
 
 
 def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
@@ -268,13 +382,22 @@ def file_format(path: Path) -> str:
     return "rest"
 
 
-def read_file_orders(path: Path) -> Iterator[dict[str, Any]]:
-    """REST-shaped orders from a JSONL file of either format, in file order."""
+def read_file_orders(path: Path, start: int = 0) -> Iterator[dict[str, Any]]:
+    """REST-shaped orders from a JSONL file of either format, in file order, from record
+    `start` on (0-based). A bulk file is grouped on disk beside it first."""
     if file_format(path) == "bulk":
-        for order in assemble_bulk(_json_lines(path)):
-            yield rest_order(order)
+        index = BulkIndex(path.parent)
+        try:
+            with path.open("rb") as fh:
+                index.load(fh)
+            for order in index.orders(start):
+                yield rest_order(order)
+        finally:
+            index.close()
         return
-    for obj in _json_lines(path):
+    for n, obj in enumerate(_json_lines(path)):
+        if n < start:
+            continue
         # A REST export may wrap each order as {"order": {...}}.
         inner = obj.get("order")
         yield dict(inner) if isinstance(inner, dict) else obj
@@ -769,10 +892,8 @@ class Backfill:
 def file_batches(path: Path, start: int = 0, size: int = 200) -> Iterator[Batch]:
     """Batches of a JSONL file's orders from record `start`; positions count records."""
     chunk: list[dict[str, Any]] = []
-    n = 0
-    for n, order in enumerate(read_file_orders(path), start=1):
-        if n <= start:
-            continue
+    n = start
+    for n, order in enumerate(read_file_orders(path, start), start=start + 1):
         chunk.append(order)
         if len(chunk) >= size:
             yield Batch(chunk, str(n))

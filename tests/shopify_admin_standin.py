@@ -1,23 +1,85 @@
-"""A loopback stand-in for the Shopify Admin GraphQL API: orders pages, scopes, cost extensions.
+"""A loopback stand-in for the Shopify Admin GraphQL API that enforces Shopify's published rules.
 
-Answers the handful of queries `bridge.shopify_admin` sends (recognised by their operation
-name), paginates orders with opaque cursors, filters `updated_at:>=`/`<=`, reports a simulated
-cost bucket in `extensions.cost.throttleStatus`, and plays scripted faults: `"throttled"` (HTTP
-200, a THROTTLED error, `currentlyAvailable` 0) or `"error500"`.
+Written from `shared/docs/shopify-admin-api.md`, not from the bridge's client:
+
+- **Cost.** The requested cost of every query is worked out from its text (scalar 0, object 1,
+  connection 2 + first x node, fragments the most expensive branch, mutation 10). A query over
+  1 000 points is refused with `MAX_COST_EXCEEDED` and no data, whatever the bucket holds.
+- **Bucket.** A leaky bucket per plan (`PLANS`) drains by the requested cost up front, refunds
+  requested - actual afterwards and refills at the plan's restore rate in real time. When it
+  cannot hold the requested cost the answer is `THROTTLED` (HTTP 200, no data).
+- **Versions.** The version in the URL answers when supported; any other is served by the oldest
+  supported version (fall-forward), named in `X-Shopify-API-Version`.
+- **Bulk operations.** `bulkOperationRunQuery` checks the query rules (one top-level field, 1-5
+  connections, nested at most 2 deep), the concurrency limit (5 from 2026-01, 1 before), moves
+  CREATED -> RUNNING -> COMPLETED as it is polled (or to a scripted terminal state) and serves
+  the JSONL at a URL that can expire. Child lines carry `__parentId` and are shuffled: a child
+  may come before its parent, as from 2026-01.
+
+The data is a graph of plain dicts (orders as `gql_order` builds them); a small executor answers
+any selection over it, with real paging of connections and per-connection `pageInfo`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from graphql import GraphQLError, parse
+from graphql.language import (
+    BooleanValueNode,
+    EnumValueNode,
+    FieldNode,
+    FloatValueNode,
+    InlineFragmentNode,
+    IntValueNode,
+    ListValueNode,
+    NullValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    StringValueNode,
+    ValueNode,
+    VariableNode,
+)
+
 TOKEN = "shpat_test_admin_token"
-API_VERSION = "2025-07"
+API_VERSION = "2026-10"
+# Stable versions Shopify still supports (12-month window); anything else falls forward.
+SUPPORTED_VERSIONS = ("2025-10", "2026-01", "2026-04", "2026-07", "2026-10")
+
+MAX_COST = 1000
+MUTATION_COST = 10
+MAX_PAGE = 250  # nodes per connection page
+
+
+@dataclass(frozen=True)
+class Plan:
+    maximum: float  # bucket size (`maximumAvailable`)
+    restore_rate: float  # points per second
+
+
+# Restore rates from the current docs; bucket sizes as seen in responses (not documented).
+PLANS = {
+    "standard": Plan(2000.0, 100.0),
+    "advanced": Plan(4000.0, 200.0),
+    "plus": Plan(20000.0, 1000.0),
+    "enterprise": Plan(40000.0, 2000.0),
+}
+
+# Fields that are connections in the Admin schema (cost 2 + first x node, paged, own JSONL
+# lines in bulk output). `refunds` is a plain list: one object, inline in bulk output.
+CONNECTIONS = frozenset(
+    {"orders", "lineItems", "refundLineItems", "transactions", "products", "variants"}
+)
 
 
 def _when(text: str) -> datetime:
@@ -44,14 +106,20 @@ def gql_order(
     updated: str | None = None,
     lines: list[tuple[int, str, str, int]] | None = None,
     refunds: list[tuple[int, str, str]] | None = None,
+    refund_lines: dict[int, list[tuple[int, int]]] | None = None,
     financial: str = "PAID",
     test: bool = False,
 ) -> dict[str, Any]:
-    """A GraphQL Order node as the Admin API returns it for `ORDER_FIELDS`."""
+    """A GraphQL Order node with every field the Admin API has for it (connections as lists).
+
+    `lines` are (product id, product type, unit price, quantity); `refunds` are (refund id,
+    amount, created at); `refund_lines` maps a refund id to (line index, quantity) pairs.
+    """
     customer = None
     if customer_id is not None:
         customer = {
             "id": f"gid://shopify/Customer/{customer_id}",
+            "legacyResourceId": str(customer_id),
             "email": email,
             "phone": None,
             "firstName": "Test",
@@ -64,6 +132,54 @@ def gql_order(
             "smsMarketingConsent": None,
             "defaultAddress": {"countryCodeV2": "US"},
         }
+    line_items = [
+        {
+            "id": f"gid://shopify/LineItem/{order_id}{i:03d}",
+            "name": f"Product {pid}",
+            "title": f"Product {pid}",
+            "quantity": qty,
+            "sku": f"SKU-{pid}",
+            "vendor": "Acme",
+            "variant": {"id": f"gid://shopify/ProductVariant/{pid}0"},
+            "product": {"id": f"gid://shopify/Product/{pid}", "productType": ptype},
+            "originalUnitPriceSet": money(price, currency),
+            "originalTotalSet": money(f"{float(price) * qty:.2f}", currency),
+            "sellingPlan": None,
+        }
+        for i, (pid, ptype, price, qty) in enumerate(lines or [])
+    ]
+    refund_objs = []
+    for rid, amount, at in refunds or []:
+        rlis = []
+        for index, qty in (refund_lines or {}).get(rid, []):
+            li = line_items[index]
+            unit = li["originalUnitPriceSet"]["shopMoney"]["amount"]
+            rlis.append(
+                {
+                    "id": f"gid://shopify/RefundLineItem/{rid}{index:03d}",
+                    "quantity": qty,
+                    "lineItem": li,
+                    "subtotalSet": money(f"{float(unit) * qty:.2f}", currency),
+                }
+            )
+        refund_objs.append(
+            {
+                "id": f"gid://shopify/Refund/{rid}",
+                "legacyResourceId": str(rid),
+                "createdAt": at,
+                "note": None,
+                "totalRefundedSet": money(amount, currency),
+                "refundLineItems": rlis,
+                "transactions": [
+                    {
+                        "id": f"gid://shopify/OrderTransaction/{rid}1",
+                        "kind": "REFUND",
+                        "status": "SUCCESS",
+                        "amountSet": money(amount, currency),
+                    }
+                ],
+            }
+        )
     return {
         "id": f"gid://shopify/Order/{order_id}",
         "legacyResourceId": str(order_id),
@@ -82,6 +198,7 @@ def gql_order(
         "displayFinancialStatus": financial,
         "totalPriceSet": money(total, currency, presentment),
         "subtotalPriceSet": money(total, currency, presentment),
+        "currentTotalPriceSet": money(total, currency, presentment),
         "totalTaxSet": money("0.00", currency),
         "totalDiscountsSet": money("0.00", currency),
         "totalShippingPriceSet": money("0.00", currency),
@@ -90,49 +207,259 @@ def gql_order(
         "shippingAddress": {"countryCodeV2": "US"},
         "billingAddress": None,
         "customer": customer,
-        "lineItems": {
-            "nodes": [
-                {
-                    "id": f"gid://shopify/LineItem/{order_id}{i}",
-                    "name": f"Product {pid}",
-                    "title": f"Product {pid}",
-                    "quantity": qty,
-                    "sku": f"SKU-{pid}",
-                    "vendor": "Acme",
-                    "variant": {"id": f"gid://shopify/ProductVariant/{pid}0"},
-                    "product": {"id": f"gid://shopify/Product/{pid}", "productType": ptype},
-                    "originalUnitPriceSet": money(price, currency),
-                    "originalTotalSet": money(f"{float(price) * qty:.2f}", currency),
-                }
-                for i, (pid, ptype, price, qty) in enumerate(lines or [])
-            ]
-        },
-        "refunds": [
-            {
-                "id": f"gid://shopify/Refund/{rid}",
-                "createdAt": at,
-                "totalRefundedSet": money(amount, currency),
-            }
-            for rid, amount, at in refunds or []
-        ],
+        "lineItems": line_items,
+        "refunds": refund_objs,
     }
 
 
-def bulk_lines(orders: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Orders as a bulk operation writes them: children on their own lines after all parents."""
-    children = []
+def bulk_lines(orders: list[dict[str, Any]], seed: int = 7) -> Iterator[dict[str, Any]]:
+    """Orders as a bulk operation writes them (every field), children shuffled among parents."""
+    lines: list[dict[str, Any]] = []
     for order in orders:
-        top = {k: v for k, v in order.items() if k not in ("lineItems", "refunds")}
-        yield top
-        for li in order["lineItems"]["nodes"]:
-            children.append({**li, "__parentId": order["id"]})
+        top = {k: v for k, v in order.items() if k != "lineItems"}
+        top["refunds"] = [
+            {k: v for k, v in r.items() if k not in CONNECTIONS} for r in order["refunds"]
+        ]
+        lines.append(top)
+        lines.extend({**li, "__parentId": order["id"]} for li in order["lineItems"])
         for refund in order["refunds"]:
-            children.append({**refund, "__parentId": order["id"]})
-    # Children come after their parent but not right after it.
-    yield from children
+            for name in ("refundLineItems", "transactions"):
+                lines.extend({**c, "__parentId": refund["id"]} for c in refund[name])
+    # No ordering guarantee (groupObjects: false, the default from 2026-01).
+    random.Random(seed).shuffle(lines)
+    yield from lines
 
 
-_FILTER = re.compile(r"updated_at:(>=|<=)'([^']+)'")
+# --- cost, from the query text ------------------------------------------------------------------
+
+
+def _value(node: ValueNode, variables: dict[str, Any]) -> Any:
+    if isinstance(node, VariableNode):
+        return variables.get(node.name.value)
+    if isinstance(node, IntValueNode):
+        return int(node.value)
+    if isinstance(node, FloatValueNode):
+        return float(node.value)
+    if isinstance(node, StringValueNode | EnumValueNode):
+        return node.value
+    if isinstance(node, BooleanValueNode):
+        return node.value
+    if isinstance(node, NullValueNode):
+        return None
+    if isinstance(node, ListValueNode):
+        return [_value(v, variables) for v in node.values]
+    return None
+
+
+def _args(f: FieldNode, variables: dict[str, Any]) -> dict[str, Any]:
+    return {a.name.value: _value(a.value, variables) for a in f.arguments or ()}
+
+
+def _fields(sel: SelectionSetNode | None) -> Iterator[FieldNode]:
+    """Fields of a selection, with inline fragments flattened (every type matches here)."""
+    for node in sel.selections if sel else ():
+        if isinstance(node, FieldNode):
+            yield node
+        elif isinstance(node, InlineFragmentNode):
+            yield from _fields(node.selection_set)
+
+
+def cost_of(sel: SelectionSetNode | None, variables: dict[str, Any]) -> int:
+    if sel is None:
+        return 0
+    total = 0
+    branches = [0]
+    for node in sel.selections:
+        if isinstance(node, InlineFragmentNode):
+            branches.append(cost_of(node.selection_set, variables))
+            continue
+        if not isinstance(node, FieldNode) or node.selection_set is None:
+            continue  # scalars and enums are free
+        name = node.name.value
+        if name in CONNECTIONS:
+            first = _args(node, variables).get("first") or _args(node, variables).get("last") or 0
+            per_node, once = 1, 0
+            for sub in node.selection_set.selections:
+                if isinstance(sub, FieldNode) and sub.name.value == "nodes":
+                    per_node += cost_of(sub.selection_set, variables)
+                elif isinstance(sub, FieldNode) and sub.name.value == "edges":
+                    for e in _fields(sub.selection_set):
+                        if e.name.value == "node":
+                            per_node += cost_of(e.selection_set, variables)
+                elif isinstance(sub, FieldNode) and sub.name.value == "pageInfo":
+                    once += 1
+                elif isinstance(sub, FieldNode):
+                    per_node += cost_of(SelectionSetNode(selections=(sub,)), variables)
+            total += 2 + int(first) * per_node + once
+        else:
+            total += 1 + cost_of(node.selection_set, variables)
+    return total + max(branches)
+
+
+def actual_cost(sel: SelectionSetNode | None, data: Any) -> int:
+    """What the answer really cost: the same rules with the nodes returned instead of `first`."""
+    if sel is None or not isinstance(data, dict):
+        return 0
+    total = 0
+    for f in _fields(sel):
+        if f.selection_set is None:
+            continue
+        value = data.get(f.alias.value if f.alias else f.name.value)
+        if f.name.value in CONNECTIONS and isinstance(value, dict):
+            nodes = value.get("nodes") or [e.get("node") for e in value.get("edges") or []]
+            node_sel = next(
+                (x.selection_set for x in _fields(f.selection_set) if x.name.value == "nodes"),
+                None,
+            )
+            total += 2 + sum(1 + actual_cost(node_sel, n) for n in nodes)
+            total += 1 if "pageInfo" in value else 0
+        elif isinstance(value, list):
+            total += 1 + max((actual_cost(f.selection_set, v) for v in value), default=0)
+        elif isinstance(value, dict):
+            total += 1 + actual_cost(f.selection_set, value)
+    return total
+
+
+# --- executing a selection over the data graph ------------------------------------------------
+
+
+def _page(items: list[Any], args: dict[str, Any]) -> tuple[list[Any], int, int]:
+    after = args.get("after")
+    start = int(str(after).split(":", 1)[1]) if after else 0
+    first = args.get("first")
+    end = len(items) if first is None else start + min(int(first), MAX_PAGE)
+    return items[start:end], start, min(end, len(items))
+
+
+def execute(sel: SelectionSetNode | None, obj: Any, variables: dict[str, Any]) -> Any:
+    if sel is None or not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for f in _fields(sel):
+        key = f.alias.value if f.alias else f.name.value
+        name = f.name.value
+        value = obj.get(name)
+        if name in CONNECTIONS and isinstance(value, list):
+            nodes, start, end = _page(value, _args(f, variables))
+            conn: dict[str, Any] = {}
+            for sub in _fields(f.selection_set):
+                if sub.name.value == "nodes":
+                    conn["nodes"] = [execute(sub.selection_set, n, variables) for n in nodes]
+                elif sub.name.value == "edges":
+                    conn["edges"] = [
+                        execute(sub.selection_set, {"node": n, "cursor": f"c:{start + i + 1}"}, {})
+                        for i, n in enumerate(nodes)
+                    ]
+                elif sub.name.value == "pageInfo":
+                    info = {
+                        "hasNextPage": end < len(value),
+                        "hasPreviousPage": start > 0,
+                        "endCursor": f"c:{end}" if nodes else None,
+                        "startCursor": f"c:{start + 1}" if nodes else None,
+                    }
+                    conn["pageInfo"] = execute(sub.selection_set, info, variables)
+            out[key] = conn
+        elif isinstance(value, list):
+            out[key] = [execute(f.selection_set, v, variables) for v in value]
+        else:
+            out[key] = execute(f.selection_set, value, variables)
+    return out
+
+
+# --- bulk operations ---------------------------------------------------------------------------
+
+
+@dataclass
+class BulkOp:
+    gid: str
+    query: str
+    status: str = "CREATED"
+    error_code: str | None = None
+    polls: int = 0
+    outcome: tuple[str, str | None] = ("COMPLETED", None)
+    jsonl: bytes = b""
+    root_count: int = 0
+    object_count: int = 0
+    expired: bool = False
+    created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def _connection_depths(sel: SelectionSetNode | None, depth: int = 0) -> list[int]:
+    found: list[int] = []
+    for f in _fields(sel):
+        here = depth
+        if f.name.value in CONNECTIONS:
+            here = depth + 1
+            found.append(here)
+        found.extend(_connection_depths(f.selection_set, here))
+    return found
+
+
+def check_bulk_query(text: str) -> str | None:
+    """Why Shopify would refuse this bulk query, or None."""
+    try:
+        doc = parse(text)
+    except GraphQLError as exc:
+        return f"Invalid bulk query: {exc.message}"
+    ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+    if len(ops) != 1:
+        return "Invalid bulk query: exactly one operation"
+    top = list(_fields(ops[0].selection_set))
+    if len(top) != 1 or top[0].name.value in ("node", "nodes"):
+        return "Bulk queries must contain exactly one top-level field, not node or nodes"
+    depths = _connection_depths(ops[0].selection_set)
+    if not 1 <= len(depths) <= 5:
+        return "Bulk queries must contain at least one and at most five connections"
+    if max(depths) > 2:
+        return "Bulk queries cannot contain connections with a nesting depth greater than 2"
+    return None
+
+
+def _strip_connections(sel: SelectionSetNode | None, obj: Any, parent: str | None) -> Any:
+    """One object's own JSONL line: connections left out (they get lines of their own)."""
+    if sel is None or not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    for f in _fields(sel):
+        key = f.alias.value if f.alias else f.name.value
+        if f.name.value in CONNECTIONS:
+            continue
+        value = obj.get(f.name.value)
+        if isinstance(value, list):
+            out[key] = [_strip_connections(f.selection_set, v, None) for v in value]
+        else:
+            out[key] = _strip_connections(f.selection_set, value, None)
+    if parent is not None:
+        out["__parentId"] = parent
+    return out
+
+
+def _child_lines(sel: SelectionSetNode | None, obj: Any) -> Iterator[dict[str, Any]]:
+    """Lines of every connection node under `obj` (inline lists searched too)."""
+    if sel is None or not isinstance(obj, dict):
+        return
+    for f in _fields(sel):
+        value = obj.get(f.name.value)
+        if f.name.value in CONNECTIONS and isinstance(value, list):
+            node_sel = next(
+                (s.selection_set for s in _fields(f.selection_set) if s.name.value == "nodes"),
+                None,
+            )
+            if node_sel is None:
+                for e in _fields(f.selection_set):
+                    if e.name.value == "edges":
+                        node_sel = next((n.selection_set for n in _fields(e.selection_set)), None)
+            for node in value:
+                yield _strip_connections(node_sel, node, obj.get("id"))
+                yield from _child_lines(node_sel, node)
+        elif isinstance(value, list):
+            for v in value:
+                yield from _child_lines(f.selection_set, v)
+        elif isinstance(value, dict):
+            yield from _child_lines(f.selection_set, value)
+
+
+# --- the server ------------------------------------------------------------------------------
 
 
 class AdminStandIn:
@@ -144,17 +471,27 @@ class AdminStandIn:
         *,
         scopes: set[str] | None = None,
         products: dict[str, str] | None = None,
-        maximum: float = 1000.0,
-        restore_rate: float = 1000.0,
+        plan: Plan = PLANS["plus"],
+        bulk_polls: int = 2,
+        seed: int = 7,
     ) -> None:
         self.orders = list(orders or [])
         self.scopes = scopes if scopes is not None else {"read_orders", "read_all_orders"}
         self.products = dict(products or {})
-        self.maximum = maximum
-        self.restore_rate = restore_rate
+        self.plan = plan
+        self.available = plan.maximum
+        self._filled_at = time.monotonic()
+        self.bulk_polls = bulk_polls  # polls a bulk operation stays CREATED/RUNNING
+        self.seed = seed
+        self.bulk: dict[str, BulkOp] = {}
+        self.bulk_outcomes: list[tuple[str, str | None]] = []
+        self.downloads: list[str] = []
         self.faults: list[tuple[str | None, str]] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.queries: list[str] = []
         self.answers: list[str] = []
+        self.costs: list[int] = []
+        self.versions: list[str] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -165,15 +502,34 @@ class AdminStandIn:
         with self._lock:
             self.faults.extend((op, f) for f in faults)
 
+    def finish_next_bulk(self, status: str, error_code: str | None = None) -> None:
+        """The next bulk operation ends in this state (FAILED, CANCELED, EXPIRED...)."""
+        with self._lock:
+            self.bulk_outcomes.append((status, error_code))
+
+    def expire_bulk(self) -> None:
+        """Every finished operation's URL has expired (Shopify keeps them 7 days)."""
+        with self._lock:
+            for op in self.bulk.values():
+                op.expired = True
+                if op.status == "COMPLETED":
+                    op.status = "EXPIRED"
+
     def order_requests(self) -> list[dict[str, Any]]:
         with self._lock:
             return [v for op, v in self.requests if op == "Orders"]
 
     @property
-    def url(self) -> str:
+    def base(self) -> str:
         assert self._server is not None
-        port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}/admin/api/{API_VERSION}/graphql.json"
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def url_for(self, version: str) -> str:
+        return f"{self.base}/admin/api/{version}/graphql.json"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(API_VERSION)
 
     def __enter__(self) -> AdminStandIn:
         standin = self
@@ -182,16 +538,29 @@ class AdminStandIn:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def _send(self, status: int, data: bytes, ctype: str, version: str = "") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                if version:
+                    self.send_header("X-Shopify-API-Version", version)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                status, data = standin.download(self.path)
+                self._send(status, data, "application/jsonl")
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                status, body = standin.answer(self.headers.get("X-Shopify-Access-Token"), raw)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                m = re.match(r"/admin/api/([^/]+)/graphql\.json", self.path)
+                asked = m.group(1) if m else ""
+                version = asked if asked in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
+                status, body = standin.answer(
+                    self.headers.get("X-Shopify-Access-Token"), raw, version
+                )
+                self._send(status, json.dumps(body).encode(), "application/json", version)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -204,95 +573,251 @@ class AdminStandIn:
             self._server.shutdown()
             self._server.server_close()
 
-    # --- answers -----------------------------------------------------------------------------
-    def _cost(self, requested: float, available: float) -> dict[str, Any]:
+    # --- the bucket --------------------------------------------------------------------------
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.available = min(
+            self.plan.maximum, self.available + (now - self._filled_at) * self.plan.restore_rate
+        )
+        self._filled_at = now
+
+    def _cost(self, requested: int, actual: int | None) -> dict[str, Any]:
         return {
             "cost": {
                 "requestedQueryCost": requested,
-                "actualQueryCost": None if available <= 0 else requested,
+                "actualQueryCost": actual,
                 "throttleStatus": {
-                    "maximumAvailable": self.maximum,
-                    "currentlyAvailable": max(available, 0.0),
-                    "restoreRate": self.restore_rate,
+                    "maximumAvailable": self.plan.maximum,
+                    "currentlyAvailable": int(self.available),
+                    "restoreRate": self.plan.restore_rate,
                 },
             }
         }
 
-    def answer(self, token: str | None, raw: bytes) -> tuple[int, dict[str, Any]]:
+    # --- answers -----------------------------------------------------------------------------
+    def answer(
+        self, token: str | None, raw: bytes, version: str = API_VERSION
+    ) -> tuple[int, dict[str, Any]]:
         if token != TOKEN:
             return 401, {"errors": "[API] Invalid API key or access token"}
         req = json.loads(raw)
         query: str = req.get("query") or ""
         variables: dict[str, Any] = req.get("variables") or {}
-        m = re.search(r"query\s+(\w+)", query)
-        op = m.group(1) if m else "?"
-        cost = float(variables.get("first") or 1) + 2
+        try:
+            doc = parse(query)
+        except GraphQLError as exc:
+            return 200, {"errors": [{"message": exc.message}]}
+        (operation,) = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+        op = operation.name.value if operation.name else "?"
+        mutation = operation.operation == OperationType.MUTATION
+        requested = MUTATION_COST if mutation else cost_of(operation.selection_set, variables)
         with self._lock:
             self.requests.append((op, variables))
+            self.queries.append(query)
+            self.costs.append(requested)
+            self.versions.append(version)
             fault = None
             for i, (want, name) in enumerate(self.faults):
                 if want is None or want == op:
                     fault = name
                     del self.faults[i]
                     break
-        if fault == "throttled":
-            self.answers.append("throttled")
-            return 200, {
-                "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
-                "extensions": self._cost(cost, 0.0),
-            }
-        if fault == "error500":
-            self.answers.append("error500")
-            return 500, {"errors": "Internal Server Error"}
-        self.answers.append("ok")
-        ext = self._cost(cost, self.maximum - cost)
-        if op == "Scopes":
-            scopes = [{"handle": s} for s in sorted(self.scopes)]
-            data = {"currentAppInstallation": {"accessScopes": scopes}}
-            return 200, {"data": data, "extensions": ext}
-        if op == "Oldest":
-            nodes = sorted(self.orders, key=lambda o: _when(o["createdAt"]))[:1]
-            oldest = [{"id": n["id"], "createdAt": n["createdAt"]} for n in nodes]
-            data = {"orders": {"nodes": oldest}}
-            return 200, {"data": data, "extensions": ext}
-        if op == "OrdersCount":
-            count = {"count": len(self._matching(variables.get("query"))), "precision": "EXACT"}
-            return 200, {"data": {"ordersCount": count}, "extensions": ext}
-        if op == "ProductTypes":
-            nodes = []
-            for gid in variables.get("ids") or []:
-                pid = str(gid).rsplit("/", 1)[-1]
-                nodes.append({"id": gid, "productType": self.products.get(pid, "")})
-            return 200, {"data": {"nodes": nodes}, "extensions": ext}
-        if op == "Orders":
-            return 200, {"data": {"orders": self._page(variables)}, "extensions": ext}
-        return 200, {"errors": [{"message": f"unknown operation {op}"}]}
+            self._refill()
+            if requested > MAX_COST:
+                self.answers.append("max_cost")
+                message = (
+                    f"Query cost is {requested}, which exceeds the single query max cost "
+                    f"limit ({MAX_COST})."
+                )
+                return 200, {
+                    "errors": [{"message": message, "extensions": {"code": "MAX_COST_EXCEEDED"}}],
+                    "extensions": self._cost(requested, None),
+                }
+            if fault == "throttled":
+                self.available = 0.0
+            if fault == "max_cost":
+                # Shopify's static figure can exceed a client's (community reports differ).
+                self.answers.append("max_cost")
+                return 200, {
+                    "errors": [
+                        {
+                            "message": "Query cost exceeds 1000",
+                            "extensions": {"code": "MAX_COST_EXCEEDED"},
+                        }
+                    ],
+                    "extensions": self._cost(requested, None),
+                }
+            if fault == "error500":
+                self.answers.append("error500")
+                return 500, {"errors": "Internal Server Error"}
+            if self.available < requested:
+                self.answers.append("throttled")
+                return 200, {
+                    "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}],
+                    "extensions": self._cost(requested, None),
+                }
+            self.available -= requested
+            self.answers.append("ok")
+            data = self._data(operation, variables, version)
+            # Charged the requested cost up front; what was not used comes back.
+            actual = min(requested, actual_cost(operation.selection_set, data))
+            self.available += requested - actual
+            return 200, {"data": data, "extensions": self._cost(requested, actual)}
+
+    def _root(self, name: str, args: dict[str, Any], version: str) -> Any:
+        if name == "orders":
+            orders = self._matching(args.get("query"))
+            if args.get("sortKey") == "UPDATED_AT":
+                return sorted(orders, key=lambda o: _when(o["updatedAt"]))
+            if args.get("sortKey") == "CREATED_AT":
+                return sorted(orders, key=lambda o: _when(o["createdAt"]))
+            return sorted(orders, key=lambda o: int(o["legacyResourceId"]))
+        if name == "order":
+            return next((o for o in self.orders if o["id"] == args.get("id")), None)
+        if name == "refund":
+            refunds = (r for o in self.orders for r in o["refunds"])
+            return next((r for r in refunds if r["id"] == args.get("id")), None)
+        if name == "ordersCount":
+            return {"count": len(self._matching(args.get("query"))), "precision": "EXACT"}
+        if name == "currentAppInstallation":
+            return {"accessScopes": [{"handle": s} for s in sorted(self.scopes)]}
+        if name == "nodes":
+            return [
+                {"id": gid, "productType": self.products.get(str(gid).rsplit("/", 1)[-1], "")}
+                for gid in args.get("ids") or []
+            ]
+        if name == "bulkOperation":
+            bulk = self.bulk.get(str(args.get("id")))
+            return self._poll(bulk) if bulk else None
+        if name == "bulkOperationRunQuery":
+            return self._run_bulk(str(args.get("query") or ""), version)
+        if name == "bulkOperationCancel":
+            bulk = self.bulk.get(str(args.get("id")))
+            if bulk is not None and bulk.status in ("CREATED", "RUNNING"):
+                bulk.status = "CANCELED"
+            return {"bulkOperation": self._bulk_fields(bulk) if bulk else None, "userErrors": []}
+        return None
+
+    def _data(
+        self, operation: OperationDefinitionNode, variables: dict[str, Any], version: str
+    ) -> Any:
+        graph = {
+            f.name.value: self._root(f.name.value, _args(f, variables), version)
+            for f in _fields(operation.selection_set)
+        }
+        data = execute(operation.selection_set, graph, variables)
+        return data
 
     def _matching(self, search: str | None) -> list[dict[str, Any]]:
         out = self.orders
-        for cmp, value in _FILTER.findall(search or ""):
+        for name, cmp, value in re.findall(
+            r"(updated_at|created_at):(>=|<=|>|<)'([^']+)'", search or ""
+        ):
             bound = _when(value)
-            if cmp == ">=":
-                out = [o for o in out if _when(o["updatedAt"]) >= bound]
-            else:
-                out = [o for o in out if _when(o["updatedAt"]) <= bound]
+            key = "updatedAt" if name == "updated_at" else "createdAt"
+            ops = {
+                ">=": lambda a, b: a >= b,
+                "<=": lambda a, b: a <= b,
+                ">": lambda a, b: a > b,
+                "<": lambda a, b: a < b,
+            }
+            out = [o for o in out if ops[cmp](_when(o[key]), bound)]
         return out
 
-    def _page(self, variables: dict[str, Any]) -> dict[str, Any]:
-        orders = self._matching(variables.get("query"))
-        if variables.get("sortKey") == "UPDATED_AT":
-            orders = sorted(orders, key=lambda o: _when(o["updatedAt"]))
-        else:
-            orders = sorted(orders, key=lambda o: int(o["legacyResourceId"]))
-        after = variables.get("after")
-        start = int(str(after).split(":", 1)[1]) if after else 0
-        first = int(variables.get("first") or 50)
-        nodes = orders[start : start + first]
-        end = start + len(nodes)
+    # --- bulk --------------------------------------------------------------------------------
+    def _bulk_fields(self, op: BulkOp) -> dict[str, Any]:
+        done = op.status == "COMPLETED"
         return {
-            "pageInfo": {
-                "hasNextPage": end < len(orders),
-                "endCursor": f"c:{end}" if nodes else None,
-            },
-            "nodes": nodes,
+            "id": op.gid,
+            "status": op.status,
+            "errorCode": op.error_code,
+            "createdAt": op.created_at,
+            "completedAt": op.created_at if done else None,
+            "objectCount": str(op.object_count),
+            "rootObjectCount": str(op.root_count),
+            "fileSize": str(len(op.jsonl)) if done else None,
+            "url": f"{self.base}/bulk/{op.gid.rsplit('/', 1)[-1]}.jsonl" if done else None,
+            "partialDataUrl": None,
+            "query": op.query,
+            "type": "QUERY",
         }
+
+    def _run_bulk(self, text: str, version: str) -> dict[str, Any]:
+        problem = check_bulk_query(text)
+        if problem:
+            return {
+                "bulkOperation": None,
+                "userErrors": [{"field": ["query"], "message": problem, "code": "INVALID"}],
+            }
+        limit = 5 if version >= "2026-01" else 1
+        running = [b for b in self.bulk.values() if b.status in ("CREATED", "RUNNING")]
+        if len(running) >= limit:
+            message = (
+                f"A bulk query operation for this app and shop is already in progress "
+                f"({len(running)} running, limit {limit})."
+            )
+            # The code's name is not in the docs; the message is what a human reads.
+            return {
+                "bulkOperation": None,
+                "userErrors": [
+                    {"field": None, "message": message, "code": "OPERATION_IN_PROGRESS"}
+                ],
+            }
+        gid = f"gid://shopify/BulkOperation/{100 + len(self.bulk)}"
+        op = BulkOp(gid=gid, query=text)
+        if self.bulk_outcomes:
+            op.outcome = self.bulk_outcomes.pop(0)
+        self.bulk[gid] = op
+        return {"bulkOperation": {"id": gid, "status": op.status}, "userErrors": []}
+
+    def _poll(self, op: BulkOp) -> dict[str, Any]:
+        if op.status in ("CREATED", "RUNNING"):
+            op.polls += 1
+            if op.polls >= self.bulk_polls:
+                status, code = op.outcome
+                op.status, op.error_code = status, code
+                if status == "COMPLETED":
+                    self._write_jsonl(op)
+            else:
+                op.status = "RUNNING"
+        return self._bulk_fields(op)
+
+    def _write_jsonl(self, op: BulkOp) -> None:
+        doc = parse(op.query)
+        (operation,) = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+        (top,) = list(_fields(operation.selection_set))
+        args = _args(top, {})
+        roots = self._root(top.name.value, args, API_VERSION) or []
+        node_sel = next(
+            (
+                n.selection_set
+                for e in _fields(top.selection_set)
+                if e.name.value == "edges"
+                for n in _fields(e.selection_set)
+                if n.name.value == "node"
+            ),
+            None,
+        ) or next(
+            (n.selection_set for n in _fields(top.selection_set) if n.name.value == "nodes"), None
+        )
+        lines: list[dict[str, Any]] = []
+        for root in roots:
+            lines.append(_strip_connections(node_sel, root, None))
+            lines.extend(_child_lines(node_sel, root))
+        op.root_count = len(roots)
+        op.object_count = len(lines)
+        random.Random(self.seed).shuffle(lines)
+        op.jsonl = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+    def download(self, path: str) -> tuple[int, bytes]:
+        m = re.match(r"/bulk/(\d+)\.jsonl", path)
+        op = self.bulk.get(f"gid://shopify/BulkOperation/{m.group(1)}") if m else None
+        with self._lock:
+            self.downloads.append(path)
+        if op is None or op.expired or op.status != "COMPLETED":
+            # A signed storage URL past its expiry answers 403.
+            return (
+                403,
+                b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+            )
+        return 200, op.jsonl

@@ -29,7 +29,8 @@ from bridge.backfill import (
 )
 from bridge.canonical import MapContext
 from bridge.identity import Policy, decide
-from bridge.shopify_admin import AdminClient, AdminError, Throttle, check_visibility
+from bridge.shopify_admin import AdminClient, AdminError, Throttle, check_visibility, fit_page
+from bridge.shopify_cost import requested_cost
 from bridge.sources.shopify import ShopifySource
 from bridge.state import StateView
 from tests.shopify_admin_standin import bulk_lines, gql_order
@@ -222,22 +223,48 @@ def test_throttled_answer_waits_for_the_bucket_then_retries() -> None:
     assert waits == [pytest.approx((52.0 - 2.0) / 50.0)]
     assert client.stats.throttled == 1
     assert seen[0].headers["X-Shopify-Access-Token"] == "t"
-    assert str(seen[0].url) == f"https://{SHOP}/admin/api/2025-07/graphql.json"
+    assert str(seen[0].url) == f"https://{SHOP}/admin/api/2026-10/graphql.json"
 
 
-def test_low_bucket_waits_before_the_next_query() -> None:
+def test_the_bucket_must_hold_the_requested_cost_before_a_query_is_sent() -> None:
+    # The last answer cost little, but the next query asks for 2 + 40 x 1 = 42 points.
     def handler(request: httpx.Request) -> httpx.Response:
-        body = {"data": {}, "extensions": _cost(10.0, 40.0)}
-        body["extensions"]["cost"]["actualQueryCost"] = 40.0
+        body = {"data": {}, "extensions": _cost(10.0, 42.0)}
+        body["extensions"]["cost"]["actualQueryCost"] = 3.0
         return httpx.Response(200, json=body)
 
     waits: list[float] = []
     client = AdminClient(
-        shop=SHOP, token="t", transport=httpx.MockTransport(handler), sleep=waits.append
+        shop=SHOP,
+        token="t",
+        transport=httpx.MockTransport(handler),
+        sleep=waits.append,
+        clock=lambda: 100.0,
     )
-    client.query("query A { a }")
-    client.query("query A { a }")
-    assert waits == [pytest.approx((40.0 - 10.0) / 50.0)]
+    query = "query A { orders(first: 40) { nodes { id } } }"
+    client.query(query)
+    client.query(query)
+    assert waits == [pytest.approx((42.0 - 10.0) / 50.0)]
+
+
+def test_requested_cost_follows_the_published_rules() -> None:
+    assert requested_cost("{ products(first:10){title variants(first:5){price}} }") == 82
+    edges = "{ products(first:10){ pageInfo { hasNextPage } edges { node { title } } } }"
+    assert requested_cost(edges) == 2 + 10 * 1 + 1
+    assert requested_cost("query Q($n: Int!) { orders(first: $n) { nodes { id } } }", {"n": 7}) == 9
+    assert requested_cost("mutation { bulkOperationCancel(id: 1) { userErrors { field } } }") == 10
+    fragments = "{ nodes(ids: [1]) { ... on Product { id options { name } } ... on Order { id } } }"
+    assert requested_cost(fragments) == 1 + 1
+
+
+def test_page_sizes_fit_the_budget() -> None:
+    sizes = fit_page(1000.0, 250)
+    query = sizes.query()
+    assert requested_cost(query, {"first": sizes.orders}) <= 1000
+    assert requested_cost(query, {"first": sizes.orders + 1}) > 1000
+    small = fit_page(100.0, 250)  # a tiny bucket: nested sizes shrink until one order fits
+    assert small.orders >= 1 and small.lines < sizes.lines
+    assert requested_cost(small.query(), {"first": small.orders}) <= 100
 
 
 def test_other_errors_raise_without_payload() -> None:

@@ -1,0 +1,147 @@
+"""The Admin API client against a stand-in that enforces Shopify's cost rules: the old query is
+refused, pages fit the 1 000-point maximum and the bucket, and every order comes back whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bridge.backfill import rest_order
+from bridge.shopify_admin import AdminClient
+from tests.shopify_admin_standin import TOKEN, AdminStandIn, Plan, gql_order
+
+SHOP = "test-shop.myshopify.com"
+_MONEY = "shopMoney { amount currencyCode } presentmentMoney { amount currencyCode }"
+
+# The orders query the bridge sent before issue 13, word for word.
+OLD_ORDERS_QUERY = f"""
+query Orders($first: Int!, $after: String, $query: String, $sortKey: OrderSortKeys) {{
+  orders(first: $first, after: $after, query: $query, sortKey: $sortKey) {{
+    pageInfo {{ hasNextPage endCursor }}
+    nodes {{
+  id legacyResourceId name email phone test
+  createdAt processedAt updatedAt cancelledAt closedAt cancelReason
+  currencyCode presentmentCurrencyCode displayFinancialStatus
+  totalPriceSet {{ {_MONEY} }}
+  subtotalPriceSet {{ {_MONEY} }}
+  totalTaxSet {{ {_MONEY} }}
+  totalDiscountsSet {{ {_MONEY} }}
+  totalShippingPriceSet {{ {_MONEY} }}
+  discountCodes
+  customAttributes {{ key value }}
+  shippingAddress {{ countryCodeV2 }}
+  billingAddress {{ countryCodeV2 }}
+  customer {{
+    id email phone firstName lastName state tags createdAt updatedAt
+    emailMarketingConsent {{ marketingState }}
+    smsMarketingConsent {{ marketingState }}
+    defaultAddress {{ countryCodeV2 }}
+  }}
+  lineItems(first: 100) {{
+    nodes {{
+      id name title quantity sku vendor
+      variant {{ id }}
+      product {{ id productType }}
+      originalUnitPriceSet {{ {_MONEY} }}
+      originalTotalSet {{ {_MONEY} }}
+    }}
+  }}
+  refunds(first: 50) {{
+    id createdAt
+    totalRefundedSet {{ {_MONEY} }}
+  }}
+    }}
+  }}
+}}
+"""
+
+
+def post(standin: AdminStandIn, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(
+        standin.url,
+        json={"query": query, "variables": variables},
+        headers={"X-Shopify-Access-Token": TOKEN},
+    )
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def orders_with_lines(n: int, lines: int) -> list[dict[str, Any]]:
+    return [
+        gql_order(
+            7000 + i,
+            customer_id=100 + i,
+            email=f"p{i}@example.com",
+            created=f"2024-02-{i % 28 + 1:02d}T00:00:00Z",
+            total="10.00",
+            lines=[(300 + j, "Tea", "1.00", 1) for j in range(lines)],
+        )
+        for i in range(n)
+    ]
+
+
+def test_the_old_orders_query_is_refused_for_any_page_of_two_or_more() -> None:
+    with AdminStandIn(orders_with_lines(3, 1)) as standin:
+        for first in (2, 20, 50):
+            body = post(standin, OLD_ORDERS_QUERY, {"first": first})
+            assert "data" not in body
+            assert body["errors"][0]["extensions"]["code"] == "MAX_COST_EXCEEDED"
+            assert body["extensions"]["cost"]["requestedQueryCost"] > 1000
+        assert standin.answers == ["max_cost"] * 3
+
+
+def test_the_bucket_is_charged_up_front_and_throttles_when_it_cannot_pay() -> None:
+    query = "query Q($n: Int!) { orders(first: $n) { nodes { id } } }"
+    # A bucket of 1000 refilling at 1 point a second: it cannot recover within the test.
+    with AdminStandIn(orders_with_lines(2, 1), plan=Plan(1000.0, 1.0)) as standin:
+        first = post(standin, query, {"n": 250})
+        assert first["extensions"]["cost"]["requestedQueryCost"] == 252
+        # Charged 252 up front, the unused 248 nodes refunded: 2 + 2 x 1 = 4 spent.
+        assert first["extensions"]["cost"]["actualQueryCost"] == 4
+        assert 995 <= first["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] <= 997
+        big = post(standin, query, {"n": 998})  # within the 1 000 maximum, not the bucket
+        assert big["errors"][0]["extensions"]["code"] == "THROTTLED" and "data" not in big
+
+
+def test_pages_stay_under_the_maximum_and_wait_for_the_bucket() -> None:
+    orders = orders_with_lines(12, 2)
+    # One order with more lines than any page holds, and a refund with many lines.
+    orders.append(
+        gql_order(
+            7999,
+            customer_id=999,
+            email="big@example.com",
+            created="2024-03-01T00:00:00Z",
+            total="300.00",
+            lines=[(400 + j, "Tea", "1.00", 1) for j in range(37)],
+            refunds=[(8801, "12.00", "2024-03-02T00:00:00Z")],
+            refund_lines={8801: [(j, 1) for j in range(12)]},
+        )
+    )
+    # A small bucket that refills quickly: each page must wait for it rather than be throttled.
+    with AdminStandIn(orders, plan=Plan(1000.0, 2000.0)) as standin:
+        client = AdminClient(shop=SHOP, token=TOKEN, url=standin.url)
+        got = [rest_order(n) for page in client.order_pages() for n in page.nodes]
+        client.close()
+    assert [o["id"] for o in got] == [str(7000 + i) for i in range(12)] + ["7999"]
+    big = got[-1]
+    assert len(big["line_items"]) == 37  # completed with follow-up queries, not truncated
+    (refund,) = big["refunds"]
+    assert len(refund["refund_line_items"]) == 12
+    assert max(standin.costs) <= 1000
+    assert "throttled" not in standin.answers and "max_cost" not in standin.answers
+    assert client.stats.follow_ups >= 2
+    assert client.stats.waited_s > 0  # it did wait for the bucket between pages
+
+
+def test_a_query_shopify_finds_too_dear_is_halved_and_asked_again() -> None:
+    with AdminStandIn(orders_with_lines(9, 1)) as standin:
+        standin.script("max_cost", op="Orders")
+        client = AdminClient(shop=SHOP, token=TOKEN, url=standin.url)
+        ids = [n["legacyResourceId"] for page in client.order_pages() for n in page.nodes]
+        client.close()
+    assert ids == [str(7000 + i) for i in range(9)]
+    firsts = [r["first"] for r in standin.order_requests()]
+    assert firsts[1] == firsts[0] // 2
+    assert client.stats.cost_halvings == 1
