@@ -239,6 +239,11 @@ def _gid_type(gid: Any) -> str:
     return parts[3] if len(parts) > 4 and parts[0] == "gid:" else ""
 
 
+def _gid_number(gid: Any) -> tuple[int, str]:
+    tail = str(gid or "").rsplit("/", 1)[-1]
+    return (int(tail), "") if tail.isdigit() else (0, tail)
+
+
 _CHILD_LISTS = {
     "LineItem": "lineItems",
     "RefundLineItem": "refundLineItems",
@@ -309,10 +314,12 @@ class BulkIndex:
         for name in _CHILD_LISTS.values():
             if name in obj:
                 obj[name] = connection_nodes(obj.get(name))
-        for (raw,) in self.db.execute(
-            "SELECT body FROM children WHERE parent = ?", (str(obj.get("id")),)
-        ):
-            child = orjson.loads(raw)
+        rows = self.db.execute("SELECT body FROM children WHERE parent = ?", (str(obj.get("id")),))
+        children = [orjson.loads(raw) for (raw,) in rows]
+        # The file's order means nothing; ids grow as Shopify creates lines, so they give
+        # the order the lines were added in, the same on every run.
+        children.sort(key=lambda c: _gid_number(c.get("id")))
+        for child in children:
             child.pop("__parentId", None)
             kind = _CHILD_LISTS.get(_gid_type(child.get("id")))
             if kind is not None:
@@ -497,6 +504,10 @@ class Checkpoint:
         if categories:
             pipe.hset(self.cat_key, mapping=categories)  # type: ignore[arg-type]
         pipe.execute()
+
+    def note(self, **fields: str) -> None:
+        """Remember more about the job (the bulk operation's id, a reset position)."""
+        self.redis.hset(self.key, mapping=fields)  # type: ignore[arg-type]
 
     def categories(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.cat_key).items()}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from bridge.shopify_admin import (
     AdminAccessDenied,
     AdminClient,
     AdminError,
+    BulkError,
+    BulkUrlExpired,
     check_visibility,
 )
 
@@ -71,6 +76,60 @@ def _report(summary: Summary, *, dry_run: bool, elapsed_s: float) -> None:
     if summary.empty_emails:
         _loud(EMPTY_EMAIL_WARNING.format(n=summary.empty_emails, total=summary.with_customer))
     out.flush()
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"cartbridge: {message}\n")
+    sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class Export:
+    """A bulk operation's result on disk and where in it this run starts."""
+
+    path: Path
+    position: int
+    orders: int | None
+
+
+def bulk_export(
+    admin: AdminClient, checkpoint: Checkpoint, search: str | None, work_dir: Path
+) -> Export:
+    """Run (or pick up) the bulk export of orders and download its JSONL to `work_dir`.
+
+    The operation id and the position reached live in the checkpoint, so an interrupted run
+    picks up the same operation. When its result URL has expired, the export runs again from
+    position 0: orders already queued are then skipped by their deterministic ids.
+    Raises BulkError (whose text says what to do) and AdminError.
+    """
+    state = checkpoint.load()
+    op_id = state.get("op") or None
+    position = int(state.get("position") or 0)
+    for attempt in range(2):
+        if op_id is None:
+            op_id = admin.start_bulk(search)
+            position = 0
+            checkpoint.note(op=op_id, position="0")
+            _say(f"started Shopify bulk export {op_id}; waiting for it to finish")
+        try:
+            status = admin.wait_bulk(op_id)
+            path = work_dir / f"cartbridge-bulk-{op_id.rsplit('/', 1)[-1]}.jsonl"
+            if status.url is None:  # a store with no orders: an empty result
+                path.write_bytes(b"")
+            else:
+                with path.open("wb") as fh:
+                    admin.download(status.url, fh)
+            return Export(path, position, status.root_count)
+        except BulkUrlExpired as exc:
+            if attempt:
+                raise
+            _say(f"{exc}: running the export again; orders already queued are skipped")
+            op_id = None
+        except BulkError:
+            # A failed or cancelled operation is not picked up again by the next run.
+            checkpoint.note(op="")
+            raise
+    raise AssertionError("unreachable")
 
 
 def _settings() -> Settings:
@@ -122,7 +181,18 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         category_traits=args.categories or settings.backfill_category_traits,
         category_limit=settings.backfill_category_traits_max,
     )
-    job = "shopify" if args.source == "shopify" else file_job(Path(args.path))
+    method = args.method
+    if method == "auto":
+        # A bulk operation for whole-store exports; cost-aware pages for a narrow --query.
+        method = "paged" if args.query else "bulk"
+    if args.source == "shopify":
+        digest = hashlib.sha256((args.query or "").encode()).hexdigest()[:12]
+        job = f"shopify:{method}:{digest}"
+    else:
+        job = file_job(Path(args.path))
+    if args.events:
+        # An events run is its own job: an identify-only run's checkpoint must not skip it.
+        job += ":events"
     checkpoint = Checkpoint(client, shop, job)
     if args.restart:
         checkpoint.clear()
@@ -142,35 +212,50 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     )
     position = None if args.dry_run else run.resume_position()
     started = time.monotonic()
+    export: Export | None = None
     try:
         if args.source == "shopify":
             assert admin is not None
             visibility = check_visibility(admin, datetime.now(UTC))
             for warning in visibility.warnings:
                 _loud(warning)
-            total = admin.orders_count(args.query)
-            batches: Iterator[Batch] = (
-                Batch([rest_order(n) for n in page.nodes], page.end_cursor or "")
-                for page in admin.order_pages(
-                    search=args.query, after=position, page_size=args.page_size
+            if method == "bulk":
+                work_dir = Path(args.work_dir or tempfile.gettempdir())
+                export = bulk_export(admin, checkpoint, args.query, work_dir)
+                if not args.dry_run:
+                    run.summary.resumed_from = str(export.position) if export.position else None
+                total = export.orders
+                batches: Iterator[Batch] = file_batches(
+                    export.path, start=export.position, size=args.batch_size
                 )
-            )
+            else:
+                total = admin.orders_count(args.query)
+                batches = (
+                    Batch([rest_order(n) for n in page.nodes], page.end_cursor or "")
+                    for page in admin.order_pages(
+                        search=args.query, after=position, page_size=args.page_size
+                    )
+                )
         else:
             path = Path(args.path)
             if not path.is_file():
                 return _err(f"no such file: {path}")
             total = count_file_orders(path)
-            batches = file_batches(path, start=int(position or 0))
+            batches = file_batches(path, start=int(position or 0), size=args.batch_size)
         progress = Progress(total, sys.stderr, start=run.summary.orders)
         summary = run.run(batches, progress)
     except AdminAccessDenied as exc:
         return _err(f"the Admin API refused the token: {exc} (needs read_orders)")
+    except BulkError as exc:
+        return _err(str(exc))
     except AdminError as exc:
         _report(run.summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
         return _err(f"Admin API: {exc}; run the same command again to resume")
     finally:
         if admin is not None:
             admin.close()
+        if export is not None and not run.summary.interrupted:
+            export.path.unlink(missing_ok=True)
     _report(summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
     if summary.interrupted:
         return 130
@@ -223,7 +308,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--rate", type=float, help="orders queued per second (BACKFILL_RATE_PER_S)")
     p.add_argument("--shop", help="the shop domain (default SHOPIFY_SHOP)")
     p.add_argument("--query", help="Admin API order search, e.g. \"created_at:>='2024-01-01'\"")
-    p.add_argument("--page-size", type=int, default=50)
+    p.add_argument(
+        "--method",
+        choices=["auto", "bulk", "paged"],
+        default="auto",
+        help="bulk operation (whole store) or cost-aware pages; auto: paged with --query",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=200, help="orders per checkpoint (files, bulk)"
+    )
+    p.add_argument("--work-dir", help="where the bulk export is downloaded (default: TMPDIR)")
+    p.add_argument("--page-size", type=int, default=250, help="most orders per page (paged)")
     p.add_argument("--categories", action="store_true", help="per-category last order dates")
     p.add_argument("--restart", action="store_true", help="ignore the checkpoint")
     p.set_defaults(func=_checked_backfill)

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # issue 5: backfill and reconciliation through the Shopify Admin GraphQL API.
     shopify_shop: str = ""  # e.g. example.myshopify.com
     shopify_admin_token: SecretStr = SecretStr("")
-    shopify_api_version: str = "2025-07"
+    shopify_api_version: str = "2026-10"  # newest stable; each is supported 12 months
     shopify_admin_url: str = ""  # overrides https://{shop}/admin/api/{version}/graphql.json
     backfill_rate_per_s: float = Field(default=50.0, gt=0)
     backfill_category_traits: bool = False

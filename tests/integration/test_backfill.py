@@ -23,6 +23,8 @@ from jobs.enqueue import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until
 from tests.shopify_admin_standin import AdminStandIn, bulk_lines, gql_order
 
+EMPTY_QUERY = "e3b0c44298fc"  # the checkpoint names a job by its --query's sha256 prefix
+
 
 def some_orders(n: int, customers: int) -> list[dict[str, Any]]:
     return [
@@ -57,7 +59,8 @@ def test_pages_with_a_throttled_answer_become_identify_calls(
 ) -> None:
     admin.orders = some_orders(7, customers=4)
     admin.script("throttled", op="Orders")
-    assert main(["backfill", "shopify", "--page-size", "3", "--rate", "1000"]) == 0
+    argv = ["backfill", "shopify", "--method", "paged", "--page-size", "3", "--rate", "1000"]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "customers: 4" in out and "orders: 7" in out and "errors: 0" in out
 
@@ -162,9 +165,9 @@ def test_interrupted_run_resumes_from_its_checkpoint(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     admin.orders = some_orders(12, customers=12)
-    checkpoint = Keys(SHOP).prefix + "backfill:shopify"
+    checkpoint = Keys(SHOP).prefix + "backfill:shopify:paged:" + EMPTY_QUERY
     # A slow run (4 orders/s) so Ctrl-C lands mid-way, after at least one finished page.
-    argv = ["backfill", "shopify", "--page-size", "2", "--rate", "4"]
+    argv = ["backfill", "shopify", "--method", "paged", "--page-size", "2", "--rate", "4"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", *argv],
         env=env,
@@ -181,7 +184,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(
     assert position is not None
     asked_before = len(admin.order_requests())
 
-    assert main(["backfill", "shopify", "--page-size", "2", "--rate", "1000"]) == 0
+    assert main([*argv[:-1], "1000"]) == 0
     assert f"resumed from checkpoint {position.decode()}" in capsys.readouterr().out
     assert admin.order_requests()[asked_before]["after"] == position.decode()
     assert redis.exists(checkpoint) == 0  # a finished run leaves no checkpoint
@@ -308,3 +311,136 @@ def test_category_dates_use_the_cached_product_lookup(
         "last_order_date_coffee_beans": "2023-06-01T00:00:00.000Z",
         "last_order_date_filters": "2023-06-01T00:00:00.000Z",
     }
+
+
+def parent_after_child(jsonl: bytes) -> bool:
+    """True when some child line comes before its parent's line."""
+    seen: set[str] = set()
+    for raw in jsonl.splitlines():
+        line = json.loads(raw)
+        parent = line.get("__parentId")
+        if parent is not None and parent not in seen:
+            return True
+        seen.add(line["id"])
+    return False
+
+
+def test_bulk_export_joins_children_by_parent_and_refunds_carry_their_lines(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin.orders = some_orders(5, customers=5)
+    admin.orders.append(
+        gql_order(
+            1100,
+            customer_id=590,
+            email="r@example.com",
+            created="2023-02-01T00:00:00Z",
+            total="30.00",
+            lines=[(81, "Coffee", "10.00", 1), (82, "Filters", "20.00", 1)],
+            refunds=[(9201, "20.00", "2023-02-03T00:00:00Z")],
+            refund_lines={9201: [(1, 1)]},
+        )
+    )
+    assert main(["backfill", "shopify", "--events", "--rate", "1000"]) == 0
+    assert [op for op, _ in admin.requests if op == "Orders"] == []  # no paging: one export
+    (bulk,) = admin.bulk.values()
+    assert parent_after_child(bulk.jsonl)  # lines out of order, as Shopify may write them
+    assert "groupObjects: false" in next(q for q in admin.queries if "bulkOperationRunQuery" in q)
+
+    assert pipelines.wait_for(6 + 6 + 2, 30), pipelines.calls
+    completed = {
+        c["properties"]["order_id"]: c
+        for c in pipelines.calls
+        if c.get("event") == "order_completed"
+    }
+    assert len(completed) == 6
+    assert [p["product_id"] for p in completed["1100"]["properties"]["items"]] == ["81", "82"]
+    refund = next(c for c in pipelines.calls if c.get("event") == "order_refunded")
+    assert refund["properties"]["amount"] == 20.0
+    assert [p["product_id"] for p in refund["properties"]["items"]] == ["82"]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "advice"),
+    [
+        ("FAILED", "ACCESS_DENIED", "grant read_orders"),
+        ("FAILED", "TIMEOUT", "narrow it with --query"),
+        ("FAILED", "INTERNAL_SERVER_ERROR", "run the same command again later"),
+        ("CANCELED", None, "was cancelled"),
+    ],
+)
+def test_a_bulk_export_that_ends_badly_says_what_to_do(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    redis: redis_lib.Redis,
+    capsys: pytest.CaptureFixture[str],
+    status: str,
+    code: str | None,
+    advice: str,
+) -> None:
+    admin.orders = some_orders(2, customers=2)
+    admin.finish_next_bulk(status, code)
+    assert main(["backfill", "shopify"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert advice in err[-1] and err[-1].startswith("cartbridge: ")
+    # The next run starts a new export rather than polling the failed one.
+    assert main(["backfill", "shopify"]) == 0
+    assert len(admin.bulk) == 2
+
+
+def test_the_shops_bulk_query_limit_is_reported(
+    env: dict[str, str], admin: AdminStandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bridge.shopify_admin import AdminClient
+    from tests.shopify_admin_standin import TOKEN
+
+    other = AdminClient(shop=SHOP, token=TOKEN, url=admin.url)
+    for _ in range(5):  # five exports of other jobs still running: the 2026-01 limit
+        other.start_bulk(None)
+    other.close()
+    assert main(["backfill", "shopify"]) == 2
+    assert "wait for them to finish, or cancel one" in capsys.readouterr().err
+
+
+def test_interrupted_bulk_backfill_resumes_and_an_expired_result_is_exported_again(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin.orders = some_orders(12, customers=12)
+    checkpoint = Keys(SHOP).prefix + "backfill:shopify:bulk:" + EMPTY_QUERY
+    argv = ["backfill", "shopify", "--rate", "4", "--batch-size", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", *argv],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert wait_until(lambda: redis.hget(checkpoint, "position") not in (None, b"0"), 30)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out
+    first_op = redis.hget(checkpoint, "op")
+    assert first_op is not None and first_op.decode() in admin.bulk
+
+    # Shopify keeps the result 7 days; past that the same command exports again.
+    admin.expire_bulk()
+    capsys.readouterr()
+    assert main(["backfill", "shopify", "--rate", "1000"]) == 0
+    captured = capsys.readouterr()
+    assert "running the export again" in captured.err
+    assert len(admin.bulk) == 2
+    assert redis.exists(checkpoint) == 0
+
+    # Every order exactly once: those the first run queued were skipped by the second.
+    assert pipelines.wait_for(12, 30)
+    assert not wait_until(lambda: len(pipelines.calls) > 12, 1.5)
+    assert sorted(c["userId"] for c in pipelines.calls) == sorted(str(500 + i) for i in range(12))
