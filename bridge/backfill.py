@@ -493,17 +493,31 @@ class Checkpoint:
         self.redis = client
         self.key = f"{Keys(shop).prefix}backfill:{job}"
         self.cat_key = self.key + ":categories"
+        self.people_key = self.key + ":people"
 
     def load(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key).items()}
 
-    def save(self, position: str, counts: dict[str, int], categories: dict[str, str]) -> None:
+    def save(
+        self,
+        position: str,
+        counts: dict[str, int],
+        categories: dict[str, str],
+        people: list[str] | None = None,
+    ) -> None:
         pipe = self.redis.pipeline(transaction=True)
         fields = {"position": position, **{k: str(v) for k, v in counts.items()}}
         pipe.hset(self.key, mapping=fields)  # type: ignore[arg-type]
         if categories:
             pipe.hset(self.cat_key, mapping=categories)  # type: ignore[arg-type]
+        if people:
+            pipe.pfadd(self.people_key, *people)
         pipe.execute()
+
+    def people(self) -> int:
+        """Distinct customers seen by this job so far (HyperLogLog: exact for small counts,
+        within about 1% for large ones)."""
+        return int(self.redis.pfcount(self.people_key))
 
     def note(self, **fields: str) -> None:
         """Remember more about the job (the bulk operation's id, a reset position)."""
@@ -513,7 +527,7 @@ class Checkpoint:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.cat_key).items()}
 
     def clear(self) -> None:
-        self.redis.delete(self.key, self.cat_key)
+        self.redis.delete(self.key, self.cat_key, self.people_key)
 
 
 class RateCap:
@@ -588,8 +602,11 @@ def order_envelopes(
     """The order's `backfill/order` envelope, then one `backfill/refund` per refund.
 
     Webhook ids are deterministic (`backfill:<order id>:<updated_at>`), so a re-run is
-    deduplicated by the same 72 h window as webhooks.
+    deduplicated by the same 72 h window as webhooks. An events run has ids of its own
+    (`backfill:events:...`): after an identify-only run it must still be processed, and the
+    drain's once-only rules then send each order's events once, live or backfilled.
     """
+    mode = "backfill:events:" if events else "backfill:"
     body = dict(order)
     if events:
         body[EVENTS_FLAG] = True
@@ -599,7 +616,7 @@ def order_envelopes(
         Envelope(
             shop=shop,
             topic=ORDER_TOPIC,
-            webhook_id=f"backfill:{order_id}:{updated}",
+            webhook_id=f"{mode}{order_id}:{updated}",
             body=orjson.dumps(body),
             received_ms=received_ms,
         )
@@ -614,7 +631,7 @@ def order_envelopes(
             Envelope(
                 shop=shop,
                 topic=REFUND_TOPIC,
-                webhook_id=f"backfill:refund:{refund['id']}",
+                webhook_id=f"{mode}refund:{refund['id']}",
                 body=orjson.dumps(rbody),
                 received_ms=received_ms,
             )
@@ -650,13 +667,16 @@ class Batch:
 
 @dataclass
 class Summary:
+    """What a run did, in the words of someone who runs it."""
+
     customers: int = 0
     orders: int = 0
     refunds: int = 0
-    queued: int = 0
-    calls: int = 0
-    skipped: int = 0
-    duplicates: int = 0
+    identified: int = 0  # orders whose customer gets (or would get) their order traits
+    events: int = 0  # order_completed and order_refunded to send
+    test_orders: int = 0
+    no_contact: int = 0
+    already_sent: int = 0
     errors: int = 0
     empty_emails: int = 0
     with_customer: int = 0
@@ -665,25 +685,32 @@ class Summary:
     interrupted: bool = False
     samples: list[dict[str, Any]] = field(default_factory=list)
 
-    def counts(self) -> dict[str, int]:
-        return {
-            "orders": self.orders,
-            "queued": self.queued,
-            "calls": self.calls,
-            "skipped": self.skipped,
-            "duplicates": self.duplicates,
-            "errors": self.errors,
-        }
+    COUNTED = (
+        "orders",
+        "refunds",
+        "identified",
+        "events",
+        "test_orders",
+        "no_contact",
+        "already_sent",
+        "errors",
+    )
 
-    def lines(self, *, dry_run: bool) -> list[str]:
-        verb = "would queue" if dry_run else "queued"
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.COUNTED}
+
+    def lines(self, *, dry_run: bool, events: bool) -> list[str]:
+        would = "that would be " if dry_run else ""
+        if events:
+            sent = f"events {would or 'queued to be '}sent: {self.events}"
+        else:
+            sent = "events sent: none (identify only; add --events for order_completed)"
         return [
-            f"customers: {self.customers}",
-            f"orders: {self.orders} (refunds: {self.refunds})",
-            f"{verb}: {self.queued} envelopes",
-            f"calls {'that would be sent' if dry_run else 'sent (as mapped)'}: {self.calls}",
-            f"skipped: {self.skipped} (test orders, nobody to identify) + "
-            f"{self.duplicates} already queued",
+            f"customers {would}identified: {self.customers}",
+            f"orders counted: {self.orders} (with {self.refunds} refunds)",
+            sent,
+            f"skipped: {self.test_orders} test orders, {self.no_contact} with no email or "
+            f"customer id, {self.already_sent} already sent",
             f"errors: {self.errors}",
         ]
 
@@ -754,7 +781,13 @@ class Backfill:
         self.rate = rate or RateCap(opts.rate_per_s)
         self._enqueue_drain = enqueue_drain
         self.summary = Summary()
+        # A dry run decides on one view for the whole run, as the drain's state would evolve.
+        self._view: StateView | None = StateView() if opts.dry_run else None
+        # Customers are counted in the checkpoint (a HyperLogLog: a few KB whatever the
+        # store's size, and a resumed run keeps counting); a dry run counts in memory.
+        self._people_log = None if opts.dry_run else checkpoint
         self._people: set[str] = set()
+        self._batch_people: list[str] = []
         self._persons: dict[str, dict[str, Any]] = {}
         self._categories: dict[str, dict[str, datetime]] = {}
         self._dirty_categories: dict[str, str] = {}
@@ -773,7 +806,7 @@ class Backfill:
         position = state.get("position")
         if position:
             self.summary.resumed_from = position
-            for name in ("orders", "queued", "calls", "skipped", "duplicates", "errors"):
+            for name in Summary.COUNTED:
                 setattr(self.summary, name, int(state.get(name, "0")))
             for field_name, value in self.checkpoint.categories().items():
                 who, _, ptype = field_name.partition("\x1f")
@@ -781,21 +814,32 @@ class Backfill:
                 self._categories.setdefault(who, {})[ptype] = at
         return position
 
-    def _map_calls(self, envs: list[Envelope]) -> tuple[int, bool]:
-        """Map and decide the envelopes on a fresh view: (calls, skipped). Raises MappingError."""
-        view = StateView()
-        calls = 0
-        skipped = False
+    def _map(self, envs: list[Envelope]) -> tuple[int, int, str | None]:
+        """Map the envelopes: (identify calls, events, why skipped). Raises MappingError.
+
+        A dry run decides on one view kept for the whole run, so the traits it shows are the
+        ones the real run sends (the third order of a customer says `orders_count: 3`); a real
+        run only maps (the drain decides), counting the events the mapping asks for.
+        """
+        identifies = events = 0
+        skipped = None
         for env in envs:
             mapped = self.source.map(env.topic, orjson.loads(env.body), self._ctx)
             if mapped.skipped:
-                skipped = True
+                skipped = mapped.skipped
                 continue
-            for out in decide(mapped, view, self._policy):
-                calls += 1
+            if self._view is None:
+                identifies += len(mapped.identifies)
+                events += len(mapped.events)
+                continue
+            for out in decide(mapped, self._view, self._policy):
+                if out.call.get("type") == "track":
+                    events += 1
+                else:
+                    identifies += 1
                 if len(self.summary.samples) < self.opts.sample_size:
                     self.summary.samples.append(out.call)
-        return calls, skipped
+        return identifies, events, skipped
 
     def _note_categories(self, order: dict[str, Any], key: str) -> None:
         at = _order_time(order)
@@ -814,16 +858,18 @@ class Backfill:
                 mine[ptype] = at
                 self._dirty_categories[f"{key}\x1f{ptype}"] = at.isoformat()
 
-    def _queue(self, envs: list[Envelope]) -> None:
+    def _queue(self, envs: list[Envelope]) -> bool:
+        """Queue the envelopes; False when the order's own envelope was already sent."""
         assert self.store is not None and self.queue is not None
-        for env in envs:
+        fresh = True
+        for n, env in enumerate(envs):
             result = self.store.ingest(env)
             if result == INGEST_DUPLICATE:
-                self.summary.duplicates += 1
+                fresh = fresh and n > 0
                 continue
-            self.summary.queued += 1
             if result == INGEST_QUEUED_WAKE and self._enqueue_drain is not None:
                 self._enqueue_drain(self.queue, self.opts.shop)
+        return fresh
 
     def handle(self, order: dict[str, Any]) -> None:
         s = self.summary
@@ -837,25 +883,35 @@ class Backfill:
         envs = order_envelopes(self.opts.shop, order, events=self.opts.events, received_ms=now_ms())
         s.refunds += len(envs) - 1
         try:
-            calls, skipped = self._map_calls(envs)
+            identifies, events, skipped = self._map(envs)
         except MappingError as exc:
             s.errors += 1
             log.warning("backfill order not mappable", extra={"reason": str(exc)})
             return
-        if skipped and calls == 0:
-            s.skipped += 1
+        if skipped and identifies + events == 0:
+            s.test_orders += 1
             return
-        s.calls += calls
-        if key:
-            self._people.add(key)
+        if not key:
+            s.no_contact += 1
+            return
+        self._note_person(key, person)
+        if self.opts.category_traits:
+            self._note_categories(order, key)
+        if not self.opts.dry_run:
+            self.rate.acquire()
+            if not self._queue(envs):
+                s.already_sent += 1
+                return
+        s.identified += 1
+        s.events += events
+
+    def _note_person(self, key: str, person: dict[str, Any]) -> None:
+        if self.opts.category_traits:
             self._persons[key] = person
-            if self.opts.category_traits:
-                self._note_categories(order, key)
-        if self.opts.dry_run:
-            s.queued += len(envs)
-            return
-        self.rate.acquire()
-        self._queue(envs)
+        if self._people_log is None:
+            self._people.add(key)
+        else:
+            self._batch_people.append(key)
 
     def finish_categories(self) -> None:
         """Queue one `backfill/traits` per customer with category dates (opt-in)."""
@@ -867,7 +923,6 @@ class Backfill:
             if not traits:
                 continue
             self.summary.category_updates += 1
-            self.summary.calls += 1
             if self.opts.dry_run:
                 if len(self.summary.samples) < self.opts.sample_size:
                     self.summary.samples.append({"type": "identify", "traits": traits})
@@ -882,21 +937,29 @@ class Backfill:
                     self.handle(order)
                     if progress is not None:
                         progress.update(self.summary.orders)
-                if self.checkpoint is not None and not self.opts.dry_run:
-                    self.checkpoint.save(
-                        batch.position, self.summary.counts(), self._dirty_categories
+                if self._people_log is not None:
+                    self._people_log.save(
+                        batch.position,
+                        self.summary.counts(),
+                        self._dirty_categories,
+                        self._batch_people,
                     )
                     self._dirty_categories = {}
+                    self._batch_people = []
             self.finish_categories()
-            if self.checkpoint is not None and not self.opts.dry_run:
-                self.checkpoint.clear()
+            if self._people_log is not None:
+                self.summary.customers = self._people_log.people()
+                self._people_log.clear()
         except KeyboardInterrupt:
             self.summary.interrupted = True
         finally:
             if progress is not None:
                 progress.update(self.summary.orders, force=True)
                 progress.close()
-        self.summary.customers = len(self._people)
+        if self._people_log is None:
+            self.summary.customers = len(self._people)
+        elif self.summary.interrupted:
+            self.summary.customers = self._people_log.people()
         return self.summary
 
 

@@ -59,14 +59,14 @@ def _loud(message: str) -> None:
     sys.stderr.write(f"\n!!! WARNING: {message}\n\n")
 
 
-def _report(summary: Summary, *, dry_run: bool, elapsed_s: float) -> None:
+def _report(summary: Summary, *, dry_run: bool, events: bool, elapsed_s: float) -> None:
     out = sys.stdout
     if dry_run and summary.samples:
         out.write("sample calls (not sent):\n")
         for call in summary.samples:
             out.write(orjson.dumps(call).decode() + "\n")
     out.write("backfill " + ("dry run " if dry_run else "") + "summary:\n")
-    for line in summary.lines(dry_run=dry_run):
+    for line in summary.lines(dry_run=dry_run, events=events):
         out.write(f"  {line}\n")
     out.write(f"  elapsed: {elapsed_s:.1f}s\n")
     if summary.resumed_from:
@@ -249,14 +249,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except BulkError as exc:
         return _err(str(exc))
     except AdminError as exc:
-        _report(run.summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
+        _report(
+            run.summary,
+            dry_run=args.dry_run,
+            events=args.events,
+            elapsed_s=time.monotonic() - started,
+        )
         return _err(f"Admin API: {exc}; run the same command again to resume")
     finally:
         if admin is not None:
             admin.close()
         if export is not None and not run.summary.interrupted:
             export.path.unlink(missing_ok=True)
-    _report(summary, dry_run=args.dry_run, elapsed_s=time.monotonic() - started)
+    _report(summary, dry_run=args.dry_run, events=args.events, elapsed_s=time.monotonic() - started)
     if summary.interrupted:
         return 130
     return 1 if summary.errors else 0

@@ -291,19 +291,32 @@ class _Run:
     ) -> None:
         name = "order:" + fact.order_id
         done = list(order.get("refunds") or [])
-        if fact.refund_id in done:
-            count(self.view, "events:order_refunded:duplicate")
-            return
+        # Refunds recorded without their event (an identify-only backfill): a later events
+        # run still sends `order_refunded` for them, once.
+        silent = list(order.get("refunds_silent") or [])
         user = order.get("user")
         user = str(user) if user else None
         if user and "@" not in user:
             user = follow(self.view, user)
         who = Person(user, order.get("anon"))
+        if fact.refund_id in done:
+            if event is None or fact.refund_id not in silent:
+                count(self.view, "events:order_refunded:duplicate")
+                return
+            self.track(event, who)
+            rest = [r for r in silent if r != fact.refund_id]
+            self.view.put(name, {**order, "refunds_silent": rest})
+            return
         if event is not None:
             self.track(event, who)
+        else:
+            silent.append(fact.refund_id)
         if who.user_id and orders.index_refund(self.view, person_key(who.user_id), fact):
             self.order_traits(who, fact.created_at)
-        self.view.put(name, {**order, "refunds": [*done, fact.refund_id]})
+        record = {**order, "refunds": [*done, fact.refund_id]}
+        if silent:
+            record["refunds_silent"] = silent
+        self.view.put(name, record)
 
     def _hold_refund(self, fact: RefundFact, event: CanonicalEvent | None) -> None:
         name = "refund_wait:" + fact.order_id

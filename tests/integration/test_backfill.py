@@ -62,7 +62,8 @@ def test_pages_with_a_throttled_answer_become_identify_calls(
     argv = ["backfill", "shopify", "--method", "paged", "--page-size", "3", "--rate", "1000"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "customers: 4" in out and "orders: 7" in out and "errors: 0" in out
+    assert "customers identified: 4" in out and "orders counted: 7" in out
+    assert "errors: 0" in out and "events sent: none" in out
 
     # Three pages, the first asked twice because the stand-in throttled it once.
     assert [r["after"] for r in admin.order_requests()] == [None, None, "c:3", "c:6"]
@@ -121,7 +122,7 @@ def test_events_from_a_bulk_file_and_a_rerun_sends_the_same_message_ids(
     # A rerun inside the dedupe window queues nothing.
     capsys.readouterr()
     assert main(argv) == 0
-    assert "+ 3 already queued" in capsys.readouterr().out
+    assert "2 already sent" in capsys.readouterr().out
 
     # Past the dedupe window (seen ids gone) the once-only state still sends nothing again.
     for key in redis.scan_iter(match=Keys(SHOP).seen("*")):
@@ -150,7 +151,8 @@ def test_dry_run_prints_a_sample_and_queues_nothing(
     out = capsys.readouterr().out
     assert "sample calls (not sent):" in out
     assert '"event":"order_completed"' in out
-    assert "would queue: 3 envelopes" in out and "calls that would be sent: 6" in out
+    assert "customers that would be identified: 3" in out
+    assert "events that would be sent: 3" in out
     depth = Store(redis).depth(SHOP)
     assert (depth["inbound"], depth["outbox"], depth["parked"]) == (0, 0, 0)
     assert not list(redis.scan_iter(match=Keys(SHOP).seen("*")))
@@ -444,3 +446,73 @@ def test_interrupted_bulk_backfill_resumes_and_an_expired_result_is_exported_aga
     assert pipelines.wait_for(12, 30)
     assert not wait_until(lambda: len(pipelines.calls) > 12, 1.5)
     assert sorted(c["userId"] for c in pipelines.calls) == sorted(str(500 + i) for i in range(12))
+
+
+def test_events_after_an_identify_only_run_go_out_once_per_order(
+    env: dict[str, str],
+    settings: Settings,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    orders = some_orders(3, customers=3)
+    orders[0] = gql_order(
+        1000,
+        customer_id=500,
+        email="c0@example.com",
+        created="2023-01-01T10:00:00Z",
+        total="40.00",
+        refunds=[(9001, "15.00", "2023-01-05T00:00:00Z")],
+    )
+    # Order 1002 was seen live: its order_completed already went out.
+    _live(Store(redis), settings, rest_order(orders[2]))
+    assert pipelines.wait_for(2, 30)
+    path = tmp_path / "bulk.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in bulk_lines(orders)))
+
+    assert main(["backfill", "file", str(path), "--rate", "1000"]) == 0
+    assert wait_until(lambda: len(pipelines.calls) >= 5, 30), pipelines.calls
+    assert not [c for c in pipelines.calls[2:] if c["type"] == "track"]  # identify only
+
+    capsys.readouterr()
+    argv = ["backfill", "file", str(path), "--events", "--rate", "1000"]
+    assert main(argv) == 0
+    assert "events queued to be sent: 4" in capsys.readouterr().out
+
+    def events() -> list[str]:
+        return sorted(
+            f"{c['event']}:{c['properties'].get('refund_id') or c['properties']['order_id']}"
+            for c in pipelines.calls
+            if c["type"] == "track"
+        )
+
+    expected = [
+        "order_completed:1000",
+        "order_completed:1001",
+        "order_completed:1002",  # the live one, not again
+        "order_refunded:9001",
+    ]
+    assert wait_until(lambda: events() == expected, 30), events()
+
+    # The same events run again sends nothing new.
+    calls = len(pipelines.calls)
+    assert main(argv) == 0
+    assert "3 already sent" in capsys.readouterr().out
+    assert not wait_until(lambda: len(pipelines.calls) > calls, 1.5)
+
+
+def test_dry_run_shows_the_traits_the_real_run_sends(
+    env: dict[str, str], redis: redis_lib.Redis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    orders = some_orders(3, customers=1)  # one customer, three orders
+    path = tmp_path / "rest.jsonl"
+    path.write_text("".join(json.dumps(rest_order(o)) + "\n" for o in orders))
+    assert main(["backfill", "file", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    samples = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    counts = [c["traits"]["orders_count"] for c in samples if "orders_count" in c["traits"]]
+    assert counts == [1, 2, 3]
+    assert samples[-1]["traits"]["lifetime_value"] == 10.0 + 11.0 + 12.0
+    assert "customers that would be identified: 1" in out

@@ -74,8 +74,13 @@ def test_graphql_order_maps_like_a_webhook_in_shop_currency() -> None:
 def test_events_flag_sends_order_completed_with_original_time_and_live_message_id() -> None:
     order = rest_order(eur_order())
     (env, refund_env) = order_envelopes(SHOP, order, events=True, received_ms=1)
-    assert env.webhook_id == "backfill:1001:2023-03-04T05:06:07Z"
-    assert refund_env.webhook_id == "backfill:refund:9001"
+    assert env.webhook_id == "backfill:events:1001:2023-03-04T05:06:07Z"
+    assert refund_env.webhook_id == "backfill:events:refund:9001"
+    plain = order_envelopes(SHOP, order, events=False, received_ms=1)
+    assert [e.webhook_id for e in plain] == [
+        "backfill:1001:2023-03-04T05:06:07Z",
+        "backfill:refund:9001",
+    ]
     source = ShopifySource()
     view = StateView()
     policy = Policy(shop=SHOP)
