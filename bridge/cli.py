@@ -76,7 +76,7 @@ def cmd_send_sample(args: argparse.Namespace) -> int:
         "X-Shopify-Shop-Domain": args.shop or os.environ.get("SAMPLE_SHOP", DEV_SHOP),
         "X-Shopify-Webhook-Id": str(uuid.uuid4()),
         "X-Shopify-Event-Id": str(uuid.uuid4()),
-        "X-Shopify-API-Version": "2025-07",
+        "X-Shopify-API-Version": "2026-10",
         "X-Shopify-Triggered-At": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "X-Shopify-Hmac-Sha256": signature.sign(body, secret.encode()),
     }

@@ -36,6 +36,7 @@ from bridge.shopify_admin import (
     BulkError,
     BulkUrlExpired,
     check_visibility,
+    version_warning,
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -132,6 +133,12 @@ def bulk_export(
     raise AssertionError("unreachable")
 
 
+def _warn_version(settings: Settings) -> None:
+    warning = version_warning(settings.shopify_api_version, datetime.now(UTC).date())
+    if warning:
+        _loud(warning)
+
+
 def _settings() -> Settings:
     return load_settings()
 
@@ -140,6 +147,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     import time
 
     from bridge.processor import ProcessConfig
+    from bridge.reconcile import note_api_version
     from bridge.sources.shopify import ShopifySource
     from bridge.store import Store, connect
     from jobs.enqueue import enqueue_drain
@@ -148,6 +156,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         settings = _settings()
     except ConfigError as exc:
         return _err(f"configuration error: {exc}")
+    _warn_version(settings)
     shop = (args.shop or settings.shopify_shop).strip().lower()
     if not shop:
         return _err("SHOPIFY_SHOP is not set (or pass --shop)")
@@ -258,6 +267,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return _err(f"Admin API: {exc}; run the same command again to resume")
     finally:
         if admin is not None:
+            note_api_version(admin, store, shop)
             admin.close()
         if export is not None and not run.summary.interrupted:
             export.path.unlink(missing_ok=True)
@@ -279,6 +289,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         admin = AdminClient.from_settings(settings, timeout_s=max(settings.http_timeout_s, 30.0))
     except (ConfigError, AdminError) as exc:
         return _err(f"configuration error: {exc}")
+    _warn_version(settings)
     client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
     store = Store(client)
     grace_s = settings.reconcile_grace_s if args.grace is None else args.grace

@@ -31,6 +31,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2
+    from datetime import UTC, datetime
+
+    from bridge.shopify_admin import version_warning
+
+    warning = version_warning(settings.shopify_api_version, datetime.now(UTC).date())
+    if warning:
+        sys.stderr.write(f"cartbridge: WARNING: {warning}\n")
     client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
     now_s = time.time()
     try:

@@ -120,6 +120,7 @@ def reconcile(
             report.queued += 1
             if result == INGEST_QUEUED_WAKE and enqueue_drain is not None and queue is not None:
                 enqueue_drain(queue, shop)
+    note_api_version(admin, store, shop)
     if report.missing or report.listed:
         store.count(shop, "reconcile:listed", report.listed)
         store.count(shop, "reconcile:missing", report.missing)
@@ -128,6 +129,15 @@ def reconcile(
         extra={"shop": shop, "listed": report.listed, "missing": report.missing},
     )
     return report
+
+
+def note_api_version(admin: AdminClient, store: Store, shop: str) -> None:
+    """Count the version Shopify answered with (`cartbridge_admin_api_version_total` with
+    outcome `match`, or `mismatch` when it fell forward from the one asked for)."""
+    answered = admin.answered_version
+    if answered:
+        outcome = "match" if answered == admin.api_version else "mismatch"
+        store.count(shop, f"admin_api_version:{answered}:{outcome}")
 
 
 def maybe_reconcile(rt: Any) -> ReconcileReport | None:

@@ -382,7 +382,7 @@ class AdminClient:
     """Queries one shop's Admin GraphQL API. Build with `AdminClient.from_settings` or directly."""
 
     shop: str
-    token: str
+    token: str = field(repr=False)
     api_version: str = DEFAULT_API_VERSION
     url: str = ""
     timeout_s: float = 30.0

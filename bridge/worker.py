@@ -17,7 +17,7 @@ import ctypes
 import logging
 import signal
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -75,6 +75,16 @@ def check_redis_policy(rt: Runtime) -> None:
         )
 
 
+def check_api_version(rt: Runtime) -> None:
+    """Warn when SHOPIFY_API_VERSION is past Shopify's support window (payloads and Admin
+    answers then silently come in the oldest supported version instead)."""
+    from bridge.shopify_admin import version_warning
+
+    warning = version_warning(rt.settings.shopify_api_version, datetime.now(UTC).date())
+    if warning:
+        log.warning(warning)
+
+
 def schedule_sweep(rt: Runtime) -> None:
     from jobs.enqueue import SWEEP  # local: avoids an import cycle at module load
 
@@ -130,6 +140,7 @@ def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
             return worked
         try:
             check_redis_policy(rt)
+            check_api_version(rt)
             worker = BridgeWorker([rt.queue], connection=rt.redis)
             worker.runtime = rt
             if not burst:

@@ -135,7 +135,7 @@ def webhook_headers(
         "X-Shopify-Topic": topic,
         "X-Shopify-Shop-Domain": shop,
         "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
-        "X-Shopify-API-Version": "2025-07",
+        "X-Shopify-API-Version": "2026-10",
         "X-Shopify-Triggered-At": at,
         "X-Shopify-Hmac-Sha256": signature.sign(body, secret.encode()),
     }

@@ -3,12 +3,20 @@ refused, pages fit the 1 000-point maximum and the bucket, and every order comes
 
 from __future__ import annotations
 
+import logging
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
+import pytest
+import redis as redis_lib
 
+from bridge import cli
 from bridge.backfill import rest_order
-from bridge.shopify_admin import AdminClient
+from bridge.reconcile import reconcile
+from bridge.settings import Settings
+from bridge.shopify_admin import DEFAULT_API_VERSION, AdminClient, version_warning
+from bridge.store import Store
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, Plan, gql_order
 
 SHOP = "test-shop.myshopify.com"
@@ -145,3 +153,39 @@ def test_a_query_shopify_finds_too_dear_is_halved_and_asked_again() -> None:
     firsts = [r["first"] for r in standin.order_requests()]
     assert firsts[1] == firsts[0] // 2
     assert client.stats.cost_halvings == 1
+
+
+def test_an_old_version_is_served_by_the_oldest_supported_one_and_that_is_seen(
+    settings: Settings, redis: redis_lib.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with AdminStandIn(orders_with_lines(1, 1)) as standin:
+        client = AdminClient(
+            shop=SHOP, token=TOKEN, api_version="2025-07", url=standin.url_for("2025-07")
+        )
+        with caplog.at_level(logging.INFO, logger="bridge.shopify_admin"):
+            report = reconcile(
+                client, Store(redis), None, shop=SHOP, window=timedelta(days=9999), dry_run=True
+            )
+        client.close()
+    assert report.listed == 1
+    assert client.answered_version == "2025-10"  # fell forward, as Shopify does
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == ["shopify answered with another api version"]
+    assert Store(redis).stats(SHOP)["admin_api_version:2025-10:mismatch"] == 1
+
+
+def test_a_version_past_the_support_window_is_warned_about(
+    settings: Settings,
+    redis: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("SHOPIFY_API_VERSION", "2024-07")
+    cli.main(["check"])
+    assert "SHOPIFY_API_VERSION 2024-07 is" in capsys.readouterr().err
+    # Supported for twelve months from its release; warned about from the thirteenth.
+    assert version_warning("2025-10", date(2026, 10, 31)) is None
+    assert "13 months old" in str(version_warning("2025-10", date(2026, 11, 1)))
+    assert version_warning("unstable", date(2026, 11, 1)) is None
+    assert version_warning(DEFAULT_API_VERSION, date(2026, 12, 1)) is None
