@@ -29,6 +29,7 @@ from typing import IO, Any
 import orjson
 import redis
 from rq import Queue
+from tqdm import tqdm
 
 from bridge.canonical import MapContext
 from bridge.identity import Policy, decide
@@ -558,39 +559,30 @@ class RateCap:
 
 
 class Progress:
-    """A one-line progress bar with rate and ETA, only when `stream` is a terminal."""
+    """A progress bar (tqdm) with rate and ETA, drawn only when `stream` is a terminal."""
+
+    FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} orders [{elapsed}, ETA {remaining}, {rate_fmt}]"
 
     def __init__(self, total: int | None, stream: IO[str], start: int = 0) -> None:
-        self.total = total
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.start = time.monotonic()
-        self.base = start
-        self.last = 0.0
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            file=stream,
+            unit=" orders",
+            bar_format=self.FORMAT if total else None,
+            disable=not stream.isatty(),
+            mininterval=0.2,
+            dynamic_ncols=True,
+        )
 
     def update(self, done: int, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < 0.2):
-            return
-        self.last = now
-        rate = (done - self.base) / max(now - self.start, 1e-6)
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = (self.total - done) / rate if rate > 0 else 0
-            line = (
-                f"\r[{bar:<30}] {done}/{self.total} orders  {rate:,.0f}/s  "
-                f"ETA {int(eta) // 60}m{int(eta) % 60:02d}s "
-            )
-        else:
-            line = f"\r{done} orders  {rate:,.0f}/s "
-        self.stream.write(line)
-        self.stream.flush()
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        if force:
+            self.bar.refresh()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.bar.close()
 
 
 # --- envelopes --------------------------------------------------------------------------------

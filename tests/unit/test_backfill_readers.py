@@ -316,4 +316,5 @@ def test_progress_bar_only_on_a_terminal() -> None:
         bar.update(5, force=True)
         bar.close()
     assert "5/10 orders" in tty.getvalue() and "ETA" in tty.getvalue()
+    assert "orders/s" in tty.getvalue()
     assert pipe.getvalue() == ""
