@@ -585,6 +585,10 @@ class Progress:
         self.bar.close()
 
 
+# Orders queued between two looks at the inbound queue's length (one LLEN round trip).
+BACKLOG_LOOK_EVERY = 20
+
+
 # --- envelopes --------------------------------------------------------------------------------
 
 
@@ -717,6 +721,10 @@ class BackfillOptions:
     category_traits: bool = False
     category_limit: int = 50
     sample_size: int = 5
+    # Most webhooks left waiting in the shop's inbound queue before the backfill adds more.
+    # Live webhooks queue behind the backfill's, so this bounds the delay a live order sees
+    # (a few hundred envelopes are well under a second of one worker's drain).
+    max_backlog: int = 500
 
 
 def _person_key(order: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -780,6 +788,8 @@ class Backfill:
         self._people_log = None if opts.dry_run else checkpoint
         self._people: set[str] = set()
         self._batch_people: list[str] = []
+        self._since_look = BACKLOG_LOOK_EVERY
+        self.backpressure_waits = 0
         self._persons: dict[str, dict[str, Any]] = {}
         self._categories: dict[str, dict[str, datetime]] = {}
         self._dirty_categories: dict[str, str] = {}
@@ -850,9 +860,24 @@ class Backfill:
                 mine[ptype] = at
                 self._dirty_categories[f"{key}\x1f{ptype}"] = at.isoformat()
 
+    def _wait_for_room(self) -> None:
+        """Block while the shop's inbound queue holds `max_backlog` or more webhooks."""
+        assert self.store is not None
+        self._since_look += 1
+        if self._since_look < BACKLOG_LOOK_EVERY:
+            return
+        self._since_look = 0
+        key = Keys(self.opts.shop).inbound
+        pause = 0.01
+        while self.store.redis.llen(key) >= self.opts.max_backlog:
+            self.backpressure_waits += 1
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
     def _queue(self, envs: list[Envelope]) -> bool:
         """Queue the envelopes; False when the order's own envelope was already sent."""
         assert self.store is not None and self.queue is not None
+        self._wait_for_room()
         fresh = True
         for n, env in enumerate(envs):
             result = self.store.ingest(env)

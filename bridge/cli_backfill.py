@@ -189,6 +189,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         rate_per_s=args.rate or settings.backfill_rate_per_s,
         category_traits=args.categories or settings.backfill_category_traits,
         category_limit=settings.backfill_category_traits_max,
+        max_backlog=args.max_backlog,
     )
     method = args.method
     if method == "auto":
@@ -332,6 +333,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--batch-size", type=int, default=200, help="orders per checkpoint (files, bulk)"
+    )
+    p.add_argument(
+        "--max-backlog",
+        type=int,
+        default=500,
+        help="pause while the shop's queue holds this many webhooks (live ones wait behind)",
     )
     p.add_argument("--work-dir", help="where the bulk export is downloaded (default: TMPDIR)")
     p.add_argument("--page-size", type=int, default=250, help="most orders per page (paged)")

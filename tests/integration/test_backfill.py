@@ -516,3 +516,45 @@ def test_dry_run_shows_the_traits_the_real_run_sends(
     assert counts == [1, 2, 3]
     assert samples[-1]["traits"]["lifetime_value"] == 10.0 + 11.0 + 12.0
     assert "customers that would be identified: 1" in out
+
+
+def test_the_backfill_waits_while_the_queue_is_full_so_live_webhooks_are_not_starved(
+    env: dict[str, str],
+    settings: Settings,
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from tests.conftest import start_worker
+
+    path = tmp_path / "rest.jsonl"
+    orders = [
+        gql_order(
+            2000 + i,
+            customer_id=800 + i,
+            email=f"q{i}@example.com",
+            created=f"2023-{i // 28 + 1:02d}-{i % 28 + 1:02d}T10:00:00Z",
+            total="5.00",
+        )
+        for i in range(60)
+    ]
+    path.write_text("".join(json.dumps(rest_order(o)) + "\n" for o in orders))
+    argv = ["backfill", "file", str(path), "--rate", "100000", "--max-backlog", "5"]
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(main(argv)))
+    run.start()
+    # No worker yet: the backfill fills the queue to its limit (looking every 20 orders) and
+    # then waits rather than queueing the whole file ahead of any live webhook.
+    assert wait_until(lambda: redis.llen(Keys(SHOP).inbound) >= 5, 30)
+    assert not wait_until(lambda: not run.is_alive(), 1.0)
+    assert redis.llen(Keys(SHOP).inbound) <= 5 + 20
+    worker = start_worker(settings)
+    try:
+        run.join(60)
+        assert codes == [0]
+        assert pipelines.wait_for(60, 30)
+    finally:
+        worker.terminate()
+        worker.wait(40)
