@@ -585,8 +585,9 @@ class Progress:
         self.bar.close()
 
 
-# Orders queued between two looks at the inbound queue's length (one LLEN round trip).
-BACKLOG_LOOK_EVERY = 20
+# Orders queued in one round trip to Redis (a round trip per order capped a run at ~600/s).
+QUEUE_CHUNK = 50
+BACKLOG_PAUSE_S = 0.02
 
 
 # --- envelopes --------------------------------------------------------------------------------
@@ -723,8 +724,8 @@ class BackfillOptions:
     sample_size: int = 5
     # Most webhooks left waiting in the shop's inbound queue before the backfill adds more.
     # Live webhooks queue behind the backfill's, so this bounds the delay a live order sees
-    # (a few hundred envelopes are well under a second of one worker's drain).
-    max_backlog: int = 500
+    # (20 waiting plus one chunk in flight: ~0.1 s of one worker's drain; see BENCHMARKS.md).
+    max_backlog: int = 20
 
 
 def _person_key(order: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -788,7 +789,7 @@ class Backfill:
         self._people_log = None if opts.dry_run else checkpoint
         self._people: set[str] = set()
         self._batch_people: list[str] = []
-        self._since_look = BACKLOG_LOOK_EVERY
+        self._pending: list[tuple[list[Envelope], int]] = []
         self.backpressure_waits = 0
         self._persons: dict[str, dict[str, Any]] = {}
         self._categories: dict[str, dict[str, datetime]] = {}
@@ -863,30 +864,42 @@ class Backfill:
     def _wait_for_room(self) -> None:
         """Block while the shop's inbound queue holds `max_backlog` or more webhooks."""
         assert self.store is not None
-        self._since_look += 1
-        if self._since_look < BACKLOG_LOOK_EVERY:
-            return
-        self._since_look = 0
         key = Keys(self.opts.shop).inbound
-        pause = 0.01
         while self.store.redis.llen(key) >= self.opts.max_backlog:
             self.backpressure_waits += 1
-            time.sleep(pause)
-            pause = min(pause * 2, 0.5)
+            # Short enough that the drain never runs dry while the backfill sleeps.
+            time.sleep(BACKLOG_PAUSE_S)
 
-    def _queue(self, envs: list[Envelope]) -> bool:
-        """Queue the envelopes; False when the order's own envelope was already sent."""
+    def _queue(self, orders: list[list[Envelope]]) -> list[bool]:
+        """Queue each order's envelopes, all in one round trip; per order, False when its own
+        envelope was already sent (its id seen by the drain)."""
         assert self.store is not None and self.queue is not None
         self._wait_for_room()
-        fresh = True
-        for n, env in enumerate(envs):
-            result = self.store.ingest(env)
-            if result == INGEST_DUPLICATE:
-                fresh = fresh and n > 0
-                continue
-            if result == INGEST_QUEUED_WAKE and self._enqueue_drain is not None:
-                self._enqueue_drain(self.queue, self.opts.shop)
+        flat = [env for envs in orders for env in envs]
+        results = self.store.ingest_many(flat) if flat else []
+        if INGEST_QUEUED_WAKE in results and self._enqueue_drain is not None:
+            self._enqueue_drain(self.queue, self.opts.shop)
+        fresh = []
+        at = 0
+        for envs in orders:
+            fresh.append(results[at] != INGEST_DUPLICATE)
+            at += len(envs)
         return fresh
+
+    def _flush(self) -> None:
+        """Queue the orders handled since the last flush and count what they send."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        s = self.summary
+        for fresh, (_, events) in zip(
+            self._queue([envs for envs, _ in pending]), pending, strict=True
+        ):
+            if fresh:
+                s.identified += 1
+                s.events += events
+            else:
+                s.already_sent += 1
 
     def handle(self, order: dict[str, Any]) -> None:
         s = self.summary
@@ -914,13 +927,14 @@ class Backfill:
         self._note_person(key, person)
         if self.opts.category_traits:
             self._note_categories(order, key)
-        if not self.opts.dry_run:
-            self.rate.acquire()
-            if not self._queue(envs):
-                s.already_sent += 1
-                return
-        s.identified += 1
-        s.events += events
+        if self.opts.dry_run:
+            s.identified += 1
+            s.events += events
+            return
+        self.rate.acquire()
+        self._pending.append((envs, events))
+        if len(self._pending) >= QUEUE_CHUNK:
+            self._flush()
 
     def _note_person(self, key: str, person: dict[str, Any]) -> None:
         if self.opts.category_traits:
@@ -944,7 +958,7 @@ class Backfill:
                 if len(self.summary.samples) < self.opts.sample_size:
                     self.summary.samples.append({"type": "identify", "traits": traits})
                 continue
-            self._queue([traits_envelope(self.opts.shop, person, traits)])
+            self._queue([[traits_envelope(self.opts.shop, person, traits)]])
 
     def run(self, batches: Iterable[Batch], progress: Progress | None = None) -> Summary:
         """Queue every order of every batch; checkpoint after each batch. Ctrl-C stops cleanly."""
@@ -954,6 +968,7 @@ class Backfill:
                     self.handle(order)
                     if progress is not None:
                         progress.update(self.summary.orders)
+                self._flush()  # the batch is queued whole before its position is saved
                 if self._people_log is not None:
                     self._people_log.save(
                         batch.position,

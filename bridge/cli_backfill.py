@@ -337,7 +337,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--max-backlog",
         type=int,
-        default=500,
+        default=20,
         help="pause while the shop's queue holds this many webhooks (live ones wait behind)",
     )
     p.add_argument("--work-dir", help="where the bulk export is downloaded (default: TMPDIR)")

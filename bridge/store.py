@@ -593,6 +593,24 @@ class Store:
             )
         )
 
+    def ingest_many(self, envs: list[Envelope]) -> list[int]:
+        """`ingest` for many webhooks in one round trip (the backfill's batches)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for env in envs:
+            k = Keys(env.shop)
+            self._ingest(
+                keys=[k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
+                args=[
+                    env.encode(),
+                    env.received_ms or now_ms(),
+                    FLAG_STALE_MS,
+                    "webhooks:" + env.topic,
+                    env.shop,
+                ],
+                client=pipe,
+            )
+        return [int(r) for r in pipe.execute()]
+
     def count(self, shop: str, name: str, n: int = 1) -> None:
         self.redis.hincrby(Keys(shop).stats, name, n)
 

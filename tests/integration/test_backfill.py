@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from bridge.backfill import rest_order
+from bridge.backfill import QUEUE_CHUNK, rest_order
 from bridge.cli import main
 from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
@@ -545,11 +545,11 @@ def test_the_backfill_waits_while_the_queue_is_full_so_live_webhooks_are_not_sta
     codes: list[int] = []
     run = threading.Thread(target=lambda: codes.append(main(argv)))
     run.start()
-    # No worker yet: the backfill fills the queue to its limit (looking every 20 orders) and
-    # then waits rather than queueing the whole file ahead of any live webhook.
+    # No worker yet: the backfill fills the queue to its limit (looking before each chunk of
+    # orders it queues) and then waits rather than queueing the file ahead of live webhooks.
     assert wait_until(lambda: redis.llen(Keys(SHOP).inbound) >= 5, 30)
     assert not wait_until(lambda: not run.is_alive(), 1.0)
-    assert redis.llen(Keys(SHOP).inbound) <= 5 + 20
+    assert redis.llen(Keys(SHOP).inbound) <= 5 + QUEUE_CHUNK
     worker = start_worker(settings)
     try:
         run.join(60)
