@@ -73,3 +73,13 @@ def test_pipeline_bench_runs() -> None:
     assert lat["events_matched"] == lat["events"] > 0, "every call was matched to its webhook"
     assert lat["p99_ms"] >= lat["p50_ms"] > 0
     assert doc["summary"]["web_process_peak_rss_mb"] > 0
+
+
+def test_backfill_bench_runs() -> None:
+    doc = _run("bench/backfill.py", "--orders", "300", "--live", "1", "--live-every-s", "0.5")
+    assert doc["command_exit"] == 0
+    assert doc["export"]["orders"] == 300 and doc["export"]["lines"] > 300
+    assert any("orders counted: 300" in line for line in doc["command_summary"])
+    assert doc["calls"] >= 300, "every order's customer was identified through the stand-in"
+    assert doc["backfill_peak_rss_mb"] > 0 and doc["worker_peak_rss_mb"][0] > 0
+    assert len(doc["live_latency_idle_ms"]) == 1 and doc["live_missing"] == 0
