@@ -93,6 +93,10 @@ class Export:
     orders: int | None
 
 
+def _export_path(work_dir: Path, shop: str, op_id: str) -> Path:
+    return work_dir / f"cartbridge-{shop}-bulk-{op_id.rsplit('/', 1)[-1]}.jsonl"
+
+
 def bulk_export(
     admin: AdminClient, checkpoint: Checkpoint, search: str | None, work_dir: Path
 ) -> Export:
@@ -114,9 +118,11 @@ def bulk_export(
             _say(f"started Shopify bulk export {op_id}; waiting for it to finish")
         try:
             status = admin.wait_bulk(op_id)
-            path = work_dir / f"cartbridge-bulk-{op_id.rsplit('/', 1)[-1]}.jsonl"
+            path = _export_path(work_dir, admin.shop, op_id)
             if status.url is None:  # a store with no orders: an empty result
                 path.write_bytes(b"")
+            elif path.is_file() and path.stat().st_size == status.file_size:
+                _say(f"using the export already downloaded to {path}")
             else:
                 with path.open("wb") as fh:
                     admin.download(status.url, fh)
@@ -125,6 +131,7 @@ def bulk_export(
             if attempt:
                 raise
             _say(f"{exc}: running the export again; orders already queued are skipped")
+            _export_path(work_dir, admin.shop, op_id).unlink(missing_ok=True)
             op_id = None
         except BulkError:
             # A failed or cancelled operation is not picked up again by the next run.
@@ -258,6 +265,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return _err(f"the Admin API refused the token: {exc} (needs read_orders)")
     except BulkError as exc:
         return _err(str(exc))
+    except KeyboardInterrupt:
+        # Stopped while the export ran or downloaded: its id is in the checkpoint.
+        _say("interrupted: run the same command again to pick up the same export")
+        return 130
     except AdminError as exc:
         _report(
             run.summary,

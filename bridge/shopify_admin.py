@@ -329,6 +329,7 @@ class BulkStatus:
     url: str | None = None
     root_count: int | None = None
     object_count: int | None = None
+    file_size: int | None = None
 
 
 def bulk_problem(status: BulkStatus) -> BulkError | None:
@@ -696,6 +697,7 @@ class AdminClient:
             url=op.get("url"),
             root_count=count("rootObjectCount"),
             object_count=count("objectCount"),
+            file_size=count("fileSize"),
         )
 
     def wait_bulk(

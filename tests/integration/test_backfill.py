@@ -408,17 +408,10 @@ def test_the_shops_bulk_query_limit_is_reported(
     assert "wait for them to finish, or cancel one" in capsys.readouterr().err
 
 
-def test_interrupted_bulk_backfill_resumes_and_an_expired_result_is_exported_again(
-    env: dict[str, str],
-    admin: AdminStandIn,
-    worker: subprocess.Popen[bytes],
-    pipelines: PipelinesStandIn,
-    redis: redis_lib.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    admin.orders = some_orders(12, customers=12)
-    checkpoint = Keys(SHOP).prefix + "backfill:shopify:bulk:" + EMPTY_QUERY
-    argv = ["backfill", "shopify", "--rate", "4", "--batch-size", "2"]
+def interrupt_once_past(
+    env: dict[str, str], redis: redis_lib.Redis, checkpoint: str, argv: list[str], past: int
+) -> tuple[bytes, bytes]:
+    """Run the CLI in a process of its own; Ctrl-C once its checkpoint is past `past` orders."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", *argv],
         env=env,
@@ -426,26 +419,51 @@ def test_interrupted_bulk_backfill_resumes_and_an_expired_result_is_exported_aga
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert wait_until(lambda: redis.hget(checkpoint, "position") not in (None, b"0"), 30)
+    assert wait_until(lambda: int(redis.hget(checkpoint, "position") or 0) > past, 30)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out
+    return out, err
+
+
+def test_interrupted_bulk_backfill_resumes_and_an_expired_result_is_exported_again(
+    env: dict[str, str],
+    admin: AdminStandIn,
+    worker: subprocess.Popen[bytes],
+    pipelines: PipelinesStandIn,
+    redis: redis_lib.Redis,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    admin.orders = some_orders(24, customers=24)
+    checkpoint = Keys(SHOP).prefix + "backfill:shopify:bulk:" + EMPTY_QUERY
+    work = ["--work-dir", str(tmp_path)]
+    argv = ["backfill", "shopify", "--rate", "4", "--batch-size", "2", *work]
+    interrupt_once_past(env, redis, checkpoint, argv, 0)
     first_op = redis.hget(checkpoint, "op")
-    assert first_op is not None and first_op.decode() in admin.bulk
+    assert first_op is not None and list(admin.bulk) == [first_op.decode()]
+    reached = int(redis.hget(checkpoint, "position") or 0)
+
+    # The same command picks up the same export where it stopped: no new operation, and the
+    # file already downloaded is used again.
+    out, err = interrupt_once_past(env, redis, checkpoint, argv, reached)
+    assert f"resumed from checkpoint {reached}".encode() in out
+    assert b"using the export already downloaded" in err
+    assert list(admin.bulk) == [first_op.decode()] and len(admin.downloads) == 1
 
     # Shopify keeps the result 7 days; past that the same command exports again.
     admin.expire_bulk()
     capsys.readouterr()
-    assert main(["backfill", "shopify", "--rate", "1000"]) == 0
-    captured = capsys.readouterr()
-    assert "running the export again" in captured.err
+    assert main(["backfill", "shopify", "--rate", "1000", *work]) == 0
+    assert "running the export again" in capsys.readouterr().err
     assert len(admin.bulk) == 2
     assert redis.exists(checkpoint) == 0
+    assert list(tmp_path.iterdir()) == []  # a finished run leaves no download behind
 
-    # Every order exactly once: those the first run queued were skipped by the second.
-    assert pipelines.wait_for(12, 30)
-    assert not wait_until(lambda: len(pipelines.calls) > 12, 1.5)
-    assert sorted(c["userId"] for c in pipelines.calls) == sorted(str(500 + i) for i in range(12))
+    # Every order exactly once: those queued before were skipped by the new export's run.
+    assert pipelines.wait_for(24, 30)
+    assert not wait_until(lambda: len(pipelines.calls) > 24, 1.5)
+    assert sorted(c["userId"] for c in pipelines.calls) == sorted(str(500 + i) for i in range(24))
 
 
 def test_events_after_an_identify_only_run_go_out_once_per_order(
