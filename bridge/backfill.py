@@ -390,14 +390,19 @@ def file_format(path: Path) -> str:
     return "rest"
 
 
-def read_file_orders(path: Path, start: int = 0) -> Iterator[dict[str, Any]]:
+def read_file_orders(
+    path: Path, start: int = 0, on_total: Callable[[int], None] | None = None
+) -> Iterator[dict[str, Any]]:
     """REST-shaped orders from a JSONL file of either format, in file order, from record
-    `start` on (0-based). A bulk file is grouped on disk beside it first."""
+    `start` on (0-based). A bulk file is grouped on disk beside it first; `on_total` then
+    learns how many orders it holds (one pass over the file instead of two)."""
     if file_format(path) == "bulk":
         index = BulkIndex(path.parent)
         try:
             with path.open("rb") as fh:
-                index.load(fh)
+                total = index.load(fh)
+            if on_total is not None:
+                on_total(total)
             for order in index.orders(start):
                 yield rest_order(order)
         finally:
@@ -574,6 +579,11 @@ class Progress:
             mininterval=0.2,
             dynamic_ncols=True,
         )
+
+    def set_total(self, total: int) -> None:
+        self.bar.total = total
+        self.bar.bar_format = self.FORMAT
+        self.bar.refresh()
 
     def update(self, done: int, *, force: bool = False) -> None:
         if done > self.bar.n:
@@ -995,11 +1005,16 @@ class Backfill:
         return self.summary
 
 
-def file_batches(path: Path, start: int = 0, size: int = 200) -> Iterator[Batch]:
+def file_batches(
+    path: Path,
+    start: int = 0,
+    size: int = 200,
+    on_total: Callable[[int], None] | None = None,
+) -> Iterator[Batch]:
     """Batches of a JSONL file's orders from record `start`; positions count records."""
     chunk: list[dict[str, Any]] = []
     n = start
-    for n, order in enumerate(read_file_orders(path, start), start=start + 1):
+    for n, order in enumerate(read_file_orders(path, start, on_total), start=start + 1):
         chunk.append(order)
         if len(chunk) >= size:
             yield Batch(chunk, str(n))
@@ -1008,9 +1023,10 @@ def file_batches(path: Path, start: int = 0, size: int = 200) -> Iterator[Batch]
         yield Batch(chunk, str(n))
 
 
-def count_file_orders(path: Path) -> int:
+def count_file_orders(path: Path) -> int | None:
+    """Orders in a REST file; None for a bulk file, whose count comes with its grouping."""
     if file_format(path) == "bulk":
-        return sum(1 for obj in _json_lines(path) if "__parentId" not in obj)
+        return None
     return sum(1 for _ in _json_lines(path))
 
 

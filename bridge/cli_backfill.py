@@ -230,6 +230,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     position = None if args.dry_run else run.resume_position()
     started = time.monotonic()
     export: Export | None = None
+    progress: Progress | None = None
+
+    def _on_total(n: int) -> None:
+        if progress is not None:
+            progress.set_total(n)
+
     try:
         if args.source == "shopify":
             assert admin is not None
@@ -243,7 +249,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
                     run.summary.resumed_from = str(export.position) if export.position else None
                 total = export.orders
                 batches: Iterator[Batch] = file_batches(
-                    export.path, start=export.position, size=args.batch_size
+                    export.path, start=export.position, size=args.batch_size, on_total=_on_total
                 )
             else:
                 total = admin.orders_count(args.query)
@@ -258,7 +264,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             if not path.is_file():
                 return _err(f"no such file: {path}")
             total = count_file_orders(path)
-            batches = file_batches(path, start=int(position or 0), size=args.batch_size)
+            batches = file_batches(
+                path, start=int(position or 0), size=args.batch_size, on_total=_on_total
+            )
         progress = Progress(total, sys.stderr, start=run.summary.orders)
         summary = run.run(batches, progress)
     except AdminAccessDenied as exc:
