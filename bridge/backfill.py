@@ -6,8 +6,11 @@ queued with `Store.ingest` exactly like a webhook; the drain stays the single wr
 order index, so an order is never counted twice, a re-run is deduplicated (and sends the same
 messageIds), and a live order arriving meanwhile is never overwritten.
 
-Pure parts (conversion, JSONL assembly, category trait names) do no I/O; `run_backfill` is the
-thin shell that reads, maps (to validate and count), rate-limits, queues and checkpoints.
+Pure parts (conversion, category trait names) do no I/O. `BulkIndex` groups a bulk export's
+lines by `__parentId` in an SQLite scratch file, so a file of gigabytes is assembled in bounded
+memory. `Backfill` is the shell that reads, maps (to validate and count), rate-limits, queues
+(pausing while the shop's queue is full, so live webhooks are not stuck behind an export) and
+checkpoints.
 """
 
 from __future__ import annotations
