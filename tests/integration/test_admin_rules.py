@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from bridge import cli
 from bridge.backfill import rest_order
 from bridge.reconcile import reconcile
 from bridge.settings import Settings
-from bridge.shopify_admin import DEFAULT_API_VERSION, AdminClient, version_warning
+from bridge.shopify_admin import DEFAULT_API_VERSION, AdminClient, BulkUrlExpired, version_warning
 from bridge.store import Store
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, Plan, gql_order
 
@@ -189,3 +190,17 @@ def test_a_version_past_the_support_window_is_warned_about(
     assert "13 months old" in str(version_warning("2025-10", date(2026, 11, 1)))
     assert version_warning("unstable", date(2026, 11, 1)) is None
     assert version_warning(DEFAULT_API_VERSION, date(2026, 12, 1)) is None
+
+
+def test_a_result_url_past_its_expiry_is_reported_as_expired(tmp_path: Path) -> None:
+    with AdminStandIn(orders_with_lines(3, 2)) as standin:
+        client = AdminClient(shop=SHOP, token=TOKEN, url=standin.url, sleep=lambda s: None)
+        status = client.wait_bulk(client.start_bulk(None))
+        assert status.url is not None and status.root_count == 3
+        with (tmp_path / "ok.jsonl").open("wb") as fh:
+            assert client.download(status.url, fh) == status.file_size
+        for op in standin.bulk.values():
+            op.expired = True  # the signed URL ran out while the operation still says COMPLETED
+        with (tmp_path / "late.jsonl").open("wb") as fh, pytest.raises(BulkUrlExpired):
+            client.download(status.url, fh)
+        client.close()
