@@ -67,13 +67,15 @@ def sample_body(topic: str) -> bytes:
 def cmd_send_sample(args: argparse.Namespace) -> int:
     if args.topic not in sample_topics():
         return _fail(f"no sample for {args.topic}; choose from {', '.join(sample_topics())}")
-    body = sample_body(args.topic)
+    shop = args.shop or os.environ.get("SAMPLE_SHOP", DEV_SHOP)
+    # Compliance samples name their shop in the body too, and must name the header's.
+    body = sample_body(args.topic).replace(b"{shop}.myshopify.com", shop.encode())
     secret = (os.environ.get("SHOPIFY_WEBHOOK_SECRET") or DEV_SECRET).split(",")[0].strip()
     url = args.url or f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/webhooks/shopify"
     headers = {
         "Content-Type": "application/json",
         "X-Shopify-Topic": args.topic,
-        "X-Shopify-Shop-Domain": args.shop or os.environ.get("SAMPLE_SHOP", DEV_SHOP),
+        "X-Shopify-Shop-Domain": shop,
         "X-Shopify-Webhook-Id": str(uuid.uuid4()),
         "X-Shopify-Event-Id": str(uuid.uuid4()),
         "X-Shopify-API-Version": "2025-07",
