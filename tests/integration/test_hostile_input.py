@@ -312,9 +312,12 @@ def test_triggered_age_is_read_leniently() -> None:
     assert triggered_age_s("2026-01-01T00:00:00.000000Z", now) == 86400
     assert triggered_age_s("2026-01-01T00:00:00", now) == 86400  # naive is UTC
     assert triggered_age_s("2026-01-01T01:00:00+01:00", now) == 86400
-    for bad in (None, "", "soon", "0001-01-01T00:00:00+23:59", "9999-99-99"):
-        age = triggered_age_s(bad, now)
-        assert age is None or isinstance(age, float)
+    # Absent or unreadable: no age, not an exception.
+    for bad in (None, "", "soon", "9999-99-99"):
+        assert triggered_age_s(bad, now) is None, bad
+    # The earliest moment a datetime holds, offset to before it in UTC: an age (739 617 days and
+    # 23 h 59 min), not an overflow.
+    assert triggered_age_s("0001-01-01T00:00:00+23:59", now) == 63902995140
 
 
 @HYP
@@ -394,7 +397,7 @@ def test_signed_bodies_with_wrong_types_are_parked_or_processed_never_crash(
     parked = [orjson.loads(p) for p in redis.hvals(dlq_key(SHOP_A))]
     if stats.get(f"webhooks:{topic}:parked"):
         [record] = [p for p in parked if p.get("kind") == "webhook"]
-        assert record["reason"].startswith(topic) or record["reason"]
+        assert record["reason"]
         assert record["topic"] == topic
     else:
         outcomes = ("processed", "skipped")

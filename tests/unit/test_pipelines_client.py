@@ -17,7 +17,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.calls import MAX_BATCH_BYTES, MAX_CALL_BYTES
 from bridge.pipelines import (
     USER_AGENT,
     AuthError,
@@ -191,20 +190,42 @@ def test_server_413_is_payload_too_large() -> None:
     assert info.value.status == 413
 
 
+# The documented limits (pipelines-api.md section 3: "One call 32 KB", "One batch 500 KB"), as
+# literals: the client's own constants would make these tests agree with any limit it had.
+CALL_LIMIT = 32 * 1024
+BATCH_LIMIT = 500 * 1024
+
+
+def sized(size: int, i: int = 0) -> bytes:
+    """A serialised call of exactly `size` bytes."""
+    base = len(call(i, properties={"pad": ""}))
+    raw = call(i, properties={"pad": "x" * (size - base)})
+    assert len(raw) == size
+    return raw
+
+
 def test_oversize_call_or_batch_is_refused_before_sending(
     pipelines: PipelinesClient, standin: PipelinesStandIn
 ) -> None:
-    huge_call = call(properties={"pad": "x" * MAX_CALL_BYTES})
+    huge_call = sized(CALL_LIMIT + 1)
     with pytest.raises(PayloadTooLargeError) as one:
         pipelines.send_batch([call(1), huge_call])
     with pytest.raises(PayloadTooLargeError):
         pipelines.send_alias(huge_call)
     fat = call(properties={"pad": "x" * 30_000})
     with pytest.raises(PayloadTooLargeError) as many:
-        pipelines.send_batch([fat] * (MAX_BATCH_BYTES // len(fat) + 1))
+        pipelines.send_batch([fat] * (BATCH_LIMIT // len(fat) + 1))
 
     assert one.value.status is None and many.value.status is None
     assert standin.requests == 0
+
+
+def test_a_call_of_exactly_32_kb_is_sent_and_accepted(
+    pipelines: PipelinesClient, standin: PipelinesStandIn
+) -> None:
+    pipelines.send_batch([sized(CALL_LIMIT, 1)])
+
+    assert standin.message_ids() == ["m1"]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408])
