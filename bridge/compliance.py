@@ -13,7 +13,8 @@ id, lower-cased email, keyed email hash, or phone in E.164, raw and digit-only f
   one with LREM of the exact value (atomic per entry); queued compliance requests are kept;
 - hash fields, set and sorted-set members naming them are removed.
 Ids match as whole tokens (not inside a longer run of letters or digits), so an unrelated record
-is removed only if it carries exactly the same number. Calls a delivery job already holds in
+is removed only if it carries exactly the same number. Delivery's retry bookkeeping names people
+by keyed hashes (bridge/keyed.py), which are needles too. Calls a delivery job already holds in
 memory may still be sent once; `User Deleted` (FORWARD_REDACTIONS=true) then erases them in
 Customer.io.
 """
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis
 
+from bridge import keyed
 from bridge.calls import validate_call
 from bridge.canonical import Mapped
 from bridge.identity import email_key
@@ -183,6 +185,11 @@ def needles_for(request: ComplianceRequest) -> Needles:
     """Every form in which the bridge may have stored this customer."""
     texts: list[str] = []
     tokens: list[str] = []
+    # Delivery's retry bookkeeping names a person (the outbox header's: customer id or email) by
+    # a keyed hash, or by the unkeyed one of entries queued before that (keyed.py).
+    people = [p for p in (request.customer_id, request.email) if p]
+    texts += [keyed.person_hash(p) for p in people]
+    texts += [keyed.legacy_person_hash(p) for p in people]
     if request.customer_id:
         tokens.append(request.customer_id)
     if request.email:

@@ -48,7 +48,7 @@ from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
 from bridge.settings import Settings
-from bridge.store import Keys, LeaseLost, Settlement, now_ms, person_hash
+from bridge.store import Keys, LeaseLost, Settlement, now_ms
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -126,7 +126,7 @@ class Item:
     raw: bytes
     entry: OutboxEntry
     index: int
-    person: str  # hash of the header's person key
+    person: str  # the person's name in the retry bookkeeping (OutboxEntry.hold_name)
 
     @property
     def size(self) -> int:
@@ -331,7 +331,7 @@ def _round(
 ) -> bool:
     """Send one window in phases and settle it; returns True when the shop got paused."""
     items = [
-        Item(raw, e, i, person_hash(e.person))
+        Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
     settle = Settlement()

@@ -1,0 +1,245 @@
+"""Erasures and delivery's bookkeeping (issue 12, item 3), on real parts: a private Redis and the
+Pipelines stand-in behind a loopback proxy that can hold its answers until the test lets them go
+(a Pipelines answering as slowly as the test needs).
+
+After a `customers/redact` completes, nothing in Redis names the person: not the retry
+bookkeeping either, whose names are keyed hashes, never a plain SHA-1 of an email.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+import pytest
+import redis as redis_lib
+from pydantic import SecretStr
+
+from bridge.delivery import deliver
+from bridge.drain import drain
+from bridge.identity import configure_email_hash, person_hash
+from bridge.outbox import OutboxEntry
+from bridge.runtime import Runtime
+from bridge.settings import Settings
+from bridge.standin import PipelinesStandIn
+from bridge.store import Envelope, Keys, now_ms
+from tests.conftest import SHOP
+from tests.integration.test_compliance import (
+    CUSTOMER_ID,
+    EMAIL,
+    everything,
+    redact_body,
+    traces,
+)
+
+K = Keys(SHOP)
+HASH_KEY = "erasure-test-hash-key"
+GUEST = EMAIL.lower()
+OTHER = "sam@example.org"
+
+
+class HeldAnswers:
+    """A loopback proxy in front of the stand-in. Each request reaches the stand-in at once (so
+    its calls count as received, as they would at a slow Pipelines); while `hold()` is on, the
+    answer waits until `release(status)` lets every waiting one go, as the stand-in answered or
+    with `status` instead."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._changed = threading.Condition()
+        self._holding = False
+        self._waiting = 0
+        self._generation = 0  # bumped by each release: the requests it lets go
+        self._status: dict[int, int | None] = {}
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, answer = proxy._forward(self.path, dict(self.headers), body)
+                status = proxy._wait(status)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def _forward(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        url = self.upstream.removesuffix("/v1") + path
+        keep = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection")}
+        request = urllib.request.Request(url, data=body, headers=keep, method="POST")
+        try:
+            with urllib.request.urlopen(request) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def _wait(self, status: int) -> int:
+        with self._changed:
+            if not self._holding:
+                return status
+            mine = self._generation
+            self._waiting += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._generation > mine)
+            self._waiting -= 1
+            return self._status.get(mine) or status
+
+    def hold(self) -> None:
+        with self._changed:
+            self._holding = True
+
+    def release(self, status: int | None = None) -> None:
+        """Let every waiting answer go (as `status` when given) and stop holding."""
+        with self._changed:
+            self._status[self._generation] = status
+            self._generation += 1
+            self._holding = False
+            self._changed.notify_all()
+
+    def wait_held(self, n: int = 1, timeout_s: float = 30.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._waiting >= n, timeout_s)
+
+    def close(self) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def held(pipelines: PipelinesStandIn) -> Iterator[HeldAnswers]:
+    proxy = HeldAnswers(pipelines.url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def slow_settings(settings: Settings, held: HeldAnswers) -> Settings:
+    return settings.model_copy(
+        update={
+            "pipelines_url": held.url,
+            "identity_hash_key": SecretStr(HASH_KEY),
+            "skip_test_orders": False,
+            "retry_base_s": 0.05,
+            "retry_cap_s": 0.2,
+            # An answer is held as long as the test needs; the client must not give up first.
+            "http_timeout_s": 120.0,
+        }
+    )
+
+
+@pytest.fixture
+def rt(slow_settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime.build(slow_settings)
+    yield runtime
+    runtime.redis.close()
+    configure_email_hash(b"")
+
+
+def unkeyed(*people: str) -> list[bytes]:
+    """Plain SHA-1 forms of a person (what the retry bookkeeping used to be named by)."""
+    return [hashlib.sha1(p.encode()).hexdigest()[:16].encode() for p in people]
+
+
+def redact_envelope() -> Envelope:
+    return Envelope(
+        SHOP, "customers/redact", f"redact-{uuid.uuid4()}", redact_body(), received_ms=now_ms()
+    )
+
+
+def leftovers(r: redis_lib.Redis) -> list[str]:
+    """Every trace of the guest in Redis: the test_compliance forms, the keyed person hash of
+    the bookkeeping, and the plain SHA-1 names it used to have."""
+    data = everything(r)
+    found = traces(data)
+    found += [f"sha1 {h.decode()}" for h in unkeyed(GUEST, str(CUSTOMER_ID)) if h in data]
+    found += [
+        f"person hash of {p}" for p in (GUEST, str(CUSTOMER_ID)) if person_hash(p).encode() in data
+    ]
+    return found
+
+
+def test_retry_bookkeeping_names_people_by_a_keyed_hash_and_a_redact_erases_it(
+    rt: Runtime, redis: redis_lib.Redis, pipelines: PipelinesStandIn
+) -> None:
+    call = {"type": "identify", "messageId": "G0001", "userId": GUEST, "traits": {"email": GUEST}}
+    redis.rpush(K.outbox, OutboxEntry(orjson.dumps(call), 1, GUEST).encode())
+    redis.sadd("cb:shops", SHOP)
+    pipelines.script(503)
+    deliver(rt, SHOP)
+    assert pipelines.calls == [] and redis.zcard(K.out_due) == 1  # the guest waits for a retry
+
+    data = everything(redis)
+    for plain in unkeyed(GUEST):
+        assert plain not in data  # no unkeyed SHA-1 of the email, under any name or value
+    [name] = [m.decode() for m in redis.zrange(K.out_due, 0, -1)]
+    assert set(redis.hkeys(K.out_meta)) == {name.encode()}
+    assert redis.exists(K.out_held + name)
+    assert name == person_hash(GUEST)
+    # Keyed: the same person gets another name under another key.
+    try:
+        configure_email_hash(b"another key")
+        assert person_hash(GUEST) != name
+    finally:
+        configure_email_hash(rt.settings.email_hash_key)
+
+    rt.store.accept(redact_envelope())
+    drain(rt, SHOP)
+    assert redis.zcard(K.out_due) == 0 and redis.hlen(K.out_meta) == 0
+    assert list(redis.scan_iter(match=K.out_held + "*")) == []
+    assert leftovers(redis) == []
+
+
+def legacy_entry(call: dict[str, Any], person: str) -> bytes:
+    """An outbox entry as queued before headers carried the person's keyed hash."""
+    return orjson.dumps({"r": 1, "p": person}) + b"\n" + orjson.dumps(call)
+
+
+def test_entries_queued_before_the_keyed_hash_keep_their_order_and_are_erased(
+    rt: Runtime, redis: redis_lib.Redis, pipelines: PipelinesStandIn
+) -> None:
+    def track(n: int, person: str) -> dict[str, Any]:
+        return {"type": "track", "messageId": f"L{n:04d}", "event": "e", "userId": person}
+
+    redis.rpush(K.outbox, legacy_entry(track(1, GUEST), GUEST))
+    redis.sadd("cb:shops", SHOP)
+    pipelines.script(503)
+    deliver(rt, SHOP)
+    [name] = redis.zrange(K.out_due, 0, -1)
+    assert name in unkeyed(GUEST)  # the name the take script gives such an entry
+    # The guest's next old entry waits behind the first (the take script and delivery agree
+    # on its name); another shopper's does not.
+    redis.rpush(
+        K.outbox, legacy_entry(track(2, GUEST), GUEST), legacy_entry(track(3, OTHER), OTHER)
+    )
+    redis.zadd(K.out_due, {name: 2**50})  # not due yet
+    deliver(rt, SHOP)
+    assert [c["messageId"] for c in pipelines.calls] == ["L0003"]
+    assert redis.llen(K.out_held + name.decode()) == 2
+
+    rt.store.accept(redact_envelope())
+    drain(rt, SHOP)
+    assert redis.zcard(K.out_due) == 0 and redis.hlen(K.out_meta) == 0
+    assert leftovers(redis) == []
