@@ -61,6 +61,9 @@ class Keys:
         self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
         self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
         self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
+        # A lease held by an erasure of the shop's data (compliance.py), from before it waits for
+        # the delivery lease until it is done: the deliverer stands aside when it sees it.
+        self.erasing = p + "out:erasing"
         # Compliance requests (issue 7) committed with their batch, run after it, then removed.
         self.compliance = p + "compliance"
 
@@ -576,6 +579,11 @@ class Store:
 
     def release(self, key: str, token: str) -> None:
         self._release(keys=[key], args=[token])
+
+    def holds(self, key: str, token: str) -> bool:
+        """Whether the lease `key` is `token`'s now (a token is never reused, so a lease that was
+        lost in between is not `token`'s again)."""
+        return bool(self.redis.get(key) == token.encode())
 
     def wake(self, flag_key: str) -> bool:
         """Set a pending flag unless a fresh one exists; True means the caller must enqueue."""

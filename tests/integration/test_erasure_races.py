@@ -1,9 +1,10 @@
-"""Erasures and delivery's bookkeeping (issue 12, item 3), on real parts: a private Redis and the
-Pipelines stand-in behind a loopback proxy that can hold its answers until the test lets them go
-(a Pipelines answering as slowly as the test needs).
+"""An erasure wins over a delivery in flight (issue 12, item 3), on real parts: a private Redis,
+a real `bridge worker` process, the Pipelines stand-in behind a loopback proxy that holds its
+answers until the test lets them go (a Pipelines answering as slowly as the test needs).
 
-After a `customers/redact` completes, nothing in Redis names the person: not the retry
-bookkeeping either, whose names are keyed hashes, never a plain SHA-1 of an email.
+After a `customers/redact` completes, Pipelines never receives the person's calls again and
+nothing in Redis names them: not the outbox, the in-flight window, the retry bookkeeping (whose
+names are keyed hashes, never a plain SHA-1 of an email) or the dead letters.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from typing import Any
 import orjson
 import pytest
 import redis as redis_lib
+from flask.testing import FlaskClient
 from pydantic import SecretStr
 
+from bridge.deadletters import dlq_key
 from bridge.delivery import deliver
 from bridge.drain import drain
 from bridge.identity import configure_email_hash, person_hash
@@ -30,11 +33,14 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
 from bridge.store import Envelope, Keys, now_ms
-from tests.conftest import SHOP
+from bridge.web import create_app
+from tests.conftest import SHOP, fixture_json, start_worker, wait_until, webhook_headers
 from tests.integration.test_compliance import (
     CUSTOMER_ID,
     EMAIL,
+    PHONE_RAW,
     everything,
+    personalise,
     redact_body,
     traces,
 )
@@ -158,6 +164,22 @@ def rt(slow_settings: Settings) -> Iterator[Runtime]:
     configure_email_hash(b"")
 
 
+def guest_checkout(email: str, phone: str, n: int) -> bytes:
+    """A guest's checkout (checkout and cart of their own), with no customer record."""
+    body = personalise(fixture_json("checkouts-create"), 7309999999999, email, phone)
+    body.pop("customer", None)
+    body["id"] += n
+    body["token"] = f"{n:032x}"
+    body["cart_token"] = f"cart-{n}"
+    body.pop("abandoned_checkout_url", None)
+    return orjson.dumps(body)
+
+
+def names_guest(call: dict[str, Any]) -> bool:
+    text = orjson.dumps(call).decode().lower()
+    return GUEST in text or str(CUSTOMER_ID) in text
+
+
 def unkeyed(*people: str) -> list[bytes]:
     """Plain SHA-1 forms of a person (what the retry bookkeeping used to be named by)."""
     return [hashlib.sha1(p.encode()).hexdigest()[:16].encode() for p in people]
@@ -179,6 +201,130 @@ def leftovers(r: redis_lib.Redis) -> list[str]:
         f"person hash of {p}" for p in (GUEST, str(CUSTOMER_ID)) if person_hash(p).encode() in data
     ]
     return found
+
+
+def quiet(r: redis_lib.Redis) -> bool:
+    """Nothing left to deliver: no outbox, no window, nobody waiting for a retry."""
+    return r.llen(K.outbox) + r.llen(K.outbox_work) + r.zcard(K.out_due) == 0
+
+
+def test_a_redact_while_the_persons_call_is_in_flight_is_never_followed_by_their_calls(
+    slow_settings: Settings,
+    rt: Runtime,
+    redis: redis_lib.Redis,
+    pipelines: PipelinesStandIn,
+    held: HeldAnswers,
+) -> None:
+    """The worker process delivers; this process runs the redact (another process). The guest's
+    identify reaches Pipelines and its answer is held; the redact is processed meanwhile; then
+    Pipelines answers 503, which would put the guest's calls on a retry hold list."""
+    worker = start_worker(
+        slow_settings,
+        PIPELINES_URL=held.url,
+        IDENTITY_HASH_KEY=HASH_KEY,
+        RETRY_BASE_S="0.05",
+        RETRY_CAP_S="0.2",
+        HTTP_TIMEOUT_S="120",
+        SKIP_TEST_ORDERS="false",
+    )
+    app = create_app(slow_settings)
+    app.config["TESTING"] = True
+    web: FlaskClient = app.test_client()
+
+    def post(topic: str, body: bytes) -> None:
+        resp = web.post("/webhooks/shopify", data=body, headers=webhook_headers(body, topic))
+        assert resp.status_code == 200
+
+    try:
+        # A dead letter naming the guest: a signed webhook with a wrong type in it.
+        bad = personalise(fixture_json("customers-create"), CUSTOMER_ID, EMAIL, PHONE_RAW)
+        bad["default_address"] = "not an address"
+        post("customers/update", orjson.dumps(bad))
+        assert wait_until(lambda: redis.hlen(dlq_key(SHOP)) == 1, 30)
+
+        held.hold()
+        post("checkouts/create", guest_checkout(EMAIL, PHONE_RAW, 1))
+        post("checkouts/create", guest_checkout(OTHER, "(613) 555-0199", 2))
+        assert held.wait_held()  # the guest's identify is in flight: received, not answered
+        assert wait_until(lambda: any(names_guest(c) for c in pipelines.calls), 30)
+
+        # The redact, queued as the web would and drained here, by another process than the
+        # worker that delivers.
+        rt.store.accept(redact_envelope())
+        eraser = threading.Thread(target=drain, args=(rt, SHOP))
+        eraser.start()
+        # Either the erase is done, or it waits for the delivery in flight to stand aside.
+        assert wait_until(lambda: not eraser.is_alive() or redis.exists(K.erasing), 60)
+        held.release(503)
+        eraser.join(120)
+        assert not eraser.is_alive()
+        assert redis.hget(K.stats, "compliance:customers/redact:done") == b"1"
+        erased_at = len(pipelines.calls)
+
+        # The other shopper's calls go out after their retry; the shop comes to rest.
+        def settled() -> bool:
+            again = pipelines.calls_since(erased_at)
+            theirs = [c for c in again if OTHER in orjson.dumps(c).decode()]
+            return len(theirs) >= 2 and quiet(redis)
+
+        assert wait_until(settled, 60), pipelines.stats()
+        after = pipelines.calls_since(erased_at)
+        assert [c for c in after if names_guest(c)] == []
+        assert leftovers(redis) == []
+        assert redis.hlen(dlq_key(SHOP)) == 0
+    finally:
+        held.release()
+        worker.terminate()
+        worker.wait(40)
+
+
+def test_a_deliverer_whose_lease_ran_out_mid_request_sends_nothing_more(
+    slow_settings: Settings,
+    rt: Runtime,
+    redis: redis_lib.Redis,
+    pipelines: PipelinesStandIn,
+    held: HeldAnswers,
+) -> None:
+    """The deliverer's renewals stopped reaching Redis while its request waited for an answer:
+    its lease ran out, an erasure took the shop's delivery and completed. When the answer comes,
+    the deliverer must neither send the person's next call (their alias, due in a later phase)
+    nor write its window back."""
+    guest_calls = [
+        {"type": "identify", "messageId": "G0001", "userId": GUEST, "traits": {"email": GUEST}},
+        {"type": "alias", "messageId": "G0002", "previousId": "anon-g", "userId": GUEST},
+    ]
+    other = {"type": "track", "messageId": "S0001", "event": "e", "userId": OTHER}
+    entries = [
+        OutboxEntry(orjson.dumps(guest_calls[0]), 1, GUEST).encode(),
+        OutboxEntry(orjson.dumps(guest_calls[1]), 1, GUEST, (), "alias").encode(),
+        OutboxEntry(orjson.dumps(other), 1, OTHER).encode(),
+    ]
+    redis.rpush(K.outbox, *entries)
+    redis.sadd("cb:shops", SHOP)
+
+    deliverer_rt = Runtime.build(slow_settings)
+    held.hold()
+    deliverer = threading.Thread(target=deliver, args=(deliverer_rt, SHOP))
+    deliverer.start()
+    try:
+        assert held.wait_held()
+        assert {c["messageId"] for c in pipelines.calls} == {"G0001", "S0001"}
+        redis.delete(K.deliver_lease)  # its time ran out: nobody renewed it
+
+        rt.store.accept(redact_envelope())
+        drain(rt, SHOP)
+        assert redis.hget(K.stats, "compliance:customers/redact:done") == b"1"
+        erased_at = len(pipelines.calls)
+        held.release()
+        deliverer.join(60)
+        assert not deliverer.is_alive()
+
+        assert [c["messageId"] for c in pipelines.calls_since(erased_at)] == []
+        assert leftovers(redis) == []
+    finally:
+        held.release()
+        deliverer.join(60)
+        deliverer_rt.redis.close()
 
 
 def test_retry_bookkeeping_names_people_by_a_keyed_hash_and_a_redact_erases_it(
