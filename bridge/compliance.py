@@ -46,6 +46,7 @@ import redis
 from bridge import keyed
 from bridge.calls import validate_call
 from bridge.canonical import Mapped
+from bridge.deadletters import DeadLetters
 from bridge.identity import email_key
 from bridge.ids import iso_z, message_id
 from bridge.jsonio import parse_body
@@ -301,6 +302,9 @@ def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> E
                 out.entries += int(client.zrem(key, *members))
     for i in range(0, len(doomed), 500):
         out.keys += int(client.unlink(*doomed[i : i + 500]))
+    # Dead letters are listed by id, a messageId: derived from the person, and of no use once
+    # the letter it indexes is gone.
+    out.entries += DeadLetters(client).drop_orphans(shop)
     return out
 
 

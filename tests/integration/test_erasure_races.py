@@ -24,10 +24,18 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from bridge.deadletters import dlq_key
+from bridge.deadletters import (
+    DeadLetters,
+    ErasureRunning,
+    call_letter,
+    dlq_index_key,
+    dlq_key,
+    stage,
+)
 from bridge.delivery import deliver
 from bridge.drain import drain
 from bridge.identity import configure_email_hash, person_hash
+from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
 from bridge.runtime import Runtime
 from bridge.settings import Settings
@@ -271,7 +279,7 @@ def test_a_redact_while_the_persons_call_is_in_flight_is_never_followed_by_their
         after = pipelines.calls_since(erased_at)
         assert [c for c in after if names_guest(c)] == []
         assert leftovers(redis) == []
-        assert redis.hlen(dlq_key(SHOP)) == 0
+        assert redis.hlen(dlq_key(SHOP)) == 0 and redis.zcard(dlq_index_key(SHOP)) == 0
     finally:
         held.release()
         worker.terminate()
@@ -389,3 +397,40 @@ def test_entries_queued_before_the_keyed_hash_keep_their_order_and_are_erased(
     drain(rt, SHOP)
     assert redis.zcard(K.out_due) == 0 and redis.hlen(K.out_meta) == 0
     assert leftovers(redis) == []
+
+
+def dead_letter_for_the_guest(r: redis_lib.Redis) -> str:
+    call = {"type": "identify", "messageId": "D0001", "userId": GUEST, "traits": {"email": GUEST}}
+    letter = call_letter(SHOP, OutboxEntry(orjson.dumps(call), 1, GUEST).encode(), "refused")
+    pipe = r.pipeline(transaction=True)
+    stage(pipe, SHOP, [letter], now_ms())
+    pipe.execute()
+    return letter.id
+
+
+def test_a_replay_of_letters_read_before_a_redact_brings_nothing_back(
+    rt: Runtime, redis: redis_lib.Redis
+) -> None:
+    letters = DeadLetters(redis)
+    letter_id = dead_letter_for_the_guest(redis)
+    stale = letters.get_many(SHOP, [letter_id])  # an operator's replay has read the letter
+    assert [d.id for d in stale] == [letter_id]
+
+    rt.store.accept(redact_envelope())
+    drain(rt, SHOP)
+    assert letters.ids(SHOP) == []  # the index does not keep the erased letter's id either
+
+    assert letters.replay(SHOP, stale) == 0
+    assert leftovers(redis) == []
+
+
+def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Runtime, redis: redis_lib.Redis) -> None:
+    letters = DeadLetters(redis)
+    letter_id = dead_letter_for_the_guest(redis)
+    with Lease(rt.store, K.erasing) as erasing:  # an erasure has begun, not yet reached the DLQ
+        assert erasing.held
+        with pytest.raises(ErasureRunning):
+            letters.replay(SHOP, letters.get_many(SHOP, [letter_id]), wait_s=0)
+        assert redis.llen(K.outbox) == 0 and letters.ids(SHOP) == [letter_id]
+    assert letters.replay(SHOP, letters.get_many(SHOP, [letter_id])) == 1
+    assert redis.llen(K.outbox) == 1
