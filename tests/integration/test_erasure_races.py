@@ -10,6 +10,7 @@ names are keyed hashes, never a plain SHA-1 of an email) or the dead letters.
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -211,6 +212,12 @@ def leftovers(r: redis_lib.Redis) -> list[str]:
     return found
 
 
+def stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        worker.wait(40)
+
+
 def quiet(r: redis_lib.Redis) -> bool:
     """Nothing left to deliver: no outbox, no window, nobody waiting for a retry."""
     return r.llen(K.outbox) + r.llen(K.outbox_work) + r.zcard(K.out_due) == 0
@@ -276,14 +283,14 @@ def test_a_redact_while_the_persons_call_is_in_flight_is_never_followed_by_their
             return len(theirs) >= 2 and quiet(redis)
 
         assert wait_until(settled, 60), pipelines.stats()
+        stop(worker)  # before reading all of Redis: RQ's own keys come and go
         after = pipelines.calls_since(erased_at)
         assert [c for c in after if names_guest(c)] == []
         assert leftovers(redis) == []
         assert redis.hlen(dlq_key(SHOP)) == 0 and redis.zcard(dlq_index_key(SHOP)) == 0
     finally:
         held.release()
-        worker.terminate()
-        worker.wait(40)
+        stop(worker)
 
 
 def test_a_deliverer_whose_lease_ran_out_mid_request_sends_nothing_more(
@@ -434,3 +441,52 @@ def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Runtime, redis: redis_lib
         assert redis.llen(K.outbox) == 0 and letters.ids(SHOP) == [letter_id]
     assert letters.replay(SHOP, letters.get_many(SHOP, [letter_id])) == 1
     assert redis.llen(K.outbox) == 1
+
+
+def test_a_compliance_request_left_pending_is_run_by_the_workers_ticker(
+    slow_settings: Settings, rt: Runtime, redis: redis_lib.Redis, held: HeldAnswers
+) -> None:
+    """An erasure that could not take the delivery lease in time leaves its request committed
+    and its drain gone; nothing is queued for the shop, yet the request must still run."""
+    from bridge.compliance import ComplianceRequest
+
+    redis.rpush(
+        K.outbox,
+        OutboxEntry(orjson.dumps({"type": "identify", "userId": GUEST}), 1, GUEST).encode(),
+    )
+    request = ComplianceRequest(
+        "customers/redact", SHOP, "w-pending", now_ms(), str(CUSTOMER_ID), GUEST
+    )
+    redis.rpush(K.compliance, request.encode())
+    redis.sadd("cb:shops", SHOP)
+    held.hold()  # whatever the worker would deliver meanwhile waits
+    worker = start_worker(slow_settings, IDENTITY_HASH_KEY=HASH_KEY, PIPELINES_URL=held.url)
+    try:
+        assert wait_until(lambda: redis.llen(K.compliance) == 0, 30)
+        assert redis.hget(K.stats, "compliance:customers/redact:done") == b"1"
+        held.release()
+        assert wait_until(lambda: quiet(redis), 30)
+        stop(worker)
+        assert leftovers(redis) == []
+    finally:
+        held.release()
+        stop(worker)
+
+
+def test_an_erasure_that_cannot_take_the_delivery_lease_erases_nothing_and_stays_pending(
+    rt: Runtime, redis: redis_lib.Redis
+) -> None:
+    from bridge.compliance import ComplianceRequest, ErasureBlocked, run_pending
+
+    entry = OutboxEntry(orjson.dumps({"type": "identify", "userId": GUEST}), 1, GUEST).encode()
+    redis.rpush(K.outbox_work, entry)  # a deliverer's window, held in its memory too
+    request = ComplianceRequest("customers/redact", SHOP, "w-1", now_ms(), None, GUEST)
+    redis.rpush(K.compliance, request.encode())
+    with Lease(rt.store, K.deliver_lease) as deliverer:  # alive, and not letting go
+        assert deliverer.held
+        rt.stopping.set()  # the worker is asked to stop while the erasure waits
+        with pytest.raises(ErasureBlocked):
+            run_pending(rt, SHOP)
+    assert redis.lrange(K.outbox_work, 0, -1) == [entry]
+    assert redis.lrange(K.compliance, 0, -1) == [request.encode()]
+    assert not redis.exists(K.erasing)  # the mark went with the erasure: delivery goes on
