@@ -25,6 +25,7 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
+from bridge.compliance import ComplianceRequest, ErasureBlocked, run_pending
 from bridge.deadletters import (
     DeadLetters,
     ErasureRunning,
@@ -448,8 +449,6 @@ def test_a_compliance_request_left_pending_is_run_by_the_workers_ticker(
 ) -> None:
     """An erasure that could not take the delivery lease in time leaves its request committed
     and its drain gone; nothing is queued for the shop, yet the request must still run."""
-    from bridge.compliance import ComplianceRequest
-
     redis.rpush(
         K.outbox,
         OutboxEntry(orjson.dumps({"type": "identify", "userId": GUEST}), 1, GUEST).encode(),
@@ -476,8 +475,6 @@ def test_a_compliance_request_left_pending_is_run_by_the_workers_ticker(
 def test_an_erasure_that_cannot_take_the_delivery_lease_erases_nothing_and_stays_pending(
     rt: Runtime, redis: redis_lib.Redis
 ) -> None:
-    from bridge.compliance import ComplianceRequest, ErasureBlocked, run_pending
-
     entry = OutboxEntry(orjson.dumps({"type": "identify", "userId": GUEST}), 1, GUEST).encode()
     redis.rpush(K.outbox_work, entry)  # a deliverer's window, held in its memory too
     request = ComplianceRequest("customers/redact", SHOP, "w-1", now_ms(), None, GUEST)
