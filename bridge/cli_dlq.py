@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from bridge.deadletters import KIND_CALL, DeadLetter, DeadLetters
+from bridge.deadletters import KIND_CALL, DeadLetter, DeadLetters, ErasureRunning
 from bridge.outbox import OutboxEntry
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -139,10 +139,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             plan.append((shop, ids))
         progress = Progress(sum(len(ids) for _, ids in plan))
         replayed = 0
+        blocked: list[str] = []
         for shop, ids in plan:
             for i in range(0, len(ids), 200):
                 chunk = letters.get_many(shop, ids[i : i + 200])
-                replayed += letters.replay(shop, chunk)
+                try:
+                    replayed += letters.replay(shop, chunk)
+                except ErasureRunning:
+                    blocked.append(shop)  # what is left of this shop: another time
+                    break
                 progress.add(len(ids[i : i + 200]))
             keys = Keys(shop)
             if rt.store.wake(keys.deliver_flag):
@@ -151,7 +156,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 enqueue_drain(rt.queue, shop)
         progress.close()
         out.write(orjson.dumps({"replayed": replayed}).decode() + "\n")
-        return 0 if replayed or not args.ids else 1
+        for shop in blocked:
+            sys.stderr.write(f"cartbridge: {shop}: an erasure is still running; replay again\n")
+        return 0 if (replayed or not args.ids) and not blocked else 1
 
     # purge
     purged = 0

@@ -6,6 +6,13 @@ calls into `cb:{shop}:out:work` (store.take_window), sends it in rounds and sett
 one MULTI (store.settle_outbox): until then the window stays in Redis, so a crash at any instant
 means the window is sent again with the same messageIds (at-least-once, never a loss).
 
+An erasure wins over a delivery in flight (`Gate`): an erasure of the shop's data runs holding
+the delivery lease (compliance.py), so no window is held in memory while it runs. Before each
+request the deliverer checks in Redis that the lease is still its own and that no erasure waits
+for it; when one does, it ends the round, settles it (the calls go back to Redis, where the
+erasure finds them) and lets the lease go. A deliverer whose lease ran out while a request was
+in flight (renewals not getting through) sends nothing more, and its settle is refused.
+
 Per-person order: a window's calls are grouped by person (the outbox header's `p`), each person's
 calls in order, cut into segments (a run of batch calls, or one alias call alone). A phase sends
 the first segment of every person, packed into /v1/batch requests of up to 500 KB that run
@@ -42,13 +49,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
+import redis
 
 from bridge import deadletters, pipelines
 from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
 from bridge.settings import Settings
-from bridge.store import Keys, LeaseLost, Settlement, now_ms, person_hash
+from bridge.store import Keys, LeaseLost, Settlement, now_ms
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -126,7 +134,7 @@ class Item:
     raw: bytes
     entry: OutboxEntry
     index: int
-    person: str  # hash of the header's person key
+    person: str  # the person's name in the retry bookkeeping (OutboxEntry.hold_name)
 
     @property
     def size(self) -> int:
@@ -287,8 +295,46 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
 # --- the job ---------------------------------------------------------------------------------
 
 
+class Gate:
+    """Whether this deliverer may send: asked before every request (from the pool's threads).
+
+    Open while the process is not stopping, the delivery lease is still this deliverer's in
+    Redis, and no erasure waits for the lease (`Keys.erasing`). Read in Redis each time: the
+    lease keeper notices a lost lease only at its next renewal, and an erasure must not wait
+    for a whole drain budget of rounds. Once closed it stays closed; `erasing` tells that an
+    erasure closed it (it wakes the shop's delivery once it is done).
+    """
+
+    def __init__(self, rt: Runtime, keys: Keys, lease: Lease) -> None:
+        self.rt = rt
+        self.keys = keys
+        self.lease = lease
+        self.closed = False
+        self.erasing = False
+
+    def open(self) -> bool:
+        if self.closed:
+            return False
+        if self.rt.stopping.is_set() or self.lease.lost.is_set():
+            self.closed = True
+            return False
+        try:
+            holder, erasing = self.rt.redis.mget([self.keys.deliver_lease, self.keys.erasing])
+        except redis.RedisError:
+            # Cannot tell whether the lease is still ours: send nothing more (the round's settle
+            # meets the same error, and the window stays in Redis).
+            self.closed = True
+            return False
+        if erasing is not None:
+            self.erasing = True
+        if erasing is not None or holder != self.lease.token.encode():
+            self.closed = True
+        return not self.closed
+
+
 def deliver(rt: Runtime, shop: str) -> None:
-    """Send the shop's outbox until it is empty, out of time, paused or stopping.
+    """Send the shop's outbox until it is empty, out of time, paused, stopping or an erasure of
+    the shop waits for it.
 
     Raises redis errors (the window stays in Redis and is redone); never loses a call.
     """
@@ -297,18 +343,19 @@ def deliver(rt: Runtime, shop: str) -> None:
     with Lease(rt.store, keys.deliver_lease) as lease:
         if not lease.held:
             return  # another worker delivers this shop; its finish step sees anything new
+        gate = Gate(rt, keys, lease)
         if not _resume_if_possible(rt, shop):
             return  # still paused: the ticker wakes us again for the next probe
         s = rt.settings
         deadline = time.monotonic() + s.drain_time_budget_s
         with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
-            while not (rt.stopping.is_set() or lease.lost.is_set()):
+            while gate.open():
                 window, left = rt.store.take_window(
                     shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
                 )
                 if window:
                     try:
-                        paused = _round(rt, shop, lease, pool, window)
+                        paused = _round(rt, shop, lease, gate, pool, window)
                     except LeaseLost:
                         log.warning(
                             "delivery lease lost; another worker goes on", extra={"shop": shop}
@@ -320,18 +367,23 @@ def deliver(rt: Runtime, shop: str) -> None:
                     break
                 if time.monotonic() > deadline:
                     break
-    if paused:
-        return
+    if paused or gate.erasing:
+        return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
     if rt.store.finish_deliver(shop):
         rt.deliver_soon(shop)
 
 
 def _round(
-    rt: Runtime, shop: str, lease: Lease, pool: ThreadPoolExecutor, window: list[bytes]
+    rt: Runtime,
+    shop: str,
+    lease: Lease,
+    gate: Gate,
+    pool: ThreadPoolExecutor,
+    window: list[bytes],
 ) -> bool:
     """Send one window in phases and settle it; returns True when the shop got paused."""
     items = [
-        Item(raw, e, i, person_hash(e.person))
+        Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
     settle = Settlement()
@@ -340,7 +392,7 @@ def _round(
     states = {h: RetryState.decode(v) for h, v in rt.store.retry_state(shop, list(queues)).items()}
 
     def stopping() -> bool:
-        return rt.stopping.is_set() or lease.lost.is_set()
+        return not gate.open()
 
     delivered: list[Item] = []
     dead: list[tuple[Item, pipelines.PipelinesError]] = []

@@ -150,14 +150,19 @@ def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
 
 
 def wake_due(rt: Runtime) -> None:
-    """Wake drains and deliveries whose pending job was lost or whose retry is due."""
+    """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
+    of shops with a compliance request left pending."""
     from jobs.enqueue import enqueue_drain
 
     now = now_ms()
     for shop in rt.store.shops():
         keys = Keys(shop)
         depth = rt.store.depth(shop)
-        if depth["inbound"] and rt.store.wake(keys.drain_flag):
+        # A compliance request whose run failed (an erasure that could not take the delivery
+        # lease in time, a Redis error) stays committed; a drain runs it first, even when no
+        # webhook is queued to start one.
+        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
+        if drain_due and rt.store.wake(keys.drain_flag):
             enqueue_drain(rt.queue, shop)
         due = rt.store.next_due_ms(shop)
         if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
