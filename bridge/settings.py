@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     @property
     def email_hash_key(self) -> bytes:
         """IDENTITY_HASH_KEY, else a key derived from the first webhook secret (set it
-        explicitly: rotating the secret would otherwise change every email-keyed record name)."""
+        explicitly: rotating the secret would otherwise change every email-keyed record name).
+        Without either the derived key is public: `require_service_settings` refuses that."""
         explicit = self.identity_hash_key.get_secret_value()
         if explicit:
             return explicit.encode()
@@ -126,6 +127,13 @@ class Settings(BaseSettings):
             from bridge.stores import stores_for  # local: stores imports this module
 
             stores_for(self)  # validates the file (each store has a secret and a write key)
+            if not self.webhook_secrets and not self.identity_hash_key.get_secret_value():
+                # email_hash_key would be derived from an empty secret, i.e. from a constant
+                # in this public source: anyone could recompute every email-keyed record name.
+                raise ConfigError(
+                    "IDENTITY_HASH_KEY is not set: with BRIDGE_STORES_FILE and no "
+                    "SHOPIFY_WEBHOOK_SECRET the email hash would have no secret key"
+                )
             return
         if not self.webhook_secrets:
             raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
