@@ -3,7 +3,9 @@
 Every process (gunicorn workers, RQ workers) writes its counters into Redis, so any web process
 answers a scrape with the same totals: this view keeps no process-local counter. One pipelined
 round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the scrape must send
-`Authorization: Bearer <token>`; a Redis outage answers 503 (the scrape fails, `up` goes to 0).
+`Authorization: Bearer <token>`; without it /metrics answers 401 unless METRICS_PUBLIC is set
+(the exposition names every shop and its volumes). A Redis outage answers 503 (the scrape fails,
+`up` goes to 0).
 
 Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
 counter added elsewhere shows up without touching this file:
@@ -267,23 +269,38 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) ->
             )
 
 
-def _authorized(token: str) -> bool:
+def _header_bytes(value: str) -> bytes:
+    # WSGI hands header values over as latin-1-decoded text (PEP 3333): encoding them back gives
+    # the bytes the client sent. Anything else (an in-process client) is taken as UTF-8.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _authorized(token: str, public: bool) -> bool:
+    """Whether this scrape may read /metrics: the bearer token (compared as bytes, in constant
+    time, whatever characters it holds), or no token at all only when the operator made the
+    metrics public on purpose."""
     if not token:
-        return True
+        return public
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        _header_bytes(value.strip()), token.encode()
+    )
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     ingest: Ingest = current_app.extensions["cartbridge"]
-    if not _authorized(ingest.settings.metrics_token.get_secret_value()):
+    settings = ingest.settings
+    if not _authorized(settings.metrics_token.get_secret_value(), settings.metrics_public):
         return Response(
             "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
         )
     try:
-        body = collect(ingest.redis, ingest.settings.key_events)
+        body = collect(ingest.redis, settings.key_events)
     except redis.RedisError:
         return Response("redis unavailable\n", 503, mimetype="text/plain")
     return Response(body, 200, content_type=CONTENT_TYPE)

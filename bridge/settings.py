@@ -144,6 +144,7 @@ class Settings(BaseSettings):
 
     # issue 6: metrics, volume-drop alerts (bridge/metrics.py, bridge/volume.py, bridge/monitor.py)
     metrics_token: SecretStr = SecretStr("")
+    metrics_public: bool = False  # /metrics without METRICS_TOKEN answers 401 unless this is set
     shop_timezone: str = "UTC"
     volume_events: str = ""  # comma-separated; empty = the naming's cart, checkout, order events
     volume_window_min: int = Field(default=60, ge=5, le=24 * 60)
