@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # Issue 7: many stores, hostile input, compliance topics, PII.
     bridge_stores_file: str = ""  # TOML: shop -> secrets, write key, region, time zone, currency
     stale_after_s: int = Field(default=24 * 3600, ge=0)  # 0 turns the staleness filter off
+    # Unsigned requests are logged at most once per reason this often (each one is counted).
+    rejected_log_every_s: float = Field(default=10.0, ge=0.0)
     forward_redactions: bool = False  # customers/redact also sends Customer.io `User Deleted`
     identity_hash_key: SecretStr = SecretStr("")  # key of the email hash in state record names
     gdpr_export_ttl_s: int = 30 * 86_400
