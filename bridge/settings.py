@@ -40,6 +40,8 @@ class Settings(BaseSettings):
 
     webhook_dedupe_ttl_s: int = 72 * 3600
     max_body_bytes: int = 5 * 1024 * 1024
+    # A client has this long to send a whole request (bridge/webworker.py), else 408 and closed.
+    web_request_deadline_s: float = Field(default=5.0, gt=0.0, le=300.0)
 
     drain_batch_size: int = Field(default=200, ge=1, le=5000)
     drain_time_budget_s: float = 5.0
