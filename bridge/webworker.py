@@ -8,12 +8,13 @@ of the request on a thread, blocking too.
 
 BufferedWorker is gunicorn's gthread worker with one change: its event loop reads every request
 without blocking into a buffer of the connection's own, the headers and then the body
-(Content-Length or chunked), and only a complete request goes to a thread, whose parser reads
-that buffer and never the network. A connection that has not sent its whole request within
+(Content-Length or chunked), and only a complete request is served, whose parser reads that
+buffer and never the network: by the loop itself with GUNICORN_THREADS=1 (the default), else
+by a thread of the pool. A connection that has not sent its whole request within
 WEB_REQUEST_DEADLINE_S (of being accepted, or of the first byte of its next request) is answered
 408 and closed. A trickling client costs a socket and a few `recv` calls, never a thread.
-Responses are written by the thread with a kernel send timeout (SO_SNDTIMEO) of the same length,
-so a client that does not read cannot hold a thread either.
+Responses are written with a kernel send timeout (SO_SNDTIMEO) of the same length, so a client
+that does not read its answer cannot hold the worker for longer either.
 
 Whatever the loop cannot frame is handed over as it is, the stream ending there, and the
 connection is closed after the answer: a header block over MAX_HEAD_BYTES, conflicting or
@@ -25,8 +26,9 @@ Written by hand, and measured (BENCHMARKS.md, "Slow clients"): gunicorn has no p
 read deadline (its `timeout` is a worker heartbeat), and the async workers (gevent, eventlet)
 would add a dependency and monkey-patch every socket of the process, Redis clients included.
 It overrides internals of gunicorn's ThreadWorker (accept, on_client_socket_readable,
-finish_request, murder_pending, _keepalive_after, TConn), so gunicorn is pinned to one major
-version in pyproject.toml, and tests/integration/test_slow_clients.py runs it in real gunicorn.
+enqueue_req, finish_request, murder_pending, _keepalive_after, TConn), so gunicorn is pinned to
+one major version in pyproject.toml, and tests/integration/test_slow_clients.py runs it in real
+gunicorn.
 Plain HTTP/1.x only: TLS ends at the router in front of the web.
 """
 
@@ -39,6 +41,7 @@ import selectors
 import socket
 import struct
 import time
+from concurrent import futures
 from functools import partial
 from typing import Any
 
@@ -269,11 +272,31 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             return False
         return bool(super()._keepalive_after(conn, keepalive))
 
+    def enqueue_req(self, conn: BufferedConn) -> None:
+        if self.cfg.threads > 1:
+            super().enqueue_req(conn)
+            return
+        # One thread: serve the complete request right here. A pool of one costs two
+        # cross-thread hand-offs per request and serves no more at once (measured: gthread's
+        # pool of one took ~20 % more CPU per request of the bare app, BENCHMARKS.md); the
+        # loop waits meanwhile, as it would for the one thread.
+        done: futures.Future[bool] = futures.Future()
+        try:
+            done.set_result(self.handle(conn))
+        except BaseException as exc:  # as the pool's future would carry it
+            done.set_exception(exc)
+        self.finish_request(conn, done)
+
     def finish_request(self, conn: BufferedConn, fs: Any) -> None:
         super().finish_request(conn, fs)
         if conn.buf and self.keepalived_conns and self.keepalived_conns[-1] is conn:
             # Kept alive with its next request already read: the socket may never be readable
-            # again, so that request is not left waiting for it.
+            # again, so that request is not left waiting for it. Deferred to the loop, never
+            # called from here: a client pipelining thousands of requests would recurse.
+            self.method_queue.defer(self._next_request, conn)
+
+    def _next_request(self, conn: BufferedConn) -> None:
+        if conn in self.keepalived_conns:  # not read meanwhile, nor closed as idle
             self.on_client_socket_readable(conn, conn.sock)
 
     # --- deadlines ------------------------------------------------------------------------
