@@ -278,7 +278,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             return
         # One thread: serve the complete request right here. A pool of one costs two
         # cross-thread hand-offs per request and serves no more at once (measured: gthread's
-        # pool of one took ~20 % more CPU per request of the bare app, BENCHMARKS.md); the
+        # pool of one took 25-40 % more CPU per request of the bare app, BENCHMARKS.md); the
         # loop waits meanwhile, as it would for the one thread.
         done: futures.Future[bool] = futures.Future()
         try:
