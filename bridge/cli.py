@@ -186,6 +186,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"127.0.0.1:{port}",
         "--workers",
         "2",
+        # As the Procfile's web runs (gunicorn.conf.py), wherever `bridge dev` is started from.
+        "--worker-class",
+        "bridge.webworker.BufferedWorker",
         "--preload",
         "bridge.wsgi:app",
     ]
