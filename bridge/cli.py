@@ -172,6 +172,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"PIPELINES_WRITE_KEY unset: dry run, calls are printed and appended to "
             f"{env['DRY_RUN_FILE']}"
         )
+    # /metrics is closed without METRICS_TOKEN; a local run's metrics are for whoever runs it.
+    env.setdefault("METRICS_PUBLIC", "true")
     port = str(args.port or env.get("PORT") or 8000)
     env["PORT"] = port
     try:
@@ -186,6 +188,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"127.0.0.1:{port}",
         "--workers",
         "2",
+        # As the Procfile's web runs (gunicorn.conf.py), wherever `bridge dev` is started from.
+        "--worker-class",
+        "bridge.webworker.BufferedWorker",
         "--preload",
         "bridge.wsgi:app",
     ]

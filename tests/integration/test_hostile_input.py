@@ -63,7 +63,6 @@ KNOWN_ANSWERS = {
     (200, b'{"ignored":true}'),
     (200, b'{"ignored":"stale"}'),
     (400, b'{"error":"body is not a JSON object"}'),
-    (401, b'{"error":"unknown shop"}'),
     (401, b'{"error":"invalid signature"}'),
     (405, b'{"error":"method not allowed"}'),
     (413, b'{"error":"body too large"}'),
