@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -92,10 +93,20 @@ class DryRunSink:
         with self._lock, open(self.path, "ab") as fh:
             for call in calls:
                 fh.write(call + b"\n")
-                if self.echo:
-                    sys.stdout.write("[dry-run] " + call.decode() + "\n")
-        if self.echo:
+            if self.echo:
+                self._print(calls)
+
+    def _print(self, calls: Sequence[bytes]) -> None:
+        try:
+            sys.stdout.write("".join("[dry-run] " + c.decode() + "\n" for c in calls))
             sys.stdout.flush()
+        except OSError:
+            # Whoever read stdout is gone (`bridge dev | tee` stopped by Ctrl-C): the file still
+            # gets every call, and the exit's own flush must not fail again.
+            self.echo = False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
     def send_alias(self, call: bytes) -> None:
         self.send_batch([call])
