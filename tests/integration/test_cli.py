@@ -15,7 +15,7 @@ from bridge import __version__
 from bridge.cli import cli, sample_topics
 from bridge.settings import Settings
 from bridge.sources.shopify.mapping import MAPPERS
-from tests.conftest import ROOT, SHOP
+from tests.conftest import ROOT, SHOP, free_port
 
 SHOPIFY_TOPICS = sorted(t for t in MAPPERS if not t.startswith("backfill/"))
 
@@ -147,3 +147,11 @@ def test_map_says_why_a_payload_gives_no_call() -> None:
     proc = bridge("map", "checkouts/create")
     assert proc.returncode == 0
     assert proc.stdout.strip() == "no calls: checkout has no contact yet: held until one arrives"
+
+
+@pytest.mark.parametrize("args", [["dlq", "list"], ["check"], ["gdpr", "export"]])
+def test_an_unreachable_redis_is_one_line_naming_it(args: list[str]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    proc = bridge(*args, REDIS_URL=url)
+    assert proc.returncode == 2
+    assert url in one_line(proc)
