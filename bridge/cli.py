@@ -300,6 +300,7 @@ def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]], deadline: float) -> 
         try:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            # At-least-once delivery makes this safe: an unfinished batch is redone later.
             _say(f"{name} did not stop in time: killed")
         # Its children too (gunicorn's workers, RQ's scheduler): the group goes whole.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -341,6 +342,14 @@ def dev(port: int) -> int:
     env.setdefault("METRICS_PUBLIC", "true")
     if env.get("REDIS_URL"):
         load_settings(redis_url=env["REDIS_URL"])  # a bad URL: one line, before starting
+    with socket.socket() as probe:
+        # As gunicorn binds: a port whose last connections linger in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            # Else the wait for the web to listen would find the other process's socket.
+            raise InputError(f"port {port} is in use: pass --port or set PORT") from None
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -359,7 +368,8 @@ def dev(port: int) -> int:
             _stop([(n, p) for n, p in started if n == "Redis"], deadline + 1.0)
             devstack.remove(here, os.getpid())
             if started:
-                _say("cartbridge dev stopped: web, worker, then Redis")
+                order = [n for n, _ in services] + [n for n, _ in started if n == "Redis"]
+                _say(f"cartbridge dev stopped: {', '.join(order)}")
 
 
 def _run_dev(

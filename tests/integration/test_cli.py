@@ -4,6 +4,7 @@ and user errors said in one line (with the file and line), never a traceback."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,13 @@ def test_an_unreachable_redis_is_one_line_naming_it(args: list[str]) -> None:
     proc = bridge(*args, REDIS_URL=url)
     assert proc.returncode == 2
     assert url in one_line(proc)
+
+
+def test_dev_on_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = bridge("dev", "--port", str(port))
+    assert proc.returncode == 2
+    assert f"port {port} is in use" in one_line(proc)
