@@ -595,10 +595,16 @@ def _pause(rt: Runtime, shop: str, err: pipelines.ConfigurationError) -> None:
     if first:
         rt.store.count(shop, "delivery:paused")
         if isinstance(err, pipelines.EndpointError):
+            config = rt.store_config(shop)
+            setting = (
+                "PIPELINES_URL"
+                if config is None or config.is_default
+                else "this shop's pipelines_url in BRIDGE_STORES_FILE"
+            )
             log.error(
                 f"PIPELINES_URL IS WRONG: {pipelines_url(rt, shop)} is {err}; delivery for this "
-                f"shop is paused, calls are kept; set PIPELINES_URL to the API base ending in "
-                f"/v1, like {US_PIPELINES_URL} (delivery resumes by itself)",
+                f"shop is paused, calls are kept; set {setting} to the API base ending in /v1, "
+                f"like {US_PIPELINES_URL} (delivery resumes by itself)",
                 extra={"shop": shop, "status": err.status},
             )
             return
