@@ -403,7 +403,8 @@ def _run_dev(
     # network. (The Procfile's web binds 0.0.0.0:$PORT through gunicorn.conf.py, as a host
     # requires; a --bind given here wins over the config file's.)
     web = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
-    web += ["--preload", "bridge.wsgi:app"]
+    # As the Procfile's web runs (gunicorn.conf.py), wherever `bridge dev` is started from.
+    web += ["--worker-class", "bridge.webworker.BufferedWorker", "--preload", "bridge.wsgi:app"]
     started.append(("web", _start(web, env=env)))
     started.append(("worker", _start([sys.executable, "-m", "bridge.cli", "worker"], env=env)))
     _wait_for_port(port, started[-2][1], "the web")

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -172,6 +173,35 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         while self._pid == pid:
             time.sleep(self.max_delay_s)
             self.flush()
+
+
+class Sampler:
+    """At most one log line per key every `every_s` seconds; the next line admitted says how
+    many were left out since the previous one.
+
+    Hand-written because the logging module has no rate limit and a library for twenty lines
+    is not worth a dependency. Callers count every event elsewhere (metrics): this only keeps
+    a flood of attacker-made requests from becoming a flood of unbuffered WARNING lines.
+    Keys must come from a small fixed set (a reason), never from request data.
+    """
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """None when this line is to be left out, else how many lines were left out before it."""
+        now = self.clock()
+        with self._lock:
+            due = self._next.get(key)
+            if due is not None and now < due:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return None
+            self._next[key] = now + self.every_s
+            return self._left_out.pop(key, 0)
 
 
 def info_line(logger: logging.Logger, msg: str, fields: dict[str, str]) -> None:

@@ -32,7 +32,7 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.store import Keys
 from bridge.web import REJECTED_KEY, create_app, triggered_age_s
-from tests.conftest import fixture_bytes, fixture_json, free_port
+from tests.conftest import fixture_bytes, fixture_json, free_port, paths
 
 URL = "/webhooks/shopify"
 SHOP_A = "brand-a.myshopify.com"
@@ -63,7 +63,6 @@ KNOWN_ANSWERS = {
     (200, b'{"ignored":true}'),
     (200, b'{"ignored":"stale"}'),
     (400, b'{"error":"body is not a JSON object"}'),
-    (401, b'{"error":"unknown shop"}'),
     (401, b'{"error":"invalid signature"}'),
     (405, b'{"error":"method not allowed"}'),
     (413, b'{"error":"body too large"}'),
@@ -345,17 +344,6 @@ def wrong_type(value: Any, choice: int) -> Any:
     options: list[Any] = [None, True, -1, 2**70, 1.5e308, "", "x" * 300, [], {}, [1, "a"], {"a": 1}]
     options = [o for o in options if type(o) is not type(value)]
     return options[choice % len(options)]
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield (*prefix, k)
-            yield from paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:3]):
-            yield (*prefix, i)
-            yield from paths(v, (*prefix, i))
 
 
 @pytest.fixture
