@@ -34,3 +34,17 @@ def test_a_malformed_redis_url_is_one_line_naming_it(
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert "REDIS_URL" in lines[0] and "configuration error" in lines[0]
+
+
+@pytest.mark.parametrize(("name", "value"), [("PORT", "eighty"), ("GUNICORN_THREADS", "0")])
+def test_a_bad_number_for_the_web_is_one_line_naming_it(
+    settings: Settings, name: str, value: str
+) -> None:
+    env = {**service_env(settings, PORT=str(free_port())), name: value}
+    proc = subprocess.run(
+        procfile_command("web"), env=env, cwd=ROOT, capture_output=True, timeout=60
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert name in lines[0] and "configuration error" in lines[0]
