@@ -76,8 +76,10 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty (exit 1 if no job ran).")
 def worker(burst: bool) -> int:
-    """Run an RQ worker: drains webhooks, delivers calls, runs the periodic jobs. SIGTERM lets
-    the current batch finish."""
+    """Run an RQ worker.
+
+    It drains webhooks, delivers calls and runs the periodic jobs (sweeps, volume checks).
+    SIGTERM lets the current batch finish."""
     from bridge.gctune import tune_gc
     from bridge.runtime import Runtime
     from bridge.worker import limit_malloc_arenas, log_start, run_worker
@@ -122,10 +124,11 @@ def sample_body(topic: str, shop: str = DEV_SHOP) -> bytes:
     "--shop", default=DEV_SHOP, envvar="SAMPLE_SHOP", show_envvar=True, help="The shop it is from."
 )
 def send_sample(topic: str, url: str, shop: str) -> int:
-    """Post the built-in sample of TOPIC to a running bridge, signed with the first
-    SHOPIFY_WEBHOOK_SECRET (else the dev secret). TOPIC is one of the samples listed below.
+    """Post a signed sample webhook to a running bridge.
 
-    Exit 1 when the bridge answers with an error status."""
+    TOPIC is the sample's topic (one of those listed below). It is signed with the first
+    SHOPIFY_WEBHOOK_SECRET, else the dev secret. Exit 1 when the bridge answers with an error
+    status."""
     body = sample_body(topic, shop)
     secret = (os.environ.get("SHOPIFY_WEBHOOK_SECRET") or DEV_SECRET).split(",")[0].strip()
     headers = {
@@ -197,11 +200,12 @@ def why_no_calls(topic: str, counters: dict[str, int], order_completed_on: str) 
 @click.option("--shop", default=DEV_SHOP, help="The shop the payload is from.")
 @click.option("--include-test", is_flag=True, help="Map test orders too (else they are skipped).")
 def map_payload(topic: str, file: Path | None, shop: str, include_test: bool) -> int:
-    """Print the calls one payload would send, as a new shop would (no Redis, no network).
+    """Print the calls one payload would send.
 
-    TOPIC is the webhook topic (orders/paid, carts/update, ...). FILE is the payload, a JSON
-    object; left out, the built-in sample of TOPIC. When no call comes out, one line says why.
-    Exit 1 when the payload cannot be mapped."""
+    As for a shop the bridge has not seen yet, with no Redis and no network. TOPIC is the
+    webhook topic (orders/paid, carts/update, ...). FILE is the payload, a JSON object; left
+    out, the built-in sample of TOPIC. When no call comes out, one line says why. Exit 1 when
+    the payload cannot be mapped."""
     from bridge.canonical import MapContext
     from bridge.identity import Policy, decide
     from bridge.identity.view import DecisionView
@@ -326,8 +330,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     help="The web's port, on 127.0.0.1 only.",
 )
 def dev(port: int) -> int:
-    """Run web and worker locally, on 127.0.0.1: a private Redis when REDIS_URL is unset, a dry
-    run (calls printed and appended to dry-run.jsonl) when PIPELINES_WRITE_KEY is unset.
+    """Run web and worker locally, on 127.0.0.1.
+
+    With a private Redis when REDIS_URL is unset, and a dry run (calls printed and appended to
+    dry-run.jsonl) when PIPELINES_WRITE_KEY is unset.
 
     Other bridge commands started in this directory with REDIS_URL unset use this stack (it is
     recorded in .cartbridge/dev.env until Ctrl-C stops everything)."""

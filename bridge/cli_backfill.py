@@ -249,9 +249,11 @@ def register(group: click.Group) -> None:
     @click.option("--categories", is_flag=True, help="Per-category last order dates.")
     @click.option("--restart", is_flag=True, help="Ignore the checkpoint and start over.")
     def backfill(source: str, path: str | None, **options: Any) -> int:
-        """Queue historic orders: SOURCE `shopify` reads them from the Admin GraphQL API, SOURCE
-        `file` from PATH, a JSONL file (one REST order per line, or bulk-operation output).
-        Resumes from its checkpoint. Exit 1 when orders failed, 130 when interrupted."""
+        """Queue historic orders (Admin API or a JSONL file).
+
+        SOURCE `shopify` reads them from the Admin GraphQL API; SOURCE `file` from PATH, a JSONL
+        file (one REST order per line, or bulk-operation output). Resumes from its checkpoint.
+        Exit 1 when orders failed, 130 when interrupted."""
         if source == "file":
             if not path:
                 raise cli_common.InputError("bridge backfill file PATH: the path is missing")
@@ -281,6 +283,8 @@ def register(group: click.Group) -> None:
     )
     @click.option("--dry-run", is_flag=True, help="Report missing orders; queue nothing.")
     def reconcile(since: timedelta, grace: float | None, dry_run: bool) -> int:
-        """Queue the orders changed recently that the bridge holds no record of (Shopify does
-        not guarantee webhook delivery)."""
+        """Queue recent orders the bridge missed.
+
+        Orders changed within --since that the bridge holds no record of are queued (Shopify
+        does not guarantee webhook delivery)."""
         return cli_common.run(cmd_reconcile, since=since, grace=grace, dry_run=dry_run)

@@ -78,6 +78,8 @@ def register(group: click.Group) -> None:
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per shop and event.")
     @click.option("--notify", is_flag=True, help="Also send alerts (log, ALERT_WEBHOOK_URL).")
     def check(shop: str | None, as_json: bool, notify: bool) -> int:
-        """Run the volume-drop check now. For cron and uptime monitors: exit 0 all well (or still
-        learning), 1 an alert or no shop seen at all, 2 the check could not run."""
+        """Run the volume-drop check now.
+
+        For cron and uptime monitors: exit 0 all well (or still learning), 1 an alert or no
+        shop seen at all, 2 the check could not run."""
         return cli_common.run(cmd_check, shop=shop, json=as_json, notify=notify)

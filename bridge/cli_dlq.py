@@ -184,8 +184,10 @@ def register(group: click.Group) -> None:
 
     @group.group("dlq", context_settings=cli_common.CONTEXT)
     def dlq() -> None:
-        """List, show, replay or purge dead letters: calls Pipelines refused or never accepted,
-        and webhooks that could not be mapped. Exit 1 when Redis holds no cartbridge data."""
+        """List, show, replay or purge dead letters.
+
+        Dead letters are calls Pipelines refused or never accepted, and webhooks that could not
+        be mapped. Exit 1 when Redis holds no cartbridge data."""
 
     @dlq.command("list")
     @_SHOP

@@ -63,7 +63,10 @@ def register(group: click.Group) -> None:
 
     @group.group("gdpr", context_settings=cli_common.CONTEXT)
     def gdpr() -> None:
-        """Compliance exports recorded from customers/data_request webhooks."""
+        """Compliance exports (customers/data_request).
+
+        Each customers/data_request webhook records an export of what the bridge holds on that
+        customer; these commands print them."""
 
     @gdpr.command("export")
     @click.option("--shop", show_default="every shop", help="This shop only.")
