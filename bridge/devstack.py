@@ -10,6 +10,7 @@ its directory ignores itself in git.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -94,7 +95,7 @@ def _running(pid: str | None) -> bool:
     return True
 
 
-def use(environ: os._Environ[str] | dict[str, str] = os.environ, cwd: Path | None = None) -> None:
+def use(environ: MutableMapping[str, str] = os.environ, cwd: Path | None = None) -> None:
     """Apply a running `bridge dev`'s file to `environ` when REDIS_URL is unset there; note in
     any case where this process's REDIS_URL came from (see `describe_redis`)."""
     global _origin
