@@ -63,18 +63,6 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def check_redis_policy(rt: Runtime) -> None:
-    """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
-    try:
-        policy = rt.redis.config_get("maxmemory-policy").get("maxmemory-policy")
-    except Exception:
-        return
-    if policy and policy != "noeviction":
-        log.warning(
-            "Redis maxmemory-policy is %s, not noeviction: queued webhooks can be evicted", policy
-        )
-
-
 def log_start(rt: Runtime) -> None:
     """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
     from bridge import __version__, devstack  # local: devstack is a CLI helper
@@ -94,6 +82,18 @@ def log_start(rt: Runtime) -> None:
         f"cartbridge worker {__version__} started: Redis {devstack.redacted(s.redis_url)}, "
         f"queue {s.queue_name}, stores: {stores}, delivery: {mode}"
     )
+
+
+def check_redis_policy(rt: Runtime) -> None:
+    """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
+    try:
+        policy = rt.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:
+        return
+    if policy and policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s, not noeviction: queued webhooks can be evicted", policy
+        )
 
 
 def schedule_sweep(rt: Runtime) -> None:
