@@ -28,9 +28,10 @@ Failures come classified from `bridge.pipelines` (its `classify` is the only pla
 - PayloadTooLargeError (413) and BadRequestError (400 in strict mode, which names no call): the
   request is split in halves until the bad call is alone; only it is dead-lettered (calls sent
   again on the way keep their messageIds);
-- AuthError (401/403): the shop is paused with its calls kept in the window, one error is logged,
-  `delivery:paused` is counted and `cb:{shop}:paused` holds the pause time; delivery resumes by
-  itself when a probe succeeds or the configured write key changes;
+- AuthError (401/403) and EndpointError (404, 405, a redirect, an HTML page: a wrong
+  PIPELINES_URL): the shop is paused with its calls kept in the window, one error is logged
+  naming the setting to fix, `delivery:paused` is counted and `cb:{shop}:paused` holds the pause
+  time; delivery resumes by itself when a probe succeeds or the write key or URL changes;
 - FatalError (other 4xx): the request's calls are dead-lettered.
 """
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -55,7 +57,7 @@ from bridge import deadletters, pipelines
 from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
-from bridge.settings import Settings
+from bridge.settings import US_PIPELINES_URL, Settings
 from bridge.store import Keys, LeaseLost, Settlement, now_ms
 
 if TYPE_CHECKING:
@@ -91,10 +93,20 @@ class DryRunSink:
         with self._lock, open(self.path, "ab") as fh:
             for call in calls:
                 fh.write(call + b"\n")
-                if self.echo:
-                    sys.stdout.write("[dry-run] " + call.decode() + "\n")
-        if self.echo:
+            if self.echo:
+                self._print(calls)
+
+    def _print(self, calls: Sequence[bytes]) -> None:
+        try:
+            sys.stdout.write("".join("[dry-run] " + c.decode() + "\n" for c in calls))
             sys.stdout.flush()
+        except OSError:
+            # Whoever read stdout is gone (`bridge dev | tee` stopped by Ctrl-C): the file still
+            # gets every call, and the exit's own flush must not fail again.
+            self.echo = False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
     def send_alias(self, call: bytes) -> None:
         self.send_batch([call])
@@ -114,13 +126,21 @@ def make_sink(settings: Settings) -> Sink:
     )
 
 
+def pipelines_url(rt: Runtime, shop: str) -> str:
+    """The Pipelines base URL the shop's calls go to."""
+    config = rt.store_config(shop)
+    if config is not None and not config.is_default:
+        return config.pipelines_url
+    return rt.settings.pipelines_url
+
+
 def key_fingerprint(rt: Runtime, shop: str) -> str:
-    """A short hash of the shop's write key: tells a changed key from the refused one, reveals
-    nothing."""
+    """A short hash of the shop's write key and Pipelines URL: tells changed settings from the
+    refused ones (a pause resumes at once when either changed), reveals nothing."""
     config = rt.store_config(shop)
     key = config.pipelines_write_key.get_secret_value() if config is not None else ""
     key = key or rt.settings.pipelines_write_key.get_secret_value()
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{key}\x1f{pipelines_url(rt, shop)}".encode()).hexdigest()[:12]
 
 
 # --- one window: pure planning ---------------------------------------------------------------
@@ -205,7 +225,7 @@ class Sent:
     waiting: list[Item] = field(default_factory=list)  # retryable failure: these people wait
     retry: pipelines.RetryableError | None = None
     unsent: list[Item] = field(default_factory=list)  # not tried: paused or stopping
-    auth: pipelines.AuthError | None = None
+    auth: pipelines.ConfigurationError | None = None  # a refused key or a wrong URL
     requests: int = 0
 
 
@@ -229,7 +249,7 @@ def send_request(sink: Sink, job: Segment, stopping: Callable[[], bool]) -> Sent
             out.waiting.extend(items)
             out.retry = err
             return False
-        except pipelines.AuthError as err:
+        except pipelines.ConfigurationError as err:
             out.unsent.extend(items)
             out.auth = err
             return False
@@ -398,7 +418,7 @@ def _round(
     dead: list[tuple[Item, pipelines.PipelinesError]] = []
     waiting: dict[str, pipelines.RetryableError] = {}
     not_done: list[Item] = []  # failed or not tried, back to a hold list or the window
-    auth: pipelines.AuthError | None = None
+    auth: pipelines.ConfigurationError | None = None
     while auth is None and not stopping():
         heads = [q.popleft() for h, q in queues.items() if q and h not in waiting]
         if not heads:
@@ -445,16 +465,17 @@ def _round(
     )
     settle.count("calls:dead_lettered", len(settle.letters))
     rt.store.settle_outbox(shop, lease.token, settle)
-    log.info(  # issue 6: one line per delivery batch
-        "batch delivered",
-        extra={
-            "shop": shop,
-            "batch_id": uuid.uuid4().hex[:16],
-            "calls": len(window),
-            "delivered": len(delivered),
-            "dead_lettered": len(settle.letters),
-        },
-    )
+    if delivered:  # a round that delivered nothing (paused, retrying) has its own lines
+        log.info(  # issue 6: one line per delivery batch
+            "batch delivered",
+            extra={
+                "shop": shop,
+                "batch_id": uuid.uuid4().hex[:16],
+                "calls": len(window),
+                "delivered": len(delivered),
+                "dead_lettered": len(settle.letters),
+            },
+        )
     for letter in settle.letters:
         deadletters.log_dead_letter(letter)
     if auth is not None:
@@ -563,7 +584,7 @@ def _drop_guarded(rt: Runtime, shop: str, items: list[Item], settle: Settlement)
 # --- pause on a refused write key ------------------------------------------------------------
 
 
-def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
+def _pause(rt: Runtime, shop: str, err: pipelines.ConfigurationError) -> None:
     keys = Keys(shop)
     s = rt.settings
     pipe = rt.redis.pipeline(transaction=True)
@@ -573,6 +594,20 @@ def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
     first = pipe.execute()[0]
     if first:
         rt.store.count(shop, "delivery:paused")
+        if isinstance(err, pipelines.EndpointError):
+            config = rt.store_config(shop)
+            setting = (
+                "PIPELINES_URL"
+                if config is None or config.is_default
+                else "this shop's pipelines_url in BRIDGE_STORES_FILE"
+            )
+            log.error(
+                f"PIPELINES_URL IS WRONG: {pipelines_url(rt, shop)} is {err}; delivery for this "
+                f"shop is paused, calls are kept; set {setting} to the API base ending in /v1, "
+                f"like {US_PIPELINES_URL} (delivery resumes by itself)",
+                extra={"shop": shop, "status": err.status},
+            )
+            return
         log.error(
             "PIPELINES REFUSED THE WRITE KEY: delivery for this shop is paused, calls are kept; "
             "fix PIPELINES_WRITE_KEY (delivery resumes by itself)",
@@ -598,7 +633,7 @@ def _resume_if_possible(rt: Runtime, shop: str) -> bool:
     rt.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)
     rt.store.count(shop, "delivery:resumed")
     log.warning(
-        "Pipelines accepts the write key again: delivery resumed",
+        "Pipelines accepts the write key and URL again: delivery resumed",
         extra={"shop": shop, "paused_ms": now_ms() - int(paused_at)},
     )
     return True

@@ -240,7 +240,9 @@ def _sole_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
     return None
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", *, batched: bool = True) -> None:
+    """JSON lines on stderr at `level`. `batched=False` writes each line at once (a dry run's
+    web: its "accepted" line then reaches the terminal before the worker prints the call)."""
     # What the JSON lines never show is not collected either (the logging HOWTO's
     # "Optimization"): no caller frame walk, thread or multiprocessing names. That
     # halves the cost of the web's line per webhook (~30 -> ~15 us).
@@ -248,10 +250,15 @@ def setup(level: str = "INFO") -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = BatchedStreamHandler(sys.stderr)
+    # max_bytes=0 flushes every line as it comes, on the same fast path.
+    handler = BatchedStreamHandler(sys.stderr, max_bytes=64 * 1024 if batched else 0)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # RQ logs several lines per job; at our job rate they would drown the bridge's own lines.
-    logging.getLogger("rq").setLevel(max(logging.WARNING, root.level))
+    quiet = max(logging.WARNING, root.level)
+    logging.getLogger("rq").setLevel(quiet)
+    # httpx logs a line per request at INFO: one per Pipelines POST, noise beside the bridge's
+    # own delivery lines. LOG_LEVEL=DEBUG shows them again.
+    logging.getLogger("httpx").setLevel(root.level if root.level <= logging.DEBUG else quiet)

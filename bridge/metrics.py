@@ -244,7 +244,7 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) ->
     exp.add(
         "cartbridge_delivery_paused",
         "gauge",
-        "1 while Pipelines rejects the write key and delivery is paused.",
+        "1 while delivery is paused: Pipelines rejects the write key, or the URL is wrong.",
         1 if _int(paused) else 0,
         {"shop": shop},
     )

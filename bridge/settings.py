@@ -20,6 +20,27 @@ class ConfigError(Exception):
     """A missing or invalid setting; `str()` is one line naming the variable."""
 
 
+def check_pipelines_url(value: str) -> str:
+    """The Pipelines base URL without a trailing slash; ValueError unless it is an http(s) URL
+    whose path ends in /v1 (the calls go to `{base}/batch`: any other base gets 404s)."""
+    value = value.rstrip("/")
+    if not value.startswith(("http://", "https://")) or not value.endswith("/v1"):
+        raise ValueError(f"must be an http(s) URL ending in /v1, like {US_PIPELINES_URL}")
+    return value
+
+
+def check_redis_url(value: str) -> str:
+    """ValueError unless redis-py can connect with `value` (`localhost:6379` lacks a scheme
+    and would fail on first use, deep inside a worker or a request)."""
+    from redis.connection import parse_url  # local: the settings import nothing heavy
+
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a URL like redis://localhost:6379/0 ({exc})") from None
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -85,11 +106,13 @@ class Settings(BaseSettings):
 
     @field_validator("pipelines_url")
     @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        v = v.rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL ending in /v1")
-        return v
+    def _pipelines_url(cls, v: str) -> str:
+        return check_pipelines_url(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return check_redis_url(v)
 
     @field_validator("shop_currency")
     @classmethod

@@ -63,6 +63,27 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def log_start(rt: Runtime) -> None:
+    """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
+    from bridge import __version__, devstack  # local: devstack is a CLI helper
+
+    s = rt.settings
+    registry = rt.stores
+    named = len(registry.stores) if registry is not None else 0
+    default = registry is not None and registry.default is not None
+    stores = f"{named} from BRIDGE_STORES_FILE" if named else "none from a file"
+    if default:
+        stores += " + the default store"
+    if s.dry_run:
+        mode = f"dry run: calls are printed and appended to {s.dry_run_file}"
+    else:
+        mode = f"sending to {s.pipelines_url}"
+    log.info(
+        f"cartbridge worker {__version__} started: Redis {devstack.redacted(s.redis_url)}, "
+        f"queue {s.queue_name}, stores: {stores}, delivery: {mode}"
+    )
+
+
 def check_redis_policy(rt: Runtime) -> None:
     """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
     try:

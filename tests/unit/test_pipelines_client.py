@@ -21,6 +21,7 @@ from bridge.pipelines import (
     USER_AGENT,
     AuthError,
     BadRequestError,
+    EndpointError,
     FatalError,
     PayloadTooLargeError,
     PipelinesClient,
@@ -298,14 +299,46 @@ def test_connection_refused_is_retryable() -> None:
 
 
 def test_other_4xx_is_fatal() -> None:
-    rec = Recorder(404, b"<html>not here</html>")
+    rec = Recorder(409, b'{"meta":{"errors":["conflict"]}}')
     with (
         PipelinesClient("https://cdp.example/v1", KEY, transport=rec.transport) as client,
         pytest.raises(FatalError) as info,
     ):
         client.send_batch([call()])
 
+    assert (info.value.status, info.value.body) == (409, '{"meta":{"errors":["conflict"]}}')
+
+
+def test_a_404_page_means_the_url_is_wrong_not_the_call() -> None:
+    rec = Recorder(404, b"<html>not here</html>")
+    with (
+        PipelinesClient("https://cdp.example/v1", KEY, transport=rec.transport) as client,
+        pytest.raises(EndpointError) as info,
+    ):
+        client.send_batch([call()])
+
     assert (info.value.status, info.value.body) == (404, "<html>not here</html>")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind"),
+    [
+        (200, {"Content-Type": "text/html"}, b"<p>hi</p>", EndpointError),
+        (200, {}, b"  <!DOCTYPE html><html></html>", EndpointError),
+        (400, {"Content-Type": "text/html"}, b"<html>bad</html>", EndpointError),
+        (405, {}, b"", EndpointError),
+        (302, {"Location": "https://example.com/"}, b"", EndpointError),
+        # A proxy's error page is HTML too, and still means "try again later".
+        (502, {"Content-Type": "text/html"}, b"<html>Bad Gateway</html>", RetryableError),
+        (401, {"Content-Type": "text/html"}, b"<html>no</html>", AuthError),
+        (200, {"Content-Type": "application/json"}, b"{}", None),
+    ],
+)
+def test_answers_that_are_not_the_api_are_endpoint_errors(
+    status: int, headers: dict[str, str], body: bytes, kind: type[PipelinesError] | None
+) -> None:
+    err = classify(status, None, headers, body)
+    assert (type(err) if err is not None else None) is kind
 
 
 @pytest.mark.parametrize(
@@ -335,7 +368,7 @@ def test_errors_pickle_with_their_fields(err: PipelinesError) -> None:
         (400, BadRequestError),
         (401, AuthError),
         (403, AuthError),
-        (404, FatalError),
+        (404, EndpointError),
         (408, RetryableError),
         (409, FatalError),
         (413, PayloadTooLargeError),
@@ -344,7 +377,7 @@ def test_errors_pickle_with_their_fields(err: PipelinesError) -> None:
         (500, RetryableError),
         (503, RetryableError),
         (599, RetryableError),
-        (301, FatalError),
+        (301, EndpointError),
     ],
 )
 def test_classify_status(status: int, kind: type[PipelinesError] | None) -> None:
