@@ -66,7 +66,6 @@ class Settings(BaseSettings):
 
     drain_batch_size: int = Field(default=200, ge=1, le=5000)
     drain_time_budget_s: float = 5.0
-    deliver_linger_s: float = Field(default=0.2, ge=0.0, le=1.0)
     http_timeout_s: float = 10.0
     retry_horizon_s: int = 72 * 3600
     queue_name: str = "cartbridge"
