@@ -11,7 +11,9 @@ from tests.conftest import ROOT
 # Read by the code but not a setting of the service: the sample sender's default shop.
 NOT_SETTINGS = {"SAMPLE_SHOP"}
 _READ = re.compile(
-    r"""(?:os\.environ\.get|os\.getenv|os\.environ\[)\(?\s*["']([A-Z][A-Z0-9_]+)["']"""
+    # os.environ / getenv reads, click's envvar=, and gunicorn.conf.py's checked numbers.
+    r"""(?:os\.environ\.get|os\.getenv|os\.environ\[|envvar=|_whole_number)\(?\s*["']"""
+    r"""([A-Z][A-Z0-9_]+)["']"""
 )
 # A table row naming one or more variables in its first cell: | `A`, `B` | ...
 _ROW = re.compile(r"(?m)^\| ((?:`[A-Z][A-Z0-9_]+`(?:, )?)+) \|")
