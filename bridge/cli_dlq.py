@@ -125,6 +125,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     return 0
                 out.write(orjson.dumps(d.summary()).decode() + "\n")
                 shown += 1
+        if not shown:
+            # An empty list says what was read, so an empty answer is never a silent one.
+            where = cli_common.where(rt.settings.redis_url)
+            sys.stderr.write(f"cartbridge: no dead letters ({len(shops)} shops, {where})\n")
         return 0
 
     if args.dlq_command == "show":

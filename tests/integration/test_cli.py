@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
+import redis as redis_lib
 
 from bridge import __version__
 from bridge.cli import cli, sample_topics
@@ -166,3 +167,14 @@ def test_dev_on_a_port_in_use_is_one_line() -> None:
         proc = bridge("dev", "--port", str(port))
     assert proc.returncode == 2
     assert f"port {port} is in use" in one_line(proc)
+
+
+def test_an_empty_dead_letter_list_says_what_it_read(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    redis.sadd("cb:shops", SHOP)
+    proc = bridge("dlq", "list", REDIS_URL=settings.redis_url)
+    assert proc.returncode == 0 and proc.stdout == ""
+    line = one_line(proc)
+    assert line.startswith("cartbridge: no dead letters (1 shops, ")
+    assert settings.redis_url.split("//")[1].split("/")[0] in line
