@@ -274,7 +274,9 @@ class Stack:
         the one that sent it dies after its calls were accepted and before its ack."""
         self.control("config", {"delay_s": 3.0})
         before = self.control("stats")["requests"]
-        deadline = time.monotonic() + 10
+        # Generous: on a loaded machine, workers just back from the Redis restart can take a
+        # while to send again; the kill must still land mid-POST.
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.control("stats")["requests"] == before:
             time.sleep(0.02)
         mid_post = self.control("stats")["requests"] > before

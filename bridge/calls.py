@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 
 MAX_CALL_BYTES = 32 * 1024
-MAX_BATCH_BYTES = 500 * 1024
+# The docs say "500 KB" without a byte count and drop an oversize request with a 200: read
+# as the smaller 500 000 bytes, so neither reading loses a batch.
+MAX_BATCH_BYTES = 500 * 1000
 # Room for `{"batch":[...]}` and `sentAt` around the calls.
 BATCH_ENVELOPE_BYTES = 256
 

@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import click
 import orjson
 
+from bridge import cli_common
 from bridge.backfill import (
     Backfill,
     BackfillOptions,
@@ -27,6 +30,7 @@ from bridge.backfill import (
     file_job,
     rest_order,
 )
+from bridge.cli_common import first_bad_json_line
 from bridge.settings import ConfigError, Settings, load_settings
 from bridge.shopify_admin import (
     EMPTY_EMAIL_WARNING,
@@ -38,6 +42,7 @@ from bridge.shopify_admin import (
     check_visibility,
     version_warning,
 )
+from bridge.sources import MappingError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -334,45 +339,107 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except argparse.ArgumentTypeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def register(group: click.Group) -> None:
     """Add `backfill` and `reconcile` to the `bridge` command."""
-    p = sub.add_parser("backfill", help="queue historic orders (Admin API or a JSONL file)")
-    p.add_argument("source", choices=["shopify", "file"])
-    p.add_argument("path", nargs="?", help="the JSONL file (for `file`)")
-    p.add_argument("--events", action="store_true", help="also send historic order_completed")
-    p.add_argument("--dry-run", action="store_true", help="map and summarise; queue nothing")
-    p.add_argument("--rate", type=float, help="orders queued per second (BACKFILL_RATE_PER_S)")
-    p.add_argument("--shop", help="the shop domain (default SHOPIFY_SHOP)")
-    p.add_argument("--query", help="Admin API order search, e.g. \"created_at:>='2024-01-01'\"")
-    p.add_argument(
+
+    @group.command("backfill", context_settings=cli_common.CONTEXT)
+    @click.argument("source", type=click.Choice(["shopify", "file"]), metavar="SOURCE")
+    @click.argument("path", required=False, type=click.Path(dir_okay=False), metavar="[PATH]")
+    @click.option("--events", is_flag=True, help="Also send historic order_completed events.")
+    @click.option("--dry-run", is_flag=True, help="Map and summarise; queue nothing.")
+    @click.option(
+        "--rate",
+        type=float,
+        show_default="BACKFILL_RATE_PER_S",
+        help="Orders queued per second.",
+    )
+    @click.option("--shop", show_default="SHOPIFY_SHOP", help="The shop domain.")
+    @click.option(
+        "--query",
+        show_default="every order",
+        help="Admin API order search, e.g. \"created_at:>='2024-01-01'\".",
+    )
+    @click.option(
         "--method",
-        choices=["auto", "bulk", "paged"],
+        type=click.Choice(["auto", "bulk", "paged"]),
         default="auto",
-        help="bulk operation (whole store) or cost-aware pages; auto: paged with --query",
+        show_default=True,
+        help="`shopify`: a bulk operation (whole store) or cost-aware pages; "
+        "auto pages with --query.",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=200, help="orders per checkpoint (files, bulk)"
+    @click.option(
+        "--page-size",
+        type=click.IntRange(1, 250),
+        default=250,
+        show_default=True,
+        help="Most orders per page (paged; fewer when the query's cost needs it).",
     )
-    p.add_argument(
+    @click.option(
+        "--batch-size",
+        type=click.IntRange(1),
+        default=200,
+        show_default=True,
+        help="Orders per checkpoint (files and bulk exports).",
+    )
+    @click.option(
         "--max-backlog",
-        type=int,
+        type=click.IntRange(1),
         default=20,
-        help="pause while the shop's queue holds this many webhooks (live ones wait behind)",
+        show_default=True,
+        help="Pause while the shop's queue holds this many webhooks (live ones wait behind).",
     )
-    p.add_argument("--work-dir", help="where the bulk export is downloaded (default: TMPDIR)")
-    p.add_argument("--page-size", type=int, default=250, help="most orders per page (paged)")
-    p.add_argument("--categories", action="store_true", help="per-category last order dates")
-    p.add_argument("--restart", action="store_true", help="ignore the checkpoint")
-    p.set_defaults(func=_checked_backfill)
+    @click.option(
+        "--work-dir",
+        type=click.Path(file_okay=False),
+        show_default="TMPDIR",
+        help="Where a bulk export is downloaded.",
+    )
+    @click.option("--categories", is_flag=True, help="Per-category last order dates.")
+    @click.option("--restart", is_flag=True, help="Ignore the checkpoint and start over.")
+    def backfill(source: str, path: str | None, **options: Any) -> int:
+        """Queue historic orders (Admin API or a JSONL file).
 
-    p = sub.add_parser("reconcile", help="queue orders changed recently that the bridge missed")
-    p.add_argument("--since", type=parse_duration, default=timedelta(hours=2))
-    p.add_argument("--grace", type=float, help="seconds of recent changes to leave alone")
-    p.add_argument("--dry-run", action="store_true", help="report missing orders; queue nothing")
-    p.set_defaults(func=cmd_reconcile)
+        SOURCE `shopify` reads them from the Admin GraphQL API; SOURCE `file` from PATH, a JSONL
+        file (one REST order per line, or bulk-operation output). Resumes from its checkpoint.
+        Exit 1 when orders failed, 130 when interrupted."""
+        if source == "file":
+            if not path:
+                raise cli_common.InputError("bridge backfill file PATH: the path is missing")
+            if not Path(path).is_file():
+                raise cli_common.InputError(f"{path}: no such file")
+        try:
+            return cli_common.run(cmd_backfill, source=source, path=path, **options)
+        except MappingError:
+            bad = first_bad_json_line(Path(path)) if source == "file" and path else None
+            if bad is None:
+                raise
+            raise cli_common.InputError(f"{path}:{bad[0]}: not JSON ({bad[1]})") from None
 
+    @group.command("reconcile", context_settings=cli_common.CONTEXT)
+    @click.option(
+        "--since",
+        callback=_duration,
+        default="2h",
+        metavar="DURATION",
+        help="How far back to look for changed orders: 90s, 15m, 2h, 7d.",
+    )
+    @click.option(
+        "--grace",
+        type=float,
+        show_default="RECONCILE_GRACE_S",
+        help="Seconds of recent changes to leave alone.",
+    )
+    @click.option("--dry-run", is_flag=True, help="Report missing orders; queue nothing.")
+    def reconcile(since: timedelta, grace: float | None, dry_run: bool) -> int:
+        """Queue recent orders the bridge missed.
 
-def _checked_backfill(args: argparse.Namespace) -> int:
-    if args.source == "file" and not args.path:
-        return _err("bridge backfill file PATH: the path is missing")
-    return cmd_backfill(args)
+        Orders changed within --since that the bridge holds no record of are queued (Shopify
+        does not guarantee webhook delivery)."""
+        return cli_common.run(cmd_reconcile, since=since, grace=grace, dry_run=dry_run)

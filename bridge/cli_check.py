@@ -1,7 +1,8 @@
 """`bridge check`: run the volume-drop detector now; exit 1 when any key event alerts.
 
-For cron jobs and uptime monitors: exit 0 = all well (or still learning), 1 = an alert, 2 = the
-check could not run (configuration, Redis). Read-only unless `--notify`, which also sends the
+For cron jobs and uptime monitors: exit 0 = all well (or still learning), 1 = an alert (or no
+shop seen at all: most likely the wrong Redis), 2 = the check could not run (configuration,
+Redis). Read-only unless `--notify`, which also sends the
 alerts (log line, ALERT_WEBHOOK_URL) through the same once-only state as the worker's job.
 """
 
@@ -12,9 +13,11 @@ import sys
 import time
 from typing import Any
 
+import click
 import orjson
 import redis
 
+from bridge import cli_common
 from bridge.settings import ConfigError, load_settings
 
 
@@ -49,7 +52,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             # The worker's check is sending alerts right now; report without sending.
             results = monitor.check(client, settings, now_s=now_s, only_shop=args.shop, send=False)
     except redis.RedisError as exc:
-        sys.stderr.write(f"cartbridge: redis unavailable: {type(exc).__name__}\n")
+        where = cli_common.where(settings.redis_url)
+        sys.stderr.write(f"cartbridge: Redis at {where} unavailable: {type(exc).__name__}\n")
         return 2
     alerting = False
     for r in results:
@@ -66,16 +70,23 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"({v.basis}, {v.weeks_used} wk) last seen {_ago(v.silence_s)}"
         )
     if not results:
-        print("no shops seen yet")
+        # Most often the wrong Redis (another terminal's REDIS_URL): say which one was read.
+        no_data = cli_common.no_data(settings.redis_url)
+        sys.stderr.write(f"cartbridge: no shops seen yet: {no_data}\n")
+        return 1
     return 1 if alerting else 0
 
 
-def register(sub: Any) -> None:
-    """Add `check` to the `bridge` command's subparsers."""
-    p = sub.add_parser("check", help="volume-drop check now; exit 1 on alert (for cron)")
-    p.add_argument("--shop", help="check one shop (default: every shop seen)")
-    p.add_argument("--json", action="store_true", help="one JSON object per shop and event")
-    p.add_argument(
-        "--notify", action="store_true", help="also send alerts (log, ALERT_WEBHOOK_URL)"
-    )
-    p.set_defaults(func=cmd_check)
+def register(group: click.Group) -> None:
+    """Add `check` to the `bridge` command."""
+
+    @group.command("check", context_settings=cli_common.CONTEXT)
+    @click.option("--shop", show_default="every shop seen", help="Check this shop only.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per shop and event.")
+    @click.option("--notify", is_flag=True, help="Also send alerts (log, ALERT_WEBHOOK_URL).")
+    def check(shop: str | None, as_json: bool, notify: bool) -> int:
+        """Run the volume-drop check now.
+
+        For cron and uptime monitors: exit 0 all well (or still learning), 1 an alert or no
+        shop seen at all, 2 the check could not run."""
+        return cli_common.run(cmd_check, shop=shop, json=as_json, notify=notify)

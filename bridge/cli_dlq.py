@@ -19,9 +19,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import click
 import orjson
 
-from bridge.deadletters import KIND_CALL, DeadLetter, DeadLetters
+from bridge import cli_common
+from bridge.deadletters import KIND_CALL, DeadLetter, DeadLetters, ErasureRunning
 from bridge.outbox import OutboxEntry
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -103,6 +105,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     letters = DeadLetters(rt.redis)
     now = now_ms()
     shops = _shops(args, rt)
+    if not shops:
+        # Most often the wrong Redis (another terminal's REDIS_URL): say which one was read.
+        sys.stderr.write(f"cartbridge: {cli_common.no_data(rt.settings.redis_url)}\n")
+        return 1
     out = sys.stdout
     try:
         since = parse_time(args.since, now) if getattr(args, "since", None) else None
@@ -119,6 +125,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     return 0
                 out.write(orjson.dumps(d.summary()).decode() + "\n")
                 shown += 1
+        if not shown:
+            # An empty list says what was read, so an empty answer is never a silent one.
+            where = cli_common.where(rt.settings.redis_url)
+            sys.stderr.write(f"cartbridge: no dead letters ({len(shops)} shops, {where})\n")
         return 0
 
     if args.dlq_command == "show":
@@ -139,10 +149,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             plan.append((shop, ids))
         progress = Progress(sum(len(ids) for _, ids in plan))
         replayed = 0
+        blocked: list[str] = []
         for shop, ids in plan:
             for i in range(0, len(ids), 200):
                 chunk = letters.get_many(shop, ids[i : i + 200])
-                replayed += letters.replay(shop, chunk)
+                try:
+                    replayed += letters.replay(shop, chunk)
+                except ErasureRunning:
+                    blocked.append(shop)  # what is left of this shop: another time
+                    break
                 progress.add(len(ids[i : i + 200]))
             keys = Keys(shop)
             if rt.store.wake(keys.deliver_flag):
@@ -151,7 +166,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 enqueue_drain(rt.queue, shop)
         progress.close()
         out.write(orjson.dumps({"replayed": replayed}).decode() + "\n")
-        return 0 if replayed or not args.ids else 1
+        for shop in blocked:
+            sys.stderr.write(f"cartbridge: {shop}: an erasure is still running; replay again\n")
+        return 0 if (replayed or not args.ids) and not blocked else 1
 
     # purge
     purged = 0
@@ -162,28 +179,54 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any) -> None:
-    """Add `dlq` and its subcommands to the `bridge` parser's subparsers."""
-    p = sub.add_parser("dlq", help="list, show, replay or purge dead letters")
-    p.set_defaults(func=cmd_dlq)
-    dsub = p.add_subparsers(dest="dlq_command", required=True)
+_SHOP = click.option("--shop", show_default="every shop seen", help="This shop only.")
+_TIME = "ISO-8601 (2026-11-28T12:00:00Z) or an age (90m, 6h, 2d)"
 
-    q = dsub.add_parser("list", help="one JSON line per dead letter, oldest first")
-    q.add_argument("--shop")
-    q.add_argument("--since", help="ISO time or age (6h, 2d)")
-    q.add_argument("--limit", type=int, default=1000)
 
-    q = dsub.add_parser("show", help="one dead letter with its payload and response")
-    q.add_argument("id")
-    q.add_argument("--shop")
+def register(group: click.Group) -> None:
+    """Add `dlq` and its subcommands to the `bridge` command."""
 
-    q = dsub.add_parser("replay", help="put dead letters back on their queue (same messageIds)")
-    q.add_argument("ids", nargs="*", metavar="ID")
-    q.add_argument("--all", action="store_true")
-    q.add_argument("--since", help="ISO time or age (6h, 2d)")
-    q.add_argument("--shop")
+    @group.group("dlq", context_settings=cli_common.CONTEXT)
+    def dlq() -> None:
+        """List, show, replay or purge dead letters.
 
-    q = dsub.add_parser("purge", help="delete dead letters (all, unless IDs or --before)")
-    q.add_argument("ids", nargs="*", metavar="ID")
-    q.add_argument("--before", help="ISO time or age (6h, 2d)")
-    q.add_argument("--shop")
+        Dead letters are calls Pipelines refused or never accepted, and webhooks that could not
+        be mapped. Exit 1 when Redis holds no cartbridge data."""
+
+    @dlq.command("list")
+    @_SHOP
+    @click.option("--since", show_default="all", help=f"Only letters from this time on: {_TIME}.")
+    @click.option(
+        "--limit", type=click.IntRange(min=0), default=1000, help="Print at most this many."
+    )
+    def list_(shop: str | None, since: str | None, limit: int) -> int:
+        """One JSON line per dead letter, oldest first."""
+        return cli_common.run(cmd_dlq, dlq_command="list", shop=shop, since=since, limit=limit)
+
+    @dlq.command("show")
+    @click.argument("id", metavar="ID")
+    @_SHOP
+    def show(id: str, shop: str | None) -> int:
+        """One dead letter (ID as `dlq list` prints it) with its payload and the response.
+        Exit 1 when there is no such letter."""
+        return cli_common.run(cmd_dlq, dlq_command="show", id=id, shop=shop)
+
+    @dlq.command("replay")
+    @click.argument("ids", nargs=-1, metavar="[ID]...")
+    @click.option("--all", "all_", is_flag=True, help="Every dead letter.")
+    @click.option("--since", show_default="none", help=f"Letters from this time on: {_TIME}.")
+    @_SHOP
+    def replay(ids: tuple[str, ...], all_: bool, since: str | None, shop: str | None) -> int:
+        """Put dead letters back on their queue with their messageIds (a replay is idempotent):
+        the IDs given, or --all, or --since. Exit 1 when nothing named could be replayed."""
+        return cli_common.run(
+            cmd_dlq, dlq_command="replay", ids=list(ids), all=all_, since=since, shop=shop
+        )
+
+    @dlq.command("purge")
+    @click.argument("ids", nargs=-1, metavar="[ID]...")
+    @click.option("--before", show_default="none", help=f"Letters older than this: {_TIME}.")
+    @_SHOP
+    def purge(ids: tuple[str, ...], before: str | None, shop: str | None) -> int:
+        """Delete dead letters: the IDs given, those --before a time, else every one."""
+        return cli_common.run(cmd_dlq, dlq_command="purge", ids=list(ids), before=before, shop=shop)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+import click
 import orjson
 
+from bridge import cli_common
 from bridge.compliance import EXPORT_SEGMENT
 from bridge.settings import ConfigError, load_settings
 from bridge.store import Keys, Store, connect
@@ -44,21 +46,31 @@ def cmd_export(args: argparse.Namespace) -> int:
                 sys.stdout.write(orjson.dumps(export).decode() + "\n")
                 found += 1
     except redis.RedisError as exc:
-        sys.stderr.write(f"cartbridge: redis unavailable: {type(exc).__name__}\n")
+        where = cli_common.where(settings.redis_url)
+        sys.stderr.write(f"cartbridge: Redis at {where} unavailable: {type(exc).__name__}\n")
         return 2
     finally:
         client.close()
     if not found:
-        sys.stderr.write("cartbridge: no export found\n")
+        where = cli_common.where(settings.redis_url)
+        sys.stderr.write(f"cartbridge: no export found in Redis at {where}\n")
         return 1
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(group: click.Group) -> None:
     """Add `gdpr export` to the `bridge` command."""
-    gdpr = sub.add_parser("gdpr", help="compliance exports (customers/data_request)")
-    gsub = gdpr.add_subparsers(dest="gdpr_command", required=True)
-    p = gsub.add_parser("export", help="print recorded customer exports as JSON lines")
-    p.add_argument("--shop", help="only this shop (default: every shop)")
-    p.add_argument("--customer", help="only this customer id (or email)")
-    p.set_defaults(func=cmd_export)
+
+    @group.group("gdpr", context_settings=cli_common.CONTEXT)
+    def gdpr() -> None:
+        """Compliance exports (customers/data_request).
+
+        Each customers/data_request webhook records an export of what the bridge holds on that
+        customer; these commands print them."""
+
+    @gdpr.command("export")
+    @click.option("--shop", show_default="every shop", help="This shop only.")
+    @click.option("--customer", show_default="all", help="This customer only: an id or an email.")
+    def export(shop: str | None, customer: str | None) -> int:
+        """Print recorded customer exports as JSON lines. Exit 1 when none is found."""
+        return cli_common.run(cmd_export, shop=shop, customer=customer)

@@ -13,9 +13,17 @@ id, lower-cased email, keyed email hash, or phone in E.164, raw and digit-only f
   one with LREM of the exact value (atomic per entry); queued compliance requests are kept;
 - hash fields, set and sorted-set members naming them are removed.
 Ids match as whole tokens (not inside a longer run of letters or digits), so an unrelated record
-is removed only if it carries exactly the same number. Calls a delivery job already holds in
-memory may still be sent once; `User Deleted` (FORWARD_REDACTIONS=true) then erases them in
-Customer.io.
+is removed only if it carries exactly the same number. Delivery's retry bookkeeping names people
+by keyed hashes (bridge/keyed.py), which are needles too.
+
+An erasure wins over a delivery in flight: it runs holding the shop's delivery lease, which it
+takes after marking the shop (`Keys.erasing`, itself a lease) so that the deliverer holding it
+ends its round at its next request and settles its window back into Redis, where the erasure
+finds it (delivery.py, `Gate`). A deliverer in any process whose lease ran out meanwhile sends
+nothing more and cannot write its window back (settles are refused without the lease). So once
+an erasure is done, no call naming the person is queued anywhere or sent again; the only calls
+sent after it began are those a request had already carried when it began. `User Deleted`
+(FORWARD_REDACTIONS=true), queued by the erasure, goes after them.
 """
 
 from __future__ import annotations
@@ -24,20 +32,25 @@ import fcntl
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 import redis
 
+from bridge import keyed
 from bridge.calls import validate_call
 from bridge.canonical import Mapped
+from bridge.deadletters import DeadLetters
 from bridge.identity import email_key
 from bridge.ids import iso_z, message_id
 from bridge.jsonio import parse_body
+from bridge.lease import LEASE_TTL_MS, Lease
 from bridge.outbox import OutboxEntry
 from bridge.store import SHOPS_KEY, Envelope, Keys, now_ms
 
@@ -52,6 +65,15 @@ SHOP_REDACT = "shop/redact"
 COMPLIANCE_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
 USER_DELETED = "User Deleted"
 EXPORT_SEGMENT = "gdpr:"
+# How often an erasure tries again for a lease it waits for.
+LEASE_POLL_S = 0.02
+
+T = TypeVar("T")
+
+
+class ErasureBlocked(Exception):
+    """An erasure could not take the shop's delivery lease in time (or the worker is stopping):
+    nothing was erased, the request stays pending."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +205,11 @@ def needles_for(request: ComplianceRequest) -> Needles:
     """Every form in which the bridge may have stored this customer."""
     texts: list[str] = []
     tokens: list[str] = []
+    # Delivery's retry bookkeeping names a person (the outbox header's: customer id or email) by
+    # a keyed hash, or by the unkeyed one of entries queued before that (keyed.py).
+    people = [p for p in (request.customer_id, request.email) if p]
+    texts += [keyed.person_hash(p) for p in people]
+    texts += [keyed.legacy_person_hash(p) for p in people]
     if request.customer_id:
         tokens.append(request.customer_id)
     if request.email:
@@ -245,7 +272,7 @@ def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> E
     """Remove every record of `shop` naming the customer (see the module docstring).
     Raises redis errors; a rerun after a failure finishes the job."""
     k = Keys(shop)
-    skip = {k.compliance.encode()}
+    skip = {key.encode() for key in (k.compliance, k.deliver_lease, k.erasing)}
     out = Erased()
     doomed: list[bytes] = []
     for key, kind, value in _records(client, shop):
@@ -275,14 +302,21 @@ def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> E
                 out.entries += int(client.zrem(key, *members))
     for i in range(0, len(doomed), 500):
         out.keys += int(client.unlink(*doomed[i : i + 500]))
+    # Dead letters are listed by id, a messageId: derived from the person, and of no use once
+    # the letter it indexes is gone.
+    out.entries += DeadLetters(client).drop_orphans(shop)
     return out
 
 
-def erase_shop(client: redis.Redis[bytes], shop: str) -> int:
-    """Unlink every key of the shop and forget the shop; returns the keys removed."""
+def erase_shop(client: redis.Redis[bytes], shop: str, keep: Collection[str] = ()) -> int:
+    """Unlink every key of the shop but `keep` (the leases the erasure holds, which go when it
+    lets them go) and forget the shop; returns the keys removed."""
     n = 0
     batch: list[bytes] = []
+    kept = {key.encode() for key in keep}
     for key in _shop_keys(client, shop):
+        if key in kept:
+            continue
         batch.append(key)
         if len(batch) >= 500:
             n += int(client.unlink(*batch))
@@ -412,29 +446,74 @@ def user_deleted_entry(request: ComplianceRequest) -> bytes | None:
     ).encode()
 
 
+@contextmanager
+def _taken(rt: Runtime, key: str, give_up: float) -> Iterator[Lease]:
+    """Hold the lease `key`, waiting for its holder to let it go or for it to run out.
+    Raises ErasureBlocked past `give_up` (monotonic time) or when the worker stops."""
+    while True:
+        with Lease(rt.store, key) as lease:
+            if lease.held:
+                yield lease
+                return
+        if time.monotonic() > give_up:
+            raise ErasureBlocked(f"{key} is still held")
+        if rt.stopping.wait(LEASE_POLL_S):
+            raise ErasureBlocked("the worker is stopping")
+
+
+def erase_exclusively(rt: Runtime, shop: str, erase: Callable[[], T]) -> T:
+    """Run `erase` holding the shop's delivery lease, taken after marking the shop as erasing
+    (see the module docstring), then wake the shop's delivery for what is left.
+
+    An erase during which the lease was lost (this process stalled past its lease) is run again:
+    a deliverer may have held the lease meanwhile. Waits at most for a request in flight to be
+    answered and a dead deliverer's lease to run out; raises ErasureBlocked past that, and redis
+    errors (the request stays pending either way)."""
+    keys = Keys(shop)
+    give_up = time.monotonic() + LEASE_TTL_MS / 1000 + 3 * rt.settings.http_timeout_s
+    while True:
+        with ExitStack() as held:
+            held.enter_context(_taken(rt, keys.erasing, give_up))
+            lease = held.enter_context(_taken(rt, keys.deliver_lease, give_up))
+            result = erase()
+            if lease.still_held():
+                break
+        log.warning("delivery lease lost during an erasure; erasing again", extra={"shop": shop})
+    if rt.store.finish_deliver(shop):
+        rt.deliver_soon(shop)
+    return result
+
+
 def run(rt: Runtime, request: ComplianceRequest) -> None:
-    """Carry out one compliance request. Raises redis errors (the request stays pending)."""
+    """Carry out one compliance request. Raises redis errors and ErasureBlocked (the request
+    stays pending)."""
     client = rt.redis
     shop = request.shop
+    keys = Keys(shop)
     if request.topic == SHOP_REDACT:
-        n = erase_shop(client, shop)
+        held = (keys.deliver_lease, keys.erasing)
+        n = erase_exclusively(rt, shop, lambda: erase_shop(client, shop, keep=held))
         if rt.settings.dry_run_file:
             scrub_file(rt.settings.dry_run_file, Needles.of((), (shop,)))
         log.warning("shop data erased", extra={"shop": shop, "keys": n})
     elif request.topic == CUSTOMERS_REDACT:
         needles = needles_for(request)
-        erased = erase_customer(client, shop, needles)
+        entry = user_deleted_entry(request) if rt.settings.forward_redactions else None
+
+        def erase() -> Erased:
+            erased = erase_customer(client, shop, needles)
+            if entry is not None:
+                # Queued under the lease: it goes after every call of theirs that went before.
+                client.rpush(keys.outbox, entry)
+                rt.store.count(shop, f"events:{USER_DELETED}:queued")
+            return erased
+
+        erased = erase_exclusively(rt, shop, erase)
         lines = scrub_file(rt.settings.dry_run_file, needles) if rt.settings.dry_run_file else 0
         log.warning(
             "customer data erased",
             extra={"shop": shop, "keys": erased.keys, "entries": erased.entries, "lines": lines},
         )
-        entry = user_deleted_entry(request) if rt.settings.forward_redactions else None
-        if entry is not None:
-            client.rpush(Keys(shop).outbox, entry)
-            rt.store.count(shop, f"events:{USER_DELETED}:queued")
-            if rt.store.wake(Keys(shop).deliver_flag):
-                rt.deliver_soon(shop)
         rt.store.count(shop, "compliance:customers/redact:done")
     elif request.topic == CUSTOMERS_DATA_REQUEST:
         _key, n = record_export(client, request, rt.settings.gdpr_export_ttl_s)

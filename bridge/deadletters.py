@@ -8,16 +8,19 @@ Layout per shop (one cluster hash tag, like every other key of the shop):
 A record's id is derived from what it holds (`c-<messageId>` for a call, `w-<webhook id>` for a
 webhook), so writing the same failure twice (a redo after a crash) keeps one record. Replay puts
 the exact outbox entry (or envelope) back on its queue: the messageIds are the same, so a replay
-is idempotent downstream. Records are built by pure functions; `DeadLetters` does the I/O.
+is idempotent downstream. Replay moves what is stored when it commits, never a copy read before,
+and not while an erasure of the shop runs: a letter an erasure removed never comes back. Records
+are built by pure functions; `DeadLetters` does the I/O.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -30,6 +33,9 @@ MAX_RESPONSE_CHARS = 2048
 MAX_SUMMARY_FIELDS = 30  # field names a dead letter's log line lists
 KIND_CALL = "call"
 KIND_WEBHOOK = "webhook"
+# How long a replay waits for an erasure of the shop to finish, and how often it looks.
+REPLAY_WAIT_S = 120.0
+REPLAY_POLL_S = 0.1
 
 
 def dlq_key(shop: str) -> str:
@@ -38,6 +44,15 @@ def dlq_key(shop: str) -> str:
 
 def dlq_index_key(shop: str) -> str:
     return f"cb:{{{shop}}}:dlq:idx"
+
+
+def _erasing_key(shop: str) -> str:
+    # store.Keys.erasing (store imports this module, so the name is spelt here too).
+    return f"cb:{{{shop}}}:out:erasing"
+
+
+class ErasureRunning(Exception):
+    """A replay waited its time for an erasure of the shop to finish; nothing was moved."""
 
 
 @dataclass(frozen=True)
@@ -262,8 +277,17 @@ class DeadLetters:
         for chunk in _chunks(self.ids(shop, since_ms), 500):
             yield from self.get_many(shop, chunk)
 
-    def replay(self, shop: str, letters: Sequence[DeadLetter]) -> int:
-        """Put each letter's payload back on its queue and drop the letter, in one MULTI.
+    def replay(
+        self, shop: str, letters: Sequence[DeadLetter], wait_s: float = REPLAY_WAIT_S
+    ) -> int:
+        """Put each of `letters` still stored back on its queue and drop it, in one MULTI;
+        returns how many were.
+
+        The records are read again under WATCH and their stored payloads moved, so a letter an
+        erasure removed since the caller read it is not brought back; while an erasure of the
+        shop runs, the replay waits (its erase may not have reached the letters yet, and a
+        letter moved to a queue it already passed would escape it). Raises ErasureRunning
+        past `wait_s`.
 
         Calls go to the end of the outbox, webhooks to the end of the inbound queue with their
         seen-markers removed (the drain marked them when it parked them; a replay is
@@ -271,23 +295,39 @@ class DeadLetters:
         """
         if not letters:
             return 0
-        p = f"cb:{{{shop}}}:"
-        pipe = self.redis.pipeline(transaction=True)
-        calls = [d.payload for d in letters if d.kind == KIND_CALL]
-        hooks = [d.payload for d in letters if d.kind == KIND_WEBHOOK]
-        marks = [p + "seen:" + d.webhook_id for d in letters if d.kind == KIND_WEBHOOK]
-        for chunk in _chunks(marks, 1000):
-            pipe.delete(*chunk)
-        for chunk in _chunks(calls, 1000):
-            pipe.rpush(p + "out", *chunk)
-        for chunk in _chunks(hooks, 1000):
-            pipe.rpush(p + "in", *chunk)
-        ids = [d.id for d in letters]
-        pipe.hdel(dlq_key(shop), *ids)
-        pipe.zrem(dlq_index_key(shop), *ids)
-        pipe.hincrby(p + "stats", "dead_letters:replayed", len(letters))
-        pipe.execute()
-        return len(letters)
+        ids = list(dict.fromkeys(d.id for d in letters))
+        give_up = time.monotonic() + wait_s
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(dlq_key(shop), _erasing_key(shop))
+                    if pipe.exists(_erasing_key(shop)):
+                        pipe.unwatch()
+                        if time.monotonic() >= give_up:
+                            raise ErasureRunning(shop)
+                        time.sleep(REPLAY_POLL_S)
+                        continue
+                    # Immediate while watching (redis-py types it as the pipeline).
+                    raws = cast("list[bytes | None]", pipe.hmget(dlq_key(shop), ids))
+                    stored = [DeadLetter.decode(raw) for raw in raws if raw]
+                    pipe.multi()
+                    _stage_replay(pipe, shop, stored)
+                    pipe.execute()
+                    return len(stored)
+                except redis.WatchError:
+                    continue  # a letter was written or removed meanwhile: read them again
+
+    def drop_orphans(self, shop: str) -> int:
+        """Drop index entries whose record is gone (removed by an erasure, which finds records
+        by what they hold); returns how many."""
+        ids = [i.decode() for i in self.redis.zrange(dlq_index_key(shop), 0, -1)]
+        gone: list[str] = []
+        for chunk in _chunks(ids, 500):
+            raws = self.redis.hmget(dlq_key(shop), chunk)
+            gone += [i for i, raw in zip(chunk, raws, strict=True) if raw is None]
+        for chunk in _chunks(gone, 500):
+            self.redis.zrem(dlq_index_key(shop), *chunk)
+        return len(gone)
 
     def purge(self, shop: str, ids: Sequence[str]) -> int:
         n = 0
@@ -301,6 +341,24 @@ class DeadLetters:
     def expire(self, shop: str, now: int, retention_s: int) -> int:
         """Drop letters whose last error is older than the retention; returns how many."""
         return self.purge(shop, self.ids(shop, before_ms=now - retention_s * 1000))
+
+
+def _stage_replay(pipe: Any, shop: str, letters: Sequence[DeadLetter]) -> None:
+    p = f"cb:{{{shop}}}:"
+    calls = [d.payload for d in letters if d.kind == KIND_CALL]
+    hooks = [d.payload for d in letters if d.kind == KIND_WEBHOOK]
+    marks = [p + "seen:" + d.webhook_id for d in letters if d.kind == KIND_WEBHOOK]
+    for chunk in _chunks(marks, 1000):
+        pipe.delete(*chunk)
+    for chunk in _chunks(calls, 1000):
+        pipe.rpush(p + "out", *chunk)
+    for chunk in _chunks(hooks, 1000):
+        pipe.rpush(p + "in", *chunk)
+    if letters:
+        ids = [d.id for d in letters]
+        pipe.hdel(dlq_key(shop), *ids)
+        pipe.zrem(dlq_index_key(shop), *ids)
+        pipe.hincrby(p + "stats", "dead_letters:replayed", len(letters))
 
 
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:

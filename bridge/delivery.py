@@ -6,6 +6,13 @@ calls into `cb:{shop}:out:work` (store.take_window), sends it in rounds and sett
 one MULTI (store.settle_outbox): until then the window stays in Redis, so a crash at any instant
 means the window is sent again with the same messageIds (at-least-once, never a loss).
 
+An erasure wins over a delivery in flight (`Gate`): an erasure of the shop's data runs holding
+the delivery lease (compliance.py), so no window is held in memory while it runs. Before each
+request the deliverer checks in Redis that the lease is still its own and that no erasure waits
+for it; when one does, it ends the round, settles it (the calls go back to Redis, where the
+erasure finds them) and lets the lease go. A deliverer whose lease ran out while a request was
+in flight (renewals not getting through) sends nothing more, and its settle is refused.
+
 Per-person order: a window's calls are grouped by person (the outbox header's `p`), each person's
 calls in order, cut into segments (a run of batch calls, or one alias call alone). A phase sends
 the first segment of every person, packed into /v1/batch requests of up to 500 KB that run
@@ -21,9 +28,10 @@ Failures come classified from `bridge.pipelines` (its `classify` is the only pla
 - PayloadTooLargeError (413) and BadRequestError (400 in strict mode, which names no call): the
   request is split in halves until the bad call is alone; only it is dead-lettered (calls sent
   again on the way keep their messageIds);
-- AuthError (401/403): the shop is paused with its calls kept in the window, one error is logged,
-  `delivery:paused` is counted and `cb:{shop}:paused` holds the pause time; delivery resumes by
-  itself when a probe succeeds or the configured write key changes;
+- AuthError (401/403) and EndpointError (404, 405, a redirect, an HTML page: a wrong
+  PIPELINES_URL): the shop is paused with its calls kept in the window, one error is logged
+  naming the setting to fix, `delivery:paused` is counted and `cb:{shop}:paused` holds the pause
+  time; delivery resumes by itself when a probe succeeds or the write key or URL changes;
 - FatalError (other 4xx): the request's calls are dead-lettered.
 """
 
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -42,13 +51,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
+import redis
 
 from bridge import deadletters, pipelines
 from bridge.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.lease import Lease
 from bridge.outbox import OutboxEntry
-from bridge.settings import Settings
-from bridge.store import Keys, LeaseLost, Settlement, now_ms, person_hash
+from bridge.settings import US_PIPELINES_URL, Settings
+from bridge.store import Keys, LeaseLost, Settlement, now_ms
 
 if TYPE_CHECKING:
     from bridge.runtime import Runtime
@@ -83,10 +93,20 @@ class DryRunSink:
         with self._lock, open(self.path, "ab") as fh:
             for call in calls:
                 fh.write(call + b"\n")
-                if self.echo:
-                    sys.stdout.write("[dry-run] " + call.decode() + "\n")
-        if self.echo:
+            if self.echo:
+                self._print(calls)
+
+    def _print(self, calls: Sequence[bytes]) -> None:
+        try:
+            sys.stdout.write("".join("[dry-run] " + c.decode() + "\n" for c in calls))
             sys.stdout.flush()
+        except OSError:
+            # Whoever read stdout is gone (`bridge dev | tee` stopped by Ctrl-C): the file still
+            # gets every call, and the exit's own flush must not fail again.
+            self.echo = False
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
     def send_alias(self, call: bytes) -> None:
         self.send_batch([call])
@@ -106,13 +126,21 @@ def make_sink(settings: Settings) -> Sink:
     )
 
 
+def pipelines_url(rt: Runtime, shop: str) -> str:
+    """The Pipelines base URL the shop's calls go to."""
+    config = rt.store_config(shop)
+    if config is not None and not config.is_default:
+        return config.pipelines_url
+    return rt.settings.pipelines_url
+
+
 def key_fingerprint(rt: Runtime, shop: str) -> str:
-    """A short hash of the shop's write key: tells a changed key from the refused one, reveals
-    nothing."""
+    """A short hash of the shop's write key and Pipelines URL: tells changed settings from the
+    refused ones (a pause resumes at once when either changed), reveals nothing."""
     config = rt.store_config(shop)
     key = config.pipelines_write_key.get_secret_value() if config is not None else ""
     key = key or rt.settings.pipelines_write_key.get_secret_value()
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{key}\x1f{pipelines_url(rt, shop)}".encode()).hexdigest()[:12]
 
 
 # --- one window: pure planning ---------------------------------------------------------------
@@ -126,7 +154,7 @@ class Item:
     raw: bytes
     entry: OutboxEntry
     index: int
-    person: str  # hash of the header's person key
+    person: str  # the person's name in the retry bookkeeping (OutboxEntry.hold_name)
 
     @property
     def size(self) -> int:
@@ -197,7 +225,7 @@ class Sent:
     waiting: list[Item] = field(default_factory=list)  # retryable failure: these people wait
     retry: pipelines.RetryableError | None = None
     unsent: list[Item] = field(default_factory=list)  # not tried: paused or stopping
-    auth: pipelines.AuthError | None = None
+    auth: pipelines.ConfigurationError | None = None  # a refused key or a wrong URL
     requests: int = 0
 
 
@@ -221,7 +249,7 @@ def send_request(sink: Sink, job: Segment, stopping: Callable[[], bool]) -> Sent
             out.waiting.extend(items)
             out.retry = err
             return False
-        except pipelines.AuthError as err:
+        except pipelines.ConfigurationError as err:
             out.unsent.extend(items)
             out.auth = err
             return False
@@ -287,8 +315,46 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
 # --- the job ---------------------------------------------------------------------------------
 
 
+class Gate:
+    """Whether this deliverer may send: asked before every request (from the pool's threads).
+
+    Open while the process is not stopping, the delivery lease is still this deliverer's in
+    Redis, and no erasure waits for the lease (`Keys.erasing`). Read in Redis each time: the
+    lease keeper notices a lost lease only at its next renewal, and an erasure must not wait
+    for a whole drain budget of rounds. Once closed it stays closed; `erasing` tells that an
+    erasure closed it (it wakes the shop's delivery once it is done).
+    """
+
+    def __init__(self, rt: Runtime, keys: Keys, lease: Lease) -> None:
+        self.rt = rt
+        self.keys = keys
+        self.lease = lease
+        self.closed = False
+        self.erasing = False
+
+    def open(self) -> bool:
+        if self.closed:
+            return False
+        if self.rt.stopping.is_set() or self.lease.lost.is_set():
+            self.closed = True
+            return False
+        try:
+            holder, erasing = self.rt.redis.mget([self.keys.deliver_lease, self.keys.erasing])
+        except redis.RedisError:
+            # Cannot tell whether the lease is still ours: send nothing more (the round's settle
+            # meets the same error, and the window stays in Redis).
+            self.closed = True
+            return False
+        if erasing is not None:
+            self.erasing = True
+        if erasing is not None or holder != self.lease.token.encode():
+            self.closed = True
+        return not self.closed
+
+
 def deliver(rt: Runtime, shop: str) -> None:
-    """Send the shop's outbox until it is empty, out of time, paused or stopping.
+    """Send the shop's outbox until it is empty, out of time, paused, stopping or an erasure of
+    the shop waits for it.
 
     Raises redis errors (the window stays in Redis and is redone); never loses a call.
     """
@@ -297,18 +363,19 @@ def deliver(rt: Runtime, shop: str) -> None:
     with Lease(rt.store, keys.deliver_lease) as lease:
         if not lease.held:
             return  # another worker delivers this shop; its finish step sees anything new
+        gate = Gate(rt, keys, lease)
         if not _resume_if_possible(rt, shop):
             return  # still paused: the ticker wakes us again for the next probe
         s = rt.settings
         deadline = time.monotonic() + s.drain_time_budget_s
         with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
-            while not (rt.stopping.is_set() or lease.lost.is_set()):
+            while gate.open():
                 window, left = rt.store.take_window(
                     shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
                 )
                 if window:
                     try:
-                        paused = _round(rt, shop, lease, pool, window)
+                        paused = _round(rt, shop, lease, gate, pool, window)
                     except LeaseLost:
                         log.warning(
                             "delivery lease lost; another worker goes on", extra={"shop": shop}
@@ -320,18 +387,23 @@ def deliver(rt: Runtime, shop: str) -> None:
                     break
                 if time.monotonic() > deadline:
                     break
-    if paused:
-        return
+    if paused or gate.erasing:
+        return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
     if rt.store.finish_deliver(shop):
         rt.deliver_soon(shop)
 
 
 def _round(
-    rt: Runtime, shop: str, lease: Lease, pool: ThreadPoolExecutor, window: list[bytes]
+    rt: Runtime,
+    shop: str,
+    lease: Lease,
+    gate: Gate,
+    pool: ThreadPoolExecutor,
+    window: list[bytes],
 ) -> bool:
     """Send one window in phases and settle it; returns True when the shop got paused."""
     items = [
-        Item(raw, e, i, person_hash(e.person))
+        Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
     settle = Settlement()
@@ -340,13 +412,13 @@ def _round(
     states = {h: RetryState.decode(v) for h, v in rt.store.retry_state(shop, list(queues)).items()}
 
     def stopping() -> bool:
-        return rt.stopping.is_set() or lease.lost.is_set()
+        return not gate.open()
 
     delivered: list[Item] = []
     dead: list[tuple[Item, pipelines.PipelinesError]] = []
     waiting: dict[str, pipelines.RetryableError] = {}
     not_done: list[Item] = []  # failed or not tried, back to a hold list or the window
-    auth: pipelines.AuthError | None = None
+    auth: pipelines.ConfigurationError | None = None
     while auth is None and not stopping():
         heads = [q.popleft() for h, q in queues.items() if q and h not in waiting]
         if not heads:
@@ -393,16 +465,17 @@ def _round(
     )
     settle.count("calls:dead_lettered", len(settle.letters))
     rt.store.settle_outbox(shop, lease.token, settle)
-    log.info(  # issue 6: one line per delivery batch
-        "batch delivered",
-        extra={
-            "shop": shop,
-            "batch_id": uuid.uuid4().hex[:16],
-            "calls": len(window),
-            "delivered": len(delivered),
-            "dead_lettered": len(settle.letters),
-        },
-    )
+    if delivered:  # a round that delivered nothing (paused, retrying) has its own lines
+        log.info(  # issue 6: one line per delivery batch
+            "batch delivered",
+            extra={
+                "shop": shop,
+                "batch_id": uuid.uuid4().hex[:16],
+                "calls": len(window),
+                "delivered": len(delivered),
+                "dead_lettered": len(settle.letters),
+            },
+        )
     for letter in settle.letters:
         deadletters.log_dead_letter(letter)
     if auth is not None:
@@ -511,7 +584,7 @@ def _drop_guarded(rt: Runtime, shop: str, items: list[Item], settle: Settlement)
 # --- pause on a refused write key ------------------------------------------------------------
 
 
-def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
+def _pause(rt: Runtime, shop: str, err: pipelines.ConfigurationError) -> None:
     keys = Keys(shop)
     s = rt.settings
     pipe = rt.redis.pipeline(transaction=True)
@@ -521,6 +594,20 @@ def _pause(rt: Runtime, shop: str, err: pipelines.AuthError) -> None:
     first = pipe.execute()[0]
     if first:
         rt.store.count(shop, "delivery:paused")
+        if isinstance(err, pipelines.EndpointError):
+            config = rt.store_config(shop)
+            setting = (
+                "PIPELINES_URL"
+                if config is None or config.is_default
+                else "this shop's pipelines_url in BRIDGE_STORES_FILE"
+            )
+            log.error(
+                f"PIPELINES_URL IS WRONG: {pipelines_url(rt, shop)} is {err}; delivery for this "
+                f"shop is paused, calls are kept; set {setting} to the API base ending in /v1, "
+                f"like {US_PIPELINES_URL} (delivery resumes by itself)",
+                extra={"shop": shop, "status": err.status},
+            )
+            return
         log.error(
             "PIPELINES REFUSED THE WRITE KEY: delivery for this shop is paused, calls are kept; "
             "fix PIPELINES_WRITE_KEY (delivery resumes by itself)",
@@ -546,7 +633,7 @@ def _resume_if_possible(rt: Runtime, shop: str) -> bool:
     rt.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)
     rt.store.count(shop, "delivery:resumed")
     log.warning(
-        "Pipelines accepts the write key again: delivery resumed",
+        "Pipelines accepts the write key and URL again: delivery resumed",
         extra={"shop": shop, "paused_ms": now_ms() - int(paused_at)},
     )
     return True

@@ -42,6 +42,12 @@ class Lease:
             self._thread.start()
         return self
 
+    def still_held(self) -> bool:
+        """Whether the lease is this holder's in Redis now, and so has been since it was taken.
+        Unlike `lost`, which the keeper sets at its next renewal, this is exact. Raises redis
+        errors."""
+        return self.held and self.store.holds(self.key, self.token)
+
     def _keep(self) -> None:
         while not self._stop.wait(self.ttl_ms / 4000):
             try:

@@ -10,6 +10,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -174,6 +175,35 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.flush()
 
 
+class Sampler:
+    """At most one log line per key every `every_s` seconds; the next line admitted says how
+    many were left out since the previous one.
+
+    Hand-written because the logging module has no rate limit and a library for twenty lines
+    is not worth a dependency. Callers count every event elsewhere (metrics): this only keeps
+    a flood of attacker-made requests from becoming a flood of unbuffered WARNING lines.
+    Keys must come from a small fixed set (a reason), never from request data.
+    """
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def admit(self, key: str) -> int | None:
+        """None when this line is to be left out, else how many lines were left out before it."""
+        now = self.clock()
+        with self._lock:
+            due = self._next.get(key)
+            if due is not None and now < due:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return None
+            self._next[key] = now + self.every_s
+            return self._left_out.pop(key, 0)
+
+
 def info_line(logger: logging.Logger, msg: str, fields: dict[str, str]) -> None:
     """`logger.info(msg, extra=fields)` for a line per webhook, with the same output.
 
@@ -210,7 +240,9 @@ def _sole_handler(logger: logging.Logger) -> BatchedStreamHandler | None:
     return None
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str = "INFO", *, batched: bool = True) -> None:
+    """JSON lines on stderr at `level`. `batched=False` writes each line at once (a dry run's
+    web: its "accepted" line then reaches the terminal before the worker prints the call)."""
     # What the JSON lines never show is not collected either (the logging HOWTO's
     # "Optimization"): no caller frame walk, thread or multiprocessing names. That
     # halves the cost of the web's line per webhook (~30 -> ~15 us).
@@ -218,10 +250,15 @@ def setup(level: str = "INFO") -> None:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    handler = BatchedStreamHandler(sys.stderr)
+    # max_bytes=0 flushes every line as it comes, on the same fast path.
+    handler = BatchedStreamHandler(sys.stderr, max_bytes=64 * 1024 if batched else 0)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # RQ logs several lines per job; at our job rate they would drown the bridge's own lines.
-    logging.getLogger("rq").setLevel(max(logging.WARNING, root.level))
+    quiet = max(logging.WARNING, root.level)
+    logging.getLogger("rq").setLevel(quiet)
+    # httpx logs a line per request at INFO: one per Pipelines POST, noise beside the bridge's
+    # own delivery lines. LOG_LEVEL=DEBUG shows them again.
+    logging.getLogger("httpx").setLevel(root.level if root.level <= logging.DEBUG else quiet)

@@ -3,7 +3,14 @@
 Every process (gunicorn workers, RQ workers) writes its counters into Redis, so any web process
 answers a scrape with the same totals: this view keeps no process-local counter. One pipelined
 round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the scrape must send
-`Authorization: Bearer <token>`; a Redis outage answers 503 (the scrape fails, `up` goes to 0).
+`Authorization: Bearer <token>`; without it /metrics answers 401 unless METRICS_PUBLIC is set
+(the exposition names every shop and its volumes). A Redis outage answers 503 (the scrape fails,
+`up` goes to 0).
+
+Shops are those the bridge has seen (SHOPS_KEY) and those the stores file names (a configured
+shop whose every webhook is refused has never been seen). Rejections naming any other shop are
+counted in one hash (bridge/web.py REJECTED_KEY) and exported under the shop label "other", so
+made-up shop names cannot create series.
 
 Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
 counter added elsewhere shows up without touching this file:
@@ -38,6 +45,7 @@ from flask import Blueprint, Response, current_app, request
 from bridge import monitor, volume
 from bridge.deadletters import dlq_key
 from bridge.store import SHOPS_KEY, Keys
+from bridge.web import REJECTED_KEY
 
 if TYPE_CHECKING:
     from bridge.web import Ingest
@@ -46,6 +54,8 @@ bp = Blueprint("metrics", __name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SHOPS_PER_ROUND_TRIP = 100
+# The shop label of REJECTED_KEY's counters: real shops are domains, so it names none of them.
+OTHER_SHOPS = "other"
 _UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
@@ -161,12 +171,19 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def collect(client: redis.Redis[bytes], key_events: Iterable[str]) -> str:
-    """The full exposition for every shop. Raises redis errors."""
+def collect(
+    client: redis.Redis[bytes], key_events: Iterable[str], configured: Iterable[str] = ()
+) -> str:
+    """The full exposition for every shop seen or `configured`. Raises redis errors."""
     events = list(key_events)
     exp = Exposition()
-    shops = sorted(s.decode() for s in client.smembers(SHOPS_KEY))
-    exp.add("cartbridge_shops", "gauge", "Shops the bridge has seen.", len(shops), {})
+    pipe = client.pipeline(transaction=False)
+    pipe.smembers(SHOPS_KEY)
+    pipe.hgetall(REJECTED_KEY)
+    seen_raw, rejected_raw = pipe.execute()
+    seen = {s.decode() for s in seen_raw}
+    shops = sorted(seen | set(configured))
+    exp.add("cartbridge_shops", "gauge", "Shops the bridge has seen.", len(seen), {})
     last_run = client.get(monitor.LAST_RUN_KEY)
     if last_run is not None:
         exp.add(
@@ -176,6 +193,7 @@ def collect(client: redis.Redis[bytes], key_events: Iterable[str]) -> str:
             int(last_run) / 1000,
             {},
         )
+    add_stats(exp, OTHER_SHOPS, _counts(rejected_raw))
     for i in range(0, len(shops), SHOPS_PER_ROUND_TRIP):
         chunk = shops[i : i + SHOPS_PER_ROUND_TRIP]
         pipe = client.pipeline(transaction=False)
@@ -198,16 +216,20 @@ def collect(client: redis.Redis[bytes], key_events: Iterable[str]) -> str:
     return exp.render()
 
 
+def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for k, v in raw.items():
+        try:
+            counts[k.decode()] = int(v)
+        except ValueError:
+            continue
+    return counts
+
+
 def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) -> None:
     stats_raw, inbound, inwork, out, outwork, dead, paused, seen, firing, gauges = r
     assert isinstance(stats_raw, dict)
-    stats: dict[str, int] = {}
-    for k, v in stats_raw.items():
-        try:
-            stats[k.decode()] = int(v)
-        except ValueError:
-            continue
-    add_stats(exp, shop, stats)
+    add_stats(exp, shop, _counts(stats_raw))
     depth_help = "Items waiting: inbound webhooks or outbound calls (including in flight)."
     depth = {"inbound": _int(inbound) + _int(inwork), "outbox": _int(out) + _int(outwork)}
     for queue, n in depth.items():
@@ -222,7 +244,7 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) ->
     exp.add(
         "cartbridge_delivery_paused",
         "gauge",
-        "1 while Pipelines rejects the write key and delivery is paused.",
+        "1 while delivery is paused: Pipelines rejects the write key, or the URL is wrong.",
         1 if _int(paused) else 0,
         {"shop": shop},
     )
@@ -267,23 +289,38 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) ->
             )
 
 
-def _authorized(token: str) -> bool:
+def _header_bytes(value: str) -> bytes:
+    # WSGI hands header values over as latin-1-decoded text (PEP 3333): encoding them back gives
+    # the bytes the client sent. Anything else (an in-process client) is taken as UTF-8.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _authorized(token: str, public: bool) -> bool:
+    """Whether this scrape may read /metrics: the bearer token (compared as bytes, in constant
+    time, whatever characters it holds), or no token at all only when the operator made the
+    metrics public on purpose."""
     if not token:
-        return True
+        return public
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        _header_bytes(value.strip()), token.encode()
+    )
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     ingest: Ingest = current_app.extensions["cartbridge"]
-    if not _authorized(ingest.settings.metrics_token.get_secret_value()):
+    settings = ingest.settings
+    if not _authorized(settings.metrics_token.get_secret_value(), settings.metrics_public):
         return Response(
             "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
         )
     try:
-        body = collect(ingest.redis, ingest.settings.key_events)
+        body = collect(ingest.redis, settings.key_events, ingest.stores.stores)
     except redis.RedisError:
         return Response("redis unavailable\n", 503, mimetype="text/plain")
     return Response(body, 200, content_type=CONTENT_TYPE)

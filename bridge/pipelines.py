@@ -8,7 +8,9 @@ the request headers or the write key.
      +-- RetryableError            network error, timeout, 408, 429, 5xx; retry_after_s
      +-- PayloadTooLargeError      413, or over the size limits before sending: split the batch
      +-- BadRequestError           400, strict-mode validation failed; errors (meta.errors)
-     +-- AuthError                 401/403: wrong write key or workspace
+     +-- ConfigurationError        the settings are wrong, no call is: pause, never dead-letter
+          +-- AuthError            401/403: wrong write key or workspace
+          +-- EndpointError        404, 405, a redirect or an HTML page: PIPELINES_URL is wrong
      +-- FatalError                any other non-2xx: do not retry
 
 `classify` is the one place that maps a response or exception to an error; `backoff_s` and
@@ -85,8 +87,18 @@ class BadRequestError(PipelinesError):
         self.errors: list[str] = errors if errors is not None else []
 
 
-class AuthError(PipelinesError):
+class ConfigurationError(PipelinesError):
+    """The workspace settings are wrong (the key or the URL), whatever the calls hold: the shop
+    waits for the settings to be fixed; dead-lettering its calls would lose every one."""
+
+
+class AuthError(ConfigurationError):
     """The write key was refused (401/403): fix the configuration, retrying cannot help."""
+
+
+class EndpointError(ConfigurationError):
+    """The answer came from something other than the Pipelines API (a 404 or 405, a redirect,
+    an HTML page): PIPELINES_URL is wrong. No call is at fault, so none may be dead-lettered."""
 
 
 class FatalError(PipelinesError):
@@ -154,7 +166,8 @@ def classify(
     *,
     now: datetime | None = None,
 ) -> PipelinesError | None:
-    """Map a response status (or the exception raised instead of one) to an error; 2xx -> None.
+    """Map a response status (or the exception raised instead of one) to an error; 2xx -> None
+    (unless it is an HTML page).
 
     Transport errors and timeouts are retryable, except a malformed URL or request, which is
     our bug. Raises ValueError when given neither a status nor an exception.
@@ -170,9 +183,29 @@ def classify(
         return FatalError(f"Pipelines request failed ({what})")
     if status is None:
         raise ValueError("classify needs a status or an exception")
+    text = _truncate(body)
+    if status in (408, 429) or 500 <= status < 600:
+        # Before the HTML check: a proxy's 502 page is HTML and still means "try again".
+        return RetryableError(
+            f"Pipelines answered {status}",
+            status=status,
+            body=text,
+            retry_after_s=parse_retry_after(_header(headers, "Retry-After"), now=now),
+        )
+    if status in (401, 403):
+        return AuthError(f"Pipelines refused the write key ({status})", status=status, body=text)
+    if status == 413:
+        return PayloadTooLargeError("Pipelines: payload too large (413)", status=status, body=text)
+    html = _is_html(headers, body)
+    if status in (404, 405) or 300 <= status < 400 or html:
+        # Even a 200: a website that answers any POST with a page has accepted nothing.
+        return EndpointError(
+            f"not the Pipelines API: it answered {status}" + (" with an HTML page" if html else ""),
+            status=status,
+            body=text,
+        )
     if 200 <= status < 300:
         return None
-    text = _truncate(body)
     if status == 400:
         errors = _meta_errors(body)
         # The server's messages stay in `errors`, out of str(): they may quote call values.
@@ -182,18 +215,17 @@ def classify(
             body=text,
             errors=errors,
         )
-    if status in (401, 403):
-        return AuthError(f"Pipelines refused the write key ({status})", status=status, body=text)
-    if status == 413:
-        return PayloadTooLargeError("Pipelines: payload too large (413)", status=status, body=text)
-    if status in (408, 429) or 500 <= status < 600:
-        return RetryableError(
-            f"Pipelines answered {status}",
-            status=status,
-            body=text,
-            retry_after_s=parse_retry_after(_header(headers, "Retry-After"), now=now),
-        )
     return FatalError(f"Pipelines answered {status}", status=status, body=text)
+
+
+def _is_html(headers: Mapping[str, str] | None, body: bytes) -> bool:
+    """An HTML page: what a website, a login wall or a wrong path answers, never the API (whose
+    answers are JSON)."""
+    content_type = (_header(headers, "Content-Type") or "").lower()
+    if "html" in content_type:
+        return True
+    head = body[:256].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def backoff_s(

@@ -20,6 +20,27 @@ class ConfigError(Exception):
     """A missing or invalid setting; `str()` is one line naming the variable."""
 
 
+def check_pipelines_url(value: str) -> str:
+    """The Pipelines base URL without a trailing slash; ValueError unless it is an http(s) URL
+    whose path ends in /v1 (the calls go to `{base}/batch`: any other base gets 404s)."""
+    value = value.rstrip("/")
+    if not value.startswith(("http://", "https://")) or not value.endswith("/v1"):
+        raise ValueError(f"must be an http(s) URL ending in /v1, like {US_PIPELINES_URL}")
+    return value
+
+
+def check_redis_url(value: str) -> str:
+    """ValueError unless redis-py can connect with `value` (`localhost:6379` lacks a scheme
+    and would fail on first use, deep inside a worker or a request)."""
+    from redis.connection import parse_url  # local: the settings import nothing heavy
+
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a URL like redis://localhost:6379/0 ({exc})") from None
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
@@ -40,10 +61,11 @@ class Settings(BaseSettings):
 
     webhook_dedupe_ttl_s: int = 72 * 3600
     max_body_bytes: int = 5 * 1024 * 1024
+    # A client has this long to send a whole request (bridge/webworker.py), else 408 and closed.
+    web_request_deadline_s: float = Field(default=5.0, gt=0.0, le=300.0)
 
     drain_batch_size: int = Field(default=200, ge=1, le=5000)
     drain_time_budget_s: float = 5.0
-    deliver_linger_s: float = Field(default=0.2, ge=0.0, le=1.0)
     http_timeout_s: float = 10.0
     retry_horizon_s: int = 72 * 3600
     queue_name: str = "cartbridge"
@@ -75,17 +97,21 @@ class Settings(BaseSettings):
     # Issue 7: many stores, hostile input, compliance topics, PII.
     bridge_stores_file: str = ""  # TOML: shop -> secrets, write key, region, time zone, currency
     stale_after_s: int = Field(default=24 * 3600, ge=0)  # 0 turns the staleness filter off
+    # Unsigned requests are logged at most once per reason this often (each one is counted).
+    rejected_log_every_s: float = Field(default=10.0, ge=0.0)
     forward_redactions: bool = False  # customers/redact also sends Customer.io `User Deleted`
     identity_hash_key: SecretStr = SecretStr("")  # key of the email hash in state record names
     gdpr_export_ttl_s: int = 30 * 86_400
 
     @field_validator("pipelines_url")
     @classmethod
-    def _strip_slash(cls, v: str) -> str:
-        v = v.rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL ending in /v1")
-        return v
+    def _pipelines_url(cls, v: str) -> str:
+        return check_pipelines_url(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return check_redis_url(v)
 
     @field_validator("shop_currency")
     @classmethod
@@ -113,7 +139,8 @@ class Settings(BaseSettings):
     @property
     def email_hash_key(self) -> bytes:
         """IDENTITY_HASH_KEY, else a key derived from the first webhook secret (set it
-        explicitly: rotating the secret would otherwise change every email-keyed record name)."""
+        explicitly: rotating the secret would otherwise change every email-keyed record name).
+        Without either the derived key is public: `require_service_settings` refuses that."""
         explicit = self.identity_hash_key.get_secret_value()
         if explicit:
             return explicit.encode()
@@ -126,6 +153,13 @@ class Settings(BaseSettings):
             from bridge.stores import stores_for  # local: stores imports this module
 
             stores_for(self)  # validates the file (each store has a secret and a write key)
+            if not self.webhook_secrets and not self.identity_hash_key.get_secret_value():
+                # email_hash_key would be derived from an empty secret, i.e. from a constant
+                # in this public source: anyone could recompute every email-keyed record name.
+                raise ConfigError(
+                    "IDENTITY_HASH_KEY is not set: with BRIDGE_STORES_FILE and no "
+                    "SHOPIFY_WEBHOOK_SECRET the email hash would have no secret key"
+                )
             return
         if not self.webhook_secrets:
             raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
@@ -136,6 +170,7 @@ class Settings(BaseSettings):
 
     # issue 6: metrics, volume-drop alerts (bridge/metrics.py, bridge/volume.py, bridge/monitor.py)
     metrics_token: SecretStr = SecretStr("")
+    metrics_public: bool = False  # /metrics without METRICS_TOKEN answers 401 unless this is set
     shop_timezone: str = "UTC"
     volume_events: str = ""  # comma-separated; empty = the naming's cart, checkout, order events
     volume_window_min: int = Field(default=60, ge=5, le=24 * 60)

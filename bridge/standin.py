@@ -8,10 +8,14 @@ daemon thread per connection, HTTP/1.1 keep-alive); it never logs a request.
 
 Documented Pipelines behaviour it copies (/work/shared/docs/pipelines-api.md):
 - POST /v1/batch, /v1/identify, /v1/track, /v1/page, /v1/screen, /v1/group, /v1/alias; others 404.
-- HTTP Basic auth with the write key as username; `Content-Type: application/json`.
-- Required fields: `type` inside a batch; `userId` or `anonymousId` for identify, track, page
-  and screen; `event` for track; `previousId` and `userId` for alias.
-- Limits: 32 KB per call, 500 KB per request.
+- HTTP Basic auth with the write key as username and an empty password (`base64("KEY:")`);
+  `Content-Type: application/json`.
+- Required fields: `type` inside a batch (the single-call endpoints set it: a call posted to
+  /v1/track is a track); `userId` or `anonymousId` for identify, track, page and screen; `event`
+  for track; `previousId` and `userId` for alias.
+- Limits: 32 KB per call (a single-call request is the call), 500 KB per batch request. They
+  are written below as the docs state them, never taken from the bridge's own constants: the
+  stand-in exists to check the bridge against the docs.
 - `X-Strict-Mode: 1`: an invalid request gets 400 `{"meta":{"errors":[...]}}` (401 for a bad
   key) and nothing in it is accepted. Without the header every request gets 200 `{}` and what
   is invalid is silently dropped (recorded in `dropped`).
@@ -25,6 +29,11 @@ Choices of its own, where the real API's behaviour is undocumented or unverified
   a bad body or an oversize request drops the whole request.
 - `alias` inside a batch is refused unless `allow_alias_in_batch` (the docs don't list it).
 - An empty batch is valid.
+- KB is read as 1024 bytes, as Customer.io's Python client reads it for a call (32<<10); the
+  docs give no byte count for the 500 KB batch limit.
+- An Authorization header other than exactly `Basic base64(KEY:)` (a password, no colon) is
+  refused like a wrong key; a Content-Type other than application/json (parameters allowed) is
+  a 400.
 - `delay_s` is spent after the calls are recorded, so a client that times out has still
   delivered them, as with a slow real answer.
 """
@@ -53,8 +62,6 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from bridge.calls import MAX_BATCH_BYTES, MAX_CALL_BYTES
-
 Call = dict[str, Any]
 FaultAction = Literal["respond", "drop_before", "drop_after"]
 
@@ -63,6 +70,10 @@ CONTROL_PREFIX = "/_standin/"
 ENDPOINTS = frozenset({"batch", "identify", "track", "page", "screen", "group", "alias"})
 CALL_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
 _NEEDS_ID = frozenset({"identify", "track", "page", "screen"})
+# pipelines-api.md section 3: "One call 32 KB", "One batch 500 KB in total, and 32 KB per call
+# inside it".
+MAX_CALL_BYTES = 32 * 1024
+MAX_REQUEST_BYTES = 500 * 1024
 UNAUTHORIZED = "Unauthorized request. Make sure that you provided the right credentials."
 # Bodies past this are not read at all: answer and hang up, as a real front end would.
 _READ_LIMIT_BYTES = 16 * 1024 * 1024
@@ -211,14 +222,17 @@ def call_problem(call: object, kind: str | None, *, allow_alias: bool = True) ->
     return None
 
 
-def _basic_username(authorization: str | None) -> str | None:
+def _basic_key(authorization: str | None) -> str | None:
+    """The write key of a `Basic base64(KEY:)` header; None for any other form (a password, no
+    colon), since the docs give only that one."""
     if not authorization or authorization[:6].lower() != "basic ":
         return None
     try:
         decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return decoded.partition(":")[0]
+    key, colon, password = decoded.partition(":")
+    return key if colon and not password else None
 
 
 class PipelinesStandIn:
@@ -241,7 +255,7 @@ class PipelinesStandIn:
         oversize_status: int = 413,
         allow_alias_in_batch: bool = False,
         max_call_bytes: int = MAX_CALL_BYTES,
-        max_request_bytes: int = MAX_BATCH_BYTES,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
         chaos_faults: Sequence[FaultSpec] = CHAOS_FAULTS,
     ) -> None:
         self.write_keys: frozenset[str] = frozenset(write_keys)
@@ -450,7 +464,7 @@ class PipelinesStandIn:
         self, endpoint: str, body: bytes, authorization: str | None, content_type: str | None
     ) -> _Verdict:
         # Parsing and validation happen outside the lock: they are the expensive part.
-        key = _basic_username(authorization)
+        key = _basic_key(authorization)
         if key is None or key not in self.write_keys:
             return _Verdict(None, [], UNAUTHORIZED, 401)
         verdict = _Verdict(key, [], in_batch=endpoint == "batch")
@@ -466,17 +480,18 @@ class PipelinesStandIn:
             elif verdict.problem is None:
                 verdict.problem = 'body must be {"batch": [...]}'
         elif isinstance(doc, dict):
-            doc.setdefault("type", endpoint)  # the single-call endpoints set it
+            doc["type"] = endpoint  # the single-call endpoints set it
             verdict.calls = [doc]
         elif verdict.problem is None:
             verdict.problem = "body must be a JSON object"
-        if not (content_type or "").lower().startswith("application/json"):
+        mimetype = (content_type or "").partition(";")[0].strip().lower()
+        if mimetype != "application/json":
             verdict.problem = "Content-Type must be application/json"
             return verdict
-        if len(body) > self.max_request_bytes:
-            verdict.problem = (
-                f"request is {len(body)} bytes, over the {self.max_request_bytes} byte limit"
-            )
+        # A single-call request is the call: the per-call limit is its limit.
+        limit = self.max_request_bytes if endpoint == "batch" else self.max_call_bytes
+        if len(body) > limit:
+            verdict.problem = f"request is {len(body)} bytes, over the {limit} byte limit"
             verdict.problem_status = self.oversize_status
             return verdict
         if verdict.problem is not None:

@@ -11,7 +11,6 @@ instant means a redo (same messageIds), never a loss.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import select
 import threading
@@ -66,6 +65,9 @@ class Keys:
         self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
         self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
         self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
+        # A lease held by an erasure of the shop's data (compliance.py), from before it waits for
+        # the delivery lease until it is done: the deliverer stands aside when it sees it.
+        self.erasing = p + "out:erasing"
         # Compliance requests (issue 7) committed with their batch, run after it, then removed.
         self.compliance = p + "compliance"
 
@@ -144,7 +146,9 @@ return 1
 # The delivery window: resume an unfinished one (a crashed deliverer's), else release the people
 # whose retry is due (their held calls, in order) and take new entries up to the byte and count
 # limits. A new entry of a person who still waits for a retry joins that person's held list, so
-# per-person order holds while other people go on. Returns {window, outbox length left}.
+# per-person order holds while other people go on. People are named by the keyed hash in the
+# entry's header (`OutboxEntry.hold_name` is the Python side); an entry queued before headers
+# carried one gets the unkeyed name it had then. Returns {window, outbox length left}.
 _TAKE_OUTBOX = """
 local w = redis.call('LRANGE', KEYS[2], 0, -1)
 if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end
@@ -171,12 +175,15 @@ local taken, towork = 0, {}
 for i, v in ipairs(items) do
   if n >= maxn or (n > 0 and total + #v + 1 > maxb) then break end
   local nl = string.find(v, string.char(10), 1, true)
-  local p = ''
+  local p, h = '', nil
   if nl then
     local ok, head = pcall(cjson.decode, string.sub(v, 1, nl - 1))
-    if ok and type(head) == 'table' and type(head.p) == 'string' then p = head.p end
+    if ok and type(head) == 'table' then
+      if type(head.h) == 'string' and head.h ~= '' then h = head.h end
+      if type(head.p) == 'string' then p = head.p end
+    end
   end
-  local h = string.sub(redis.sha1hex(p), 1, 16)
+  h = h or string.sub(redis.sha1hex(p), 1, 16)
   if (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
     redis.call('RPUSH', prefix .. h, v)
   else
@@ -240,11 +247,6 @@ def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> re
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def person_hash(person: str) -> str:
-    """The key part naming one person in delivery's hold keys (same as the take script's)."""
-    return hashlib.sha1(person.encode()).hexdigest()[:16]  # noqa: S324 - a name, not security
 
 
 class LeaseLost(Exception):
@@ -623,6 +625,11 @@ class Store:
 
     def release(self, key: str, token: str) -> None:
         self._release(keys=[key], args=[token])
+
+    def holds(self, key: str, token: str) -> bool:
+        """Whether the lease `key` is `token`'s now (a token is never reused, so a lease that was
+        lost in between is not `token`'s again)."""
+        return bool(self.redis.get(key) == token.encode())
 
     def wake(self, flag_key: str) -> bool:
         """Set a pending flag unless a fresh one exists; True means the caller must enqueue."""

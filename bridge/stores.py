@@ -27,7 +27,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from bridge.settings import EU_PIPELINES_URL, US_PIPELINES_URL, ConfigError, Settings
+from bridge.settings import (
+    EU_PIPELINES_URL,
+    US_PIPELINES_URL,
+    ConfigError,
+    Settings,
+    check_pipelines_url,
+)
 
 
 class StoreConfig(BaseModel):
@@ -69,10 +75,7 @@ class StoreConfig(BaseModel):
     @field_validator("pipelines_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        v = v.rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http(s) URL ending in /v1")
-        return v
+        return check_pipelines_url(v)
 
     def signing_keys(self) -> list[bytes]:
         """Every key that may have signed this shop's webhooks: the app secrets (several during

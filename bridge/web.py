@@ -9,7 +9,9 @@ Checks run in one fixed order, the first failing one answers:
 4. 401 shop unknown (neither in BRIDGE_STORES_FILE nor covered by the default store), or the
    signature header missing or not matching any of the shop's keys (app secrets during a
    rotation, and the store-admin key). A missing signature is 401, not 400: Shopify requires
-   401 for compliance topics and nothing is learnt from an unsigned request;
+   401 for compliance topics and nothing is learnt from an unsigned request. An unknown shop
+   gets the same answer as a wrong signature, after an HMAC against a key of its own, so
+   neither the body nor the time taken tells which shops this bridge serves;
 5. 415 content type present and not application/json;
 6. 400 body not a JSON object;
 7. 200 {"ignored": "stale"} when X-Shopify-Triggered-At is older than STALE_AFTER_S (a filter,
@@ -22,9 +24,10 @@ Checks run in one fixed order, the first failing one answers:
    a script taking the 2-20 KB body as an argument cost Redis ~3x a plain RPUSH.
 
 Error bodies are short JSON naming the check, never echoing a secret, header value or payload.
-Rejections are counted best effort (a failed count never changes the answer); an accepted
-webhook costs exactly one round trip. Per-shop secrets come from the in-memory StoreRegistry
-built at app start, never from Redis or the file per request.
+Rejections are counted best effort (a failed count never changes the answer), every one of them;
+the WARNING lines of unsigned ones are sampled (logs.Sampler), so a flood cannot flood the logs.
+An accepted webhook costs exactly one round trip. Per-shop secrets come from the in-memory
+StoreRegistry built at app start, never from Redis or the file per request.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from bridge.jsonio import is_json_object
 from bridge.settings import Settings, load_settings
 from bridge.sources import Source
 from bridge.sources.shopify import ShopifySource
-from bridge.store import Envelope, Keys, Store, connect, now_ms
+from bridge.store import SHOPS_KEY, Envelope, Keys, Store, connect, now_ms
 from bridge.stores import StoreRegistry, stores_for
 from jobs.enqueue import enqueue_drain
 
@@ -68,9 +71,22 @@ _TOPIC = re.compile(r"[a-z0-9_]{1,64}/[a-z0-9_]{1,64}")
 _WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,256}")
 # Optional headers are kept in the envelope, cut to a sane length.
 _OPTIONAL_MAX = 128
-# Counters of rejections before the shop is trusted go here (bounded field names), so that
-# unsigned requests naming random shops cannot create a stats hash per made-up shop.
+# Counters of rejections naming shops the bridge does not know go here (bounded field names);
+# /metrics exports them under the shop label "other".
 REJECTED_KEY = "cb:rejected"
+# A request naming a shop no store serves is checked against this key (random per process,
+# matching nothing): it costs the HMAC a known shop's request costs.
+_UNKNOWN_SHOP_KEYS = [secrets.token_bytes(32)]
+# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
+# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
+# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
+# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
+_COUNT_REJECTED = """
+if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+"""
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -91,6 +107,8 @@ def _error(status: int, message: str) -> Answer:
 
 TOO_LARGE = _error(413, "body too large")
 NOT_AN_OBJECT = _error(400, "body is not a JSON object")
+# One answer for an unknown shop and a wrong or missing signature (no shop enumeration).
+UNAUTHORIZED = _error(401, "invalid signature")
 _STATUS_LINES = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -119,6 +137,8 @@ class Ingest:
         self.queue = Queue(settings.queue_name, connection=client)
         self.source = source
         self.stores = stores or stores_for(settings)
+        self.count_untrusted = client.register_script(_COUNT_REJECTED)
+        self.rejections_log = logs.Sampler(settings.rejected_log_every_s)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -268,6 +288,7 @@ def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
     settings = ingest.settings
     body = read_body(environ, settings.max_body_bytes)
     if body is None:
+        _count_unverified(ingest, environ.get("HTTP_X_SHOPIFY_TOPIC") or "", "too_large")
         return TOO_LARGE
     # WSGI names headers HTTP_<NAME> (upper case, '-' as '_'): case-insensitive by construction.
     shop = (environ.get("HTTP_X_SHOPIFY_SHOP_DOMAIN") or "").strip().lower()
@@ -275,17 +296,13 @@ def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
     webhook_id = (environ.get("HTTP_X_SHOPIFY_WEBHOOK_ID") or "").strip()
     problem = _header_problem(shop, topic, webhook_id)
     if problem is not None:
+        _count_unverified(ingest, topic, "malformed")
         return _error(400, problem)
     store = ingest.stores.get(shop)
-    if store is None:
-        log.warning("unknown shop", extra={"topic": _topic_label(ingest, topic)})
-        _count_rejected(ingest, None, topic, "unknown_shop")
-        return _error(401, "unknown shop")
-    if not signature.verify(body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256"), store.signing_keys()):
-        log.warning("bad signature", extra={"shop": shop, "topic": _topic_label(ingest, topic)})
-        trusted = shop if ingest.stores.configured(shop) else None
-        _count_rejected(ingest, trusted, topic, "bad_signature")
-        return _error(401, "invalid signature")
+    keys = store.signing_keys() if store is not None else _UNKNOWN_SHOP_KEYS
+    signed = signature.verify(body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256"), keys)
+    if store is None or not signed:
+        return _unauthorized(ingest, shop, topic, known=store is not None)
     # Signed from here on: the shop's own counters may be used.
     mimetype = _mimetype(environ)
     if mimetype and mimetype != "application/json":
@@ -348,15 +365,38 @@ def _topic_label(ingest: Ingest, topic: str) -> str:
     return topic if accepts_from_shopify(ingest, topic) else "other"
 
 
-def _count_rejected(ingest: Ingest, shop: str | None, topic: str, result: str) -> None:
-    """Count a rejection in the shop's stats (`webhooks:{topic}:{result}`) when the shop is
-    trusted, else in the global REJECTED_KEY hash; never fails the response."""
+def _unauthorized(ingest: Ingest, shop: str, topic: str, *, known: bool) -> Answer:
+    """Count (every one) and log (sampled) an unknown shop or a bad signature: one 401 for both."""
+    reason = "bad_signature" if known else "unknown_shop"
+    label = _topic_label(ingest, topic)
+    field = f"webhooks:{label}:{reason}"
+    configured = "1" if ingest.stores.configured(shop) else "0"
+    with contextlib.suppress(redis.RedisError):
+        ingest.count_untrusted(
+            keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY], args=[shop, field, configured]
+        )
+    left_out = ingest.rejections_log.admit(reason)
+    if left_out is not None:
+        extra: dict[str, object] = {"topic": label, "left_out": left_out}
+        if known:
+            extra["shop"] = shop
+        log.warning("unknown shop" if not known else "bad signature", extra=extra)
+    return UNAUTHORIZED
+
+
+def _count_unverified(ingest: Ingest, topic: str, result: str) -> None:
+    """Count a request refused before its shop could be looked up, in REJECTED_KEY."""
+    label = _topic_label(ingest, topic.strip())
+    with contextlib.suppress(redis.RedisError):
+        ingest.redis.hincrby(REJECTED_KEY, f"webhooks:{label}:{result}", 1)
+
+
+def _count_rejected(ingest: Ingest, shop: str, topic: str, result: str) -> None:
+    """Count a signed request's rejection in the shop's stats (`webhooks:{topic}:{result}`);
+    never fails the response."""
     label = _topic_label(ingest, topic)
     with contextlib.suppress(redis.RedisError):
-        if shop is None:
-            ingest.redis.hincrby(REJECTED_KEY, f"webhooks:{label}:{result}", 1)
-        else:
-            ingest.redis.hincrby(Keys(shop).stats, f"webhooks:{label}:{result}", 1)
+        ingest.redis.hincrby(Keys(shop).stats, f"webhooks:{label}:{result}", 1)
 
 
 def _count_quietly(ingest: Ingest, shop: str, name: str) -> None:

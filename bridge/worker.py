@@ -63,6 +63,27 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def log_start(rt: Runtime) -> None:
+    """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
+    from bridge import __version__, devstack  # local: devstack is a CLI helper
+
+    s = rt.settings
+    registry = rt.stores
+    named = len(registry.stores) if registry is not None else 0
+    default = registry is not None and registry.default is not None
+    stores = f"{named} from BRIDGE_STORES_FILE" if named else "none from a file"
+    if default:
+        stores += " + the default store"
+    if s.dry_run:
+        mode = f"dry run: calls are printed and appended to {s.dry_run_file}"
+    else:
+        mode = f"sending to {s.pipelines_url}"
+    log.info(
+        f"cartbridge worker {__version__} started: Redis {devstack.redacted(s.redis_url)}, "
+        f"queue {s.queue_name}, stores: {stores}, delivery: {mode}"
+    )
+
+
 def check_redis_policy(rt: Runtime) -> None:
     """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
     try:
@@ -161,14 +182,19 @@ def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
 
 
 def wake_due(rt: Runtime) -> None:
-    """Wake drains and deliveries whose pending job was lost or whose retry is due."""
+    """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
+    of shops with a compliance request left pending."""
     from jobs.enqueue import enqueue_drain
 
     now = now_ms()
     for shop in rt.store.shops():
         keys = Keys(shop)
         depth = rt.store.depth(shop)
-        if depth["inbound"] and rt.store.wake(keys.drain_flag):
+        # A compliance request whose run failed (an erasure that could not take the delivery
+        # lease in time, a Redis error) stays committed; a drain runs it first, even when no
+        # webhook is queued to start one.
+        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
+        if drain_due and rt.store.wake(keys.drain_flag):
             enqueue_drain(rt.queue, shop)
         due = rt.store.next_due_ms(shop)
         if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(

@@ -21,7 +21,7 @@ def build() -> Flask:
         sys.stderr.flush()
         # Exit code 4 tells gunicorn the app cannot load: it stops instead of respawning.
         raise SystemExit(4) from None
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, batched=not settings.dry_run)
     app = create_app(settings)
     tune_gc()  # gunicorn preloads the app: the master freezes it before forking its workers
     return app

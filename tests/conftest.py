@@ -119,6 +119,18 @@ def fixture_json(name: str, shop: str = SHOP) -> dict[str, Any]:
     return dict(json.loads(fixture_bytes(name, shop)))
 
 
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Every path into a JSON value (a list's first three items only), for mutating bodies."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield (*prefix, k)
+            yield from paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:3]):
+            yield (*prefix, i)
+            yield from paths(v, (*prefix, i))
+
+
 def webhook_headers(
     body: bytes,
     topic: str,

@@ -1,6 +1,6 @@
 """A shopper's journey as webhook bodies built from the recorded fixtures, and an in-memory shop
 that runs `processor.process` over them (a dict-backed store applying each Commit) and delivers
-its outbox the way delivery does (guards re-checked just before sending)."""
+its outbox through delivery's own guard check (`bridge.delivery._drop_guarded`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from bridge.delivery import Item, _drop_guarded
 from bridge.outbox import OutboxEntry
 from bridge.processor import ProcessConfig, process
 from bridge.sources.shopify import ShopifySource
-from bridge.store import Commit, Envelope, Keys
+from bridge.store import Commit, Envelope, Keys, Settlement
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
 from tests.conftest import SHOP, fixture_json
 
 CART = (
@@ -99,6 +104,9 @@ class MemoryShop:
         self.outbox: list[OutboxEntry] = []
         self.delivered: list[dict[str, Any]] = []
         self.counters: Counter[str] = Counter()
+        # What delivery's guard check counted (`events:{name}:suppressed`), kept apart from the
+        # processor's counters of the same names.
+        self.delivery_counters: Counter[str] = Counter()
         self.parked: list[dict[str, Any]] = []
         self.load_rounds: list[int] = []
 
@@ -151,13 +159,14 @@ class MemoryShop:
         return None if raw is None else dict(orjson.loads(raw))
 
     def deliver(self) -> list[dict[str, Any]]:
-        """Send the outbox as delivery does: a call whose guard record exists is dropped."""
-        sent = []
-        for entry in self.outbox:
-            if any(self.keys.state(g) in self.state for g in entry.guards):
-                self.counters["suppressed_at_delivery"] += 1
-                continue
-            sent.append(orjson.loads(entry.call))
+        """Send the outbox as delivery does: its guard check drops a call whose guard record
+        exists. The check reads the records with one MGET, answered here from the dict."""
+        items = [Item(e.encode(), e, i, e.person) for i, e in enumerate(self.outbox)]
+        state = SimpleNamespace(mget=lambda keys: [self.state.get(k) for k in keys])
+        rt = cast("Runtime", SimpleNamespace(redis=state))
+        settle = Settlement()
+        sent = [orjson.loads(it.entry.call) for it in _drop_guarded(rt, SHOP, items, settle)]
+        self.delivery_counters.update(settle.counters)
         self.outbox = []
         self.delivered += sent
         return sent

@@ -25,6 +25,7 @@ from bridge.identity.graph import (
 )
 from bridge.identity.housekeeping import expire_refunds
 from bridge.identity.view import DecisionView
+from bridge.keyed import person_hash
 
 __all__ = [
     "DecisionView",
@@ -38,6 +39,7 @@ __all__ = [
     "expire_held",
     "expire_refunds",
     "keys_for",
+    "person_hash",
     "person_key",
     "resolve",
 ]

@@ -15,12 +15,11 @@ uuid5 of (shop, cart token) so the same cart gets the same id in any process and
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from bridge import keyed
 from bridge.canonical import PersonRef
 from bridge.identity import orders
 from bridge.state import StateView
@@ -50,22 +49,15 @@ def anonymous_id(shop: str, cart_token: str) -> str:
     return str(uuid.uuid5(_ANON_NS, f"{shop}\x1f{cart_token}"))
 
 
-# The key of the email hash (issue 7): set once per process by `configure_email_hash`
-# (Runtime.build does it from settings.email_hash_key); a keyed hash cannot be reversed by
-# hashing a list of known addresses without the key.
-_email_hash_key: bytes = b""
-
-
 def configure_email_hash(key: bytes) -> None:
-    """Set this process's email-hash key (before any batch is processed)."""
-    global _email_hash_key
-    _email_hash_key = key
+    """Set this process's identity hash key (issue 7; Runtime.build does it from
+    settings.email_hash_key): it keys email record names and delivery's person names alike."""
+    keyed.configure(key)
 
 
 def email_key(email: str) -> str:
     # Records keyed by email store a keyed hash of it, never the address itself.
-    digest = hmac.new(_email_hash_key, email.strip().lower().encode(), hashlib.sha256)
-    return "email:" + digest.hexdigest()[:32]
+    return "email:" + keyed.email_digest(email)
 
 
 def is_email(user_id: str) -> bool:

@@ -75,6 +75,30 @@ def test_pipeline_bench_runs() -> None:
     assert doc["summary"]["web_process_peak_rss_mb"] > 0
 
 
+def test_slow_clients_bench_runs() -> None:
+    doc = _run(
+        "bench/slow_clients.py",
+        "--runs",
+        "1",
+        "--duration",
+        "1",
+        "--rate",
+        "50",
+        "--concurrency",
+        "4",
+        "--slow",
+        "4",
+        "--deadline",
+        "1",
+    )
+    [run] = doc["runs"]
+    for phase in ("alone", "with_slow"):
+        assert run[phase]["ok"] > 0
+        assert run[phase]["p99_ms"] >= run[phase]["p50_ms"] > 0
+    assert run["slow"]["opened"] >= 4
+    assert doc["summary"]["with_slow_requests"] > 0
+
+
 def test_backfill_bench_runs() -> None:
     doc = _run("bench/backfill.py", "--orders", "300", "--live", "1", "--live-every-s", "0.5")
     assert doc["command_exit"] == 0

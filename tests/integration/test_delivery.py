@@ -3,22 +3,27 @@ this process (no worker), so each failure mode is scripted exactly."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
 import redis as redis_lib
+from flask.testing import FlaskClient
 
 from bridge import cli
 from bridge.deadletters import DeadLetters
 from bridge.delivery import deliver
+from bridge.drain import drain
 from bridge.outbox import OutboxEntry
 from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.standin import PipelinesStandIn
 from bridge.store import Keys
-from tests.conftest import SHOP, wait_until
+from bridge.web import create_app
+from tests.conftest import SHOP, wait_until, webhook_headers
+from tests.journeys import CART, cart, order
 
 K = Keys(SHOP)
 
@@ -213,4 +218,48 @@ def test_an_unmappable_webhook_is_dead_lettered_and_listed(
     assert cli.main(["dlq", "show", "w-wh-1"]) == 0
     assert orjson.loads(capsys.readouterr().out)["envelope"]["w"] == "wh-1"
     assert cli.main(["dlq", "purge"]) == 0
+    assert DeadLetters(rt.redis).count(SHOP) == 0
+
+
+OTHER_CART = "another-shoppers-cart"
+
+
+def post_webhook(client: FlaskClient, topic: str, body: dict[str, Any]) -> None:
+    raw = json.dumps(body).encode()
+    resp = client.post("/webhooks/shopify", data=raw, headers=webhook_headers(raw, topic))
+    assert resp.status_code == 200, resp.json
+
+
+@pytest.mark.parametrize("tried_while_down", [True, False], ids=["held-for-retry", "never-tried"])
+def test_a_cart_converted_while_pipelines_is_down_is_dropped_at_delivery(
+    rt: Runtime, pipelines: PipelinesStandIn, tried_while_down: bool
+) -> None:
+    # Two shoppers add to their carts; Pipelines answers every request with a 503.
+    client = create_app(rt.settings).test_client()
+    pipelines.script(*[503] * 50)
+    post_webhook(client, "carts/create", cart(CART, {11: 1}, "2024-11-06T01:00:00.000Z"))
+    post_webhook(client, "carts/create", cart(OTHER_CART, {22: 1}, "2024-11-06T01:00:00.000Z"))
+    drain(rt, SHOP)
+    queued = [OutboxEntry.decode(e) for e in rt.redis.lrange(K.outbox, 0, -1)]
+    added = {orjson.loads(e.call)["properties"]["cart_id"]: e for e in queued}
+    assert set(added) == {CART, OTHER_CART} and all(e.guards for e in queued)
+    if tried_while_down:
+        deliver(rt, SHOP)
+        assert pipelines.outcomes == {"503": 1} and pipelines.calls == []
+        assert rt.store.depth(SHOP)["waiting_people"] == 2  # both held for a retry
+    # The first shopper's order arrives before Pipelines is back: that cart has converted, so
+    # its queued added_to_cart must not trigger an abandoned-cart message any more.
+    post_webhook(client, "orders/create", order())
+    drain(rt, SHOP)
+    pipelines.reset()  # Pipelines is back
+
+    def all_sent() -> bool:
+        d = rt.store.depth(SHOP)
+        return d["outbox"] == 0 and d["waiting_people"] == 0 and d["inbound"] == 0
+
+    assert deliver_until(rt, all_sent)
+    sent = [c for c in pipelines.calls if c.get("event") == "added_to_cart"]
+    assert [c["messageId"] for c in sent] == [orjson.loads(added[OTHER_CART].call)["messageId"]]
+    assert "identify" in [c["type"] for c in pipelines.calls]  # the order itself went out
+    assert rt.store.stats(SHOP)["events:added_to_cart:suppressed"] == 1
     assert DeadLetters(rt.redis).count(SHOP) == 0

@@ -32,7 +32,7 @@ from bridge.runtime import Runtime
 from bridge.settings import Settings
 from bridge.store import Keys
 from bridge.web import REJECTED_KEY, create_app, triggered_age_s
-from tests.conftest import fixture_bytes, fixture_json, free_port
+from tests.conftest import fixture_bytes, fixture_json, free_port, paths
 
 URL = "/webhooks/shopify"
 SHOP_A = "brand-a.myshopify.com"
@@ -63,7 +63,6 @@ KNOWN_ANSWERS = {
     (200, b'{"ignored":true}'),
     (200, b'{"ignored":"stale"}'),
     (400, b'{"error":"body is not a JSON object"}'),
-    (401, b'{"error":"unknown shop"}'),
     (401, b'{"error":"invalid signature"}'),
     (405, b'{"error":"method not allowed"}'),
     (413, b'{"error":"body too large"}'),
@@ -312,9 +311,12 @@ def test_triggered_age_is_read_leniently() -> None:
     assert triggered_age_s("2026-01-01T00:00:00.000000Z", now) == 86400
     assert triggered_age_s("2026-01-01T00:00:00", now) == 86400  # naive is UTC
     assert triggered_age_s("2026-01-01T01:00:00+01:00", now) == 86400
-    for bad in (None, "", "soon", "0001-01-01T00:00:00+23:59", "9999-99-99"):
-        age = triggered_age_s(bad, now)
-        assert age is None or isinstance(age, float)
+    # Absent or unreadable: no age, not an exception.
+    for bad in (None, "", "soon", "9999-99-99"):
+        assert triggered_age_s(bad, now) is None, bad
+    # The earliest moment a datetime holds, offset to before it in UTC: an age (739 617 days and
+    # 23 h 59 min), not an overflow.
+    assert triggered_age_s("0001-01-01T00:00:00+23:59", now) == 63902995140
 
 
 @HYP
@@ -342,17 +344,6 @@ def wrong_type(value: Any, choice: int) -> Any:
     options: list[Any] = [None, True, -1, 2**70, 1.5e308, "", "x" * 300, [], {}, [1, "a"], {"a": 1}]
     options = [o for o in options if type(o) is not type(value)]
     return options[choice % len(options)]
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield (*prefix, k)
-            yield from paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:3]):
-            yield (*prefix, i)
-            yield from paths(v, (*prefix, i))
 
 
 @pytest.fixture
@@ -394,7 +385,7 @@ def test_signed_bodies_with_wrong_types_are_parked_or_processed_never_crash(
     parked = [orjson.loads(p) for p in redis.hvals(dlq_key(SHOP_A))]
     if stats.get(f"webhooks:{topic}:parked"):
         [record] = [p for p in parked if p.get("kind") == "webhook"]
-        assert record["reason"].startswith(topic) or record["reason"]
+        assert record["reason"]
         assert record["topic"] == topic
     else:
         outcomes = ("processed", "skipped")

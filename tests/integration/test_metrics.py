@@ -54,6 +54,11 @@ def scrape(client: FlaskClient, **headers: str) -> dict[str, float]:
     return out
 
 
+def public(settings: Settings) -> FlaskClient:
+    """The web app with /metrics open without a token, as `bridge dev` runs it."""
+    return create_app(settings.model_copy(update={"metrics_public": True})).test_client()
+
+
 def post(client: FlaskClient, topic: str, body: bytes, **kw: Any) -> int:
     return client.post(URL, data=body, headers=webhook_headers(body, topic, **kw)).status_code
 
@@ -130,8 +135,8 @@ def test_metrics_cover_web_and_worker_counters_whichever_process_answers(
     pipelines: PipelinesStandIn,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    web_a = create_app(settings).test_client()
-    web_b = create_app(settings).test_client()  # another gunicorn worker: no shared memory
+    web_a = public(settings)
+    web_b = public(settings)  # another gunicorn worker: no shared memory
     caplog.set_level(logging.INFO)
     body = fixture_bytes("carts-create")
     assert post(web_a, "carts/create", body, webhook_id="w1") == 200
@@ -186,7 +191,7 @@ def test_counters_added_by_others_show_up_by_pattern(
     redis.hset(dlq_key(SHOP), mapping={"c-1": b"x", "c-2": b"y"})
     redis.set(Keys(SHOP).prefix + "paused", 1)
     redis.rpush(Keys(SHOP).outbox, b"a")
-    m = scrape(create_app(settings).test_client())
+    m = scrape(public(settings))
     s = f'shop="{SHOP}"'
     assert m[f'cartbridge_webhooks_total{{{s},topic="orders/paid",result="bad_signature"}}'] == 3
     assert m[f'cartbridge_webhooks_total{{{s},topic="carts/update",result="stale"}}'] == 2
@@ -205,11 +210,52 @@ def test_metrics_token(settings: Settings, redis: redis_lib.Redis) -> None:
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     scrape(client, Authorization="Bearer scrape-me")
+    # METRICS_PUBLIC does not open metrics that have a token.
+    both = settings.model_copy(
+        update={"metrics_token": SecretStr("scrape-me"), "metrics_public": True}
+    )
+    assert create_app(both).test_client().get("/metrics").status_code == 401
+
+
+def test_metrics_are_closed_without_a_token_unless_made_public(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    redis.sadd("cb:shops", SHOP)
+    closed = create_app(settings).test_client().get("/metrics")
+    assert closed.status_code == 401
+    assert SHOP.encode() not in closed.data
+    assert f'cartbridge_queue_depth{{shop="{SHOP}",queue="inbound"}}' in scrape(public(settings))
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer t\u00f6ken", "Bearer \u20ac\u20ac\u20ac", "Bearer \udcff", "bearer \u00ff" * 50],
+)
+def test_a_non_ascii_bearer_is_refused_not_a_500(
+    settings: Settings, redis: redis_lib.Redis, authorization: str
+) -> None:
+    client = create_app(
+        settings.model_copy(update={"metrics_token": SecretStr("scrape-me")})
+    ).test_client()
+    resp = client.get("/metrics", headers={"Authorization": authorization})
+    assert resp.status_code == 401
+
+
+def test_a_non_ascii_token_matches_the_bytes_sent(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    # A client sends the token's UTF-8 bytes; WSGI hands them over decoded as latin-1.
+    token = "sch\u00fcssel-\u20ac"
+    app = create_app(settings.model_copy(update={"metrics_token": SecretStr(token)}))
+    client = app.test_client()
+    scrape(client, Authorization="Bearer " + token.encode().decode("latin-1"))
+    prefix = "Bearer " + token[:-1].encode().decode("latin-1")
+    assert client.get("/metrics", headers={"Authorization": prefix}).status_code == 401
 
 
 def test_redis_down_fails_metrics_and_readyz_but_not_healthz(settings: Settings) -> None:
     down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
-    client = create_app(down).test_client()
+    client = public(down)
     assert client.get("/metrics").status_code == 503
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
@@ -234,7 +280,7 @@ def test_a_drop_alerts_once_shows_as_a_metric_and_resolves(
     # Five minutes later it still fires: no second message (the repeat is hours away).
     monitor.check(redis, s, now_s=NOW + 300)
     assert len(slack.bodies) == 2
-    m = scrape(create_app(s).test_client())
+    m = scrape(public(s))
     key = f'cartbridge_volume_alert{{shop="{SHOP}",event="order_completed",kind="drop"}}'
     assert m[key] == 1
     assert m["cartbridge_volume_check_last_run_timestamp_seconds"] == NOW + 300
@@ -245,7 +291,7 @@ def test_a_drop_alerts_once_shows_as_a_metric_and_resolves(
     monitor.check(redis, s, now_s=NOW + 4200)
     assert len(slack.bodies) == 4
     assert all("RESOLVED" in b["text"] for b in slack.bodies[2:])
-    assert scrape(create_app(s).test_client())[key] == 0
+    assert scrape(public(s))[key] == 0
 
 
 def test_a_held_lock_means_another_check_is_alerting(

@@ -40,7 +40,7 @@ from bridge.settings import Settings
 from bridge.sources import Source
 from bridge.store import Keys
 from bridge.web import create_app
-from tests.conftest import SHOP, fixture_json, webhook_headers
+from tests.conftest import SHOP, fixture_json, paths, webhook_headers
 
 URL = "/webhooks/shopify"
 K = Keys(SHOP)
@@ -137,17 +137,6 @@ def parked_ids(redis: redis_lib.Redis) -> set[str]:
 
 def stats(redis: redis_lib.Redis) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in redis.hgetall(K.stats).items()}
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            yield (*prefix, k)
-            yield from paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value[:2]):
-            yield (*prefix, i)
-            yield from paths(v, (*prefix, i))
 
 
 def test_a_lone_surrogate_in_a_cart_never_blocks_the_shop(

@@ -40,6 +40,21 @@ def test_signed_webhook_is_queued_with_its_exact_bytes(
     assert env.received_ms > 0
 
 
+def test_a_signature_computed_outside_the_bridge_is_accepted(
+    client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    # The other tests sign with bridge.signature.sign, so sign and verify broken the same way
+    # would pass them all. This header was computed with the tests' secret by
+    #   printf '%s' '{"id":820982911946154508,"email":"jon@doe.ca","note":"café"}' \
+    #     | openssl dgst -sha256 -hmac 'test-webhook-secret' -binary | base64
+    body = b'{"id":820982911946154508,"email":"jon@doe.ca","note":"caf\xc3\xa9"}'
+    headers = webhook_headers(body, "carts/create", webhook_id="w-openssl")
+    headers["X-Shopify-Hmac-Sha256"] = "As83j83CU5rGqvB0VfyfPX1AIvIr6Do6ue1GgXb8FCU="
+    resp = client.post(URL, data=body, headers=headers)
+    assert (resp.status_code, resp.json) == (200, {"ok": True})
+    assert [env.webhook_id for env in inbound(redis)] == ["w-openssl"]
+
+
 def test_redelivery_is_acknowledged_and_processed_once(
     settings: Settings, client: FlaskClient, redis: redis_lib.Redis
 ) -> None:

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.calls import MAX_BATCH_BYTES, MAX_CALL_BYTES
 from bridge.pipelines import (
     USER_AGENT,
     AuthError,
     BadRequestError,
+    EndpointError,
     FatalError,
     PayloadTooLargeError,
     PipelinesClient,
@@ -191,20 +191,42 @@ def test_server_413_is_payload_too_large() -> None:
     assert info.value.status == 413
 
 
+# The documented limits (pipelines-api.md section 3: "One call 32 KB", "One batch 500 KB"), as
+# literals: the client's own constants would make these tests agree with any limit it had.
+CALL_LIMIT = 32 * 1024
+BATCH_LIMIT = 500 * 1024
+
+
+def sized(size: int, i: int = 0) -> bytes:
+    """A serialised call of exactly `size` bytes."""
+    base = len(call(i, properties={"pad": ""}))
+    raw = call(i, properties={"pad": "x" * (size - base)})
+    assert len(raw) == size
+    return raw
+
+
 def test_oversize_call_or_batch_is_refused_before_sending(
     pipelines: PipelinesClient, standin: PipelinesStandIn
 ) -> None:
-    huge_call = call(properties={"pad": "x" * MAX_CALL_BYTES})
+    huge_call = sized(CALL_LIMIT + 1)
     with pytest.raises(PayloadTooLargeError) as one:
         pipelines.send_batch([call(1), huge_call])
     with pytest.raises(PayloadTooLargeError):
         pipelines.send_alias(huge_call)
     fat = call(properties={"pad": "x" * 30_000})
     with pytest.raises(PayloadTooLargeError) as many:
-        pipelines.send_batch([fat] * (MAX_BATCH_BYTES // len(fat) + 1))
+        pipelines.send_batch([fat] * (BATCH_LIMIT // len(fat) + 1))
 
     assert one.value.status is None and many.value.status is None
     assert standin.requests == 0
+
+
+def test_a_call_of_exactly_32_kb_is_sent_and_accepted(
+    pipelines: PipelinesClient, standin: PipelinesStandIn
+) -> None:
+    pipelines.send_batch([sized(CALL_LIMIT, 1)])
+
+    assert standin.message_ids() == ["m1"]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408])
@@ -277,14 +299,46 @@ def test_connection_refused_is_retryable() -> None:
 
 
 def test_other_4xx_is_fatal() -> None:
-    rec = Recorder(404, b"<html>not here</html>")
+    rec = Recorder(409, b'{"meta":{"errors":["conflict"]}}')
     with (
         PipelinesClient("https://cdp.example/v1", KEY, transport=rec.transport) as client,
         pytest.raises(FatalError) as info,
     ):
         client.send_batch([call()])
 
+    assert (info.value.status, info.value.body) == (409, '{"meta":{"errors":["conflict"]}}')
+
+
+def test_a_404_page_means_the_url_is_wrong_not_the_call() -> None:
+    rec = Recorder(404, b"<html>not here</html>")
+    with (
+        PipelinesClient("https://cdp.example/v1", KEY, transport=rec.transport) as client,
+        pytest.raises(EndpointError) as info,
+    ):
+        client.send_batch([call()])
+
     assert (info.value.status, info.value.body) == (404, "<html>not here</html>")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind"),
+    [
+        (200, {"Content-Type": "text/html"}, b"<p>hi</p>", EndpointError),
+        (200, {}, b"  <!DOCTYPE html><html></html>", EndpointError),
+        (400, {"Content-Type": "text/html"}, b"<html>bad</html>", EndpointError),
+        (405, {}, b"", EndpointError),
+        (302, {"Location": "https://example.com/"}, b"", EndpointError),
+        # A proxy's error page is HTML too, and still means "try again later".
+        (502, {"Content-Type": "text/html"}, b"<html>Bad Gateway</html>", RetryableError),
+        (401, {"Content-Type": "text/html"}, b"<html>no</html>", AuthError),
+        (200, {"Content-Type": "application/json"}, b"{}", None),
+    ],
+)
+def test_answers_that_are_not_the_api_are_endpoint_errors(
+    status: int, headers: dict[str, str], body: bytes, kind: type[PipelinesError] | None
+) -> None:
+    err = classify(status, None, headers, body)
+    assert (type(err) if err is not None else None) is kind
 
 
 @pytest.mark.parametrize(
@@ -314,7 +368,7 @@ def test_errors_pickle_with_their_fields(err: PipelinesError) -> None:
         (400, BadRequestError),
         (401, AuthError),
         (403, AuthError),
-        (404, FatalError),
+        (404, EndpointError),
         (408, RetryableError),
         (409, FatalError),
         (413, PayloadTooLargeError),
@@ -323,7 +377,7 @@ def test_errors_pickle_with_their_fields(err: PipelinesError) -> None:
         (500, RetryableError),
         (503, RetryableError),
         (599, RetryableError),
-        (301, FatalError),
+        (301, EndpointError),
     ],
 )
 def test_classify_status(status: int, kind: type[PipelinesError] | None) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,14 +10,33 @@ from bridge.signature import sign, verify
 
 SECRET = b"shpss_0123456789abcdef"
 
-# Known answer computed independently with `openssl dgst -sha256 -hmac key -binary | base64`.
-KNOWN_BODY = b'{"id":820982911946154508}'
+# Known answers, as literals computed outside this code base (never with the expression under
+# test). A Shopify-like body with a non-ASCII byte, secret "hush":
+#   printf '%s' '{"id":820982911946154508,"email":"jon@doe.ca","note":"café"}' \
+#     | openssl dgst -sha256 -hmac 'hush' -binary | base64
+KNOWN_BODY = b'{"id":820982911946154508,"email":"jon@doe.ca","note":"caf\xc3\xa9"}'
+KNOWN_SIGNATURE = "lw5PY85NGkMvbPmaAhvjqsH269i1t3mUS5YiI6Uf5bo="
+# RFC 4231 test case 2 (key "Jefe"): its published HMAC-SHA256 hex, base64-encoded with
+#   echo 5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843 | xxd -r -p | base64
+RFC4231_SIGNATURE = "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM="
+# The empty body, secret "hush": printf '' | openssl dgst -sha256 -hmac 'hush' -binary | base64
+EMPTY_SIGNATURE = "Knm8rWjeSXNIt2H0AOMT7DQ8/YSy8sQi/pEjbuUmGMs="
 
 
-def test_known_answer() -> None:
-    expected = base64.b64encode(hmac.new(b"key", KNOWN_BODY, hashlib.sha256).digest()).decode()
-    assert sign(KNOWN_BODY, b"key") == expected
-    assert verify(KNOWN_BODY, expected, [b"key"])
+@pytest.mark.parametrize(
+    ("body", "secret", "expected"),
+    [
+        (KNOWN_BODY, b"hush", KNOWN_SIGNATURE),
+        (b"what do ya want for nothing?", b"Jefe", RFC4231_SIGNATURE),
+        (b"", b"hush", EMPTY_SIGNATURE),
+    ],
+    ids=["shopify-like", "rfc4231-case2", "empty-body"],
+)
+def test_known_answer(body: bytes, secret: bytes, expected: str) -> None:
+    assert sign(body, secret) == expected
+    assert verify(body, expected, [secret])
+    assert verify(body, expected, [b"another-secret", secret])
+    assert not verify(body, expected, [secret + b"x"])
 
 
 @given(st.binary(max_size=2048))

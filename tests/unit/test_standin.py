@@ -14,9 +14,17 @@ import httpx
 import orjson
 import pytest
 
-from bridge.standin import UNAUTHORIZED, Fault, PipelinesStandIn, as_fault, call_problem
+from bridge.standin import Fault, PipelinesStandIn, as_fault, call_problem
 
 KEY = "wk-standin"
+# What the docs say the real API does (/work/shared/docs/pipelines-api.md), written here as
+# literals: neither the bridge's constants nor the stand-in's own are what these tests check
+# against. Section 3: "One call 32 KB", "One batch 500 KB in total, and 32 KB per call inside
+# it"; KB is read as 1024 bytes, as Customer.io's Python client does (`MAX_MSG_SIZE = 32<<10`).
+CALL_LIMIT = 32 * 1024
+BATCH_LIMIT = 500 * 1024
+# Section 3, the 401 response's text.
+UNAUTHORIZED = "Unauthorized request. Make sure that you provided the right credentials."
 
 
 def _auth(key: str) -> str:
@@ -248,6 +256,202 @@ def test_request_without_content_length_is_refused(standin: PipelinesStandIn) ->
     with httpx.Client() as c:
         resp = c.post(f"{standin.url}/batch", content=chunks())
     assert resp.status_code == 411
+
+
+# -- the documented limits, at their exact boundaries ------------------------------------------
+
+
+def sized_call(size: int, i: int = 1, *, kind: str | None = "track") -> dict[str, Any]:
+    """A call whose compact JSON is exactly `size` bytes (with its `type` when `kind`)."""
+    call = track(i, properties={"pad": ""})
+    if kind is None:
+        del call["type"]
+    call["properties"]["pad"] = "x" * (size - len(orjson.dumps(call)))
+    assert len(orjson.dumps(call)) == size
+    return call
+
+
+def sized_batch(size: int) -> bytes:
+    """A /v1/batch body of exactly `size` bytes, made of calls under the per-call limit."""
+    calls = [sized_call(30_000, i) for i in range(size // 30_000)]
+    body = orjson.dumps({"batch": calls})
+    calls[-1] = sized_call(30_000 + size - len(body), len(calls) - 1)
+    body = orjson.dumps({"batch": calls})
+    assert len(body) == size
+    return body
+
+
+def test_a_call_of_32_kb_is_accepted_and_one_byte_more_is_refused(
+    standin: PipelinesStandIn, http: httpx.Client
+) -> None:
+    at_limit, over = sized_call(CALL_LIMIT, 1), sized_call(CALL_LIMIT + 1, 2)
+
+    assert post(http, standin, "batch", {"batch": [at_limit]}).status_code == 200
+    refused = post(http, standin, "batch", {"batch": [track(3), over]})
+    assert refused.status_code == 413
+    assert errors_of(refused) == [f"call 1 is {CALL_LIMIT + 1} bytes, over the 32768 byte limit"]
+    # Permissive mode: 200, and the request does not go through (nothing of it is accepted).
+    assert post(http, standin, "batch", {"batch": [track(4), over]}, strict=False).content == b"{}"
+    assert standin.message_ids() == ["m1"]
+    assert [d.call["messageId"] for d in standin.dropped if d.call] == ["m4", "m2"]
+
+
+def test_a_single_call_request_over_32_kb_is_refused(
+    standin: PipelinesStandIn, http: httpx.Client
+) -> None:
+    # On /v1/track the request is the call; the endpoint sets `type`, so it is left out here.
+    at_limit = orjson.dumps(sized_call(CALL_LIMIT, 1, kind=None))
+    assert post(http, standin, "track", at_limit).status_code == 200
+    over = orjson.dumps(sized_call(CALL_LIMIT + 1, 2, kind=None))
+    assert post(http, standin, "track", over).status_code == 413
+    # What counts is the request's size, not the size of the call once re-serialised.
+    padded = orjson.dumps(track(3)) + b" " * CALL_LIMIT
+    assert post(http, standin, "track", padded).status_code == 413
+    assert standin.message_ids() == ["m1"]
+
+
+def test_a_batch_of_500_kb_is_accepted_and_one_byte_more_is_refused(
+    standin: PipelinesStandIn, http: httpx.Client
+) -> None:
+    assert post(http, standin, "batch", sized_batch(BATCH_LIMIT)).status_code == 200
+    accepted = len(standin.calls)
+    refused = post(http, standin, "batch", sized_batch(BATCH_LIMIT + 1))
+    assert refused.status_code == 413
+    assert errors_of(refused) == [f"request is {BATCH_LIMIT + 1} bytes, over the 512000 byte limit"]
+    assert post(http, standin, "batch", sized_batch(BATCH_LIMIT + 1), strict=False).content == b"{}"
+    assert len(standin.calls) == accepted
+
+
+# -- the documented authentication, strict mode and answers ------------------------------------
+
+
+def _basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        _basic(b"wrong-key:"),
+        _basic(b":" + KEY.encode()),  # the key as the password
+        _basic(KEY.encode() + b":a-password"),  # the docs: the password is empty
+        _basic(KEY.encode()),  # no colon: not `KEY:`
+        "Bearer " + KEY,
+        "Basic %%%",
+        "",
+    ],
+    ids=["wrong-key", "key-as-password", "password", "no-colon", "bearer", "not-base64", "empty"],
+)
+def test_only_basic_auth_with_the_key_and_an_empty_password_is_accepted(
+    standin: PipelinesStandIn, http: httpx.Client, authorization: str
+) -> None:
+    headers = {"Content-Type": "application/json", "X-Strict-Mode": "1"}
+    if authorization:
+        headers["Authorization"] = authorization
+    body = orjson.dumps({"batch": [track()]})
+
+    resp = http.post(f"{standin.url}/batch", content=body, headers=headers)
+
+    assert (resp.status_code, resp.json()) == (401, {"meta": {"errors": [UNAUTHORIZED]}})
+    headers["Authorization"] = _basic(KEY.encode() + b":")
+    assert http.post(f"{standin.url}/batch", content=body, headers=headers).status_code == 200
+    assert standin.message_ids() == ["m0"]
+
+
+@pytest.mark.parametrize("value", ["true", "0", "yes", "", "11"])
+def test_strict_mode_is_only_x_strict_mode_1(
+    standin: PipelinesStandIn, http: httpx.Client, value: str
+) -> None:
+    # The docs: "If the header is absent or has any other value, the API is in permissive
+    # mode: it logs the error but returns HTTP 200".
+    headers = {"Authorization": _auth(KEY), "Content-Type": "application/json"}
+    body = orjson.dumps({"batch": [{"type": "track", "userId": "1"}]})
+
+    loose = http.post(
+        f"{standin.url}/batch", content=body, headers=headers | {"X-Strict-Mode": value}
+    )
+    strict = http.post(
+        f"{standin.url}/batch", content=body, headers=headers | {"X-Strict-Mode": "1"}
+    )
+
+    assert (loose.status_code, loose.content) == (200, b"{}")
+    assert (strict.status_code, strict.json()) == (
+        400,
+        {"meta": {"errors": ["batch[0]: track needs event"]}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ({"type": "identify", "traits": {}}, "identify needs userId or anonymousId"),
+        ({"type": "track", "event": "E"}, "track needs userId or anonymousId"),
+        ({"type": "track", "anonymousId": "a"}, "track needs event"),
+        ({"type": "page", "name": "Home"}, "page needs userId or anonymousId"),
+        ({"type": "screen", "userId": ""}, "screen needs userId or anonymousId"),
+        ({"userId": "1", "event": "E"}, "type is required in a batch call"),
+        ({"type": "delete", "userId": "1"}, "unknown type 'delete'"),
+        (["not", "a", "call"], "call must be a JSON object"),
+    ],
+)
+def test_strict_mode_refuses_a_batch_for_one_call_missing_a_required_field(
+    standin: PipelinesStandIn, http: httpx.Client, call: Any, error: str
+) -> None:
+    resp = post(http, standin, "batch", {"batch": [track(1), call]})
+
+    assert (resp.status_code, resp.json()) == (400, {"meta": {"errors": [f"batch[1]: {error}"]}})
+    assert standin.calls == []
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        {"type": "identify", "anonymousId": "a"},
+        {"type": "track", "userId": "1", "event": "E"},
+        {"type": "page", "userId": "1"},
+        {"type": "screen", "anonymousId": "a"},
+        {"type": "group"},  # the docs require nothing of a group call
+    ],
+)
+def test_calls_with_the_documented_required_fields_are_accepted(
+    standin: PipelinesStandIn, http: httpx.Client, call: dict[str, Any]
+) -> None:
+    resp = post(http, standin, "batch", {"batch": [call]})
+
+    assert (resp.status_code, resp.content) == (200, b"{}")
+    assert standin.calls == [call]
+
+
+@pytest.mark.parametrize("body", [b'{"batch": {}}', b'{"batch": null}', b'{"batch": "x"}'])
+def test_a_batch_that_is_not_a_list_is_400(
+    standin: PipelinesStandIn, http: httpx.Client, body: bytes
+) -> None:
+    resp = post(http, standin, "batch", body)
+
+    assert (resp.status_code, errors_of(resp)) == (400, ['body must be {"batch": [...]}'])
+
+
+def test_single_call_endpoints_set_the_type_of_their_call(
+    standin: PipelinesStandIn, http: httpx.Client
+) -> None:
+    # "the single-request endpoints set it for you": a call posted to /v1/track is a track.
+    resp = post(http, standin, "track", {"type": "identify", "userId": "1", "event": "E"})
+
+    assert resp.status_code == 200
+    assert [c["type"] for c in standin.calls] == ["track"]
+
+
+@pytest.mark.parametrize("content_type", ["application/jsonp", "application/json-seq", ""])
+def test_content_type_must_be_application_json(
+    standin: PipelinesStandIn, http: httpx.Client, content_type: str
+) -> None:
+    resp = post(http, standin, "batch", {"batch": [track()]}, content_type=content_type)
+    ok = post(
+        http, standin, "batch", {"batch": [track()]}, content_type="Application/JSON; charset=utf-8"
+    )
+
+    assert resp.status_code == 400
+    assert ok.status_code == 200
 
 
 # -- call_problem (pure) ---------------------------------------------------------------------

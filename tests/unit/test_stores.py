@@ -109,11 +109,19 @@ def test_a_missing_file_is_a_config_error() -> None:
 
 
 def test_the_registry_is_read_once_per_settings(tmp_path: Path) -> None:
-    s = settings_with(tmp_path, ONLY_A)
+    s = settings_with(tmp_path, ONLY_A, identity_hash_key="k")
     first = stores_for(s)
     (tmp_path / "stores.toml").write_text("not toml [")
     assert stores_for(s) is first
     s.require_service_settings()  # a file of stores needs no single-store secret
+
+
+def test_a_stores_file_needs_a_secret_to_key_the_email_hash(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings_with(tmp_path, ONLY_A).require_service_settings()
+    assert str(err.value).startswith("IDENTITY_HASH_KEY")
+    settings_with(tmp_path, ONLY_A, identity_hash_key="k").require_service_settings()
+    settings_with(tmp_path, ONLY_A, shopify_webhook_secret="s").require_service_settings()
 
 
 def test_email_key_is_a_keyed_hash() -> None:

@@ -1,0 +1,47 @@
+"""The identity hash key and the keyed hashes that name people in Redis key names.
+
+An email (or any id) in a key name would outlive what a redact removes by value, and an unkeyed
+hash of it is reversed by hashing a list of known addresses; so names are HMACs under the
+deployment's identity key (IDENTITY_HASH_KEY), set once per process by `configure`
+(Runtime.build does it). A leaf module, importing nothing of the bridge: the identity graph,
+the outbox and the store share the one key without an import cycle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+_PERSON = b"person\x1f"  # keeps person hashes apart from `email_digest` of the same text
+
+_key: bytes = b""
+# The person hash's MAC with its key and prefix already absorbed: copying it costs about half of
+# building one, and it runs once for every call queued.
+_person_mac = hmac.new(_key, _PERSON, hashlib.sha256)
+
+
+def configure(key: bytes) -> None:
+    """Set this process's identity hash key (before any batch is processed)."""
+    global _key, _person_mac
+    _key = key
+    _person_mac = hmac.new(key, _PERSON, hashlib.sha256)
+
+
+def email_digest(email: str) -> str:
+    """The keyed hash of a (trimmed, lower-cased) email: 32 hex digits."""
+    return hmac.new(_key, email.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def person_hash(person: str) -> str:
+    """The name of one person in delivery's retry bookkeeping (hold lists, retry state): a keyed
+    hash of the outbox header's person (customer id, email or anonymous id), 16 hex digits."""
+    mac = _person_mac.copy()
+    mac.update(person.encode())
+    return mac.hexdigest()[:16]
+
+
+def legacy_person_hash(person: str) -> str:
+    """The unkeyed name entries queued before their header carried `person_hash` still get (the
+    take script computes the same): kept only so that such entries keep their person's order,
+    and known to the erasure so that it finds them."""
+    return hashlib.sha1(person.encode()).hexdigest()[:16]  # noqa: S324 - a name, not security

@@ -1,0 +1,316 @@
+"""The gunicorn worker class of `web`: each request is read whole by the event loop, then served.
+
+Gunicorn's sync worker reads a request's headers and body on the worker itself, blocking: one
+client that announces 1 000 bytes and sends 9 holds the worker until gunicorn kills it (30 s),
+and as many such clients as there are workers stop the web (Shopify gives up after 5 s). The
+gthread worker waits for a connection's first bytes in its event loop, but then reads the rest
+of the request on a thread, blocking too.
+
+BufferedWorker is gunicorn's gthread worker with one change: its event loop reads every request
+without blocking into a buffer of the connection's own, the headers and then the body
+(Content-Length or chunked), and only a complete request is served, whose parser reads that
+buffer and never the network: by the loop itself with GUNICORN_THREADS=1 (the default), else
+by a thread of the pool. A connection that has not sent its whole request within
+WEB_REQUEST_DEADLINE_S (of being accepted, or of the first byte of its next request) is answered
+408 and closed. A trickling client costs a socket and a few `recv` calls, never a thread.
+Responses are written with a kernel send timeout (SO_SNDTIMEO) of the same length, so a client
+that does not read its answer cannot hold the worker for longer either.
+
+Whatever the loop cannot frame is handed over as it is, the stream ending there, and the
+connection is closed after the answer: a header block over MAX_HEAD_BYTES, conflicting or
+unreadable lengths, a body announced over MAX_BODY_BYTES (the app answers 413 without reading
+it). Gunicorn's own parser then gives the answer it always gives (400, 431, ...) without
+waiting for more bytes.
+
+Written by hand, and measured (BENCHMARKS.md, "Slow clients"): gunicorn has no per-request
+read deadline (its `timeout` is a worker heartbeat), and the async workers (gevent, eventlet)
+would add a dependency and monkey-patch every socket of the process, Redis clients included.
+It overrides internals of gunicorn's ThreadWorker (accept, on_client_socket_readable,
+enqueue_req, finish_request, murder_pending, _keepalive_after, TConn), so gunicorn is pinned to
+one major version in pyproject.toml, and tests/integration/test_slow_clients.py runs it in real
+gunicorn.
+Plain HTTP/1.x only: TLS ends at the router in front of the web.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import selectors
+import socket
+import struct
+import time
+from concurrent import futures
+from functools import partial
+from typing import Any
+
+from gunicorn import http
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from bridge.settings import load_settings
+
+# A header block larger than this is handed to gunicorn's parser, whose limits answer it
+# (limit_request_line, limit_request_fields, limit_request_field_size).
+MAX_HEAD_BYTES = 64 * 1024
+RECV_BYTES = 256 * 1024
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TIMEOUT_BODY = b'{"error":"request timeout"}'
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
+)
+
+
+class Framing:
+    """Where the first request in a buffer ends, read incrementally as bytes arrive (pure).
+
+    `end(buf)` is None while more bytes are needed, else the length of the first request; when
+    `as_is` is set, the request cannot be framed (see the module docstring) and is handed over
+    as the buffer stands.
+    """
+
+    def __init__(self, max_body: int, max_head: int = MAX_HEAD_BYTES) -> None:
+        self.max_body = max_body
+        self.max_head = max_head
+        self.as_is = False
+        self.expects_continue = False
+        self._body_start = -1
+        self._length = -1  # the Content-Length; -1 while unknown or chunked
+        self._chunked = False
+        self._pos = 0  # chunked: where the next chunk-size line starts
+        self._chunk_total = 0
+
+    def end(self, buf: bytes | bytearray) -> int | None:
+        if self._body_start < 0:
+            head_end = buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return self._hand_over(buf) if len(buf) > self.max_head else None
+            self._body_start = head_end + 4
+            if not self._read_head(bytes(buf[:head_end])):
+                return self._hand_over(buf)
+            self._pos = self._body_start
+        if self._chunked:
+            return self._chunked_end(buf)
+        if self._length > self.max_body:
+            return self._hand_over(buf)
+        need = self._body_start + max(self._length, 0)
+        return need if len(buf) >= need else None
+
+    def _hand_over(self, buf: bytes | bytearray) -> int:
+        self.as_is = True
+        return len(buf)
+
+    def _read_head(self, head: bytes) -> bool:
+        """Read the framing headers; False when they cannot be trusted to frame the body."""
+        lines = head.split(b"\r\n")
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                return False
+            name = name.strip().lower()
+            if name == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif name == b"transfer-encoding":
+                codings.extend(v.strip().lower() for v in value.split(b","))
+            elif name == b"expect":
+                self.expects_continue = value.strip().lower() == b"100-continue"
+        if codings:
+            # Both headers, or a last coding other than chunked: gunicorn refuses such requests.
+            if lengths or codings[-1] != b"chunked":
+                return False
+            self._chunked = True
+            return True
+        if len(lengths) > 1:
+            return False
+        if lengths:
+            [text] = lengths
+            if not text.isdigit():
+                return False
+            self._length = int(text)
+        return True
+
+    def _chunked_end(self, buf: bytes | bytearray) -> int | None:
+        while True:
+            line_end = buf.find(b"\r\n", self._pos)
+            if line_end < 0:
+                return self._hand_over(buf) if len(buf) - self._pos > 8192 else None
+            size_text = bytes(buf[self._pos : line_end]).split(b";", 1)[0].strip()
+            if not size_text or not _HEX.issuperset(size_text):
+                return self._hand_over(buf)
+            size = int(size_text, 16)
+            data_start = line_end + 2
+            if size == 0:
+                if buf[data_start : data_start + 2] == b"\r\n":
+                    return data_start + 2
+                trailers_end = buf.find(b"\r\n\r\n", data_start)
+                if trailers_end >= 0:
+                    return trailers_end + 4
+                return self._hand_over(buf) if len(buf) - data_start > self.max_head else None
+            self._chunk_total += size
+            if self._chunk_total > self.max_body:
+                return self._hand_over(buf)
+            if len(buf) < data_start + size + 2:
+                return None
+            self._pos = data_start + size + 2
+
+
+class BufferedConn(TConn):  # type: ignore[misc]
+    """A client connection and the bytes the event loop has read from it."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.buf = bytearray()
+        self.framing: Framing | None = None
+        self.deadline = 0.0
+        self.reading = 0  # which read this is (entries of older reads in the deadline queue)
+        self.close_after = False
+        self.continued = False
+
+
+class BufferedWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread, with requests read whole by the event loop under a per-request deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = load_settings()
+        self.deadline_s = settings.web_request_deadline_s
+        self.max_body = settings.max_body_bytes
+        # (deadline, connection, which read): appended in deadline order, since every read
+        # gets the same allowance; an entry whose read is over is skipped when it comes up.
+        self.deadlines: collections.deque[tuple[float, BufferedConn, int]] = collections.deque()
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        if cfg.is_ssl:
+            raise RuntimeError("BufferedWorker serves plain HTTP: end TLS in front of it")
+        super().check_config(cfg, log)
+
+    # --- connections in, requests out -----------------------------------------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            sock, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        seconds = int(self.deadline_s)
+        micros = int((self.deadline_s - seconds) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
+        self._read(BufferedConn(self.cfg, sock, addr, listener.getsockname()))
+
+    def on_client_socket_readable(self, conn: BufferedConn, client: socket.socket) -> None:
+        """A kept-alive connection's next request begins: read it here, not on a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._read(conn)
+
+    def _read(self, conn: BufferedConn) -> None:
+        conn.reading += 1
+        conn.framing = Framing(self.max_body)
+        conn.continued = False
+        conn.deadline = time.monotonic() + self.deadline_s
+        self.deadlines.append((conn.deadline, conn, conn.reading))
+        conn.sock.setblocking(False)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        if conn.buf:  # the next request was read with the previous one (pipelining)
+            self._try_dispatch(conn)
+
+    def _on_readable(self, conn: BufferedConn, client: socket.socket) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self._stop_reading(conn)
+            self._close(conn)
+            return
+        conn.buf += data
+        self._try_dispatch(conn)
+
+    def _try_dispatch(self, conn: BufferedConn) -> None:
+        assert conn.framing is not None
+        end = conn.framing.end(conn.buf)
+        if end is None:
+            if conn.framing.expects_continue and not conn.continued:
+                # The client waits for this before sending its body (gunicorn would send it on
+                # the thread, which only sees the request once the body is here).
+                conn.continued = True
+                with contextlib.suppress(OSError):
+                    conn.sock.send(_CONTINUE)
+            return
+        self._stop_reading(conn)
+        request = bytes(conn.buf[:end])
+        del conn.buf[:end]
+        conn.close_after = conn.framing.as_is
+        # A parser over this one request: the thread reads the buffer and never the socket
+        # (the stream ends with the request). TConn.init() would parse the socket: skip it.
+        conn.parser = http.get_parser(self.cfg, [request], conn.client)
+        conn.initialized = True
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _stop_reading(self, conn: BufferedConn) -> None:
+        conn.reading += 1  # its entry in the deadline queue no longer counts
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+
+    def _close(self, conn: BufferedConn) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+    def _keepalive_after(self, conn: BufferedConn, keepalive: bool) -> bool:
+        # A request handed over unframed may have left body bytes on the socket.
+        if conn.close_after:
+            return False
+        return bool(super()._keepalive_after(conn, keepalive))
+
+    def enqueue_req(self, conn: BufferedConn) -> None:
+        if self.cfg.threads > 1:
+            super().enqueue_req(conn)
+            return
+        # One thread: serve the complete request right here. A pool of one costs two
+        # cross-thread hand-offs per request and serves no more at once (measured: gthread's
+        # pool of one took 25-40 % more CPU per request of the bare app, BENCHMARKS.md); the
+        # loop waits meanwhile, as it would for the one thread.
+        done: futures.Future[bool] = futures.Future()
+        try:
+            done.set_result(self.handle(conn))
+        except BaseException as exc:  # as the pool's future would carry it
+            done.set_exception(exc)
+        self.finish_request(conn, done)
+
+    def finish_request(self, conn: BufferedConn, fs: Any) -> None:
+        super().finish_request(conn, fs)
+        if conn.buf and self.keepalived_conns and self.keepalived_conns[-1] is conn:
+            # Kept alive with its next request already read: the socket may never be readable
+            # again, so that request is not left waiting for it. Deferred to the loop, never
+            # called from here: a client pipelining thousands of requests would recurse.
+            self.method_queue.defer(self._next_request, conn)
+
+    def _next_request(self, conn: BufferedConn) -> None:
+        if conn in self.keepalived_conns:  # not read meanwhile, nor closed as idle
+            self.on_client_socket_readable(conn, conn.sock)
+
+    # --- deadlines ------------------------------------------------------------------------
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, conn, reading = self.deadlines.popleft()
+            if conn.reading != reading:
+                continue  # that read ended (dispatched, or the client left)
+            self._stop_reading(conn)
+            if conn.buf:
+                # Not a silent close: the client is told why (a partial request was sent).
+                with contextlib.suppress(OSError):
+                    conn.sock.send(REQUEST_TIMEOUT)
+            self._close(conn)

@@ -1,0 +1,236 @@
+"""Slow clients against real gunicorn (the Procfile's command and gunicorn.conf.py): requests
+are read whole by each worker's event loop (bridge/webworker.py), so clients that trickle their
+requests hold no worker, and each is answered 408 and closed after WEB_REQUEST_DEADLINE_S.
+
+No timings are asserted: every wait is a generous upper bound, far above the time taken."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shlex
+import socket
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis as redis_lib
+
+from bridge.settings import Settings
+from bridge.store import Keys
+from tests.conftest import (
+    ROOT,
+    SHOP,
+    fixture_bytes,
+    free_port,
+    service_env,
+    wait_until,
+    webhook_headers,
+)
+
+WORKERS = 2
+SLOW = 16  # more slow clients than the web has workers (and threads)
+GENEROUS_S = 20.0
+PARTIAL = (
+    b"POST /webhooks/shopify HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 1000\r\n\r\n"
+    b'{"id": 12'  # 9 of the 1 000 bytes announced
+)
+
+
+def procfile_command(name: str) -> list[str]:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return shlex.split(line.split(":", 1)[1])
+    raise AssertionError(f"no {name} in Procfile")
+
+
+Web = Callable[[float], int]
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[Web]:
+    """Start the web (the Procfile's command) with a request deadline; gives its port."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(deadline_s: float) -> int:
+        port = free_port()
+        env = service_env(
+            settings,
+            PORT=str(port),
+            WEB_CONCURRENCY=str(WORKERS),
+            WEB_REQUEST_DEADLINE_S=str(deadline_s),
+        )
+        procs.append(subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT))
+
+        def up() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    return True
+            except OSError:
+                return False
+
+        assert wait_until(up, 30), "gunicorn did not come up"
+        return port
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+
+
+def slow_client(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S)
+    sock.sendall(PARTIAL)
+    return sock
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the server has neither answered nor closed this connection."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+
+
+def post_webhook(port: int, webhook_id: str) -> tuple[int, bytes]:
+    body = fixture_bytes("carts-create")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=GENEROUS_S)
+    try:
+        conn.request(
+            "POST",
+            "/webhooks/shopify",
+            body,
+            webhook_headers(body, "carts/create", webhook_id=webhook_id),
+        )
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=GENEROUS_S)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_slow_clients_hold_no_worker(web: Web, redis: redis_lib.Redis) -> None:
+    port = web(120.0)  # far longer than the test: every slow client stays open throughout
+    slow = [slow_client(port) for _ in range(SLOW)]
+    try:
+        for i in range(4):
+            assert post_webhook(port, f"while-slow-{i}") == (200, b'{"ok":true}')
+            assert get(port, "/healthz") == 200
+        assert redis.llen(Keys(SHOP).inbound) == 4
+        assert all(still_open(sock) for sock in slow)  # they were all there meanwhile
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_a_trickling_client_is_answered_408_and_closed_after_the_deadline(web: Web) -> None:
+    port = web(1.0)
+    sock = slow_client(port)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        # A byte every 0.2 s: no single read waits long, only the whole request is late.
+        while not stop.wait(0.2):
+            try:
+                sock.send(b"0")
+            except OSError:
+                return
+
+    threading.Thread(target=trickle, daemon=True).start()
+    answer = b""
+    try:
+        sock.settimeout(GENEROUS_S)
+        while chunk := sock.recv(4096):  # until the server closes (else a timeout fails it)
+            answer += chunk
+    finally:
+        stop.set()
+        sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {"error": "request timeout"}
+    assert post_webhook(port, "after-the-deadline")[0] == 200
+
+
+def test_chunked_pipelined_and_100_continue_requests_are_served(
+    web: Web, redis: redis_lib.Redis
+) -> None:
+    port = web(30.0)
+    body = fixture_bytes("carts-create")
+    headers = webhook_headers(body, "carts/create", webhook_id="chunked-1")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    half = len(body) // 2
+    chunks = (half, body[:half], len(body) - half, body[half:])
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % chunks
+    with socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S) as sock:
+        sock.sendall(
+            b"POST /webhooks/shopify HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n"
+            + head
+            + b"\r\n"
+            + chunked
+            + b"GET /healthz HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"  # pipelined
+        )
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200 OK") == 2, answers
+    assert b'{"ok":true}' in answers
+    headers = webhook_headers(body, "carts/create", webhook_id="continued-1")
+    headers["Expect"] = "100-continue"
+    headers["Content-Length"] = str(len(body))
+    headers["Connection"] = "close"
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S) as sock:
+        sock.sendall(b"POST /webhooks/shopify HTTP/1.1\r\nHost: b\r\n" + head + b"\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        answers = read_until_closed(sock)
+    # Gunicorn's thread sends its own 100 too: a client must take any number of 1xx
+    # (RFC 9110 section 15.2).
+    final = answers.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert final.startswith(b"HTTP/1.1 200 OK") and final.endswith(b'{"ok":true}')
+    assert redis.llen(Keys(SHOP).inbound) == 2
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_non_ascii_bearer_is_401_through_gunicorn(settings: Settings, web: Web) -> None:
+    port = web(30.0)
+    with socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S) as sock:
+        sock.sendall(
+            b"GET /metrics HTTP/1.1\r\nHost: b\r\nConnection: close\r\n"
+            b"Authorization: Bearer caf\xc3\xa9-\xe2\x82\xac\r\n\r\n"
+        )
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 401 ")
+
+
+def test_kept_alive_connections_serve_request_after_request(web: Web) -> None:
+    port = web(30.0)
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=GENEROUS_S) for _ in range(8)]
+    for _ in range(3):
+        for conn in conns:
+            conn.request("GET", "/healthz")
+        for conn in conns:
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b'{"ok":true}')
+    for conn in conns:
+        conn.close()
