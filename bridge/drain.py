@@ -40,6 +40,7 @@ def process_config(rt: Runtime, shop: str) -> ProcessConfig:
         identity_hint_customer_attr=s.identity_hint_customer_attr,
         identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
         dedupe_ttl_s=s.webhook_dedupe_ttl_s,
+        api_version=s.shopify_api_version,
     )
 
 
@@ -54,6 +55,7 @@ class _Committing:
         """Wait for the commit (raises a Redis error), then run what it committed."""
         rt, shop, commit = self.rt, self.shop, self.commit
         woke = self.pending.result()
+        _warn_version_mismatch(shop, commit, rt.settings.shopify_api_version)
         if commit.compliance:
             run_pending(rt, shop)
         log.info(
@@ -68,6 +70,27 @@ class _Committing:
 # split: a passing fault (a worker killed by a deploy) is retried whole; a poison batch is then
 # halved on each further try until its culprit fails alone and is parked.
 TRIES_BEFORE_SPLIT = 3
+
+
+_warned_versions: set[tuple[str, str]] = set()
+
+
+def _warn_version_mismatch(shop: str, commit: Commit, configured: str) -> None:
+    """One warning per process for each version a shop's webhooks carry other than the
+    configured one (all are counted: `cartbridge_webhook_api_version_total`)."""
+    for name in commit.counters:
+        if name.startswith("webhook_api_version:") and name.endswith(":mismatch"):
+            carried = name.split(":")[1]
+            if (shop, carried) not in _warned_versions:
+                _warned_versions.add((shop, carried))
+                log.warning(
+                    "webhooks carry API version %s, not SHOPIFY_API_VERSION %s: check the app's "
+                    "webhook api_version (Shopify serves its oldest supported version in place "
+                    "of one past its 12-month window)",
+                    carried,
+                    configured,
+                    extra={"shop": shop},
+                )
 
 
 def drain(rt: Runtime, shop: str) -> None:

@@ -7,6 +7,7 @@ the result atomically with the removal of the batch from the queue.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ class ProcessConfig:
     identity_hint_customer_attr: str = "cartbridge_customer_id"
     identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
     dedupe_ttl_s: int = 72 * 3600
+    api_version: str = ""  # SHOPIFY_API_VERSION: what the webhooks should carry
 
 
 # State lookups per batch: the records the payloads name, then up to two more rounds for
@@ -123,6 +125,8 @@ def process(
             continue
         done.add(seen_key)
         commit.seen.append(seen_key)
+        if config.api_version and not env.topic.startswith("backfill/"):  # ours, no version
+            commit.count(api_version_counter(env.api_version, config.api_version))
         if isinstance(m, str):
             _park(commit, env, item, m[:MAX_REASON_CHARS])
             continue
@@ -188,6 +192,19 @@ def process(
         commit.count(name, n)
     commit.state_set, commit.state_del = writes
     return commit
+
+
+# Shopify names a version YYYY-MM; anything else is counted as "other", so a sender cannot make
+# up metric labels.
+_API_VERSION = re.compile(r"\d{4}-\d{2}")
+
+
+def api_version_counter(carried: str | None, configured: str) -> str:
+    """The counter of one webhook's `X-Shopify-API-Version` against the configured one:
+    `webhook_api_version:<version>:match|mismatch`. Shopify serves the oldest supported version
+    in place of one past its support window, so a mismatch means payloads changed shape."""
+    label = carried if carried and _API_VERSION.fullmatch(carried) else "other"
+    return f"webhook_api_version:{label}:{'match' if carried == configured else 'mismatch'}"
 
 
 def failure_reason(exc: BaseException, step: str) -> str:

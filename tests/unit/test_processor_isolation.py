@@ -70,3 +70,28 @@ def test_a_failing_webhook_is_parked_with_nothing_it_wrote(
         "later",
     }
     assert len(commit.seen) == 3  # the parked one is marked too: a redelivery is a duplicate
+
+
+def test_the_api_version_webhooks_carry_is_counted_against_the_configured_one() -> None:
+    def env(i: int, version: str | None, topic: str = "carts/create") -> bytes:
+        body = orjson.loads(fixture_bytes("carts-create"))
+        body["id"] = body["token"] = f"c{i}"
+        e = Envelope(SHOP, topic, f"w{i}", orjson.dumps(body), api_version=version)
+        return e.encode()
+
+    batch = [env(1, "2026-10"), env(2, "2026-10"), env(3, "2025-07"), env(4, "<b>x"), env(5, None)]
+    batch.append(env(6, None, topic="backfill/traits"))  # the bridge's own: carries no version
+    commit = process(
+        SHOP,
+        batch,
+        source=ShopifySource(),
+        config=ProcessConfig(api_version="2026-10"),
+        load=lambda names: dict.fromkeys(names),
+        key_of=K.state,
+    )
+    versions = {k: v for k, v in commit.counters.items() if k.startswith("webhook_api_version:")}
+    assert versions == {
+        "webhook_api_version:2026-10:match": 2,
+        "webhook_api_version:2025-07:mismatch": 1,
+        "webhook_api_version:other:mismatch": 2,
+    }
