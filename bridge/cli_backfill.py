@@ -57,8 +57,15 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _err(message: str) -> int:
+    """A usage or configuration error: one line, exit 2."""
     sys.stderr.write(f"cartbridge: {message}\n")
     return 2
+
+
+def _problem(message: str) -> int:
+    """A run that found a problem (a failed export, an Admin API error): one line, exit 1."""
+    sys.stderr.write(f"cartbridge: {message}\n")
+    return 1
 
 
 def _loud(message: str) -> None:
@@ -277,7 +284,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     except AdminAccessDenied as exc:
         return _err(f"the Admin API refused the token: {exc} (needs read_orders)")
     except BulkError as exc:
-        return _err(str(exc))
+        return _problem(str(exc))
     except KeyboardInterrupt:
         # Stopped while the export ran or downloaded: its id is in the checkpoint.
         _say("interrupted: run the same command again to pick up the same export")
@@ -289,7 +296,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             events=args.events,
             elapsed_s=time.monotonic() - started,
         )
-        return _err(f"Admin API: {exc}; run the same command again to resume")
+        return _problem(f"Admin API: {exc}; run the same command again to resume")
     finally:
         if admin is not None:
             note_api_version(admin, store, shop)
@@ -330,7 +337,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         )
     except AdminError as exc:
-        return _err(f"Admin API: {exc}")
+        return _problem(f"Admin API: {exc}")
     finally:
         admin.close()
     print(report.line())
