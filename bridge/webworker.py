@@ -150,11 +150,14 @@ class Framing:
                 if trailers_end >= 0:
                     return trailers_end + 4
                 return self._hand_over(buf) if len(buf) - data_start > self.max_head else None
-            self._chunk_total += size
-            if self._chunk_total > self.max_body:
+            # Checked as soon as the size is known (a chunk announced over the limit is handed
+            # over at once), but counted only once the chunk is here: a chunk still arriving is
+            # parsed again at each read, and must not be counted again each time.
+            if self._chunk_total + size > self.max_body:
                 return self._hand_over(buf)
             if len(buf) < data_start + size + 2:
                 return None
+            self._chunk_total += size
             self._pos = data_start + size + 2
 
 
