@@ -46,7 +46,7 @@ from functools import partial
 from typing import Any
 
 from gunicorn import http
-from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from bridge.settings import load_settings
 
@@ -161,17 +161,35 @@ class Framing:
             self._pos = data_start + size + 2
 
 
+# What a connection is doing, so that a callback of the loop acts only on a connection in the
+# state it was registered for. One select() returns a batch of events, and a callback run
+# earlier in the batch can move a connection on (the method queue's wake-up serves a pipelined
+# request, a deadline closes it); that connection's own event later in the same batch is then
+# stale, and carries the callback of the state it was in.
+READING = "reading"  # registered for EVENT_READ with _on_readable, a deadline running
+SERVING = "serving"  # its request is with the app (the loop itself, or a thread)
+KEPT_ALIVE = "kept alive"  # in keepalived_conns, registered with on_client_socket_readable
+NEXT = "next"  # kept alive with its next request already read: _next_request is deferred
+CLOSED = "closed"
+
+
 class BufferedConn(TConn):  # type: ignore[misc]
     """A client connection and the bytes the event loop has read from it."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        self.state = READING
         self.buf = bytearray()
         self.framing: Framing | None = None
         self.deadline = 0.0
         self.reading = 0  # which read this is (entries of older reads in the deadline queue)
         self.close_after = False
         self.continued = False
+
+    def close(self, graceful: bool = False) -> None:
+        # Every way out (ours, and gunicorn's murder_keepalived) passes here.
+        self.state = CLOSED
+        super().close(graceful)
 
 
 class BufferedWorker(ThreadWorker):  # type: ignore[misc]
@@ -209,11 +227,14 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
 
     def on_client_socket_readable(self, conn: BufferedConn, client: socket.socket) -> None:
         """A kept-alive connection's next request begins: read it here, not on a thread."""
+        if conn.state != KEPT_ALIVE:
+            return  # a stale event: this connection moved on earlier in the same batch
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         self._read(conn)
 
     def _read(self, conn: BufferedConn) -> None:
+        conn.state = READING
         conn.reading += 1
         conn.framing = Framing(self.max_body)
         conn.continued = False
@@ -225,6 +246,8 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             self._try_dispatch(conn)
 
     def _on_readable(self, conn: BufferedConn, client: socket.socket) -> None:
+        if conn.state != READING:
+            return  # stale, as above: dispatched or closed earlier in the same batch
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -250,6 +273,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
                     conn.sock.send(_CONTINUE)
             return
         self._stop_reading(conn)
+        conn.state = SERVING
         request = bytes(conn.buf[:end])
         del conn.buf[:end]
         conn.close_after = conn.framing.as_is
@@ -266,6 +290,8 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             self.poller.unregister(conn.sock)
 
     def _close(self, conn: BufferedConn) -> None:
+        if conn.state == CLOSED:
+            return  # counted out already
         self.nr_conns -= 1
         conn.close()
 
@@ -291,16 +317,37 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         self.finish_request(conn, done)
 
     def finish_request(self, conn: BufferedConn, fs: Any) -> None:
-        super().finish_request(conn, fs)
-        if conn.buf and self.keepalived_conns and self.keepalived_conns[-1] is conn:
-            # Kept alive with its next request already read: the socket may never be readable
-            # again, so that request is not left waiting for it. Deferred to the loop, never
-            # called from here: a client pipelining thousands of requests would recurse.
+        # gunicorn's, less what cannot happen here (a thread deferring a connection that had
+        # no data, the parser holding bytes read ahead), and with the state kept.
+        try:
+            keepalive = not fs.cancelled() and fs.result() is True
+        except Exception:
+            keepalive = False
+        if not keepalive:
+            if conn.state != CLOSED:
+                self.nr_conns -= 1
+                conn.close(graceful=True)
+            return
+        conn.sock.setblocking(False)
+        if conn.buf:
+            # Its next request is already read: the socket may never be readable again, so
+            # that request is not left waiting for it. Deferred to the loop, never called from
+            # here: a client pipelining thousands of requests would recurse.
+            conn.state = NEXT
             self.method_queue.defer(self._next_request, conn)
+            return
+        conn.set_timeout()
+        if not self.alive:  # stopping: kept for a request the client may be sending already
+            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+        conn.state = KEPT_ALIVE
+        self.keepalived_conns.append(conn)
+        self.poller.register(
+            conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn)
+        )
 
     def _next_request(self, conn: BufferedConn) -> None:
-        if conn in self.keepalived_conns:  # not read meanwhile, nor closed as idle
-            self.on_client_socket_readable(conn, conn.sock)
+        if conn.state == NEXT:
+            self._read(conn)
 
     # --- deadlines ------------------------------------------------------------------------
 

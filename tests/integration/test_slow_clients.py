@@ -6,14 +6,17 @@ No timings are asserted: every wait is a generous upper bound, far above the tim
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shlex
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -47,23 +50,24 @@ def procfile_command(name: str) -> list[str]:
     raise AssertionError(f"no {name} in Procfile")
 
 
-Web = Callable[[float], int]
+class Web:
+    """Starts the web (the Procfile's command) with a request deadline; each start gives its
+    port."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.masters: dict[int, subprocess.Popen[bytes]] = {}
 
-@pytest.fixture
-def web(settings: Settings) -> Iterator[Web]:
-    """Start the web (the Procfile's command) with a request deadline; gives its port."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(deadline_s: float) -> int:
+    def __call__(self, deadline_s: float, workers: int = WORKERS, **env: str) -> int:
         port = free_port()
-        env = service_env(
-            settings,
+        environ = service_env(
+            self.settings,
             PORT=str(port),
-            WEB_CONCURRENCY=str(WORKERS),
+            WEB_CONCURRENCY=str(workers),
             WEB_REQUEST_DEADLINE_S=str(deadline_s),
+            **env,
         )
-        procs.append(subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT))
+        self.masters[port] = subprocess.Popen(procfile_command("web"), env=environ, cwd=ROOT)
 
         def up() -> bool:
             try:
@@ -75,10 +79,20 @@ def web(settings: Settings) -> Iterator[Web]:
         assert wait_until(up, 30), "gunicorn did not come up"
         return port
 
+    def worker_pids(self, port: int) -> set[int]:
+        """The pids of the web's workers now (gunicorn starts a new one when one exits)."""
+        pid = self.masters[port].pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return {int(child) for child in children.split()}
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[Web]:
+    start = Web(settings)
     yield start
-    for proc in procs:
+    for proc in start.masters.values():
         proc.terminate()
-    for proc in procs:
+    for proc in start.masters.values():
         proc.wait(30)
 
 
@@ -234,3 +248,42 @@ def test_kept_alive_connections_serve_request_after_request(web: Web) -> None:
             assert (resp.status, resp.read()) == (200, b'{"ok":true}')
     for conn in conns:
         conn.close()
+
+
+def test_a_client_pipelining_without_pause_never_takes_the_worker_down(web: Web) -> None:
+    # One worker, so the probe shares it with the pipelining client. Batches of pipelined
+    # requests keep the loop serving a request read with the previous one at the moment the
+    # socket turns readable again: both come up together, and neither may find the connection
+    # where the other left it (that crashed the worker, which gunicorn then replaced).
+    port = web(30.0, workers=1)
+    pids = web.worker_pids(port)
+    assert len(pids) == 1
+    batch = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n" * 50
+    stop = threading.Event()
+
+    def drain(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def pipeline() -> None:
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S) as sock:
+                threading.Thread(target=drain, args=(sock,), daemon=True).start()
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        sock.sendall(batch)
+
+    pipeliner = threading.Thread(target=pipeline, daemon=True)
+    pipeliner.start()
+    answered = 0
+    try:
+        until = time.monotonic() + 5.0  # how long it runs, not a bound on anything
+        while time.monotonic() < until:
+            assert get(port, "/healthz") == 200
+            answered += 1
+    finally:
+        stop.set()
+        pipeliner.join(GENEROUS_S)
+    assert answered > 0
+    assert web.worker_pids(port) == pids
