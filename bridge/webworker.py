@@ -13,8 +13,13 @@ buffer and never the network: by the loop itself with GUNICORN_THREADS=1 (the de
 by a thread of the pool. A connection that has not sent its whole request within
 WEB_REQUEST_DEADLINE_S (of being accepted, or of the first byte of its next request) is answered
 408 and closed. A trickling client costs a socket and a few `recv` calls, never a thread.
-Responses are written with a kernel send timeout (SO_SNDTIMEO) of the same length, so a client
-that does not read its answer cannot hold the worker for longer either.
+
+The answer is written the same way: the app writes it into a buffer (Answer), and the event
+loop sends that without blocking, under one WEB_REQUEST_DEADLINE_S for the whole answer, past
+which the connection is closed. Nothing is read from a connection, and no request it pipelined
+is served, while its answer is unsent; reading stops once a whole request is buffered, so a
+connection never holds more than one request and one read (RECV_BYTES) beyond it. A client that
+does not read its answers costs a socket and its buffered bytes, never the loop's time.
 
 Whatever the loop cannot frame is handed over as it is, the stream ending there, and the
 connection is closed after the answer: a header block over MAX_HEAD_BYTES, conflicting or
@@ -26,9 +31,9 @@ Written by hand, and measured (BENCHMARKS.md, "Slow clients"): gunicorn has no p
 read deadline (its `timeout` is a worker heartbeat), and the async workers (gevent, eventlet)
 would add a dependency and monkey-patch every socket of the process, Redis clients included.
 It overrides internals of gunicorn's ThreadWorker (accept, on_client_socket_readable,
-enqueue_req, finish_request, murder_pending, _keepalive_after, TConn), so gunicorn is pinned to
-one major version in pyproject.toml, and tests/integration/test_slow_clients.py runs it in real
-gunicorn.
+enqueue_req, handle, finish_request, murder_pending, _keepalive_after, TConn), so gunicorn is
+pinned to one major version in pyproject.toml, and tests/integration/test_slow_clients.py runs
+it in real gunicorn.
 Plain HTTP/1.x only: TLS ends at the router in front of the web.
 """
 
@@ -39,7 +44,6 @@ import contextlib
 import errno
 import selectors
 import socket
-import struct
 import time
 from concurrent import futures
 from functools import partial
@@ -168,9 +172,64 @@ class Framing:
 # stale, and carries the callback of the state it was in.
 READING = "reading"  # registered for EVENT_READ with _on_readable, a deadline running
 SERVING = "serving"  # its request is with the app (the loop itself, or a thread)
+WRITING = "writing"  # its answer is being sent: registered for EVENT_WRITE, a deadline running
 KEPT_ALIVE = "kept alive"  # in keepalived_conns, registered with on_client_socket_readable
 NEXT = "next"  # kept alive with its next request already read: _next_request is deferred
 CLOSED = "closed"
+
+
+class Answer:
+    """What the app's answer is written to, in place of the socket: a buffer.
+
+    Gunicorn's response writes to the connection's socket with sendall, blocking until the
+    client has read enough. Given this instead, serving never waits on the client; the event
+    loop then sends the buffer without blocking, under one deadline for the whole answer.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = bytearray()
+        self.shut = False  # gunicorn gave the connection up (an error after the headers)
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def send(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        file.seek(offset)
+        data = file.read() if count is None else file.read(count)
+        self.data += data
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        return b""  # the request was read whole already (gunicorn's close_graceful drains)
+
+    def shutdown(self, how: int) -> None:
+        self.shut = True
+
+    def close(self) -> None:
+        self.shut = True
+
+    def setblocking(self, flag: bool) -> None:
+        pass  # the socket stays non-blocking: only the event loop touches it
+
+    def settimeout(self, value: float | None) -> None:
+        pass
+
+    def gettimeout(self) -> float | None:
+        return None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def getpeername(self) -> Any:
+        return self.sock.getpeername()
+
+    def getsockname(self) -> Any:
+        return self.sock.getsockname()
 
 
 class BufferedConn(TConn):  # type: ignore[misc]
@@ -182,9 +241,12 @@ class BufferedConn(TConn):  # type: ignore[misc]
         self.buf = bytearray()
         self.framing: Framing | None = None
         self.deadline = 0.0
-        self.reading = 0  # which read this is (entries of older reads in the deadline queue)
+        self.reading = 0  # which wait this is (entries of older waits in the deadline queue)
+        self.watched = False  # registered by _watch, its deadline running
         self.close_after = False
         self.continued = False
+        self.out = bytearray()  # the answer being sent
+        self.keep = False  # kept alive once its answer is sent
 
     def close(self, graceful: bool = False) -> None:
         # Every way out (ours, and gunicorn's murder_keepalived) passes here.
@@ -220,9 +282,6 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
                 raise
             return
         self.nr_conns += 1
-        seconds = int(self.deadline_s)
-        micros = int((self.deadline_s - seconds) * 1_000_000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
         self._read(BufferedConn(self.cfg, sock, addr, listener.getsockname()))
 
     def on_client_socket_readable(self, conn: BufferedConn, client: socket.socket) -> None:
@@ -235,13 +294,10 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
 
     def _read(self, conn: BufferedConn) -> None:
         conn.state = READING
-        conn.reading += 1
         conn.framing = Framing(self.max_body)
         conn.continued = False
-        conn.deadline = time.monotonic() + self.deadline_s
-        self.deadlines.append((conn.deadline, conn, conn.reading))
         conn.sock.setblocking(False)
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+        self._watch(conn, selectors.EVENT_READ, self._on_readable)
         if conn.buf:  # the next request was read with the previous one (pipelining)
             self._try_dispatch(conn)
 
@@ -255,7 +311,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         except OSError:
             data = b""
         if not data:  # the client went away
-            self._stop_reading(conn)
+            self._unwatch(conn)
             self._close(conn)
             return
         conn.buf += data
@@ -272,7 +328,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
                 with contextlib.suppress(OSError):
                     conn.sock.send(_CONTINUE)
             return
-        self._stop_reading(conn)
+        self._unwatch(conn)
         conn.state = SERVING
         request = bytes(conn.buf[:end])
         del conn.buf[:end]
@@ -284,7 +340,18 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         conn.data_ready = True
         self.enqueue_req(conn)
 
-    def _stop_reading(self, conn: BufferedConn) -> None:
+    def _watch(self, conn: BufferedConn, events: int, callback: Any) -> None:
+        """Wait for the connection to be readable or writable, under a deadline."""
+        conn.reading += 1
+        conn.deadline = time.monotonic() + self.deadline_s
+        self.deadlines.append((conn.deadline, conn, conn.reading))
+        self.poller.register(conn.sock, events, partial(callback, conn))
+        conn.watched = True
+
+    def _unwatch(self, conn: BufferedConn) -> None:
+        if not conn.watched:
+            return
+        conn.watched = False
         conn.reading += 1  # its entry in the deadline queue no longer counts
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
@@ -316,19 +383,65 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             done.set_exception(exc)
         self.finish_request(conn, done)
 
+    def handle(self, conn: BufferedConn) -> Any:
+        # The answer goes to a buffer, which the loop then sends (finish_request).
+        sock = conn.sock
+        answer = conn.sock = Answer(sock)
+        try:
+            keepalive = super().handle(conn)
+        finally:
+            conn.sock = sock
+            conn.out += answer.data
+        return keepalive is True and not answer.shut
+
     def finish_request(self, conn: BufferedConn, fs: Any) -> None:
         # gunicorn's, less what cannot happen here (a thread deferring a connection that had
-        # no data, the parser holding bytes read ahead), and with the state kept.
+        # no data, the parser holding bytes read ahead), with the state kept, and the answer
+        # sent without blocking.
         try:
-            keepalive = not fs.cancelled() and fs.result() is True
+            conn.keep = not fs.cancelled() and fs.result() is True
         except Exception:
-            keepalive = False
-        if not keepalive:
-            if conn.state != CLOSED:
-                self.nr_conns -= 1
-                conn.close(graceful=True)
+            conn.keep = False
+        if conn.state == CLOSED:
             return
-        conn.sock.setblocking(False)
+        conn.state = WRITING
+        self._on_writable(conn, conn.sock)
+
+    def _on_writable(self, conn: BufferedConn, client: socket.socket) -> None:
+        if conn.state != WRITING:
+            return  # stale, as above
+        try:
+            sent = conn.sock.send(conn.out) if conn.out else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the client went away
+            self._unwatch(conn)
+            self._close(conn)
+            return
+        del conn.out[:sent]
+        if conn.out:
+            # The client is not reading as fast: wait until it does, under one deadline for
+            # the whole answer (a send timeout would bound each send, and a client reading a
+            # little now and then would never reach it). Its next request waits meanwhile.
+            if not conn.watched:
+                self._watch(conn, selectors.EVENT_WRITE, self._on_writable)
+            return
+        self._unwatch(conn)
+        self._answered(conn)
+
+    def _answered(self, conn: BufferedConn) -> None:
+        if not conn.keep:
+            # RFC 9112 section 9.6: half-close, then drain what the client sent meanwhile so
+            # that closing does not reset the connection under the answer. gunicorn lingers
+            # blocking for this (close_graceful); the loop must not, so it drains what is
+            # there now.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+                for _ in range(4):  # as far as gunicorn's cap, not for a client sending on
+                    if not conn.sock.recv(RECV_BYTES // 4):
+                        break
+            self._close(conn)
+            return
         if conn.buf:
             # Its next request is already read: the socket may never be readable again, so
             # that request is not left waiting for it. Deferred to the loop, never called from
@@ -358,7 +471,11 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             _, conn, reading = self.deadlines.popleft()
             if conn.reading != reading:
                 continue  # that read ended (dispatched, or the client left)
-            self._stop_reading(conn)
+            if conn.state == WRITING:  # the client does not read its answer
+                self._unwatch(conn)
+                self._close(conn)
+                continue
+            self._unwatch(conn)
             if conn.buf:
                 # Not a silent close: the client is told why (a partial request was sent).
                 with contextlib.suppress(OSError):

@@ -287,3 +287,48 @@ def test_a_client_pipelining_without_pause_never_takes_the_worker_down(web: Web)
         pipeliner.join(GENEROUS_S)
     assert answered > 0
     assert web.worker_pids(port) == pids
+
+
+def server_side(port: int, client: socket.socket) -> int | None:
+    """The web's end of this client's connection: None once closed, else how many bytes of
+    answers it holds unsent (from /proc/net/tcp, whatever the client has yet to read)."""
+    ours = f"0100007F:{client.getsockname()[1]:04X}"
+    theirs = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state, queues = line.split()[1:5]
+        if (local, remote, state) == (theirs, ours, "01"):  # 01: ESTABLISHED
+            return int(queues.split(":")[0], 16)
+    return None
+
+
+def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> None:
+    # One worker and one thread: answers used to be written by the event loop itself, each
+    # send blocking up to the deadline. This client pipelines ~1 MB of requests and reads
+    # nothing: its answers fill its small receive window and the server's send buffer.
+    port = web(15.0, workers=1)  # the deadline outlasts the probes below by far
+    bad = socket.socket()
+    bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    bad.connect(("127.0.0.1", port))
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):  # until the web closes it
+            bad.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n" * 30000)
+
+    threading.Thread(target=flood, daemon=True).start()
+
+    def stalled() -> bool:
+        # Answers pile up unsent until the send buffer is full: then the count stays put.
+        before = server_side(port, bad)
+        time.sleep(0.5)
+        return bool(before) and server_side(port, bad) == before
+
+    try:
+        assert wait_until(stalled, 3 * GENEROUS_S)
+        for _ in range(3):
+            assert get(port, "/healthz") == 200
+        assert server_side(port, bad) is not None  # answered while that client was there
+        # Its answer unsent at the deadline, the web gives the connection up.
+        assert wait_until(lambda: server_side(port, bad) is None, 3 * GENEROUS_S)
+        assert get(port, "/healthz") == 200
+    finally:
+        bad.close()
