@@ -61,6 +61,11 @@ RECV_BYTES = 256 * 1024
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TIMEOUT_BODY = b'{"error":"request timeout"}'
+_BUSY_BODY = b'{"error":"busy"}'
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
@@ -246,6 +251,7 @@ class BufferedConn(TConn):  # type: ignore[misc]
         self.close_after = False
         self.continued = False
         self.out = bytearray()  # the answer being sent
+        self.held = 0  # len(buf) + len(out) as last counted in the worker's total
         self.keep = False  # kept alive once its answer is sent
 
     def close(self, graceful: bool = False) -> None:
@@ -262,6 +268,11 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         settings = load_settings()
         self.deadline_s = settings.web_request_deadline_s
         self.max_body = settings.max_body_bytes
+        # The bytes all connections hold (BufferedConn.held), kept under this cap: without it,
+        # clients each sending a body a byte short of MAX_BODY_BYTES grow the worker by as
+        # much per connection.
+        self.buffer_cap = settings.web_buffer_bytes
+        self.buffered = 0
         # (deadline, connection, which read): appended in deadline order, since every read
         # gets the same allowance; an entry whose read is over is skipped when it comes up.
         self.deadlines: collections.deque[tuple[float, BufferedConn, int]] = collections.deque()
@@ -304,8 +315,21 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
     def _on_readable(self, conn: BufferedConn, client: socket.socket) -> None:
         if conn.state != READING:
             return  # stale, as above: dispatched or closed earlier in the same batch
+        room = min(RECV_BYTES, self.buffer_cap - self.buffered)
+        if room <= 0:
+            # The worker holds all it may: the connection asking for more is refused, and
+            # those that got their bytes in first are served.
+            self.log.warning(
+                "web: %d bytes buffered, the cap (WEB_BUFFER_BYTES): refusing a connection",
+                self.buffered,
+            )
+            self._unwatch(conn)
+            with contextlib.suppress(OSError):
+                conn.sock.send(BUSY)
+            self._close(conn)
+            return
         try:
-            data = conn.sock.recv(RECV_BYTES)
+            data = conn.sock.recv(room)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -315,7 +339,14 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             self._close(conn)
             return
         conn.buf += data
+        self._account(conn)
         self._try_dispatch(conn)
+
+    def _account(self, conn: BufferedConn) -> None:
+        """Bring the worker's total up to date with what this connection holds now."""
+        held = 0 if conn.state == CLOSED else len(conn.buf) + len(conn.out)
+        self.buffered += held - conn.held
+        conn.held = held
 
     def _try_dispatch(self, conn: BufferedConn) -> None:
         assert conn.framing is not None
@@ -332,6 +363,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         conn.state = SERVING
         request = bytes(conn.buf[:end])
         del conn.buf[:end]
+        self._account(conn)
         conn.close_after = conn.framing.as_is
         # A parser over this one request: the thread reads the buffer and never the socket
         # (the stream ends with the request). TConn.init() would parse the socket: skip it.
@@ -361,6 +393,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             return  # counted out already
         self.nr_conns -= 1
         conn.close()
+        self._account(conn)
 
     def _keepalive_after(self, conn: BufferedConn, keepalive: bool) -> bool:
         # A request handed over unframed may have left body bytes on the socket.
@@ -402,6 +435,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             conn.keep = not fs.cancelled() and fs.result() is True
         except Exception:
             conn.keep = False
+        self._account(conn)  # its answer, written meanwhile
         if conn.state == CLOSED:
             return
         conn.state = WRITING
@@ -419,6 +453,7 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
             self._close(conn)
             return
         del conn.out[:sent]
+        self._account(conn)
         if conn.out:
             # The client is not reading as fast: wait until it does, under one deadline for
             # the whole answer (a send timeout would bound each send, and a client reading a

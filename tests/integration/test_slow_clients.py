@@ -289,16 +289,22 @@ def test_a_client_pipelining_without_pause_never_takes_the_worker_down(web: Web)
     assert web.worker_pids(port) == pids
 
 
-def server_side(port: int, client: socket.socket) -> int | None:
-    """The web's end of this client's connection: None once closed, else how many bytes of
-    answers it holds unsent (from /proc/net/tcp, whatever the client has yet to read)."""
+def server_side(port: int, client: socket.socket) -> tuple[int, int] | None:
+    """The web's end of this client's connection: None once closed, else the bytes it holds
+    unsent and unread (from /proc/net/tcp, whatever the client has yet to read)."""
     ours = f"0100007F:{client.getsockname()[1]:04X}"
     theirs = f"0100007F:{port:04X}"
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         local, remote, state, queues = line.split()[1:5]
         if (local, remote, state) == (theirs, ours, "01"):  # 01: ESTABLISHED
-            return int(queues.split(":")[0], 16)
+            unsent, unread = queues.split(":")
+            return int(unsent, 16), int(unread, 16)
     return None
+
+
+def unsent(port: int, client: socket.socket) -> int | None:
+    queues = server_side(port, client)
+    return None if queues is None else queues[0]
 
 
 def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> None:
@@ -318,9 +324,9 @@ def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> No
 
     def stalled() -> bool:
         # Answers pile up unsent until the send buffer is full: then the count stays put.
-        before = server_side(port, bad)
+        before = unsent(port, bad)
         time.sleep(0.5)
-        return bool(before) and server_side(port, bad) == before
+        return bool(before) and unsent(port, bad) == before
 
     try:
         assert wait_until(stalled, 3 * GENEROUS_S)
@@ -332,3 +338,31 @@ def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> No
         assert get(port, "/healthz") == 200
     finally:
         bad.close()
+
+
+def test_the_bytes_a_worker_buffers_stay_under_its_cap(web: Web) -> None:
+    # 600 kB of a 900 kB body held, under a cap of 1 MB: the next connection to send as much
+    # is refused, and the first keeps its place.
+    port = web(120.0, workers=1, WEB_BUFFER_BYTES=str(1_000_000))
+    head = b"POST /webhooks/shopify HTTP/1.1\r\nHost: b\r\nContent-Length: 900000\r\n\r\n"
+    first = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S)
+    second = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S)
+
+    def send(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the web may close it meanwhile
+            sock.sendall(head + b"x" * 600_000)
+
+    try:
+        send(first)
+        assert wait_until(lambda: server_side(port, first) == (0, 0), GENEROUS_S)  # all read
+        threading.Thread(target=send, args=(second,), daemon=True).start()
+        assert wait_until(lambda: server_side(port, second) is None, GENEROUS_S)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # if the refusal met unread bytes
+            answer = read_until_closed(second)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503 "), answer
+        assert get(port, "/healthz") == 200
+        assert server_side(port, first) is not None
+    finally:
+        first.close()
+        second.close()
