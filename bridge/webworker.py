@@ -285,12 +285,20 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
 
     # --- connections in, requests out -----------------------------------------------------
 
+    def set_accept_enabled(self, enabled: bool) -> None:
+        # gthread stops accepting at worker_connections, and then idle connections opened by
+        # anyone keep everyone else out. Accept throughout instead: accept() makes room.
+        super().set_accept_enabled(enabled or self.alive)
+
     def accept(self, listener: socket.socket) -> None:
         try:
             sock, addr = listener.accept()
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
+            return
+        if self.nr_conns >= self.worker_connections and not self._shed():
+            sock.close()  # every connection holds a request being served or answered
             return
         self.nr_conns += 1
         self._read(BufferedConn(self.cfg, sock, addr, listener.getsockname()))
@@ -341,6 +349,22 @@ class BufferedWorker(ThreadWorker):  # type: ignore[misc]
         conn.buf += data
         self._account(conn)
         self._try_dispatch(conn)
+
+    def _shed(self) -> bool:
+        """Close the connection that has waited longest without a complete request: the
+        oldest still sending one, else the oldest kept-alive one. False if none."""
+        for _, conn, reading in self.deadlines:  # oldest first
+            if conn.reading == reading and conn.state == READING:
+                self._unwatch(conn)
+                self._close(conn)
+                return True
+        if self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            self._close(conn)
+            return True
+        return False
 
     def _account(self, conn: BufferedConn) -> None:
         """Bring the worker's total up to date with what this connection holds now."""

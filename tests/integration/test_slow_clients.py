@@ -340,6 +340,21 @@ def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> No
         bad.close()
 
 
+def test_idle_connections_at_the_limit_make_room_for_new_ones(web: Web) -> None:
+    # gthread stops accepting at worker_connections: idle connections kept everyone out.
+    port = web(120.0, workers=1, GUNICORN_CMD_ARGS="--worker-connections 20")
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
+    try:
+        assert wait_until(lambda: server_side(port, idle[-1]) is not None, GENEROUS_S)
+        assert get(port, "/healthz") == 200
+        # The oldest were closed for the newer: each new one past 20 took one's place.
+        assert all(server_side(port, sock) is None for sock in idle[:10])
+        assert all(server_side(port, sock) is not None for sock in idle[-10:])
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_the_bytes_a_worker_buffers_stay_under_its_cap(web: Web) -> None:
     # 600 kB of a 900 kB body held, under a cap of 1 MB: the next connection to send as much
     # is refused, and the first keeps its place.
