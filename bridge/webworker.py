@@ -21,6 +21,10 @@ is served, while its answer is unsent; reading stops once a whole request is buf
 connection never holds more than one request and one read (RECV_BYTES) beyond it. A client that
 does not read its answers costs a socket and its buffered bytes, never the loop's time.
 
+What all connections hold is capped (WEB_BUFFER_BYTES): the connection whose bytes would pass
+the cap is answered 503 and closed. At gunicorn's worker_connections the worker keeps accepting,
+closing the connection that has waited longest without a complete request to make room.
+
 Whatever the loop cannot frame is handed over as it is, the stream ending there, and the
 connection is closed after the answer: a header block over MAX_HEAD_BYTES, conflicting or
 unreadable lengths, a body announced over MAX_BODY_BYTES (the app answers 413 without reading
@@ -257,6 +261,9 @@ class BufferedConn(TConn):  # type: ignore[misc]
     def close(self, graceful: bool = False) -> None:
         # Every way out (ours, and gunicorn's murder_keepalived) passes here.
         self.state = CLOSED
+        # Its entry in the deadline queue keeps this object until the deadline: not its bytes.
+        self.buf = bytearray()
+        self.out = bytearray()
         super().close(graceful)
 
 
