@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 5 * 1024 * 1024
     # A client has this long to send a whole request (bridge/webworker.py), else 408 and closed.
     web_request_deadline_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    # Bytes of requests and answers each web worker holds for its connections at most, beyond
+    # which the connection asking for more is answered 503 and closed (bridge/webworker.py).
+    web_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
 
     drain_batch_size: int = Field(default=200, ge=1, le=5000)
     drain_time_budget_s: float = 5.0

@@ -6,14 +6,17 @@ No timings are asserted: every wait is a generous upper bound, far above the tim
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shlex
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -47,23 +50,24 @@ def procfile_command(name: str) -> list[str]:
     raise AssertionError(f"no {name} in Procfile")
 
 
-Web = Callable[[float], int]
+class Web:
+    """Starts the web (the Procfile's command) with a request deadline; each start gives its
+    port."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.masters: dict[int, subprocess.Popen[bytes]] = {}
 
-@pytest.fixture
-def web(settings: Settings) -> Iterator[Web]:
-    """Start the web (the Procfile's command) with a request deadline; gives its port."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(deadline_s: float) -> int:
+    def __call__(self, deadline_s: float, workers: int = WORKERS, **env: str) -> int:
         port = free_port()
-        env = service_env(
-            settings,
+        environ = service_env(
+            self.settings,
             PORT=str(port),
-            WEB_CONCURRENCY=str(WORKERS),
+            WEB_CONCURRENCY=str(workers),
             WEB_REQUEST_DEADLINE_S=str(deadline_s),
+            **env,
         )
-        procs.append(subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT))
+        self.masters[port] = subprocess.Popen(procfile_command("web"), env=environ, cwd=ROOT)
 
         def up() -> bool:
             try:
@@ -75,10 +79,20 @@ def web(settings: Settings) -> Iterator[Web]:
         assert wait_until(up, 30), "gunicorn did not come up"
         return port
 
+    def worker_pids(self, port: int) -> set[int]:
+        """The pids of the web's workers now (gunicorn starts a new one when one exits)."""
+        pid = self.masters[port].pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return {int(child) for child in children.split()}
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[Web]:
+    start = Web(settings)
     yield start
-    for proc in procs:
+    for proc in start.masters.values():
         proc.terminate()
-    for proc in procs:
+    for proc in start.masters.values():
         proc.wait(30)
 
 
@@ -234,3 +248,136 @@ def test_kept_alive_connections_serve_request_after_request(web: Web) -> None:
             assert (resp.status, resp.read()) == (200, b'{"ok":true}')
     for conn in conns:
         conn.close()
+
+
+def test_a_client_pipelining_without_pause_never_takes_the_worker_down(web: Web) -> None:
+    # One worker, so the probe shares it with the pipelining client. Batches of pipelined
+    # requests keep the loop serving a request read with the previous one at the moment the
+    # socket turns readable again: both come up together, and neither may find the connection
+    # where the other left it (that crashed the worker, which gunicorn then replaced).
+    port = web(30.0, workers=1)
+    pids = web.worker_pids(port)
+    assert len(pids) == 1
+    batch = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n" * 50
+    stop = threading.Event()
+
+    def drain(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    def pipeline() -> None:
+        while not stop.is_set():
+            with socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S) as sock:
+                threading.Thread(target=drain, args=(sock,), daemon=True).start()
+                with contextlib.suppress(OSError):
+                    while not stop.is_set():
+                        sock.sendall(batch)
+
+    pipeliner = threading.Thread(target=pipeline, daemon=True)
+    pipeliner.start()
+    answered = 0
+    try:
+        until = time.monotonic() + 5.0  # how long it runs, not a bound on anything
+        while time.monotonic() < until:
+            assert get(port, "/healthz") == 200
+            answered += 1
+    finally:
+        stop.set()
+        pipeliner.join(GENEROUS_S)
+    assert answered > 0
+    assert web.worker_pids(port) == pids
+
+
+def server_side(port: int, client: socket.socket) -> tuple[int, int] | None:
+    """The web's end of this client's connection: None once closed, else the bytes it holds
+    unsent and unread (from /proc/net/tcp, whatever the client has yet to read)."""
+    ours = f"0100007F:{client.getsockname()[1]:04X}"
+    theirs = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state, queues = line.split()[1:5]
+        if (local, remote, state) == (theirs, ours, "01"):  # 01: ESTABLISHED
+            unsent, unread = queues.split(":")
+            return int(unsent, 16), int(unread, 16)
+    return None
+
+
+def unsent(port: int, client: socket.socket) -> int | None:
+    queues = server_side(port, client)
+    return None if queues is None else queues[0]
+
+
+def test_a_client_that_does_not_read_its_answers_holds_no_worker(web: Web) -> None:
+    # One worker and one thread: answers used to be written by the event loop itself, each
+    # send blocking up to the deadline. This client pipelines ~1 MB of requests and reads
+    # nothing: its answers fill its small receive window and the server's send buffer.
+    port = web(15.0, workers=1)  # the deadline outlasts the probes below by far
+    bad = socket.socket()
+    bad.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    bad.connect(("127.0.0.1", port))
+
+    def flood() -> None:
+        with contextlib.suppress(OSError):  # until the web closes it
+            bad.sendall(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n" * 30000)
+
+    threading.Thread(target=flood, daemon=True).start()
+
+    def stalled() -> bool:
+        # Answers pile up unsent until the send buffer is full: then the count stays put.
+        before = unsent(port, bad)
+        time.sleep(0.5)
+        return bool(before) and unsent(port, bad) == before
+
+    try:
+        assert wait_until(stalled, 3 * GENEROUS_S)
+        for _ in range(3):
+            assert get(port, "/healthz") == 200
+        assert server_side(port, bad) is not None  # answered while that client was there
+        # Its answer unsent at the deadline, the web gives the connection up.
+        assert wait_until(lambda: server_side(port, bad) is None, 3 * GENEROUS_S)
+        assert get(port, "/healthz") == 200
+    finally:
+        bad.close()
+
+
+def test_idle_connections_at_the_limit_make_room_for_new_ones(web: Web) -> None:
+    # gthread stops accepting at worker_connections: idle connections kept everyone out.
+    port = web(120.0, workers=1, GUNICORN_CMD_ARGS="--worker-connections 20")
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
+    try:
+        assert wait_until(lambda: server_side(port, idle[-1]) is not None, GENEROUS_S)
+        assert get(port, "/healthz") == 200
+        # The oldest were closed for the newer: each new one past 20 took one's place.
+        assert all(server_side(port, sock) is None for sock in idle[:10])
+        assert all(server_side(port, sock) is not None for sock in idle[-10:])
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_the_bytes_a_worker_buffers_stay_under_its_cap(web: Web) -> None:
+    # 600 kB of a 900 kB body held, under a cap of 1 MB: the next connection to send as much
+    # is refused, and the first keeps its place.
+    port = web(120.0, workers=1, WEB_BUFFER_BYTES=str(1_000_000))
+    head = b"POST /webhooks/shopify HTTP/1.1\r\nHost: b\r\nContent-Length: 900000\r\n\r\n"
+    first = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S)
+    second = socket.create_connection(("127.0.0.1", port), timeout=GENEROUS_S)
+
+    def send(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the web may close it meanwhile
+            sock.sendall(head + b"x" * 600_000)
+
+    try:
+        send(first)
+        assert wait_until(lambda: server_side(port, first) == (0, 0), GENEROUS_S)  # all read
+        threading.Thread(target=send, args=(second,), daemon=True).start()
+        assert wait_until(lambda: server_side(port, second) is None, GENEROUS_S)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # if the refusal met unread bytes
+            answer = read_until_closed(second)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503 "), answer
+        assert get(port, "/healthz") == 200
+        assert server_side(port, first) is not None
+    finally:
+        first.close()
+        second.close()

@@ -75,3 +75,15 @@ def test_an_expect_100_continue_is_noticed() -> None:
 def test_large_reads_frame_the_same() -> None:
     request = HEAD + b"Content-Length: 900\r\n\r\n" + b"x" * 900
     assert fed(request, step=4096)[0] == len(request)
+
+
+def test_a_chunk_arriving_in_pieces_counts_once_towards_the_body_limit() -> None:
+    # 600 bytes under a limit of 1 000, fed 100 bytes at a time: re-parsed at each piece, it
+    # would pass the limit if counted each time.
+    request = HEAD + b"Transfer-Encoding: chunked\r\n\r\n258\r\n" + b"x" * 600 + b"\r\n0\r\n\r\n"
+    end, at, framing = fed(request, step=100)
+    assert (end, at) == (len(request), len(request))
+    assert not framing.as_is
+    # Two such chunks are 1 200 bytes: over the limit, handed over.
+    twice = HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + (b"258\r\n" + b"x" * 600 + b"\r\n") * 2
+    assert fed(twice, step=100)[2].as_is
