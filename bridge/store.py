@@ -540,6 +540,21 @@ class PendingCommit:
         return self._wakes and replies[-1] is not None
 
 
+def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
+    """The _INGEST script's keys and arguments for one webhook."""
+    k = Keys(env.shop)
+    return {
+        "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
+        "args": [
+            env.encode(),
+            env.received_ms or now_ms(),
+            FLAG_STALE_MS,
+            "webhooks:" + env.topic,
+            env.shop,
+        ],
+    }
+
+
 class Store:
     """Queue and counter operations over one Redis client. Raises redis errors as they come."""
 
@@ -581,36 +596,13 @@ class Store:
         """Queue a webhook unless the drain already processed its id. Returns an INGEST_* code.
 
         For backfill and reconcile, which report duplicates; the web uses `accept`."""
-        k = Keys(env.shop)
-        return int(
-            self._ingest(
-                keys=[k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
-                args=[
-                    env.encode(),
-                    env.received_ms or now_ms(),
-                    FLAG_STALE_MS,
-                    "webhooks:" + env.topic,
-                    env.shop,
-                ],
-            )
-        )
+        return int(self._ingest(**_ingest_arguments(env)))
 
     def ingest_many(self, envs: list[Envelope]) -> list[int]:
         """`ingest` for many webhooks in one round trip (the backfill's batches)."""
         pipe = self.redis.pipeline(transaction=False)
         for env in envs:
-            k = Keys(env.shop)
-            self._ingest(
-                keys=[k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
-                args=[
-                    env.encode(),
-                    env.received_ms or now_ms(),
-                    FLAG_STALE_MS,
-                    "webhooks:" + env.topic,
-                    env.shop,
-                ],
-                client=pipe,
-            )
+            self._ingest(**_ingest_arguments(env), client=pipe)
         return [int(r) for r in pipe.execute()]
 
     def count(self, shop: str, name: str, n: int = 1) -> None:
