@@ -48,6 +48,7 @@ from bench.common import (
     TRIGGERED_AT,
     WRITE_KEY,
     Service,
+    announced_url,
     machine,
     peak_rss_mb,
     service_env,
@@ -242,12 +243,7 @@ def start_counting_standin(status: Path) -> Service:
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().decode().strip()
-    if not url.startswith("http"):
-        proc.kill()
-        raise RuntimeError("stand-in did not start")
-    return Service("standin", proc, 0, url, {"status": status})
+    return Service("standin", proc, 0, announced_url(proc), {"status": status})
 
 
 def standin_status(svc: Service) -> dict[str, Any]:

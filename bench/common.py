@@ -229,6 +229,16 @@ def start_workers(n: int, env: dict[str, str]) -> list[Service]:
     ]
 
 
+def announced_url(proc: subprocess.Popen[bytes]) -> str:
+    """The URL a stand-in process prints as its first line once it listens (killed if none)."""
+    assert proc.stdout is not None
+    url = proc.stdout.readline().decode().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise RuntimeError("stand-in did not start")
+    return url
+
+
 def start_standin(delay_ms: float, records_out: str) -> Service:
     """The Pipelines stand-in in its own process; it writes its records to `records_out` on stop."""
     proc = subprocess.Popen(
@@ -244,11 +254,7 @@ def start_standin(delay_ms: float, records_out: str) -> Service:
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().decode().strip()
-    if not url.startswith("http"):
-        proc.kill()
-        raise RuntimeError("stand-in did not start")
+    url = announced_url(proc)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     return Service("standin", proc, port, url, {"records_out": records_out})
 
