@@ -13,7 +13,7 @@ def _whole_number(name: str, default: int) -> int:
         sys.stderr.write(
             f"cartbridge web: configuration error: {name}: not a whole number: {raw!r}\n"
         )
-        raise SystemExit(4)  # 4: gunicorn's "cannot load", as bridge/wsgi.py exits
+        raise SystemExit(4)  # 4: gunicorn's "cannot load", as bridge/web/wsgi.py exits
     return int(raw)
 
 
@@ -23,8 +23,8 @@ bind = f"0.0.0.0:{_whole_number('PORT', 8000)}"
 # The cores this process may run on (not the host's), and at most 8 workers by default.
 workers = _whole_number("WEB_CONCURRENCY", min(8, 2 * len(os.sched_getaffinity(0))))
 # Requests are read whole by each worker's event loop before a thread serves them, under a
-# deadline (WEB_REQUEST_DEADLINE_S): a slow client never holds a worker (bridge/webworker.py).
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "bridge.webworker.BufferedWorker")
+# deadline (WEB_REQUEST_DEADLINE_S): a slow client never holds a worker (bridge/web/server.py).
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "bridge.web.server.BufferedWorker")
 threads = _whole_number("GUNICORN_THREADS", 1)
 keepalive = 5
 timeout = 30

@@ -57,7 +57,7 @@ from bench.common import (
     start_workers,
 )
 from bridge import signature
-from bridge.store import Store
+from bridge.store.facade import Store
 
 SHOP = "bench-backfill.myshopify.com"
 WINDOW = 4096  # lines shuffled together: a child may come this far before or after its parent
@@ -210,7 +210,7 @@ def generate(path: Path, orders: int, seed: int = 13) -> dict[str, Any]:
 def _standin_main(args: argparse.Namespace) -> int:
     """The Pipelines stand-in, forgetting calls as it counts them (a million orders' calls
     would otherwise fill its memory); notes when a call about a watched order arrives."""
-    from bridge.standin import PipelinesStandIn
+    from tests.pipelines_standin import PipelinesStandIn
 
     standin = PipelinesStandIn(write_keys={WRITE_KEY})
     done = threading.Event()
@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cmd = [
             sys.executable,
             "-m",
-            "bridge.cli",
+            "bridge.cli.main",
             "backfill",
             "file",
             str(path),

@@ -2,7 +2,8 @@
 
 Starts its own redis-server (AOF, `appendfsync always`: an acknowledged webhook is on disk, so
 even a SIGKILLed Redis loses nothing) on a free port, gunicorn (the Procfile's `web` command),
-W `bridge worker` processes, and a faulty loopback Pipelines stand-in (`python -m bridge.standin
+W `bridge worker` processes, and a faulty loopback Pipelines stand-in
+(`python -m tests.pipelines_standin
 --fault-rate F`: 500, 503, 429 with Retry-After, connections dropped before and after accepting
 the calls). It sends N signed webhooks in shuffled order, with redeliveries (same webhook id) and
 re-sends under a new webhook id (same business event), SIGKILLs all workers while a POST is held
@@ -47,12 +48,13 @@ import orjson  # noqa: E402
 import redis as redis_lib  # noqa: E402
 
 from bench.common import free_port  # noqa: E402
-from bridge import redis_server, signature  # noqa: E402
+from bridge import signature  # noqa: E402
 from bridge.identity import Policy, decide  # noqa: E402
-from bridge.processor import ProcessConfig, map_envelope  # noqa: E402
+from bridge.identity.records import StateView  # noqa: E402
 from bridge.sources.shopify import ShopifySource  # noqa: E402
-from bridge.state import StateView  # noqa: E402
-from bridge.store import Envelope  # noqa: E402
+from bridge.store import server as redis_server  # noqa: E402
+from bridge.store.facade import Envelope  # noqa: E402
+from bridge.worker.processor import ProcessConfig, map_envelope  # noqa: E402
 
 SECRET = "chaos-secret"
 WRITE_KEY = "chaos-write-key"
@@ -231,7 +233,8 @@ class Stack:
         self.redis.start()
         self.standin = subprocess.Popen(
             [
-                sys.executable, "-m", "bridge.standin", "--port", "0", "--write-key", WRITE_KEY,
+                sys.executable, "-m", "tests.pipelines_standin", "--port", "0",
+                "--write-key", WRITE_KEY,
                 "--fault-rate", str(self.args.fault_rate), "--seed", str(self.args.seed),
                 "--delay-ms", str(self.args.delay_ms),
             ],

@@ -6,7 +6,8 @@ when installed, else a threaded keep-alive http.client driver), so the bench pro
 orchestrates and never competes for the GIL with what it measures.
 
 `python bench/common.py drive ...` is the Python driver; `python bench/common.py standin ...`
-runs `bridge.standin.PipelinesStandIn` and, on SIGTERM, dumps what it accepted with `received_at`
+runs `tests.pipelines_standin.PipelinesStandIn` and, on SIGTERM, dumps what it accepted with
+`received_at`
 (the stand-in's control API returns calls without their arrival times).
 """
 
@@ -45,7 +46,8 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bridge import redis_server, signature  # noqa: E402
+from bridge import signature  # noqa: E402
+from bridge.store import server as redis_server  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "shopify"
 SECRET = "bench-webhook-secret"
@@ -198,7 +200,7 @@ def start_web(env: dict[str, str], *, app: str | None = None, workers: int = 2) 
     WSGI target, so a baseline app runs under the very same settings."""
     cmd = procfile_command("web")
     if app is not None:
-        cmd = [app if c == "bridge.wsgi:app" else c for c in cmd]
+        cmd = [app if c == "bridge.web.wsgi:app" else c for c in cmd]
     port = free_port()
     env = dict(env, PORT=str(port), WEB_CONCURRENCY=str(workers))
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=_log("web"))
@@ -272,7 +274,7 @@ def stop_standin(svc: Service) -> list[dict[str, Any]]:
 
 
 def _standin_main(args: argparse.Namespace) -> int:
-    from bridge.standin import PipelinesStandIn
+    from tests.pipelines_standin import PipelinesStandIn
 
     standin = PipelinesStandIn(write_keys={WRITE_KEY}, delay_s=args.delay_ms / 1000.0)
     done = threading.Event()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from bridge.monitor import periodic
-from bridge.runtime import runtime
+from bridge.monitoring.monitor import periodic
+from bridge.services import runtime
 
 
 def check() -> None:

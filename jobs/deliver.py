@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from bridge.delivery import deliver
-from bridge.runtime import runtime
+from bridge.delivery.deliver import deliver
+from bridge.services import runtime
 
 
 def deliver_shop(shop: str) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from bridge.drain import drain
-from bridge.runtime import runtime
+from bridge.services import runtime
+from bridge.worker.drain import drain
 
 
 def drain_shop(shop: str) -> None:

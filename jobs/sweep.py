@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from bridge.runtime import runtime
-from bridge.worker import sweep as run_sweep
+from bridge.services import runtime
+from bridge.worker.process import sweep as run_sweep
 
 
 def sweep() -> None:

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from bridge import redis_server as redis_server_cmd
 from bridge import signature
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
+from bridge.config.settings import Settings
+from bridge.store import server as redis_server_cmd
+from tests.pipelines_standin import PipelinesStandIn
 
 FIXTURES = Path(__file__).parent / "fixtures" / "shopify"
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """A shopper's journey as webhook bodies built from the recorded fixtures, and an in-memory shop
 that runs `processor.process` over them (a dict-backed store applying each Commit) and delivers
-its outbox through delivery's own guard check (`bridge.delivery._drop_guarded`)."""
+its outbox through delivery's own guard check (`bridge.delivery.deliver._drop_guarded`)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
-from bridge.delivery import Item, _drop_guarded
-from bridge.outbox import OutboxEntry
-from bridge.processor import ProcessConfig, process
+from bridge.delivery.deliver import Item, _drop_guarded
+from bridge.delivery.outbox import OutboxEntry
 from bridge.sources.shopify import ShopifySource
-from bridge.store import Commit, Envelope, Keys, Settlement
+from bridge.store.facade import Commit, Envelope, Keys, Settlement
+from bridge.worker.processor import ProcessConfig, process
 
 if TYPE_CHECKING:
-    from bridge.runtime import Runtime
+    from bridge.services import Runtime
 from tests.conftest import SHOP, fixture_json
 
 CART = (

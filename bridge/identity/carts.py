@@ -19,11 +19,11 @@ from typing import Any
 
 import orjson
 
-from bridge import render
 from bridge.canonical import CartSnapshot, Item, line_keys
+from bridge.delivery import render
+from bridge.identity.records import StateView
 from bridge.identity.view import count
 from bridge.ids import iso_z
-from bridge.state import StateView
 
 HELD_CHECKOUTS = "held:checkouts"
 MAX_TRAIT_BYTES = 900  # Customer.io keeps attribute values up to 1000 bytes

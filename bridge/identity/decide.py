@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from bridge import render
-from bridge.calls import Call
 from bridge.canonical import (
     ADDED_TO_CART,
     CHECKOUT_STARTED,
@@ -24,12 +22,14 @@ from bridge.canonical import (
     Mapped,
     RefundFact,
 )
+from bridge.delivery import render
+from bridge.delivery.calls import Call
 from bridge.identity import carts, orders
 from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
+from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
 from bridge.identity.view import count
 from bridge.ids import iso_z, message_id
-from bridge.state import StateView
 
 HELD_REFUNDS = "held:refunds"
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from bridge import keyed
 from bridge.canonical import PersonRef
 from bridge.identity import orders
-from bridge.state import StateView
+from bridge.identity.records import StateView
 
 _ANON_NS = uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10")
 MAX_MERGE_HOPS = 5

@@ -14,13 +14,13 @@ import orjson
 
 from bridge.identity.carts import HELD_CHECKOUTS, expire_held
 from bridge.identity.decide import HELD_REFUNDS
+from bridge.identity.records import StateView
 from bridge.identity.view import DecisionView, count
 from bridge.ids import iso_z
-from bridge.state import StateView
-from bridge.store import Keys
+from bridge.store.facade import Keys
 
 if TYPE_CHECKING:
-    from bridge.runtime import Runtime
+    from bridge.services import Runtime
 
 log = logging.getLogger(__name__)
 

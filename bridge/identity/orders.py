@@ -21,8 +21,8 @@ from decimal import Decimal
 from typing import Any
 
 from bridge.canonical import OrderFact, RefundFact
+from bridge.identity.records import StateView
 from bridge.ids import iso_z
-from bridge.state import StateView
 
 ORDER_TRAITS = (
     "orders_count",

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bridge import render
-from bridge.calls import Call
 from bridge.canonical import PersonRef, TraitUpdate
+from bridge.delivery import render
+from bridge.delivery.calls import Call
 from bridge.identity.graph import Policy, person_key
+from bridge.identity.records import StateView
 from bridge.ids import iso_z, message_id
-from bridge.state import StateView
 
 MAX_ANONS = 20
 LIVE_CART_TRAITS = ("cart_items", "cart_value", "cart_url", "checkout_url", "cart_updated_at")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.state import StateView
+from bridge.identity.records import StateView
 
 
 class DecisionView(StateView):

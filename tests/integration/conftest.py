@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import Settings
+from bridge.config.settings import Settings
 from tests.conftest import SHOP, service_env
 from tests.shopify_admin_standin import TOKEN, AdminStandIn
 

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from bridge import cli
-from bridge.backfill import rest_order
-from bridge.reconcile import reconcile
-from bridge.settings import Settings
-from bridge.shopify_admin import DEFAULT_API_VERSION, AdminClient, BulkUrlExpired, version_warning
-from bridge.store import Store
+from bridge.backfill.admin import DEFAULT_API_VERSION, AdminClient, BulkUrlExpired, version_warning
+from bridge.backfill.reconcile import reconcile
+from bridge.backfill.run import rest_order
+from bridge.cli import main as cli
+from bridge.config.settings import Settings
+from bridge.store.facade import Store
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, Plan, gql_order
 
 SHOP = "test-shop.myshopify.com"
@@ -163,7 +163,7 @@ def test_an_old_version_is_served_by_the_oldest_supported_one_and_that_is_seen(
         client = AdminClient(
             shop=SHOP, token=TOKEN, api_version="2025-07", url=standin.url_for("2025-07")
         )
-        with caplog.at_level(logging.INFO, logger="bridge.shopify_admin"):
+        with caplog.at_level(logging.INFO, logger="bridge.backfill.admin"):
             report = reconcile(
                 client, Store(redis), None, shop=SHOP, window=timedelta(days=9999), dry_run=True
             )

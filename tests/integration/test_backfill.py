@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from bridge.backfill import QUEUE_CHUNK, rest_order
-from bridge.cli import main
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Envelope, Keys, Store, now_ms
-from jobs.enqueue import enqueue_drain
+from bridge.backfill.run import QUEUE_CHUNK, rest_order
+from bridge.cli.main import main
+from bridge.config.settings import Settings
+from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.worker.queues import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until
+from tests.pipelines_standin import PipelinesStandIn
 from tests.shopify_admin_standin import AdminStandIn, bulk_lines, gql_order
 
 EMPTY_QUERY = "e3b0c44298fc"  # the checkpoint names a job by its --query's sha256 prefix
@@ -399,7 +399,7 @@ def test_a_bulk_export_that_ends_badly_says_what_to_do(
 def test_the_shops_bulk_query_limit_is_reported(
     env: dict[str, str], admin: AdminStandIn, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bridge.shopify_admin import AdminClient
+    from bridge.backfill.admin import AdminClient
     from tests.shopify_admin_standin import TOKEN
 
     other = AdminClient(shop=SHOP, token=TOKEN, url=admin.url)

@@ -14,8 +14,8 @@ import pytest
 import redis as redis_lib
 
 from bridge import __version__
-from bridge.cli import cli, sample_topics
-from bridge.settings import Settings
+from bridge.cli.main import cli, sample_topics
+from bridge.config.settings import Settings
 from bridge.sources.shopify.mapping import MAPPERS
 from tests.conftest import ROOT, SHOP, free_port
 

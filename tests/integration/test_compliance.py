@@ -15,17 +15,17 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge import compliance
-from bridge.compliance import ComplianceRequest, Needles, needles_for
-from bridge.deadletters import dlq_key
-from bridge.delivery import deliver
-from bridge.drain import drain
+from bridge.compliance import erasure as compliance
+from bridge.compliance.erasure import ComplianceRequest, Needles, needles_for
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import dlq_key
+from bridge.delivery.deliver import deliver
 from bridge.identity import email_key
-from bridge.processor import ProcessConfig, process
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.store import SHOPS_KEY, Envelope, Keys
-from bridge.web import create_app
+from bridge.services import Runtime
+from bridge.store.facade import SHOPS_KEY, Envelope, Keys
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
+from bridge.worker.processor import ProcessConfig, process
 from tests.conftest import ROOT, SHOP, fixture_json, webhook_headers
 
 URL = "/webhooks/shopify"

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from bridge.settings import Settings
+from bridge.config.settings import Settings
 from tests.conftest import ROOT, free_port, service_env
 
 

@@ -11,12 +11,12 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge.deadletters import DeadLetters
-from bridge.drain import drain
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.store import Keys
-from bridge.web import create_app
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import DeadLetters
+from bridge.services import Runtime
+from bridge.store.facade import Keys
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, fixture_json, webhook_headers
 
 URL = "/webhooks/shopify"

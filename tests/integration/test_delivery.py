@@ -12,18 +12,18 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge import cli
-from bridge.deadletters import DeadLetters
-from bridge.delivery import deliver
-from bridge.drain import drain
-from bridge.outbox import OutboxEntry
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys
-from bridge.web import create_app
+from bridge.cli import main as cli
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import DeadLetters
+from bridge.delivery.deliver import deliver
+from bridge.delivery.outbox import OutboxEntry
+from bridge.services import Runtime
+from bridge.store.facade import Keys
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
 from tests.conftest import SHOP, wait_until, webhook_headers
 from tests.journeys import CART, cart, order
+from tests.pipelines_standin import PipelinesStandIn
 
 K = Keys(SHOP)
 
@@ -201,8 +201,8 @@ def test_a_crash_after_the_post_redelivers_the_window_with_the_same_ids(
 def test_an_unmappable_webhook_is_dead_lettered_and_listed(
     rt: Runtime, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridge.drain import drain
-    from bridge.store import Envelope
+    from bridge.store.facade import Envelope
+    from bridge.worker.drain import drain
 
     env = Envelope(SHOP, "orders/paid", "wh-1", b'{"id": "not-an-order"}', received_ms=1)
     rt.redis.rpush(K.inbound, env.encode())

@@ -9,11 +9,11 @@ import orjson
 import pytest
 import redis as redis_lib
 
-from bridge.outbox import OutboxEntry
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys
+from bridge.config.settings import Settings
+from bridge.delivery.outbox import OutboxEntry
+from bridge.store.facade import Keys
 from tests.conftest import SHOP, RedisServer, start_worker, wait_until
+from tests.pipelines_standin import PipelinesStandIn
 
 K = Keys(SHOP)
 

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
+from bridge.config.settings import Settings
 from tests.conftest import (
     ROOT,
     fixture_bytes,
@@ -25,6 +24,7 @@ from tests.conftest import (
     wait_until,
     webhook_headers,
 )
+from tests.pipelines_standin import PipelinesStandIn
 
 
 def procfile_command(name: str) -> list[str]:

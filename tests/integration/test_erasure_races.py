@@ -25,8 +25,9 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from bridge.compliance import ComplianceRequest, ErasureBlocked, run_pending
-from bridge.deadletters import (
+from bridge.compliance.erasure import ComplianceRequest, ErasureBlocked, run_pending
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import (
     DeadLetters,
     ErasureRunning,
     call_letter,
@@ -34,16 +35,14 @@ from bridge.deadletters import (
     dlq_key,
     stage,
 )
-from bridge.delivery import deliver
-from bridge.drain import drain
+from bridge.delivery.deliver import deliver
+from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import configure_email_hash, person_hash
-from bridge.lease import Lease
-from bridge.outbox import OutboxEntry
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Envelope, Keys, now_ms
-from bridge.web import create_app
+from bridge.services import Runtime
+from bridge.store.facade import Envelope, Keys, now_ms
+from bridge.store.lease import Lease
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_json, start_worker, wait_until, webhook_headers
 from tests.integration.test_compliance import (
     CUSTOMER_ID,
@@ -54,6 +53,7 @@ from tests.integration.test_compliance import (
     redact_body,
     traces,
 )
+from tests.pipelines_standin import PipelinesStandIn
 
 K = Keys(SHOP)
 HASH_KEY = "erasure-test-hash-key"

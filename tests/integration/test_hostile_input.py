@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import signature
-from bridge.deadletters import dlq_key
-from bridge.drain import drain
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import dlq_key
 from bridge.jsonio import parse_body
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.store import Keys
-from bridge.web import REJECTED_KEY, create_app, triggered_age_s
+from bridge.services import Runtime
+from bridge.store.facade import Keys
+from bridge.web.webhooks import REJECTED_KEY, create_app, triggered_age_s
+from bridge.worker.drain import drain
 from tests.conftest import fixture_bytes, fixture_json, free_port, paths
 
 URL = "/webhooks/shopify"

@@ -17,15 +17,15 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from bridge import cli, monitor, volume
-from bridge.deadletters import dlq_key
-from bridge.delivery import deliver
-from bridge.drain import drain
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys
-from bridge.web import create_app
+from bridge.cli import main as cli
+from bridge.config.settings import Settings
+from bridge.delivery.deadletters import dlq_key
+from bridge.delivery.deliver import deliver
+from bridge.monitoring import monitor, volume
+from bridge.services import Runtime
+from bridge.store.facade import Keys
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
 from tests.conftest import (
     SHOP,
     fixture_bytes,
@@ -34,6 +34,7 @@ from tests.conftest import (
     wait_until,
     webhook_headers,
 )
+from tests.pipelines_standin import PipelinesStandIn
 
 URL = "/webhooks/shopify"
 NOW = 1_781_000_000.0  # a fixed clock for the alert tests (June 2026)

@@ -28,18 +28,18 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import drain as drain_module
-from bridge.calls import MAX_CALL_BYTES
 from bridge.canonical import MapContext, Mapped
-from bridge.deadletters import dlq_key
-from bridge.drain import TRIES_BEFORE_SPLIT, drain
+from bridge.config.settings import Settings
+from bridge.delivery.calls import MAX_CALL_BYTES
+from bridge.delivery.deadletters import dlq_key
+from bridge.delivery.outbox import OutboxEntry
 from bridge.logs import JsonFormatter
-from bridge.outbox import OutboxEntry
-from bridge.runtime import Runtime
-from bridge.settings import Settings
+from bridge.services import Runtime
 from bridge.sources import Source
-from bridge.store import Keys
-from bridge.web import create_app
+from bridge.store.facade import Keys
+from bridge.web.webhooks import create_app
+from bridge.worker import drain as drain_module
+from bridge.worker.drain import TRIES_BEFORE_SPLIT, drain
 from tests.conftest import SHOP, fixture_json, paths, webhook_headers
 
 URL = "/webhooks/shopify"
@@ -296,7 +296,7 @@ def test_a_batch_that_crashes_is_split_until_its_culprit_is_parked_alone(
     assert stats(redis)["webhooks:orders/paid:parked"] == 1
     # Replaying the letter once the cause is fixed sends the order: nothing was lost.
     rt.source = source.inner
-    from bridge.deadletters import DeadLetters
+    from bridge.delivery.deadletters import DeadLetters
 
     letters = DeadLetters(redis)
     letters.replay(SHOP, letters.get_many(SHOP, letters.ids(SHOP)))

@@ -13,15 +13,15 @@ import redis as redis_lib
 from pydantic import SecretStr
 from rq import Queue
 
-from bridge.backfill import rest_order
-from bridge.cli import main
-from bridge.reconcile import maybe_reconcile
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Envelope, Keys, Store, now_ms
-from jobs.enqueue import enqueue_drain
+from bridge.backfill.reconcile import maybe_reconcile
+from bridge.backfill.run import rest_order
+from bridge.cli.main import main
+from bridge.config.settings import Settings
+from bridge.services import Runtime
+from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.worker.queues import enqueue_drain
 from tests.conftest import SHOP, wait_until
+from tests.pipelines_standin import PipelinesStandIn
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, gql_order
 
 

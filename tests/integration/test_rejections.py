@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from bridge import signature
+from bridge.config.settings import Settings
 from bridge.logs import Sampler
-from bridge.settings import Settings
-from bridge.web import create_app
+from bridge.web.webhooks import create_app
 from tests.conftest import ROOT, SHOP, fixture_bytes, webhook_headers
 
 URL = "/webhooks/shopify"
@@ -189,11 +189,11 @@ def test_a_thousand_rejections_are_a_few_log_lines_and_a_full_count(
     client = public(settings, rejected_log_every_s=3600.0)
     body = fixture_bytes("carts-create")
     assert post(client, body)[0] == 200
-    caplog.set_level(logging.WARNING, logger="bridge.web")
+    caplog.set_level(logging.WARNING, logger="bridge.web.webhooks")
     for i in range(500):
         post(client, body, secret="forged")
         post(client, body, shop=f"made-up-{i}.myshopify.com", secret="forged")
-    lines = [r for r in caplog.records if r.name == "bridge.web"]
+    lines = [r for r in caplog.records if r.name == "bridge.web.webhooks"]
     assert len(lines) == 1  # one reason (bad signature), one line in the hour
     assert lines[0].left_out == 0  # type: ignore[attr-defined]
     webhooks = series(client, "cartbridge_webhooks_total")

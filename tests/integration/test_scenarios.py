@@ -10,12 +10,12 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys, Store
-from bridge.web import create_app
+from bridge.config.settings import Settings
+from bridge.store.facade import Keys, Store
+from bridge.web.webhooks import create_app
 from tests.conftest import SHOP, fixture_json, wait_until, webhook_headers
 from tests.journeys import CART, CUSTOMER_ID, EMAIL, cart, checkout, order, refund
+from tests.pipelines_standin import PipelinesStandIn
 
 
 @pytest.fixture
@@ -175,9 +175,9 @@ def test_sweep_housekeeping_drops_held_checkouts_and_parks_waiting_refunds(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from bridge.drain import drain
     from bridge.identity.housekeeping import housekeep
-    from bridge.runtime import Runtime
+    from bridge.services import Runtime
+    from bridge.worker.drain import drain
 
     rt = Runtime.build(settings)
     post(client, "checkouts/create", checkout(email=False, updated_at="2024-11-06T02:22:02Z"))

@@ -1,5 +1,5 @@
 """Slow clients against real gunicorn (the Procfile's command and gunicorn.conf.py): requests
-are read whole by each worker's event loop (bridge/webworker.py), so clients that trickle their
+are read whole by each worker's event loop (bridge/web/server.py), so clients that trickle their
 requests hold no worker, and each is answered 408 and closed after WEB_REQUEST_DEADLINE_S.
 
 No timings are asserted: every wait is a generous upper bound, far above the time taken."""
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from bridge.settings import Settings
-from bridge.store import Keys
+from bridge.config.settings import Settings
+from bridge.store.facade import Keys
 from tests.conftest import (
     ROOT,
     SHOP,

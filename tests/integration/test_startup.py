@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.settings import Settings
+from bridge.config.settings import Settings
 from tests.conftest import ROOT, free_port, service_env
 
 STORES = """

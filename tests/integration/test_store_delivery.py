@@ -6,13 +6,13 @@ from pathlib import Path
 
 import redis as redis_lib
 
-from bridge.delivery import deliver
-from bridge.drain import drain, process_config
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.web import create_app
+from bridge.config.settings import Settings
+from bridge.delivery.deliver import deliver
+from bridge.services import Runtime
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain, process_config
 from tests.conftest import SHOP, WRITE_KEY, fixture_bytes, webhook_headers
+from tests.pipelines_standin import PipelinesStandIn
 
 SHOP_A = "brand-a.myshopify.com"
 

@@ -6,10 +6,10 @@ import orjson
 import pytest
 import redis as redis_lib
 
-from bridge.drain import drain
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.store import Commit, Envelope, Keys, RawPipeline, Store
+from bridge.config.settings import Settings
+from bridge.services import Runtime
+from bridge.store.facade import Commit, Envelope, Keys, RawPipeline, Store
+from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json
 
 K = Keys(SHOP)

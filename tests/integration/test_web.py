@@ -6,11 +6,11 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge.drain import drain
-from bridge.runtime import Runtime
-from bridge.settings import Settings
-from bridge.store import Envelope, Keys
-from bridge.web import create_app
+from bridge.config.settings import Settings
+from bridge.services import Runtime
+from bridge.store.facade import Envelope, Keys
+from bridge.web.webhooks import create_app
+from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, free_port, webhook_headers
 
 URL = "/webhooks/shopify"

@@ -1,4 +1,4 @@
-"""The webhook endpoint's checks answer in the order bridge/web.py's docstring lists them: a
+"""The webhook endpoint's checks answer in the order web/webhooks.py's docstring lists them: a
 request failing several checks at once gets the earliest one's answer. Each check has a way to
 fail it, and every adjacent pair (and every tail of the list) is failed together, through the
 real app on a private Redis."""
@@ -14,8 +14,8 @@ import pytest
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from bridge.settings import Settings
-from bridge.web import create_app
+from bridge.config.settings import Settings
+from bridge.web.webhooks import create_app
 from tests.conftest import SECRET, SHOP, free_port, webhook_headers
 
 URL = "/webhooks/shopify"

@@ -12,11 +12,11 @@ import orjson
 import redis as redis_lib
 
 from bridge import __version__
-from bridge.outbox import OutboxEntry
-from bridge.settings import Settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys
+from bridge.config.settings import Settings
+from bridge.delivery.outbox import OutboxEntry
+from bridge.store.facade import Keys
 from tests.conftest import ROOT, SHOP, service_env, wait_until
+from tests.pipelines_standin import PipelinesStandIn
 
 K = Keys(SHOP)
 
@@ -46,7 +46,9 @@ def test_the_worker_logs_one_start_line_and_no_http_request_lines(
             proc.terminate()
             proc.wait(40)
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-    started = [r["msg"] for r in lines if "started" in r["msg"] and r["logger"] == "bridge.worker"]
+    started = [
+        r["msg"] for r in lines if "started" in r["msg"] and r["logger"] == "bridge.worker.process"
+    ]
     assert len(started) == 1, lines
     line = started[0]
     assert __version__ in line and settings.redis_url in line, line

@@ -12,14 +12,14 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.deadletters import DeadLetters
-from bridge.delivery import deliver
-from bridge.outbox import OutboxEntry
-from bridge.runtime import Runtime
-from bridge.settings import ConfigError, Settings, load_settings
-from bridge.standin import PipelinesStandIn
-from bridge.store import Keys
+from bridge.config.settings import ConfigError, Settings, load_settings
+from bridge.delivery.deadletters import DeadLetters
+from bridge.delivery.deliver import deliver
+from bridge.delivery.outbox import OutboxEntry
+from bridge.services import Runtime
+from bridge.store.facade import Keys
 from tests.conftest import SHOP
+from tests.pipelines_standin import PipelinesStandIn
 
 K = Keys(SHOP)
 

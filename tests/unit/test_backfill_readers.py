@@ -15,7 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.backfill import (
+from bridge.backfill.admin import AdminClient, AdminError, Throttle, check_visibility, fit_page
+from bridge.backfill.cost import requested_cost
+from bridge.backfill.run import (
     MAX_ATTRIBUTE_NAME_BYTES,
     Progress,
     RateCap,
@@ -29,10 +31,8 @@ from bridge.backfill import (
 )
 from bridge.canonical import MapContext
 from bridge.identity import Policy, decide
-from bridge.shopify_admin import AdminClient, AdminError, Throttle, check_visibility, fit_page
-from bridge.shopify_cost import requested_cost
+from bridge.identity.records import StateView
 from bridge.sources.shopify import ShopifySource
-from bridge.state import StateView
 from tests.shopify_admin_standin import bulk_lines, gql_order
 
 SHOP = "test-shop.myshopify.com"

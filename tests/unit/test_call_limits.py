@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from bridge.calls import InvalidCall, validate_call
+from bridge.delivery.calls import InvalidCall, validate_call
 
 DOC_MAX_CALL_BYTES = 32 * 1024
 

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
-from bridge import pipelines
-from bridge.deadletters import DeadLetter, call_letter, log_dead_letter
-from bridge.delivery import Item, Segment, pack, segments_by_person, send_request
+from bridge.delivery import pipelines
+from bridge.delivery.deadletters import DeadLetter, call_letter, log_dead_letter
+from bridge.delivery.deliver import Item, Segment, pack, segments_by_person, send_request
+from bridge.delivery.outbox import OutboxEntry
 from bridge.logs import JsonFormatter
-from bridge.outbox import OutboxEntry
 
 
 def item(i: int, person: str, kind: str = "batch", size: int = 0, bad: bool = False) -> Item:

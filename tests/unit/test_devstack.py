@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge import devstack
+from bridge.cli import devstack
 
 
 def test_a_running_dev_stack_is_used_from_a_directory_below_it(tmp_path: Path) -> None:

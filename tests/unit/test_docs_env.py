@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from bridge.settings import Settings
+from bridge.config.settings import Settings
 from tests.conftest import ROOT
 
 # Read by the code but not a setting of the service: the sample sender's default shop.

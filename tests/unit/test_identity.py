@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from bridge.canonical import OrderFact, RefundFact
 from bridge.identity import DecisionView, expire_held, expire_refunds, orders
-from bridge.processor import ProcessConfig
+from bridge.worker.processor import ProcessConfig
 from tests.journeys import (
     CART,
     CHECKOUT,

@@ -42,13 +42,17 @@ def lines(out: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_the_fast_line_is_the_line_logging_writes(stream: io.StringIO) -> None:
-    log = logging.getLogger("bridge.web")
+    log = logging.getLogger("bridge.web.webhooks")
     info_line(log, "webhook", FIELDS)
     log.info("webhook", extra=FIELDS)
     logging.getLogger().handlers[0].flush()
     fast, slow = lines(stream)
     assert fast.pop("ts") and slow.pop("ts")
-    assert fast == slow == {"level": "info", "logger": "bridge.web", "msg": "webhook", **FIELDS}
+    assert (
+        fast
+        == slow
+        == {"level": "info", "logger": "bridge.web.webhooks", "msg": "webhook", **FIELDS}
+    )
     assert list(fast) == list(slow)  # same key order
 
 
@@ -89,14 +93,14 @@ def test_with_another_handler_the_fast_line_goes_through_logging(
     stream: io.StringIO, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO):
-        info_line(logging.getLogger("bridge.web"), "webhook", FIELDS)
+        info_line(logging.getLogger("bridge.web.webhooks"), "webhook", FIELDS)
     assert [r.getMessage() for r in caplog.records] == ["webhook"]
     assert caplog.records[0].webhook_id == "w-1"  # type: ignore[attr-defined]
 
 
 def test_below_info_nothing_is_written(stream: io.StringIO) -> None:
     logging.getLogger().setLevel(logging.WARNING)
-    info_line(logging.getLogger("bridge.web"), "webhook", FIELDS)
+    info_line(logging.getLogger("bridge.web.webhooks"), "webhook", FIELDS)
     logging.getLogger().handlers[0].flush()
     assert stream.getvalue() == ""
 
@@ -104,6 +108,6 @@ def test_below_info_nothing_is_written(stream: io.StringIO) -> None:
 def test_a_handler_above_info_writes_no_fast_line(stream: io.StringIO) -> None:
     handler = logging.getLogger().handlers[0]
     handler.setLevel(logging.WARNING)
-    info_line(logging.getLogger("bridge.web"), "webhook", FIELDS)
+    info_line(logging.getLogger("bridge.web.webhooks"), "webhook", FIELDS)
     handler.flush()
     assert stream.getvalue() == ""

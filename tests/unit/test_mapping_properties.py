@@ -15,8 +15,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from bridge import render
-from bridge.calls import validate_call
 from bridge.canonical import (
     ADDED_TO_CART,
     CanonicalEvent,
@@ -26,6 +24,8 @@ from bridge.canonical import (
     PersonRef,
     TraitUpdate,
 )
+from bridge.delivery import render
+from bridge.delivery.calls import validate_call
 from bridge.ids import message_id_time
 from bridge.sources import MappingError
 from bridge.sources.shopify import ShopifySource, models

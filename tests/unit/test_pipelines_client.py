@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.pipelines import (
+from bridge.delivery.pipelines import (
     USER_AGENT,
     AuthError,
     BadRequestError,
@@ -33,7 +33,7 @@ from bridge.pipelines import (
     parse_retry_after,
     retry_delay_s,
 )
-from bridge.standin import PipelinesStandIn
+from tests.pipelines_standin import PipelinesStandIn
 
 KEY = "wk-secret-123"
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)

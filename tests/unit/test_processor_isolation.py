@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge import processor
 from bridge.identity import decide as real_decide
-from bridge.processor import ProcessConfig, process
 from bridge.sources.shopify import ShopifySource
-from bridge.store import Envelope, Keys
+from bridge.store.facade import Envelope, Keys
+from bridge.worker import processor
+from bridge.worker.processor import ProcessConfig, process
 from tests.conftest import SHOP, fixture_bytes
 
 K = Keys(SHOP)

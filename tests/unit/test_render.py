@@ -14,8 +14,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import render
-from bridge.calls import InvalidCall, validate_call
 from bridge.canonical import (
     ADDED_TO_CART,
     CHECKOUT_STARTED,
@@ -29,6 +27,8 @@ from bridge.canonical import (
     PersonRef,
     TraitUpdate,
 )
+from bridge.delivery import render
+from bridge.delivery.calls import InvalidCall, validate_call
 from bridge.ids import message_id, message_id_time
 from bridge.sources.shopify import ShopifySource
 

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from bridge.standin import Fault, PipelinesStandIn, as_fault, call_problem
+from tests.pipelines_standin import Fault, PipelinesStandIn, as_fault, call_problem
 
 KEY = "wk-standin"
 # What the docs say the real API does (/work/shared/docs/pipelines-api.md), written here as
@@ -668,7 +668,7 @@ def test_main_runs_as_a_separate_process(http: httpx.Client) -> None:
         [
             sys.executable,
             "-m",
-            "bridge.standin",
+            "tests.pipelines_standin",
             "--port",
             "0",
             "--write-key",

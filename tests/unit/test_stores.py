@@ -8,8 +8,8 @@ import pytest
 from pydantic import SecretStr
 
 from bridge import identity
-from bridge.settings import EU_PIPELINES_URL, US_PIPELINES_URL, ConfigError, Settings
-from bridge.stores import load_stores, stores_for
+from bridge.config.settings import EU_PIPELINES_URL, US_PIPELINES_URL, ConfigError, Settings
+from bridge.config.stores import load_stores, stores_for
 
 GOOD = """
 [stores."Brand-A.myshopify.com"]

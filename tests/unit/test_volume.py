@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge import volume
-from bridge.store import Commit
-from bridge.volume import COARSE_S, FINE_S, DetectorConfig, Series, Verdict, evaluate
+from bridge.monitoring import volume
+from bridge.monitoring.volume import COARSE_S, FINE_S, DetectorConfig, Series, Verdict, evaluate
+from bridge.store.facade import Commit
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CONFIG = DetectorConfig()  # 60 min window, fraction 0.3, min baseline 20, gap x10, >= 15 min

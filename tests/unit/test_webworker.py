@@ -1,11 +1,11 @@
-"""Request framing of the web's event loop (bridge/webworker.py): where a request ends, fed
+"""Request framing of the web's event loop (bridge/web/server.py): where a request ends, fed
 byte by byte as a trickling client would, and what is handed over as it stands."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.webworker import Framing
+from bridge.web.server import Framing
 
 HEAD = b"POST /webhooks/shopify HTTP/1.1\r\nHost: x\r\n"
 

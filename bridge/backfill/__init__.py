@@ -1,0 +1,1 @@
+"""Backfill: historic orders and customers from a file or the Admin API, and reconciliation."""

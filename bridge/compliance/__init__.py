@@ -1,0 +1,1 @@
+"""Compliance: Shopify's mandatory privacy topics (redact, data request): erasure, export."""

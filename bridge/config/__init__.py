@@ -1,0 +1,1 @@
+"""Configuration: the environment's settings and the stores file, one set of validators."""

@@ -1,0 +1,215 @@
+"""The one reader of the environment: every setting the bridge has, typed and validated once.
+
+Tests build `Settings(...)` directly; nothing else in the package calls `os.environ`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+US_PIPELINES_URL = "https://cdp.customer.io/v1"
+EU_PIPELINES_URL = "https://cdp-eu.customer.io/v1"
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; `str()` is one line naming the variable."""
+
+
+def check_pipelines_url(value: str) -> str:
+    """The Pipelines base URL without a trailing slash; ValueError unless it is an http(s) URL
+    whose path ends in /v1 (the calls go to `{base}/batch`: any other base gets 404s)."""
+    value = value.rstrip("/")
+    if not value.startswith(("http://", "https://")) or not value.endswith("/v1"):
+        raise ValueError(f"must be an http(s) URL ending in /v1, like {US_PIPELINES_URL}")
+    return value
+
+
+def check_redis_url(value: str) -> str:
+    """ValueError unless redis-py can connect with `value` (`localhost:6379` lacks a scheme
+    and would fail on first use, deep inside a worker or a request)."""
+    from redis.connection import parse_url  # local: the settings import nothing heavy
+
+    try:
+        parse_url(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a URL like redis://localhost:6379/0 ({exc})") from None
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    port: int = 8000
+    redis_url: str = "redis://localhost:6379/0"
+    redis_tls_verify: bool = False
+    shopify_webhook_secret: SecretStr = SecretStr("")
+    pipelines_write_key: SecretStr = SecretStr("")
+    pipelines_url: str = US_PIPELINES_URL
+    pipelines_region: Literal["us", "eu"] = "us"
+    pipelines_dry_run: bool = False
+    dry_run_file: str = "dry-run.jsonl"
+    shop_currency: str = "USD"
+
+    skip_test_orders: bool = True
+    event_naming: Literal["snake", "segment"] = "snake"
+    order_completed_on: Literal["orders/paid", "orders/create"] = "orders/paid"
+
+    webhook_dedupe_ttl_s: int = 72 * 3600
+    max_body_bytes: int = 5 * 1024 * 1024
+    # A client has this long to send a whole request (bridge/web/server.py), else 408 and closed.
+    web_request_deadline_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    # Bytes of requests and answers each web worker holds for its connections at most, beyond
+    # which the connection asking for more is answered 503 and closed (bridge/web/server.py).
+    web_buffer_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+
+    drain_batch_size: int = Field(default=200, ge=1, le=5000)
+    drain_time_budget_s: float = 5.0
+    http_timeout_s: float = 10.0
+    retry_horizon_s: int = 72 * 3600
+    queue_name: str = "cartbridge"
+    log_level: str = "INFO"
+
+    # issue 5: backfill and reconciliation through the Shopify Admin GraphQL API.
+    shopify_shop: str = ""  # e.g. example.myshopify.com
+    shopify_admin_token: SecretStr = SecretStr("")
+    shopify_api_version: str = "2026-10"  # newest stable; each is supported 12 months
+    shopify_admin_url: str = ""  # overrides https://{shop}/admin/api/{version}/graphql.json
+    backfill_rate_per_s: float = Field(default=50.0, gt=0)
+    backfill_category_traits: bool = False
+    backfill_category_traits_max: int = Field(default=50, ge=0, le=250)
+    reconcile_every_s: int = Field(default=0, ge=0)  # 0 = the worker never reconciles
+    reconcile_window_s: int = Field(default=7200, ge=60)
+    reconcile_grace_s: int = Field(default=300, ge=0)
+    # issue 4: delivery that never loses an event
+    deliver_concurrency: int = Field(default=4, ge=1, le=32)  # POSTs in flight per shop
+    retry_base_s: float = Field(default=1.0, gt=0)  # full-jitter backoff: base * 2**attempt
+    retry_cap_s: float = Field(default=600.0, gt=0)  # ... capped here (Retry-After wins)
+    pause_probe_s: float = Field(default=60.0, gt=0)  # probe a refused write key this often
+    dead_letter_retention_s: int = Field(default=7 * 86_400, ge=3600)
+    # issue 3 (identity, joins and suppression)
+    checkout_contact_wait_s: int = Field(default=24 * 3600, ge=60)
+    refund_order_wait_s: int = Field(default=6 * 3600, ge=60)
+    unjoined_order_window_s: int = Field(default=3600, ge=0)
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    # Issue 7: many stores, hostile input, compliance topics, PII.
+    bridge_stores_file: str = ""  # TOML: shop -> secrets, write key, region, time zone, currency
+    stale_after_s: int = Field(default=24 * 3600, ge=0)  # 0 turns the staleness filter off
+    # Unsigned requests are logged at most once per reason this often (each one is counted).
+    rejected_log_every_s: float = Field(default=10.0, ge=0.0)
+    forward_redactions: bool = False  # customers/redact also sends Customer.io `User Deleted`
+    identity_hash_key: SecretStr = SecretStr("")  # key of the email hash in state record names
+    gdpr_export_ttl_s: int = 30 * 86_400
+
+    @field_validator("pipelines_url")
+    @classmethod
+    def _pipelines_url(cls, v: str) -> str:
+        return check_pipelines_url(v)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        return check_redis_url(v)
+
+    @field_validator("shop_currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if len(v) != 3 or not v.isalpha():
+            raise ValueError("must be a three-letter ISO 4217 code")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _region(self) -> Settings:
+        if self.pipelines_region == "eu" and self.pipelines_url == US_PIPELINES_URL:
+            self.pipelines_url = EU_PIPELINES_URL
+        return self
+
+    @property
+    def webhook_secrets(self) -> list[bytes]:
+        """Every secret that may have signed a webhook (several during a rotation)."""
+        raw = self.shopify_webhook_secret.get_secret_value()
+        return [s.strip().encode() for s in raw.split(",") if s.strip()]
+
+    @property
+    def dry_run(self) -> bool:
+        return self.pipelines_dry_run or not self.pipelines_write_key.get_secret_value()
+
+    @property
+    def email_hash_key(self) -> bytes:
+        """IDENTITY_HASH_KEY, else a key derived from the first webhook secret (set it
+        explicitly: rotating the secret would otherwise change every email-keyed record name).
+        Without either the derived key is public: `require_service_settings` refuses that."""
+        explicit = self.identity_hash_key.get_secret_value()
+        if explicit:
+            return explicit.encode()
+        first = self.webhook_secrets[0] if self.webhook_secrets else b""
+        return hashlib.sha256(b"cartbridge identity hash key\x1f" + first).digest()
+
+    def require_service_settings(self) -> None:
+        """Raise ConfigError for what `web` and `worker` cannot run without."""
+        if self.bridge_stores_file:
+            from bridge.config.stores import stores_for  # local: stores imports this module
+
+            stores_for(self)  # validates the file (each store has a secret and a write key)
+            if not self.webhook_secrets and not self.identity_hash_key.get_secret_value():
+                # email_hash_key would be derived from an empty secret, i.e. from a constant
+                # in this public source: anyone could recompute every email-keyed record name.
+                raise ConfigError(
+                    "IDENTITY_HASH_KEY is not set: with BRIDGE_STORES_FILE and no "
+                    "SHOPIFY_WEBHOOK_SECRET the email hash would have no secret key"
+                )
+            return
+        if not self.webhook_secrets:
+            raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+        if not self.pipelines_write_key.get_secret_value() and not self.pipelines_dry_run:
+            raise ConfigError(
+                "PIPELINES_WRITE_KEY is not set (set PIPELINES_DRY_RUN=1 to run without sending)"
+            )
+
+    # issue 6: metrics, volume-drop alerts (bridge/web/metrics.py, bridge/monitoring/)
+    metrics_token: SecretStr = SecretStr("")
+    metrics_public: bool = False  # /metrics without METRICS_TOKEN answers 401 unless this is set
+    shop_timezone: str = "UTC"
+    volume_events: str = ""  # comma-separated; empty = the naming's cart, checkout, order events
+    volume_window_min: int = Field(default=60, ge=5, le=24 * 60)
+    volume_drop_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    volume_min_baseline: float = Field(default=20.0, ge=0.0)
+    volume_gap_factor: float = Field(default=10.0, gt=1.0)
+    volume_min_silence_s: int = Field(default=900, ge=0)
+    volume_check_every_s: int = Field(default=300, ge=30)
+    alert_webhook_url: SecretStr = SecretStr("")
+    alert_repeat_s: int = Field(default=6 * 3600, ge=60)
+
+    @field_validator("shop_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Berlin") from None
+        return v
+
+    @property
+    def key_events(self) -> list[str]:
+        """The events whose volume is watched (issue 6)."""
+        named = [e.strip() for e in self.volume_events.split(",") if e.strip()]
+        if named:
+            return named
+        if self.event_naming == "segment":
+            return ["Product Added", "Checkout Started", "Order Completed"]
+        return ["added_to_cart", "checkout_started", "order_completed"]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; a bad value becomes one ConfigError line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = str(err["loc"][0]).upper() if err["loc"] else "configuration"
+        raise ConfigError(f"{name}: {err['msg']}") from None

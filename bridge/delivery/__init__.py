@@ -1,0 +1,1 @@
+"""Delivery: the outbox, rendering, the Pipelines client and its `classify`, sinks, dead letters."""

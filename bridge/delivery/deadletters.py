@@ -1,0 +1,366 @@
+"""The dead-letter store: calls Pipelines refused or never accepted, and webhooks that cannot be
+mapped, each kept in Redis with its payload and why, until replayed, purged or expired.
+
+Layout per shop (one cluster hash tag, like every other key of the shop):
+    cb:{shop}:dlq        hash   id -> record (JSON)
+    cb:{shop}:dlq:idx    zset   id -> last error time (ms): listing, `--since`, retention
+
+A record's id is derived from what it holds (`c-<messageId>` for a call, `w-<webhook id>` for a
+webhook), so writing the same failure twice (a redo after a crash) keeps one record. Replay puts
+the exact outbox entry (or envelope) back on its queue: the messageIds are the same, so a replay
+is idempotent downstream. Replay moves what is stored when it commits, never a copy read before,
+and not while an erasure of the shop runs: a letter an erasure removed never comes back. Records
+are built by pure functions; `DeadLetters` does the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import orjson
+import redis
+
+from bridge.delivery.outbox import OutboxEntry
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_CHARS = 2048
+MAX_SUMMARY_FIELDS = 30  # field names a dead letter's log line lists
+KIND_CALL = "call"
+KIND_WEBHOOK = "webhook"
+# How long a replay waits for an erasure of the shop to finish, and how often it looks.
+REPLAY_WAIT_S = 120.0
+REPLAY_POLL_S = 0.1
+
+
+def dlq_key(shop: str) -> str:
+    return f"cb:{{{shop}}}:dlq"
+
+
+def dlq_index_key(shop: str) -> str:
+    return f"cb:{{{shop}}}:dlq:idx"
+
+
+def _erasing_key(shop: str) -> str:
+    # store.Keys.erasing (store imports this module, so the name is spelt here too).
+    return f"cb:{{{shop}}}:out:erasing"
+
+
+class ErasureRunning(Exception):
+    """A replay waited its time for an erasure of the shop to finish; nothing was moved."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead letter as stored; `payload` is the outbox entry or the envelope, exactly."""
+
+    id: str
+    kind: str
+    shop: str
+    reason: str
+    payload: bytes
+    status: int | None = None
+    response: str = ""
+    attempts: int = 1
+    first_error_ms: int = 0
+    last_error_ms: int = 0
+    event: str = ""
+    message_id: str = ""
+    topic: str = ""
+    webhook_id: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "kind": self.kind,
+                "shop": self.shop,
+                "reason": self.reason,
+                "status": self.status,
+                "response": self.response[:MAX_RESPONSE_CHARS],
+                "attempts": self.attempts,
+                "first_error_ms": self.first_error_ms,
+                "last_error_ms": self.last_error_ms,
+                "event": self.event,
+                "message_id": self.message_id,
+                "topic": self.topic,
+                "webhook_id": self.webhook_id,
+                "payload": self.payload.decode("utf-8", "replace"),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DeadLetter:
+        d = orjson.loads(raw)
+        return cls(
+            id=str(d.get("id") or _fallback_id(raw)),
+            kind=str(d.get("kind") or KIND_CALL),
+            shop=str(d.get("shop") or ""),
+            reason=str(d.get("reason") or ""),
+            payload=str(d.get("payload") or "").encode(),
+            status=d.get("status"),
+            response=str(d.get("response") or ""),
+            attempts=int(d.get("attempts") or 1),
+            first_error_ms=int(d.get("first_error_ms") or 0),
+            last_error_ms=int(d.get("last_error_ms") or 0),
+            event=str(d.get("event") or ""),
+            message_id=str(d.get("message_id") or ""),
+            topic=str(d.get("topic") or ""),
+            webhook_id=str(d.get("webhook_id") or ""),
+        )
+
+    def stamped(self, now: int) -> DeadLetter:
+        """The record with unset error times set to `now` (pure code leaves the clock out)."""
+        if self.first_error_ms and self.last_error_ms:
+            return self
+        return replace(
+            self,
+            first_error_ms=self.first_error_ms or now,
+            last_error_ms=self.last_error_ms or now,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """What `dlq list` shows: everything but the payload and the response."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "shop": self.shop,
+            "what": self.event or self.topic,
+            "status": self.status,
+            "attempts": self.attempts,
+            "first_error_ms": self.first_error_ms,
+            "last_error_ms": self.last_error_ms,
+            "reason": self.reason,
+        }
+
+
+def _fallback_id(raw: bytes) -> str:
+    return "x-" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+def call_name(call: bytes) -> tuple[str, str]:
+    """(event or type, messageId) of a serialised call; empty strings if it is not JSON."""
+    try:
+        doc = orjson.loads(call)
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(doc, dict):
+        return "", ""
+    return str(doc.get("event") or doc.get("type") or ""), str(doc.get("messageId") or "")
+
+
+def call_letter(
+    shop: str,
+    entry: bytes,
+    reason: str,
+    *,
+    status: int | None = None,
+    response: str = "",
+    attempts: int = 1,
+    first_error_ms: int = 0,
+    last_error_ms: int = 0,
+) -> DeadLetter:
+    """A dead letter for one outbox entry (header + call). Pure."""
+    name, mid = call_name(OutboxEntry.decode(entry).call)
+    return DeadLetter(
+        id="c-" + (mid or hashlib.sha256(entry).hexdigest()[:24]),
+        kind=KIND_CALL,
+        shop=shop,
+        reason=reason,
+        payload=entry,
+        status=status,
+        response=response,
+        attempts=attempts,
+        first_error_ms=first_error_ms,
+        last_error_ms=last_error_ms,
+        event=name,
+        message_id=mid,
+    )
+
+
+def webhook_letter(
+    shop: str, envelope: bytes, topic: str, webhook_id: str, reason: str
+) -> DeadLetter:
+    """A dead letter for a signed webhook that cannot be mapped (a schema surprise). Pure."""
+    return DeadLetter(
+        id="w-" + (webhook_id or hashlib.sha256(envelope).hexdigest()[:24]),
+        kind=KIND_WEBHOOK,
+        shop=shop,
+        reason=reason,
+        payload=envelope,
+        topic=topic,
+        webhook_id=webhook_id,
+    )
+
+
+def call_summary(call: bytes) -> dict[str, Any]:
+    """What a log line says of a call: its kind, size and field names, never its values (a
+    call can be 32 KB and more, and its values are a shopper's)."""
+    try:
+        doc = orjson.loads(call)
+    except orjson.JSONDecodeError:
+        return {"bytes": len(call), "json": False}
+    if not isinstance(doc, dict):
+        return {"bytes": len(call), "json": False}
+    fields = doc.get("properties") or doc.get("traits")
+    names = sorted(str(k) for k in fields)[:MAX_SUMMARY_FIELDS] if isinstance(fields, dict) else []
+    return {"type": str(doc.get("type"))[:16], "bytes": len(call), "fields": names}
+
+
+def log_dead_letter(letter: DeadLetter) -> None:
+    """The one log line a dead-lettered call or webhook gets: a summary, no payload, ever."""
+    extra: dict[str, Any] = {
+        "shop": letter.shop,
+        "dead_letter": letter.id,
+        "reason": letter.reason,
+        "status": letter.status,
+        "attempts": letter.attempts,
+    }
+    if letter.kind == KIND_CALL:
+        extra.update(
+            event=letter.event,
+            message_id=letter.message_id,
+            call=call_summary(OutboxEntry.decode(letter.payload).call),
+        )
+        log.error("call dead-lettered", extra=extra)
+    else:
+        extra.update(topic=letter.topic, webhook_id=letter.webhook_id)
+        log.error("webhook dead-lettered", extra=extra)
+
+
+def stage(pipe: Any, shop: str, letters: Iterable[DeadLetter | bytes], now: int) -> int:
+    """Queue the writes of `letters` on a MULTI pipeline (the caller executes it)."""
+    n = 0
+    for item in letters:
+        letter = DeadLetter.decode(item) if isinstance(item, bytes) else item
+        letter = letter.stamped(now)
+        pipe.hset(dlq_key(shop), letter.id, letter.encode())
+        pipe.zadd(dlq_index_key(shop), {letter.id: letter.last_error_ms})
+        n += 1
+    return n
+
+
+class DeadLetters:
+    """Reads, replays and purges dead letters over one Redis client. Raises redis errors."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self.redis = client
+
+    def count(self, shop: str) -> int:
+        return int(self.redis.hlen(dlq_key(shop)))
+
+    def ids(
+        self, shop: str, since_ms: int | None = None, before_ms: int | None = None
+    ) -> list[str]:
+        lo = since_ms if since_ms is not None else "-inf"
+        hi = f"({before_ms}" if before_ms is not None else "+inf"
+        return [i.decode() for i in self.redis.zrangebyscore(dlq_index_key(shop), lo, hi)]
+
+    def get_many(self, shop: str, ids: Sequence[str]) -> list[DeadLetter]:
+        out: list[DeadLetter] = []
+        for chunk in _chunks(list(ids), 500):
+            for raw in self.redis.hmget(dlq_key(shop), chunk):
+                if raw:
+                    out.append(DeadLetter.decode(raw))
+        return out
+
+    def get(self, shop: str, letter_id: str) -> DeadLetter | None:
+        raw = self.redis.hget(dlq_key(shop), letter_id)
+        return DeadLetter.decode(raw) if raw else None
+
+    def iter(self, shop: str, since_ms: int | None = None) -> Iterator[DeadLetter]:
+        for chunk in _chunks(self.ids(shop, since_ms), 500):
+            yield from self.get_many(shop, chunk)
+
+    def replay(
+        self, shop: str, letters: Sequence[DeadLetter], wait_s: float = REPLAY_WAIT_S
+    ) -> int:
+        """Put each of `letters` still stored back on its queue and drop it, in one MULTI;
+        returns how many were.
+
+        The records are read again under WATCH and their stored payloads moved, so a letter an
+        erasure removed since the caller read it is not brought back; while an erasure of the
+        shop runs, the replay waits (its erase may not have reached the letters yet, and a
+        letter moved to a queue it already passed would escape it). Raises ErasureRunning
+        past `wait_s`.
+
+        Calls go to the end of the outbox, webhooks to the end of the inbound queue with their
+        seen-markers removed (the drain marked them when it parked them; a replay is
+        deliberate, so it must not be skipped as a duplicate). The caller wakes the shop's jobs.
+        """
+        if not letters:
+            return 0
+        ids = list(dict.fromkeys(d.id for d in letters))
+        give_up = time.monotonic() + wait_s
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(dlq_key(shop), _erasing_key(shop))
+                    if pipe.exists(_erasing_key(shop)):
+                        pipe.unwatch()
+                        if time.monotonic() >= give_up:
+                            raise ErasureRunning(shop)
+                        time.sleep(REPLAY_POLL_S)
+                        continue
+                    # Immediate while watching (redis-py types it as the pipeline).
+                    raws = cast("list[bytes | None]", pipe.hmget(dlq_key(shop), ids))
+                    stored = [DeadLetter.decode(raw) for raw in raws if raw]
+                    pipe.multi()
+                    _stage_replay(pipe, shop, stored)
+                    pipe.execute()
+                    return len(stored)
+                except redis.WatchError:
+                    continue  # a letter was written or removed meanwhile: read them again
+
+    def drop_orphans(self, shop: str) -> int:
+        """Drop index entries whose record is gone (removed by an erasure, which finds records
+        by what they hold); returns how many."""
+        ids = [i.decode() for i in self.redis.zrange(dlq_index_key(shop), 0, -1)]
+        gone: list[str] = []
+        for chunk in _chunks(ids, 500):
+            raws = self.redis.hmget(dlq_key(shop), chunk)
+            gone += [i for i, raw in zip(chunk, raws, strict=True) if raw is None]
+        for chunk in _chunks(gone, 500):
+            self.redis.zrem(dlq_index_key(shop), *chunk)
+        return len(gone)
+
+    def purge(self, shop: str, ids: Sequence[str]) -> int:
+        n = 0
+        for chunk in _chunks(list(ids), 1000):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hdel(dlq_key(shop), *chunk)
+            pipe.zrem(dlq_index_key(shop), *chunk)
+            n += int(pipe.execute()[0])
+        return n
+
+    def expire(self, shop: str, now: int, retention_s: int) -> int:
+        """Drop letters whose last error is older than the retention; returns how many."""
+        return self.purge(shop, self.ids(shop, before_ms=now - retention_s * 1000))
+
+
+def _stage_replay(pipe: Any, shop: str, letters: Sequence[DeadLetter]) -> None:
+    p = f"cb:{{{shop}}}:"
+    calls = [d.payload for d in letters if d.kind == KIND_CALL]
+    hooks = [d.payload for d in letters if d.kind == KIND_WEBHOOK]
+    marks = [p + "seen:" + d.webhook_id for d in letters if d.kind == KIND_WEBHOOK]
+    for chunk in _chunks(marks, 1000):
+        pipe.delete(*chunk)
+    for chunk in _chunks(calls, 1000):
+        pipe.rpush(p + "out", *chunk)
+    for chunk in _chunks(hooks, 1000):
+        pipe.rpush(p + "in", *chunk)
+    if letters:
+        ids = [d.id for d in letters]
+        pipe.hdel(dlq_key(shop), *ids)
+        pipe.zrem(dlq_index_key(shop), *ids)
+        pipe.hincrby(p + "stats", "dead_letters:replayed", len(letters))
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]

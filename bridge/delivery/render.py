@@ -1,0 +1,235 @@
+"""Canonical events and trait updates -> outbound Pipelines call dicts (Segment spec). Pure.
+
+Contract: the same inputs always give the same calls, messageIds included (ULIDs whose time is
+the event's time and whose rest hashes its business key), so retries and replays can be
+deduplicated downstream. Money becomes a JSON number, ids stay strings, None values are left
+out. Raises InvalidCall when a call would have neither userId nor anonymousId, ValueError for
+an unknown naming; nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from bridge.canonical import (
+    ADDED_TO_CART,
+    CHECKOUT_STARTED,
+    ORDER_CANCELLED,
+    ORDER_COMPLETED,
+    ORDER_FULFILLED,
+    ORDER_REFUNDED,
+    CanonicalEvent,
+    Item,
+    TraitUpdate,
+    line_keys,
+)
+from bridge.delivery.calls import Call, InvalidCall
+from bridge.ids import iso_z, message_id
+
+SOURCE = "shopify"
+
+# `EVENT_NAMING=segment`: Segment Ecommerce v2 names (added_to_cart is split per product).
+SEGMENT_NAMES = {
+    ADDED_TO_CART: "Product Added",
+    CHECKOUT_STARTED: "Checkout Started",
+    ORDER_COMPLETED: "Order Completed",
+    ORDER_REFUNDED: "Order Refunded",
+    ORDER_CANCELLED: "Order Cancelled",
+    ORDER_FULFILLED: "Order Fulfilled",
+}
+NAMINGS = ("snake", "segment")
+
+
+def to_json(value: Any) -> Any:
+    """A JSON-ready copy: Decimal -> float, datetime -> ISO Z, tuples -> lists, None dropped
+    from dicts."""
+    kind = type(value)
+    # Exact-type checks first: this runs for every value of every call (the hot path).
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+    if kind is list or kind is tuple:
+        return [to_json(v) for v in value]
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def item_dict(item: Item) -> dict[str, Any]:
+    """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
+    brand, category (None left out)."""
+    # Field by field rather than model_dump() + to_json(): it runs for every line of every call.
+    fields = (
+        ("product_id", item.product_id),
+        ("variant_id", item.variant_id),
+        ("sku", item.sku),
+        ("name", item.name),
+        ("price", None if item.price is None else float(item.price)),
+        ("quantity", item.quantity),
+        ("brand", item.brand),
+        ("category", item.category),
+    )
+    return {k: v for k, v in fields if v is not None}
+
+
+def _who(user_id: str | None, anonymous_id: str | None, kind: str) -> dict[str, str]:
+    who = {"userId": user_id, "anonymousId": anonymous_id}
+    out = {k: v for k, v in who.items() if v}
+    if not out:
+        raise InvalidCall(f"{kind} needs userId or anonymousId")
+    return out
+
+
+def _track(mid: str, at: datetime, who: dict[str, str], event: str, props: dict[str, Any]) -> Call:
+    return {
+        "type": "track",
+        "messageId": mid,
+        "timestamp": iso_z(at),
+        **who,
+        "event": event,
+        "properties": props,
+    }
+
+
+def track_call(
+    event: CanonicalEvent,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    shop: str,
+    naming: str = "snake",
+    extra_properties: dict[str, Any] | None = None,
+    stable_id: tuple[datetime, str] | None = None,
+) -> list[Call]:
+    """The track call(s) for one canonical event.
+
+    `snake` gives one call named as the event, its lines under `items`. `segment` renames to
+    Segment Ecommerce v2 with lines under `products`, except `added_to_cart`, which becomes one
+    `Product Added` per line with the product's fields at the top level (no line, no call).
+    `extra_properties` (from the stateful step) are merged over the event's own. `stable_id`
+    (time, id) is the caller's own id for the first call; any further call's id is derived from
+    it (`message_id(time, id, str(i))`).
+    """
+    if naming not in NAMINGS:
+        raise ValueError(f"unknown event naming {naming!r}")
+    who = _who(user_id, anonymous_id, "track")
+    props = to_json({**event.properties, **(extra_properties or {})})
+    if naming == "segment" and event.name == ADDED_TO_CART:
+        props.pop("items", None)
+        calls = []
+        for i, (item, line_key) in enumerate(zip(event.items, line_keys(event.items), strict=True)):
+            if stable_id is None:
+                mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key, line_key)
+            else:
+                mid = stable_id[1] if i == 0 else message_id(stable_id[0], stable_id[1], str(i))
+            product = {**props, **item_dict(item)}
+            calls.append(_track(mid, event.timestamp, who, SEGMENT_NAMES[ADDED_TO_CART], product))
+        return calls
+    name, list_key = event.name, "items"
+    if naming == "segment":
+        name, list_key = SEGMENT_NAMES.get(event.name, event.name), "products"
+    props[list_key] = [item_dict(i) for i in event.items]
+    if stable_id is None:
+        mid = message_id(event.timestamp, SOURCE, shop, event.name, event.key)
+    else:
+        mid = stable_id[1]
+    return [_track(mid, event.timestamp, who, name, props)]
+
+
+def added_to_cart_calls(
+    added: Sequence[tuple[str, Item]],
+    *,
+    at: datetime,
+    properties: dict[str, Any],
+    user_id: str | None,
+    anonymous_id: str | None,
+    naming: str = "snake",
+) -> list[Call]:
+    """For each (messageId, item) of a cart's added lines, the call `track_call` gives for an
+    `added_to_cart` event of that one item with `stable_id` (at, messageId), without building
+    the events: the lines share everything but the item and the id. `properties` are the
+    event's, JSON-ready (`to_json`); unchanged."""
+    if naming not in NAMINGS:
+        raise ValueError(f"unknown event naming {naming!r}")
+    if not added:
+        return []
+    who = _who(user_id, anonymous_id, "track")
+    timestamp = iso_z(at)
+    if naming == "segment":
+        name = SEGMENT_NAMES[ADDED_TO_CART]
+        shared = {k: v for k, v in properties.items() if k != "items"}
+        return [
+            {
+                "type": "track",
+                "messageId": mid,
+                "timestamp": timestamp,
+                **who,
+                "event": name,
+                "properties": {**shared, **item_dict(item)},
+            }
+            for mid, item in added
+        ]
+    return [
+        {
+            "type": "track",
+            "messageId": mid,
+            "timestamp": timestamp,
+            **who,
+            "event": ADDED_TO_CART,
+            "properties": {**properties, "items": [item_dict(item)]},
+        }
+        for mid, item in added
+    ]
+
+
+def traits_digest(traits: Mapping[str, Any]) -> str:
+    """A stable hash of JSON-ready traits (key order does not matter)."""
+    return hashlib.sha256(orjson.dumps(traits, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def identify_call(
+    update: TraitUpdate, *, user_id: str | None, anonymous_id: str | None, shop: str
+) -> Call:
+    """The identify call for one trait update; identical traits give an identical messageId.
+
+    The anonymousId joins the messageId's key only when present, because an identify that
+    merges a new anonymous profile must not be deduplicated against one that did not.
+    """
+    who = _who(user_id, anonymous_id, "identify")
+    traits = to_json(update.traits)
+    parts = [SOURCE, shop, "identify", user_id or "", traits_digest(traits)]
+    if anonymous_id:
+        parts.append(anonymous_id)
+    return {
+        "type": "identify",
+        "messageId": message_id(update.timestamp, *parts),
+        "timestamp": iso_z(update.timestamp),
+        **who,
+        "traits": traits,
+    }
+
+
+def alias_call(previous_id: str, user_id: str, at: datetime, shop: str) -> Call:
+    """The alias call making `user_id` inherit `previous_id` (destructive downstream: a merge)."""
+    if not previous_id or not user_id:
+        raise InvalidCall("alias needs previousId and userId")
+    return {
+        "type": "alias",
+        "messageId": message_id(at, SOURCE, shop, "alias", previous_id, user_id),
+        "timestamp": iso_z(at),
+        "previousId": previous_id,
+        "userId": user_id,
+    }

@@ -1,0 +1,1 @@
+"""Monitoring: per-event volume counts, the volume-drop check and its alerts."""

@@ -1,0 +1,326 @@
+"""GET /metrics: the whole bridge's counters in Prometheus text format, read from Redis.
+
+Every process (gunicorn workers, RQ workers) writes its counters into Redis, so any web process
+answers a scrape with the same totals: this view keeps no process-local counter. One pipelined
+round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the scrape must send
+`Authorization: Bearer <token>`; without it /metrics answers 401 unless METRICS_PUBLIC is set
+(the exposition names every shop and its volumes). A Redis outage answers 503 (the scrape fails,
+`up` goes to 0).
+
+Shops are those the bridge has seen (SHOPS_KEY) and those the stores file names (a configured
+shop whose every webhook is refused has never been seen). Rejections naming any other shop are
+counted in one hash (webhooks.py REJECTED_KEY) and exported under the shop label "other", so
+made-up shop names cannot create series.
+
+Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
+counter added elsewhere shows up without touching this file:
+- `webhooks:{topic}:{result}` -> cartbridge_webhooks_total{shop, topic, result}
+  (accepted = queued by the web, duplicate = skipped by the drain as already processed,
+  ignored, bad_signature, stale, rejected, processed, parked, skipped...);
+- `events:{event}:{outcome}` -> cartbridge_events_total{shop, event, outcome}
+  (queued, delivered, suppressed, held, parked, dead_lettered...);
+- `{family}:{what}` -> cartbridge_{family}_total{shop, outcome=what}
+  (`calls:delivered` -> cartbridge_calls_total{outcome="delivered"}, `deliver:retries`...);
+- `{family}:{name}:{outcome}` (other families) -> cartbridge_{family}_total{shop, name, outcome};
+- `latency_le_{ms}`, `latency_ms_sum`, `latency_count` -> the histogram
+  cartbridge_delivery_latency_seconds (webhook received -> Pipelines 2xx), buckets in seconds;
+- a name without a colon -> cartbridge_{name}_total{shop}.
+Names are lower-cased and anything outside [a-z0-9_] becomes `_`. Keep one label shape per family
+(do not mix `x:a` and `x:a:b`). Gauges (not counters) are read from their own keys: queue depths,
+dead-letter size, delivery paused, last-seen time per key event, volume-check window/baseline and
+firing alerts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import redis
+from flask import Blueprint, Response, current_app, request
+
+from bridge.delivery.deadletters import dlq_key
+from bridge.monitoring import monitor, volume
+from bridge.store.facade import SHOPS_KEY, Keys
+from bridge.web.webhooks import REJECTED_KEY
+
+if TYPE_CHECKING:
+    from bridge.web.webhooks import Ingest
+
+bp = Blueprint("metrics", __name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SHOPS_PER_ROUND_TRIP = 100
+# The shop label of REJECTED_KEY's counters: real shops are domains, so it names none of them.
+OTHER_SHOPS = "other"
+_UNSAFE = re.compile(r"[^a-z0-9_]")
+
+
+def dead_letter_key(shop: str) -> str:
+    """Where a shop's dead letters live (a hash: bridge/delivery/deadletters.py)."""
+    return dlq_key(shop)
+
+
+def paused_key(shop: str) -> str:
+    return Keys(shop).prefix + "paused"
+
+
+def _name(raw: str) -> str:
+    return _UNSAFE.sub("_", raw.lower()).strip("_") or "unnamed"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class Exposition:
+    """Samples grouped by metric family, rendered with one HELP/TYPE header per family."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(
+        self,
+        family: str,
+        kind: str,
+        help_: str,
+        value: float,
+        labels: dict[str, str],
+        suffix: str = "",
+    ) -> None:
+        lines = self.families.setdefault(family, (kind, help_, []))[2]
+        body = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        lines.append(
+            f"{family}{suffix}{{{body}}} {_num(value)}"
+            if body
+            else f"{family}{suffix} {_num(value)}"
+        )
+
+    def render(self) -> str:
+        out: list[str] = []
+        for family, (kind, help_, lines) in self.families.items():
+            out.append(f"# HELP {family} {help_}")
+            out.append(f"# TYPE {family} {kind}")
+            out.extend(lines)
+        return "\n".join(out) + "\n"
+
+
+def counter_family(name: str) -> tuple[str, dict[str, str]] | None:
+    """Map one stats-hash counter name to (metric name, labels); None for histogram parts."""
+    if name.startswith("latency_"):
+        return None
+    parts = name.split(":")
+    if len(parts) == 1:
+        return f"cartbridge_{_name(name)}_total", {}
+    family = _name(parts[0])
+    if len(parts) == 2:
+        return f"cartbridge_{family}_total", {"outcome": parts[1]}
+    middle, last = ":".join(parts[1:-1]), parts[-1]
+    if family == "webhooks":
+        return "cartbridge_webhooks_total", {"topic": middle, "result": last}
+    if family == "events":
+        return "cartbridge_events_total", {"event": middle, "outcome": last}
+    return f"cartbridge_{family}_total", {"name": middle, "outcome": last}
+
+
+_HELP = {
+    "cartbridge_webhooks_total": "Shopify webhooks by topic and result (web and worker).",
+    "cartbridge_events_total": "Canonical events by name and outcome.",
+}
+
+
+def add_stats(exp: Exposition, shop: str, stats: dict[str, int]) -> None:
+    """Counters and the latency histogram of one shop's stats hash."""
+    buckets: list[tuple[int, int]] = []
+    for name in sorted(stats):
+        value = stats[name]
+        if name.startswith("latency_le_"):
+            with contextlib.suppress(ValueError):
+                buckets.append((int(name[len("latency_le_") :]), value))
+            continue
+        mapped = counter_family(name)
+        if mapped is None:
+            continue
+        family, labels = mapped
+        help_ = _HELP.get(family, f"Bridge counter {family[len('cartbridge_') : -len('_total')]}.")
+        exp.add(family, "counter", help_, value, {"shop": shop, **labels})
+    count = stats.get("latency_count")
+    if count is None:
+        return
+    fam = "cartbridge_delivery_latency_seconds"
+    help_ = "Webhook received to Pipelines 2xx, per delivered call."
+    for ms, n in sorted(buckets):
+        exp.add(fam, "histogram", help_, n, {"shop": shop, "le": _num(ms / 1000)}, "_bucket")
+    exp.add(fam, "histogram", help_, count, {"shop": shop, "le": "+Inf"}, "_bucket")
+    exp.add(fam, "histogram", help_, stats.get("latency_ms_sum", 0) / 1000, {"shop": shop}, "_sum")
+    exp.add(fam, "histogram", help_, count, {"shop": shop}, "_count")
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | bytes | str) else 0
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def collect(
+    client: redis.Redis[bytes], key_events: Iterable[str], configured: Iterable[str] = ()
+) -> str:
+    """The full exposition for every shop seen or `configured`. Raises redis errors."""
+    events = list(key_events)
+    exp = Exposition()
+    pipe = client.pipeline(transaction=False)
+    pipe.smembers(SHOPS_KEY)
+    pipe.hgetall(REJECTED_KEY)
+    seen_raw, rejected_raw = pipe.execute()
+    seen = {s.decode() for s in seen_raw}
+    shops = sorted(seen | set(configured))
+    exp.add("cartbridge_shops", "gauge", "Shops the bridge has seen.", len(seen), {})
+    last_run = client.get(monitor.LAST_RUN_KEY)
+    if last_run is not None:
+        exp.add(
+            "cartbridge_volume_check_last_run_timestamp_seconds",
+            "gauge",
+            "When the volume check last completed (epoch seconds).",
+            int(last_run) / 1000,
+            {},
+        )
+    add_stats(exp, OTHER_SHOPS, _counts(rejected_raw))
+    for i in range(0, len(shops), SHOPS_PER_ROUND_TRIP):
+        chunk = shops[i : i + SHOPS_PER_ROUND_TRIP]
+        pipe = client.pipeline(transaction=False)
+        for shop in chunk:
+            k = Keys(shop)
+            pipe.hgetall(k.stats)
+            pipe.llen(k.inbound)
+            pipe.llen(k.inbound_work)
+            pipe.llen(k.outbox)
+            pipe.llen(k.outbox_work)
+            pipe.hlen(dead_letter_key(shop))
+            pipe.exists(paused_key(shop))
+            pipe.hgetall(volume.last_seen_key(shop))
+            pipe.hgetall(monitor.alerts_key(shop))
+            pipe.hgetall(monitor.gauges_key(shop))
+        replies = pipe.execute()
+        for j, shop in enumerate(chunk):
+            r = replies[10 * j : 10 * j + 10]
+            _add_shop(exp, shop, events, r)
+    return exp.render()
+
+
+def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for k, v in raw.items():
+        try:
+            counts[k.decode()] = int(v)
+        except ValueError:
+            continue
+    return counts
+
+
+def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) -> None:
+    stats_raw, inbound, inwork, out, outwork, dead, paused, seen, firing, gauges = r
+    assert isinstance(stats_raw, dict)
+    add_stats(exp, shop, _counts(stats_raw))
+    depth_help = "Items waiting: inbound webhooks or outbound calls (including in flight)."
+    depth = {"inbound": _int(inbound) + _int(inwork), "outbox": _int(out) + _int(outwork)}
+    for queue, n in depth.items():
+        exp.add("cartbridge_queue_depth", "gauge", depth_help, n, {"shop": shop, "queue": queue})
+    exp.add(
+        "cartbridge_dead_letters",
+        "gauge",
+        "Parked webhooks and dead-lettered calls.",
+        _int(dead),
+        {"shop": shop},
+    )
+    exp.add(
+        "cartbridge_delivery_paused",
+        "gauge",
+        "1 while delivery is paused: Pipelines rejects the write key, or the URL is wrong.",
+        1 if _int(paused) else 0,
+        {"shop": shop},
+    )
+    assert isinstance(seen, dict) and isinstance(firing, dict) and isinstance(gauges, dict)
+    last = _decode(seen)
+    for event in sorted({*events, *last}):
+        if event in last:
+            exp.add(
+                "cartbridge_event_last_seen_timestamp_seconds",
+                "gauge",
+                "When an event was last produced (webhook receive time, epoch seconds).",
+                int(last[event]) / 1000,
+                {"shop": shop, "event": event},
+            )
+    active = _decode(firing)
+    g = _decode(gauges)
+    for event in events:
+        for kind in (volume.DROP, volume.SILENCE):
+            exp.add(
+                "cartbridge_volume_alert",
+                "gauge",
+                "1 while a volume alert (drop or silence) fires for a key event.",
+                1 if f"{event}:{kind}" in active else 0,
+                {"shop": shop, "event": event, "kind": kind},
+            )
+        if f"{event}:window" in g:
+            exp.add(
+                "cartbridge_volume_window_events",
+                "gauge",
+                "Key events in the last check's window.",
+                float(g[f"{event}:window"]),
+                {"shop": shop, "event": event},
+            )
+        baseline = float(g.get(f"{event}:baseline", "-1"))
+        if baseline >= 0:
+            exp.add(
+                "cartbridge_volume_baseline_events",
+                "gauge",
+                "The window's expected count (same hour of week, or trailing 24 h).",
+                baseline,
+                {"shop": shop, "event": event},
+            )
+
+
+def _header_bytes(value: str) -> bytes:
+    # WSGI hands header values over as latin-1-decoded text (PEP 3333): encoding them back gives
+    # the bytes the client sent. Anything else (an in-process client) is taken as UTF-8.
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
+def _authorized(token: str, public: bool) -> bool:
+    """Whether this scrape may read /metrics: the bearer token (compared as bytes, in constant
+    time, whatever characters it holds), or no token at all only when the operator made the
+    metrics public on purpose."""
+    if not token:
+        return public
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        _header_bytes(value.strip()), token.encode()
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    ingest: Ingest = current_app.extensions["cartbridge"]
+    settings = ingest.settings
+    if not _authorized(settings.metrics_token.get_secret_value(), settings.metrics_public):
+        return Response(
+            "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
+        )
+    try:
+        body = collect(ingest.redis, settings.key_events, ingest.stores.stores)
+    except redis.RedisError:
+        return Response("redis unavailable\n", 503, mimetype="text/plain")
+    return Response(body, 200, content_type=CONTENT_TYPE)

@@ -1,0 +1,404 @@
+"""The web app: verify, enqueue, answer. Nothing else happens in the request path.
+
+Checks run in one fixed order, the first failing one answers:
+
+1. 405 method other than POST;
+2. 413 body over MAX_BODY_BYTES (at most that many bytes are read);
+3. 400 shop, topic or webhook id header missing or malformed (header names are
+   case-insensitive; a shop must look like a domain because it names Redis keys);
+4. 401 shop unknown (neither in BRIDGE_STORES_FILE nor covered by the default store), or the
+   signature header missing or not matching any of the shop's keys (app secrets during a
+   rotation, and the store-admin key). A missing signature is 401, not 400: Shopify requires
+   401 for compliance topics and nothing is learnt from an unsigned request. An unknown shop
+   gets the same answer as a wrong signature, after an HMAC against a key of its own, so
+   neither the body nor the time taken tells which shops this bridge serves;
+5. 415 content type present and not application/json;
+6. 400 body not a JSON object;
+7. 200 {"ignored": "stale"} when X-Shopify-Triggered-At is older than STALE_AFTER_S (a filter,
+   not a defence: the header is not signed), 200 {"ignored": true} for topics not mapped;
+8. one Redis round trip of plain commands (queue, count, wake a drain): 200, or 503 when
+   Redis cannot take it. 200 {"ok": true, "duplicate": true} when the webhook id was already
+   processed. Deduplication itself is the drain's (processor.py): it skips ids it processed
+   within WEBHOOK_DEDUPE_TTL_S and marks ids seen in the same commit as their results, so a
+   webhook is never marked seen before it is done. That keeps the request path free of Lua:
+   a script taking the 2-20 KB body as an argument cost Redis ~3x a plain RPUSH.
+
+Error bodies are short JSON naming the check, never echoing a secret, header value or payload.
+Rejections are counted best effort (a failed count never changes the answer), every one of them;
+the WARNING lines of unsigned ones are sampled (logs.Sampler), so a flood cannot flood the logs.
+An accepted webhook costs exactly one round trip. Per-shop secrets come from the in-memory
+StoreRegistry built at app start, never from Redis or the file per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import redis
+from flask import Flask, Response
+from rq import Queue
+from werkzeug.exceptions import HTTPException
+
+from bridge import logs, signature
+from bridge.config.settings import Settings, load_settings
+from bridge.config.stores import StoreRegistry, stores_for
+from bridge.jsonio import is_json_object
+from bridge.sources import Source
+from bridge.sources.shopify import ShopifySource
+from bridge.store.facade import SHOPS_KEY, Envelope, Keys, Store, connect, now_ms
+from bridge.worker.queues import enqueue_drain
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+log = logging.getLogger(__name__)
+
+SHOP_HEADER = "X-Shopify-Shop-Domain"
+TOPIC_HEADER = "X-Shopify-Topic"
+WEBHOOK_ID_HEADER = "X-Shopify-Webhook-Id"
+REQUIRED_HEADERS = (SHOP_HEADER, TOPIC_HEADER, WEBHOOK_ID_HEADER)
+# The shop names Redis keys (`cb:{shop}:...`): no braces, colons or spaces may get in.
+_SHOP = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
+_TOPIC = re.compile(r"[a-z0-9_]{1,64}/[a-z0-9_]{1,64}")
+_WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,256}")
+# Optional headers are kept in the envelope, cut to a sane length.
+_OPTIONAL_MAX = 128
+# Counters of rejections naming shops the bridge does not know go here (bounded field names);
+# /metrics exports them under the shop label "other".
+REJECTED_KEY = "cb:rejected"
+# A request naming a shop no store serves is checked against this key (random per process,
+# matching nothing): it costs the HMAC a known shop's request costs.
+_UNKNOWN_SHOP_KEYS = [secrets.token_bytes(32)]
+# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
+# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
+# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
+# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
+_COUNT_REJECTED = """
+if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+"""
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+# The webhook endpoint answers with one of these (status, body) pairs, built once.
+Answer = tuple[int, bytes]
+OK: Answer = (200, b'{"ok":true}')
+DUPLICATE: Answer = (200, b'{"ok":true,"duplicate":true}')
+IGNORED: Answer = (200, b'{"ignored":true}')
+STALE: Answer = (200, b'{"ignored":"stale"}')
+
+
+def _error(status: int, message: str) -> Answer:
+    return status, orjson.dumps({"error": message})
+
+
+TOO_LARGE = _error(413, "body too large")
+NOT_AN_OBJECT = _error(400, "body is not a JSON object")
+# One answer for an unknown shop and a wrong or missing signature (no shop enumeration).
+UNAUTHORIZED = _error(401, "invalid signature")
+_STATUS_LINES = {
+    200: "200 OK",
+    400: "400 Bad Request",
+    401: "401 Unauthorized",
+    405: "405 Method Not Allowed",
+    413: "413 Request Entity Too Large",
+    415: "415 Unsupported Media Type",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
+
+
+class Ingest:
+    """What the webhook view needs, built once per app: settings, store, queue, source."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis[bytes],
+        source: Source,
+        stores: StoreRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = client
+        self.store = Store(client)
+        self.queue = Queue(settings.queue_name, connection=client)
+        self.source = source
+        self.stores = stores or stores_for(settings)
+        self.count_untrusted = client.register_script(_COUNT_REJECTED)
+        self.rejections_log = logs.Sampler(settings.rejected_log_every_s)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The Flask app; `settings` defaults to the environment (read once, here), and so does
+    the stores file. Raises ConfigError for an invalid stores file."""
+    settings = settings or load_settings()
+    stores = stores_for(settings)
+    app = Flask("cartbridge")
+    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify, timeout_s=2.0)
+    ingest = Ingest(settings, client, ShopifySource(), stores)
+    app.extensions["cartbridge"] = ingest
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        names = {405: "method not allowed", 404: "not found", 413: "body too large"}
+        code = exc.code or 500
+        return _json({"error": names.get(code, exc.name.lower())}, code)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json({"ok": True})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            client.ping()
+        except redis.RedisError:
+            return _json({"ok": False, "error": "redis unavailable"}, 503)
+        return _json({"ok": True})
+
+    from bridge.web.metrics import bp as metrics_bp  # issue 6: GET /metrics
+
+    app.register_blueprint(metrics_bp)
+    # The webhook route sits in front of Flask (see WebhookEndpoint); the rest is Flask's.
+    app.wsgi_app = WebhookEndpoint(app, ingest)  # type: ignore[method-assign]
+    return app
+
+
+WEBHOOK_PATH = "/webhooks/shopify"
+
+
+class WebhookEndpoint:
+    """WSGI middleware that answers POST /webhooks/shopify itself and passes the rest to Flask.
+
+    The webhook route is the only hot path: on Black Friday it takes thousands of requests a
+    minute per worker. Flask's request context, URL routing and Response objects cost ~100 us a
+    request, about as much as the HMAC, the JSON check and the Redis round trip of the webhook
+    itself, so this route reads the WSGI environ directly and answers with prebuilt bodies.
+    """
+
+    def __init__(self, app: Flask, ingest: Ingest, path: str = WEBHOOK_PATH) -> None:
+        self.app = app
+        self.flask_wsgi = app.wsgi_app
+        self.ingest = ingest
+        self.path = path
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.path:
+            return self.flask_wsgi(environ, start_response)
+        headers = [("Content-Type", "application/json")]
+        if environ.get("REQUEST_METHOD") != "POST":
+            status, body = _error(405, "method not allowed")
+            headers.append(("Allow", "POST"))
+        else:
+            try:
+                status, body = receive_shopify(self.ingest, environ)
+            except Exception:
+                # As Flask would: tests (TESTING) see the exception, production a short 500 and
+                # a logged traceback; nothing was acknowledged, so Shopify retries.
+                if self.app.testing or self.app.config.get("PROPAGATE_EXCEPTIONS"):
+                    raise
+                log.exception("webhook handler failed")
+                status, body = _error(500, "internal error")
+        headers.append(("Content-Length", str(len(body))))
+        start_response(_STATUS_LINES[status], headers)
+        return [body]
+
+
+def read_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
+    """The raw body, or None when it is over `limit` (at most limit + 1 bytes are read).
+
+    Without a Content-Length the body is read only when the server says the stream ends
+    (chunked uploads: `wsgi.input_terminated`), as werkzeug does; else it is empty.
+    """
+    stream = environ["wsgi.input"]
+    try:
+        length: int | None = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        length = None
+    if length is not None and length >= 0:
+        if length > limit:
+            return None
+        return bytes(stream.read(length)) if length else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""
+    data = bytes(stream.read(limit + 1))
+    return None if len(data) > limit else data
+
+
+def triggered_age_s(triggered_at: str | None, now_s: float) -> float | None:
+    """Seconds since `X-Shopify-Triggered-At`, or None when absent or unreadable (pure)."""
+    if not triggered_at:
+        return None
+    try:
+        at = datetime.fromisoformat(triggered_at.strip())
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return now_s - at.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _header_problem(shop: str, topic: str, webhook_id: str) -> str | None:
+    """The 400 message for the first missing or malformed required header, else None."""
+    for name, value in zip(REQUIRED_HEADERS, (shop, topic, webhook_id), strict=True):
+        if not value:
+            return f"missing header {name}"
+    if len(shop) > 255 or not _SHOP.fullmatch(shop):
+        return f"malformed header {SHOP_HEADER}"
+    if not _TOPIC.fullmatch(topic):
+        return f"malformed header {TOPIC_HEADER}"
+    if not _WEBHOOK_ID.fullmatch(webhook_id):
+        return f"malformed header {WEBHOOK_ID_HEADER}"
+    return None
+
+
+def _optional(environ: WSGIEnvironment, key: str) -> str | None:
+    value = environ.get(key)
+    return value.strip()[:_OPTIONAL_MAX] if value else None
+
+
+def _mimetype(environ: WSGIEnvironment) -> str:
+    return str(environ.get("CONTENT_TYPE") or "").partition(";")[0].strip().lower()
+
+
+# Topics the bridge queues itself (`bridge backfill`): a signed request naming one is ignored,
+# so nobody outside can inject historic orders or traits.
+INTERNAL_TOPIC_PREFIX = "backfill/"
+
+
+def accepts_from_shopify(ingest: Ingest, topic: str) -> bool:
+    return ingest.source.handles(topic) and not topic.startswith(INTERNAL_TOPIC_PREFIX)
+
+
+def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
+    """Run the checks in the documented order, then queue the webhook in one round trip."""
+    settings = ingest.settings
+    body = read_body(environ, settings.max_body_bytes)
+    if body is None:
+        _count_unverified(ingest, environ.get("HTTP_X_SHOPIFY_TOPIC") or "", "too_large")
+        return TOO_LARGE
+    # WSGI names headers HTTP_<NAME> (upper case, '-' as '_'): case-insensitive by construction.
+    shop = (environ.get("HTTP_X_SHOPIFY_SHOP_DOMAIN") or "").strip().lower()
+    topic = (environ.get("HTTP_X_SHOPIFY_TOPIC") or "").strip()
+    webhook_id = (environ.get("HTTP_X_SHOPIFY_WEBHOOK_ID") or "").strip()
+    problem = _header_problem(shop, topic, webhook_id)
+    if problem is not None:
+        _count_unverified(ingest, topic, "malformed")
+        return _error(400, problem)
+    store = ingest.stores.get(shop)
+    keys = store.signing_keys() if store is not None else _UNKNOWN_SHOP_KEYS
+    signed = signature.verify(body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256"), keys)
+    if store is None or not signed:
+        return _unauthorized(ingest, shop, topic, known=store is not None)
+    # Signed from here on: the shop's own counters may be used.
+    mimetype = _mimetype(environ)
+    if mimetype and mimetype != "application/json":
+        _count_rejected(ingest, shop, topic, "rejected")
+        return _error(415, "content type must be application/json")
+    if not is_json_object(body):
+        _count_rejected(ingest, shop, topic, "rejected")
+        return NOT_AN_OBJECT
+    triggered_at = _optional(environ, "HTTP_X_SHOPIFY_TRIGGERED_AT")
+    age = triggered_age_s(triggered_at, time.time())
+    if settings.stale_after_s and age is not None and age > settings.stale_after_s:
+        _count_rejected(ingest, shop, topic, "stale")
+        return STALE
+    if not accepts_from_shopify(ingest, topic):
+        _count_quietly(ingest, shop, f"webhooks:{topic}:ignored")
+        return IGNORED
+    env = Envelope(
+        shop=shop,
+        topic=topic,
+        webhook_id=webhook_id,
+        body=body,
+        triggered_at=triggered_at,
+        api_version=_optional(environ, "HTTP_X_SHOPIFY_API_VERSION"),
+        event_id=_optional(environ, "HTTP_X_SHOPIFY_EVENT_ID"),
+        received_ms=now_ms(),
+    )
+    request_id = (_optional(environ, "HTTP_X_REQUEST_ID") or secrets.token_hex(16))[:64]
+    return _queue(ingest, env, request_id)
+
+
+def _queue(ingest: Ingest, env: Envelope, request_id: str) -> Answer:
+    try:
+        accepted = ingest.store.accept(env)
+    except redis.RedisError as exc:
+        log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
+        return _error(503, "queue unavailable, retry later")
+    logs.info_line(
+        log,
+        "webhook",
+        {
+            "request_id": request_id,
+            "shop": env.shop,
+            "topic": env.topic,
+            "webhook_id": env.webhook_id,
+            "result": "duplicate" if accepted.seen_before else "accepted",
+        },
+    )
+    if accepted.wake:
+        try:
+            enqueue_drain(ingest.queue, env.shop)
+        except redis.RedisError:
+            # The webhook is durably queued; the flag expires, so the next webhook (or the
+            # worker's sweep) enqueues the drain instead.
+            log.warning("drain job not enqueued", extra={"shop": env.shop})
+    return DUPLICATE if accepted.seen_before else OK
+
+
+def _topic_label(ingest: Ingest, topic: str) -> str:
+    # Unsigned requests choose their topic header: only known topics name a counter.
+    return topic if accepts_from_shopify(ingest, topic) else "other"
+
+
+def _unauthorized(ingest: Ingest, shop: str, topic: str, *, known: bool) -> Answer:
+    """Count (every one) and log (sampled) an unknown shop or a bad signature: one 401 for both."""
+    reason = "bad_signature" if known else "unknown_shop"
+    label = _topic_label(ingest, topic)
+    field = f"webhooks:{label}:{reason}"
+    configured = "1" if ingest.stores.configured(shop) else "0"
+    with contextlib.suppress(redis.RedisError):
+        ingest.count_untrusted(
+            keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY], args=[shop, field, configured]
+        )
+    left_out = ingest.rejections_log.admit(reason)
+    if left_out is not None:
+        extra: dict[str, object] = {"topic": label, "left_out": left_out}
+        if known:
+            extra["shop"] = shop
+        log.warning("unknown shop" if not known else "bad signature", extra=extra)
+    return UNAUTHORIZED
+
+
+def _count_unverified(ingest: Ingest, topic: str, result: str) -> None:
+    """Count a request refused before its shop could be looked up, in REJECTED_KEY."""
+    label = _topic_label(ingest, topic.strip())
+    with contextlib.suppress(redis.RedisError):
+        ingest.redis.hincrby(REJECTED_KEY, f"webhooks:{label}:{result}", 1)
+
+
+def _count_rejected(ingest: Ingest, shop: str, topic: str, result: str) -> None:
+    """Count a signed request's rejection in the shop's stats (`webhooks:{topic}:{result}`);
+    never fails the response."""
+    label = _topic_label(ingest, topic)
+    with contextlib.suppress(redis.RedisError):
+        ingest.redis.hincrby(Keys(shop).stats, f"webhooks:{label}:{result}", 1)
+
+
+def _count_quietly(ingest: Ingest, shop: str, name: str) -> None:
+    with contextlib.suppress(redis.RedisError):
+        ingest.store.count(shop, name)

@@ -1,0 +1,1 @@
+"""The worker: drains each shop's inbound queue in batches, delivers in the background, sweeps."""

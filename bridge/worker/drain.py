@@ -1,0 +1,224 @@
+"""The drain loop: take queued webhooks in batches, process, commit, hand the outbox to delivery.
+
+One drain runs per shop at a time (a lease), so the shop's state has one writer; it re-enqueues
+itself when its time budget ends with work left, so other shops get workers too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import redis
+
+from bridge.compliance.erasure import run_pending
+from bridge.delivery.deadletters import log_dead_letter, webhook_letter
+from bridge.store.facade import Begun, Commit, Envelope, Keys
+from bridge.store.lease import Lease
+from bridge.worker.processor import ProcessConfig, process
+from bridge.worker.queues import enqueue_drain
+
+if TYPE_CHECKING:
+    from bridge.services import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def process_config(rt: Runtime, shop: str) -> ProcessConfig:
+    s = rt.settings
+    store = rt.store_config(shop)
+    return ProcessConfig(
+        shop_currency=store.currency if store is not None else s.shop_currency,
+        skip_test_orders=s.skip_test_orders,
+        naming=s.event_naming,
+        order_completed_on=s.order_completed_on,
+        checkout_contact_wait_s=s.checkout_contact_wait_s,
+        refund_order_wait_s=s.refund_order_wait_s,
+        unjoined_order_window_s=s.unjoined_order_window_s,
+        identity_hint_customer_attr=s.identity_hint_customer_attr,
+        identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
+        dedupe_ttl_s=s.webhook_dedupe_ttl_s,
+        api_version=s.shopify_api_version,
+    )
+
+
+class _Committing:
+    """A batch's commit, sent but not yet confirmed, and what follows its confirmation."""
+
+    def __init__(self, rt: Runtime, shop: str, commit: Commit, webhooks: int) -> None:
+        self.rt, self.shop, self.commit, self.webhooks = rt, shop, commit, webhooks
+        self.pending = rt.store.send_commit(shop, commit, webhooks)
+
+    def confirm(self) -> None:
+        """Wait for the commit (raises a Redis error), then run what it committed."""
+        rt, shop, commit = self.rt, self.shop, self.commit
+        woke = self.pending.result()
+        _warn_version_mismatch(shop, commit, rt.settings.shopify_api_version)
+        if commit.compliance:
+            run_pending(rt, shop)
+        log.info(
+            "batch processed",
+            extra={"shop": shop, "webhooks": self.webhooks, "calls": len(commit.calls)},
+        )
+        if woke:  # the commit set the delivery flag: no delivery was pending
+            rt.deliver_soon(shop)
+
+
+# Drains that retry a whole work list left unfinished (a crash, the job's timeout) before it is
+# split: a passing fault (a worker killed by a deploy) is retried whole; a poison batch is then
+# halved on each further try until its culprit fails alone and is parked.
+TRIES_BEFORE_SPLIT = 3
+
+
+_warned_versions: set[tuple[str, str]] = set()
+
+
+def _warn_version_mismatch(shop: str, commit: Commit, configured: str) -> None:
+    """One warning per process for each version a shop's webhooks carry other than the
+    configured one (all are counted: `cartbridge_webhook_api_version_total`)."""
+    for name in commit.counters:
+        if name.startswith("webhook_api_version:") and name.endswith(":mismatch"):
+            carried = name.split(":")[1]
+            if (shop, carried) not in _warned_versions:
+                _warned_versions.add((shop, carried))
+                log.warning(
+                    "webhooks carry API version %s, not SHOPIFY_API_VERSION %s: check the app's "
+                    "webhook api_version (Shopify serves its oldest supported version in place "
+                    "of one past its 12-month window)",
+                    carried,
+                    configured,
+                    extra={"shop": shop},
+                )
+
+
+def drain(rt: Runtime, shop: str) -> None:
+    """Process the shop's inbound queue until empty or out of time. Raises redis errors.
+
+    Batches are pipelined: while batch N is mapped, Redis runs batch N-1's commit and moves
+    batch N+1 behind N in the work list. Batch N's state is loaded only once N-1's commit is
+    confirmed, so each batch still reads everything the one before it wrote; a commit removes
+    only its own batch from the work list, so a crash anywhere leaves every webhook queued.
+    A batch carrying a compliance request is committed and carried out before anything after
+    it is read.
+
+    One webhook that fails is parked by `process`; a batch that fails as a whole (an error
+    outside any one webhook, a crash, the job's timeout) stays in the work list and is tried
+    again by the next drain, whole `TRIES_BEFORE_SPLIT` times, then in ever smaller batches
+    (`_split`): no webhook blocks its shop for more than a bounded number of tries.
+    """
+    keys = Keys(shop)
+    config = process_config(rt, shop)
+    size = rt.settings.drain_batch_size
+    deadline = time.monotonic() + rt.settings.drain_time_budget_s
+    more = False
+    # A short lease kept alive by a thread: a SIGKILLed worker's shop is free again within
+    # seconds, not after a long fixed lease.
+    with Lease(rt.store, keys.drain_lease) as lease:
+        if not lease.held:
+            return  # another worker drains this shop; its finish step sees anything new
+        try:
+            run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
+            begun = rt.store.begin_drain(shop, size)
+            batch = [*begun.resumed, *begun.moved]
+            retried = begun.tries > 0
+            if begun.tries > TRIES_BEFORE_SPLIT:
+                log.warning(
+                    "a batch failed %d times; trying it in smaller batches",
+                    begun.tries - 1,
+                    extra={"shop": shop, "webhooks": len(begun.resumed)},
+                )
+                _split(rt, shop, config, begun, lease)
+                batch, retried = rt.store.take_inbound(shop, size), False
+            previous: list[_Committing] = []  # at most one: the last batch's, unconfirmed
+
+            def confirm_previous() -> None:
+                while previous:
+                    previous.pop().confirm()
+
+            def load(names: list[str]) -> Mapping[str, bytes | None]:
+                confirm_previous()  # this batch reads what the last one wrote
+                return rt.store.load_state(names)
+
+            while batch and not lease.lost.is_set():
+                last = time.monotonic() > deadline or rt.stopping.is_set()
+                upcoming = None if last else rt.store.send_take(shop, size)
+                commit = process(
+                    shop, batch, source=rt.source, config=config, load=load, key_of=keys.state
+                )
+                commit.retried, retried = retried, False
+                confirm_previous()
+                committing = _Committing(rt, shop, commit, len(batch))
+                if commit.compliance:
+                    # An erasure must also reach webhooks queued after the request: the batch
+                    # moved meanwhile is read again once the erasure has gone through the work
+                    # list (the moves themselves stand: every webhook stays queued).
+                    committing.confirm()
+                    if upcoming is not None:
+                        upcoming.result()
+                        batch = rt.store.take_inbound(shop, size)
+                    else:
+                        batch = []
+                    continue
+                previous.append(committing)
+                batch = upcoming.result() if upcoming is not None else []
+            confirm_previous()
+        except redis.RedisError:
+            raise
+        except Exception:
+            # Not one webhook's fault (those are parked): the batch stays in the work list and
+            # the next drain, enqueued below, tries it again, then splits it.
+            log.exception("drain failed; its batch is tried again", extra={"shop": shop})
+            rt.store.count(shop, "drain:failed")
+        finally:
+            more = rt.store.finish_drain(shop)
+    if more:
+        enqueue_drain(rt.queue, shop)
+
+
+def _split(rt: Runtime, shop: str, config: ProcessConfig, begun: Begun, lease: Lease) -> None:
+    """Process a work list that failed `begun.tries` times in batches of half the size tried
+    last, each committed on its own, so the next failure is narrowed down to half as many
+    webhooks; a webhook that failed alone is parked with the reason. Raises as `process` and
+    Redis do (the next drain halves again)."""
+    keys = Keys(shop)
+    work = [*begun.resumed, *begun.moved]
+    if begun.size == 1:
+        commit = Commit(seen_ttl_s=config.dedupe_ttl_s, retried=True)
+        park_alone(commit, work[0], begun.tries - 1)
+        _Committing(rt, shop, commit, 1).confirm()
+        return  # the rest of the work list is drained as usual
+    size = max(1, -(-(begun.size or len(begun.resumed)) // 2))
+    rt.store.set_try_size(shop, size)
+    for start in range(0, len(work), size):
+        if lease.lost.is_set():
+            return
+        chunk = work[start : start + size]
+        commit = process(
+            shop,
+            chunk,
+            source=rt.source,
+            config=config,
+            load=rt.store.load_state,
+            key_of=keys.state,
+        )
+        commit.retried = start + size >= len(work)  # the whole list went through
+        _Committing(rt, shop, commit, len(chunk)).confirm()
+
+
+def park_alone(commit: Commit, raw: bytes, tries: int) -> None:
+    """Park a webhook whose batch failed `tries` times, the last ones with it alone."""
+    reason = f"processing failed {tries} times (a crash or the job's timeout); parked alone"
+    try:
+        env = Envelope.decode(raw)
+    except Exception:
+        letter = webhook_letter("", raw, "unknown", "", reason)
+        commit.parked.append(letter.encode())
+        commit.count("webhooks:unknown:parked")
+        return
+    letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
+    log_dead_letter(letter)
+    commit.parked.append(letter.encode())
+    commit.seen.append(Keys(env.shop).seen(env.webhook_id))
+    commit.count(f"webhooks:{env.topic}:parked")

@@ -1,0 +1,234 @@
+"""The RQ worker process: a non-forking worker that reuses its connections across jobs.
+
+A forking worker pays a fork and new connections for every job; this one keeps one Redis client
+and one keep-alive HTTP client for its whole life. SIGTERM (a dyno restart) lets the current job
+finish its batch (jobs check `stopping` between batches and requests) and then exits.
+
+`run_worker` supervises RQ's work loop: RQ quits its loop on a Redis error outside the dequeue
+(mid-job, in a heartbeat), so after a Redis restart the loop is started again once Redis answers,
+and the process never exits for that. A ticker thread wakes shops whose jobs were lost (a killed
+worker) or whose held calls are due for a retry, so retries never depend on RQ's scheduler.
+Deliveries run on a thread of their own (bridge/worker/background.py) while the job loop drains.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import redis
+from rq import SimpleWorker
+
+from bridge.delivery.deadletters import DeadLetters
+from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
+from bridge.services import Runtime, install
+from bridge.store.facade import Keys, now_ms
+from bridge.worker.background import BackgroundDelivery
+from bridge.worker.queues import JOB_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY_S = 15
+TICK_S = 1.0
+REDIS_WAIT_MAX_S = 5.0
+
+
+class BridgeWorker(SimpleWorker):
+    runtime: Runtime | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.runtime is not None:
+            self.runtime.stopping.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (as MALLOC_ARENA_MAX does) before the worker starts threads.
+
+    glibc gives each thread that allocates its own arena; the delivery thread's arena kept
+    ~6 MB of freed memory beside the job loop's, which is peak RSS a dyno pays for. A no-op
+    (False) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def log_start(rt: Runtime) -> None:
+    """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
+    from bridge import __version__
+    from bridge.cli import devstack  # local: devstack is a CLI helper
+
+    s = rt.settings
+    registry = rt.stores
+    named = len(registry.stores) if registry is not None else 0
+    default = registry is not None and registry.default is not None
+    stores = f"{named} from BRIDGE_STORES_FILE" if named else "none from a file"
+    if default:
+        stores += " + the default store"
+    if s.dry_run:
+        mode = f"dry run: calls are printed and appended to {s.dry_run_file}"
+    else:
+        mode = f"sending to {s.pipelines_url}"
+    log.info(
+        f"cartbridge worker {__version__} started: Redis {devstack.redacted(s.redis_url)}, "
+        f"queue {s.queue_name}, stores: {stores}, delivery: {mode}"
+    )
+
+
+def check_redis_policy(rt: Runtime) -> None:
+    """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
+    try:
+        policy = rt.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+    except Exception:
+        return
+    if policy and policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %s, not noeviction: queued webhooks can be evicted", policy
+        )
+
+
+def check_api_version(rt: Runtime) -> None:
+    """Warn when SHOPIFY_API_VERSION is past Shopify's support window (payloads and Admin
+    answers then silently come in the oldest supported version instead)."""
+    from bridge.backfill.admin import version_warning
+
+    warning = version_warning(rt.settings.shopify_api_version, datetime.now(UTC).date())
+    if warning:
+        log.warning(warning)
+
+
+def schedule_sweep(rt: Runtime) -> None:
+    from bridge.worker.queues import SWEEP  # local: avoids an import cycle at module load
+
+    rt.queue.enqueue_in(timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600)
+
+
+def wait_for_redis(rt: Runtime) -> bool:
+    """Block until Redis answers a PING (True) or the process is asked to stop (False)."""
+    delay = 0.2
+    logged = False
+    while not rt.stopping.is_set():
+        try:
+            rt.redis.ping()
+            if logged:
+                log.warning("Redis is back; the worker goes on")
+            return True
+        except redis.RedisError as exc:
+            if not logged:
+                log.error("Redis unavailable; the worker waits for it", extra={"error": str(exc)})
+                logged = True
+        rt.stopping.wait(delay)
+        delay = min(delay * 2, REDIS_WAIT_MAX_S)
+    return False
+
+
+def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
+    """Work until SIGTERM (or, with `burst`, until the queue is empty); survives Redis restarts."""
+    install(rt)
+    rt.deliverer = BackgroundDelivery(rt)
+    try:
+        return _work(rt, burst=burst, **work_kwargs)
+    finally:
+        if burst and not rt.stopping.is_set():
+            rt.deliverer.wait_idle(JOB_TIMEOUT_S)
+        rt.deliverer.close()
+        rt.deliverer = None
+
+
+def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
+    def stop_between_loops(signum: int, frame: FrameType | None) -> None:
+        rt.stopping.set()
+
+    # RQ logs several lines per job at INFO; at our job rate they would drown the bridge's own.
+    kwargs = {"logging_level": "WARNING", **work_kwargs}
+    ticker: threading.Thread | None = None
+    worker: BridgeWorker | None = None
+    worked = False
+    while True:
+        # RQ installs its own handlers inside work(); between two loops a SIGTERM just stops.
+        signal.signal(signal.SIGTERM, stop_between_loops)
+        signal.signal(signal.SIGINT, stop_between_loops)
+        if not wait_for_redis(rt):
+            return worked
+        try:
+            check_redis_policy(rt)
+            check_api_version(rt)
+            worker = BridgeWorker([rt.queue], connection=rt.redis)
+            worker.runtime = rt
+            if not burst:
+                if rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
+                    schedule_sweep(rt)
+                ensure_check_scheduled(rt)  # issue 6: the periodic volume check
+                if ticker is None:
+                    ticker = threading.Thread(target=_tick, args=(rt,), name="ticker", daemon=True)
+                    ticker.start()
+            worked = bool(worker.work(burst=burst, with_scheduler=not burst, **kwargs)) or worked
+        except redis.RedisError as exc:
+            log.warning("worker loop ended on a Redis error", extra={"error": str(exc)})
+        if burst or rt.stopping.is_set() or getattr(worker, "_stop_requested", False):
+            return worked
+        # RQ left its loop without being asked to (it does on a Redis error mid-job): go again.
+        log.warning("worker loop ended unexpectedly; restarting it when Redis answers")
+        rt.stopping.wait(0.5)
+
+
+def wake_due(rt: Runtime) -> None:
+    """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
+    of shops with a compliance request left pending."""
+    from bridge.worker.queues import enqueue_drain
+
+    now = now_ms()
+    for shop in rt.store.shops():
+        keys = Keys(shop)
+        depth = rt.store.depth(shop)
+        # A compliance request whose run failed (an erasure that could not take the delivery
+        # lease in time, a Redis error) stays committed; a drain runs it first, even when no
+        # webhook is queued to start one.
+        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
+        if drain_due and rt.store.wake(keys.drain_flag):
+            enqueue_drain(rt.queue, shop)
+        due = rt.store.next_due_ms(shop)
+        if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
+            keys.deliver_flag
+        ):
+            rt.deliver_soon(shop)
+
+
+def _tick(rt: Runtime) -> None:
+    while not rt.stopping.wait(TICK_S):
+        try:
+            wake_due(rt)
+        except redis.RedisError:
+            continue  # Redis is away: the work loop waits for it too
+
+
+def sweep(rt: Runtime) -> None:
+    """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
+    then schedule the next sweep."""
+    from bridge.identity.housekeeping import housekeep, housekeep_due
+
+    try:
+        wake_due(rt)
+        letters = DeadLetters(rt.redis)
+        for shop in rt.store.shops():
+            letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
+            if housekeep_due(rt, shop):
+                housekeep(rt, shop)
+    finally:
+        rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
+        schedule_sweep(rt)
+    ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
+    # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
+    from bridge.backfill.reconcile import maybe_reconcile
+
+    maybe_reconcile(rt)

@@ -1,0 +1,263 @@
+"""Turn a batch of queued webhooks into outbound calls and the state they change (no I/O).
+
+The drain job loads the batch's state records in one round trip, calls `process`, and commits
+the result atomically with the removal of the batch from the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from bridge.canonical import MapContext, Mapped
+from bridge.compliance.erasure import COMPLIANCE_TOPICS, request_from
+from bridge.delivery.calls import InvalidCall, validate_call
+from bridge.delivery.deadletters import DeadLetter, call_letter, log_dead_letter, webhook_letter
+from bridge.delivery.outbox import OutboxEntry
+from bridge.identity import DecisionView, Policy, decide, keys_for
+from bridge.jsonio import parse_body
+from bridge.logs import redact
+from bridge.monitoring import volume
+from bridge.sources import MappingError, Source
+from bridge.store.facade import Commit, Envelope, Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    shop_currency: str = "USD"
+    skip_test_orders: bool = True
+    naming: str = "snake"
+    order_completed_on: str = "orders/paid"
+    checkout_contact_wait_s: int = 24 * 3600
+    refund_order_wait_s: int = 6 * 3600
+    unjoined_order_window_s: int = 3600
+    identity_hint_customer_attr: str = "cartbridge_customer_id"
+    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    dedupe_ttl_s: int = 72 * 3600
+    api_version: str = ""  # SHOPIFY_API_VERSION: what the webhooks should carry
+
+
+# State lookups per batch: the records the payloads name, then up to two more rounds for
+# records only nameable after a first lookup (refund -> order -> person -> order index).
+MAX_LOAD_ROUNDS = 3
+# A parked webhook's reason, as stored and logged.
+MAX_REASON_CHARS = 500
+
+
+def parse_time(raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def park_record(env: Envelope, reason: str) -> bytes:
+    """A webhook that cannot be mapped, as a dead letter: its envelope (for replay) and reason."""
+    return webhook_letter(env.shop, env.encode(), env.topic, env.webhook_id, reason).encode()
+
+
+def map_envelope(env: Envelope, source: Source, config: ProcessConfig) -> Mapped:
+    """Parse and map one webhook. Raises MappingError for anything it cannot read."""
+    try:
+        body = parse_body(env.body)
+    except ValueError as exc:
+        raise MappingError(f"body is not JSON: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise MappingError("body is not a JSON object")
+    ctx = MapContext(
+        shop=env.shop,
+        shop_currency=config.shop_currency,
+        skip_test_orders=config.skip_test_orders,
+        triggered_at=parse_time(env.triggered_at),
+        order_completed_on=config.order_completed_on,
+        identity_hint_customer_attr=config.identity_hint_customer_attr,
+        identity_hint_anonymous_attr=config.identity_hint_anonymous_attr,
+    )
+    return source.map(env.topic, body, ctx)
+
+
+def process(
+    shop: str,
+    raw: list[bytes],
+    *,
+    source: Source,
+    config: ProcessConfig,
+    load: Callable[[list[str]], Mapping[str, bytes | None]],
+    key_of: Callable[[str], str],
+    now: datetime | None = None,
+) -> Commit:
+    """Map, resolve and validate a batch; `load` fetches state records by key in one call.
+
+    `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
+    batch's clock for holds and waits (default: the wall clock).
+    """
+    commit = Commit(seen_ttl_s=config.dedupe_ttl_s)
+    keys = Keys(shop)
+    envs = [Envelope.decode(item) for item in raw]
+    read: list[Mapped | str] = []  # each webhook's mapping, or why it cannot be mapped
+    for env in envs:
+        try:
+            read.append(map_envelope(env, source, config))
+        except Exception as exc:  # a schema surprise must not crash or stall the drain
+            read.append(failure_reason(exc, "mapping failed"))
+
+    # Deduplication lives here, not in the request path: a webhook id processed within the TTL
+    # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
+    # skipped; every other one is marked in this batch's commit, with its results.
+    seen_keys = [keys.seen(env.webhook_id) for env in envs]
+    names = [n for m in read if not isinstance(m, str) for n in keys_for(m)]
+    wanted = list(dict.fromkeys([key_of(n) for n in names] + seen_keys))
+    loaded: dict[str, bytes | None] = dict(load(wanted))
+    done = {key for key in seen_keys if loaded.pop(key, None) is not None}
+    mapped: list[tuple[Envelope, Mapped]] = []
+    for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
+        if seen_key in done:
+            commit.count(f"webhooks:{env.topic}:duplicate")
+            continue
+        done.add(seen_key)
+        commit.seen.append(seen_key)
+        if config.api_version and not env.topic.startswith("backfill/"):  # ours, no version
+            commit.count(api_version_counter(env.api_version, config.api_version))
+        if isinstance(m, str):
+            _park(commit, env, item, m[:MAX_REASON_CHARS])
+            continue
+        mapped.append((env, m))
+        if env.topic in COMPLIANCE_TOPICS:
+            # Committed with the batch; the drain carries it out after the commit (issue 7).
+            commit.compliance.append(request_from(env, m).encode())
+
+    policy = Policy(
+        shop=shop,
+        naming=config.naming,
+        now=now or datetime.now(UTC),
+        order_completed_on=config.order_completed_on,
+        checkout_contact_wait_s=config.checkout_contact_wait_s,
+        refund_order_wait_s=config.refund_order_wait_s,
+        unjoined_order_window_s=config.unjoined_order_window_s,
+    )
+    failed: dict[int, str] = {}  # index in `mapped` -> why that webhook could not be processed
+    check_writes = False  # set once the batch's state writes failed to encode: find the culprit
+    round_no = 1
+    while True:
+        # Deciding is pure, so a round is simply redone: with records it read but was not
+        # given, or without a webhook that failed in it (its partial writes die with the view).
+        view = DecisionView(loaded, key_of=key_of)
+        decided: list[tuple[Envelope, Mapped, _Outcome]] = []
+        culprit: tuple[int, str] | None = None
+        for i, (env, m) in enumerate(mapped):
+            if i in failed:
+                continue
+            try:
+                outcome = _decide_one(shop, env, m, view, policy)
+                if check_writes:
+                    view.writes()
+            except Exception as exc:  # one webhook's surprise never stops its shop (issue 12)
+                culprit = (i, failure_reason(exc, "processing failed"))
+                break
+            decided.append((env, m, outcome))
+        if culprit is not None:
+            failed[culprit[0]] = culprit[1]
+            continue
+        try:
+            writes = view.writes()
+        except Exception:
+            if check_writes:
+                raise  # no single webhook's records fail alone: the batch fails as a whole
+            check_writes = True
+            continue
+        missing = view.misses - loaded.keys()
+        if not missing or round_no == MAX_LOAD_ROUNDS:
+            break
+        loaded.update(load(sorted(missing)))
+        round_no += 1
+    for i, reason in failed.items():
+        env, _ = mapped[i]
+        _park(commit, env, env.encode(), reason)
+    for env, m, outcome in decided:
+        if m.skipped:
+            commit.count(f"webhooks:{env.topic}:skipped")
+            continue
+        outcome.apply(commit, shop, env)
+        commit.count(f"webhooks:{env.topic}:processed")
+    for name, n in view.counters.items():
+        commit.count(name, n)
+    commit.state_set, commit.state_del = writes
+    return commit
+
+
+# Shopify names a version YYYY-MM; anything else is counted as "other", so a sender cannot make
+# up metric labels.
+_API_VERSION = re.compile(r"\d{4}-\d{2}")
+
+
+def api_version_counter(carried: str | None, configured: str) -> str:
+    """The counter of one webhook's `X-Shopify-API-Version` against the configured one:
+    `webhook_api_version:<version>:match|mismatch`. Shopify serves the oldest supported version
+    in place of one past its support window, so a mismatch means payloads changed shape."""
+    label = carried if carried and _API_VERSION.fullmatch(carried) else "other"
+    return f"webhook_api_version:{label}:{'match' if carried == configured else 'mismatch'}"
+
+
+def failure_reason(exc: BaseException, step: str) -> str:
+    """Why a webhook could not be processed, short and safe to log and store: the exception's
+    kind and message with emails, phones and keyed URLs redacted (messages can quote values)."""
+    text = str(exc) if isinstance(exc, MappingError) else f"{step}: {type(exc).__name__}: {exc}"
+    return redact(text)[:MAX_REASON_CHARS]
+
+
+def _park(commit: Commit, env: Envelope, raw: bytes, reason: str) -> None:
+    letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
+    log_dead_letter(letter)
+    commit.parked.append(letter.encode())
+    commit.count(f"webhooks:{env.topic}:parked")
+
+
+@dataclass
+class _Outcome:
+    """One webhook's calls, encoded and checked, and the dead letters among them: applied to
+    the batch's commit only once the whole webhook went through."""
+
+    entries: list[tuple[bytes, str, str]]  # (outbox entry, call name, call type)
+    invalid: list[DeadLetter]
+
+    def apply(self, commit: Commit, shop: str, env: Envelope) -> None:
+        for letter in self.invalid:
+            log_dead_letter(letter)
+            commit.parked.append(letter.encode())
+            commit.count("calls:invalid")
+        for entry, name, kind in self.entries:
+            commit.calls.append(entry)
+            commit.count(f"events:{name}:queued")
+            if kind == "track":
+                volume.record(commit, shop, name, env.received_ms)  # issue 6
+
+
+def _decide_one(
+    shop: str, env: Envelope, m: Mapped, view: DecisionView, policy: Policy
+) -> _Outcome:
+    """Decide one webhook and encode its calls. Raises whatever goes wrong (the caller parks
+    the webhook); a call Pipelines would refuse is a dead letter of its own, not a failure."""
+    outcome = _Outcome([], [])
+    if m.skipped:
+        return outcome
+    for out in decide(m, view, policy, parse_time(env.triggered_at)):
+        call = out.call
+        try:
+            raw_call = validate_call(call)
+        except InvalidCall as exc:
+            entry = OutboxEntry(orjson.dumps(call), env.received_ms, out.person, out.guards)
+            outcome.invalid.append(call_letter(shop, entry.encode(), f"invalid call: {exc}"))
+            continue
+        name = call.get("event") or call["type"]
+        entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind, name)
+        outcome.entries.append((entry.encode(), name, call["type"]))
+    return outcome
