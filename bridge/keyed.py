@@ -3,7 +3,7 @@
 An email (or any id) in a key name would outlive what a redact removes by value, and an unkeyed
 hash of it is reversed by hashing a list of known addresses; so names are HMACs under the
 deployment's identity key (IDENTITY_HASH_KEY), set once per process by `configure`
-(Runtime.build does it). A leaf module, importing nothing of the bridge: the identity graph,
+(Services.build does it). A leaf module, importing nothing of the bridge: the identity graph,
 the outbox and the store share the one key without an import cycle.
 """
 

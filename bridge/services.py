@@ -1,45 +1,92 @@
-"""The long-lived objects a worker process reuses across jobs (built once per process).
+"""The composition root: what one process (the web app, a worker, a CLI command) shares.
 
-RQ job functions take only JSON-safe arguments, so they find their Redis client, queue and
-Pipelines client here instead of building new ones (and new connections) for every job.
+`Services.build(settings)` is called once per process and connects the parts: one Redis
+client, the store facade over it, the RQ queue, the stores registry, the source, and one sink
+per Pipelines workspace. Nothing here decides anything. Parts take what they need from it; RQ
+job functions (jobs/), which get only JSON-safe arguments, find their process's `Services`
+through `current()`.
+
+A shop's configuration as the worker uses it (its store, sink, processing rules and time zone)
+is built once per shop per process: `Services.shop(shop)`.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import redis
 from rq import Queue
 
 from bridge.config.settings import Settings, load_settings
 from bridge.config.stores import StoreConfig, StoreRegistry, stores_for
-from bridge.delivery.deliver import Sink, make_sink
+from bridge.delivery.sinks import Sink, make_sink
 from bridge.identity import configure_email_hash
 from bridge.sources import Source
 from bridge.sources.shopify import ShopifySource
 from bridge.store.facade import Store, connect
+from bridge.worker.processor import ProcessConfig
 from bridge.worker.queues import enqueue_deliver
 
-if TYPE_CHECKING:
-    from bridge.worker.background import BackgroundDelivery
+
+class Deliverer(Protocol):
+    """Delivers shops handed to it (the worker's delivery thread, worker/background.py)."""
+
+    def submit(self, shop: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ShopContext:
+    """One shop as the worker serves it, built once per process (`Services.shop`).
+
+    `config` is None for a shop no store serves (its webhooks were never accepted, but its
+    queued work may still be delivered or erased); it then runs on the environment's settings.
+    """
+
+    shop: str
+    config: StoreConfig | None
+    sink: Sink
+    rules: ProcessConfig
+    zone: ZoneInfo
 
 
 @dataclass
-class Runtime:
+class Services:
     settings: Settings
     redis: redis.Redis[bytes]
     store: Store
     queue: Queue
     sink: Sink
     source: Source
+    stores: StoreRegistry
     stopping: threading.Event = field(default_factory=threading.Event)
-    stores: StoreRegistry | None = None
+    # A worker process delivers on a thread of its own; None elsewhere (RQ jobs deliver).
+    deliverer: Deliverer | None = None
+    _shops: dict[str, ShopContext] = field(default_factory=dict)
     _sinks: dict[str, Sink] = field(default_factory=dict)
-    _sinks_lock: threading.Lock = field(default_factory=threading.Lock)
-    # A worker process delivers on a thread of its own (worker/background.py); None elsewhere.
-    deliverer: BackgroundDelivery | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings, *, timeout_s: float = 5.0) -> Services:
+        """Connect everything from `settings` (the web passes a short Redis `timeout_s`).
+        Raises ConfigError for an invalid stores file."""
+        stores = stores_for(settings)
+        client = connect(
+            settings.redis_url, tls_verify=settings.redis_tls_verify, timeout_s=timeout_s
+        )
+        # The identity hash key names email records and delivery's person names alike.
+        configure_email_hash(settings.email_hash_key)
+        return cls(
+            settings=settings,
+            redis=client,
+            store=Store(client),
+            queue=Queue(settings.queue_name, connection=client),
+            sink=make_sink(settings),
+            source=ShopifySource(),
+            stores=stores,
+        )
 
     def deliver_soon(self, shop: str) -> None:
         """Have the shop's outbox delivered: by this worker's delivery thread when it has one,
@@ -51,62 +98,67 @@ class Runtime:
 
     def store_config(self, shop: str) -> StoreConfig | None:
         """The shop's StoreConfig (or the default store's); None for an unknown shop."""
-        return (self.stores or stores_for(self.settings)).get(shop)
+        return self.stores.get(shop)
+
+    def shop(self, shop: str) -> ShopContext:
+        """The shop's context, built on first use and then reused."""
+        context = self._shops.get(shop)
+        if context is None:
+            with self._lock:
+                context = self._shops.get(shop)
+                if context is None:
+                    context = self._build_shop(shop)
+                    self._shops[shop] = context
+        return context
 
     def sink_for(self, shop: str) -> Sink:
-        """The sink for this shop's Pipelines workspace (built once per shop, then reused).
+        """The sink for this shop's Pipelines workspace: a shop the stores file names gets a
+        client with its own write key and URL (one per workspace), any other shop `sink`."""
+        return self.shop(shop).sink
 
-        A shop the stores file names gets a client with its own write key and URL; any other
-        shop (the default store) uses `sink`, built from the environment settings.
-        """
+    def _build_shop(self, shop: str) -> ShopContext:
         config = self.store_config(shop)
-        if config is None or config.is_default:
-            return self.sink
-        with self._sinks_lock:
-            sink = self._sinks.get(config.shop)
-            if sink is None:
-                sink = make_sink(
-                    self.settings.model_copy(
-                        update={
-                            "pipelines_write_key": config.pipelines_write_key,
-                            "pipelines_url": config.pipelines_url,
-                            "pipelines_dry_run": config.dry_run,
-                        }
-                    )
-                )
-                self._sinks[config.shop] = sink
-            return sink
-
-    @classmethod
-    def build(cls, settings: Settings) -> Runtime:
-        client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
-        configure_email_hash(settings.email_hash_key)
-        return cls(
-            settings=settings,
-            redis=client,
-            store=Store(client),
-            queue=Queue(settings.queue_name, connection=client),
-            sink=make_sink(settings),
-            source=ShopifySource(),
-            stores=stores_for(settings),
+        return ShopContext(
+            shop=shop,
+            config=config,
+            sink=self._sink(config),
+            rules=ProcessConfig.for_shop(self.settings, config),
+            zone=ZoneInfo(config.time_zone if config is not None else self.settings.shop_timezone),
         )
 
+    def _sink(self, config: StoreConfig | None) -> Sink:
+        if config is None or config.is_default:
+            return self.sink
+        sink = self._sinks.get(config.shop)
+        if sink is None:
+            sink = make_sink(
+                self.settings.model_copy(
+                    update={
+                        "pipelines_write_key": config.pipelines_write_key,
+                        "pipelines_url": config.pipelines_url,
+                        "pipelines_dry_run": config.dry_run,
+                    }
+                )
+            )
+            self._sinks[config.shop] = sink
+        return sink
 
-_lock = threading.Lock()
-_current: Runtime | None = None
+
+_current_lock = threading.Lock()
+_current: Services | None = None
 
 
-def runtime() -> Runtime:
-    """This process's Runtime, built from the environment on first use."""
+def current() -> Services:
+    """This process's Services (for RQ job functions), built from the environment on first use."""
     global _current
-    with _lock:
+    with _current_lock:
         if _current is None:
-            _current = Runtime.build(load_settings())
+            _current = Services.build(load_settings())
         return _current
 
 
-def install(rt: Runtime) -> None:
-    """Make `rt` this process's Runtime (the worker command builds it before working)."""
+def install(services: Services) -> None:
+    """Make `services` this process's (the worker command builds it before working)."""
     global _current
-    with _lock:
-        _current = rt
+    with _current_lock:
+        _current = services

@@ -21,7 +21,7 @@ from bridge.store.facade import Commit, Envelope, Keys, Settlement
 from bridge.worker.processor import ProcessConfig, process
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 from tests.conftest import SHOP, fixture_json
 
 CART = (
@@ -163,7 +163,7 @@ class MemoryShop:
         exists. The check reads the records with one MGET, answered here from the dict."""
         items = [Item(e.encode(), e, i, e.person) for i, e in enumerate(self.outbox)]
         state = SimpleNamespace(mget=lambda keys: [self.state.get(k) for k in keys])
-        rt = cast("Runtime", SimpleNamespace(redis=state))
+        rt = cast("Services", SimpleNamespace(redis=state))
         settle = Settlement()
         sent = [orjson.loads(it.entry.call) for it in _drop_guarded(rt, SHOP, items, settle)]
         self.delivery_counters.update(settle.counters)

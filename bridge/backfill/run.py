@@ -34,8 +34,7 @@ import redis
 from rq import Queue
 from tqdm import tqdm
 
-from bridge.canonical import MapContext
-from bridge.identity import Policy, decide
+from bridge.identity import decide
 from bridge.identity.records import StateView
 from bridge.ids import gid_to_id, iso_z
 from bridge.jsonio import parse_body
@@ -807,13 +806,8 @@ class Backfill:
         self._persons: dict[str, dict[str, Any]] = {}
         self._categories: dict[str, dict[str, datetime]] = {}
         self._dirty_categories: dict[str, str] = {}
-        self._ctx = MapContext(
-            shop=opts.shop,
-            shop_currency=opts.config.shop_currency,
-            skip_test_orders=opts.config.skip_test_orders,
-            order_completed_on=opts.config.order_completed_on,
-        )
-        self._policy = Policy(shop=opts.shop, naming=opts.config.naming)
+        self._ctx = opts.config.map_context(opts.shop)
+        self._policy = opts.config.policy(opts.shop)
 
     def resume_position(self) -> str | None:
         if self.checkpoint is None:

@@ -42,6 +42,7 @@ from bridge.backfill.run import (
 from bridge.cli import common as cli_common
 from bridge.cli.common import first_bad_json_line
 from bridge.config.settings import ConfigError, Settings, load_settings
+from bridge.config.stores import stores_for
 from bridge.sources import MappingError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -194,12 +195,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
     store = Store(client)
     queue = Queue(settings.queue_name, connection=client)
-    config = ProcessConfig(
-        shop_currency=settings.shop_currency,
-        skip_test_orders=settings.skip_test_orders,
-        naming=settings.event_naming,
-        order_completed_on=settings.order_completed_on,
-    )
+    config = ProcessConfig.for_shop(settings, stores_for(settings).get(shop))
     opts = BackfillOptions(
         shop=shop,
         config=config,

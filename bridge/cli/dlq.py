@@ -93,12 +93,12 @@ def _detail(d: DeadLetter) -> dict[str, Any]:
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     from bridge.config.settings import ConfigError, load_settings
-    from bridge.services import Runtime
+    from bridge.services import Services
     from bridge.store.facade import Keys, now_ms
     from bridge.worker.queues import enqueue_deliver, enqueue_drain
 
     try:
-        rt = Runtime.build(load_settings())
+        rt = Services.build(load_settings())
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2

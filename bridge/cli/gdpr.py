@@ -13,7 +13,7 @@ import click
 import orjson
 
 from bridge.cli import common as cli_common
-from bridge.compliance.erasure import EXPORT_SEGMENT
+from bridge.compliance.requests import EXPORT_SEGMENT
 from bridge.config.settings import ConfigError, load_settings
 from bridge.store.facade import Keys, Store, connect
 

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ from bridge.cli import dlq as cli_dlq
 from bridge.cli import gdpr as cli_gdpr
 from bridge.cli.common import CONTEXT, OK, PROBLEM, USAGE, InputError, read_json, where
 from bridge.config.settings import ConfigError, load_settings
+from bridge.config.stores import require_service_config
 from bridge.store import server as redis_server
 
 DEV_SECRET = "cartbridge-dev-secret"  # noqa: S105 - only `bridge dev` uses it
@@ -77,14 +79,14 @@ def worker(burst: bool) -> int:
     It drains webhooks, delivers calls and runs the periodic jobs (sweeps, volume checks).
     SIGTERM lets the current batch finish."""
     from bridge.gctune import tune_gc
-    from bridge.services import Runtime
+    from bridge.services import Services
     from bridge.worker.process import limit_malloc_arenas, log_start, run_worker
 
     settings = load_settings()
-    settings.require_service_settings()
+    require_service_config(settings)
     logs.setup(settings.log_level)
     limit_malloc_arenas()
-    rt = Runtime.build(settings)
+    rt = Services.build(settings)
     log_start(rt)
     tune_gc()
     ok = run_worker(rt, burst=burst)
@@ -202,11 +204,11 @@ def map_payload(topic: str, file: Path | None, shop: str, include_test: bool) ->
     webhook topic (orders/paid, carts/update, ...). FILE is the payload, a JSON object; left
     out, the built-in sample of TOPIC. When no call comes out, one line says why. Exit 1 when
     the payload cannot be mapped."""
-    from bridge.canonical import MapContext
-    from bridge.identity import Policy, decide
+    from bridge.identity import decide
     from bridge.identity.view import DecisionView
     from bridge.sources import MappingError
     from bridge.sources.shopify import ShopifySource
+    from bridge.worker.processor import ProcessConfig
 
     if "/" not in topic:
         raise click.BadParameter(
@@ -225,12 +227,8 @@ def map_payload(topic: str, file: Path | None, shop: str, include_test: bool) ->
     if not isinstance(body, dict):
         raise InputError(f"{file}:1: not a JSON object")
     settings = load_settings()
-    ctx = MapContext(
-        shop=shop,
-        shop_currency=settings.shop_currency,
-        skip_test_orders=not include_test,
-        order_completed_on=settings.order_completed_on,
-    )
+    rules = replace(ProcessConfig.for_shop(settings, None), skip_test_orders=not include_test)
+    ctx = rules.map_context(shop)
     try:
         mapped = source.map(topic, body, ctx)
     except MappingError as exc:
@@ -239,7 +237,7 @@ def map_payload(topic: str, file: Path | None, shop: str, include_test: bool) ->
         print(f"no calls: {mapped.skipped} (--include-test maps test orders)")
         return OK
     view = DecisionView()
-    policy = Policy(shop=shop, naming=settings.event_naming)
+    policy = rules.policy(shop)
     outgoing = decide(mapped, view, policy)
     for out in outgoing:
         sys.stdout.write(orjson.dumps(out.call, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -33,9 +33,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -43,28 +43,29 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 import redis
 
-from bridge import keyed
-from bridge.canonical import Mapped
-from bridge.delivery.calls import validate_call
+from bridge.compliance.requests import (
+    COMPLIANCE_TOPICS,
+    CUSTOMERS_DATA_REQUEST,
+    CUSTOMERS_REDACT,
+    EXPORT_SEGMENT,
+    SHOP_REDACT,
+    USER_DELETED,
+    ComplianceRequest,
+    Needles,
+    needles_for,
+    user_deleted_entry,
+)
 from bridge.delivery.deadletters import DeadLetters
-from bridge.delivery.outbox import OutboxEntry
-from bridge.identity import email_key
-from bridge.ids import iso_z, message_id
+from bridge.ids import iso_z
 from bridge.jsonio import parse_body
-from bridge.store.facade import SHOPS_KEY, Envelope, Keys, now_ms
+from bridge.store.facade import SHOPS_KEY, Keys
 from bridge.store.lease import LEASE_TTL_MS, Lease
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
-CUSTOMERS_REDACT = "customers/redact"
-CUSTOMERS_DATA_REQUEST = "customers/data_request"
-SHOP_REDACT = "shop/redact"
-COMPLIANCE_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
-USER_DELETED = "User Deleted"
-EXPORT_SEGMENT = "gdpr:"
 # How often an erasure tries again for a lease it waits for.
 LEASE_POLL_S = 0.02
 
@@ -74,150 +75,6 @@ T = TypeVar("T")
 class ErasureBlocked(Exception):
     """An erasure could not take the shop's delivery lease in time (or the worker is stopping):
     nothing was erased, the request stays pending."""
-
-
-@dataclass(frozen=True)
-class ComplianceRequest:
-    """One compliance webhook as the drain runs it: who is concerned, and what to do."""
-
-    topic: str
-    shop: str
-    webhook_id: str
-    received_ms: int = 0
-    customer_id: str | None = None
-    email: str | None = None  # lower-cased
-    phones: tuple[str, ...] = ()  # every written form: E.164, raw, digits
-    order_ids: tuple[str, ...] = ()
-    data_request_id: str | None = None
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "t": self.topic,
-                "s": self.shop,
-                "w": self.webhook_id,
-                "r": self.received_ms,
-                "c": self.customer_id,
-                "e": self.email,
-                "p": list(self.phones),
-                "o": list(self.order_ids),
-                "d": self.data_request_id,
-            }
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ComplianceRequest:
-        d = orjson.loads(raw)
-        return cls(
-            topic=d["t"],
-            shop=d["s"],
-            webhook_id=d["w"],
-            received_ms=int(d.get("r") or 0),
-            customer_id=d.get("c"),
-            email=d.get("e"),
-            phones=tuple(d.get("p") or ()),
-            order_ids=tuple(d.get("o") or ()),
-            data_request_id=d.get("d"),
-        )
-
-
-def _scalar(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | str):
-        text = str(value).strip()
-        return text or None
-    return None
-
-
-def request_from(env: Envelope, mapped: Mapped) -> ComplianceRequest:
-    """The request a mapped compliance webhook makes (pure). The body is read again for what
-    mapping does not keep: the raw phone, the order ids and the data request id."""
-    person = mapped.person
-    body = parse_body(env.body)
-    body = body if isinstance(body, dict) else {}
-    customer = body.get("customer") if isinstance(body.get("customer"), dict) else {}
-    phones: list[str] = []
-    raw_phone = _scalar(customer.get("phone")) if customer else None
-    for form in (person.phone if person else None, raw_phone):
-        if form and form not in phones:
-            phones.append(form)
-    if raw_phone:
-        digits = "".join(ch for ch in raw_phone if ch.isdigit())
-        if len(digits) >= 7 and digits not in phones:
-            phones.append(digits)
-    orders = body.get("orders_to_redact") or body.get("orders_requested") or []
-    order_ids = tuple(
-        s for s in (_scalar(o) for o in (orders if isinstance(orders, list) else [])) if s
-    )
-    request = body.get("data_request")
-    return ComplianceRequest(
-        topic=env.topic,
-        shop=env.shop,
-        webhook_id=env.webhook_id,
-        received_ms=env.received_ms,
-        customer_id=person.customer_id if person else None,
-        email=person.email if person else None,
-        phones=tuple(phones),
-        order_ids=order_ids,
-        data_request_id=_scalar(request.get("id")) if isinstance(request, dict) else None,
-    )
-
-
-# A token must not continue a run of letters or digits (an id inside a ULID is not that id).
-_WORD_START = rb"(?<![0-9A-Za-z])"
-_WORD_END = rb"(?![0-9A-Za-z])"
-
-
-@dataclass(frozen=True)
-class Needles:
-    """What names a customer in stored bytes: whole-token ids, and case-free substrings."""
-
-    tokens: tuple[str, ...] = ()  # ids and digit-only phones: matched as whole tokens
-    texts: tuple[str, ...] = ()  # email, email hash, phones: matched anywhere, case-free
-    key_tokens: tuple[str, ...] = ()  # also matched in key names only (order ids)
-    _value_re: re.Pattern[bytes] | None = field(default=None, compare=False)
-    _key_re: re.Pattern[bytes] | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(
-        cls, tokens: Iterable[str], texts: Iterable[str], key_tokens: Iterable[str] = ()
-    ) -> Needles:
-        toks = tuple(dict.fromkeys(t for t in tokens if t))
-        txts = tuple(dict.fromkeys(t.lower() for t in texts if t))
-        ktoks = tuple(dict.fromkeys(t for t in key_tokens if t))
-
-        def pattern(tok: tuple[str, ...], txt: tuple[str, ...]) -> re.Pattern[bytes] | None:
-            parts = [_WORD_START + re.escape(t.encode()) + _WORD_END for t in tok]
-            parts += [re.escape(t.encode()) for t in txt]
-            return re.compile(b"|".join(parts)) if parts else None
-
-        return cls(toks, txts, ktoks, pattern(toks, txts), pattern(toks + ktoks, txts))
-
-    def in_value(self, data: bytes) -> bool:
-        return self._value_re is not None and self._value_re.search(data.lower()) is not None
-
-    def in_key(self, key: bytes) -> bool:
-        return self._key_re is not None and self._key_re.search(key.lower()) is not None
-
-
-def needles_for(request: ComplianceRequest) -> Needles:
-    """Every form in which the bridge may have stored this customer."""
-    texts: list[str] = []
-    tokens: list[str] = []
-    # Delivery's retry bookkeeping names a person (the outbox header's: customer id or email) by
-    # a keyed hash, or by the unkeyed one of entries queued before that (keyed.py).
-    people = [p for p in (request.customer_id, request.email) if p]
-    texts += [keyed.person_hash(p) for p in people]
-    texts += [keyed.legacy_person_hash(p) for p in people]
-    if request.customer_id:
-        tokens.append(request.customer_id)
-    if request.email:
-        texts.append(request.email)
-        texts.append(email_key(request.email).partition(":")[2])
-    for phone in request.phones:
-        (tokens if phone.isdigit() else texts).append(phone)
-    return Needles.of(tokens, texts, key_tokens=request.order_ids)
 
 
 def _glob_escape(text: str) -> str:
@@ -426,28 +283,8 @@ def record_export(
     return key, len(records)
 
 
-def user_deleted_entry(request: ComplianceRequest) -> bytes | None:
-    """The outbox entry for Customer.io's `User Deleted` semantic event, or None when the
-    request names no person the bridge would have identified (pure)."""
-    user_id = request.customer_id or request.email
-    if not user_id:
-        return None
-    at = datetime.fromtimestamp((request.received_ms or now_ms()) / 1000, tz=UTC)
-    call = {
-        "type": "track",
-        "messageId": message_id(at, request.shop, USER_DELETED, user_id),
-        "timestamp": iso_z(at),
-        "userId": user_id,
-        "event": USER_DELETED,
-        "properties": {},
-    }
-    return OutboxEntry(
-        validate_call(call), request.received_ms, user_id, event=USER_DELETED
-    ).encode()
-
-
 @contextmanager
-def _taken(rt: Runtime, key: str, give_up: float) -> Iterator[Lease]:
+def _taken(rt: Services, key: str, give_up: float) -> Iterator[Lease]:
     """Hold the lease `key`, waiting for its holder to let it go or for it to run out.
     Raises ErasureBlocked past `give_up` (monotonic time) or when the worker stops."""
     while True:
@@ -461,7 +298,7 @@ def _taken(rt: Runtime, key: str, give_up: float) -> Iterator[Lease]:
             raise ErasureBlocked("the worker is stopping")
 
 
-def erase_exclusively(rt: Runtime, shop: str, erase: Callable[[], T]) -> T:
+def erase_exclusively(rt: Services, shop: str, erase: Callable[[], T]) -> T:
     """Run `erase` holding the shop's delivery lease, taken after marking the shop as erasing
     (see the module docstring), then wake the shop's delivery for what is left.
 
@@ -484,7 +321,7 @@ def erase_exclusively(rt: Runtime, shop: str, erase: Callable[[], T]) -> T:
     return result
 
 
-def run(rt: Runtime, request: ComplianceRequest) -> None:
+def run(rt: Services, request: ComplianceRequest) -> None:
     """Carry out one compliance request. Raises redis errors and ErasureBlocked (the request
     stays pending)."""
     client = rt.redis
@@ -521,7 +358,7 @@ def run(rt: Runtime, request: ComplianceRequest) -> None:
         rt.store.count(shop, "compliance:customers/data_request:done")
 
 
-def run_pending(rt: Runtime, shop: str) -> int:
+def run_pending(rt: Services, shop: str) -> int:
     """Run the shop's committed compliance requests in order, removing each once done."""
     key = Keys(shop).compliance
     done = 0

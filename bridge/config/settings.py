@@ -143,33 +143,12 @@ class Settings(BaseSettings):
     def email_hash_key(self) -> bytes:
         """IDENTITY_HASH_KEY, else a key derived from the first webhook secret (set it
         explicitly: rotating the secret would otherwise change every email-keyed record name).
-        Without either the derived key is public: `require_service_settings` refuses that."""
+        Without either the derived key is public: `stores.require_service_config` refuses that."""
         explicit = self.identity_hash_key.get_secret_value()
         if explicit:
             return explicit.encode()
         first = self.webhook_secrets[0] if self.webhook_secrets else b""
         return hashlib.sha256(b"cartbridge identity hash key\x1f" + first).digest()
-
-    def require_service_settings(self) -> None:
-        """Raise ConfigError for what `web` and `worker` cannot run without."""
-        if self.bridge_stores_file:
-            from bridge.config.stores import stores_for  # local: stores imports this module
-
-            stores_for(self)  # validates the file (each store has a secret and a write key)
-            if not self.webhook_secrets and not self.identity_hash_key.get_secret_value():
-                # email_hash_key would be derived from an empty secret, i.e. from a constant
-                # in this public source: anyone could recompute every email-keyed record name.
-                raise ConfigError(
-                    "IDENTITY_HASH_KEY is not set: with BRIDGE_STORES_FILE and no "
-                    "SHOPIFY_WEBHOOK_SECRET the email hash would have no secret key"
-                )
-            return
-        if not self.webhook_secrets:
-            raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
-        if not self.pipelines_write_key.get_secret_value() and not self.pipelines_dry_run:
-            raise ConfigError(
-                "PIPELINES_WRITE_KEY is not set (set PIPELINES_DRY_RUN=1 to run without sending)"
-            )
 
     # issue 6: metrics, volume-drop alerts (bridge/web/metrics.py, bridge/monitoring/)
     metrics_token: SecretStr = SecretStr("")

@@ -139,6 +139,7 @@ def default_store(settings: Settings) -> StoreConfig | None:
         pipelines_url=settings.pipelines_url,
         dry_run=settings.dry_run,
         currency=settings.shop_currency,
+        time_zone=settings.shop_timezone,
         is_default=True,
     )
 
@@ -171,7 +172,7 @@ def _store_from_entry(shop: str, entry: _StoreEntry, settings: Settings) -> Stor
         pipelines_write_key=key,
         pipelines_url=url,
         dry_run=settings.pipelines_dry_run or not key.get_secret_value(),
-        time_zone=entry.time_zone or "UTC",
+        time_zone=entry.time_zone or settings.shop_timezone,
         currency=entry.currency or settings.shop_currency,
     )
 
@@ -223,4 +224,26 @@ def stores_for(settings: Settings) -> StoreRegistry:
     registry = load_stores(settings)
     with _lock:
         _cache[id(settings)] = (settings, registry)
+    return registry
+
+
+def require_service_config(settings: Settings) -> StoreRegistry:
+    """What `web` and `worker` cannot run without, checked; returns the stores registry.
+    Raises ConfigError naming the first problem, never echoing a secret."""
+    registry = stores_for(settings)  # validates the file (each store has a secret and a key)
+    if settings.bridge_stores_file:
+        if not settings.webhook_secrets and not settings.identity_hash_key.get_secret_value():
+            # email_hash_key would be derived from an empty secret, i.e. from a constant in
+            # this public source: anyone could recompute every email-keyed record name.
+            raise ConfigError(
+                "IDENTITY_HASH_KEY is not set: with BRIDGE_STORES_FILE and no "
+                "SHOPIFY_WEBHOOK_SECRET the email hash would have no secret key"
+            )
+        return registry
+    if not settings.webhook_secrets:
+        raise ConfigError("SHOPIFY_WEBHOOK_SECRET is not set: webhooks cannot be verified")
+    if not settings.pipelines_write_key.get_secret_value() and not settings.pipelines_dry_run:
+        raise ConfigError(
+            "PIPELINES_WRITE_KEY is not set (set PIPELINES_DRY_RUN=1 to run without sending)"
+        )
     return registry

@@ -40,29 +40,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import sys
-import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import orjson
 import redis
 
-from bridge.config.settings import US_PIPELINES_URL, Settings
+from bridge.config.settings import US_PIPELINES_URL
 from bridge.delivery import deadletters, pipelines
 from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.delivery.outbox import OutboxEntry
+from bridge.delivery.sinks import Sink
 from bridge.store.facade import Keys, LeaseLost, Settlement, now_ms
 from bridge.store.lease import Lease
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -74,60 +72,7 @@ LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000)
 ALIAS = "alias"
 
 
-class Sink(Protocol):
-    def send_batch(self, calls: Sequence[bytes]) -> None: ...
-
-    def send_alias(self, call: bytes) -> None: ...
-
-    def probe(self) -> None: ...
-
-
-class DryRunSink:
-    """Prints every call and appends it to a JSONL file instead of sending it."""
-
-    def __init__(self, path: str, echo: bool = True) -> None:
-        self.path = path
-        self.echo = echo
-        self._lock = threading.Lock()
-
-    def send_batch(self, calls: Sequence[bytes]) -> None:
-        with self._lock, open(self.path, "ab") as fh:
-            for call in calls:
-                fh.write(call + b"\n")
-            if self.echo:
-                self._print(calls)
-
-    def _print(self, calls: Sequence[bytes]) -> None:
-        try:
-            sys.stdout.write("".join("[dry-run] " + c.decode() + "\n" for c in calls))
-            sys.stdout.flush()
-        except OSError:
-            # Whoever read stdout is gone (`bridge dev | tee` stopped by Ctrl-C): the file still
-            # gets every call, and the exit's own flush must not fail again.
-            self.echo = False
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-
-    def send_alias(self, call: bytes) -> None:
-        self.send_batch([call])
-
-    def probe(self) -> None:
-        return None
-
-
-def make_sink(settings: Settings) -> Sink:
-    if settings.dry_run:
-        return DryRunSink(settings.dry_run_file)
-    return pipelines.PipelinesClient(
-        settings.pipelines_url,
-        settings.pipelines_write_key.get_secret_value(),
-        timeout_s=settings.http_timeout_s,
-        max_connections=max(8, settings.deliver_concurrency),
-    )
-
-
-def pipelines_url(rt: Runtime, shop: str) -> str:
+def pipelines_url(rt: Services, shop: str) -> str:
     """The Pipelines base URL the shop's calls go to."""
     config = rt.store_config(shop)
     if config is not None and not config.is_default:
@@ -135,7 +80,7 @@ def pipelines_url(rt: Runtime, shop: str) -> str:
     return rt.settings.pipelines_url
 
 
-def key_fingerprint(rt: Runtime, shop: str) -> str:
+def key_fingerprint(rt: Services, shop: str) -> str:
     """A short hash of the shop's write key and Pipelines URL: tells changed settings from the
     refused ones (a pause resumes at once when either changed), reveals nothing."""
     config = rt.store_config(shop)
@@ -326,7 +271,7 @@ class Gate:
     erasure closed it (it wakes the shop's delivery once it is done).
     """
 
-    def __init__(self, rt: Runtime, keys: Keys, lease: Lease) -> None:
+    def __init__(self, rt: Services, keys: Keys, lease: Lease) -> None:
         self.rt = rt
         self.keys = keys
         self.lease = lease
@@ -353,7 +298,7 @@ class Gate:
         return not self.closed
 
 
-def deliver(rt: Runtime, shop: str) -> None:
+def deliver(rt: Services, shop: str) -> None:
     """Send the shop's outbox until it is empty, out of time, paused, stopping or an erasure of
     the shop waits for it.
 
@@ -395,7 +340,7 @@ def deliver(rt: Runtime, shop: str) -> None:
 
 
 def _round(
-    rt: Runtime,
+    rt: Services,
     shop: str,
     lease: Lease,
     gate: Gate,
@@ -495,7 +440,7 @@ def _reason(err: pipelines.PipelinesError) -> str:
 
 
 def _hold(
-    rt: Runtime,
+    rt: Services,
     shop: str,
     settle: Settlement,
     waiting: dict[str, pipelines.RetryableError],
@@ -561,7 +506,7 @@ def _log_retry(shop: str, sent: Sent) -> None:
     )
 
 
-def _drop_guarded(rt: Runtime, shop: str, items: list[Item], settle: Settlement) -> list[Item]:
+def _drop_guarded(rt: Services, shop: str, items: list[Item], settle: Settlement) -> list[Item]:
     """Re-check, just before the POST, whether a queued call has been overtaken (a converted
     cart): such calls are counted as suppressed, settled, and not sent."""
     guards = sorted({g for it in items for g in it.entry.guards})
@@ -585,7 +530,7 @@ def _drop_guarded(rt: Runtime, shop: str, items: list[Item], settle: Settlement)
 # --- pause on a refused write key ------------------------------------------------------------
 
 
-def _pause(rt: Runtime, shop: str, err: pipelines.ConfigurationError) -> None:
+def _pause(rt: Services, shop: str, err: pipelines.ConfigurationError) -> None:
     keys = Keys(shop)
     s = rt.settings
     pipe = rt.redis.pipeline(transaction=True)
@@ -616,7 +561,7 @@ def _pause(rt: Runtime, shop: str, err: pipelines.ConfigurationError) -> None:
         )
 
 
-def _resume_if_possible(rt: Runtime, shop: str) -> bool:
+def _resume_if_possible(rt: Services, shop: str) -> bool:
     """True when the shop is not paused (any more): the key changed, or a probe went through."""
     keys = Keys(shop)
     s = rt.settings

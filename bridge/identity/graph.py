@@ -50,7 +50,7 @@ def anonymous_id(shop: str, cart_token: str) -> str:
 
 
 def configure_email_hash(key: bytes) -> None:
-    """Set this process's identity hash key (issue 7; Runtime.build does it from
+    """Set this process's identity hash key (issue 7; Services.build does it from
     settings.email_hash_key): it keys email record names and delivery's person names alike."""
     keyed.configure(key)
 

@@ -22,12 +22,13 @@ import orjson
 import redis
 
 from bridge.config.settings import Settings
+from bridge.config.stores import stores_for
 from bridge.monitoring import alerts, volume
 from bridge.monitoring.volume import DetectorConfig, Series, Verdict
 from bridge.store.facade import SHOPS_KEY, Store
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +112,18 @@ class ShopVerdict:
     verdict: Verdict
 
 
+def shop_zone(settings: Settings, shop: str) -> ZoneInfo:
+    """The zone whose local hours the shop's volume is compared in: its store's `time_zone`
+    in the stores file, else SHOP_TIMEZONE."""
+    store = stores_for(settings).get(shop)
+    return ZoneInfo(store.time_zone if store is not None else settings.shop_timezone)
+
+
 def evaluate_shop(
     client: redis.Redis[bytes], settings: Settings, shop: str, now_s: float
 ) -> list[Verdict]:
     """Run the detector over one shop's key events (read only)."""
-    tz = ZoneInfo(settings.shop_timezone)
+    tz = shop_zone(settings, shop)
     config = detector_config(settings)
     series = load_series(client, shop, settings.key_events)
     return [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
@@ -203,12 +211,12 @@ def check(
     token = uuid.uuid4().hex
     if not lock.acquire(LOCK_KEY, token, LOCK_MS):
         raise CheckBusy("another check holds the lock")
-    tz = ZoneInfo(settings.shop_timezone)
     config = detector_config(settings)
     try:
         out: list[ShopVerdict] = []
         for shop in targets:
             series = load_series(client, shop, settings.key_events)
+            tz = shop_zone(settings, shop)
             verdicts = [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
             notify(client, settings, shop, verdicts, int(now_s * 1000))
             trim(client, shop, series, now_s)
@@ -224,7 +232,7 @@ class CheckBusy(Exception):
 
 
 # --- the periodic job ------------------------------------------------------------------------
-def ensure_scheduled(rt: Runtime) -> None:
+def ensure_scheduled(rt: Services) -> None:
     """Start the periodic check chain unless one is known to be alive (cheap: one SET NX)."""
     from bridge.worker.queues import enqueue_check
 
@@ -233,7 +241,7 @@ def ensure_scheduled(rt: Runtime) -> None:
         enqueue_check(rt.queue, delay_s=FIRST_RUN_DELAY_S)
 
 
-def periodic(rt: Runtime, now_s: float | None = None) -> None:
+def periodic(rt: Services, now_s: float | None = None) -> None:
     """Run the check with alerts, then schedule the next run. Raises redis errors."""
     from bridge.worker.queues import enqueue_check
 

@@ -35,6 +35,9 @@ INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enque
 FLAG_STALE_MS = 15_000
 
 SHOPS_KEY = "cb:shops"
+# Counters of rejections naming shops the bridge does not know go here (bounded field names);
+# /metrics exports them under the shop label "other".
+REJECTED_KEY = "cb:rejected"
 SHOP_REGISTER_EVERY_MS = 60_000
 
 
@@ -230,6 +233,23 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
+# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
+# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
+# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
+_COUNT_REJECTED = """
+if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+"""
+
+
+# Any failure talking to Redis (connection, timeout, a refused command), as the bridge names it:
+# parts outside the store catch this, never a redis-py class.
+StoreError = redis.RedisError
 
 
 def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> redis.Redis[bytes]:
@@ -567,6 +587,7 @@ class Store:
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
         self._take_outbox = client.register_script(_TAKE_OUTBOX)
+        self._count_rejected = client.register_script(_COUNT_REJECTED)
 
     # --- request path -------------------------------------------------------------------
     def accept(self, env: Envelope) -> Accepted:
@@ -607,6 +628,22 @@ class Store:
 
     def count(self, shop: str, name: str, n: int = 1) -> None:
         self.redis.hincrby(Keys(shop).stats, name, n)
+
+    def count_untrusted(self, shop: str, name: str, *, configured: bool) -> None:
+        """Count a rejection of a request not (yet) trusted: in the shop's stats when the shop
+        is configured or known (SHOPS_KEY), else in REJECTED_KEY (see _COUNT_REJECTED)."""
+        self._count_rejected(
+            keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY],
+            args=[shop, name, "1" if configured else "0"],
+        )
+
+    def count_unverified(self, name: str) -> None:
+        """Count a request refused before its shop could even be read (REJECTED_KEY)."""
+        self.redis.hincrby(REJECTED_KEY, name, 1)
+
+    def ping(self) -> None:
+        """Raises StoreError when Redis does not answer."""
+        self.redis.ping()
 
     # --- leases ---------------------------------------------------------------------------
     def acquire(self, key: str, token: str, ttl_ms: int) -> bool:

@@ -9,7 +9,7 @@ round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the s
 
 Shops are those the bridge has seen (SHOPS_KEY) and those the stores file names (a configured
 shop whose every webhook is refused has never been seen). Rejections naming any other shop are
-counted in one hash (webhooks.py REJECTED_KEY) and exported under the shop label "other", so
+counted in one hash (store REJECTED_KEY) and exported under the shop label "other", so
 made-up shop names cannot create series.
 
 Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
@@ -44,11 +44,10 @@ from flask import Blueprint, Response, current_app, request
 
 from bridge.delivery.deadletters import dlq_key
 from bridge.monitoring import monitor, volume
-from bridge.store.facade import SHOPS_KEY, Keys
-from bridge.web.webhooks import REJECTED_KEY
+from bridge.store.facade import REJECTED_KEY, SHOPS_KEY, Keys
 
 if TYPE_CHECKING:
-    from bridge.web.webhooks import Ingest
+    from bridge.services import Services
 
 bp = Blueprint("metrics", __name__)
 
@@ -313,14 +312,14 @@ def _authorized(token: str, public: bool) -> bool:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    ingest: Ingest = current_app.extensions["cartbridge"]
-    settings = ingest.settings
+    services: Services = current_app.extensions["cartbridge"]
+    settings = services.settings
     if not _authorized(settings.metrics_token.get_secret_value(), settings.metrics_public):
         return Response(
             "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
         )
     try:
-        body = collect(ingest.redis, settings.key_events, ingest.stores.stores)
+        body = collect(services.redis, settings.key_events, services.stores.stores)
     except redis.RedisError:
         return Response("redis unavailable\n", 503, mimetype="text/plain")
     return Response(body, 200, content_type=CONTENT_TYPE)

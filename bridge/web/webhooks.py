@@ -44,20 +44,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis
 from flask import Flask, Response
-from rq import Queue
-from werkzeug.exceptions import HTTPException
 
 from bridge import logs, signature
-from bridge.config.settings import Settings, load_settings
-from bridge.config.stores import StoreRegistry, stores_for
 from bridge.jsonio import is_json_object
-from bridge.sources import Source
-from bridge.sources.shopify import ShopifySource
-from bridge.store.facade import SHOPS_KEY, Envelope, Keys, Store, connect, now_ms
+from bridge.store.facade import Envelope, now_ms
 from bridge.worker.queues import enqueue_drain
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +67,9 @@ _TOPIC = re.compile(r"[a-z0-9_]{1,64}/[a-z0-9_]{1,64}")
 _WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,256}")
 # Optional headers are kept in the envelope, cut to a sane length.
 _OPTIONAL_MAX = 128
-# Counters of rejections naming shops the bridge does not know go here (bounded field names);
-# /metrics exports them under the shop label "other".
-REJECTED_KEY = "cb:rejected"
 # A request naming a shop no store serves is checked against this key (random per process,
 # matching nothing): it costs the HMAC a known shop's request costs.
 _UNKNOWN_SHOP_KEYS = [secrets.token_bytes(32)]
-# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
-# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
-# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
-# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
-_COUNT_REJECTED = """
-if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-end
-return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-"""
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -121,62 +104,6 @@ _STATUS_LINES = {
 }
 
 
-class Ingest:
-    """What the webhook view needs, built once per app: settings, store, queue, source."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        client: redis.Redis[bytes],
-        source: Source,
-        stores: StoreRegistry | None = None,
-    ) -> None:
-        self.settings = settings
-        self.redis = client
-        self.store = Store(client)
-        self.queue = Queue(settings.queue_name, connection=client)
-        self.source = source
-        self.stores = stores or stores_for(settings)
-        self.count_untrusted = client.register_script(_COUNT_REJECTED)
-        self.rejections_log = logs.Sampler(settings.rejected_log_every_s)
-
-
-def create_app(settings: Settings | None = None) -> Flask:
-    """The Flask app; `settings` defaults to the environment (read once, here), and so does
-    the stores file. Raises ConfigError for an invalid stores file."""
-    settings = settings or load_settings()
-    stores = stores_for(settings)
-    app = Flask("cartbridge")
-    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify, timeout_s=2.0)
-    ingest = Ingest(settings, client, ShopifySource(), stores)
-    app.extensions["cartbridge"] = ingest
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        names = {405: "method not allowed", 404: "not found", 413: "body too large"}
-        code = exc.code or 500
-        return _json({"error": names.get(code, exc.name.lower())}, code)
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return _json({"ok": True})
-
-    @app.get("/readyz")
-    def readyz() -> Response:
-        try:
-            client.ping()
-        except redis.RedisError:
-            return _json({"ok": False, "error": "redis unavailable"}, 503)
-        return _json({"ok": True})
-
-    from bridge.web.metrics import bp as metrics_bp  # issue 6: GET /metrics
-
-    app.register_blueprint(metrics_bp)
-    # The webhook route sits in front of Flask (see WebhookEndpoint); the rest is Flask's.
-    app.wsgi_app = WebhookEndpoint(app, ingest)  # type: ignore[method-assign]
-    return app
-
-
 WEBHOOK_PATH = "/webhooks/shopify"
 
 
@@ -189,10 +116,12 @@ class WebhookEndpoint:
     itself, so this route reads the WSGI environ directly and answers with prebuilt bodies.
     """
 
-    def __init__(self, app: Flask, ingest: Ingest, path: str = WEBHOOK_PATH) -> None:
+    def __init__(self, app: Flask, services: Services, path: str = WEBHOOK_PATH) -> None:
         self.app = app
         self.flask_wsgi = app.wsgi_app
-        self.ingest = ingest
+        self.services = services
+        # WARNING lines of unsigned requests are sampled: a flood cannot flood the logs.
+        self.rejections = logs.Sampler(services.settings.rejected_log_every_s)
         self.path = path
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -204,7 +133,7 @@ class WebhookEndpoint:
             headers.append(("Allow", "POST"))
         else:
             try:
-                status, body = receive_shopify(self.ingest, environ)
+                status, body = receive_shopify(self.services, environ, self.rejections)
             except Exception:
                 # As Flask would: tests (TESTING) see the exception, production a short 500 and
                 # a logged traceback; nothing was acknowledged, so Shopify retries.
@@ -279,16 +208,18 @@ def _mimetype(environ: WSGIEnvironment) -> str:
 INTERNAL_TOPIC_PREFIX = "backfill/"
 
 
-def accepts_from_shopify(ingest: Ingest, topic: str) -> bool:
-    return ingest.source.handles(topic) and not topic.startswith(INTERNAL_TOPIC_PREFIX)
+def accepts_from_shopify(services: Services, topic: str) -> bool:
+    return services.source.handles(topic) and not topic.startswith(INTERNAL_TOPIC_PREFIX)
 
 
-def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
+def receive_shopify(
+    services: Services, environ: WSGIEnvironment, rejections: logs.Sampler
+) -> Answer:
     """Run the checks in the documented order, then queue the webhook in one round trip."""
-    settings = ingest.settings
+    settings = services.settings
     body = read_body(environ, settings.max_body_bytes)
     if body is None:
-        _count_unverified(ingest, environ.get("HTTP_X_SHOPIFY_TOPIC") or "", "too_large")
+        _count_unverified(services, environ.get("HTTP_X_SHOPIFY_TOPIC") or "", "too_large")
         return TOO_LARGE
     # WSGI names headers HTTP_<NAME> (upper case, '-' as '_'): case-insensitive by construction.
     shop = (environ.get("HTTP_X_SHOPIFY_SHOP_DOMAIN") or "").strip().lower()
@@ -296,28 +227,28 @@ def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
     webhook_id = (environ.get("HTTP_X_SHOPIFY_WEBHOOK_ID") or "").strip()
     problem = _header_problem(shop, topic, webhook_id)
     if problem is not None:
-        _count_unverified(ingest, topic, "malformed")
+        _count_unverified(services, topic, "malformed")
         return _error(400, problem)
-    store = ingest.stores.get(shop)
+    store = services.stores.get(shop)
     keys = store.signing_keys() if store is not None else _UNKNOWN_SHOP_KEYS
     signed = signature.verify(body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256"), keys)
     if store is None or not signed:
-        return _unauthorized(ingest, shop, topic, known=store is not None)
+        return _unauthorized(services, rejections, shop, topic, known=store is not None)
     # Signed from here on: the shop's own counters may be used.
     mimetype = _mimetype(environ)
     if mimetype and mimetype != "application/json":
-        _count_rejected(ingest, shop, topic, "rejected")
+        _count_rejected(services, shop, topic, "rejected")
         return _error(415, "content type must be application/json")
     if not is_json_object(body):
-        _count_rejected(ingest, shop, topic, "rejected")
+        _count_rejected(services, shop, topic, "rejected")
         return NOT_AN_OBJECT
     triggered_at = _optional(environ, "HTTP_X_SHOPIFY_TRIGGERED_AT")
     age = triggered_age_s(triggered_at, time.time())
     if settings.stale_after_s and age is not None and age > settings.stale_after_s:
-        _count_rejected(ingest, shop, topic, "stale")
+        _count_rejected(services, shop, topic, "stale")
         return STALE
-    if not accepts_from_shopify(ingest, topic):
-        _count_quietly(ingest, shop, f"webhooks:{topic}:ignored")
+    if not accepts_from_shopify(services, topic):
+        _count_quietly(services, shop, f"webhooks:{topic}:ignored")
         return IGNORED
     env = Envelope(
         shop=shop,
@@ -330,12 +261,12 @@ def receive_shopify(ingest: Ingest, environ: WSGIEnvironment) -> Answer:
         received_ms=now_ms(),
     )
     request_id = (_optional(environ, "HTTP_X_REQUEST_ID") or secrets.token_hex(16))[:64]
-    return _queue(ingest, env, request_id)
+    return _queue(services, env, request_id)
 
 
-def _queue(ingest: Ingest, env: Envelope, request_id: str) -> Answer:
+def _queue(services: Services, env: Envelope, request_id: str) -> Answer:
     try:
-        accepted = ingest.store.accept(env)
+        accepted = services.store.accept(env)
     except redis.RedisError as exc:
         log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
         return _error(503, "queue unavailable, retry later")
@@ -352,7 +283,7 @@ def _queue(ingest: Ingest, env: Envelope, request_id: str) -> Answer:
     )
     if accepted.wake:
         try:
-            enqueue_drain(ingest.queue, env.shop)
+            enqueue_drain(services.queue, env.shop)
         except redis.RedisError:
             # The webhook is durably queued; the flag expires, so the next webhook (or the
             # worker's sweep) enqueues the drain instead.
@@ -360,22 +291,21 @@ def _queue(ingest: Ingest, env: Envelope, request_id: str) -> Answer:
     return DUPLICATE if accepted.seen_before else OK
 
 
-def _topic_label(ingest: Ingest, topic: str) -> str:
+def _topic_label(services: Services, topic: str) -> str:
     # Unsigned requests choose their topic header: only known topics name a counter.
-    return topic if accepts_from_shopify(ingest, topic) else "other"
+    return topic if accepts_from_shopify(services, topic) else "other"
 
 
-def _unauthorized(ingest: Ingest, shop: str, topic: str, *, known: bool) -> Answer:
+def _unauthorized(
+    services: Services, rejections: logs.Sampler, shop: str, topic: str, *, known: bool
+) -> Answer:
     """Count (every one) and log (sampled) an unknown shop or a bad signature: one 401 for both."""
     reason = "bad_signature" if known else "unknown_shop"
-    label = _topic_label(ingest, topic)
+    label = _topic_label(services, topic)
     field = f"webhooks:{label}:{reason}"
-    configured = "1" if ingest.stores.configured(shop) else "0"
     with contextlib.suppress(redis.RedisError):
-        ingest.count_untrusted(
-            keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY], args=[shop, field, configured]
-        )
-    left_out = ingest.rejections_log.admit(reason)
+        services.store.count_untrusted(shop, field, configured=services.stores.configured(shop))
+    left_out = rejections.admit(reason)
     if left_out is not None:
         extra: dict[str, object] = {"topic": label, "left_out": left_out}
         if known:
@@ -384,21 +314,21 @@ def _unauthorized(ingest: Ingest, shop: str, topic: str, *, known: bool) -> Answ
     return UNAUTHORIZED
 
 
-def _count_unverified(ingest: Ingest, topic: str, result: str) -> None:
+def _count_unverified(services: Services, topic: str, result: str) -> None:
     """Count a request refused before its shop could be looked up, in REJECTED_KEY."""
-    label = _topic_label(ingest, topic.strip())
+    label = _topic_label(services, topic.strip())
     with contextlib.suppress(redis.RedisError):
-        ingest.redis.hincrby(REJECTED_KEY, f"webhooks:{label}:{result}", 1)
+        services.store.count_unverified(f"webhooks:{label}:{result}")
 
 
-def _count_rejected(ingest: Ingest, shop: str, topic: str, result: str) -> None:
+def _count_rejected(services: Services, shop: str, topic: str, result: str) -> None:
     """Count a signed request's rejection in the shop's stats (`webhooks:{topic}:{result}`);
     never fails the response."""
-    label = _topic_label(ingest, topic)
+    label = _topic_label(services, topic)
     with contextlib.suppress(redis.RedisError):
-        ingest.redis.hincrby(Keys(shop).stats, f"webhooks:{label}:{result}", 1)
+        services.store.count(shop, f"webhooks:{label}:{result}")
 
 
-def _count_quietly(ingest: Ingest, shop: str, name: str) -> None:
+def _count_quietly(services: Services, shop: str, name: str) -> None:
     with contextlib.suppress(redis.RedisError):
-        ingest.store.count(shop, name)
+        services.store.count(shop, name)

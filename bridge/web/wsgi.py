@@ -8,14 +8,15 @@ from flask import Flask
 
 from bridge import logs
 from bridge.config.settings import ConfigError, load_settings
+from bridge.config.stores import require_service_config
 from bridge.gctune import tune_gc
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 
 
 def build() -> Flask:
     try:
         settings = load_settings()
-        settings.require_service_settings()
+        require_service_config(settings)
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge web: configuration error: {exc}\n")
         sys.stderr.flush()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from bridge.delivery.deliver import deliver
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ RETRY_MAX_S = 10.0
 class BackgroundDelivery:
     """One thread that delivers the shops handed to it, each shop at most once at a time."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Services) -> None:
         self.rt = rt
         self._pending: dict[str, None] = {}  # an ordered set: shops in the order handed over
         self._busy = False

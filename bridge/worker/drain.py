@@ -21,33 +21,20 @@ from bridge.worker.processor import ProcessConfig, process
 from bridge.worker.queues import enqueue_drain
 
 if TYPE_CHECKING:
-    from bridge.services import Runtime
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
 
-def process_config(rt: Runtime, shop: str) -> ProcessConfig:
-    s = rt.settings
-    store = rt.store_config(shop)
-    return ProcessConfig(
-        shop_currency=store.currency if store is not None else s.shop_currency,
-        skip_test_orders=s.skip_test_orders,
-        naming=s.event_naming,
-        order_completed_on=s.order_completed_on,
-        checkout_contact_wait_s=s.checkout_contact_wait_s,
-        refund_order_wait_s=s.refund_order_wait_s,
-        unjoined_order_window_s=s.unjoined_order_window_s,
-        identity_hint_customer_attr=s.identity_hint_customer_attr,
-        identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
-        dedupe_ttl_s=s.webhook_dedupe_ttl_s,
-        api_version=s.shopify_api_version,
-    )
+def process_config(rt: Services, shop: str) -> ProcessConfig:
+    """The shop's processing rules, built once per process (`Services.shop`)."""
+    return rt.shop(shop).rules
 
 
 class _Committing:
     """A batch's commit, sent but not yet confirmed, and what follows its confirmation."""
 
-    def __init__(self, rt: Runtime, shop: str, commit: Commit, webhooks: int) -> None:
+    def __init__(self, rt: Services, shop: str, commit: Commit, webhooks: int) -> None:
         self.rt, self.shop, self.commit, self.webhooks = rt, shop, commit, webhooks
         self.pending = rt.store.send_commit(shop, commit, webhooks)
 
@@ -93,7 +80,7 @@ def _warn_version_mismatch(shop: str, commit: Commit, configured: str) -> None:
                 )
 
 
-def drain(rt: Runtime, shop: str) -> None:
+def drain(rt: Services, shop: str) -> None:
     """Process the shop's inbound queue until empty or out of time. Raises redis errors.
 
     Batches are pipelined: while batch N is mapped, Redis runs batch N-1's commit and moves
@@ -177,7 +164,7 @@ def drain(rt: Runtime, shop: str) -> None:
         enqueue_drain(rt.queue, shop)
 
 
-def _split(rt: Runtime, shop: str, config: ProcessConfig, begun: Begun, lease: Lease) -> None:
+def _split(rt: Services, shop: str, config: ProcessConfig, begun: Begun, lease: Lease) -> None:
     """Process a work list that failed `begun.tries` times in batches of half the size tried
     last, each committed on its own, so the next failure is narrowed down to half as many
     webhooks; a webhook that failed alone is parked with the reason. Raises as `process` and

@@ -17,29 +17,26 @@ import ctypes
 import logging
 import signal
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
 import redis
 from rq import SimpleWorker
 
-from bridge.delivery.deadletters import DeadLetters
 from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
-from bridge.services import Runtime, install
-from bridge.store.facade import Keys, now_ms
+from bridge.services import Services, install
 from bridge.worker.background import BackgroundDelivery
 from bridge.worker.queues import JOB_TIMEOUT_S
+from bridge.worker.sweep import SWEEP_EVERY_S, schedule_sweep, tick
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY_S = 15
-TICK_S = 1.0
 REDIS_WAIT_MAX_S = 5.0
 
 
 class BridgeWorker(SimpleWorker):
-    runtime: Runtime | None = None
+    runtime: Services | None = None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         if self.runtime is not None:
@@ -63,7 +60,7 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def log_start(rt: Runtime) -> None:
+def log_start(rt: Services) -> None:
     """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
     from bridge import __version__
     from bridge.cli import devstack  # local: devstack is a CLI helper
@@ -85,7 +82,7 @@ def log_start(rt: Runtime) -> None:
     )
 
 
-def check_redis_policy(rt: Runtime) -> None:
+def check_redis_policy(rt: Services) -> None:
     """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
     try:
         policy = rt.redis.config_get("maxmemory-policy").get("maxmemory-policy")
@@ -97,7 +94,7 @@ def check_redis_policy(rt: Runtime) -> None:
         )
 
 
-def check_api_version(rt: Runtime) -> None:
+def check_api_version(rt: Services) -> None:
     """Warn when SHOPIFY_API_VERSION is past Shopify's support window (payloads and Admin
     answers then silently come in the oldest supported version instead)."""
     from bridge.backfill.admin import version_warning
@@ -107,13 +104,7 @@ def check_api_version(rt: Runtime) -> None:
         log.warning(warning)
 
 
-def schedule_sweep(rt: Runtime) -> None:
-    from bridge.worker.queues import SWEEP  # local: avoids an import cycle at module load
-
-    rt.queue.enqueue_in(timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600)
-
-
-def wait_for_redis(rt: Runtime) -> bool:
+def wait_for_redis(rt: Services) -> bool:
     """Block until Redis answers a PING (True) or the process is asked to stop (False)."""
     delay = 0.2
     logged = False
@@ -132,7 +123,7 @@ def wait_for_redis(rt: Runtime) -> bool:
     return False
 
 
-def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
+def run_worker(rt: Services, *, burst: bool = False, **work_kwargs: Any) -> bool:
     """Work until SIGTERM (or, with `burst`, until the queue is empty); survives Redis restarts."""
     install(rt)
     rt.deliverer = BackgroundDelivery(rt)
@@ -145,7 +136,7 @@ def run_worker(rt: Runtime, *, burst: bool = False, **work_kwargs: Any) -> bool:
         rt.deliverer = None
 
 
-def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
+def _work(rt: Services, *, burst: bool, **work_kwargs: Any) -> bool:
     def stop_between_loops(signum: int, frame: FrameType | None) -> None:
         rt.stopping.set()
 
@@ -170,7 +161,7 @@ def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
                     schedule_sweep(rt)
                 ensure_check_scheduled(rt)  # issue 6: the periodic volume check
                 if ticker is None:
-                    ticker = threading.Thread(target=_tick, args=(rt,), name="ticker", daemon=True)
+                    ticker = threading.Thread(target=tick, args=(rt,), name="ticker", daemon=True)
                     ticker.start()
             worked = bool(worker.work(burst=burst, with_scheduler=not burst, **kwargs)) or worked
         except redis.RedisError as exc:
@@ -180,55 +171,3 @@ def _work(rt: Runtime, *, burst: bool, **work_kwargs: Any) -> bool:
         # RQ left its loop without being asked to (it does on a Redis error mid-job): go again.
         log.warning("worker loop ended unexpectedly; restarting it when Redis answers")
         rt.stopping.wait(0.5)
-
-
-def wake_due(rt: Runtime) -> None:
-    """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
-    of shops with a compliance request left pending."""
-    from bridge.worker.queues import enqueue_drain
-
-    now = now_ms()
-    for shop in rt.store.shops():
-        keys = Keys(shop)
-        depth = rt.store.depth(shop)
-        # A compliance request whose run failed (an erasure that could not take the delivery
-        # lease in time, a Redis error) stays committed; a drain runs it first, even when no
-        # webhook is queued to start one.
-        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
-        if drain_due and rt.store.wake(keys.drain_flag):
-            enqueue_drain(rt.queue, shop)
-        due = rt.store.next_due_ms(shop)
-        if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
-            keys.deliver_flag
-        ):
-            rt.deliver_soon(shop)
-
-
-def _tick(rt: Runtime) -> None:
-    while not rt.stopping.wait(TICK_S):
-        try:
-            wake_due(rt)
-        except redis.RedisError:
-            continue  # Redis is away: the work loop waits for it too
-
-
-def sweep(rt: Runtime) -> None:
-    """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
-    then schedule the next sweep."""
-    from bridge.identity.housekeeping import housekeep, housekeep_due
-
-    try:
-        wake_due(rt)
-        letters = DeadLetters(rt.redis)
-        for shop in rt.store.shops():
-            letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
-            if housekeep_due(rt, shop):
-                housekeep(rt, shop)
-    finally:
-        rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
-        schedule_sweep(rt)
-    ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
-    # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
-    from bridge.backfill.reconcile import maybe_reconcile
-
-    maybe_reconcile(rt)

@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 import orjson
 
 from bridge.canonical import MapContext, Mapped
-from bridge.compliance.erasure import COMPLIANCE_TOPICS, request_from
+from bridge.compliance.requests import COMPLIANCE_TOPICS, request_from
+from bridge.config.settings import Settings
+from bridge.config.stores import StoreConfig
 from bridge.delivery.calls import InvalidCall, validate_call
 from bridge.delivery.deadletters import DeadLetter, call_letter, log_dead_letter, webhook_letter
 from bridge.delivery.outbox import OutboxEntry
@@ -42,6 +44,48 @@ class ProcessConfig:
     identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
     dedupe_ttl_s: int = 72 * 3600
     api_version: str = ""  # SHOPIFY_API_VERSION: what the webhooks should carry
+
+    @classmethod
+    def for_shop(cls, settings: Settings, store: StoreConfig | None) -> ProcessConfig:
+        """The rules for one shop: the environment's, with its store's currency."""
+        s = settings
+        return cls(
+            shop_currency=store.currency if store is not None else s.shop_currency,
+            skip_test_orders=s.skip_test_orders,
+            naming=s.event_naming,
+            order_completed_on=s.order_completed_on,
+            checkout_contact_wait_s=s.checkout_contact_wait_s,
+            refund_order_wait_s=s.refund_order_wait_s,
+            unjoined_order_window_s=s.unjoined_order_window_s,
+            identity_hint_customer_attr=s.identity_hint_customer_attr,
+            identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
+            dedupe_ttl_s=s.webhook_dedupe_ttl_s,
+            api_version=s.shopify_api_version,
+        )
+
+    def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
+        """What mapping may know of these rules (the only builder of a MapContext)."""
+        return MapContext(
+            shop=shop,
+            shop_currency=self.shop_currency,
+            skip_test_orders=self.skip_test_orders,
+            triggered_at=triggered_at,
+            order_completed_on=self.order_completed_on,
+            identity_hint_customer_attr=self.identity_hint_customer_attr,
+            identity_hint_anonymous_attr=self.identity_hint_anonymous_attr,
+        )
+
+    def policy(self, shop: str, now: datetime | None = None) -> Policy:
+        """What the stateful step may know of these rules, with the batch's clock."""
+        return Policy(
+            shop=shop,
+            naming=self.naming,
+            now=now,
+            order_completed_on=self.order_completed_on,
+            checkout_contact_wait_s=self.checkout_contact_wait_s,
+            refund_order_wait_s=self.refund_order_wait_s,
+            unjoined_order_window_s=self.unjoined_order_window_s,
+        )
 
 
 # State lookups per batch: the records the payloads name, then up to two more rounds for
@@ -73,15 +117,7 @@ def map_envelope(env: Envelope, source: Source, config: ProcessConfig) -> Mapped
         raise MappingError(f"body is not JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise MappingError("body is not a JSON object")
-    ctx = MapContext(
-        shop=env.shop,
-        shop_currency=config.shop_currency,
-        skip_test_orders=config.skip_test_orders,
-        triggered_at=parse_time(env.triggered_at),
-        order_completed_on=config.order_completed_on,
-        identity_hint_customer_attr=config.identity_hint_customer_attr,
-        identity_hint_anonymous_attr=config.identity_hint_anonymous_attr,
-    )
+    ctx = config.map_context(env.shop, parse_time(env.triggered_at))
     return source.map(env.topic, body, ctx)
 
 
@@ -135,15 +171,7 @@ def process(
             # Committed with the batch; the drain carries it out after the commit (issue 7).
             commit.compliance.append(request_from(env, m).encode())
 
-    policy = Policy(
-        shop=shop,
-        naming=config.naming,
-        now=now or datetime.now(UTC),
-        order_completed_on=config.order_completed_on,
-        checkout_contact_wait_s=config.checkout_contact_wait_s,
-        refund_order_wait_s=config.refund_order_wait_s,
-        unjoined_order_window_s=config.unjoined_order_window_s,
-    )
+    policy = config.policy(shop, now or datetime.now(UTC))
     failed: dict[int, str] = {}  # index in `mapped` -> why that webhook could not be processed
     check_writes = False  # set once the batch's state writes failed to encode: find the culprit
     round_no = 1

@@ -15,15 +15,15 @@ import pytest
 import redis as redis_lib
 from flask.testing import FlaskClient
 
-from bridge.compliance import erasure as compliance
-from bridge.compliance.erasure import ComplianceRequest, Needles, needles_for
+from bridge.compliance import requests as compliance
+from bridge.compliance.requests import ComplianceRequest, Needles, needles_for
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.deliver import deliver
 from bridge.identity import email_key
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import SHOPS_KEY, Envelope, Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from bridge.worker.processor import ProcessConfig, process
 from tests.conftest import ROOT, SHOP, fixture_json, webhook_headers
@@ -100,8 +100,8 @@ def dry_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def rt(dry_settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.build(dry_settings)
+def rt(dry_settings: Settings) -> Iterator[Services]:
+    runtime = Services.build(dry_settings)
     yield runtime
     runtime.redis.close()
 
@@ -147,7 +147,7 @@ def traces(data: bytes) -> list[str]:
     return found
 
 
-def load_customer_everywhere(client: FlaskClient, rt: Runtime, shop: str = SHOP) -> None:
+def load_customer_everywhere(client: FlaskClient, rt: Services, shop: str = SHOP) -> None:
     """The customer in state, delivered calls (dry-run file), the outbox, parked webhooks and
     the inbound queue; a bystander beside them."""
     for topic, name in (
@@ -171,7 +171,7 @@ def load_customer_everywhere(client: FlaskClient, rt: Runtime, shop: str = SHOP)
 
 
 def test_customer_redact_leaves_no_trace_in_redis_or_the_dry_run_file(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, dry_settings: Settings
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis, dry_settings: Settings
 ) -> None:
     load_customer_everywhere(client, rt)
     dry_run = Path(dry_settings.dry_run_file)
@@ -196,7 +196,7 @@ def test_customer_redact_leaves_no_trace_in_redis_or_the_dry_run_file(
 
 
 def test_forwarded_redaction_sends_only_user_deleted(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, dry_settings: Settings
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis, dry_settings: Settings
 ) -> None:
     rt.settings = dry_settings.model_copy(update={"forward_redactions": True})
     load_customer_everywhere(client, rt)
@@ -213,7 +213,7 @@ def test_forwarded_redaction_sends_only_user_deleted(
 
 
 def test_shop_redact_erases_the_shop_and_nothing_else(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     load_customer_everywhere(client, rt, shop=SHOP)
     assert post(client, "orders/paid", jane("orders-paid"), shop=OTHER_SHOP) == 200
@@ -228,7 +228,7 @@ def test_shop_redact_erases_the_shop_and_nothing_else(
 
 @pytest.mark.parametrize("named", [OTHER_SHOP, None])
 def test_shop_redact_naming_another_shop_is_parked_and_erases_nothing(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, named: str | None
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis, named: str | None
 ) -> None:
     load_customer_everywhere(client, rt, shop=SHOP)
     before = sorted(redis.scan_iter(match=f"cb:{{{SHOP}}}:st:*"))
@@ -246,7 +246,7 @@ def test_shop_redact_naming_another_shop_is_parked_and_erases_nothing(
 
 
 def test_data_request_export_is_retrievable_with_the_cli(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, dry_settings: Settings
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis, dry_settings: Settings
 ) -> None:
     load_customer_everywhere(client, rt)
     body = fixture_json("customers-data-request")
@@ -294,7 +294,7 @@ def test_bad_hmac_on_compliance_topics_is_401(
 
 
 def test_a_committed_request_survives_a_crash_before_it_ran(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     load_customer_everywhere(client, rt)
     assert post(client, "customers/redact", redact_body()) == 200

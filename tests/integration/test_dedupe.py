@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import DeadLetters
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, fixture_json, webhook_headers
 
@@ -29,8 +29,8 @@ def client(settings: Settings) -> FlaskClient:
 
 
 @pytest.fixture
-def rt(settings: Settings) -> Runtime:
-    return Runtime.build(settings)
+def rt(settings: Settings) -> Services:
+    return Services.build(settings)
 
 
 def stats(redis: redis_lib.Redis) -> dict[str, int]:
@@ -44,7 +44,7 @@ def send(client: FlaskClient, topic: str, body: bytes, webhook_id: str) -> dict[
 
 
 def test_copies_in_one_batch_and_in_later_batches_are_processed_once(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_bytes("carts-create")
     for _ in range(3):
@@ -62,7 +62,7 @@ def test_copies_in_one_batch_and_in_later_batches_are_processed_once(
 
 
 def test_a_batch_taken_but_not_committed_is_processed_on_the_redo(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_bytes("carts-create")
     send(client, "carts/create", body, "w-cart")
@@ -76,7 +76,7 @@ def test_a_batch_taken_but_not_committed_is_processed_on_the_redo(
 
 
 def test_a_replayed_dead_letter_is_processed_again_not_skipped(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_json("carts-create")
     body["line_items"] = "not a list"

@@ -17,9 +17,9 @@ from bridge.config.settings import Settings
 from bridge.delivery.deadletters import DeadLetters
 from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, wait_until, webhook_headers
 from tests.journeys import CART, cart, order
@@ -47,11 +47,11 @@ def queue(r: redis_lib.Redis, calls: Sequence[dict[str, Any]], kind: str = "batc
 
 
 @pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
+def rt(settings: Settings) -> Iterator[Services]:
     fast = settings.model_copy(
         update={"retry_base_s": 0.05, "retry_cap_s": 0.2, "pause_probe_s": 0.1}
     )
-    runtime = Runtime.build(fast)
+    runtime = Services.build(fast)
     yield runtime
     runtime.redis.close()
 
@@ -60,12 +60,14 @@ def sent_ids(p: PipelinesStandIn) -> list[str]:
     return [str(m) for m in p.message_ids()]
 
 
-def deliver_until(rt: Runtime, done: Any, rounds: int = 60) -> bool:
+def deliver_until(rt: Services, done: Any, rounds: int = 60) -> bool:
     """Call deliver() (as the ticker's jobs would) until `done()` or `rounds` run out."""
     return wait_until(lambda: (deliver(rt, SHOP), done())[1], timeout_s=15, interval_s=0.05)
 
 
-def test_a_backlog_goes_out_in_few_large_requests(rt: Runtime, pipelines: PipelinesStandIn) -> None:
+def test_a_backlog_goes_out_in_few_large_requests(
+    rt: Services, pipelines: PipelinesStandIn
+) -> None:
     queue(rt.redis, [call(i, f"p{i % 50}", pad="x" * 2000) for i in range(600)])
     deliver(rt, SHOP)
     assert len(pipelines.calls) == 600
@@ -79,7 +81,7 @@ def test_a_backlog_goes_out_in_few_large_requests(rt: Runtime, pipelines: Pipeli
 
 
 def test_a_person_waiting_for_a_retry_holds_only_their_own_calls(
-    rt: Runtime, pipelines: PipelinesStandIn
+    rt: Services, pipelines: PipelinesStandIn
 ) -> None:
     queue(rt.redis, [call(1, "ann")])
     pipelines.script(503)
@@ -97,7 +99,7 @@ def test_a_person_waiting_for_a_retry_holds_only_their_own_calls(
 
 
 def test_a_bad_call_in_strict_mode_is_isolated_and_dead_lettered(
-    rt: Runtime, pipelines: PipelinesStandIn
+    rt: Services, pipelines: PipelinesStandIn
 ) -> None:
     calls = [call(i, f"p{i}") for i in range(20)]
     del calls[13]["event"]  # strict mode refuses the whole request for this one
@@ -110,10 +112,10 @@ def test_a_bad_call_in_strict_mode_is_isolated_and_dead_lettered(
 
 
 def test_too_large_requests_are_split_and_an_oversize_call_is_dead_lettered(
-    rt: Runtime,
+    rt: Services,
 ) -> None:
     with PipelinesStandIn(write_keys={"test-write-key"}, max_request_bytes=3000) as small:
-        runtime = Runtime.build(rt.settings.model_copy(update={"pipelines_url": small.url}))
+        runtime = Services.build(rt.settings.model_copy(update={"pipelines_url": small.url}))
         queue(runtime.redis, [call(i, f"p{i}", pad="y" * 400) for i in range(12)])
         queue(runtime.redis, [call(99, "big", pad="z" * 5000)])
         deliver(runtime, SHOP)
@@ -122,7 +124,7 @@ def test_too_large_requests_are_split_and_an_oversize_call_is_dead_lettered(
 
 
 def test_a_refused_key_pauses_the_shop_keeps_the_calls_and_resumes_on_a_probe(
-    rt: Runtime, pipelines: PipelinesStandIn
+    rt: Services, pipelines: PipelinesStandIn
 ) -> None:
     pipelines.configure(write_keys=["another-key"])
     queue(rt.redis, [call(i, "ann") for i in range(3)])
@@ -142,9 +144,9 @@ def test_a_refused_key_pauses_the_shop_keeps_the_calls_and_resumes_on_a_probe(
 
 
 def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_ids(
-    rt: Runtime, pipelines: PipelinesStandIn, monkeypatch: pytest.MonkeyPatch
+    rt: Services, pipelines: PipelinesStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = Runtime.build(rt.settings.model_copy(update={"retry_horizon_s": 0}))
+    runtime = Services.build(rt.settings.model_copy(update={"retry_horizon_s": 0}))
     queue(runtime.redis, [call(1, "ann"), call(2, "ann")])
     pipelines.configure(fault_rate=1.0)
     assert deliver_until(runtime, lambda: DeadLetters(runtime.redis).count(SHOP) == 2)
@@ -162,7 +164,7 @@ def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_
 
 
 def test_an_alias_goes_alone_after_the_persons_earlier_calls(
-    rt: Runtime, pipelines: PipelinesStandIn
+    rt: Services, pipelines: PipelinesStandIn
 ) -> None:
     queue(rt.redis, [call(1, "ann"), call(2, "bob")])
     alias = {"type": "alias", "messageId": "A0001", "previousId": "anon-1", "userId": "ann"}
@@ -174,7 +176,7 @@ def test_an_alias_goes_alone_after_the_persons_earlier_calls(
 
 
 def test_a_crash_after_the_post_redelivers_the_window_with_the_same_ids(
-    rt: Runtime, pipelines: PipelinesStandIn
+    rt: Services, pipelines: PipelinesStandIn
 ) -> None:
     queue(rt.redis, [call(i, f"p{i}") for i in range(5)])
 
@@ -199,7 +201,7 @@ def test_a_crash_after_the_post_redelivers_the_window_with_the_same_ids(
 
 
 def test_an_unmappable_webhook_is_dead_lettered_and_listed(
-    rt: Runtime, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    rt: Services, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bridge.store.facade import Envelope
     from bridge.worker.drain import drain
@@ -232,7 +234,7 @@ def post_webhook(client: FlaskClient, topic: str, body: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("tried_while_down", [True, False], ids=["held-for-retry", "never-tried"])
 def test_a_cart_converted_while_pipelines_is_down_is_dropped_at_delivery(
-    rt: Runtime, pipelines: PipelinesStandIn, tried_while_down: bool
+    rt: Services, pipelines: PipelinesStandIn, tried_while_down: bool
 ) -> None:
     # Two shoppers add to their carts; Pipelines answers every request with a 503.
     client = create_app(rt.settings).test_client()

@@ -25,7 +25,8 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from bridge.compliance.erasure import ComplianceRequest, ErasureBlocked, run_pending
+from bridge.compliance.erasure import ErasureBlocked, run_pending
+from bridge.compliance.requests import ComplianceRequest
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import (
     DeadLetters,
@@ -38,10 +39,10 @@ from bridge.delivery.deadletters import (
 from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import configure_email_hash, person_hash
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Envelope, Keys, now_ms
 from bridge.store.lease import Lease
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_json, start_worker, wait_until, webhook_headers
 from tests.integration.test_compliance import (
@@ -167,8 +168,8 @@ def slow_settings(settings: Settings, held: HeldAnswers) -> Settings:
 
 
 @pytest.fixture
-def rt(slow_settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.build(slow_settings)
+def rt(slow_settings: Settings) -> Iterator[Services]:
+    runtime = Services.build(slow_settings)
     yield runtime
     runtime.redis.close()
     configure_email_hash(b"")
@@ -226,7 +227,7 @@ def quiet(r: redis_lib.Redis) -> bool:
 
 def test_a_redact_while_the_persons_call_is_in_flight_is_never_followed_by_their_calls(
     slow_settings: Settings,
-    rt: Runtime,
+    rt: Services,
     redis: redis_lib.Redis,
     pipelines: PipelinesStandIn,
     held: HeldAnswers,
@@ -296,7 +297,7 @@ def test_a_redact_while_the_persons_call_is_in_flight_is_never_followed_by_their
 
 def test_a_deliverer_whose_lease_ran_out_mid_request_sends_nothing_more(
     slow_settings: Settings,
-    rt: Runtime,
+    rt: Services,
     redis: redis_lib.Redis,
     pipelines: PipelinesStandIn,
     held: HeldAnswers,
@@ -318,7 +319,7 @@ def test_a_deliverer_whose_lease_ran_out_mid_request_sends_nothing_more(
     redis.rpush(K.outbox, *entries)
     redis.sadd("cb:shops", SHOP)
 
-    deliverer_rt = Runtime.build(slow_settings)
+    deliverer_rt = Services.build(slow_settings)
     held.hold()
     deliverer = threading.Thread(target=deliver, args=(deliverer_rt, SHOP))
     deliverer.start()
@@ -344,7 +345,7 @@ def test_a_deliverer_whose_lease_ran_out_mid_request_sends_nothing_more(
 
 
 def test_retry_bookkeeping_names_people_by_a_keyed_hash_and_a_redact_erases_it(
-    rt: Runtime, redis: redis_lib.Redis, pipelines: PipelinesStandIn
+    rt: Services, redis: redis_lib.Redis, pipelines: PipelinesStandIn
 ) -> None:
     call = {"type": "identify", "messageId": "G0001", "userId": GUEST, "traits": {"email": GUEST}}
     redis.rpush(K.outbox, OutboxEntry(orjson.dumps(call), 1, GUEST).encode())
@@ -380,7 +381,7 @@ def legacy_entry(call: dict[str, Any], person: str) -> bytes:
 
 
 def test_entries_queued_before_the_keyed_hash_keep_their_order_and_are_erased(
-    rt: Runtime, redis: redis_lib.Redis, pipelines: PipelinesStandIn
+    rt: Services, redis: redis_lib.Redis, pipelines: PipelinesStandIn
 ) -> None:
     def track(n: int, person: str) -> dict[str, Any]:
         return {"type": "track", "messageId": f"L{n:04d}", "event": "e", "userId": person}
@@ -417,7 +418,7 @@ def dead_letter_for_the_guest(r: redis_lib.Redis) -> str:
 
 
 def test_a_replay_of_letters_read_before_a_redact_brings_nothing_back(
-    rt: Runtime, redis: redis_lib.Redis
+    rt: Services, redis: redis_lib.Redis
 ) -> None:
     letters = DeadLetters(redis)
     letter_id = dead_letter_for_the_guest(redis)
@@ -432,7 +433,7 @@ def test_a_replay_of_letters_read_before_a_redact_brings_nothing_back(
     assert leftovers(redis) == []
 
 
-def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Runtime, redis: redis_lib.Redis) -> None:
+def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Services, redis: redis_lib.Redis) -> None:
     letters = DeadLetters(redis)
     letter_id = dead_letter_for_the_guest(redis)
     with Lease(rt.store, K.erasing) as erasing:  # an erasure has begun, not yet reached the DLQ
@@ -445,7 +446,7 @@ def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Runtime, redis: redis_lib
 
 
 def test_a_compliance_request_left_pending_is_run_by_the_workers_ticker(
-    slow_settings: Settings, rt: Runtime, redis: redis_lib.Redis, held: HeldAnswers
+    slow_settings: Settings, rt: Services, redis: redis_lib.Redis, held: HeldAnswers
 ) -> None:
     """An erasure that could not take the delivery lease in time leaves its request committed
     and its drain gone; nothing is queued for the shop, yet the request must still run."""
@@ -472,7 +473,7 @@ def test_a_compliance_request_left_pending_is_run_by_the_workers_ticker(
 
 
 def test_an_erasure_that_cannot_take_the_delivery_lease_erases_nothing_and_stays_pending(
-    rt: Runtime, redis: redis_lib.Redis
+    rt: Services, redis: redis_lib.Redis
 ) -> None:
     entry = OutboxEntry(orjson.dumps({"type": "identify", "userId": GUEST}), 1, GUEST).encode()
     redis.rpush(K.outbox_work, entry)  # a deliverer's window, held in its memory too

@@ -28,9 +28,10 @@ from bridge import signature
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import dlq_key
 from bridge.jsonio import parse_body
-from bridge.services import Runtime
-from bridge.store.facade import Keys
-from bridge.web.webhooks import REJECTED_KEY, create_app, triggered_age_s
+from bridge.services import Services
+from bridge.store.facade import REJECTED_KEY, Keys
+from bridge.web.app import create_app
+from bridge.web.webhooks import triggered_age_s
 from bridge.worker.drain import drain
 from tests.conftest import fixture_bytes, fixture_json, free_port, paths
 
@@ -347,8 +348,8 @@ def wrong_type(value: Any, choice: int) -> Any:
 
 
 @pytest.fixture
-def rt(multi: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.build(multi.model_copy(update={"pipelines_dry_run": True}))
+def rt(multi: Settings) -> Iterator[Services]:
+    runtime = Services.build(multi.model_copy(update={"pipelines_dry_run": True}))
     yield runtime
     runtime.redis.close()
 
@@ -364,7 +365,7 @@ def rt(multi: Settings) -> Iterator[Runtime]:
     choice=st.integers(0, 100),
 )
 def test_signed_bodies_with_wrong_types_are_parked_or_processed_never_crash(
-    app: Flask, rt: Runtime, redis: redis_lib.Redis, topic: str, where: int, choice: int
+    app: Flask, rt: Services, redis: redis_lib.Redis, topic: str, where: int, choice: int
 ) -> None:
     redis.flushall()
     body = fixture_json(FIXTURE_TOPICS[topic])

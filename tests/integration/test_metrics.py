@@ -22,9 +22,9 @@ from bridge.config.settings import Settings
 from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.deliver import deliver
 from bridge.monitoring import monitor, volume
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import (
     SHOP,
@@ -143,7 +143,7 @@ def test_metrics_cover_web_and_worker_counters_whichever_process_answers(
     assert post(web_a, "carts/create", body, webhook_id="w1") == 200
     assert post(web_b, "carts/create", body, webhook_id="w1") == 200  # a redelivery, queued
     assert post(web_a, "products/update", b"{}") == 200  # ignored topic
-    rt = Runtime.build(settings)
+    rt = Services.build(settings)
     drain(rt, SHOP)
     deliver(rt, SHOP)
     assert pipelines.wait_for(1)

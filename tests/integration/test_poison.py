@@ -34,10 +34,10 @@ from bridge.delivery.calls import MAX_CALL_BYTES
 from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.outbox import OutboxEntry
 from bridge.logs import JsonFormatter
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.sources import Source
 from bridge.store.facade import Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker import drain as drain_module
 from bridge.worker.drain import TRIES_BEFORE_SPLIT, drain
 from tests.conftest import SHOP, fixture_json, paths, webhook_headers
@@ -87,8 +87,8 @@ def client(dry: Settings) -> FlaskClient:
 
 
 @pytest.fixture
-def rt(dry: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.build(dry)
+def rt(dry: Settings) -> Iterator[Services]:
+    runtime = Services.build(dry)
     yield runtime
     runtime.redis.close()
 
@@ -140,7 +140,7 @@ def stats(redis: redis_lib.Redis) -> dict[str, int]:
 
 
 def test_a_lone_surrogate_in_a_cart_never_blocks_the_shop(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_json("carts-create")
     body["line_items"][0]["title"] = "Tee \ud800 small"
@@ -173,7 +173,7 @@ def test_a_lone_surrogate_in_a_cart_never_blocks_the_shop(
 )
 def test_odd_signed_bodies_are_processed_or_parked_and_ordinary_ones_go_out(
     client: FlaskClient,
-    rt: Runtime,
+    rt: Services,
     redis: redis_lib.Redis,
     odd: list[tuple[str, int, int]],
     ordinary: int,
@@ -221,7 +221,7 @@ def test_odd_signed_bodies_are_processed_or_parked_and_ordinary_ones_go_out(
 
 
 def test_a_50_000_line_cart_costs_bounded_work_memory_and_logs(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_json("carts-create")
     body["line_items"] = [
@@ -274,7 +274,7 @@ class CrashingSource:
 
 
 def test_a_batch_that_crashes_is_split_until_its_culprit_is_parked_alone(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     n = 40
     marker = 7_000_000 + 17
@@ -305,7 +305,7 @@ def test_a_batch_that_crashes_is_split_until_its_culprit_is_parked_alone(
 
 
 def test_an_error_outside_any_one_webhook_is_retried_then_isolated_without_a_crash(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = b"7000003"
     real = drain_module.process
@@ -347,7 +347,7 @@ class PoisoningSource:
 
 
 def test_a_webhook_that_fails_while_deciding_is_parked_and_the_batch_goes_on(
-    client: FlaskClient, rt: Runtime, redis: redis_lib.Redis
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     poisoned = fixture_json("carts-create")
     poisoned["id"] = poisoned["token"] = "poisoned-cart"

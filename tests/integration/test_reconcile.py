@@ -17,7 +17,7 @@ from bridge.backfill.reconcile import maybe_reconcile
 from bridge.backfill.run import rest_order
 from bridge.cli.main import main
 from bridge.config.settings import Settings
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Envelope, Keys, Store, now_ms
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import SHOP, wait_until
@@ -107,11 +107,11 @@ def test_worker_sweep_reconciles_once_per_interval(
             "reconcile_grace_s": 0,
         }
     )
-    rt = Runtime.build(configured)
+    rt = Services.build(configured)
     report = maybe_reconcile(rt)
     assert report is not None and report.missing == 3 and report.queued == 3
     assert Store(redis).depth(SHOP)["inbound"] == 3
     assert maybe_reconcile(rt) is None  # another sweep inside the interval does nothing
 
-    off = Runtime.build(settings)
+    off = Services.build(settings)
     assert maybe_reconcile(off) is None  # RECONCILE_EVERY_S=0 (the default): never

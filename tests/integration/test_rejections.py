@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from bridge import signature
 from bridge.config.settings import Settings
 from bridge.logs import Sampler
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from tests.conftest import ROOT, SHOP, fixture_bytes, webhook_headers
 
 URL = "/webhooks/shopify"

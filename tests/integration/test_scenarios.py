@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from bridge.config.settings import Settings
 from bridge.store.facade import Keys, Store
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from tests.conftest import SHOP, fixture_json, wait_until, webhook_headers
 from tests.journeys import CART, CUSTOMER_ID, EMAIL, cart, checkout, order, refund
 from tests.pipelines_standin import PipelinesStandIn
@@ -175,11 +175,11 @@ def test_sweep_housekeeping_drops_held_checkouts_and_parks_waiting_refunds(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from bridge.identity.housekeeping import housekeep
-    from bridge.services import Runtime
+    from bridge.services import Services
     from bridge.worker.drain import drain
+    from bridge.worker.sweep import housekeep
 
-    rt = Runtime.build(settings)
+    rt = Services.build(settings)
     post(client, "checkouts/create", checkout(email=False, updated_at="2024-11-06T02:22:02Z"))
     post(client, "refunds/create", refund(order_id="999"))
     drain(rt, SHOP)

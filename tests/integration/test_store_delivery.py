@@ -8,8 +8,8 @@ import redis as redis_lib
 
 from bridge.config.settings import Settings
 from bridge.delivery.deliver import deliver
-from bridge.services import Runtime
-from bridge.web.webhooks import create_app
+from bridge.services import Services
+from bridge.web.app import create_app
 from bridge.worker.drain import drain, process_config
 from tests.conftest import SHOP, WRITE_KEY, fixture_bytes, webhook_headers
 from tests.pipelines_standin import PipelinesStandIn
@@ -32,7 +32,7 @@ def test_calls_go_out_under_the_shops_write_key_and_currency(
     for shop, secret in ((SHOP_A, "secret-a"), (SHOP, "test-webhook-secret")):
         headers = webhook_headers(body, "carts/create", shop=shop, secret=secret)
         assert client.post("/webhooks/shopify", data=body, headers=headers).json == {"ok": True}
-    rt = Runtime.build(s)
+    rt = Services.build(s)
     assert rt.sink_for(SHOP_A) is rt.sink_for(SHOP_A) is not rt.sink
     assert rt.sink_for(SHOP) is rt.sink
     for shop in (SHOP_A, SHOP):

@@ -7,7 +7,7 @@ import pytest
 import redis as redis_lib
 
 from bridge.config.settings import Settings
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Commit, Envelope, Keys, RawPipeline, Store
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json
@@ -61,7 +61,7 @@ def test_a_commit_removes_only_its_batch_from_the_work_list(redis: redis_lib.Red
 def test_pipelined_drain_processes_every_webhook_once_in_order(
     settings: Settings, redis: redis_lib.Redis
 ) -> None:
-    rt = Runtime.build(settings.model_copy(update={"drain_batch_size": 3}))
+    rt = Services.build(settings.model_copy(update={"drain_batch_size": 3}))
     redis.rpush(K.inbound, *[envelope(i) for i in range(10)])
     drain(rt, SHOP)
     assert redis.llen(K.inbound) == 0 and redis.llen(K.inbound_work) == 0

@@ -7,9 +7,9 @@ import redis as redis_lib
 from flask.testing import FlaskClient
 
 from bridge.config.settings import Settings
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Envelope, Keys
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, free_port, webhook_headers
 
@@ -65,7 +65,7 @@ def test_redelivery_is_acknowledged_and_processed_once(
     again = client.post(URL, data=body, headers=headers)
     assert (again.status_code, again.json) == (200, {"ok": True})
     assert len(inbound(redis)) == 2
-    drain(Runtime.build(settings), SHOP)
+    drain(Services.build(settings), SHOP)
     stats = {k.decode(): int(v) for k, v in redis.hgetall(Keys(SHOP).stats).items()}
     assert stats["webhooks:carts/create:processed"] == 1
     assert stats["webhooks:carts/create:duplicate"] == 1
@@ -73,7 +73,7 @@ def test_redelivery_is_acknowledged_and_processed_once(
     # Redelivered after it was processed: answered as a duplicate, and skipped again.
     late = client.post(URL, data=body, headers=headers)
     assert (late.status_code, late.json) == (200, {"ok": True, "duplicate": True})
-    drain(Runtime.build(settings), SHOP)
+    drain(Services.build(settings), SHOP)
     assert redis.llen(Keys(SHOP).outbox) == 1
     # The same webhook id in another shop is another delivery.
     other = webhook_headers(body, "carts/create", webhook_id="same-id", shop="other.myshopify.com")

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from bridge.config.settings import Settings
-from bridge.web.webhooks import create_app
+from bridge.web.app import create_app
 from tests.conftest import SECRET, SHOP, free_port, webhook_headers
 
 URL = "/webhooks/shopify"

@@ -16,7 +16,7 @@ from bridge.config.settings import ConfigError, Settings, load_settings
 from bridge.delivery.deadletters import DeadLetters
 from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
-from bridge.services import Runtime
+from bridge.services import Services
 from bridge.store.facade import Keys
 from tests.conftest import SHOP
 from tests.pipelines_standin import PipelinesStandIn
@@ -62,7 +62,7 @@ def website() -> Iterator[Website]:
     site.close()
 
 
-def queue_calls(rt: Runtime, n: int) -> None:
+def queue_calls(rt: Services, n: int) -> None:
     calls = [
         {"type": "track", "messageId": f"M{i}", "event": "order_completed", "userId": "ann"}
         for i in range(n)
@@ -73,8 +73,8 @@ def queue_calls(rt: Runtime, n: int) -> None:
     rt.redis.sadd("cb:shops", SHOP)
 
 
-def runtime_at(settings: Settings, url: str) -> Runtime:
-    return Runtime.build(settings.model_copy(update={"pipelines_url": url}))
+def runtime_at(settings: Settings, url: str) -> Services:
+    return Services.build(settings.model_copy(update={"pipelines_url": url}))
 
 
 def paused_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

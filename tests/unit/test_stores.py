@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 from bridge import identity
 from bridge.config.settings import EU_PIPELINES_URL, US_PIPELINES_URL, ConfigError, Settings
-from bridge.config.stores import load_stores, stores_for
+from bridge.config.stores import load_stores, require_service_config, stores_for
 
 GOOD = """
 [stores."Brand-A.myshopify.com"]
@@ -98,7 +98,7 @@ def test_a_bad_file_is_one_config_error_without_secrets(
 ) -> None:
     s = settings_with(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        s.require_service_settings()
+        require_service_config(s)
     assert str(err.value).startswith("BRIDGE_STORES_FILE")
     assert "topsecret" not in str(err.value)
 
@@ -113,15 +113,15 @@ def test_the_registry_is_read_once_per_settings(tmp_path: Path) -> None:
     first = stores_for(s)
     (tmp_path / "stores.toml").write_text("not toml [")
     assert stores_for(s) is first
-    s.require_service_settings()  # a file of stores needs no single-store secret
+    require_service_config(s)  # a file of stores needs no single-store secret
 
 
 def test_a_stores_file_needs_a_secret_to_key_the_email_hash(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        settings_with(tmp_path, ONLY_A).require_service_settings()
+        require_service_config(settings_with(tmp_path, ONLY_A))
     assert str(err.value).startswith("IDENTITY_HASH_KEY")
-    settings_with(tmp_path, ONLY_A, identity_hash_key="k").require_service_settings()
-    settings_with(tmp_path, ONLY_A, shopify_webhook_secret="s").require_service_settings()
+    require_service_config(settings_with(tmp_path, ONLY_A, identity_hash_key="k"))
+    require_service_config(settings_with(tmp_path, ONLY_A, shopify_webhook_secret="s"))
 
 
 def test_email_key_is_a_keyed_hash() -> None:

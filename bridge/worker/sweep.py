@@ -1,0 +1,138 @@
+"""Sweeps: the worker's periodic work that no webhook starts.
+
+A ticker thread wakes shops whose drain or delivery job was lost (a killed worker) or whose held
+calls are due for a retry; the sweep job (every SWEEP_EVERY_S) also expires old dead letters and
+runs identity's time-driven work (identity/housekeeping.py) under each shop's drain lease, so a
+shop's state keeps one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from bridge.delivery.deadletters import DeadLetters
+from bridge.identity.carts import HELD_CHECKOUTS, expire_held
+from bridge.identity.decide import HELD_REFUNDS
+from bridge.identity.housekeeping import expire_refunds
+from bridge.identity.view import DecisionView
+from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
+from bridge.services import Services
+from bridge.store.facade import Keys, now_ms
+
+log = logging.getLogger(__name__)
+
+SWEEP_EVERY_S = 15
+TICK_S = 1.0
+HOUSEKEEP_EVERY_S = 60
+LEASE_MS = 30_000
+MAX_ROUNDS = 3
+
+
+def schedule_sweep(rt: Services) -> None:
+    from bridge.worker.queues import SWEEP  # local: avoids an import cycle at module load
+
+    rt.queue.enqueue_in(timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600)
+
+
+def wake_due(rt: Services) -> None:
+    """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
+    of shops with a compliance request left pending."""
+    from bridge.worker.queues import enqueue_drain
+
+    now = now_ms()
+    for shop in rt.store.shops():
+        keys = Keys(shop)
+        depth = rt.store.depth(shop)
+        # A compliance request whose run failed (an erasure that could not take the delivery
+        # lease in time, a Redis error) stays committed; a drain runs it first, even when no
+        # webhook is queued to start one.
+        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
+        if drain_due and rt.store.wake(keys.drain_flag):
+            enqueue_drain(rt.queue, shop)
+        due = rt.store.next_due_ms(shop)
+        if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
+            keys.deliver_flag
+        ):
+            rt.deliver_soon(shop)
+
+
+def tick(rt: Services) -> None:
+    while not rt.stopping.wait(TICK_S):
+        try:
+            wake_due(rt)
+        except redis.RedisError:
+            continue  # Redis is away: the work loop waits for it too
+
+
+def sweep(rt: Services) -> None:
+    """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
+    then schedule the next sweep."""
+
+    try:
+        wake_due(rt)
+        letters = DeadLetters(rt.redis)
+        for shop in rt.store.shops():
+            letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
+            if housekeep_due(rt, shop):
+                housekeep(rt, shop)
+    finally:
+        rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
+        schedule_sweep(rt)
+    ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
+    # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
+    from bridge.backfill.reconcile import maybe_reconcile
+
+    maybe_reconcile(rt)
+
+
+def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
+    """Expire held checkouts and refunds for one shop; returns how many were settled.
+
+    Skips (returns 0) when a drain holds the shop's lease: the next sweep tries again.
+    """
+    keys = Keys(shop)
+    token = uuid.uuid4().hex
+    if not rt.store.acquire(keys.drain_lease, token, LEASE_MS):
+        return 0
+    try:
+        now = now or datetime.now(UTC)
+        s = rt.settings
+        loaded = dict(rt.store.load_state([keys.state(HELD_CHECKOUTS), keys.state(HELD_REFUNDS)]))
+        for _ in range(MAX_ROUNDS):
+            view = DecisionView(loaded, key_of=keys.state)
+            dropped = expire_held(view, now, s.checkout_contact_wait_s)
+            parked = expire_refunds(view, now, s.refund_order_wait_s)
+            missing = view.misses - loaded.keys()
+            if not missing:
+                break
+            loaded.update(rt.store.load_state(missing))
+        sets, dels = view.writes()
+        if not (sets or dels or parked or view.counters):
+            return 0
+        pipe = rt.redis.pipeline(transaction=True)
+        for key, (value, ttl) in sets.items():
+            pipe.set(key, value, ex=ttl)
+        if dels:
+            pipe.delete(*dels)
+        if parked:
+            pipe.rpush(keys.parked, *parked)
+        for name, n in view.counters.items():
+            pipe.hincrby(keys.stats, name, n)
+        pipe.execute()
+        if dropped or parked:
+            log.info(
+                "identity housekeeping",
+                extra={"shop": shop, "checkouts_dropped": dropped, "refunds_parked": len(parked)},
+            )
+        return dropped + len(parked)
+    finally:
+        rt.store.release(keys.drain_lease, token)
+
+
+def housekeep_due(rt: Services, shop: str) -> bool:
+    """True at most once a minute per shop (across every worker)."""
+    return bool(rt.redis.set(Keys(shop).prefix + "house", "1", nx=True, ex=HOUSEKEEP_EVERY_S))
