@@ -49,7 +49,7 @@ import redis as redis_lib  # noqa: E402
 
 from bench.common import free_port  # noqa: E402
 from bridge import signature  # noqa: E402
-from bridge.identity import Policy, decide  # noqa: E402
+from bridge.identity import decide  # noqa: E402
 from bridge.identity.records import StateView  # noqa: E402
 from bridge.sources.shopify import ShopifySource  # noqa: E402
 from bridge.store import server as redis_server  # noqa: E402
@@ -140,14 +140,14 @@ def make_webhooks(n: int, shops: list[str], rng: random.Random) -> list[dict[str
 
 def expected_ids(hooks: list[dict[str, Any]]) -> set[str]:
     """The messageIds the pure path gives each webhook (an empty state view per webhook)."""
-    source, config = ShopifySource(), ProcessConfig()
+    source, config = ShopifySource(), ProcessConfig.defaults(api_version="")
     ids: set[str] = set()
     for h in hooks:
         env = Envelope(h["shop"], h["topic"], h["id"], h["body"], triggered_at=TRIGGERED_AT)
         mapped = map_envelope(env, source, config)
         if mapped.skipped:
             continue
-        for out in decide(mapped, StateView(), Policy(shop=h["shop"])):
+        for out in decide(mapped, StateView(), config.policy(h["shop"])):
             ids.add(out.call["messageId"])
     return ids
 

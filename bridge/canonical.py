@@ -195,13 +195,14 @@ class Mapped(Frozen):
 
 
 class MapContext(Frozen):
-    """What mapping may know beyond the payload (no settings object, no clock)."""
+    """What mapping may know beyond the payload (no settings object, no clock); built by
+    `ProcessConfig.map_context`, which holds the configured values."""
 
     shop: str
-    shop_currency: str = "USD"
-    skip_test_orders: bool = True
-    triggered_at: datetime | None = None
-    identity_hint_customer_attr: str = "cartbridge_customer_id"
-    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
+    shop_currency: str
+    skip_test_orders: bool
+    identity_hint_customer_attr: str
+    identity_hint_anonymous_attr: str
     # Which order topic emits `order_completed` (the other only records the order).
-    order_completed_on: str = "orders/paid"
+    order_completed_on: str
+    triggered_at: datetime | None = None

@@ -97,7 +97,7 @@ class MemoryShop:
     """One shop's state, outbox and counters in dicts; `feed` runs the real processor."""
 
     def __init__(self, config: ProcessConfig | None = None, now: datetime = NOW) -> None:
-        self.config = config or ProcessConfig()
+        self.config = config or ProcessConfig.defaults(api_version="")
         self.now = now
         self.keys = Keys(SHOP)
         self.state: dict[str, bytes] = {}

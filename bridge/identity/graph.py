@@ -30,15 +30,16 @@ MAX_MERGE_HOPS = 5
 
 @dataclass(frozen=True)
 class Policy:
-    """What the stateful step may know of the configuration, and the batch's clock."""
+    """What the stateful step may know of the configuration, and the batch's clock; built by
+    `ProcessConfig.policy`, which holds the configured values."""
 
     shop: str
-    naming: str = "snake"
+    naming: str
+    order_completed_on: str
+    checkout_contact_wait_s: int
+    refund_order_wait_s: int
+    unjoined_order_window_s: int
     now: datetime | None = None
-    order_completed_on: str = "orders/paid"
-    checkout_contact_wait_s: int = 24 * 3600
-    refund_order_wait_s: int = 6 * 3600
-    unjoined_order_window_s: int = 3600
 
     def clock(self) -> datetime:
         return self.now or datetime.now(UTC)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -33,17 +34,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProcessConfig:
-    shop_currency: str = "USD"
-    skip_test_orders: bool = True
-    naming: str = "snake"
-    order_completed_on: str = "orders/paid"
-    checkout_contact_wait_s: int = 24 * 3600
-    refund_order_wait_s: int = 6 * 3600
-    unjoined_order_window_s: int = 3600
-    identity_hint_customer_attr: str = "cartbridge_customer_id"
-    identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
-    dedupe_ttl_s: int = 72 * 3600
-    api_version: str = ""  # SHOPIFY_API_VERSION: what the webhooks should carry
+    """A shop's processing rules, built from Settings (and the shop's store) by `for_shop`:
+    Settings holds every default, and MapContext and Policy are built only from here."""
+
+    shop_currency: str
+    skip_test_orders: bool
+    naming: str
+    order_completed_on: str
+    checkout_contact_wait_s: int
+    refund_order_wait_s: int
+    unjoined_order_window_s: int
+    identity_hint_customer_attr: str
+    identity_hint_anonymous_attr: str
+    dedupe_ttl_s: int
+    api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> ProcessConfig:
+        """The rules Settings' defaults give, with `overrides` (previews and tests)."""
+        return replace(cls.for_shop(Settings.model_construct(), None), **overrides)
 
     @classmethod
     def for_shop(cls, settings: Settings, store: StoreConfig | None) -> ProcessConfig:

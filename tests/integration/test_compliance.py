@@ -304,7 +304,7 @@ def test_a_committed_request_survives_a_crash_before_it_ran(
         SHOP,
         raw,
         source=rt.source,
-        config=ProcessConfig(),
+        config=ProcessConfig.defaults(api_version=""),
         load=rt.store.load_state,
         key_of=Keys(SHOP).state,
     )
@@ -316,10 +316,11 @@ def test_a_committed_request_survives_a_crash_before_it_ran(
 
 def test_request_from_keeps_every_form_of_the_customer() -> None:
     env = Envelope(SHOP, "customers/redact", "w-1", redact_body(), received_ms=1)
-    from bridge.canonical import MapContext
     from bridge.sources.shopify import ShopifySource
 
-    mapped = ShopifySource().map("customers/redact", orjson.loads(env.body), MapContext(shop=SHOP))
+    mapped = ShopifySource().map(
+        "customers/redact", orjson.loads(env.body), ProcessConfig.defaults().map_context(SHOP)
+    )
     req = compliance.request_from(env, mapped)
     assert req.customer_id == str(CUSTOMER_ID)
     assert req.email == "jane.doe@example.com"

@@ -29,14 +29,15 @@ from bridge.backfill.run import (
     read_file_orders,
     rest_order,
 )
-from bridge.canonical import MapContext
-from bridge.identity import Policy, decide
+from bridge.identity import decide
 from bridge.identity.records import StateView
 from bridge.sources.shopify import ShopifySource
+from bridge.worker.processor import ProcessConfig
+from tests.rules import map_context
 from tests.shopify_admin_standin import bulk_lines, gql_order
 
 SHOP = "test-shop.myshopify.com"
-CTX = MapContext(shop=SHOP, shop_currency="USD")
+CTX = map_context(SHOP, shop_currency="USD")
 
 
 def eur_order() -> dict[str, Any]:
@@ -83,7 +84,7 @@ def test_events_flag_sends_order_completed_with_original_time_and_live_message_i
     ]
     source = ShopifySource()
     view = StateView()
-    policy = Policy(shop=SHOP)
+    policy = ProcessConfig.defaults().policy(SHOP)
     back = decide(source.map(env.topic, orjson.loads(env.body), CTX), view, policy)
     live = decide(source.map("orders/paid", order, CTX), StateView(), policy)
     back_track = next(o.call for o in back if o.call["type"] == "track")

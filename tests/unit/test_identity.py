@@ -131,7 +131,7 @@ def test_order_completed_once_and_carries_the_joins() -> None:
 
 
 def test_order_completed_on_create_for_delayed_payment_stores() -> None:
-    shop = MemoryShop(ProcessConfig(order_completed_on="orders/create"))
+    shop = MemoryShop(ProcessConfig.defaults(api_version="", order_completed_on="orders/create"))
     assert names(tracks(shop.feed("orders/create", order()))) == ["order_completed"]
     assert tracks(shop.feed("orders/paid", order())) == []
 

@@ -29,6 +29,7 @@ from bridge.delivery.calls import validate_call
 from bridge.ids import message_id_time
 from bridge.sources import MappingError
 from bridge.sources.shopify import ShopifySource, models
+from tests.rules import map_context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "shopify"
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -127,8 +128,8 @@ json_values = st.recursive(
 )
 bodies = st.dictionaries(keys, json_values, max_size=8)
 contexts = st.builds(
-    MapContext,
-    shop=st.just(SHOP),
+    map_context,
+    st.just(SHOP),
     shop_currency=st.sampled_from(["USD", "EUR"]),
     skip_test_orders=st.booleans(),
     triggered_at=st.none() | st.datetimes(timezones=st.just(UTC)) | st.datetimes(),
@@ -244,7 +245,7 @@ def test_64_bit_order_ids_survive_exactly(
     body["line_items"][0]["product_id"] = product_id
     body["checkout_id"] = checkout_id
     body = json.loads(json.dumps(body))  # a real JSON round trip, as the worker does
-    m = source.map("orders/paid", body, MapContext(shop=SHOP, skip_test_orders=False))
+    m = source.map("orders/paid", body, map_context(SHOP, skip_test_orders=False))
     assert m.order is not None and m.order.order_id == str(order_id)
     assert m.person is not None
     assert (m.person.customer_id, m.person.checkout_id) == (str(customer_id), str(checkout_id))
@@ -264,7 +265,7 @@ def test_64_bit_order_ids_survive_exactly(
 def test_64_bit_refund_ids_survive_exactly(refund_id: int, order_id: int) -> None:
     body = load("refunds-create")
     body["id"], body["order_id"] = refund_id, order_id
-    m = source.map("refunds/create", json.loads(json.dumps(body)), MapContext(shop=SHOP))
+    m = source.map("refunds/create", json.loads(json.dumps(body)), map_context(SHOP))
     assert m.refund is not None
     assert (m.refund.refund_id, m.refund.order_id) == (str(refund_id), str(order_id))
     assert m.events[0].properties["order_id"] == str(order_id)

@@ -34,7 +34,7 @@ def run(batch: list[bytes]) -> Any:
         SHOP,
         batch,
         source=ShopifySource(),
-        config=ProcessConfig(),
+        config=ProcessConfig.defaults(api_version=""),
         load=lambda names: dict.fromkeys(names),
         key_of=K.state,
     )
@@ -85,7 +85,7 @@ def test_the_api_version_webhooks_carry_is_counted_against_the_configured_one() 
         SHOP,
         batch,
         source=ShopifySource(),
-        config=ProcessConfig(api_version="2026-10"),
+        config=ProcessConfig.defaults(api_version="2026-10"),
         load=lambda names: dict.fromkeys(names),
         key_of=K.state,
     )

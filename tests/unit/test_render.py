@@ -23,7 +23,6 @@ from bridge.canonical import (
     ORDER_REFUNDED,
     CanonicalEvent,
     Item,
-    MapContext,
     PersonRef,
     TraitUpdate,
 )
@@ -31,6 +30,7 @@ from bridge.delivery import render
 from bridge.delivery.calls import InvalidCall, validate_call
 from bridge.ids import message_id, message_id_time
 from bridge.sources.shopify import ShopifySource
+from tests.rules import map_context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "shopify"
 SHOP = "shop.example"
@@ -40,7 +40,7 @@ DOC_TIME = datetime(2022, 1, 1, tzinfo=UTC)
 
 def mapped(topic: str, name: str, **ctx: Any) -> Any:
     body = json.loads((FIXTURES / f"{name}.json").read_text())
-    return ShopifySource().map(topic, body, MapContext(shop=SHOP, **ctx))
+    return ShopifySource().map(topic, body, map_context(SHOP, **ctx))
 
 
 def without_mid(call: dict[str, Any]) -> dict[str, Any]:

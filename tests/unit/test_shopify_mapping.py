@@ -33,11 +33,12 @@ from bridge.sources import MappingError
 from bridge.sources.shopify import ShopifySource
 from bridge.sources.shopify.models import Cart, Customer, LineItem, Order
 from bridge.sources.shopify.traits import customer_traits, normalise_phone
+from tests.rules import map_context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "shopify"
 SHOP = "shop.example"
-CTX = MapContext(shop=SHOP)
-CTX_TEST_ORDERS = MapContext(shop=SHOP, skip_test_orders=False)
+CTX = map_context(SHOP)
+CTX_TEST_ORDERS = map_context(SHOP, skip_test_orders=False)
 # 2021-12-31T19:00:00-05:00, the time of every event in the 2026-07 doc samples.
 DOC_TIME = datetime(2022, 1, 1, tzinfo=UTC)
 
@@ -140,7 +141,7 @@ def test_carts_create() -> None:
 
 
 def test_cart_permalink_uses_the_shop_given() -> None:
-    m = run("carts/create", load("carts-create"), MapContext(shop="acme.myshopify.com"))
+    m = run("carts/create", load("carts-create"), map_context("acme.myshopify.com"))
     assert m.cart is not None
     assert m.cart.url == "https://acme.myshopify.com/cart/704912205188288575:3"
 
@@ -163,8 +164,8 @@ def test_carts_update_with_no_lines_has_a_snapshot_but_no_event() -> None:
 
 
 def test_cart_identity_hints_come_from_the_configured_note_attributes() -> None:
-    ctx = MapContext(
-        shop=SHOP,
+    ctx = map_context(
+        SHOP,
         identity_hint_anonymous_attr="rudderAnonymousId",
         identity_hint_customer_attr="cartId",
     )
@@ -225,7 +226,7 @@ def test_cart_without_currency_uses_the_shop_currency() -> None:
         "updated_at": "2024-01-01T00:00:00Z",
         "line_items": [{"variant_id": 1, "quantity": 1, "price": "5"}],
     }
-    m = run("carts/update", body, MapContext(shop=SHOP, shop_currency="EUR"))
+    m = run("carts/update", body, map_context(SHOP, shop_currency="EUR"))
     assert m.cart is not None and m.cart.currency == "EUR"
     assert m.events[0].properties["currency"] == "EUR"
 
@@ -249,7 +250,7 @@ def test_cart_time_falls_back_to_created_at_then_the_trigger_time() -> None:
     )
     del body["created_at"]
     trig = datetime(2024, 9, 18, 1, 2, 3, tzinfo=UTC)
-    m = run("carts/update", body, MapContext(shop=SHOP, triggered_at=trig))
+    m = run("carts/update", body, map_context(SHOP, triggered_at=trig))
     assert m.cart is not None and m.cart.updated_at == trig
     with pytest.raises(MappingError, match="timestamp"):
         run("carts/update", body)
@@ -351,7 +352,7 @@ def test_checkouts_update_survives_its_malformed_created_at() -> None:
     assert body["created_at"] == "2024-09-16T03:50:1500:00"
     del body["updated_at"]
     trig = datetime(2024, 9, 17, 8, 0, tzinfo=UTC)
-    m = run("checkouts/update", body, MapContext(shop=SHOP, triggered_at=trig))
+    m = run("checkouts/update", body, map_context(SHOP, triggered_at=trig))
     assert m.events[0].timestamp == trig
     with pytest.raises(MappingError):
         run("checkouts/update", body)
@@ -513,7 +514,7 @@ def test_orders_paid() -> None:
 
 
 def test_orders_paid_emits_nothing_when_orders_create_completes() -> None:
-    ctx = MapContext(shop=SHOP, skip_test_orders=False, order_completed_on="orders/create")
+    ctx = map_context(SHOP, skip_test_orders=False, order_completed_on="orders/create")
     m = run("orders/paid", load("orders-paid"), ctx)
     assert m.events == ()
     assert m.order is not None and m.order.order_id == PAID_ID
@@ -557,7 +558,7 @@ def test_orders_create_records_the_order_without_completing_it_by_default() -> N
 
 
 def test_orders_create_completes_when_configured() -> None:
-    ctx = MapContext(shop=SHOP, order_completed_on="orders/create")
+    ctx = map_context(SHOP, order_completed_on="orders/create")
     m = run("orders/create", load("orders-create"), ctx)
     assert [(e.name, e.key, e.timestamp) for e in m.events] == [
         (ORDER_COMPLETED, "order:5778367414385", CREATE_TIME)
@@ -751,7 +752,7 @@ def test_refund_currency_prefers_the_transactions_then_the_shop() -> None:
     body["transactions"][0]["currency"] = "CAD"
     assert run("refunds/create", body).events[0].properties["currency"] == "CAD"
     bare = {"id": 1, "order_id": 2, "created_at": "2024-01-01T00:00:00Z"}
-    m = run("refunds/create", bare, MapContext(shop=SHOP, shop_currency="GBP"))
+    m = run("refunds/create", bare, map_context(SHOP, shop_currency="GBP"))
     assert m.events[0].properties == {
         "order_id": "2",
         "refund_id": "1",
