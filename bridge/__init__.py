@@ -1,7 +1,9 @@
 """cartbridge: Shopify webhooks -> Customer.io Pipelines calls.
 
-Data path: web (verify, enqueue) -> Redis inbound queue -> drain job (map: pure; identity and
-cart state: Redis) -> outbox -> deliver job (Pipelines /v1/batch).
+Data path: web/ (verify, queue) -> store/ (Redis: the inbound queue) -> worker/ (drain a shop's
+batch: sources/ map it, identity/ decides, delivery/render.py makes the calls, one commit) ->
+the outbox -> worker/background.py and delivery/ (Pipelines /v1/batch). services.py connects
+the parts once per process. ARCHITECTURE.md has the whole map.
 """
 
 from importlib import metadata as _metadata
