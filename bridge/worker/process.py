@@ -36,11 +36,11 @@ REDIS_WAIT_MAX_S = 5.0
 
 
 class BridgeWorker(SimpleWorker):
-    runtime: Services | None = None
+    services: Services | None = None
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
-        if self.runtime is not None:
-            self.runtime.stopping.set()
+        if self.services is not None:
+            self.services.stopping.set()
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
 
@@ -155,7 +155,7 @@ def _work(rt: Services, *, burst: bool, **work_kwargs: Any) -> bool:
             check_redis_policy(rt)
             check_api_version(rt)
             worker = BridgeWorker([rt.queue], connection=rt.redis)
-            worker.runtime = rt
+            worker.services = rt
             if not burst:
                 if rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
                     schedule_sweep(rt)
