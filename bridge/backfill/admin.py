@@ -42,7 +42,7 @@ DEFAULT_ORDER_WINDOW_DAYS = 60
 _MONEY = "shopMoney { amount currencyCode } presentmentMoney { amount currencyCode }"
 _SHOP_MONEY = "shopMoney { amount currencyCode }"
 
-# Pieces of one order as the backfill needs it; `backfill.rest_order` turns it into REST shape.
+# Pieces of one order as the backfill needs it; sources/shopify/graphql.py turns it into REST shape.
 ORDER_SCALARS = f"""
   id legacyResourceId name email phone test
   createdAt processedAt updatedAt cancelledAt closedAt cancelReason

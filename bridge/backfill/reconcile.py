@@ -25,8 +25,8 @@ import redis
 from rq import Queue
 
 from bridge.backfill.admin import AdminClient
-from bridge.backfill.run import rest_order
 from bridge.ids import iso_z
+from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Keys, Store, now_ms
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Historic orders -> the live drain path: readers, GraphQL->REST conversion, checkpoint, rate cap.
+"""Historic orders -> the live drain path: readers, checkpoint, rate cap.
 
 The backfill writes no bridge state itself. Every historic order becomes an Envelope with the
 internal topic `backfill/order` (its refunds `backfill/refund`) and a deterministic webhook id,
@@ -6,7 +6,8 @@ queued with `Store.ingest` exactly like a webhook; the drain stays the single wr
 order index, so an order is never counted twice, a re-run is deduplicated (and sends the same
 messageIds), and a live order arriving meanwhile is never overwritten.
 
-Pure parts (conversion, category trait names) do no I/O. `BulkIndex` groups a bulk export's
+Admin API orders are turned into webhook-shaped bodies by sources/shopify/graphql.py (pure);
+the category trait names here are pure too. `BulkIndex` groups a bulk export's
 lines by `__parentId` in an SQLite scratch file, so a file of gigabytes is assembled in bounded
 memory. `Backfill` is the shell that reads, maps (to validate and count), rate-limits, queues
 (pausing while the shop's queue is full, so live webhooks are not stuck behind an export) and
@@ -36,9 +37,10 @@ from tqdm import tqdm
 
 from bridge.identity import decide
 from bridge.identity.records import StateView
-from bridge.ids import gid_to_id, iso_z
+from bridge.ids import iso_z
 from bridge.jsonio import parse_body
 from bridge.sources import MappingError, Source
+from bridge.sources.shopify.graphql import connection_nodes, is_graphql_order, rest_order
 from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Keys, Store, now_ms
 from bridge.worker.processor import ProcessConfig
 
@@ -52,187 +54,6 @@ EVENTS_FLAG = "_cartbridge_events"
 # Customer.io: at most 300 attributes per person, attribute names at most 150 bytes.
 MAX_ATTRIBUTE_NAME_BYTES = 150
 CATEGORY_PREFIX = "last_order_date_"
-
-# --- GraphQL -> REST ------------------------------------------------------------------------
-
-
-def connection_nodes(value: Any) -> list[dict[str, Any]]:
-    """Nodes of a connection in any shape: `{nodes}`, `{edges: [{node}]}` or a plain list."""
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, dict)]
-    if isinstance(value, dict):
-        if isinstance(value.get("nodes"), list):
-            return [v for v in value["nodes"] if isinstance(v, dict)]
-        if isinstance(value.get("edges"), list):
-            return [e["node"] for e in value["edges"] if isinstance(e, dict) and e.get("node")]
-    return []
-
-
-def _money(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict):
-        return None
-    return {"amount": value.get("amount"), "currency_code": value.get("currencyCode")}
-
-
-def _money_set(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict):
-        return None
-    return {
-        "shop_money": _money(value.get("shopMoney")),
-        "presentment_money": _money(value.get("presentmentMoney")),
-    }
-
-
-def _shop_amount(value: Any) -> Any:
-    return ((value or {}).get("shopMoney") or {}).get("amount")
-
-
-def _address(value: Any) -> dict[str, Any] | None:
-    return {"country_code": value.get("countryCodeV2")} if isinstance(value, dict) else None
-
-
-def _consent(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict) or not value.get("marketingState"):
-        return None
-    return {"state": str(value["marketingState"]).lower()}
-
-
-def rest_customer(c: Any) -> dict[str, Any] | None:
-    """A GraphQL Customer as the REST customer object the mapping reads."""
-    if not isinstance(c, dict):
-        return None
-    email = c.get("email") or (c.get("defaultEmailAddress") or {}).get("emailAddress")
-    phone = c.get("phone") or (c.get("defaultPhoneNumber") or {}).get("phoneNumber")
-    return {
-        "id": gid_to_id(c.get("id")),
-        "email": email,
-        "phone": phone,
-        "first_name": c.get("firstName"),
-        "last_name": c.get("lastName"),
-        "state": str(c["state"]).lower() if c.get("state") else None,
-        "tags": c.get("tags"),
-        "created_at": c.get("createdAt"),
-        "updated_at": c.get("updatedAt"),
-        "email_marketing_consent": _consent(c.get("emailMarketingConsent")),
-        "sms_marketing_consent": _consent(c.get("smsMarketingConsent")),
-        "default_address": _address(c.get("defaultAddress")),
-    }
-
-
-def rest_line_item(li: dict[str, Any]) -> dict[str, Any]:
-    product = li.get("product") or {}
-    return {
-        "id": gid_to_id(li.get("id")),
-        "product_id": gid_to_id(product.get("id")),
-        "variant_id": gid_to_id((li.get("variant") or {}).get("id")),
-        "sku": li.get("sku"),
-        "title": li.get("title"),
-        "name": li.get("name"),
-        "vendor": li.get("vendor"),
-        "product_type": product.get("productType") or li.get("productType"),
-        "quantity": li.get("quantity"),
-        "price": _shop_amount(li.get("originalUnitPriceSet")),
-        "price_set": _money_set(li.get("originalUnitPriceSet")),
-        "line_price_set": _money_set(li.get("originalTotalSet")),
-    }
-
-
-def rest_refund(r: dict[str, Any], order_id: str) -> dict[str, Any]:
-    """A GraphQL Refund as a REST refund: its transactions and its refunded line items.
-
-    Money is taken in the shop currency, which is what lifetime value sums. A refund read
-    without its transactions stands for one successful refund of `totalRefundedSet`.
-    """
-    transactions = [
-        {
-            "kind": str(t.get("kind") or "").lower(),
-            "status": str(t.get("status") or "").lower(),
-            "amount": _shop_amount(t.get("amountSet")),
-            "currency": ((t.get("amountSet") or {}).get("shopMoney") or {}).get("currencyCode"),
-        }
-        for t in connection_nodes(r.get("transactions"))
-    ]
-    shop = (r.get("totalRefundedSet") or {}).get("shopMoney") or {}
-    if not transactions and shop.get("amount") is not None:
-        transactions.append(
-            {
-                "kind": "refund",
-                "status": "success",
-                "amount": shop.get("amount"),
-                "currency": shop.get("currencyCode"),
-            }
-        )
-    lines = []
-    for rli in connection_nodes(r.get("refundLineItems")):
-        line = rli.get("lineItem")
-        lines.append(
-            {
-                "id": gid_to_id(rli.get("id")),
-                "quantity": rli.get("quantity"),
-                "line_item_id": gid_to_id((line or {}).get("id")),
-                "line_item": rest_line_item(line) if isinstance(line, dict) else None,
-                "subtotal_set": _money_set(rli.get("subtotalSet")),
-            }
-        )
-    return {
-        "id": gid_to_id(r.get("id")),
-        "order_id": order_id,
-        "created_at": r.get("createdAt"),
-        "processed_at": r.get("processedAt") or r.get("createdAt"),
-        "transactions": transactions,
-        "refund_line_items": lines,
-    }
-
-
-def is_graphql_order(obj: dict[str, Any]) -> bool:
-    return str(obj.get("id") or "").startswith("gid://shopify/Order/")
-
-
-def rest_order(o: dict[str, Any]) -> dict[str, Any]:
-    """A GraphQL Order (API page node or assembled bulk line) as the REST order JSON. Pure.
-
-    Keeps what `ShopifySource` reads: ids as strings, money sets in shop and presentment
-    currency, the customer, line items with their product type, and `refunds` in REST shape.
-    """
-    order_id = str(o.get("legacyResourceId") or gid_to_id(o.get("id")) or "")
-    return {
-        "id": order_id,
-        "admin_graphql_api_id": o.get("id"),
-        "name": o.get("name"),
-        "order_number": (str(o["name"]).lstrip("#") or None) if o.get("name") else None,
-        "email": o.get("email"),
-        "phone": o.get("phone"),
-        "test": o.get("test"),
-        "created_at": o.get("createdAt"),
-        "processed_at": o.get("processedAt"),
-        "updated_at": o.get("updatedAt"),
-        "cancelled_at": o.get("cancelledAt"),
-        "closed_at": o.get("closedAt"),
-        "cancel_reason": str(o["cancelReason"]).lower() if o.get("cancelReason") else None,
-        "financial_status": (
-            str(o["displayFinancialStatus"]).lower() if o.get("displayFinancialStatus") else None
-        ),
-        "currency": o.get("currencyCode"),
-        "presentment_currency": o.get("presentmentCurrencyCode"),
-        "total_price": _shop_amount(o.get("totalPriceSet")),
-        "total_price_set": _money_set(o.get("totalPriceSet")),
-        "subtotal_price_set": _money_set(o.get("subtotalPriceSet")),
-        "total_tax_set": _money_set(o.get("totalTaxSet")),
-        "total_discounts_set": _money_set(o.get("totalDiscountsSet")),
-        "total_shipping_price_set": _money_set(o.get("totalShippingPriceSet")),
-        "discount_codes": [{"code": c} for c in o.get("discountCodes") or [] if c],
-        "note_attributes": [
-            {"name": a.get("key"), "value": a.get("value")}
-            for a in o.get("customAttributes") or []
-            if isinstance(a, dict)
-        ],
-        "shipping_address": _address(o.get("shippingAddress")),
-        "billing_address": _address(o.get("billingAddress")),
-        "customer": rest_customer(o.get("customer")),
-        "line_items": [rest_line_item(li) for li in connection_nodes(o.get("lineItems"))],
-        "refunds": [rest_refund(r, order_id) for r in connection_nodes(o.get("refunds"))],
-    }
-
 
 # --- JSONL files ----------------------------------------------------------------------------
 

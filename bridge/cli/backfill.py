@@ -37,13 +37,13 @@ from bridge.backfill.run import (
     count_file_orders,
     file_batches,
     file_job,
-    rest_order,
 )
 from bridge.cli import common as cli_common
 from bridge.cli.common import first_bad_json_line
 from bridge.config.settings import ConfigError, Settings, load_settings
 from bridge.config.stores import stores_for
 from bridge.sources import MappingError
+from bridge.sources.shopify.graphql import rest_order
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

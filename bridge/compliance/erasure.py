@@ -19,7 +19,7 @@ by keyed hashes (bridge/keyed.py), which are needles too.
 An erasure wins over a delivery in flight: it runs holding the shop's delivery lease, which it
 takes after marking the shop (`Keys.erasing`, itself a lease) so that the deliverer holding it
 ends its round at its next request and settles its window back into Redis, where the erasure
-finds it (delivery/deliver.py, `Gate`). A deliverer in any process whose lease ran out meanwhile sends
+finds it (deliver.py, `Gate`). A deliverer in any process whose lease ran out meanwhile sends
 nothing more and cannot write its window back (settles are refused without the lease). So once
 an erasure is done, no call naming the person is queued anywhere or sent again; the only calls
 sent after it began are those a request had already carried when it began. `User Deleted`

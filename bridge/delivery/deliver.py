@@ -7,7 +7,7 @@ one MULTI (store.settle_outbox): until then the window stays in Redis, so a cras
 means the window is sent again with the same messageIds (at-least-once, never a loss).
 
 An erasure wins over a delivery in flight (`Gate`): an erasure of the shop's data runs holding
-the delivery lease (compliance/erasure.py), so no window is held in memory while it runs. Before each
+the delivery lease (erasure.py), so no window is held in memory while it runs. Before each
 request the deliverer checks in Redis that the lease is still its own and that no erasure waits
 for it; when one does, it ends the round, settles it (the calls go back to Redis, where the
 erasure finds them) and lets the lease go. A deliverer whose lease ran out while a request was

@@ -68,7 +68,7 @@ class Keys:
         self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
         self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
         self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
-        # A lease held by an erasure of the shop's data (compliance/erasure.py), from before it waits for
+        # A lease held by an erasure of the shop's data (erasure.py), from before it waits for
         # the delivery lease until it is done: the deliverer stands aside when it sees it.
         self.erasing = p + "out:erasing"
         # Compliance requests (issue 7) committed with their batch, run after it, then removed.

@@ -14,9 +14,9 @@ import redis as redis_lib
 
 from bridge.backfill.admin import DEFAULT_API_VERSION, AdminClient, BulkUrlExpired, version_warning
 from bridge.backfill.reconcile import reconcile
-from bridge.backfill.run import rest_order
 from bridge.cli import main as cli
 from bridge.config.settings import Settings
+from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import Store
 from tests.shopify_admin_standin import TOKEN, AdminStandIn, Plan, gql_order
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from bridge.backfill.run import QUEUE_CHUNK, rest_order
+from bridge.backfill.run import QUEUE_CHUNK
 from bridge.cli.main import main
 from bridge.config.settings import Settings
+from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import Envelope, Keys, Store, now_ms
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until

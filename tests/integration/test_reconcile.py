@@ -14,10 +14,10 @@ from pydantic import SecretStr
 from rq import Queue
 
 from bridge.backfill.reconcile import maybe_reconcile
-from bridge.backfill.run import rest_order
 from bridge.cli.main import main
 from bridge.config.settings import Settings
 from bridge.services import Services
+from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import Envelope, Keys, Store, now_ms
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import SHOP, wait_until

@@ -27,11 +27,11 @@ from bridge.backfill.run import (
     file_batches,
     order_envelopes,
     read_file_orders,
-    rest_order,
 )
 from bridge.identity import decide
 from bridge.identity.records import StateView
 from bridge.sources.shopify import ShopifySource
+from bridge.sources.shopify.graphql import rest_order
 from bridge.worker.processor import ProcessConfig
 from tests.rules import map_context
 from tests.shopify_admin_standin import bulk_lines, gql_order
