@@ -145,3 +145,21 @@ def test_email_hash_key_setting() -> None:
     assert derived == Settings(shopify_webhook_secret="s1").email_hash_key
     assert derived != Settings(shopify_webhook_secret="s2").email_hash_key
     assert b"s1" not in derived
+
+
+def test_the_volume_check_compares_in_each_stores_own_time_zone(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    from bridge.monitoring.monitor import shop_zone
+
+    s = settings_with(
+        tmp_path,
+        GOOD,
+        shopify_webhook_secret="env",
+        pipelines_write_key="env-key",
+        shop_timezone="America/New_York",
+    )
+    assert shop_zone(s, "brand-a.myshopify.com") == ZoneInfo("Europe/Berlin")
+    # A store without `time_zone`, and the default store, keep SHOP_TIMEZONE.
+    assert shop_zone(s, "brand-b.myshopify.com") == ZoneInfo("America/New_York")
+    assert shop_zone(s, "other.myshopify.com") == ZoneInfo("America/New_York")
