@@ -6,8 +6,8 @@ per Pipelines workspace. Nothing here decides anything. Parts take what they nee
 job functions (jobs/), which get only JSON-safe arguments, find their process's `Services`
 through `current()`.
 
-A shop's configuration as the worker uses it (its store, sink, processing rules and time zone)
-is built once per shop per process: `Services.shop(shop)`.
+A shop's configuration as the worker uses it (its store, processing rules and time zone)
+is built once per shop per process: `Services.shop(shop)`; its sink once per workspace.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Deliverer(Protocol):
 
 @dataclass(frozen=True)
 class ShopContext:
-    """One shop as the worker serves it, built once per process (`Services.shop`).
+    """One shop's configuration as the worker uses it, built once per process (`Services.shop`).
 
     `config` is None for a shop no store serves (its webhooks were never accepted, but its
     queued work may still be delivered or erased); it then runs on the environment's settings.
@@ -47,7 +47,6 @@ class ShopContext:
 
     shop: str
     config: StoreConfig | None
-    sink: Sink
     rules: ProcessConfig
     zone: ZoneInfo
 
@@ -113,35 +112,33 @@ class Services:
 
     def sink_for(self, shop: str) -> Sink:
         """The sink for this shop's Pipelines workspace: a shop the stores file names gets a
-        client with its own write key and URL (one per workspace), any other shop `sink`."""
-        return self.shop(shop).sink
+        client with its own write key and URL (built once, then reused), any other shop `sink`."""
+        config = self.shop(shop).config
+        if config is None or config.is_default:
+            return self.sink
+        with self._lock:
+            sink = self._sinks.get(config.shop)
+            if sink is None:
+                sink = make_sink(
+                    self.settings.model_copy(
+                        update={
+                            "pipelines_write_key": config.pipelines_write_key,
+                            "pipelines_url": config.pipelines_url,
+                            "pipelines_dry_run": config.dry_run,
+                        }
+                    )
+                )
+                self._sinks[config.shop] = sink
+            return sink
 
     def _build_shop(self, shop: str) -> ShopContext:
         config = self.store_config(shop)
         return ShopContext(
             shop=shop,
             config=config,
-            sink=self._sink(config),
             rules=ProcessConfig.for_shop(self.settings, config),
             zone=ZoneInfo(config.time_zone if config is not None else self.settings.shop_timezone),
         )
-
-    def _sink(self, config: StoreConfig | None) -> Sink:
-        if config is None or config.is_default:
-            return self.sink
-        sink = self._sinks.get(config.shop)
-        if sink is None:
-            sink = make_sink(
-                self.settings.model_copy(
-                    update={
-                        "pipelines_write_key": config.pipelines_write_key,
-                        "pipelines_url": config.pipelines_url,
-                        "pipelines_dry_run": config.dry_run,
-                    }
-                )
-            )
-            self._sinks[config.shop] = sink
-        return sink
 
 
 _current_lock = threading.Lock()
