@@ -160,10 +160,10 @@ class MemoryShop:
 
     def deliver(self) -> list[dict[str, Any]]:
         """Send the outbox as delivery does: its guard check drops a call whose guard record
-        exists. The check reads the records with one MGET, answered here from the dict."""
+        exists. The check reads the records in one round trip, answered here from the dict."""
         items = [Item(e.encode(), e, i, e.person) for i, e in enumerate(self.outbox)]
-        state = SimpleNamespace(mget=lambda keys: [self.state.get(k) for k in keys])
-        rt = cast("Services", SimpleNamespace(redis=state))
+        store = SimpleNamespace(load_state=lambda keys: {k: self.state.get(k) for k in keys})
+        rt = cast("Services", SimpleNamespace(store=store))
         settle = Settlement()
         sent = [orjson.loads(it.entry.call) for it in _drop_guarded(rt, SHOP, items, settle)]
         self.delivery_counters.update(settle.counters)

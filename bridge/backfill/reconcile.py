@@ -21,18 +21,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import redis
 from rq import Queue
 
 from bridge.backfill.admin import AdminClient
 from bridge.ids import iso_z
 from bridge.sources.shopify.graphql import rest_order
-from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Keys, Store, now_ms
+from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Store, now_ms
+from bridge.store.keys import RECONCILE_LOCK_KEY
 
 log = logging.getLogger(__name__)
 
 PAID_STATUSES = frozenset({"paid", "partially_refunded", "refunded", "partially_paid"})
-RECONCILE_LOCK = "cb:reconcile:next"
+RECONCILE_LOCK = RECONCILE_LOCK_KEY
 
 
 @dataclass
@@ -64,15 +64,10 @@ def window_search(since: datetime, until: datetime) -> str:
     return f"updated_at:>='{iso_z(since)}' AND updated_at:<='{iso_z(until)}'"
 
 
-def unseen(client: redis.Redis[bytes], shop: str, order_ids: list[str]) -> list[str]:
+def unseen(store: Store, shop: str, order_ids: list[str]) -> list[str]:
     """The ids among `order_ids` with no `order:<id>` state record (one round trip)."""
-    if not order_ids:
-        return []
-    keys = Keys(shop)
-    pipe = client.pipeline(transaction=False)
-    for oid in order_ids:
-        pipe.exists(keys.state(f"order:{oid}"))
-    return [oid for oid, found in zip(order_ids, pipe.execute(), strict=True) if not found]
+    missing = set(store.missing_states(shop, [f"order:{oid}" for oid in order_ids]))
+    return [oid for oid in order_ids if f"order:{oid}" in missing]
 
 
 def reconcile(
@@ -96,7 +91,7 @@ def reconcile(
         orders = [rest_order(node) for node in page.nodes]
         orders = [o for o in orders if o.get("id")]
         report.listed += len(orders)
-        missing = set(unseen(store.redis, shop, [str(o["id"]) for o in orders]))
+        missing = set(unseen(store, shop, [str(o["id"]) for o in orders]))
         for order in orders:
             oid = str(order["id"])
             if oid not in missing:
@@ -154,7 +149,7 @@ def maybe_reconcile(rt: Any) -> ReconcileReport | None:
         return None
     if not s.shopify_admin_token.get_secret_value():
         return None
-    if not rt.redis.set(RECONCILE_LOCK, "1", nx=True, ex=s.reconcile_every_s):
+    if not rt.store.claim(RECONCILE_LOCK, s.reconcile_every_s):
         return None
     admin = AdminClient.from_settings(s, timeout_s=s.http_timeout_s)
     try:

@@ -30,8 +30,6 @@ from bridge.backfill.run import (
     Backfill,
     BackfillOptions,
     Batch,
-    Checkpoint,
-    ProductTypeCache,
     Progress,
     Summary,
     count_file_orders,
@@ -44,6 +42,7 @@ from bridge.config.settings import ConfigError, Settings, load_settings
 from bridge.config.stores import stores_for
 from bridge.sources import MappingError
 from bridge.sources.shopify.graphql import rest_order
+from bridge.store.backfill import Checkpoint, ProductTypeCache
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -15,10 +15,10 @@ from typing import Any
 
 import click
 import orjson
-import redis
 
 from bridge.cli import common as cli_common
 from bridge.config.settings import ConfigError, load_settings
+from bridge.store import StoreError
 
 
 def _ago(seconds: float | None) -> str:
@@ -27,7 +27,7 @@ def _ago(seconds: float | None) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from bridge.monitoring import monitor
-    from bridge.store.facade import connect
+    from bridge.store.facade import Store, connect
 
     try:
         settings = load_settings()
@@ -41,17 +41,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     warning = version_warning(settings.shopify_api_version, datetime.now(UTC).date())
     if warning:
         sys.stderr.write(f"cartbridge: WARNING: {warning}\n")
-    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
+    store = Store(connect(settings.redis_url, tls_verify=settings.redis_tls_verify))
     now_s = time.time()
     try:
         try:
             results = monitor.check(
-                client, settings, now_s=now_s, only_shop=args.shop, send=args.notify
+                store, settings, now_s=now_s, only_shop=args.shop, send=args.notify
             )
         except monitor.CheckBusy:
             # The worker's check is sending alerts right now; report without sending.
-            results = monitor.check(client, settings, now_s=now_s, only_shop=args.shop, send=False)
-    except redis.RedisError as exc:
+            results = monitor.check(store, settings, now_s=now_s, only_shop=args.shop, send=False)
+    except StoreError as exc:
         where = cli_common.where(settings.redis_url)
         sys.stderr.write(f"cartbridge: Redis at {where} unavailable: {type(exc).__name__}\n")
         return 2

@@ -70,7 +70,7 @@ def _shops(args: argparse.Namespace, rt: Any) -> list[str]:
 
 
 def _find(rt: Any, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
-    letters = DeadLetters(rt.redis)
+    letters = DeadLetters(rt.store)
     for shop in shops:
         found = letters.get(shop, letter_id)
         if found is not None:
@@ -102,7 +102,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2
-    letters = DeadLetters(rt.redis)
+    letters = DeadLetters(rt.store)
     now = now_ms()
     shops = _shops(args, rt)
     if not shops:

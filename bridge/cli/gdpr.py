@@ -13,29 +13,23 @@ import click
 import orjson
 
 from bridge.cli import common as cli_common
-from bridge.compliance.requests import EXPORT_SEGMENT
 from bridge.config.settings import ConfigError, load_settings
-from bridge.store.facade import Keys, Store, connect
+from bridge.store import StoreError
+from bridge.store.facade import Store, connect
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import redis
-
     try:
         settings = load_settings()
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2
-    client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
+    store = Store(connect(settings.redis_url, tls_verify=settings.redis_tls_verify))
     try:
-        shops = [args.shop.strip().lower()] if args.shop else Store(client).shops()
+        shops = [args.shop.strip().lower()] if args.shop else store.shops()
         found = 0
         for shop in shops:
-            pattern = Keys(shop).prefix.replace("[", "\\[") + EXPORT_SEGMENT + "*"
-            for key in sorted(client.scan_iter(match=pattern, count=1000)):
-                raw = client.get(key)
-                if raw is None:
-                    continue
+            for raw in store.shop_data.exports(shop):
                 export = orjson.loads(raw)
                 customer = export.get("customer") or {}
                 if args.customer and args.customer not in (
@@ -45,12 +39,12 @@ def cmd_export(args: argparse.Namespace) -> int:
                     continue
                 sys.stdout.write(orjson.dumps(export).decode() + "\n")
                 found += 1
-    except redis.RedisError as exc:
+    except StoreError as exc:
         where = cli_common.where(settings.redis_url)
         sys.stderr.write(f"cartbridge: Redis at {where} unavailable: {type(exc).__name__}\n")
         return 2
     finally:
-        client.close()
+        store.close()
     if not found:
         where = cli_common.where(settings.redis_url)
         sys.stderr.write(f"cartbridge: no export found in Redis at {where}\n")

@@ -25,7 +25,6 @@ from typing import Any
 
 import click
 import orjson
-import redis
 
 from bridge import __version__, logs, signature
 from bridge.cli import backfill as cli_backfill
@@ -36,6 +35,7 @@ from bridge.cli import gdpr as cli_gdpr
 from bridge.cli.common import CONTEXT, OK, PROBLEM, USAGE, InputError, read_json, where
 from bridge.config.settings import ConfigError, load_settings
 from bridge.config.stores import require_service_config
+from bridge.store import StoreError
 from bridge.store import server as redis_server
 
 DEV_SECRET = "cartbridge-dev-secret"  # noqa: S105 - only `bridge dev` uses it
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}")
-    except redis.RedisError as exc:
+    except StoreError as exc:
         url = os.environ.get("REDIS_URL") or devstack.DEFAULT_REDIS_URL
         return _fail(f"Redis at {where(url)}: {type(exc).__name__}: {exc}")
     return rv if isinstance(rv, int) else OK

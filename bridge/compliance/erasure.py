@@ -31,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
@@ -41,13 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-import redis
 
 from bridge.compliance.requests import (
     COMPLIANCE_TOPICS,
     CUSTOMERS_DATA_REQUEST,
     CUSTOMERS_REDACT,
-    EXPORT_SEGMENT,
     SHOP_REDACT,
     USER_DELETED,
     ComplianceRequest,
@@ -58,7 +55,8 @@ from bridge.compliance.requests import (
 from bridge.delivery.deadletters import DeadLetters
 from bridge.ids import iso_z
 from bridge.jsonio import parse_body
-from bridge.store.facade import SHOPS_KEY, Keys
+from bridge.store.facade import Store
+from bridge.store.keys import Keys
 from bridge.store.lease import LEASE_TTL_MS, Lease
 
 if TYPE_CHECKING:
@@ -75,14 +73,6 @@ T = TypeVar("T")
 class ErasureBlocked(Exception):
     """An erasure could not take the shop's delivery lease in time (or the worker is stopping):
     nothing was erased, the request stays pending."""
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def _shop_keys(client: redis.Redis[bytes], shop: str) -> Iterator[bytes]:
-    yield from client.scan_iter(match=_glob_escape(Keys(shop).prefix) + "*", count=1000)
 
 
 def _is_compliance_envelope(entry: bytes) -> bool:
@@ -102,86 +92,50 @@ class Erased:
     entries: int = 0
 
 
-def _records(client: redis.Redis[bytes], shop: str) -> Iterator[tuple[bytes, str, bytes | None]]:
-    """(key, type, value for strings) for every key of the shop, pipelined per SCAN page."""
-    page: list[bytes] = []
-
-    def flush() -> Iterator[tuple[bytes, str, bytes | None]]:
-        pipe = client.pipeline(transaction=False)
-        for key in page:
-            pipe.type(key)
-        kinds = [k.decode() for k in pipe.execute()]
-        strings = [key for key, kind in zip(page, kinds, strict=True) if kind == "string"]
-        values = dict(zip(strings, client.mget(strings), strict=True)) if strings else {}
-        for key, kind in zip(page, kinds, strict=True):
-            yield key, kind, values.get(key)
-
-    for key in _shop_keys(client, shop):
-        page.append(key)
-        if len(page) >= 1000:
-            yield from flush()
-            page = []
-    if page:
-        yield from flush()
-
-
-def erase_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> Erased:
+def erase_customer(store: Store, shop: str, needles: Needles) -> Erased:
     """Remove every record of `shop` naming the customer (see the module docstring).
     Raises redis errors; a rerun after a failure finishes the job."""
     k = Keys(shop)
     skip = {key.encode() for key in (k.compliance, k.deliver_lease, k.erasing)}
+    data = store.shop_data
     out = Erased()
     doomed: list[bytes] = []
-    for key, kind, value in _records(client, shop):
+    for key, kind, value in data.records(shop):
         if key in skip:
             continue
         if needles.in_key(key) or (value is not None and needles.in_value(value)):
             doomed.append(key)
         elif kind == "list":
-            for entry in set(client.lrange(key, 0, -1)):
+            for entry in set(data.list_entries(key)):
                 if needles.in_value(entry) and not _is_compliance_envelope(entry):
-                    out.entries += int(client.lrem(key, 0, entry))
+                    out.entries += data.remove_list_entry(key, entry)
         elif kind == "hash":
             fields = [
                 f
-                for f, v in client.hgetall(key).items()
+                for f, v in data.hash_fields(key).items()
                 if needles.in_key(f) or needles.in_value(v)
             ]
             if fields:
-                out.entries += int(client.hdel(key, *fields))
+                out.entries += data.remove_hash_fields(key, fields)
         elif kind == "set":
-            members = [m for m in client.smembers(key) if needles.in_value(m)]
+            members = [m for m in data.set_members(key) if needles.in_value(m)]
             if members:
-                out.entries += int(client.srem(key, *members))
+                out.entries += data.remove_set_members(key, members)
         elif kind == "zset":
-            members = [m for m in client.zrange(key, 0, -1) if needles.in_value(m)]
+            members = [m for m in data.zset_members(key) if needles.in_value(m)]
             if members:
-                out.entries += int(client.zrem(key, *members))
-    for i in range(0, len(doomed), 500):
-        out.keys += int(client.unlink(*doomed[i : i + 500]))
+                out.entries += data.remove_zset_members(key, members)
+    out.keys += data.unlink(doomed)
     # Dead letters are listed by id, a messageId: derived from the person, and of no use once
     # the letter it indexes is gone.
-    out.entries += DeadLetters(client).drop_orphans(shop)
+    out.entries += DeadLetters(store).drop_orphans(shop)
     return out
 
 
-def erase_shop(client: redis.Redis[bytes], shop: str, keep: Collection[str] = ()) -> int:
+def erase_shop(store: Store, shop: str, keep: Collection[str] = ()) -> int:
     """Unlink every key of the shop but `keep` (the leases the erasure holds, which go when it
     lets them go) and forget the shop; returns the keys removed."""
-    n = 0
-    batch: list[bytes] = []
-    kept = {key.encode() for key in keep}
-    for key in _shop_keys(client, shop):
-        if key in kept:
-            continue
-        batch.append(key)
-        if len(batch) >= 500:
-            n += int(client.unlink(*batch))
-            batch = []
-    if batch:
-        n += int(client.unlink(*batch))
-    client.srem(SHOPS_KEY, shop)
-    return n
+    return store.shop_data.erase_shop(shop, keep)
 
 
 def scrub_file(path: str, needles: Needles) -> int:
@@ -218,13 +172,14 @@ def _readable(raw: bytes) -> Any:
     return raw.decode("utf-8", "replace")
 
 
-def collect_customer(client: redis.Redis[bytes], shop: str, needles: Needles) -> list[Any]:
+def collect_customer(store: Store, shop: str, needles: Needles) -> list[Any]:
     """Every record of `shop` naming the customer, as JSON (earlier exports left out)."""
+    data = store.shop_data
     k = Keys(shop)
     skip = {k.compliance.encode()}
-    export_prefix = (k.prefix + EXPORT_SEGMENT).encode()
+    export_prefix = k.exports.encode()
     records: list[Any] = []
-    for key, kind, value in sorted(_records(client, shop)):
+    for key, kind, value in sorted(data.records(shop)):
         if key in skip or key.startswith(export_prefix):
             continue
         name = key.decode("utf-8", "replace")
@@ -233,21 +188,19 @@ def collect_customer(client: redis.Redis[bytes], shop: str, needles: Needles) ->
             if value is not None and (by_key or needles.in_value(value)):
                 records.append({"key": name, "value": _readable(value)})
         elif kind == "list":
-            items = [
-                _readable(e) for e in client.lrange(key, 0, -1) if by_key or needles.in_value(e)
-            ]
+            items = [_readable(e) for e in data.list_entries(key) if by_key or needles.in_value(e)]
             if items:
                 records.append({"key": name, "entries": items})
         elif kind == "hash":
             fields = {
                 f.decode("utf-8", "replace"): _readable(v)
-                for f, v in client.hgetall(key).items()
+                for f, v in data.hash_fields(key).items()
                 if by_key or needles.in_key(f) or needles.in_value(v)
             }
             if fields:
                 records.append({"key": name, "fields": fields})
         elif kind in ("set", "zset"):
-            members = client.smembers(key) if kind == "set" else set(client.zrange(key, 0, -1))
+            members = data.set_members(key) if kind == "set" else set(data.zset_members(key))
             found = sorted(
                 m.decode("utf-8", "replace") for m in members if by_key or needles.in_value(m)
             )
@@ -257,14 +210,16 @@ def collect_customer(client: redis.Redis[bytes], shop: str, needles: Needles) ->
 
 
 def export_key(shop: str, request: ComplianceRequest) -> str:
-    return f"{Keys(shop).prefix}{EXPORT_SEGMENT}{request.data_request_id or request.webhook_id}"
+    return Keys(shop).export(_export_id(request))
 
 
-def record_export(
-    client: redis.Redis[bytes], request: ComplianceRequest, ttl_s: int
-) -> tuple[str, int]:
+def _export_id(request: ComplianceRequest) -> str:
+    return request.data_request_id or request.webhook_id
+
+
+def record_export(store: Store, request: ComplianceRequest, ttl_s: int) -> tuple[str, int]:
     """Store the customer's export under `export_key`; returns (key, records found)."""
-    records = collect_customer(client, request.shop, needles_for(request))
+    records = collect_customer(store, request.shop, needles_for(request))
     export = {
         "shop": request.shop,
         "customer": {
@@ -278,8 +233,9 @@ def record_export(
         "exported_at": iso_z(datetime.now(UTC)),
         "records": records,
     }
-    key = export_key(request.shop, request)
-    client.set(key, orjson.dumps(export), ex=ttl_s)
+    key = store.shop_data.save_export(
+        request.shop, _export_id(request), orjson.dumps(export), ttl_s
+    )
     return key, len(records)
 
 
@@ -324,12 +280,12 @@ def erase_exclusively(rt: Services, shop: str, erase: Callable[[], T]) -> T:
 def run(rt: Services, request: ComplianceRequest) -> None:
     """Carry out one compliance request. Raises redis errors and ErasureBlocked (the request
     stays pending)."""
-    client = rt.redis
+    store = rt.store
     shop = request.shop
     keys = Keys(shop)
     if request.topic == SHOP_REDACT:
         held = (keys.deliver_lease, keys.erasing)
-        n = erase_exclusively(rt, shop, lambda: erase_shop(client, shop, keep=held))
+        n = erase_exclusively(rt, shop, lambda: erase_shop(store, shop, keep=held))
         if rt.settings.dry_run_file:
             scrub_file(rt.settings.dry_run_file, Needles.of((), (shop,)))
         log.warning("shop data erased", extra={"shop": shop, "keys": n})
@@ -338,10 +294,10 @@ def run(rt: Services, request: ComplianceRequest) -> None:
         entry = user_deleted_entry(request) if rt.settings.forward_redactions else None
 
         def erase() -> Erased:
-            erased = erase_customer(client, shop, needles)
+            erased = erase_customer(store, shop, needles)
             if entry is not None:
                 # Queued under the lease: it goes after every call of theirs that went before.
-                client.rpush(keys.outbox, entry)
+                store.append_outbox(shop, entry)
                 rt.store.count(shop, f"events:{USER_DELETED}:queued")
             return erased
 
@@ -353,23 +309,22 @@ def run(rt: Services, request: ComplianceRequest) -> None:
         )
         rt.store.count(shop, "compliance:customers/redact:done")
     elif request.topic == CUSTOMERS_DATA_REQUEST:
-        _key, n = record_export(client, request, rt.settings.gdpr_export_ttl_s)
+        _key, n = record_export(store, request, rt.settings.gdpr_export_ttl_s)
         log.warning("customer data exported", extra={"shop": shop, "records": n})
         rt.store.count(shop, "compliance:customers/data_request:done")
 
 
 def run_pending(rt: Services, shop: str) -> int:
     """Run the shop's committed compliance requests in order, removing each once done."""
-    key = Keys(shop).compliance
     done = 0
-    for raw in rt.redis.lrange(key, 0, -1):
+    for raw in rt.store.compliance_requests(shop):
         try:
             request = ComplianceRequest.decode(raw)
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.error("unreadable compliance request dropped", extra={"shop": shop})
-            rt.redis.lrem(key, 1, raw)
+            rt.store.remove_compliance_request(shop, raw)
             continue
         run(rt, request)
-        rt.redis.lrem(key, 1, raw)
+        rt.store.remove_compliance_request(shop, raw)
         done += 1
     return done

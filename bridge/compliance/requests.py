@@ -28,7 +28,6 @@ CUSTOMERS_DATA_REQUEST = "customers/data_request"
 SHOP_REDACT = "shop/redact"
 COMPLIANCE_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
 USER_DELETED = "User Deleted"
-EXPORT_SEGMENT = "gdpr:"
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ def check_pipelines_url(value: str) -> str:
 def check_redis_url(value: str) -> str:
     """ValueError unless redis-py can connect with `value` (`localhost:6379` lacks a scheme
     and would fail on first use, deep inside a worker or a request)."""
-    from redis.connection import parse_url  # local: the settings import nothing heavy
+    from bridge.store.facade import check_url  # local: the settings import nothing heavy
 
     try:
-        parse_url(value)
+        check_url(value)
     except ValueError as exc:
         raise ValueError(f"must be a URL like redis://localhost:6379/0 ({exc})") from None
     return value

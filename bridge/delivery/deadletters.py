@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any
 
 import orjson
-import redis
 
 from bridge.delivery.outbox import OutboxEntry
+from bridge.store import deadletters as letter_store
+from bridge.store.deadletters import REPLAY_WAIT_S
+from bridge.store.deadletters import ErasureRunning as ErasureRunning
+from bridge.store.facade import Store
+from bridge.store.keys import shop_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +36,14 @@ MAX_RESPONSE_CHARS = 2048
 MAX_SUMMARY_FIELDS = 30  # field names a dead letter's log line lists
 KIND_CALL = "call"
 KIND_WEBHOOK = "webhook"
-# How long a replay waits for an erasure of the shop to finish, and how often it looks.
-REPLAY_WAIT_S = 120.0
-REPLAY_POLL_S = 0.1
 
 
 def dlq_key(shop: str) -> str:
-    return f"cb:{{{shop}}}:dlq"
+    return shop_keys(shop).dlq
 
 
 def dlq_index_key(shop: str) -> str:
-    return f"cb:{{{shop}}}:dlq:idx"
-
-
-def _erasing_key(shop: str) -> str:
-    # store.Keys.erasing (store imports this module, so the name is spelt here too).
-    return f"cb:{{{shop}}}:out:erasing"
-
-
-class ErasureRunning(Exception):
-    """A replay waited its time for an erasure of the shop to finish; nothing was moved."""
+    return shop_keys(shop).dlq_index
 
 
 @dataclass(frozen=True)
@@ -235,42 +226,30 @@ def log_dead_letter(letter: DeadLetter) -> None:
 
 def stage(pipe: Any, shop: str, letters: Iterable[DeadLetter | bytes], now: int) -> int:
     """Queue the writes of `letters` on a MULTI pipeline (the caller executes it)."""
-    n = 0
-    for item in letters:
-        letter = DeadLetter.decode(item) if isinstance(item, bytes) else item
-        letter = letter.stamped(now)
-        pipe.hset(dlq_key(shop), letter.id, letter.encode())
-        pipe.zadd(dlq_index_key(shop), {letter.id: letter.last_error_ms})
-        n += 1
-    return n
+    return letter_store.stage(
+        pipe, shop, [DeadLetter.decode(i) if isinstance(i, bytes) else i for i in letters], now
+    )
 
 
 class DeadLetters:
-    """Reads, replays and purges dead letters over one Redis client. Raises redis errors."""
+    """Reads, replays and purges dead letters in the store. Raises StoreError."""
 
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self.redis = client
+    def __init__(self, store: Store) -> None:
+        self.letters = store.dead_letters
 
     def count(self, shop: str) -> int:
-        return int(self.redis.hlen(dlq_key(shop)))
+        return self.letters.count(shop)
 
     def ids(
         self, shop: str, since_ms: int | None = None, before_ms: int | None = None
     ) -> list[str]:
-        lo = since_ms if since_ms is not None else "-inf"
-        hi = f"({before_ms}" if before_ms is not None else "+inf"
-        return [i.decode() for i in self.redis.zrangebyscore(dlq_index_key(shop), lo, hi)]
+        return self.letters.ids(shop, since_ms, before_ms)
 
     def get_many(self, shop: str, ids: Sequence[str]) -> list[DeadLetter]:
-        out: list[DeadLetter] = []
-        for chunk in _chunks(list(ids), 500):
-            for raw in self.redis.hmget(dlq_key(shop), chunk):
-                if raw:
-                    out.append(DeadLetter.decode(raw))
-        return out
+        return [DeadLetter.decode(raw) for raw in self.letters.get_many(shop, ids)]
 
     def get(self, shop: str, letter_id: str) -> DeadLetter | None:
-        raw = self.redis.hget(dlq_key(shop), letter_id)
+        raw = self.letters.get(shop, letter_id)
         return DeadLetter.decode(raw) if raw else None
 
     def iter(self, shop: str, since_ms: int | None = None) -> Iterator[DeadLetter]:
@@ -293,72 +272,25 @@ class DeadLetters:
         seen-markers removed (the drain marked them when it parked them; a replay is
         deliberate, so it must not be skipped as a duplicate). The caller wakes the shop's jobs.
         """
-        if not letters:
-            return 0
-        ids = list(dict.fromkeys(d.id for d in letters))
-        give_up = time.monotonic() + wait_s
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(dlq_key(shop), _erasing_key(shop))
-                    if pipe.exists(_erasing_key(shop)):
-                        pipe.unwatch()
-                        if time.monotonic() >= give_up:
-                            raise ErasureRunning(shop)
-                        time.sleep(REPLAY_POLL_S)
-                        continue
-                    # Immediate while watching (redis-py types it as the pipeline).
-                    raws = cast("list[bytes | None]", pipe.hmget(dlq_key(shop), ids))
-                    stored = [DeadLetter.decode(raw) for raw in raws if raw]
-                    pipe.multi()
-                    _stage_replay(pipe, shop, stored)
-                    pipe.execute()
-                    return len(stored)
-                except redis.WatchError:
-                    continue  # a letter was written or removed meanwhile: read them again
+        return self.letters.replay(shop, [d.id for d in letters], _requeue, wait_s)
 
     def drop_orphans(self, shop: str) -> int:
         """Drop index entries whose record is gone (removed by an erasure, which finds records
         by what they hold); returns how many."""
-        ids = [i.decode() for i in self.redis.zrange(dlq_index_key(shop), 0, -1)]
-        gone: list[str] = []
-        for chunk in _chunks(ids, 500):
-            raws = self.redis.hmget(dlq_key(shop), chunk)
-            gone += [i for i, raw in zip(chunk, raws, strict=True) if raw is None]
-        for chunk in _chunks(gone, 500):
-            self.redis.zrem(dlq_index_key(shop), *chunk)
-        return len(gone)
+        return self.letters.drop_orphans(shop)
 
     def purge(self, shop: str, ids: Sequence[str]) -> int:
-        n = 0
-        for chunk in _chunks(list(ids), 1000):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hdel(dlq_key(shop), *chunk)
-            pipe.zrem(dlq_index_key(shop), *chunk)
-            n += int(pipe.execute()[0])
-        return n
+        return self.letters.purge(shop, ids)
 
     def expire(self, shop: str, now: int, retention_s: int) -> int:
         """Drop letters whose last error is older than the retention; returns how many."""
-        return self.purge(shop, self.ids(shop, before_ms=now - retention_s * 1000))
+        return self.letters.expire(shop, now, retention_s)
 
 
-def _stage_replay(pipe: Any, shop: str, letters: Sequence[DeadLetter]) -> None:
-    p = f"cb:{{{shop}}}:"
-    calls = [d.payload for d in letters if d.kind == KIND_CALL]
-    hooks = [d.payload for d in letters if d.kind == KIND_WEBHOOK]
-    marks = [p + "seen:" + d.webhook_id for d in letters if d.kind == KIND_WEBHOOK]
-    for chunk in _chunks(marks, 1000):
-        pipe.delete(*chunk)
-    for chunk in _chunks(calls, 1000):
-        pipe.rpush(p + "out", *chunk)
-    for chunk in _chunks(hooks, 1000):
-        pipe.rpush(p + "in", *chunk)
-    if letters:
-        ids = [d.id for d in letters]
-        pipe.hdel(dlq_key(shop), *ids)
-        pipe.zrem(dlq_index_key(shop), *ids)
-        pipe.hincrby(p + "stats", "dead_letters:replayed", len(letters))
+def _requeue(raw: bytes) -> letter_store.Requeue:
+    letter = DeadLetter.decode(raw)
+    queue = {KIND_CALL: letter_store.OUTBOX, KIND_WEBHOOK: letter_store.INBOUND}.get(letter.kind)
+    return letter_store.Requeue(letter.id, letter.payload, queue or "", letter.webhook_id)
 
 
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:

@@ -49,13 +49,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
-import redis
 
 from bridge.config.settings import US_PIPELINES_URL
 from bridge.delivery import deadletters, pipelines
 from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.delivery.outbox import OutboxEntry
 from bridge.delivery.sinks import Sink
+from bridge.store import StoreError
 from bridge.store.facade import Keys, LeaseLost, Settlement, now_ms
 from bridge.store.lease import Lease
 
@@ -271,9 +271,9 @@ class Gate:
     erasure closed it (it wakes the shop's delivery once it is done).
     """
 
-    def __init__(self, rt: Services, keys: Keys, lease: Lease) -> None:
+    def __init__(self, rt: Services, shop: str, lease: Lease) -> None:
         self.rt = rt
-        self.keys = keys
+        self.shop = shop
         self.lease = lease
         self.closed = False
         self.erasing = False
@@ -285,8 +285,8 @@ class Gate:
             self.closed = True
             return False
         try:
-            holder, erasing = self.rt.redis.mget([self.keys.deliver_lease, self.keys.erasing])
-        except redis.RedisError:
+            holder, erasing = self.rt.store.delivery_gate(self.shop)
+        except StoreError:
             # Cannot tell whether the lease is still ours: send nothing more (the round's settle
             # meets the same error, and the window stays in Redis).
             self.closed = True
@@ -309,7 +309,7 @@ def deliver(rt: Services, shop: str) -> None:
     with Lease(rt.store, keys.deliver_lease) as lease:
         if not lease.held:
             return  # another worker delivers this shop; its finish step sees anything new
-        gate = Gate(rt, keys, lease)
+        gate = Gate(rt, shop, lease)
         if not _resume_if_possible(rt, shop):
             return  # still paused: the ticker wakes us again for the next probe
         s = rt.settings
@@ -352,7 +352,7 @@ def _round(
         Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
-    settle = Settlement()
+    settle: Settlement[deadletters.DeadLetter] = Settlement()
     items = _drop_guarded(rt, shop, items, settle)
     queues = segments_by_person(items)
     states = {h: RetryState.decode(v) for h, v in rt.store.retry_state(shop, list(queues)).items()}
@@ -442,7 +442,7 @@ def _reason(err: pipelines.PipelinesError) -> str:
 def _hold(
     rt: Services,
     shop: str,
-    settle: Settlement,
+    settle: Settlement[deadletters.DeadLetter],
     waiting: dict[str, pipelines.RetryableError],
     not_done: list[Item],
     states: dict[str, RetryState],
@@ -506,15 +506,17 @@ def _log_retry(shop: str, sent: Sent) -> None:
     )
 
 
-def _drop_guarded(rt: Services, shop: str, items: list[Item], settle: Settlement) -> list[Item]:
+def _drop_guarded(
+    rt: Services, shop: str, items: list[Item], settle: Settlement[deadletters.DeadLetter]
+) -> list[Item]:
     """Re-check, just before the POST, whether a queued call has been overtaken (a converted
     cart): such calls are counted as suppressed, settled, and not sent."""
     guards = sorted({g for it in items for g in it.entry.guards})
     if not guards:
         return items
     keys = Keys(shop)
-    values = rt.redis.mget([keys.state(g) for g in guards])
-    hit = {g for g, v in zip(guards, values, strict=True) if v}
+    values = rt.store.load_state([keys.state(g) for g in guards])
+    hit = {g for g in guards if values[keys.state(g)]}
     if not hit:
         return items
     kept: list[Item] = []
@@ -531,13 +533,10 @@ def _drop_guarded(rt: Services, shop: str, items: list[Item], settle: Settlement
 
 
 def _pause(rt: Services, shop: str, err: pipelines.ConfigurationError) -> None:
-    keys = Keys(shop)
     s = rt.settings
-    pipe = rt.redis.pipeline(transaction=True)
-    pipe.set(keys.paused, now_ms(), nx=True)
-    pipe.set(keys.paused_key, key_fingerprint(rt, shop))
-    pipe.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000))
-    first = pipe.execute()[0]
+    first = rt.store.pause(
+        shop, key_fingerprint=key_fingerprint(rt, shop), probe_ms=int(s.pause_probe_s * 1000)
+    )
     if first:
         rt.store.count(shop, "delivery:paused")
         if isinstance(err, pipelines.EndpointError):
@@ -563,20 +562,19 @@ def _pause(rt: Services, shop: str, err: pipelines.ConfigurationError) -> None:
 
 def _resume_if_possible(rt: Services, shop: str) -> bool:
     """True when the shop is not paused (any more): the key changed, or a probe went through."""
-    keys = Keys(shop)
     s = rt.settings
-    paused_at, refused_key = rt.redis.mget([keys.paused, keys.paused_key])
+    paused_at, refused_key = rt.store.paused(shop)
     if paused_at is None:
         return True
     if refused_key is not None and refused_key.decode() == key_fingerprint(rt, shop):
         # Same key as was refused: probe, at most once per pause_probe_s.
-        if not rt.redis.set(keys.paused_probe, 1, px=int(s.pause_probe_s * 1000), nx=True):
+        if not rt.store.claim_probe(shop, int(s.pause_probe_s * 1000)):
             return False
         try:
             rt.sink_for(shop).probe()
         except pipelines.PipelinesError:
             return False
-    rt.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)
+    rt.store.resume(shop)
     rt.store.count(shop, "delivery:resumed")
     log.warning(
         "Pipelines accepts the write key and URL again: delivery resumed",

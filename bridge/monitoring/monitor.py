@@ -19,33 +19,33 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import orjson
-import redis
 
 from bridge.config.settings import Settings
 from bridge.config.stores import stores_for
 from bridge.monitoring import alerts, volume
 from bridge.monitoring.volume import DetectorConfig, Series, Verdict
-from bridge.store.facade import SHOPS_KEY, Store
+from bridge.store.facade import Store
+from bridge.store.keys import CHECK_LAST_RUN_KEY, CHECK_LOCK_KEY, CHECK_SCHEDULED_KEY, Keys
 
 if TYPE_CHECKING:
     from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "cb:check:lock"
-SCHEDULED_KEY = "cb:check:scheduled"
-LAST_RUN_KEY = "cb:check:last"  # epoch ms of the last completed check (also a metric)
+LOCK_KEY = CHECK_LOCK_KEY
+SCHEDULED_KEY = CHECK_SCHEDULED_KEY
+LAST_RUN_KEY = CHECK_LAST_RUN_KEY  # epoch ms of the last completed check (also a metric)
 LOCK_MS = 120_000
 FIRST_RUN_DELAY_S = 1.0  # a (re)started chain checks soon, then every VOLUME_CHECK_EVERY_S
 
 
 def alerts_key(shop: str) -> str:
-    return f"cb:{{{shop}}}:alerts"
+    return Keys(shop).alerts
 
 
 def gauges_key(shop: str) -> str:
     """The last check's window count and baseline per event, for /metrics."""
-    return f"cb:{{{shop}}}:volume"
+    return Keys(shop).volume_gauges
 
 
 def detector_config(settings: Settings) -> DetectorConfig:
@@ -68,41 +68,32 @@ def _ints(raw: dict[bytes, bytes]) -> dict[int, int]:
     return out
 
 
-def load_series(client: redis.Redis[bytes], shop: str, events: list[str]) -> dict[str, Series]:
+def load_series(store: Store, shop: str, events: list[str]) -> dict[str, Series]:
     """Every key event's buckets and last-seen time for one shop, in one round trip."""
-    pipe = client.pipeline(transaction=False)
-    for event in events:
-        pipe.hgetall(volume.fine_key(shop, event))
-        pipe.hgetall(volume.coarse_key(shop, event))
-    pipe.hgetall(volume.last_seen_key(shop))
-    replies = pipe.execute()
-    seen = {k.decode(): int(v) for k, v in replies[-1].items()}
+    readings = store.monitoring.volume(shop, events)
+    seen = {k.decode(): int(v) for k, v in readings.last_seen.items()}
     out: dict[str, Series] = {}
-    for i, event in enumerate(events):
+    for event, (fine, coarse) in zip(events, readings.buckets, strict=True):
         last_ms = seen.get(event)
         out[event] = Series(
-            fine=_ints(replies[2 * i]),
-            coarse=_ints(replies[2 * i + 1]),
+            fine=_ints(fine),
+            coarse=_ints(coarse),
             last_seen_s=None if last_ms is None else last_ms / 1000,
         )
     return out
 
 
-def trim(client: redis.Redis[bytes], shop: str, series: dict[str, Series], now_s: float) -> int:
+def trim(store: Store, shop: str, series: dict[str, Series], now_s: float) -> int:
     """Delete buckets past their retention; returns how many fields went."""
     keep_fine, keep_coarse = volume.trim_before(now_s)
-    pipe = client.pipeline(transaction=False)
-    n = 0
+    fine: dict[str, list[str]] = {}
+    coarse: dict[str, list[str]] = {}
     for event, s in series.items():
-        old_fine = [str(b) for b in s.fine if b < keep_fine]
-        old_coarse = [str(b) for b in s.coarse if b < keep_coarse]
-        if old_fine:
-            pipe.hdel(volume.fine_key(shop, event), *old_fine)
-        if old_coarse:
-            pipe.hdel(volume.coarse_key(shop, event), *old_coarse)
-        n += len(old_fine) + len(old_coarse)
+        fine[event] = [str(b) for b in s.fine if b < keep_fine]
+        coarse[event] = [str(b) for b in s.coarse if b < keep_coarse]
+    n = sum(map(len, fine.values())) + sum(map(len, coarse.values()))
     if n:
-        pipe.execute()
+        store.monitoring.drop_buckets(shop, fine, coarse)
     return n
 
 
@@ -119,18 +110,16 @@ def shop_zone(settings: Settings, shop: str) -> ZoneInfo:
     return ZoneInfo(store.time_zone if store is not None else settings.shop_timezone)
 
 
-def evaluate_shop(
-    client: redis.Redis[bytes], settings: Settings, shop: str, now_s: float
-) -> list[Verdict]:
+def evaluate_shop(store: Store, settings: Settings, shop: str, now_s: float) -> list[Verdict]:
     """Run the detector over one shop's key events (read only)."""
     tz = shop_zone(settings, shop)
     config = detector_config(settings)
-    series = load_series(client, shop, settings.key_events)
+    series = load_series(store, shop, settings.key_events)
     return [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
 
 
-def shops(client: redis.Redis[bytes]) -> list[str]:
-    return sorted(s.decode() for s in client.smembers(SHOPS_KEY))
+def shops(store: Store) -> list[str]:
+    return store.shops()
 
 
 def _alert(shop: str, v: Verdict, kind: str, resolved: bool = False) -> alerts.Alert:
@@ -147,26 +136,24 @@ def _alert(shop: str, v: Verdict, kind: str, resolved: bool = False) -> alerts.A
 
 
 def notify(
-    client: redis.Redis[bytes],
+    store: Store,
     settings: Settings,
     shop: str,
     verdicts: list[Verdict],
     now_ms: int,
 ) -> list[alerts.Alert]:
     """Send new, repeating and resolved alerts for one shop; record state and gauges."""
-    key = alerts_key(shop)
-    state = {k.decode(): orjson.loads(v) for k, v in client.hgetall(key).items()}
+    state = {k.decode(): orjson.loads(v) for k, v in store.monitoring.alert_state(shop).items()}
     url = settings.alert_webhook_url.get_secret_value()
     sent: list[alerts.Alert] = []
-    pipe = client.pipeline(transaction=False)
+    gauges: dict[str, dict[str, float]] = {}
+    raised: dict[str, bytes] = {}
+    cleared: list[str] = []
     for v in verdicts:
-        pipe.hset(
-            gauges_key(shop),
-            mapping={
-                f"{v.event}:window": v.window_count,
-                f"{v.event}:baseline": -1 if v.baseline is None else v.baseline,
-            },
-        )
+        gauges[v.event] = {
+            f"{v.event}:window": v.window_count,
+            f"{v.event}:baseline": -1 if v.baseline is None else v.baseline,
+        }
         for kind in (volume.DROP, volume.SILENCE):
             name = f"{v.event}:{kind}"
             prior = state.get(name)
@@ -177,18 +164,18 @@ def notify(
                     alerts.send(alert, url)
                     sent.append(alert)
                     since = now_ms if prior is None else int(prior["since"])
-                    pipe.hset(key, name, orjson.dumps({"since": since, "sent": now_ms}))
+                    raised[name] = orjson.dumps({"since": since, "sent": now_ms})
             elif prior is not None:
                 alert = _alert(shop, v, kind, resolved=True)
                 alerts.send(alert, url)
                 sent.append(alert)
-                pipe.hdel(key, name)
-    pipe.execute()
+                cleared.append(name)
+    store.monitoring.record_check(shop, gauges, raised, cleared)
     return sent
 
 
 def check(
-    client: redis.Redis[bytes],
+    store: Store,
     settings: Settings,
     *,
     now_s: float | None = None,
@@ -200,31 +187,30 @@ def check(
     Raises redis errors. Returns every verdict; `bridge check` exits non-zero when any has alerts.
     """
     now_s = time.time() if now_s is None else now_s
-    targets = [only_shop] if only_shop else shops(client)
+    targets = [only_shop] if only_shop else shops(store)
     if not send:
         return [
             ShopVerdict(shop, v)
             for shop in targets
-            for v in evaluate_shop(client, settings, shop, now_s)
+            for v in evaluate_shop(store, settings, shop, now_s)
         ]
-    lock = Store(client)
     token = uuid.uuid4().hex
-    if not lock.acquire(LOCK_KEY, token, LOCK_MS):
+    if not store.acquire(LOCK_KEY, token, LOCK_MS):
         raise CheckBusy("another check holds the lock")
     config = detector_config(settings)
     try:
         out: list[ShopVerdict] = []
         for shop in targets:
-            series = load_series(client, shop, settings.key_events)
+            series = load_series(store, shop, settings.key_events)
             tz = shop_zone(settings, shop)
             verdicts = [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
-            notify(client, settings, shop, verdicts, int(now_s * 1000))
-            trim(client, shop, series, now_s)
+            notify(store, settings, shop, verdicts, int(now_s * 1000))
+            trim(store, shop, series, now_s)
             out.extend(ShopVerdict(shop, v) for v in verdicts)
-        client.set(LAST_RUN_KEY, int(now_s * 1000))
+        store.monitoring.set_last_run(int(now_s * 1000))
         return out
     finally:
-        lock.release(LOCK_KEY, token)
+        store.release(LOCK_KEY, token)
 
 
 class CheckBusy(Exception):
@@ -237,7 +223,7 @@ def ensure_scheduled(rt: Services) -> None:
     from bridge.worker.queues import enqueue_check
 
     every = rt.settings.volume_check_every_s
-    if rt.redis.set(SCHEDULED_KEY, "1", nx=True, ex=every * 3):
+    if rt.store.claim(SCHEDULED_KEY, every * 3):
         enqueue_check(rt.queue, delay_s=FIRST_RUN_DELAY_S)
 
 
@@ -247,12 +233,12 @@ def periodic(rt: Services, now_s: float | None = None) -> None:
 
     every = rt.settings.volume_check_every_s
     now_s = time.time() if now_s is None else now_s
-    last = rt.redis.get(LAST_RUN_KEY)
-    if last is not None and now_s * 1000 - int(last) < every * 500:
+    last = rt.store.monitoring.last_run_ms()
+    if last is not None and now_s * 1000 - last < every * 500:
         return  # a second chain: the first one ran moments ago, so this one ends here
     try:
-        check(rt.redis, rt.settings, now_s=now_s)
+        check(rt.store, rt.settings, now_s=now_s)
     except CheckBusy:
         return  # the lock holder's chain carries on
-    rt.redis.set(SCHEDULED_KEY, "1", ex=every * 3)
+    rt.store.mark(SCHEDULED_KEY, every * 3)
     enqueue_check(rt.queue, delay_s=every)

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bridge.store.facade import Commit
+from bridge.store.keys import shop_keys
 
 FINE_S = 300
 COARSE_S = 3600
@@ -44,15 +45,15 @@ SILENCE = "silence"
 
 
 def fine_key(shop: str, event: str) -> str:
-    return f"cb:{{{shop}}}:vol5m:{event}"
+    return shop_keys(shop).volume_fine(event)
 
 
 def coarse_key(shop: str, event: str) -> str:
-    return f"cb:{{{shop}}}:vol1h:{event}"
+    return shop_keys(shop).volume_coarse(event)
 
 
 def last_seen_key(shop: str) -> str:
-    return f"cb:{{{shop}}}:lastseen"
+    return shop_keys(shop).last_seen
 
 
 def record(commit: Commit, shop: str, event: str, at_ms: int) -> None:

@@ -1,7 +1,7 @@
 """Redis: the inbound queue, the outbox, leases and the bridge's counters.
 
-Every key is scoped by shop (`cb:{shop}:...`; the braces are a cluster hash tag), so one shop's
-work never mixes with another's and a batch can never carry two write keys.
+Every key is scoped by shop (`cb:{shop}:...`, bridge/store/keys.py), so one shop's work never
+mixes with another's and a batch can never carry two write keys.
 
 Queues are at-least-once: a consumer moves items from a list into its shop's `work` list in one
 script and removes them in the same MULTI that writes what they produced, so a crash at any
@@ -10,21 +10,29 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
-import functools
-import os
-import select
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
-import hiredis
 import orjson
 import redis
+from redis.connection import parse_url
 
-from bridge.delivery import deadletters
+from bridge.store import scripts
+from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
+from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
+from bridge.store.monitoring import MonitorStore
+from bridge.store.resp import Pending, PendingTransaction, RawPipeline
+from bridge.store.shopdata import ShopData
+
+__all__ = [
+    "REJECTED_KEY",
+    "SHOPS_KEY",
+    "Keys",
+    "RawPipeline",
+    "shop_keys",
+]
 
 INGEST_DUPLICATE = 0
 INGEST_QUEUED = 1
@@ -34,57 +42,7 @@ INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enque
 # killed); the next webhook or the worker's ticker re-enqueues it.
 FLAG_STALE_MS = 15_000
 
-SHOPS_KEY = "cb:shops"
-# Counters of rejections naming shops the bridge does not know go here (bounded field names);
-# /metrics exports them under the shop label "other".
-REJECTED_KEY = "cb:rejected"
 SHOP_REGISTER_EVERY_MS = 60_000
-
-
-class Keys:
-    """All key names for one shop."""
-
-    def __init__(self, shop: str) -> None:
-        p = f"cb:{{{shop}}}:"
-        self.prefix = p
-        self.inbound = p + "in"
-        self.inbound_work = p + "in:work"
-        self.drain_flag = p + "in:flag"
-        self.drain_lease = p + "in:lease"
-        # Drains that found the work list left by one that did not finish (a crash, a timeout)
-        # and the batch size last tried on it: a poison batch is split until its culprit is
-        # alone, then parked (drain.py).
-        self.drain_tries = p + "in:tries"
-        self.outbox = p + "out"
-        self.outbox_work = p + "out:work"
-        self.deliver_flag = p + "out:flag"
-        self.deliver_lease = p + "out:lease"
-        self.stats = p + "stats"
-        self.parked = p + "parked"  # legacy list; dead letters live in `dlq` (deadletters.py)
-        # Delivery (issue 4): people whose calls wait for a retry, and the shop's pause.
-        self.out_due = p + "out:due"  # zset person hash -> when its held calls go again (ms)
-        self.out_meta = p + "out:meta"  # hash person hash -> retry state (attempts, first error)
-        self.out_held = p + "out:held:"  # + person hash: that person's calls, in order
-        self.paused = p + "paused"  # pause time (ms) while Pipelines refuses the write key
-        self.paused_key = p + "paused:key"  # fingerprint of the write key that was refused
-        self.paused_probe = p + "paused:probe"  # set while a probe is not yet due
-        # A lease held by an erasure of the shop's data (erasure.py), from before it waits for
-        # the delivery lease until it is done: the deliverer stands aside when it sees it.
-        self.erasing = p + "out:erasing"
-        # Compliance requests (issue 7) committed with their batch, run after it, then removed.
-        self.compliance = p + "compliance"
-
-    def seen(self, webhook_id: str) -> str:
-        return f"{self.prefix}seen:{webhook_id}"
-
-    def state(self, name: str) -> str:
-        return f"{self.prefix}st:{name}"
-
-
-@functools.lru_cache(maxsize=4096)
-def shop_keys(shop: str) -> Keys:
-    """`Keys(shop)`, built once per shop: the request path needs them for every webhook."""
-    return Keys(shop)
 
 
 @dataclass(frozen=True)
@@ -129,124 +87,6 @@ class Envelope:
         )
 
 
-# For producers that want to know about duplicates up front (backfill, reconcile): skip a
-# webhook whose id the drain already processed. Seen-markers are written only by the drain's
-# commit (processor.py), so a refused or lost write never marks anything as seen.
-_INGEST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':duplicate', 1)
-  return 0
-end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':accepted', 1)
-if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  redis.call('SADD', KEYS[5], ARGV[5])
-  return 2
-end
-return 1
-"""
-
-# The delivery window: resume an unfinished one (a crashed deliverer's), else release the people
-# whose retry is due (their held calls, in order) and take new entries up to the byte and count
-# limits. A new entry of a person who still waits for a retry joins that person's held list, so
-# per-person order holds while other people go on. People are named by the keyed hash in the
-# entry's header (`OutboxEntry.hold_name` is the Python side); an entry queued before headers
-# carried one gets the unkeyed name it had then. Returns {window, outbox length left}.
-_TAKE_OUTBOX = """
-local w = redis.call('LRANGE', KEYS[2], 0, -1)
-if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end
-local maxb, maxn, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local prefix = ARGV[4]
-local total, n = 0, 0
-local released = {}
-local function push(key, items)
-  for i = 1, #items, 1000 do
-    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
-  end
-end
-for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
-  local items = redis.call('LRANGE', prefix .. h, 0, -1)
-  push(KEYS[2], items)
-  n = n + #items
-  for _, v in ipairs(items) do total = total + #v + 1 end
-  redis.call('DEL', prefix .. h)
-  redis.call('ZREM', KEYS[3], h)
-  released[h] = true
-end
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
-local taken, towork = 0, {}
-for i, v in ipairs(items) do
-  if n >= maxn or (n > 0 and total + #v + 1 > maxb) then break end
-  local nl = string.find(v, string.char(10), 1, true)
-  local p, h = '', nil
-  if nl then
-    local ok, head = pcall(cjson.decode, string.sub(v, 1, nl - 1))
-    if ok and type(head) == 'table' then
-      if type(head.h) == 'string' and head.h ~= '' then h = head.h end
-      if type(head.p) == 'string' then p = head.p end
-    end
-  end
-  h = h or string.sub(redis.sha1hex(p), 1, 16)
-  if (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
-    redis.call('RPUSH', prefix .. h, v)
-  else
-    towork[#towork + 1] = v
-    n = n + 1
-    total = total + #v + 1
-  end
-  taken = i
-end
-if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
-push(KEYS[2], towork)
-return {redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LLEN', KEYS[1])}
-"""
-
-# Clear the pending flag only when nothing is left; otherwise the caller re-enqueues itself.
-# Pending flags expire (FLAG_STALE_MS): one whose job was lost stops blocking new wake-ups.
-_FINISH = """
-if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[3])
-  return 0
-end
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# A drain starts: if the work list holds a batch a drain before it took and did not commit, one
-# more try on it is counted (and the size last tried returned); else the count is cleared.
-_BEGIN = """
-if redis.call('LLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-  return {0, 0}
-end
-local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
-redis.call('EXPIRE', KEYS[2], 604800)
-return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-
-# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
-# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
-# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
-# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
-_COUNT_REJECTED = """
-if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-end
-return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-"""
-
-
 # Any failure talking to Redis (connection, timeout, a refused command), as the bridge names it:
 # parts outside the store catch this, never a redis-py class.
 StoreError = redis.RedisError
@@ -265,6 +105,11 @@ def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> re
     return redis.Redis.from_url(url, **kwargs)
 
 
+def check_url(url: str) -> None:
+    """Raises ValueError unless `connect` can use `url` (its scheme, host, port and database)."""
+    parse_url(url)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -273,8 +118,11 @@ class LeaseLost(Exception):
     """Another worker holds the lease now: this one must not write its results."""
 
 
+LetterT = TypeVar("LetterT", bound=DeadLetterRecord)
+
+
 @dataclass
-class Settlement:
+class Settlement(Generic[LetterT]):
     """What one delivery round writes, in one MULTI guarded by the delivery lease.
 
     `remaining` becomes the new in-flight window (calls neither settled nor held: paused, or
@@ -285,7 +133,7 @@ class Settlement:
     remaining: list[bytes] = field(default_factory=list)
     held: list[tuple[str, list[bytes], int, bytes]] = field(default_factory=list)
     clear: set[str] = field(default_factory=set)
-    letters: list[deadletters.DeadLetter] = field(default_factory=list)
+    letters: list[LetterT] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -301,7 +149,8 @@ class Commit:
     state_set: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # key -> (value, ttl s)
     state_del: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
-    parked: list[bytes] = field(default_factory=list)  # encoded deadletters.DeadLetter records
+    # Webhooks that cannot be processed, as dead letters (delivery/deadletters.py).
+    letters: list[DeadLetterRecord] = field(default_factory=list)
     # issue 6: per-event volume buckets and last-seen times (bridge/volume.record)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
@@ -312,6 +161,11 @@ class Commit:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+    @property
+    def parked(self) -> list[bytes]:
+        """The parked webhooks' dead letters, encoded (before their error times are set)."""
+        return [letter.encode() for letter in self.letters]
 
 
 class CommandList:
@@ -337,175 +191,6 @@ class Accepted(NamedTuple):
 
     seen_before: bool
     wake: bool
-
-
-class Pending:
-    """The replies of commands already written, read when asked for (`result`)."""
-
-    __slots__ = ("_error", "_n", "_pipe", "_replies")
-
-    def __init__(self, pipe: RawPipeline, n: int) -> None:
-        self._pipe = pipe
-        self._n = n
-        self._replies: list[Any] | None = None
-        self._error: BaseException | None = None
-
-    def result(self) -> list[Any]:
-        """Every reply, a command's error reply as its exception; raises a connection error."""
-        if self._replies is None and self._error is None:
-            self._pipe._complete(self)
-        if self._error is not None:
-            raise self._error
-        assert self._replies is not None
-        return self._replies
-
-
-class RawPipeline:
-    """Pipelined plain commands on a connection of the client's own pool, without redis-py's
-    per-command machinery: the request path's one round trip, and the drain's take and commit.
-
-    redis-py 8 spends ~55 us of Python on each command it sends (argument filtering,
-    observability hooks, a pool checkout and return) and ~4 us on each reply it reads: as much
-    as the round trip itself on loopback. Here commands are packed by hiredis, written in one
-    `sendall` and their replies parsed by a hiredis reader fed straight from the socket.
-    redis-py still opens the connection (TLS, AUTH, SELECT, timeouts), so this works wherever
-    the client does. Each thread keeps one connection (gunicorn forks after `preload_app`, so a
-    connection is only ever used by the process that opened it).
-
-    `send` writes without waiting: the drain has Redis run one batch's commit and move the
-    next batch while it maps. Replies are read in the order the commands were sent, whoever
-    asks first, so a later round trip on the thread never reads an earlier one's replies.
-    """
-
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self.pool = client.connection_pool
-        self._local = threading.local()
-
-    def _link(self) -> tuple[Any, hiredis.Reader]:
-        """This thread's connected (socket, reader)."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.conn = self.pool.make_connection()
-            local.pid = os.getpid()
-            local.sock = None
-            local.pending = deque()
-        if local.sock is None:
-            local.conn.connect()
-            # redis-py keeps the connected socket in `_sock`; the reader is ours, so a reply is
-            # never split between two parsers.
-            local.sock = local.conn._sock
-            local.reader = hiredis.Reader(replyError=redis.ResponseError)
-            local.idle = select.poll()
-            local.idle.register(local.sock, select.POLLIN)
-        elif not local.pending and local.idle.poll(0):
-            # Readable while no reply is owed: Redis closed it (a restart, an idle timeout).
-            # A write would still "succeed" into it, so reconnect before writing, not after.
-            self._drop()
-            return self._link()
-        return local.sock, local.reader
-
-    def _drop(self) -> None:
-        local = self._local
-        for waiting in local.pending:
-            waiting._error = redis.ConnectionError("connection to Redis lost before the reply")
-        local.pending.clear()
-        local.sock = None
-        local.conn.disconnect()
-
-    def send(self, *commands: tuple[Any, ...]) -> Pending:
-        """Write `commands` in one write; their replies come with the returned `Pending`."""
-        packed = b"".join([hiredis.pack_command(c) for c in commands])
-        try:
-            sock = self._link()[0]
-            sock.sendall(packed)
-        except (OSError, redis.ConnectionError):
-            # An idle connection dropped (a Redis restart, a proxy timeout): one retry on a
-            # fresh connection. Safe even if part of the first write landed: Redis discards a
-            # MULTI its client left unfinished, and the drain deduplicates webhooks by id.
-            # Replies still owed on the old connection are lost: their `result` raises.
-            self._drop()
-            sock = self._link()[0]
-            try:
-                sock.sendall(packed)
-            except TimeoutError as exc:
-                self._drop()
-                raise redis.TimeoutError("timeout writing to Redis") from exc
-            except OSError as exc:
-                self._drop()
-                raise redis.ConnectionError(f"error writing to Redis: {exc}") from exc
-        pending = Pending(self, len(commands))
-        self._local.pending.append(pending)
-        return pending
-
-    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Send `commands` in one write, read every reply: a command's error reply comes back
-        as its exception (the others still ran); a connection error raises."""
-        return self.send(*commands).result()
-
-    def _complete(self, target: Pending) -> None:
-        """Read replies, oldest first, until `target` has its own."""
-        local = self._local
-        while target._replies is None and target._error is None:
-            first = local.pending[0]
-            try:
-                first._replies = self._read(local.sock, local.reader, first._n)
-            except BaseException:
-                self._drop()  # replies may be left unread on the socket: never reuse it
-                raise
-            local.pending.popleft()
-
-    @staticmethod
-    def _read(sock: Any, reader: hiredis.Reader, n: int) -> list[Any]:
-        replies: list[Any] = []
-        while len(replies) < n:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                raise redis.ConnectionError(f"unreadable reply from Redis: {exc}") from exc
-            if reply is False:
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError as exc:
-                    raise redis.TimeoutError("timeout reading from Redis") from exc
-                except OSError as exc:
-                    raise redis.ConnectionError(f"error reading from Redis: {exc}") from exc
-                if not data:
-                    raise redis.ConnectionError("connection closed by Redis")
-                reader.feed(data)
-            else:
-                replies.append(reply)
-        return replies
-
-    def send_transaction(self, commands: Sequence[tuple[Any, ...]]) -> PendingTransaction:
-        """MULTI, `commands`, EXEC in one write, without waiting for the outcome."""
-        return PendingTransaction(self.send(("MULTI",), *commands, ("EXEC",)))
-
-    def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """MULTI, `commands`, EXEC in one write; the replies of EXEC. Raises the first error
-        (a command refused when queued aborts the whole transaction, as MULTI does)."""
-        return self.send_transaction(commands).result()
-
-
-class PendingTransaction:
-    """A MULTI/EXEC sent; `result` gives EXEC's replies or raises the first error."""
-
-    __slots__ = ("_pending",)
-
-    def __init__(self, pending: Pending) -> None:
-        self._pending = pending
-
-    def result(self) -> list[Any]:
-        replies = self._pending.result()
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        results = replies[-1]
-        if results is None:
-            raise redis.exceptions.WatchError("transaction aborted")
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
 
 
 def _moves(k: Keys, n: int) -> list[tuple[Any, ...]]:
@@ -561,7 +246,7 @@ class PendingCommit:
 
 
 def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
-    """The _INGEST script's keys and arguments for one webhook."""
+    """The INGEST script's keys and arguments for one webhook."""
     k = Keys(env.shop)
     return {
         "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
@@ -580,14 +265,17 @@ class Store:
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self.redis = client
-        self._ingest = client.register_script(_INGEST)
+        self._ingest = client.register_script(scripts.INGEST)
         self._raw = RawPipeline(client)
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
-        self._finish = client.register_script(_FINISH)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
-        self._take_outbox = client.register_script(_TAKE_OUTBOX)
-        self._count_rejected = client.register_script(_COUNT_REJECTED)
+        self._finish = client.register_script(scripts.FINISH)
+        self._release = client.register_script(scripts.RELEASE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._take_outbox = client.register_script(scripts.TAKE_OUTBOX)
+        self._count_rejected = client.register_script(scripts.COUNT_REJECTED)
+        self.dead_letters = DeadLetterStore(client)
+        self.monitoring = MonitorStore(client)
+        self.shop_data = ShopData(client)
 
     # --- request path -------------------------------------------------------------------
     def accept(self, env: Envelope) -> Accepted:
@@ -631,7 +319,7 @@ class Store:
 
     def count_untrusted(self, shop: str, name: str, *, configured: bool) -> None:
         """Count a rejection of a request not (yet) trusted: in the shop's stats when the shop
-        is configured or known (SHOPS_KEY), else in REJECTED_KEY (see _COUNT_REJECTED)."""
+        is configured or known (SHOPS_KEY), else in REJECTED_KEY (see scripts.COUNT_REJECTED)."""
         self._count_rejected(
             keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY],
             args=[shop, name, "1" if configured else "0"],
@@ -681,7 +369,7 @@ class Store:
         (`Begun`); one round trip. The script touches no body: it counts and reads one hash."""
         k = Keys(shop)
         tries, resumed, *moved = self._raw.pipeline(
-            ("EVAL", _BEGIN, 2, k.inbound_work, k.drain_tries),
+            ("EVAL", scripts.BEGIN_DRAIN, 2, k.inbound_work, k.drain_tries),
             ("LRANGE", k.inbound_work, 0, -1),
             *_moves(k, n),
         )
@@ -730,8 +418,8 @@ class Store:
             cmds.add("DEL", *commit.state_del)
         if commit.calls:
             cmds.add("RPUSH", k.outbox, *commit.calls)
-        if commit.parked:
-            deadletters.stage(cmds, shop, commit.parked, now_ms())
+        if commit.letters:
+            stage(cmds, shop, commit.letters, now_ms())
         if commit.compliance:
             cmds.add("RPUSH", k.compliance, *commit.compliance)
         for name, n in commit.counters.items():
@@ -768,7 +456,7 @@ class Store:
         values = self.redis.hmget(Keys(shop).out_meta, list(hashes))
         return {h: v for h, v in zip(hashes, values, strict=True) if v}
 
-    def settle_outbox(self, shop: str, lease_token: str, s: Settlement) -> None:
+    def settle_outbox(self, shop: str, lease_token: str, s: Settlement[Any]) -> None:
         """Write a round's outcome atomically, unless the lease changed hands (LeaseLost)."""
         k = Keys(shop)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -788,7 +476,7 @@ class Store:
                     pipe.hset(k.out_meta, h, meta)
                 if s.clear:
                     pipe.hdel(k.out_meta, *s.clear)
-                deadletters.stage(pipe, shop, s.letters, now_ms())
+                stage(pipe, shop, s.letters, now_ms())
                 for name, n in s.counters.items():
                     pipe.hincrby(k.stats, name, n)
                 pipe.execute()
@@ -846,7 +534,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for key in (k.inbound, k.inbound_work, k.outbox, k.outbox_work):
             pipe.llen(key)
-        pipe.hlen(deadletters.dlq_key(shop))
+        pipe.hlen(k.dlq)
         pipe.zcard(k.out_due)
         inbound, inwork, out, outwork, dead, waiting = pipe.execute()
         return {
@@ -856,3 +544,109 @@ class Store:
             "dead_letters": dead,
             "waiting_people": waiting,
         }
+
+    def queued_compliance(self, shop: str) -> int:
+        """How many committed compliance requests wait to be run."""
+        return int(self.redis.llen(Keys(shop).compliance))
+
+    def compliance_requests(self, shop: str) -> list[bytes]:
+        """The shop's committed compliance requests, oldest first (encoded)."""
+        return list(self.redis.lrange(Keys(shop).compliance, 0, -1))
+
+    def remove_compliance_request(self, shop: str, raw: bytes) -> None:
+        """Drop one committed compliance request (once run, or unreadable)."""
+        self.redis.lrem(Keys(shop).compliance, 1, raw)
+
+    def append_outbox(self, shop: str, entry: bytes) -> None:
+        """Queue one outbox entry after every entry queued before it."""
+        self.redis.rpush(Keys(shop).outbox, entry)
+
+    def inbound_length(self, shop: str) -> int:
+        """Webhooks in the shop's inbound queue (not yet taken by a drain)."""
+        return int(self.redis.llen(Keys(shop).inbound))
+
+    def missing_states(self, shop: str, names: Sequence[str]) -> list[str]:
+        """The names among `names` with no state record (one round trip)."""
+        if not names:
+            return []
+        keys = Keys(shop)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.state(name))
+        return [name for name, found in zip(names, pipe.execute(), strict=True) if not found]
+
+    def write_housekeeping(
+        self,
+        shop: str,
+        sets: Mapping[str, tuple[bytes, int]],
+        dels: Iterable[str],
+        parked: Sequence[bytes],
+        counters: Mapping[str, int],
+    ) -> None:
+        """Identity's housekeeping writes in one MULTI: state records set (value, ttl s) and
+        deleted, parked refunds, counters."""
+        keys = Keys(shop)
+        removed = list(dels)
+        pipe = self.redis.pipeline(transaction=True)
+        for key, (value, ttl) in sets.items():
+            pipe.set(key, value, ex=ttl)
+        if removed:
+            pipe.delete(*removed)
+        if parked:
+            pipe.rpush(keys.parked, *parked)
+        for name, n in counters.items():
+            pipe.hincrby(keys.stats, name, n)
+        pipe.execute()
+
+    # --- markers ----------------------------------------------------------------------------
+    def claim(self, key: str, ttl_s: int) -> bool:
+        """Set the marker `key` for `ttl_s` unless it is set: True when this caller set it (a
+        schedule or a once-per-interval run that must start once across processes)."""
+        return bool(self.redis.set(key, "1", nx=True, ex=ttl_s))
+
+    def mark(self, key: str, ttl_s: int) -> None:
+        """Set the marker `key` for `ttl_s`, set or not."""
+        self.redis.set(key, "1", ex=ttl_s)
+
+    # --- delivery's gate and pause ------------------------------------------------------------
+    def delivery_gate(self, shop: str) -> tuple[bytes | None, bytes | None]:
+        """The delivery lease's token and the erasure lease's, in one round trip."""
+        k = Keys(shop)
+        holder, erasing = self.redis.mget([k.deliver_lease, k.erasing])
+        return holder, erasing
+
+    def pause(self, shop: str, *, key_fingerprint: str, probe_ms: int) -> bool:
+        """Pause the shop's delivery (the write key `key_fingerprint` was refused) with no probe
+        before `probe_ms`; True when it was not paused before."""
+        keys = Keys(shop)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.paused, now_ms(), nx=True)
+        pipe.set(keys.paused_key, key_fingerprint)
+        pipe.set(keys.paused_probe, 1, px=probe_ms)
+        return bool(pipe.execute()[0])
+
+    def paused(self, shop: str) -> tuple[bytes | None, bytes | None]:
+        """When the shop's delivery was paused (ms) and the refused key's fingerprint."""
+        keys = Keys(shop)
+        paused_at, refused_key = self.redis.mget([keys.paused, keys.paused_key])
+        return paused_at, refused_key
+
+    def claim_probe(self, shop: str, probe_ms: int) -> bool:
+        """True when a paused shop's probe is due (then none is for `probe_ms`)."""
+        return bool(self.redis.set(Keys(shop).paused_probe, 1, px=probe_ms, nx=True))
+
+    def resume(self, shop: str) -> None:
+        """Lift the shop's pause."""
+        keys = Keys(shop)
+        self.redis.delete(keys.paused, keys.paused_key, keys.paused_probe)
+
+    # --- the server -------------------------------------------------------------------------
+    def eviction_policy(self) -> str | None:
+        """Redis's maxmemory-policy (None when it does not say). Raises StoreError, or any
+        error of a server that refuses CONFIG."""
+        policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        return str(policy) if policy else None
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.redis.close()

@@ -39,12 +39,12 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import redis
 from flask import Blueprint, Response, current_app, request
 
-from bridge.delivery.deadletters import dlq_key
-from bridge.monitoring import monitor, volume
-from bridge.store.facade import REJECTED_KEY, SHOPS_KEY, Keys
+from bridge.monitoring import volume
+from bridge.store import StoreError
+from bridge.store.facade import Store
+from bridge.store.monitoring import ShopReadings
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -56,15 +56,6 @@ SHOPS_PER_ROUND_TRIP = 100
 # The shop label of REJECTED_KEY's counters: real shops are domains, so it names none of them.
 OTHER_SHOPS = "other"
 _UNSAFE = re.compile(r"[^a-z0-9_]")
-
-
-def dead_letter_key(shop: str) -> str:
-    """Where a shop's dead letters live (a hash: bridge/delivery/deadletters.py)."""
-    return dlq_key(shop)
-
-
-def paused_key(shop: str) -> str:
-    return Keys(shop).prefix + "paused"
 
 
 def _name(raw: str) -> str:
@@ -170,20 +161,14 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def collect(
-    client: redis.Redis[bytes], key_events: Iterable[str], configured: Iterable[str] = ()
-) -> str:
-    """The full exposition for every shop seen or `configured`. Raises redis errors."""
+def collect(store: Store, key_events: Iterable[str], configured: Iterable[str] = ()) -> str:
+    """The full exposition for every shop seen or `configured`. Raises StoreError."""
     events = list(key_events)
     exp = Exposition()
-    pipe = client.pipeline(transaction=False)
-    pipe.smembers(SHOPS_KEY)
-    pipe.hgetall(REJECTED_KEY)
-    seen_raw, rejected_raw = pipe.execute()
-    seen = {s.decode() for s in seen_raw}
+    seen, rejected_raw = store.monitoring.totals()
     shops = sorted(seen | set(configured))
     exp.add("cartbridge_shops", "gauge", "Shops the bridge has seen.", len(seen), {})
-    last_run = client.get(monitor.LAST_RUN_KEY)
+    last_run = store.monitoring.last_run_ms()
     if last_run is not None:
         exp.add(
             "cartbridge_volume_check_last_run_timestamp_seconds",
@@ -195,23 +180,8 @@ def collect(
     add_stats(exp, OTHER_SHOPS, _counts(rejected_raw))
     for i in range(0, len(shops), SHOPS_PER_ROUND_TRIP):
         chunk = shops[i : i + SHOPS_PER_ROUND_TRIP]
-        pipe = client.pipeline(transaction=False)
-        for shop in chunk:
-            k = Keys(shop)
-            pipe.hgetall(k.stats)
-            pipe.llen(k.inbound)
-            pipe.llen(k.inbound_work)
-            pipe.llen(k.outbox)
-            pipe.llen(k.outbox_work)
-            pipe.hlen(dead_letter_key(shop))
-            pipe.exists(paused_key(shop))
-            pipe.hgetall(volume.last_seen_key(shop))
-            pipe.hgetall(monitor.alerts_key(shop))
-            pipe.hgetall(monitor.gauges_key(shop))
-        replies = pipe.execute()
-        for j, shop in enumerate(chunk):
-            r = replies[10 * j : 10 * j + 10]
-            _add_shop(exp, shop, events, r)
+        for shop, readings in zip(chunk, store.monitoring.shops(chunk), strict=True):
+            _add_shop(exp, shop, events, readings)
     return exp.render()
 
 
@@ -225,7 +195,7 @@ def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
     return counts
 
 
-def _add_shop(exp: Exposition, shop: str, events: list[str], r: list[object]) -> None:
+def _add_shop(exp: Exposition, shop: str, events: list[str], r: ShopReadings) -> None:
     stats_raw, inbound, inwork, out, outwork, dead, paused, seen, firing, gauges = r
     assert isinstance(stats_raw, dict)
     add_stats(exp, shop, _counts(stats_raw))
@@ -319,7 +289,7 @@ def metrics() -> Response:
             "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
         )
     try:
-        body = collect(services.redis, settings.key_events, services.stores.stores)
-    except redis.RedisError:
+        body = collect(services.store, settings.key_events, services.stores.stores)
+    except StoreError:
         return Response("redis unavailable\n", 503, mimetype="text/plain")
     return Response(body, 200, content_type=CONTENT_TYPE)

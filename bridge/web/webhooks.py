@@ -42,11 +42,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import redis
 from flask import Flask, Response
 
 from bridge import logs, signature
 from bridge.jsonio import is_json_object
+from bridge.store import StoreError
 from bridge.store.facade import Envelope, now_ms
 from bridge.worker.queues import enqueue_drain
 
@@ -267,7 +267,7 @@ def receive_shopify(
 def _queue(services: Services, env: Envelope, request_id: str) -> Answer:
     try:
         accepted = services.store.accept(env)
-    except redis.RedisError as exc:
+    except StoreError as exc:
         log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
         return _error(503, "queue unavailable, retry later")
     logs.info_line(
@@ -284,7 +284,7 @@ def _queue(services: Services, env: Envelope, request_id: str) -> Answer:
     if accepted.wake:
         try:
             enqueue_drain(services.queue, env.shop)
-        except redis.RedisError:
+        except StoreError:
             # The webhook is durably queued; the flag expires, so the next webhook (or the
             # worker's sweep) enqueues the drain instead.
             log.warning("drain job not enqueued", extra={"shop": env.shop})
@@ -303,7 +303,7 @@ def _unauthorized(
     reason = "bad_signature" if known else "unknown_shop"
     label = _topic_label(services, topic)
     field = f"webhooks:{label}:{reason}"
-    with contextlib.suppress(redis.RedisError):
+    with contextlib.suppress(StoreError):
         services.store.count_untrusted(shop, field, configured=services.stores.configured(shop))
     left_out = rejections.admit(reason)
     if left_out is not None:
@@ -317,7 +317,7 @@ def _unauthorized(
 def _count_unverified(services: Services, topic: str, result: str) -> None:
     """Count a request refused before its shop could be looked up, in REJECTED_KEY."""
     label = _topic_label(services, topic.strip())
-    with contextlib.suppress(redis.RedisError):
+    with contextlib.suppress(StoreError):
         services.store.count_unverified(f"webhooks:{label}:{result}")
 
 
@@ -325,10 +325,10 @@ def _count_rejected(services: Services, shop: str, topic: str, result: str) -> N
     """Count a signed request's rejection in the shop's stats (`webhooks:{topic}:{result}`);
     never fails the response."""
     label = _topic_label(services, topic)
-    with contextlib.suppress(redis.RedisError):
+    with contextlib.suppress(StoreError):
         services.store.count(shop, f"webhooks:{label}:{result}")
 
 
 def _count_quietly(services: Services, shop: str, name: str) -> None:
-    with contextlib.suppress(redis.RedisError):
+    with contextlib.suppress(StoreError):
         services.store.count(shop, name)

@@ -11,10 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import redis
-
 from bridge.compliance.erasure import run_pending
 from bridge.delivery.deadletters import log_dead_letter, webhook_letter
+from bridge.store import StoreError
 from bridge.store.facade import Begun, Commit, Envelope, Keys
 from bridge.store.lease import Lease
 from bridge.worker.processor import ProcessConfig, process
@@ -151,7 +150,7 @@ def drain(rt: Services, shop: str) -> None:
                 previous.append(committing)
                 batch = upcoming.result() if upcoming is not None else []
             confirm_previous()
-        except redis.RedisError:
+        except StoreError:
             raise
         except Exception:
             # Not one webhook's fault (those are parked): the batch stays in the work list and
@@ -201,11 +200,11 @@ def park_alone(commit: Commit, raw: bytes, tries: int) -> None:
         env = Envelope.decode(raw)
     except Exception:
         letter = webhook_letter("", raw, "unknown", "", reason)
-        commit.parked.append(letter.encode())
+        commit.letters.append(letter)
         commit.count("webhooks:unknown:parked")
         return
     letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
     log_dead_letter(letter)
-    commit.parked.append(letter.encode())
+    commit.letters.append(letter)
     commit.seen.append(Keys(env.shop).seen(env.webhook_id))
     commit.count(f"webhooks:{env.topic}:parked")

@@ -21,11 +21,12 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-import redis
 from rq import SimpleWorker
 
 from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.services import Services, install
+from bridge.store import StoreError
+from bridge.store.keys import SWEEP_SCHEDULED_KEY
 from bridge.worker.background import BackgroundDelivery
 from bridge.worker.queues import JOB_TIMEOUT_S
 from bridge.worker.sweep import SWEEP_EVERY_S, schedule_sweep, tick
@@ -85,7 +86,7 @@ def log_start(rt: Services) -> None:
 def check_redis_policy(rt: Services) -> None:
     """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
     try:
-        policy = rt.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        policy = rt.store.eviction_policy()
     except Exception:
         return
     if policy and policy != "noeviction":
@@ -110,11 +111,11 @@ def wait_for_redis(rt: Services) -> bool:
     logged = False
     while not rt.stopping.is_set():
         try:
-            rt.redis.ping()
+            rt.store.ping()
             if logged:
                 log.warning("Redis is back; the worker goes on")
             return True
-        except redis.RedisError as exc:
+        except StoreError as exc:
             if not logged:
                 log.error("Redis unavailable; the worker waits for it", extra={"error": str(exc)})
                 logged = True
@@ -154,17 +155,17 @@ def _work(rt: Services, *, burst: bool, **work_kwargs: Any) -> bool:
         try:
             check_redis_policy(rt)
             check_api_version(rt)
-            worker = BridgeWorker([rt.queue], connection=rt.redis)
+            worker = BridgeWorker([rt.queue], connection=rt.queue.connection)
             worker.services = rt
             if not burst:
-                if rt.redis.set("cb:sweep:scheduled", "1", nx=True, ex=SWEEP_EVERY_S * 4):
+                if rt.store.claim(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4):
                     schedule_sweep(rt)
                 ensure_check_scheduled(rt)  # issue 6: the periodic volume check
                 if ticker is None:
                     ticker = threading.Thread(target=tick, args=(rt,), name="ticker", daemon=True)
                     ticker.start()
             worked = bool(worker.work(burst=burst, with_scheduler=not burst, **kwargs)) or worked
-        except redis.RedisError as exc:
+        except StoreError as exc:
             log.warning("worker loop ended on a Redis error", extra={"error": str(exc)})
         if burst or rt.stopping.is_set() or getattr(worker, "_stop_requested", False):
             return worked

@@ -254,7 +254,7 @@ def failure_reason(exc: BaseException, step: str) -> str:
 def _park(commit: Commit, env: Envelope, raw: bytes, reason: str) -> None:
     letter = webhook_letter(env.shop, raw, env.topic, env.webhook_id, reason)
     log_dead_letter(letter)
-    commit.parked.append(letter.encode())
+    commit.letters.append(letter)
     commit.count(f"webhooks:{env.topic}:parked")
 
 
@@ -269,7 +269,7 @@ class _Outcome:
     def apply(self, commit: Commit, shop: str, env: Envelope) -> None:
         for letter in self.invalid:
             log_dead_letter(letter)
-            commit.parked.append(letter.encode())
+            commit.letters.append(letter)
             commit.count("calls:invalid")
         for entry, name, kind in self.entries:
             commit.calls.append(entry)

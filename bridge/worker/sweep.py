@@ -12,8 +12,6 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import redis
-
 from bridge.delivery.deadletters import DeadLetters
 from bridge.identity.carts import HELD_CHECKOUTS, expire_held
 from bridge.identity.decide import HELD_REFUNDS
@@ -21,7 +19,9 @@ from bridge.identity.housekeeping import expire_refunds
 from bridge.identity.view import DecisionView
 from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.services import Services
-from bridge.store.facade import Keys, now_ms
+from bridge.store import StoreError
+from bridge.store.facade import now_ms
+from bridge.store.keys import SWEEP_SCHEDULED_KEY, Keys
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def wake_due(rt: Services) -> None:
         # A compliance request whose run failed (an erasure that could not take the delivery
         # lease in time, a Redis error) stays committed; a drain runs it first, even when no
         # webhook is queued to start one.
-        drain_due = depth["inbound"] or rt.redis.llen(keys.compliance)
+        drain_due = depth["inbound"] or rt.store.queued_compliance(shop)
         if drain_due and rt.store.wake(keys.drain_flag):
             enqueue_drain(rt.queue, shop)
         due = rt.store.next_due_ms(shop)
@@ -64,7 +64,7 @@ def tick(rt: Services) -> None:
     while not rt.stopping.wait(TICK_S):
         try:
             wake_due(rt)
-        except redis.RedisError:
+        except StoreError:
             continue  # Redis is away: the work loop waits for it too
 
 
@@ -74,13 +74,13 @@ def sweep(rt: Services) -> None:
 
     try:
         wake_due(rt)
-        letters = DeadLetters(rt.redis)
+        letters = DeadLetters(rt.store)
         for shop in rt.store.shops():
             letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
             if housekeep_due(rt, shop):
                 housekeep(rt, shop)
     finally:
-        rt.redis.set("cb:sweep:scheduled", "1", ex=SWEEP_EVERY_S * 4)
+        rt.store.mark(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4)
         schedule_sweep(rt)
     ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
     # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
@@ -113,16 +113,7 @@ def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
         sets, dels = view.writes()
         if not (sets or dels or parked or view.counters):
             return 0
-        pipe = rt.redis.pipeline(transaction=True)
-        for key, (value, ttl) in sets.items():
-            pipe.set(key, value, ex=ttl)
-        if dels:
-            pipe.delete(*dels)
-        if parked:
-            pipe.rpush(keys.parked, *parked)
-        for name, n in view.counters.items():
-            pipe.hincrby(keys.stats, name, n)
-        pipe.execute()
+        rt.store.write_housekeeping(shop, sets, dels, parked, view.counters)
         if dropped or parked:
             log.info(
                 "identity housekeeping",
@@ -135,4 +126,4 @@ def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
 
 def housekeep_due(rt: Services, shop: str) -> bool:
     """True at most once a minute per shop (across every worker)."""
-    return bool(rt.redis.set(Keys(shop).prefix + "house", "1", nx=True, ex=HOUSEKEEP_EVERY_S))
+    return rt.store.claim(Keys(shop).housekeeping, HOUSEKEEP_EVERY_S)

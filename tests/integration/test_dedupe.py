@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import DeadLetters
 from bridge.services import Services
-from bridge.store.facade import Keys
+from bridge.store.facade import Keys, Store
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, fixture_json, webhook_headers
@@ -84,7 +84,7 @@ def test_a_replayed_dead_letter_is_processed_again_not_skipped(
     send(client, "carts/create", raw, "w-bad")
     drain(rt, SHOP)
     assert stats(redis)["webhooks:carts/create:parked"] == 1
-    letters = DeadLetters(redis)
+    letters = DeadLetters(Store(redis))
     [letter] = list(letters.iter(SHOP))
     assert letters.replay(SHOP, [letter]) == 1
     drain(rt, SHOP)

@@ -106,7 +106,7 @@ def test_a_bad_call_in_strict_mode_is_isolated_and_dead_lettered(
     queue(rt.redis, calls)
     deliver(rt, SHOP)
     assert sorted(sent_ids(pipelines)) == [f"M{i:05d}" for i in range(20) if i != 13]
-    letters = list(DeadLetters(rt.redis).iter(SHOP))
+    letters = list(DeadLetters(rt.store).iter(SHOP))
     assert [(d.id, d.status, d.kind) for d in letters] == [("c-M00013", 400, "call")]
     assert "track needs event" in letters[0].response
 
@@ -120,7 +120,7 @@ def test_too_large_requests_are_split_and_an_oversize_call_is_dead_lettered(
         queue(runtime.redis, [call(99, "big", pad="z" * 5000)])
         deliver(runtime, SHOP)
         assert len(small.calls) == 12
-        assert [d.id for d in DeadLetters(runtime.redis).iter(SHOP)] == ["c-M00099"]
+        assert [d.id for d in DeadLetters(runtime.store).iter(SHOP)] == ["c-M00099"]
 
 
 def test_a_refused_key_pauses_the_shop_keeps_the_calls_and_resumes_on_a_probe(
@@ -131,7 +131,7 @@ def test_a_refused_key_pauses_the_shop_keeps_the_calls_and_resumes_on_a_probe(
     deliver(rt, SHOP)
     assert rt.redis.get(K.paused) is not None
     assert rt.store.stats(SHOP)["delivery:paused"] == 1
-    assert rt.redis.llen(K.outbox_work) == 3 and DeadLetters(rt.redis).count(SHOP) == 0
+    assert rt.redis.llen(K.outbox_work) == 3 and DeadLetters(rt.store).count(SHOP) == 0
     deliver(rt, SHOP)  # still refused: a second pause is not counted again
     assert rt.store.stats(SHOP)["delivery:paused"] == 1
     pipelines.configure(write_keys=["test-write-key"])
@@ -149,8 +149,8 @@ def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_
     runtime = Services.build(rt.settings.model_copy(update={"retry_horizon_s": 0}))
     queue(runtime.redis, [call(1, "ann"), call(2, "ann")])
     pipelines.configure(fault_rate=1.0)
-    assert deliver_until(runtime, lambda: DeadLetters(runtime.redis).count(SHOP) == 2)
-    letter = DeadLetters(runtime.redis).get(SHOP, "c-M00001")
+    assert deliver_until(runtime, lambda: DeadLetters(runtime.store).count(SHOP) == 2)
+    letter = DeadLetters(runtime.store).get(SHOP, "c-M00001")
     assert letter is not None and letter.reason == "retry horizon passed"
     assert letter.attempts >= 2 and letter.first_error_ms <= letter.last_error_ms
     assert runtime.redis.hlen(K.out_meta) == 0  # the retry state went with the calls
@@ -160,7 +160,7 @@ def test_past_the_retry_horizon_calls_are_dead_lettered_and_replay_reuses_their_
     assert cli.main(["dlq", "replay", "--all"]) == 0
     assert deliver_until(runtime, lambda: len(pipelines.calls) == 2)
     assert sent_ids(pipelines) == ["M00001", "M00002"]
-    assert DeadLetters(runtime.redis).count(SHOP) == 0
+    assert DeadLetters(runtime.store).count(SHOP) == 0
 
 
 def test_an_alias_goes_alone_after_the_persons_earlier_calls(
@@ -220,7 +220,7 @@ def test_an_unmappable_webhook_is_dead_lettered_and_listed(
     assert cli.main(["dlq", "show", "w-wh-1"]) == 0
     assert orjson.loads(capsys.readouterr().out)["envelope"]["w"] == "wh-1"
     assert cli.main(["dlq", "purge"]) == 0
-    assert DeadLetters(rt.redis).count(SHOP) == 0
+    assert DeadLetters(rt.store).count(SHOP) == 0
 
 
 OTHER_CART = "another-shoppers-cart"
@@ -264,4 +264,4 @@ def test_a_cart_converted_while_pipelines_is_down_is_dropped_at_delivery(
     assert [c["messageId"] for c in sent] == [orjson.loads(added[OTHER_CART].call)["messageId"]]
     assert "identify" in [c["type"] for c in pipelines.calls]  # the order itself went out
     assert rt.store.stats(SHOP)["events:added_to_cart:suppressed"] == 1
-    assert DeadLetters(rt.redis).count(SHOP) == 0
+    assert DeadLetters(rt.store).count(SHOP) == 0

@@ -40,7 +40,7 @@ from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import configure_email_hash, person_hash
 from bridge.services import Services
-from bridge.store.facade import Envelope, Keys, now_ms
+from bridge.store.facade import Envelope, Keys, Store, now_ms
 from bridge.store.lease import Lease
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -420,7 +420,7 @@ def dead_letter_for_the_guest(r: redis_lib.Redis) -> str:
 def test_a_replay_of_letters_read_before_a_redact_brings_nothing_back(
     rt: Services, redis: redis_lib.Redis
 ) -> None:
-    letters = DeadLetters(redis)
+    letters = DeadLetters(Store(redis))
     letter_id = dead_letter_for_the_guest(redis)
     stale = letters.get_many(SHOP, [letter_id])  # an operator's replay has read the letter
     assert [d.id for d in stale] == [letter_id]
@@ -434,7 +434,7 @@ def test_a_replay_of_letters_read_before_a_redact_brings_nothing_back(
 
 
 def test_a_replay_waits_for_an_erasure_of_the_shop(rt: Services, redis: redis_lib.Redis) -> None:
-    letters = DeadLetters(redis)
+    letters = DeadLetters(Store(redis))
     letter_id = dead_letter_for_the_guest(redis)
     with Lease(rt.store, K.erasing) as erasing:  # an erasure has begun, not yet reached the DLQ
         assert erasing.held

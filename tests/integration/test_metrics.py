@@ -23,7 +23,7 @@ from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.deliver import deliver
 from bridge.monitoring import monitor, volume
 from bridge.services import Services
-from bridge.store.facade import Keys
+from bridge.store.facade import Keys, Store
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import (
@@ -272,14 +272,14 @@ def test_a_drop_alerts_once_shows_as_a_metric_and_resolves(
     seed(redis, SHOP, "order_completed", NOW, per_hour=240, stopped_for_s=3600)
     seed(redis, SHOP, "added_to_cart", NOW, per_hour=600)
 
-    results = monitor.check(redis, s, now_s=NOW)
+    results = monitor.check(Store(redis), s, now_s=NOW)
     firing = {(r.verdict.event, a) for r in results for a in r.verdict.alerts}
     assert firing == {("order_completed", "drop"), ("order_completed", "silence")}
     assert len(slack.bodies) == 2
     assert all("order_completed" in b["text"] and SHOP in b["text"] for b in slack.bodies)
 
     # Five minutes later it still fires: no second message (the repeat is hours away).
-    monitor.check(redis, s, now_s=NOW + 300)
+    monitor.check(Store(redis), s, now_s=NOW + 300)
     assert len(slack.bodies) == 2
     m = scrape(public(s))
     key = f'cartbridge_volume_alert{{shop="{SHOP}",event="order_completed",kind="drop"}}'
@@ -289,7 +289,7 @@ def test_a_drop_alerts_once_shows_as_a_metric_and_resolves(
     # Orders come back: one "resolved" message per alert, metric back to 0.
     seed(redis, SHOP, "order_completed", NOW + 4200, per_hour=240, from_s=NOW - 3600)
     seed(redis, SHOP, "added_to_cart", NOW + 4200, per_hour=600, from_s=NOW)
-    monitor.check(redis, s, now_s=NOW + 4200)
+    monitor.check(Store(redis), s, now_s=NOW + 4200)
     assert len(slack.bodies) == 4
     assert all("RESOLVED" in b["text"] for b in slack.bodies[2:])
     assert scrape(public(s))[key] == 0
@@ -300,14 +300,14 @@ def test_a_held_lock_means_another_check_is_alerting(
 ) -> None:
     redis.set(monitor.LOCK_KEY, "someone-else")
     with pytest.raises(monitor.CheckBusy):
-        monitor.check(redis, settings, now_s=NOW)
+        monitor.check(Store(redis), settings, now_s=NOW)
 
 
 def test_old_buckets_are_trimmed(settings: Settings, redis: redis_lib.Redis) -> None:
     seed(redis, SHOP, "order_completed", NOW, per_hour=120)
     fine = volume.fine_key(SHOP, "order_completed")
     coarse = volume.coarse_key(SHOP, "order_completed")
-    monitor.check(redis, settings, now_s=NOW + 3 * 86400)
+    monitor.check(Store(redis), settings, now_s=NOW + 3 * 86400)
     assert redis.hlen(fine) == 0  # all older than 26 h by then
     oldest = min(int(f) for f in redis.hkeys(coarse))
     assert oldest >= NOW + 3 * 86400 - volume.COARSE_KEEP_S

@@ -36,7 +36,7 @@ from bridge.delivery.outbox import OutboxEntry
 from bridge.logs import JsonFormatter
 from bridge.services import Services
 from bridge.sources import Source
-from bridge.store.facade import Keys
+from bridge.store.facade import Keys, Store
 from bridge.web.app import create_app
 from bridge.worker import drain as drain_module
 from bridge.worker.drain import TRIES_BEFORE_SPLIT, drain
@@ -298,7 +298,7 @@ def test_a_batch_that_crashes_is_split_until_its_culprit_is_parked_alone(
     rt.source = source.inner
     from bridge.delivery.deadletters import DeadLetters
 
-    letters = DeadLetters(redis)
+    letters = DeadLetters(Store(redis))
     letters.replay(SHOP, letters.get_many(SHOP, letters.ids(SHOP)))
     drain(rt, SHOP)
     assert str(marker) in completed_orders(redis)

@@ -102,7 +102,7 @@ def test_a_wrong_pipelines_url_pauses_the_shop_and_keeps_every_call(
         deliver(rt, SHOP)  # still wrong: paused, not counted or logged again
     assert rt.redis.get(K.paused) is not None
     assert rt.store.stats(SHOP)["delivery:paused"] == 1
-    assert DeadLetters(rt.redis).count(SHOP) == 0
+    assert DeadLetters(rt.store).count(SHOP) == 0
     assert rt.redis.llen(K.outbox_work) + rt.redis.llen(K.outbox) == 3
     errors = paused_errors(caplog)
     assert len(errors) == 1 and wrong in errors[0], errors

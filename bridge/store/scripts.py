@@ -1,0 +1,128 @@
+"""The Lua scripts the store runs, each with the record format it reads or writes.
+
+A script that reads a record must agree with the Python codec that writes it: each says which.
+"""
+
+# For producers that want to know about duplicates up front (backfill, reconcile): skip a
+# webhook whose id the drain already processed. Seen-markers are written only by the drain's
+# commit (processor.py), so a refused or lost write never marks anything as seen.
+# Record format: ARGV[1] is an encoded `Envelope` (facade.py), queued as it is, never parsed.
+INGEST = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':duplicate', 1)
+  return 0
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':accepted', 1)
+if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  redis.call('SADD', KEYS[5], ARGV[5])
+  return 2
+end
+return 1
+"""
+
+# The delivery window: resume an unfinished one (a crashed deliverer's), else release the people
+# whose retry is due (their held calls, in order) and take new entries up to the byte and count
+# limits. A new entry of a person who still waits for a retry joins that person's held list, so
+# per-person order holds while other people go on. Returns {window, outbox length left}.
+# Record format: an outbox entry (`delivery/outbox.py`, `OutboxEntry.encode`): a JSON header
+# line, then the call. People are named by the keyed hash in the header's "h"
+# (`OutboxEntry.hold_name` is the Python side); an entry queued before headers carried one gets
+# the unkeyed name it had then: the first 16 hex digits of SHA-1 of the header's "p".
+TAKE_OUTBOX = """
+local w = redis.call('LRANGE', KEYS[2], 0, -1)
+if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end
+local maxb, maxn, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local prefix = ARGV[4]
+local total, n = 0, 0
+local released = {}
+local function push(key, items)
+  for i = 1, #items, 1000 do
+    redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)) do
+  local items = redis.call('LRANGE', prefix .. h, 0, -1)
+  push(KEYS[2], items)
+  n = n + #items
+  for _, v in ipairs(items) do total = total + #v + 1 end
+  redis.call('DEL', prefix .. h)
+  redis.call('ZREM', KEYS[3], h)
+  released[h] = true
+end
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
+local taken, towork = 0, {}
+for i, v in ipairs(items) do
+  if n >= maxn or (n > 0 and total + #v + 1 > maxb) then break end
+  local nl = string.find(v, string.char(10), 1, true)
+  local p, h = '', nil
+  if nl then
+    local ok, head = pcall(cjson.decode, string.sub(v, 1, nl - 1))
+    if ok and type(head) == 'table' then
+      if type(head.h) == 'string' and head.h ~= '' then h = head.h end
+      if type(head.p) == 'string' then p = head.p end
+    end
+  end
+  h = h or string.sub(redis.sha1hex(p), 1, 16)
+  if (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
+    redis.call('RPUSH', prefix .. h, v)
+  else
+    towork[#towork + 1] = v
+    n = n + 1
+    total = total + #v + 1
+  end
+  taken = i
+end
+if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
+push(KEYS[2], towork)
+return {redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LLEN', KEYS[1])}
+"""
+
+# Clear the pending flag only when nothing is left; otherwise the caller re-enqueues itself.
+# Pending flags expire (FLAG_STALE_MS): one whose job was lost stops blocking new wake-ups.
+# Record format: none (list lengths and a flag holding a time in ms).
+FINISH = """
+if redis.call('LLEN', KEYS[1]) == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# A drain starts: if the work list holds a batch a drain before it took and did not commit, one
+# more try on it is counted (and the size last tried returned); else the count is cleared.
+# Record format: the tries hash (`Keys.drain_tries`): fields "n" (tries) and "size" (integers).
+BEGIN_DRAIN = """
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  return {0, 0}
+end
+local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+redis.call('EXPIRE', KEYS[2], 604800)
+return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
+"""
+
+# Let a lease go, unless another holder has it now. Record format: a lease holds its token.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Extend a lease still held by its token. Record format: a lease holds its token.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
+# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
+# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
+# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
+# Record format: none (a set of shop names and counter hashes).
+COUNT_REJECTED = """
+if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+"""
