@@ -27,7 +27,8 @@ from rq import Queue
 from bridge.backfill.admin import AdminClient
 from bridge.backfill.run import rest_order
 from bridge.ids import iso_z
-from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Keys, Store, now_ms
+from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Keys, Store, now_ms
+from bridge.store.wire import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from bridge.identity.records import StateView
 from bridge.ids import gid_to_id, iso_z
 from bridge.jsonio import parse_body
 from bridge.sources import MappingError, Source
-from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Keys, Store, now_ms
+from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Keys, Store, now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.processor import ProcessConfig
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import orjson
 import redis
 
@@ -365,7 +366,7 @@ def run_pending(rt: Services, shop: str) -> int:
     for raw in rt.redis.lrange(key, 0, -1):
         try:
             request = ComplianceRequest.decode(raw)
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except msgspec.DecodeError:
             log.error("unreadable compliance request dropped", extra={"shop": shop})
             rt.redis.lrem(key, 1, raw)
             continue

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import hiredis
-import orjson
 import redis
 
 from bridge.delivery import deadletters
+from bridge.store.wire import Envelope
 
 INGEST_DUPLICATE = 0
 INGEST_QUEUED = 1
@@ -87,48 +87,6 @@ def shop_keys(shop: str) -> Keys:
     return Keys(shop)
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """A verified webhook as queued: the headers the worker needs and the exact raw body."""
-
-    shop: str
-    topic: str
-    webhook_id: str
-    body: bytes
-    triggered_at: str | None = None
-    api_version: str | None = None
-    event_id: str | None = None
-    received_ms: int = 0
-
-    def encode(self) -> bytes:
-        # A one-line JSON header, then the raw body: the body is never re-escaped.
-        head = {
-            "s": self.shop,
-            "t": self.topic,
-            "w": self.webhook_id,
-            "ta": self.triggered_at,
-            "v": self.api_version,
-            "e": self.event_id,
-            "r": self.received_ms,
-        }
-        return orjson.dumps(head) + b"\n" + self.body
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Envelope:
-        head_raw, _, body = raw.partition(b"\n")
-        head = orjson.loads(head_raw)
-        return cls(
-            shop=head["s"],
-            topic=head["t"],
-            webhook_id=head["w"],
-            body=body,
-            triggered_at=head.get("ta"),
-            api_version=head.get("v"),
-            event_id=head.get("e"),
-            received_ms=int(head.get("r") or 0),
-        )
-
-
 # For producers that want to know about duplicates up front (backfill, reconcile): skip a
 # webhook whose id the drain already processed. Seen-markers are written only by the drain's
 # commit (processor.py), so a refused or lost write never marks anything as seen.
@@ -150,8 +108,9 @@ return 1
 # whose retry is due (their held calls, in order) and take new entries up to the byte and count
 # limits. A new entry of a person who still waits for a retry joins that person's held list, so
 # per-person order holds while other people go on. People are named by the keyed hash in the
-# entry's header (`OutboxEntry.hold_name` is the Python side); an entry queued before headers
-# carried one gets the unkeyed name it had then. Returns {window, outbox length left}.
+# entry's header (the header is `wire.OutboxHeader`, the Python side of the naming
+# `wire.hold_name`); an entry queued before headers carried one gets the unkeyed name it had
+# then. Returns {window, outbox length left}.
 _TAKE_OUTBOX = """
 local w = redis.call('LRANGE', KEYS[2], 0, -1)
 if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end

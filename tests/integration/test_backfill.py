@@ -17,7 +17,8 @@ import redis as redis_lib
 from bridge.backfill.run import QUEUE_CHUNK, rest_order
 from bridge.cli.main import main
 from bridge.config.settings import Settings
-from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.store.facade import Keys, Store, now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until
 from tests.pipelines_standin import PipelinesStandIn
