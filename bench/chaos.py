@@ -53,7 +53,7 @@ from bridge.identity import decide  # noqa: E402
 from bridge.identity.records import StateView  # noqa: E402
 from bridge.sources.shopify import ShopifySource  # noqa: E402
 from bridge.store import server as redis_server  # noqa: E402
-from bridge.store.facade import Envelope  # noqa: E402
+from bridge.store.wire import Envelope  # noqa: E402
 from bridge.worker.processor import ProcessConfig, map_envelope  # noqa: E402
 
 SECRET = "chaos-secret"

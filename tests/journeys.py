@@ -17,7 +17,8 @@ import orjson
 from bridge.delivery.deliver import Item, _drop_guarded
 from bridge.delivery.outbox import OutboxEntry
 from bridge.sources.shopify import ShopifySource
-from bridge.store.facade import Commit, Envelope, Keys, Settlement
+from bridge.store.facade import Commit, Keys, Settlement
+from bridge.store.wire import Envelope
 from bridge.worker.processor import ProcessConfig, process
 
 if TYPE_CHECKING:

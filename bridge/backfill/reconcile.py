@@ -26,8 +26,9 @@ from rq import Queue
 from bridge.backfill.admin import AdminClient
 from bridge.ids import iso_z
 from bridge.sources.shopify.graphql import rest_order
-from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Store, now_ms
+from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Store, now_ms
 from bridge.store.keys import RECONCILE_LOCK_KEY
+from bridge.store.wire import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,8 @@ from bridge.jsonio import parse_body
 from bridge.sources import MappingError, Source
 from bridge.sources.shopify.graphql import connection_nodes, is_graphql_order, rest_order
 from bridge.store.backfill import Checkpoint, ProductTypeCache
-from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Envelope, Store, now_ms
+from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Store, now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.processor import ProcessConfig
 
 log = logging.getLogger(__name__)

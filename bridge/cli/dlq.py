@@ -25,6 +25,7 @@ import orjson
 from bridge.cli import common as cli_common
 from bridge.delivery.deadletters import KIND_CALL, DeadLetter, DeadLetters, ErasureRunning
 from bridge.delivery.outbox import OutboxEntry
+from bridge.store import wire
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -85,7 +86,7 @@ def _detail(d: DeadLetter) -> dict[str, Any]:
         out["call"] = orjson.loads(entry.call)
         out["person"] = entry.person
     else:
-        head, _, body = d.payload.partition(b"\n")
+        head, body = wire.unframe(d.payload)
         out["envelope"] = orjson.loads(head)
         out["body"] = body.decode("utf-8", "replace")
     return out

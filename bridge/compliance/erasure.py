@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import orjson
 
 from bridge.compliance.requests import (
@@ -320,7 +321,7 @@ def run_pending(rt: Services, shop: str) -> int:
     for raw in rt.store.compliance_requests(shop):
         try:
             request = ComplianceRequest.decode(raw)
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+        except msgspec.DecodeError:
             log.error("unreadable compliance request dropped", extra={"shop": shop})
             rt.store.remove_compliance_request(shop, raw)
             continue

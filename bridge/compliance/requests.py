@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from bridge import keyed
 from bridge.canonical import Mapped
 from bridge.delivery.calls import validate_call
@@ -21,7 +19,8 @@ from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import email_key
 from bridge.ids import iso_z, message_id
 from bridge.jsonio import parse_body
-from bridge.store.facade import Envelope, now_ms
+from bridge.store import wire
+from bridge.store.facade import now_ms
 
 CUSTOMERS_REDACT = "customers/redact"
 CUSTOMERS_DATA_REQUEST = "customers/data_request"
@@ -45,33 +44,33 @@ class ComplianceRequest:
     data_request_id: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "t": self.topic,
-                "s": self.shop,
-                "w": self.webhook_id,
-                "r": self.received_ms,
-                "c": self.customer_id,
-                "e": self.email,
-                "p": list(self.phones),
-                "o": list(self.order_ids),
-                "d": self.data_request_id,
-            }
+        record = wire.ComplianceRecord(
+            self.topic,
+            self.shop,
+            self.webhook_id,
+            self.received_ms,
+            self.customer_id,
+            self.email,
+            self.phones,
+            self.order_ids,
+            self.data_request_id,
         )
+        return wire.encode_compliance_request(record)
 
     @classmethod
     def decode(cls, raw: bytes) -> ComplianceRequest:
-        d = orjson.loads(raw)
+        """Raises msgspec.DecodeError when `raw` is not a compliance request record."""
+        d = wire.decode_compliance_request(raw)
         return cls(
-            topic=d["t"],
-            shop=d["s"],
-            webhook_id=d["w"],
-            received_ms=int(d.get("r") or 0),
-            customer_id=d.get("c"),
-            email=d.get("e"),
-            phones=tuple(d.get("p") or ()),
-            order_ids=tuple(d.get("o") or ()),
-            data_request_id=d.get("d"),
+            d.topic,
+            d.shop,
+            d.webhook_id,
+            d.received_ms,
+            d.customer_id,
+            d.email,
+            d.phones,
+            d.order_ids,
+            d.data_request_id,
         )
 
 
@@ -84,7 +83,7 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
-def request_from(env: Envelope, mapped: Mapped) -> ComplianceRequest:
+def request_from(env: wire.Envelope, mapped: Mapped) -> ComplianceRequest:
     """The request a mapped compliance webhook makes (pure). The body is read again for what
     mapping does not keep: the raw phone, the order ids and the data request id."""
     person = mapped.person

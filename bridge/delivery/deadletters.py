@@ -25,6 +25,7 @@ import orjson
 
 from bridge.delivery.outbox import OutboxEntry
 from bridge.store import deadletters as letter_store
+from bridge.store import wire
 from bridge.store.deadletters import REPLAY_WAIT_S
 from bridge.store.deadletters import ErasureRunning as ErasureRunning
 from bridge.store.facade import Store
@@ -66,43 +67,43 @@ class DeadLetter:
     webhook_id: str = ""
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "kind": self.kind,
-                "shop": self.shop,
-                "reason": self.reason,
-                "status": self.status,
-                "response": self.response[:MAX_RESPONSE_CHARS],
-                "attempts": self.attempts,
-                "first_error_ms": self.first_error_ms,
-                "last_error_ms": self.last_error_ms,
-                "event": self.event,
-                "message_id": self.message_id,
-                "topic": self.topic,
-                "webhook_id": self.webhook_id,
-                "payload": self.payload.decode("utf-8", "replace"),
-            }
+        record = wire.DeadLetterRecord(
+            id=self.id,
+            kind=self.kind,
+            shop=self.shop,
+            reason=self.reason,
+            status=self.status,
+            response=self.response[:MAX_RESPONSE_CHARS],
+            attempts=self.attempts,
+            first_error_ms=self.first_error_ms,
+            last_error_ms=self.last_error_ms,
+            event=self.event,
+            message_id=self.message_id,
+            topic=self.topic,
+            webhook_id=self.webhook_id,
+            payload=self.payload.decode("utf-8", "replace"),
         )
+        return wire.encode_dead_letter(record)
 
     @classmethod
     def decode(cls, raw: bytes) -> DeadLetter:
-        d = orjson.loads(raw)
+        """Raises msgspec.DecodeError when `raw` is not a dead letter record."""
+        d = wire.decode_dead_letter(raw)
         return cls(
-            id=str(d.get("id") or _fallback_id(raw)),
-            kind=str(d.get("kind") or KIND_CALL),
-            shop=str(d.get("shop") or ""),
-            reason=str(d.get("reason") or ""),
-            payload=str(d.get("payload") or "").encode(),
-            status=d.get("status"),
-            response=str(d.get("response") or ""),
-            attempts=int(d.get("attempts") or 1),
-            first_error_ms=int(d.get("first_error_ms") or 0),
-            last_error_ms=int(d.get("last_error_ms") or 0),
-            event=str(d.get("event") or ""),
-            message_id=str(d.get("message_id") or ""),
-            topic=str(d.get("topic") or ""),
-            webhook_id=str(d.get("webhook_id") or ""),
+            id=d.id or _fallback_id(raw),
+            kind=d.kind or KIND_CALL,
+            shop=d.shop,
+            reason=d.reason,
+            payload=d.payload.encode(),
+            status=d.status,
+            response=d.response,
+            attempts=d.attempts or 1,
+            first_error_ms=d.first_error_ms,
+            last_error_ms=d.last_error_ms,
+            event=d.event,
+            message_id=d.message_id,
+            topic=d.topic,
+            webhook_id=d.webhook_id,
         )
 
     def stamped(self, now: int) -> DeadLetter:

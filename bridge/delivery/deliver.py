@@ -55,7 +55,7 @@ from bridge.delivery import deadletters, pipelines
 from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.delivery.outbox import OutboxEntry
 from bridge.delivery.sinks import Sink
-from bridge.store import StoreError
+from bridge.store import StoreError, wire
 from bridge.store.facade import Keys, LeaseLost, Settlement, now_ms
 from bridge.store.lease import Lease
 
@@ -226,14 +226,15 @@ class RetryState:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> RetryState:
+        """Raises msgspec.DecodeError when `raw` is not a retry state record."""
         if not raw:
             return cls()
-        d = orjson.loads(raw)
-        return cls(int(d.get("n") or 0), int(d.get("first") or 0))
+        d = wire.decode_retry_state(raw)
+        return cls(d.attempts, d.first_ms)
 
     def encode(self, last_ms: int, status: int | None) -> bytes:
-        return orjson.dumps(
-            {"n": self.attempts, "first": self.first_ms, "last": last_ms, "s": status}
+        return wire.encode_retry_state(
+            wire.RetryRecord(self.attempts, self.first_ms, last_ms, status)
         )
 
 

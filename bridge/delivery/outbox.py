@@ -1,4 +1,5 @@
-"""Outbox entries: a one-line JSON header, then the call's JSON exactly as it will be sent.
+"""Outbox entries: a one-line JSON header, then the call's JSON exactly as it will be sent (the
+stored format is `wire.OutboxHeader`; bridge/store/wire.py names the Lua that reads it too).
 
 The header carries what delivery needs and Pipelines must not see: when the webhook arrived
 (end-to-end latency), whose call it is (per-person order) and that person's keyed hash (the name
@@ -11,9 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import orjson
-
 from bridge import keyed
+from bridge.store import wire
 
 
 class OutboxEntry(NamedTuple):
@@ -33,35 +33,22 @@ class OutboxEntry(NamedTuple):
     person_hash: str = ""
 
     def encode(self) -> bytes:
-        head: dict[str, object] = {
-            "r": self.received_ms,
-            "p": self.person,
-            "h": self.person_hash or keyed.person_hash(self.person),
-        }
-        if self.guards:
-            head["g"] = list(self.guards)
-        if self.kind != "batch":
-            head["k"] = self.kind
-        if self.event:
-            head["e"] = self.event
-        return orjson.dumps(head) + b"\n" + self.call
+        header = wire.OutboxHeader(
+            self.received_ms,
+            self.person,
+            self.person_hash or keyed.person_hash(self.person),
+            self.guards,
+            self.kind,
+            self.event,
+        )
+        return wire.encode_outbox_entry(header, self.call)
 
     @classmethod
     def decode(cls, raw: bytes) -> OutboxEntry:
-        head_raw, _, call = raw.partition(b"\n")
-        head = orjson.loads(head_raw)
-        return cls(
-            call=call,
-            received_ms=int(head.get("r") or 0),
-            person=str(head.get("p") or ""),
-            guards=tuple(head.get("g") or ()),
-            kind=str(head.get("k") or "batch"),
-            event=str(head.get("e") or ""),
-            person_hash=str(head.get("h") or ""),
-        )
+        """Raises msgspec.DecodeError when the header is not an outbox entry's."""
+        h, call = wire.decode_outbox_entry(raw)
+        return cls(call, h.received_ms, h.person, h.guards, h.kind, h.event, h.person_hash)
 
     def hold_name(self) -> str:
-        """This entry's person as delivery's retry bookkeeping names them: the header's keyed
-        hash, or for an entry queued before headers carried one, the unkeyed name the take
-        script gives it too (both sides must agree, or a person's order breaks)."""
-        return self.person_hash or keyed.legacy_person_hash(self.person)
+        """This entry's person as delivery's retry bookkeeping names them (`wire.hold_name`)."""
+        return wire.hold_name(self.person_hash, self.person)

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
-import orjson
 import redis
 from redis.connection import parse_url
 
@@ -25,6 +24,7 @@ from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
 from bridge.store.monitoring import MonitorStore
 from bridge.store.resp import Pending, PendingTransaction, RawPipeline
 from bridge.store.shopdata import ShopData
+from bridge.store.wire import Envelope
 
 __all__ = [
     "REJECTED_KEY",
@@ -43,48 +43,6 @@ INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enque
 FLAG_STALE_MS = 15_000
 
 SHOP_REGISTER_EVERY_MS = 60_000
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """A verified webhook as queued: the headers the worker needs and the exact raw body."""
-
-    shop: str
-    topic: str
-    webhook_id: str
-    body: bytes
-    triggered_at: str | None = None
-    api_version: str | None = None
-    event_id: str | None = None
-    received_ms: int = 0
-
-    def encode(self) -> bytes:
-        # A one-line JSON header, then the raw body: the body is never re-escaped.
-        head = {
-            "s": self.shop,
-            "t": self.topic,
-            "w": self.webhook_id,
-            "ta": self.triggered_at,
-            "v": self.api_version,
-            "e": self.event_id,
-            "r": self.received_ms,
-        }
-        return orjson.dumps(head) + b"\n" + self.body
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Envelope:
-        head_raw, _, body = raw.partition(b"\n")
-        head = orjson.loads(head_raw)
-        return cls(
-            shop=head["s"],
-            topic=head["t"],
-            webhook_id=head["w"],
-            body=body,
-            triggered_at=head.get("ta"),
-            api_version=head.get("v"),
-            event_id=head.get("e"),
-            received_ms=int(head.get("r") or 0),
-        )
 
 
 # Any failure talking to Redis (connection, timeout, a refused command), as the bridge names it:

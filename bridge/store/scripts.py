@@ -25,10 +25,10 @@ return 1
 # whose retry is due (their held calls, in order) and take new entries up to the byte and count
 # limits. A new entry of a person who still waits for a retry joins that person's held list, so
 # per-person order holds while other people go on. Returns {window, outbox length left}.
-# Record format: an outbox entry (`delivery/outbox.py`, `OutboxEntry.encode`): a JSON header
-# line, then the call. People are named by the keyed hash in the header's "h"
-# (`OutboxEntry.hold_name` is the Python side); an entry queued before headers carried one gets
-# the unkeyed name it had then: the first 16 hex digits of SHA-1 of the header's "p".
+# Record format: an outbox entry, a JSON header line (`wire.OutboxHeader`), then the call.
+# People are named by the keyed hash in the header's "h" (`wire.hold_name` is the Python side);
+# an entry queued before headers carried one gets the unkeyed name it had then: the first 16 hex
+# digits of SHA-1 of the header's "p".
 TAKE_OUTBOX = """
 local w = redis.call('LRANGE', KEYS[2], 0, -1)
 if #w > 0 then return {w, redis.call('LLEN', KEYS[1])} end

@@ -47,7 +47,8 @@ from flask import Flask, Response
 from bridge import logs, signature
 from bridge.jsonio import is_json_object
 from bridge.store import StoreError
-from bridge.store.facade import Envelope, now_ms
+from bridge.store.facade import now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.queues import enqueue_drain
 
 if TYPE_CHECKING:

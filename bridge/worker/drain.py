@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING
 from bridge.compliance.erasure import run_pending
 from bridge.delivery.deadletters import log_dead_letter, webhook_letter
 from bridge.store import StoreError
-from bridge.store.facade import Begun, Commit, Envelope, Keys
+from bridge.store.facade import Begun, Commit, Keys
 from bridge.store.lease import Lease
+from bridge.store.wire import Envelope
 from bridge.worker.processor import ProcessConfig, process
 from bridge.worker.queues import enqueue_drain
 

@@ -27,7 +27,8 @@ from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
 from bridge.sources import MappingError, Source
-from bridge.store.facade import Commit, Envelope, Keys
+from bridge.store.facade import Commit, Keys
+from bridge.store.wire import Envelope
 
 log = logging.getLogger(__name__)
 

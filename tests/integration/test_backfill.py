@@ -18,7 +18,8 @@ from bridge.backfill.run import QUEUE_CHUNK
 from bridge.cli.main import main
 from bridge.config.settings import Settings
 from bridge.sources.shopify.graphql import rest_order
-from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.store.facade import Keys, Store, now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until
 from tests.pipelines_standin import PipelinesStandIn

@@ -22,7 +22,8 @@ from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.deliver import deliver
 from bridge.identity import email_key
 from bridge.services import Services
-from bridge.store.facade import SHOPS_KEY, Envelope, Keys
+from bridge.store.facade import SHOPS_KEY, Keys
+from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from bridge.worker.processor import ProcessConfig, process

@@ -203,7 +203,7 @@ def test_a_crash_after_the_post_redelivers_the_window_with_the_same_ids(
 def test_an_unmappable_webhook_is_dead_lettered_and_listed(
     rt: Services, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridge.store.facade import Envelope
+    from bridge.store.wire import Envelope
     from bridge.worker.drain import drain
 
     env = Envelope(SHOP, "orders/paid", "wh-1", b'{"id": "not-an-order"}', received_ms=1)

@@ -40,8 +40,9 @@ from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import configure_email_hash, person_hash
 from bridge.services import Services
-from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.store.facade import Keys, Store, now_ms
 from bridge.store.lease import Lease
+from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_json, start_worker, wait_until, webhook_headers

@@ -18,7 +18,8 @@ from bridge.cli.main import main
 from bridge.config.settings import Settings
 from bridge.services import Services
 from bridge.sources.shopify.graphql import rest_order
-from bridge.store.facade import Envelope, Keys, Store, now_ms
+from bridge.store.facade import Keys, Store, now_ms
+from bridge.store.wire import Envelope
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import SHOP, wait_until
 from tests.pipelines_standin import PipelinesStandIn

@@ -8,7 +8,8 @@ import redis as redis_lib
 
 from bridge.config.settings import Settings
 from bridge.services import Services
-from bridge.store.facade import Commit, Envelope, Keys, RawPipeline, Store
+from bridge.store.facade import Commit, Keys, RawPipeline, Store
+from bridge.store.wire import Envelope
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json
 

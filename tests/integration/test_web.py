@@ -8,7 +8,8 @@ from flask.testing import FlaskClient
 
 from bridge.config.settings import Settings
 from bridge.services import Services
-from bridge.store.facade import Envelope, Keys
+from bridge.store.facade import Keys
+from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, free_port, webhook_headers

@@ -14,7 +14,8 @@ import pytest
 
 from bridge.identity import decide as real_decide
 from bridge.sources.shopify import ShopifySource
-from bridge.store.facade import Envelope, Keys
+from bridge.store.facade import Keys
+from bridge.store.wire import Envelope
 from bridge.worker import processor
 from bridge.worker.processor import ProcessConfig, process
 from tests.conftest import SHOP, fixture_bytes
