@@ -5,7 +5,8 @@ answers a scrape with the same totals: this view keeps no process-local counter.
 round trip reads up to SHOPS_PER_ROUND_TRIP shops. With METRICS_TOKEN set, the scrape must send
 `Authorization: Bearer <token>`; without it /metrics answers 401 unless METRICS_PUBLIC is set
 (the exposition names every shop and its volumes). A Redis outage answers 503 (the scrape fails,
-`up` goes to 0).
+`up` goes to 0). `BridgeCollector` turns the Redis reads into prometheus_client metric families
+in the app's own registry; `generate_latest` writes the text format.
 
 Shops are those the bridge has seen (SHOPS_KEY) and those the stores file names (a configured
 shop whose every webhook is refused has never been seen). Rejections naming any other shop are
@@ -37,9 +38,19 @@ import contextlib
 import hmac
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 
 from bridge.monitoring import volume
 from bridge.store import StoreError
@@ -51,55 +62,68 @@ if TYPE_CHECKING:
 
 bp = Blueprint("metrics", __name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The text format generate_latest writes with its default (legacy) name escaping: the header
+# prometheus_client itself sends with it when the scrape does not negotiate another format.
+# (CONTENT_TYPE_LATEST announces 1.0.0, which the library pairs with a negotiated escaping.)
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SHOPS_PER_ROUND_TRIP = 100
 # The shop label of REJECTED_KEY's counters: real shops are domains, so it names none of them.
 OTHER_SHOPS = "other"
 _UNSAFE = re.compile(r"[^a-z0-9_]")
+# Where create_app's registry lives (app.extensions), next to its Services.
+REGISTRY_EXTENSION = "cartbridge.metrics"
 
 
 def _name(raw: str) -> str:
     return _UNSAFE.sub("_", raw.lower()).strip("_") or "unnamed"
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _le(ms: int) -> str:
+    """A bucket's `le` label in seconds, as the series have always been named (`60`, `0.25`)."""
+    seconds = ms / 1000
+    return str(int(seconds)) if seconds.is_integer() else repr(seconds)
 
 
-def _num(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else repr(float(v))
+_KINDS: dict[str, type[CounterMetricFamily | GaugeMetricFamily]] = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+}
 
 
 class Exposition:
-    """Samples grouped by metric family, rendered with one HELP/TYPE header per family."""
+    """Metric families in the order first added; prometheus_client renders them.
+
+    `family` is the exposed name (a counter's ends in `_total`). Samples are added with their own
+    label sets (add_sample, not add_metric's fixed label names): a counter's labels come from its
+    name in Redis (see `counter_family`), and one shape per family is a convention, not a check."""
 
     def __init__(self) -> None:
-        self.families: dict[str, tuple[str, str, list[str]]] = {}
+        self.families: dict[str, Metric] = {}
 
     def add(
         self,
         family: str,
-        kind: str,
+        kind: Literal["counter", "gauge"],
         help_: str,
         value: float,
         labels: dict[str, str],
-        suffix: str = "",
     ) -> None:
-        lines = self.families.setdefault(family, (kind, help_, []))[2]
-        body = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-        lines.append(
-            f"{family}{suffix}{{{body}}} {_num(value)}"
-            if body
-            else f"{family}{suffix} {_num(value)}"
-        )
+        metric = self.families.get(family)
+        if metric is None:
+            metric = self.families[family] = _KINDS[kind](family, help_)
+        metric.add_sample(family, labels, value)
 
-    def render(self) -> str:
-        out: list[str] = []
-        for family, (kind, help_, lines) in self.families.items():
-            out.append(f"# HELP {family} {help_}")
-            out.append(f"# TYPE {family} {kind}")
-            out.extend(lines)
-        return "\n".join(out) + "\n"
+    def histogram(
+        self, family: str, help_: str, shop: str, buckets: list[tuple[str, float]], sum_: float
+    ) -> None:
+        """One shop's histogram; `buckets` are (le, cumulative count), ending with +Inf."""
+        metric = self.families.get(family)
+        if not isinstance(metric, HistogramMetricFamily):
+            metric = self.families[family] = HistogramMetricFamily(family, help_, labels=["shop"])
+        metric.add_metric([shop], buckets, sum_)
+
+    def metrics(self) -> list[Metric]:
+        return list(self.families.values())
 
 
 def counter_family(name: str) -> tuple[str, dict[str, str]] | None:
@@ -144,13 +168,13 @@ def add_stats(exp: Exposition, shop: str, stats: dict[str, int]) -> None:
     count = stats.get("latency_count")
     if count is None:
         return
-    fam = "cartbridge_delivery_latency_seconds"
-    help_ = "Webhook received to Pipelines 2xx, per delivered call."
-    for ms, n in sorted(buckets):
-        exp.add(fam, "histogram", help_, n, {"shop": shop, "le": _num(ms / 1000)}, "_bucket")
-    exp.add(fam, "histogram", help_, count, {"shop": shop, "le": "+Inf"}, "_bucket")
-    exp.add(fam, "histogram", help_, stats.get("latency_ms_sum", 0) / 1000, {"shop": shop}, "_sum")
-    exp.add(fam, "histogram", help_, count, {"shop": shop}, "_count")
+    exp.histogram(
+        "cartbridge_delivery_latency_seconds",
+        "Webhook received to Pipelines 2xx, per delivered call.",
+        shop,
+        [*((_le(ms), n) for ms, n in sorted(buckets)), ("+Inf", count)],
+        stats.get("latency_ms_sum", 0) / 1000,
+    )
 
 
 def _int(value: object) -> int:
@@ -161,8 +185,10 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-def collect(store: Store, key_events: Iterable[str], configured: Iterable[str] = ()) -> str:
-    """The full exposition for every shop seen or `configured`. Raises StoreError."""
+def collect(
+    store: Store, key_events: Iterable[str], configured: Iterable[str] = ()
+) -> list[Metric]:
+    """Every metric family for every shop seen or `configured`. Raises StoreError."""
     events = list(key_events)
     exp = Exposition()
     seen, rejected_raw = store.monitoring.totals()
@@ -182,7 +208,7 @@ def collect(store: Store, key_events: Iterable[str], configured: Iterable[str] =
         chunk = shops[i : i + SHOPS_PER_ROUND_TRIP]
         for shop, readings in zip(chunk, store.monitoring.shops(chunk), strict=True):
             _add_shop(exp, shop, events, readings)
-    return exp.render()
+    return exp.metrics()
 
 
 def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
@@ -258,6 +284,29 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: ShopReadings) ->
             )
 
 
+class BridgeCollector(Collector):
+    """The bridge's counters and gauges, read from Redis at each scrape.
+
+    `collect` reads everything before it returns: a Redis error propagates out of it (and out of
+    generate_latest), so a failed read answers 503, never a partial exposition."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> list[Metric]:
+        services = self.services
+        return collect(services.store, services.settings.key_events, services.stores.stores)
+
+
+@bp.record_once
+def _register_collector(state: BlueprintSetupState) -> None:
+    # One registry per app, not prometheus_client's global one: it holds only the bridge's
+    # metrics (no process metrics of whichever process answers), and each app its own Services.
+    registry = CollectorRegistry()
+    registry.register(BridgeCollector(state.app.extensions["cartbridge"]))
+    state.app.extensions[REGISTRY_EXTENSION] = registry
+
+
 def _header_bytes(value: str) -> bytes:
     # WSGI hands header values over as latin-1-decoded text (PEP 3333): encoding them back gives
     # the bytes the client sent. Anything else (an in-process client) is taken as UTF-8.
@@ -289,7 +338,7 @@ def metrics() -> Response:
             "unauthorized\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain"
         )
     try:
-        body = collect(services.store, settings.key_events, services.stores.stores)
+        body = generate_latest(current_app.extensions[REGISTRY_EXTENSION])
     except StoreError:
         return Response("redis unavailable\n", 503, mimetype="text/plain")
     return Response(body, 200, content_type=CONTENT_TYPE)

@@ -39,19 +39,42 @@ from tests.pipelines_standin import PipelinesStandIn
 URL = "/webhooks/shopify"
 NOW = 1_781_000_000.0  # a fixed clock for the alert tests (June 2026)
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$")
+LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def series(name: str, labels: str | None) -> str:
+    """A series written `name{a="x",b="y"}`, its labels sorted: a label set has no order."""
+    if not labels:
+        return name
+    return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(LABEL.findall(labels))) + "}"
+
+
+class Samples(dict[str, float]):
+    """Scraped values by series, looked up with the labels in any order."""
+
+    def __getitem__(self, key: str) -> float:
+        return super().__getitem__(self._key(key))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(self._key(key))
+
+    @staticmethod
+    def _key(key: str) -> str:
+        name, brace, labels = key.partition("{")
+        return series(name, brace + labels)
 
 
 def scrape(client: FlaskClient, **headers: str) -> dict[str, float]:
     resp = client.get("/metrics", headers=headers)
     assert resp.status_code == 200, resp.data
     assert resp.mimetype == "text/plain"
-    out: dict[str, float] = {}
+    out = Samples()
     for line in resp.get_data(as_text=True).splitlines():
         if line.startswith("#") or not line:
             continue
         m = SAMPLE.match(line)
         assert m, line
-        out[(m.group(1) + (m.group(2) or ""))] = float(m.group(3))
+        out[series(m.group(1), m.group(2))] = float(m.group(3))
     return out
 
 
@@ -202,6 +225,27 @@ def test_counters_added_by_others_show_up_by_pattern(
     assert m[f"cartbridge_dead_letters{{{s}}}"] == 2
     assert m[f"cartbridge_delivery_paused{{{s}}}"] == 1
     assert m[f'cartbridge_queue_depth{{{s},queue="outbox"}}'] == 1
+
+
+def test_each_family_is_typed_once_under_its_exposed_name(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    stats = Keys(SHOP).stats
+    redis.sadd("cb:shops", SHOP, "b.myshopify.com")
+    redis.hset(stats, mapping={"calls:delivered": 1, "latency_le_60000": 1, "latency_count": 1})
+    redis.hset("cb:rejected", "webhooks:unknown:rejected", 2)
+    body = public(settings).get("/metrics").get_data(as_text=True)
+    types = [line.split()[2:] for line in body.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len({name for name, _ in types})
+    assert ["cartbridge_webhooks_total", "counter"] in types
+    assert ["cartbridge_calls_total", "counter"] in types
+    assert ["cartbridge_delivery_latency_seconds", "histogram"] in types
+    assert ["cartbridge_queue_depth", "gauge"] in types
+    assert ["cartbridge_shops", "gauge"] in types
+    assert "# HELP cartbridge_events_total" not in body  # no family without samples
+    m = scrape(public(settings))
+    assert m['cartbridge_webhooks_total{shop="other",topic="unknown",result="rejected"}'] == 2
+    assert m[f'cartbridge_delivery_latency_seconds_sum{{shop="{SHOP}"}}'] == 0
 
 
 def test_metrics_token(settings: Settings, redis: redis_lib.Redis) -> None:
