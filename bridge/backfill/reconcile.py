@@ -136,7 +136,7 @@ def note_api_version(admin: AdminClient, store: Store, shop: str) -> None:
         store.count(shop, f"admin_api_version:{answered}:{outcome}")
 
 
-def maybe_reconcile(rt: Any) -> ReconcileReport | None:
+def maybe_reconcile(services: Any) -> ReconcileReport | None:
     """From the worker's sweep: reconcile once per RECONCILE_EVERY_S across all workers.
 
     Does nothing when the interval is 0 or the Admin API is not configured; a failure is
@@ -145,19 +145,19 @@ def maybe_reconcile(rt: Any) -> ReconcileReport | None:
     from bridge.backfill.admin import AdminError
     from bridge.worker.queues import enqueue_drain
 
-    s = rt.settings
+    s = services.settings
     if not s.reconcile_every_s or not s.shopify_shop:
         return None
     if not s.shopify_admin_token.get_secret_value():
         return None
-    if not rt.store.claim(RECONCILE_LOCK, s.reconcile_every_s):
+    if not services.store.claim(RECONCILE_LOCK, s.reconcile_every_s):
         return None
     admin = AdminClient.from_settings(s, timeout_s=s.http_timeout_s)
     try:
         report = reconcile(
             admin,
-            rt.store,
-            rt.queue,
+            services.store,
+            services.queue,
             shop=s.shopify_shop.strip().lower(),
             window=timedelta(seconds=s.reconcile_window_s),
             grace=timedelta(seconds=s.reconcile_grace_s),

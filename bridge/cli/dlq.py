@@ -66,12 +66,12 @@ class Progress:
             self.out.flush()
 
 
-def _shops(args: argparse.Namespace, rt: Any) -> list[str]:
-    return [args.shop] if args.shop else list(rt.store.shops())
+def _shops(args: argparse.Namespace, services: Any) -> list[str]:
+    return [args.shop] if args.shop else list(services.store.shops())
 
 
-def _find(rt: Any, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
-    letters = DeadLetters(rt.store)
+def _find(services: Any, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
+    letters = DeadLetters(services.store)
     for shop in shops:
         found = letters.get(shop, letter_id)
         if found is not None:
@@ -99,16 +99,16 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from bridge.worker.queues import enqueue_deliver, enqueue_drain
 
     try:
-        rt = Services.build(load_settings())
+        services = Services.build(load_settings())
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2
-    letters = DeadLetters(rt.store)
+    letters = DeadLetters(services.store)
     now = now_ms()
-    shops = _shops(args, rt)
+    shops = _shops(args, services)
     if not shops:
         # Most often the wrong Redis (another terminal's REDIS_URL): say which one was read.
-        sys.stderr.write(f"cartbridge: {cli_common.no_data(rt.settings.redis_url)}\n")
+        sys.stderr.write(f"cartbridge: {cli_common.no_data(services.settings.redis_url)}\n")
         return 1
     out = sys.stdout
     try:
@@ -128,12 +128,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 shown += 1
         if not shown:
             # An empty list says what was read, so an empty answer is never a silent one.
-            where = cli_common.where(rt.settings.redis_url)
+            where = cli_common.where(services.settings.redis_url)
             sys.stderr.write(f"cartbridge: no dead letters ({len(shops)} shops, {where})\n")
         return 0
 
     if args.dlq_command == "show":
-        found = _find(rt, shops, args.id)
+        found = _find(services, shops, args.id)
         if found is None:
             sys.stderr.write(f"cartbridge: no dead letter {args.id}\n")
             return 1
@@ -161,10 +161,10 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                     break
                 progress.add(len(ids[i : i + 200]))
             keys = Keys(shop)
-            if rt.store.wake(keys.deliver_flag):
-                enqueue_deliver(rt.queue, shop)
-            if rt.store.wake(keys.drain_flag):
-                enqueue_drain(rt.queue, shop)
+            if services.store.wake(keys.deliver_flag):
+                enqueue_deliver(services.queue, shop)
+            if services.store.wake(keys.drain_flag):
+                enqueue_drain(services.queue, shop)
         progress.close()
         out.write(orjson.dumps({"replayed": replayed}).decode() + "\n")
         for shop in blocked:

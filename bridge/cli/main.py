@@ -86,10 +86,10 @@ def worker(burst: bool) -> int:
     require_service_config(settings)
     logs.setup(settings.log_level)
     limit_malloc_arenas()
-    rt = Services.build(settings)
-    log_start(rt)
+    services = Services.build(settings)
+    log_start(services)
     tune_gc()
-    ok = run_worker(rt, burst=burst)
+    ok = run_worker(services, burst=burst)
     return OK if ok or not burst else PROBLEM
 
 

@@ -241,21 +241,21 @@ def record_export(store: Store, request: ComplianceRequest, ttl_s: int) -> tuple
 
 
 @contextmanager
-def _taken(rt: Services, key: str, give_up: float) -> Iterator[Lease]:
+def _taken(services: Services, key: str, give_up: float) -> Iterator[Lease]:
     """Hold the lease `key`, waiting for its holder to let it go or for it to run out.
     Raises ErasureBlocked past `give_up` (monotonic time) or when the worker stops."""
     while True:
-        with Lease(rt.store, key) as lease:
+        with Lease(services.store, key) as lease:
             if lease.held:
                 yield lease
                 return
         if time.monotonic() > give_up:
             raise ErasureBlocked(f"{key} is still held")
-        if rt.stopping.wait(LEASE_POLL_S):
+        if services.stopping.wait(LEASE_POLL_S):
             raise ErasureBlocked("the worker is stopping")
 
 
-def erase_exclusively(rt: Services, shop: str, erase: Callable[[], T]) -> T:
+def erase_exclusively(services: Services, shop: str, erase: Callable[[], T]) -> T:
     """Run `erase` holding the shop's delivery lease, taken after marking the shop as erasing
     (see the module docstring), then wake the shop's delivery for what is left.
 
@@ -264,68 +264,72 @@ def erase_exclusively(rt: Services, shop: str, erase: Callable[[], T]) -> T:
     answered and a dead deliverer's lease to run out; raises ErasureBlocked past that, and redis
     errors (the request stays pending either way)."""
     keys = Keys(shop)
-    give_up = time.monotonic() + LEASE_TTL_MS / 1000 + 3 * rt.settings.http_timeout_s
+    give_up = time.monotonic() + LEASE_TTL_MS / 1000 + 3 * services.settings.http_timeout_s
     while True:
         with ExitStack() as held:
-            held.enter_context(_taken(rt, keys.erasing, give_up))
-            lease = held.enter_context(_taken(rt, keys.deliver_lease, give_up))
+            held.enter_context(_taken(services, keys.erasing, give_up))
+            lease = held.enter_context(_taken(services, keys.deliver_lease, give_up))
             result = erase()
             if lease.still_held():
                 break
         log.warning("delivery lease lost during an erasure; erasing again", extra={"shop": shop})
-    if rt.store.finish_deliver(shop):
-        rt.deliver_soon(shop)
+    if services.store.finish_deliver(shop):
+        services.deliver_soon(shop)
     return result
 
 
-def run(rt: Services, request: ComplianceRequest) -> None:
+def run(services: Services, request: ComplianceRequest) -> None:
     """Carry out one compliance request. Raises redis errors and ErasureBlocked (the request
     stays pending)."""
-    store = rt.store
+    store = services.store
     shop = request.shop
     keys = Keys(shop)
     if request.topic == SHOP_REDACT:
         held = (keys.deliver_lease, keys.erasing)
-        n = erase_exclusively(rt, shop, lambda: erase_shop(store, shop, keep=held))
-        if rt.settings.dry_run_file:
-            scrub_file(rt.settings.dry_run_file, Needles.of((), (shop,)))
+        n = erase_exclusively(services, shop, lambda: erase_shop(store, shop, keep=held))
+        if services.settings.dry_run_file:
+            scrub_file(services.settings.dry_run_file, Needles.of((), (shop,)))
         log.warning("shop data erased", extra={"shop": shop, "keys": n})
     elif request.topic == CUSTOMERS_REDACT:
         needles = needles_for(request)
-        entry = user_deleted_entry(request) if rt.settings.forward_redactions else None
+        entry = user_deleted_entry(request) if services.settings.forward_redactions else None
 
         def erase() -> Erased:
             erased = erase_customer(store, shop, needles)
             if entry is not None:
                 # Queued under the lease: it goes after every call of theirs that went before.
                 store.append_outbox(shop, entry)
-                rt.store.count(shop, f"events:{USER_DELETED}:queued")
+                services.store.count(shop, f"events:{USER_DELETED}:queued")
             return erased
 
-        erased = erase_exclusively(rt, shop, erase)
-        lines = scrub_file(rt.settings.dry_run_file, needles) if rt.settings.dry_run_file else 0
+        erased = erase_exclusively(services, shop, erase)
+        lines = (
+            scrub_file(services.settings.dry_run_file, needles)
+            if services.settings.dry_run_file
+            else 0
+        )
         log.warning(
             "customer data erased",
             extra={"shop": shop, "keys": erased.keys, "entries": erased.entries, "lines": lines},
         )
-        rt.store.count(shop, "compliance:customers/redact:done")
+        services.store.count(shop, "compliance:customers/redact:done")
     elif request.topic == CUSTOMERS_DATA_REQUEST:
-        _key, n = record_export(store, request, rt.settings.gdpr_export_ttl_s)
+        _key, n = record_export(store, request, services.settings.gdpr_export_ttl_s)
         log.warning("customer data exported", extra={"shop": shop, "records": n})
-        rt.store.count(shop, "compliance:customers/data_request:done")
+        services.store.count(shop, "compliance:customers/data_request:done")
 
 
-def run_pending(rt: Services, shop: str) -> int:
+def run_pending(services: Services, shop: str) -> int:
     """Run the shop's committed compliance requests in order, removing each once done."""
     done = 0
-    for raw in rt.store.compliance_requests(shop):
+    for raw in services.store.compliance_requests(shop):
         try:
             request = ComplianceRequest.decode(raw)
         except msgspec.DecodeError:
             log.error("unreadable compliance request dropped", extra={"shop": shop})
-            rt.store.remove_compliance_request(shop, raw)
+            services.store.remove_compliance_request(shop, raw)
             continue
-        run(rt, request)
-        rt.store.remove_compliance_request(shop, raw)
+        run(services, request)
+        services.store.remove_compliance_request(shop, raw)
         done += 1
     return done

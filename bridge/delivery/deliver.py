@@ -72,21 +72,21 @@ LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 60000)
 ALIAS = "alias"
 
 
-def pipelines_url(rt: Services, shop: str) -> str:
+def pipelines_url(services: Services, shop: str) -> str:
     """The Pipelines base URL the shop's calls go to."""
-    config = rt.store_config(shop)
+    config = services.store_config(shop)
     if config is not None and not config.is_default:
         return config.pipelines_url
-    return rt.settings.pipelines_url
+    return services.settings.pipelines_url
 
 
-def key_fingerprint(rt: Services, shop: str) -> str:
+def key_fingerprint(services: Services, shop: str) -> str:
     """A short hash of the shop's write key and Pipelines URL: tells changed settings from the
     refused ones (a pause resumes at once when either changed), reveals nothing."""
-    config = rt.store_config(shop)
+    config = services.store_config(shop)
     key = config.pipelines_write_key.get_secret_value() if config is not None else ""
-    key = key or rt.settings.pipelines_write_key.get_secret_value()
-    return hashlib.sha256(f"{key}\x1f{pipelines_url(rt, shop)}".encode()).hexdigest()[:12]
+    key = key or services.settings.pipelines_write_key.get_secret_value()
+    return hashlib.sha256(f"{key}\x1f{pipelines_url(services, shop)}".encode()).hexdigest()[:12]
 
 
 # --- one window: pure planning ---------------------------------------------------------------
@@ -272,8 +272,8 @@ class Gate:
     erasure closed it (it wakes the shop's delivery once it is done).
     """
 
-    def __init__(self, rt: Services, shop: str, lease: Lease) -> None:
-        self.rt = rt
+    def __init__(self, services: Services, shop: str, lease: Lease) -> None:
+        self.services = services
         self.shop = shop
         self.lease = lease
         self.closed = False
@@ -282,11 +282,11 @@ class Gate:
     def open(self) -> bool:
         if self.closed:
             return False
-        if self.rt.stopping.is_set() or self.lease.lost.is_set():
+        if self.services.stopping.is_set() or self.lease.lost.is_set():
             self.closed = True
             return False
         try:
-            holder, erasing = self.rt.store.delivery_gate(self.shop)
+            holder, erasing = self.services.store.delivery_gate(self.shop)
         except StoreError:
             # Cannot tell whether the lease is still ours: send nothing more (the round's settle
             # meets the same error, and the window stays in Redis).
@@ -299,7 +299,7 @@ class Gate:
         return not self.closed
 
 
-def deliver(rt: Services, shop: str) -> None:
+def deliver(services: Services, shop: str) -> None:
     """Send the shop's outbox until it is empty, out of time, paused, stopping or an erasure of
     the shop waits for it.
 
@@ -307,22 +307,22 @@ def deliver(rt: Services, shop: str) -> None:
     """
     keys = Keys(shop)
     paused = False
-    with Lease(rt.store, keys.deliver_lease) as lease:
+    with Lease(services.store, keys.deliver_lease) as lease:
         if not lease.held:
             return  # another worker delivers this shop; its finish step sees anything new
-        gate = Gate(rt, shop, lease)
-        if not _resume_if_possible(rt, shop):
+        gate = Gate(services, shop, lease)
+        if not _resume_if_possible(services, shop):
             return  # still paused: the ticker wakes us again for the next probe
-        s = rt.settings
+        s = services.settings
         deadline = time.monotonic() + s.drain_time_budget_s
         with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
             while gate.open():
-                window, left = rt.store.take_window(
+                window, left = services.store.take_window(
                     shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
                 )
                 if window:
                     try:
-                        paused = _round(rt, shop, lease, gate, pool, window)
+                        paused = _round(services, shop, lease, gate, pool, window)
                     except LeaseLost:
                         log.warning(
                             "delivery lease lost; another worker goes on", extra={"shop": shop}
@@ -336,12 +336,12 @@ def deliver(rt: Services, shop: str) -> None:
                     break
     if paused or gate.erasing:
         return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
-    if rt.store.finish_deliver(shop):
-        rt.deliver_soon(shop)
+    if services.store.finish_deliver(shop):
+        services.deliver_soon(shop)
 
 
 def _round(
-    rt: Services,
+    services: Services,
     shop: str,
     lease: Lease,
     gate: Gate,
@@ -354,9 +354,11 @@ def _round(
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
     settle: Settlement[deadletters.DeadLetter] = Settlement()
-    items = _drop_guarded(rt, shop, items, settle)
+    items = _drop_guarded(services, shop, items, settle)
     queues = segments_by_person(items)
-    states = {h: RetryState.decode(v) for h, v in rt.store.retry_state(shop, list(queues)).items()}
+    states = {
+        h: RetryState.decode(v) for h, v in services.store.retry_state(shop, list(queues)).items()
+    }
 
     def stopping() -> bool:
         return not gate.open()
@@ -371,7 +373,7 @@ def _round(
         if not heads:
             break
         for sent in pool.map(
-            lambda job: send_request(rt.sink_for(shop), job, stopping), pack(heads)
+            lambda job: send_request(services.sink_for(shop), job, stopping), pack(heads)
         ):
             delivered += sent.delivered
             dead += sent.dead
@@ -400,7 +402,7 @@ def _round(
                 last_error_ms=now,
             )
         )
-    _hold(rt, shop, settle, waiting, not_done, states, now)
+    _hold(services, shop, settle, waiting, not_done, states, now)
     # Not tried (paused, stopping) and nobody waits for them: they stay in the window.
     settle.remaining = [
         it.raw for it in sorted(not_done, key=lambda i: i.index) if it.person not in waiting
@@ -411,7 +413,7 @@ def _round(
         {k: settle.counters.get(k, 0) + v for k, v in latency_counters(delivered, now).items()}
     )
     settle.count("calls:dead_lettered", len(settle.letters))
-    rt.store.settle_outbox(shop, lease.token, settle)
+    services.store.settle_outbox(shop, lease.token, settle)
     if delivered:  # a round that delivered nothing (paused, retrying) has its own lines
         log.info(  # issue 6: one line per delivery batch
             "batch delivered",
@@ -426,7 +428,7 @@ def _round(
     for letter in settle.letters:
         deadletters.log_dead_letter(letter)
     if auth is not None:
-        _pause(rt, shop, auth)
+        _pause(services, shop, auth)
         return True
     return False
 
@@ -441,7 +443,7 @@ def _reason(err: pipelines.PipelinesError) -> str:
 
 
 def _hold(
-    rt: Services,
+    services: Services,
     shop: str,
     settle: Settlement[deadletters.DeadLetter],
     waiting: dict[str, pipelines.RetryableError],
@@ -451,7 +453,7 @@ def _hold(
 ) -> None:
     """Each waiting person's calls go to their hold list (in order) until a due time, or to the
     dead letters once the retry horizon has passed since their first failure."""
-    s = rt.settings
+    s = services.settings
     by_person: dict[str, list[Item]] = {}
     for it in sorted(not_done, key=lambda i: i.index):
         if it.person in waiting:
@@ -508,7 +510,7 @@ def _log_retry(shop: str, sent: Sent) -> None:
 
 
 def _drop_guarded(
-    rt: Services, shop: str, items: list[Item], settle: Settlement[deadletters.DeadLetter]
+    services: Services, shop: str, items: list[Item], settle: Settlement[deadletters.DeadLetter]
 ) -> list[Item]:
     """Re-check, just before the POST, whether a queued call has been overtaken (a converted
     cart): such calls are counted as suppressed, settled, and not sent."""
@@ -516,7 +518,7 @@ def _drop_guarded(
     if not guards:
         return items
     keys = Keys(shop)
-    values = rt.store.load_state([keys.state(g) for g in guards])
+    values = services.store.load_state([keys.state(g) for g in guards])
     hit = {g for g in guards if values[keys.state(g)]}
     if not hit:
         return items
@@ -533,23 +535,24 @@ def _drop_guarded(
 # --- pause on a refused write key ------------------------------------------------------------
 
 
-def _pause(rt: Services, shop: str, err: pipelines.ConfigurationError) -> None:
-    s = rt.settings
-    first = rt.store.pause(
-        shop, key_fingerprint=key_fingerprint(rt, shop), probe_ms=int(s.pause_probe_s * 1000)
+def _pause(services: Services, shop: str, err: pipelines.ConfigurationError) -> None:
+    s = services.settings
+    first = services.store.pause(
+        shop, key_fingerprint=key_fingerprint(services, shop), probe_ms=int(s.pause_probe_s * 1000)
     )
     if first:
-        rt.store.count(shop, "delivery:paused")
+        services.store.count(shop, "delivery:paused")
         if isinstance(err, pipelines.EndpointError):
-            config = rt.store_config(shop)
+            config = services.store_config(shop)
             setting = (
                 "PIPELINES_URL"
                 if config is None or config.is_default
                 else "this shop's pipelines_url in BRIDGE_STORES_FILE"
             )
             log.error(
-                f"PIPELINES_URL IS WRONG: {pipelines_url(rt, shop)} is {err}; delivery for this "
-                f"shop is paused, calls are kept; set {setting} to the API base ending in /v1, "
+                f"PIPELINES_URL IS WRONG: {pipelines_url(services, shop)} is {err}; delivery for "
+                f"this shop is paused, calls are kept; set {setting} to the API base ending in "
+                "/v1, "
                 f"like {US_PIPELINES_URL} (delivery resumes by itself)",
                 extra={"shop": shop, "status": err.status},
             )
@@ -561,22 +564,22 @@ def _pause(rt: Services, shop: str, err: pipelines.ConfigurationError) -> None:
         )
 
 
-def _resume_if_possible(rt: Services, shop: str) -> bool:
+def _resume_if_possible(services: Services, shop: str) -> bool:
     """True when the shop is not paused (any more): the key changed, or a probe went through."""
-    s = rt.settings
-    paused_at, refused_key = rt.store.paused(shop)
+    s = services.settings
+    paused_at, refused_key = services.store.paused(shop)
     if paused_at is None:
         return True
-    if refused_key is not None and refused_key.decode() == key_fingerprint(rt, shop):
+    if refused_key is not None and refused_key.decode() == key_fingerprint(services, shop):
         # Same key as was refused: probe, at most once per pause_probe_s.
-        if not rt.store.claim_probe(shop, int(s.pause_probe_s * 1000)):
+        if not services.store.claim_probe(shop, int(s.pause_probe_s * 1000)):
             return False
         try:
-            rt.sink_for(shop).probe()
+            services.sink_for(shop).probe()
         except pipelines.PipelinesError:
             return False
-    rt.store.resume(shop)
-    rt.store.count(shop, "delivery:resumed")
+    services.store.resume(shop)
+    services.store.count(shop, "delivery:resumed")
     log.warning(
         "Pipelines accepts the write key and URL again: delivery resumed",
         extra={"shop": shop, "paused_ms": now_ms() - int(paused_at)},

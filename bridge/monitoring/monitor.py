@@ -218,27 +218,27 @@ class CheckBusy(Exception):
 
 
 # --- the periodic job ------------------------------------------------------------------------
-def ensure_scheduled(rt: Services) -> None:
+def ensure_scheduled(services: Services) -> None:
     """Start the periodic check chain unless one is known to be alive (cheap: one SET NX)."""
     from bridge.worker.queues import enqueue_check
 
-    every = rt.settings.volume_check_every_s
-    if rt.store.claim(SCHEDULED_KEY, every * 3):
-        enqueue_check(rt.queue, delay_s=FIRST_RUN_DELAY_S)
+    every = services.settings.volume_check_every_s
+    if services.store.claim(SCHEDULED_KEY, every * 3):
+        enqueue_check(services.queue, delay_s=FIRST_RUN_DELAY_S)
 
 
-def periodic(rt: Services, now_s: float | None = None) -> None:
+def periodic(services: Services, now_s: float | None = None) -> None:
     """Run the check with alerts, then schedule the next run. Raises redis errors."""
     from bridge.worker.queues import enqueue_check
 
-    every = rt.settings.volume_check_every_s
+    every = services.settings.volume_check_every_s
     now_s = time.time() if now_s is None else now_s
-    last = rt.store.monitoring.last_run_ms()
+    last = services.store.monitoring.last_run_ms()
     if last is not None and now_s * 1000 - last < every * 500:
         return  # a second chain: the first one ran moments ago, so this one ends here
     try:
-        check(rt.store, rt.settings, now_s=now_s)
+        check(services.store, services.settings, now_s=now_s)
     except CheckBusy:
         return  # the lock holder's chain carries on
-    rt.store.mark(SCHEDULED_KEY, every * 3)
-    enqueue_check(rt.queue, delay_s=every)
+    services.store.mark(SCHEDULED_KEY, every * 3)
+    enqueue_check(services.queue, delay_s=every)

@@ -31,8 +31,8 @@ RETRY_MAX_S = 10.0
 class BackgroundDelivery:
     """One thread that delivers the shops handed to it, each shop at most once at a time."""
 
-    def __init__(self, rt: Services) -> None:
-        self.rt = rt
+    def __init__(self, services: Services) -> None:
+        self.services = services
         self._pending: dict[str, None] = {}  # an ordered set: shops in the order handed over
         self._busy = False
         self._closed = False
@@ -54,7 +54,7 @@ class BackgroundDelivery:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop taking shops and wait for the delivery in progress (it stops at its next check
-        of `rt.stopping`, or when its outbox is empty)."""
+        of `services.stopping`, or when its outbox is empty)."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
@@ -73,7 +73,7 @@ class BackgroundDelivery:
                 del self._pending[shop]
                 self._busy = True
             try:
-                deliver(self.rt, shop)
+                deliver(self.services, shop)
                 failures = 0
             except Exception as exc:
                 # A Redis error mid-round (a restart, a failover): the window stays in Redis,

@@ -26,31 +26,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def process_config(rt: Services, shop: str) -> ProcessConfig:
+def process_config(services: Services, shop: str) -> ProcessConfig:
     """The shop's processing rules, built once per process (`Services.shop`)."""
-    return rt.shop(shop).rules
+    return services.shop(shop).rules
 
 
 class _Committing:
     """A batch's commit, sent but not yet confirmed, and what follows its confirmation."""
 
-    def __init__(self, rt: Services, shop: str, commit: Commit, webhooks: int) -> None:
-        self.rt, self.shop, self.commit, self.webhooks = rt, shop, commit, webhooks
-        self.pending = rt.store.send_commit(shop, commit, webhooks)
+    def __init__(self, services: Services, shop: str, commit: Commit, webhooks: int) -> None:
+        self.services, self.shop, self.commit, self.webhooks = services, shop, commit, webhooks
+        self.pending = services.store.send_commit(shop, commit, webhooks)
 
     def confirm(self) -> None:
         """Wait for the commit (raises a Redis error), then run what it committed."""
-        rt, shop, commit = self.rt, self.shop, self.commit
+        services, shop, commit = self.services, self.shop, self.commit
         woke = self.pending.result()
-        _warn_version_mismatch(shop, commit, rt.settings.shopify_api_version)
+        _warn_version_mismatch(shop, commit, services.settings.shopify_api_version)
         if commit.compliance:
-            run_pending(rt, shop)
+            run_pending(services, shop)
         log.info(
             "batch processed",
             extra={"shop": shop, "webhooks": self.webhooks, "calls": len(commit.calls)},
         )
         if woke:  # the commit set the delivery flag: no delivery was pending
-            rt.deliver_soon(shop)
+            services.deliver_soon(shop)
 
 
 # Drains that retry a whole work list left unfinished (a crash, the job's timeout) before it is
@@ -80,7 +80,7 @@ def _warn_version_mismatch(shop: str, commit: Commit, configured: str) -> None:
                 )
 
 
-def drain(rt: Services, shop: str) -> None:
+def drain(services: Services, shop: str) -> None:
     """Process the shop's inbound queue until empty or out of time. Raises redis errors.
 
     Batches are pipelined: while batch N is mapped, Redis runs batch N-1's commit and moves
@@ -96,18 +96,20 @@ def drain(rt: Services, shop: str) -> None:
     (`_split`): no webhook blocks its shop for more than a bounded number of tries.
     """
     keys = Keys(shop)
-    config = process_config(rt, shop)
-    size = rt.settings.drain_batch_size
-    deadline = time.monotonic() + rt.settings.drain_time_budget_s
+    config = process_config(services, shop)
+    size = services.settings.drain_batch_size
+    deadline = time.monotonic() + services.settings.drain_time_budget_s
     more = False
     # A short lease kept alive by a thread: a SIGKILLed worker's shop is free again within
     # seconds, not after a long fixed lease.
-    with Lease(rt.store, keys.drain_lease) as lease:
+    with Lease(services.store, keys.drain_lease) as lease:
         if not lease.held:
             return  # another worker drains this shop; its finish step sees anything new
         try:
-            run_pending(rt, shop)  # compliance requests a crashed drain committed but did not run
-            begun = rt.store.begin_drain(shop, size)
+            run_pending(
+                services, shop
+            )  # compliance requests a crashed drain committed but did not run
+            begun = services.store.begin_drain(shop, size)
             batch = [*begun.resumed, *begun.moved]
             retried = begun.tries > 0
             if begun.tries > TRIES_BEFORE_SPLIT:
@@ -116,8 +118,8 @@ def drain(rt: Services, shop: str) -> None:
                     begun.tries - 1,
                     extra={"shop": shop, "webhooks": len(begun.resumed)},
                 )
-                _split(rt, shop, config, begun, lease)
-                batch, retried = rt.store.take_inbound(shop, size), False
+                _split(services, shop, config, begun, lease)
+                batch, retried = services.store.take_inbound(shop, size), False
             previous: list[_Committing] = []  # at most one: the last batch's, unconfirmed
 
             def confirm_previous() -> None:
@@ -126,17 +128,17 @@ def drain(rt: Services, shop: str) -> None:
 
             def load(names: list[str]) -> Mapping[str, bytes | None]:
                 confirm_previous()  # this batch reads what the last one wrote
-                return rt.store.load_state(names)
+                return services.store.load_state(names)
 
             while batch and not lease.lost.is_set():
-                last = time.monotonic() > deadline or rt.stopping.is_set()
-                upcoming = None if last else rt.store.send_take(shop, size)
+                last = time.monotonic() > deadline or services.stopping.is_set()
+                upcoming = None if last else services.store.send_take(shop, size)
                 commit = process(
-                    shop, batch, source=rt.source, config=config, load=load, key_of=keys.state
+                    shop, batch, source=services.source, config=config, load=load, key_of=keys.state
                 )
                 commit.retried, retried = retried, False
                 confirm_previous()
-                committing = _Committing(rt, shop, commit, len(batch))
+                committing = _Committing(services, shop, commit, len(batch))
                 if commit.compliance:
                     # An erasure must also reach webhooks queued after the request: the batch
                     # moved meanwhile is read again once the erasure has gone through the work
@@ -144,7 +146,7 @@ def drain(rt: Services, shop: str) -> None:
                     committing.confirm()
                     if upcoming is not None:
                         upcoming.result()
-                        batch = rt.store.take_inbound(shop, size)
+                        batch = services.store.take_inbound(shop, size)
                     else:
                         batch = []
                     continue
@@ -157,14 +159,16 @@ def drain(rt: Services, shop: str) -> None:
             # Not one webhook's fault (those are parked): the batch stays in the work list and
             # the next drain, enqueued below, tries it again, then splits it.
             log.exception("drain failed; its batch is tried again", extra={"shop": shop})
-            rt.store.count(shop, "drain:failed")
+            services.store.count(shop, "drain:failed")
         finally:
-            more = rt.store.finish_drain(shop)
+            more = services.store.finish_drain(shop)
     if more:
-        enqueue_drain(rt.queue, shop)
+        enqueue_drain(services.queue, shop)
 
 
-def _split(rt: Services, shop: str, config: ProcessConfig, begun: Begun, lease: Lease) -> None:
+def _split(
+    services: Services, shop: str, config: ProcessConfig, begun: Begun, lease: Lease
+) -> None:
     """Process a work list that failed `begun.tries` times in batches of half the size tried
     last, each committed on its own, so the next failure is narrowed down to half as many
     webhooks; a webhook that failed alone is parked with the reason. Raises as `process` and
@@ -174,10 +178,10 @@ def _split(rt: Services, shop: str, config: ProcessConfig, begun: Begun, lease: 
     if begun.size == 1:
         commit = Commit(seen_ttl_s=config.dedupe_ttl_s, retried=True)
         park_alone(commit, work[0], begun.tries - 1)
-        _Committing(rt, shop, commit, 1).confirm()
+        _Committing(services, shop, commit, 1).confirm()
         return  # the rest of the work list is drained as usual
     size = max(1, -(-(begun.size or len(begun.resumed)) // 2))
-    rt.store.set_try_size(shop, size)
+    services.store.set_try_size(shop, size)
     for start in range(0, len(work), size):
         if lease.lost.is_set():
             return
@@ -185,13 +189,13 @@ def _split(rt: Services, shop: str, config: ProcessConfig, begun: Begun, lease: 
         commit = process(
             shop,
             chunk,
-            source=rt.source,
+            source=services.source,
             config=config,
-            load=rt.store.load_state,
+            load=services.store.load_state,
             key_of=keys.state,
         )
         commit.retried = start + size >= len(work)  # the whole list went through
-        _Committing(rt, shop, commit, len(chunk)).confirm()
+        _Committing(services, shop, commit, len(chunk)).confirm()
 
 
 def park_alone(commit: Commit, raw: bytes, tries: int) -> None:

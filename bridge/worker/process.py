@@ -61,13 +61,13 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
-def log_start(rt: Services) -> None:
+def log_start(services: Services) -> None:
     """One line saying what this worker is: version, Redis, queues, stores, delivery mode."""
     from bridge import __version__
     from bridge.cli import devstack  # local: devstack is a CLI helper
 
-    s = rt.settings
-    registry = rt.stores
+    s = services.settings
+    registry = services.stores
     named = len(registry.stores) if registry is not None else 0
     default = registry is not None and registry.default is not None
     stores = f"{named} from BRIDGE_STORES_FILE" if named else "none from a file"
@@ -83,10 +83,10 @@ def log_start(rt: Services) -> None:
     )
 
 
-def check_redis_policy(rt: Services) -> None:
+def check_redis_policy(services: Services) -> None:
     """Warn loudly when Redis may evict keys: an evicting Redis silently loses queued webhooks."""
     try:
-        policy = rt.store.eviction_policy()
+        policy = services.store.eviction_policy()
     except Exception:
         return
     if policy and policy != "noeviction":
@@ -95,23 +95,23 @@ def check_redis_policy(rt: Services) -> None:
         )
 
 
-def check_api_version(rt: Services) -> None:
+def check_api_version(services: Services) -> None:
     """Warn when SHOPIFY_API_VERSION is past Shopify's support window (payloads and Admin
     answers then silently come in the oldest supported version instead)."""
     from bridge.backfill.admin import version_warning
 
-    warning = version_warning(rt.settings.shopify_api_version, datetime.now(UTC).date())
+    warning = version_warning(services.settings.shopify_api_version, datetime.now(UTC).date())
     if warning:
         log.warning(warning)
 
 
-def wait_for_redis(rt: Services) -> bool:
+def wait_for_redis(services: Services) -> bool:
     """Block until Redis answers a PING (True) or the process is asked to stop (False)."""
     delay = 0.2
     logged = False
-    while not rt.stopping.is_set():
+    while not services.stopping.is_set():
         try:
-            rt.store.ping()
+            services.store.ping()
             if logged:
                 log.warning("Redis is back; the worker goes on")
             return True
@@ -119,27 +119,27 @@ def wait_for_redis(rt: Services) -> bool:
             if not logged:
                 log.error("Redis unavailable; the worker waits for it", extra={"error": str(exc)})
                 logged = True
-        rt.stopping.wait(delay)
+        services.stopping.wait(delay)
         delay = min(delay * 2, REDIS_WAIT_MAX_S)
     return False
 
 
-def run_worker(rt: Services, *, burst: bool = False, **work_kwargs: Any) -> bool:
+def run_worker(services: Services, *, burst: bool = False, **work_kwargs: Any) -> bool:
     """Work until SIGTERM (or, with `burst`, until the queue is empty); survives Redis restarts."""
-    install(rt)
-    rt.deliverer = BackgroundDelivery(rt)
+    install(services)
+    services.deliverer = BackgroundDelivery(services)
     try:
-        return _work(rt, burst=burst, **work_kwargs)
+        return _work(services, burst=burst, **work_kwargs)
     finally:
-        if burst and not rt.stopping.is_set():
-            rt.deliverer.wait_idle(JOB_TIMEOUT_S)
-        rt.deliverer.close()
-        rt.deliverer = None
+        if burst and not services.stopping.is_set():
+            services.deliverer.wait_idle(JOB_TIMEOUT_S)
+        services.deliverer.close()
+        services.deliverer = None
 
 
-def _work(rt: Services, *, burst: bool, **work_kwargs: Any) -> bool:
+def _work(services: Services, *, burst: bool, **work_kwargs: Any) -> bool:
     def stop_between_loops(signum: int, frame: FrameType | None) -> None:
-        rt.stopping.set()
+        services.stopping.set()
 
     # RQ logs several lines per job at INFO; at our job rate they would drown the bridge's own.
     kwargs = {"logging_level": "WARNING", **work_kwargs}
@@ -150,25 +150,27 @@ def _work(rt: Services, *, burst: bool, **work_kwargs: Any) -> bool:
         # RQ installs its own handlers inside work(); between two loops a SIGTERM just stops.
         signal.signal(signal.SIGTERM, stop_between_loops)
         signal.signal(signal.SIGINT, stop_between_loops)
-        if not wait_for_redis(rt):
+        if not wait_for_redis(services):
             return worked
         try:
-            check_redis_policy(rt)
-            check_api_version(rt)
-            worker = BridgeWorker([rt.queue], connection=rt.queue.connection)
-            worker.services = rt
+            check_redis_policy(services)
+            check_api_version(services)
+            worker = BridgeWorker([services.queue], connection=services.queue.connection)
+            worker.services = services
             if not burst:
-                if rt.store.claim(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4):
-                    schedule_sweep(rt)
-                ensure_check_scheduled(rt)  # issue 6: the periodic volume check
+                if services.store.claim(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4):
+                    schedule_sweep(services)
+                ensure_check_scheduled(services)  # issue 6: the periodic volume check
                 if ticker is None:
-                    ticker = threading.Thread(target=tick, args=(rt,), name="ticker", daemon=True)
+                    ticker = threading.Thread(
+                        target=tick, args=(services,), name="ticker", daemon=True
+                    )
                     ticker.start()
             worked = bool(worker.work(burst=burst, with_scheduler=not burst, **kwargs)) or worked
         except StoreError as exc:
             log.warning("worker loop ended on a Redis error", extra={"error": str(exc)})
-        if burst or rt.stopping.is_set() or getattr(worker, "_stop_requested", False):
+        if burst or services.stopping.is_set() or getattr(worker, "_stop_requested", False):
             return worked
         # RQ left its loop without being asked to (it does on a Redis error mid-job): go again.
         log.warning("worker loop ended unexpectedly; restarting it when Redis answers")
-        rt.stopping.wait(0.5)
+        services.stopping.wait(0.5)

@@ -32,76 +32,80 @@ LEASE_MS = 30_000
 MAX_ROUNDS = 3
 
 
-def schedule_sweep(rt: Services) -> None:
+def schedule_sweep(services: Services) -> None:
     from bridge.worker.queues import SWEEP  # local: avoids an import cycle at module load
 
-    rt.queue.enqueue_in(timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600)
+    services.queue.enqueue_in(
+        timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600
+    )
 
 
-def wake_due(rt: Services) -> None:
+def wake_due(services: Services) -> None:
     """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
     of shops with a compliance request left pending."""
     from bridge.worker.queues import enqueue_drain
 
     now = now_ms()
-    for shop in rt.store.shops():
+    for shop in services.store.shops():
         keys = Keys(shop)
-        depth = rt.store.depth(shop)
+        depth = services.store.depth(shop)
         # A compliance request whose run failed (an erasure that could not take the delivery
         # lease in time, a Redis error) stays committed; a drain runs it first, even when no
         # webhook is queued to start one.
-        drain_due = depth["inbound"] or rt.store.queued_compliance(shop)
-        if drain_due and rt.store.wake(keys.drain_flag):
-            enqueue_drain(rt.queue, shop)
-        due = rt.store.next_due_ms(shop)
-        if (depth["outbox"] or (due is not None and due <= now)) and rt.store.wake(
+        drain_due = depth["inbound"] or services.store.queued_compliance(shop)
+        if drain_due and services.store.wake(keys.drain_flag):
+            enqueue_drain(services.queue, shop)
+        due = services.store.next_due_ms(shop)
+        if (depth["outbox"] or (due is not None and due <= now)) and services.store.wake(
             keys.deliver_flag
         ):
-            rt.deliver_soon(shop)
+            services.deliver_soon(shop)
 
 
-def tick(rt: Services) -> None:
-    while not rt.stopping.wait(TICK_S):
+def tick(services: Services) -> None:
+    while not services.stopping.wait(TICK_S):
         try:
-            wake_due(rt)
+            wake_due(services)
         except StoreError:
             continue  # Redis is away: the work loop waits for it too
 
 
-def sweep(rt: Services) -> None:
+def sweep(services: Services) -> None:
     """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
     then schedule the next sweep."""
 
     try:
-        wake_due(rt)
-        letters = DeadLetters(rt.store)
-        for shop in rt.store.shops():
-            letters.expire(shop, now_ms(), rt.settings.dead_letter_retention_s)
-            if housekeep_due(rt, shop):
-                housekeep(rt, shop)
+        wake_due(services)
+        letters = DeadLetters(services.store)
+        for shop in services.store.shops():
+            letters.expire(shop, now_ms(), services.settings.dead_letter_retention_s)
+            if housekeep_due(services, shop):
+                housekeep(services, shop)
     finally:
-        rt.store.mark(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4)
-        schedule_sweep(rt)
-    ensure_check_scheduled(rt)  # issue 6: restarts a lost volume-check chain
+        services.store.mark(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4)
+        schedule_sweep(services)
+    ensure_check_scheduled(services)  # issue 6: restarts a lost volume-check chain
     # issue 5: after rescheduling, so a failed reconciliation never stops the sweeps.
     from bridge.backfill.reconcile import maybe_reconcile
 
-    maybe_reconcile(rt)
+    maybe_reconcile(services)
 
 
-def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
+def housekeep(services: Services, shop: str, now: datetime | None = None) -> int:
     """Expire held checkouts and refunds for one shop; returns how many were settled.
 
     Skips (returns 0) when a drain holds the shop's lease: the next sweep tries again.
     """
     keys = Keys(shop)
     token = uuid.uuid4().hex
-    if not rt.store.acquire(keys.drain_lease, token, LEASE_MS):
+    if not services.store.acquire(keys.drain_lease, token, LEASE_MS):
         return 0
     try:
         now = now or datetime.now(UTC)
-        s = rt.settings
-        loaded = dict(rt.store.load_state([keys.state(HELD_CHECKOUTS), keys.state(HELD_REFUNDS)]))
+        s = services.settings
+        loaded = dict(
+            services.store.load_state([keys.state(HELD_CHECKOUTS), keys.state(HELD_REFUNDS)])
+        )
         for _ in range(MAX_ROUNDS):
             view = DecisionView(loaded, key_of=keys.state)
             dropped = expire_held(view, now, s.checkout_contact_wait_s)
@@ -109,11 +113,11 @@ def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
             missing = view.misses - loaded.keys()
             if not missing:
                 break
-            loaded.update(rt.store.load_state(missing))
+            loaded.update(services.store.load_state(missing))
         sets, dels = view.writes()
         if not (sets or dels or parked or view.counters):
             return 0
-        rt.store.write_housekeeping(shop, sets, dels, parked, view.counters)
+        services.store.write_housekeeping(shop, sets, dels, parked, view.counters)
         if dropped or parked:
             log.info(
                 "identity housekeeping",
@@ -121,9 +125,9 @@ def housekeep(rt: Services, shop: str, now: datetime | None = None) -> int:
             )
         return dropped + len(parked)
     finally:
-        rt.store.release(keys.drain_lease, token)
+        services.store.release(keys.drain_lease, token)
 
 
-def housekeep_due(rt: Services, shop: str) -> bool:
+def housekeep_due(services: Services, shop: str) -> bool:
     """True at most once a minute per shop (across every worker)."""
-    return rt.store.claim(Keys(shop).housekeeping, HOUSEKEEP_EVERY_S)
+    return services.store.claim(Keys(shop).housekeeping, HOUSEKEEP_EVERY_S)
