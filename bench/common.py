@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import random
+import resource
 import shlex
 import shutil
 import signal
@@ -322,6 +323,32 @@ def tree_rss(pid: int) -> dict[str, Any]:
     own = peak_rss_mb(pid)
     kid_rss = [peak_rss_mb(k) for k in kids]
     return {"main_mb": own, "children_mb": kid_rss, "total_mb": round(own + sum(kid_rss), 1)}
+
+
+# --- CPU (Linux: /proc) -------------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds a live process (all its threads) has used; 0.0 when gone."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # utime and stime are fields 14 and 15 of proc(5); fields[0] is field 3, after comm.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return 0.0
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used by a live process and its live children (a gunicorn master and workers)."""
+    return cpu_s(pid) + sum(cpu_s(k) for k in children(pid))
+
+
+def reaped_children_cpu_s() -> float:
+    """CPU seconds of this process's children that have exited and been waited for: a load driver
+    that `subprocess.run` ran to completion (its pid is gone before /proc could be read after)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- webhooks -----------------------------------------------------------------------------

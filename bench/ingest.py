@@ -7,6 +7,14 @@ webhooks (bench.common.WebhookFactory: a topic mix, 2-20 KB bodies, a fresh webh
 request) at fixed concurrency for a fixed time, then drives the bridge open loop at half its
 measured maximum rate for the p99 target. Prints req/s, p50, p99, the ratio bridge/bare (per run
 and the median), and each web process's peak RSS.
+
+It also prints the CPU each request cost, per app and run, split by process group: web (the
+gunicorn master and workers), redis (redis-server) and driver (wrk or the Python driver, which
+shares the cores), read from /proc before and after the timed window and divided by the requests
+served; and the CPU ratio bare/bridge (higher is better for the bridge, like the throughput
+ratio). Throughput swings from run to run with how gunicorn's workers happen to share the
+connections; CPU per request does not, and on a CPU-bound machine its ratio is the steady-state
+throughput ratio. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -26,22 +34,49 @@ import redis as redis_lib
 
 from bench.common import (
     Service,
+    cpu_s,
     drive,
     have_wrk,
     machine,
+    reaped_children_cpu_s,
     run_py_driver,
     service_env,
     services,
     start_redis,
     start_web,
+    tree_cpu_s,
     tree_rss,
 )
 
 BARE_APP = "bench.bare_app:app"
+CPU_GROUPS = ("web", "redis", "driver")
+
+
+def cpu_by_group(web: Service, redis_svc: Service) -> dict[str, float]:
+    """CPU seconds used so far by each process group the timed window is charged to."""
+    # The driver has exited by the end of the window, so its CPU is read as a reaped child's.
+    return {
+        "web": tree_cpu_s(web.pid),
+        "redis": cpu_s(redis_svc.pid),
+        "driver": reaped_children_cpu_s(),
+    }
+
+
+def cpu_us_per_request(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """CPU microseconds per request served in the window, per group and in total."""
+    used = {g: (after[g] - before[g]) * 1e6 / max(1, requests) for g in CPU_GROUPS}
+    return {**{g: round(us, 1) for g, us in used.items()}, "total": round(sum(used.values()), 1)}
 
 
 def _one(
-    web: Service, args: argparse.Namespace, *, rate: float = 0.0, seed: int = 1
+    web: Service,
+    redis_svc: Service,
+    args: argparse.Namespace,
+    *,
+    rate: float = 0.0,
+    seed: int = 1,
 ) -> dict[str, Any]:
     # A short warm-up first: imports, connection pools and the Lua script cache.
     drive(
@@ -52,7 +87,8 @@ def _one(
         seed=seed,
         rate=0.0,
     )
-    return drive(
+    before = cpu_by_group(web, redis_svc)
+    result = drive(
         web.port,
         concurrency=args.concurrency,
         duration_s=args.duration,
@@ -60,6 +96,9 @@ def _one(
         seed=seed,
         rate=rate,
     )
+    after = cpu_by_group(web, redis_svc)
+    result["cpu_us_per_req"] = cpu_us_per_request(before, after, result["requests"])
+    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 web = start_web(env, app=app, workers=args.web_concurrency)
                 started.append(web)
                 try:
-                    result[name] = _one(web, args, seed=i + 1)
+                    result[name] = _one(web, redis_svc, args, seed=i + 1)
                     if name == "bridge":
                         half = max(1.0, result["bridge"]["rps"] / 2)
                         client.flushall()
@@ -98,6 +137,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     started.remove(web)
             bare, bridge = result["bare"]["rps"], result["bridge"]["rps"]
             result["ratio"] = round(bridge / bare, 3) if bare else 0.0
+            bare_cpu = result["bare"]["cpu_us_per_req"]["total"]
+            bridge_cpu = result["bridge"]["cpu_us_per_req"]["total"]
+            result["cpu_ratio"] = round(bare_cpu / bridge_cpu, 3) if bridge_cpu else 0.0
             runs.append(result)
             time.sleep(0.5)
 
@@ -119,6 +161,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bridge_p50_ms": med(("bridge", "p50_ms")),
         "bridge_p99_ms": med(("bridge", "p99_ms")),
         "ratio": med(("ratio",)),
+        "cpu_us_per_req": {
+            app: {g: med((app, "cpu_us_per_req", g)) for g in (*CPU_GROUPS, "total")}
+            for app in ("bare", "bridge")
+        },
+        "cpu_ratio": med(("cpu_ratio",)),
         "half_rate_offered_rps": med(("bridge_half_rate", "offered_rps")),
         "half_rate_rps": med(("bridge_half_rate", "rps")),
         "half_rate_p50_ms": med(("bridge_half_rate", "p50_ms")),
@@ -129,6 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     summary["targets"] = {
         "ratio_ge_0.8": summary["ratio"] >= 0.8,
+        "cpu_ratio_ge_0.8": summary["cpu_ratio"] >= 0.8,
         "p99_half_rate_lt_25ms": summary["half_rate_p99_ms"] < 25,
         "web_rss_lt_80mb": web_rss < 80,
     }
@@ -145,6 +193,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "runs": runs,
     }
+
+
+def _cpu_line(us: dict[str, float]) -> str:
+    """`web+redis+driver=total`, in whole microseconds."""
+    return "+".join(f"{us[g]:.0f}" for g in CPU_GROUPS) + f"={us['total']:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,11 +236,20 @@ def main(argv: list[str] | None = None) -> int:
             f"half rate {r['bridge_half_rate']['offered_rps']:.0f}/s p99 "
             f"{r['bridge_half_rate']['p99_ms']} ms"
         )
+        print(
+            f"       CPU µs/req: bare {_cpu_line(r['bare']['cpu_us_per_req'])} | "
+            f"bridge {_cpu_line(r['bridge']['cpu_us_per_req'])} | cpu ratio {r['cpu_ratio']:.2f}"
+        )
     print(
         f"median: bare {s['bare_rps']:.0f} req/s, bridge {s['bridge_rps']:.0f} req/s, "
         f"ratio {s['ratio']:.2f}; bridge p50 {s['bridge_p50_ms']} p99 {s['bridge_p99_ms']} ms; "
         f"at half rate ({s['half_rate_offered_rps']:.0f}/s) p50 {s['half_rate_p50_ms']} "
         f"p99 {s['half_rate_p99_ms']} ms"
+    )
+    cpu = s["cpu_us_per_req"]
+    print(
+        f"median CPU µs/req: bare {_cpu_line(cpu['bare'])}, bridge {_cpu_line(cpu['bridge'])}; "
+        f"cpu ratio {s['cpu_ratio']:.2f}"
     )
     print(
         f"peak RSS: web process {s['web_process_peak_rss_mb']} MB, "
