@@ -6,7 +6,7 @@ per Pipelines workspace. Nothing here decides anything. Parts take what they nee
 job functions (jobs/), which get only JSON-safe arguments, find their process's `Services`
 through `current()`.
 
-A shop's configuration as the worker uses it (its store, processing rules and time zone)
+A shop's configuration as the worker uses it (its store and processing rules)
 is built once per shop per process: `Services.shop(shop)`; its sink once per workspace.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
-from zoneinfo import ZoneInfo
 
 import redis
 from rq import Queue
@@ -48,7 +47,6 @@ class ShopContext:
     shop: str
     config: StoreConfig | None
     rules: ProcessConfig
-    zone: ZoneInfo
 
 
 @dataclass
@@ -57,7 +55,6 @@ class Services:
     redis: redis.Redis[bytes]
     store: Store
     queue: Queue
-    sink: Sink
     source: Source
     stores: StoreRegistry
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -66,6 +63,9 @@ class Services:
     _shops: dict[str, ShopContext] = field(default_factory=dict)
     _sinks: dict[str, Sink] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # The default store's sink, built on first use: a web process never delivers, so it never
+    # builds an HTTP client.
+    _sink: Sink | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, timeout_s: float = 5.0) -> Services:
@@ -82,10 +82,22 @@ class Services:
             redis=client,
             store=Store(client),
             queue=Queue(settings.queue_name, connection=client),
-            sink=make_sink(settings),
             source=ShopifySource(),
             stores=stores,
         )
+
+    @property
+    def sink(self) -> Sink:
+        """The sink of the default store (the environment's Pipelines settings)."""
+        if self._sink is None:
+            with self._lock:
+                if self._sink is None:
+                    self._sink = make_sink(self.settings)
+        return self._sink
+
+    @sink.setter
+    def sink(self, sink: Sink) -> None:
+        self._sink = sink
 
     def deliver_soon(self, shop: str) -> None:
         """Have the shop's outbox delivered: by this worker's delivery thread when it has one,
@@ -137,7 +149,6 @@ class Services:
             shop=shop,
             config=config,
             rules=ProcessConfig.for_shop(self.settings, config),
-            zone=ZoneInfo(config.time_zone if config is not None else self.settings.shop_timezone),
         )
 
 

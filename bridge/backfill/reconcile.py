@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rq import Queue
@@ -29,6 +29,9 @@ from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Store, now_ms
 from bridge.store.keys import RECONCILE_LOCK_KEY
 from bridge.store.wire import Envelope
+
+if TYPE_CHECKING:
+    from bridge.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ def note_api_version(admin: AdminClient, store: Store, shop: str) -> None:
         store.count(shop, f"admin_api_version:{answered}:{outcome}")
 
 
-def maybe_reconcile(services: Any) -> ReconcileReport | None:
+def maybe_reconcile(services: Services) -> ReconcileReport | None:
     """From the worker's sweep: reconcile once per RECONCILE_EVERY_S across all workers.
 
     Does nothing when the interval is 0 or the Admin API is not configured; a failure is

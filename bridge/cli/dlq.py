@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 import orjson
@@ -26,6 +26,9 @@ from bridge.cli import common as cli_common
 from bridge.delivery.deadletters import KIND_CALL, DeadLetter, DeadLetters, ErasureRunning
 from bridge.delivery.outbox import OutboxEntry
 from bridge.store import wire
+
+if TYPE_CHECKING:
+    from bridge.services import Services
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -66,11 +69,11 @@ class Progress:
             self.out.flush()
 
 
-def _shops(args: argparse.Namespace, services: Any) -> list[str]:
+def _shops(args: argparse.Namespace, services: Services) -> list[str]:
     return [args.shop] if args.shop else list(services.store.shops())
 
 
-def _find(services: Any, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
+def _find(services: Services, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
     letters = DeadLetters(services.store)
     for shop in shops:
         found = letters.get(shop, letter_id)

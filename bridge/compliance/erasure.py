@@ -56,7 +56,8 @@ from bridge.compliance.requests import (
 from bridge.delivery.deadletters import DeadLetters
 from bridge.ids import iso_z
 from bridge.jsonio import parse_body
-from bridge.store.facade import Store
+from bridge.store import wire
+from bridge.store.facade import Store, now_ms
 from bridge.store.keys import Keys
 from bridge.store.lease import LEASE_TTL_MS, Lease
 
@@ -77,14 +78,7 @@ class ErasureBlocked(Exception):
 
 
 def _is_compliance_envelope(entry: bytes) -> bool:
-    head, sep, _ = entry.partition(b"\n")
-    if not sep or not head.startswith(b"{"):
-        return False
-    try:
-        parsed = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(parsed, dict) and parsed.get("t") in COMPLIANCE_TOPICS
+    return wire.envelope_topic(entry) in COMPLIANCE_TOPICS
 
 
 @dataclass
@@ -292,7 +286,8 @@ def run(services: Services, request: ComplianceRequest) -> None:
         log.warning("shop data erased", extra={"shop": shop, "keys": n})
     elif request.topic == CUSTOMERS_REDACT:
         needles = needles_for(request)
-        entry = user_deleted_entry(request) if services.settings.forward_redactions else None
+        forward = services.settings.forward_redactions
+        entry = user_deleted_entry(request, now_ms()) if forward else None
 
         def erase() -> Erased:
             erased = erase_customer(store, shop, needles)

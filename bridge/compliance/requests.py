@@ -20,7 +20,6 @@ from bridge.identity import email_key
 from bridge.ids import iso_z, message_id
 from bridge.jsonio import parse_body
 from bridge.store import wire
-from bridge.store.facade import now_ms
 
 CUSTOMERS_REDACT = "customers/redact"
 CUSTOMERS_DATA_REQUEST = "customers/data_request"
@@ -173,13 +172,14 @@ def needles_for(request: ComplianceRequest) -> Needles:
     return Needles.of(tokens, texts, key_tokens=request.order_ids)
 
 
-def user_deleted_entry(request: ComplianceRequest) -> bytes | None:
+def user_deleted_entry(request: ComplianceRequest, now_ms: int) -> bytes | None:
     """The outbox entry for Customer.io's `User Deleted` semantic event, or None when the
-    request names no person the bridge would have identified (pure)."""
+    request names no person the bridge would have identified (pure: `now_ms` dates a request
+    that carries no receive time)."""
     user_id = request.customer_id or request.email
     if not user_id:
         return None
-    at = datetime.fromtimestamp((request.received_ms or now_ms()) / 1000, tz=UTC)
+    at = datetime.fromtimestamp((request.received_ms or now_ms) / 1000, tz=UTC)
     call = {
         "type": "track",
         "messageId": message_id(at, request.shop, USER_DELETED, user_id),

@@ -32,7 +32,8 @@ def check_pipelines_url(value: str) -> str:
 def check_redis_url(value: str) -> str:
     """ValueError unless redis-py can connect with `value` (`localhost:6379` lacks a scheme
     and would fail on first use, deep inside a worker or a request)."""
-    from bridge.store.facade import check_url  # local: the settings import nothing heavy
+    # Local: reading the settings (every CLI command) does not load the Redis client.
+    from bridge.store.facade import check_url
 
     try:
         check_url(value)

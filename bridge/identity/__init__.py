@@ -5,7 +5,8 @@ Public surface (the processor and the backfill use these):
   only nameable after a lookup are found through `DecisionView.misses` in a further round.
 - `decide(mapped, view, policy, triggered_at)` -> `list[Outgoing]`; `Policy`, `Outgoing`.
 - `orders.index_order / index_refund / order_traits` (the per-customer order index).
-- `expire_held`, `expire_refunds`, `housekeep` (time-driven drops, injectable clock).
+- `expire_held`, `expire_refunds` (time-driven drops, injectable clock; the worker's sweep,
+  worker/sweep.py, runs them).
 """
 
 from __future__ import annotations

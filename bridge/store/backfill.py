@@ -57,9 +57,10 @@ class Checkpoint:
 
     def __init__(self, client: redis.Redis[bytes], shop: str, job: str) -> None:
         self.redis = client
-        self.key = Keys(shop).backfill(job)
-        self.cat_key = self.key + ":categories"
-        self.people_key = self.key + ":people"
+        keys = Keys(shop)
+        self.key = keys.backfill(job)
+        self.cat_key = keys.backfill_categories(job)
+        self.people_key = keys.backfill_people(job)
 
     def load(self) -> dict[str, str]:
         return {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key).items()}

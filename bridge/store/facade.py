@@ -429,7 +429,7 @@ class Store:
                     pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
                 for h, entries, due, meta in s.held:
                     for i in range(0, len(entries), 1000):
-                        pipe.rpush(k.out_held + h, *entries[i : i + 1000])
+                        pipe.rpush(k.held(h), *entries[i : i + 1000])
                     pipe.zadd(k.out_due, {h: due})
                     pipe.hset(k.out_meta, h, meta)
                 if s.clear:

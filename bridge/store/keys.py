@@ -41,14 +41,14 @@ class Keys:
         self.drain_lease = p + "in:lease"
         # Drains that found the work list left by one that did not finish (a crash, a timeout)
         # and the batch size last tried on it: a poison batch is split until its culprit is
-        # alone, then parked (drain.py).
+        # alone, then parked (worker/drain.py).
         self.drain_tries = p + "in:tries"
         self.outbox = p + "out"
         self.outbox_work = p + "out:work"
         self.deliver_flag = p + "out:flag"
         self.deliver_lease = p + "out:lease"
         self.stats = p + "stats"
-        self.parked = p + "parked"  # legacy list; dead letters live in `dlq` (deadletters.py)
+        self.parked = p + "parked"  # legacy list; dead letters live in `dlq` (store/deadletters.py)
         # Dead letters (delivery/deadletters.py): id -> record, and id -> last error time (ms).
         self.dlq = p + "dlq"
         self.dlq_index = p + "dlq:idx"
@@ -94,9 +94,22 @@ class Keys:
         """One customer export, named by its data request's id (or its webhook's)."""
         return self.exports + request_id
 
+    def held(self, person_hash: str) -> str:
+        """One waiting person's calls, in order (the take script builds the same name from the
+        `out_held` prefix it is given)."""
+        return self.out_held + person_hash
+
     def backfill(self, job: str) -> str:
-        """A backfill job's checkpoint hash; `:categories` and `:people` follow it."""
+        """A backfill job's checkpoint hash."""
         return f"{self.prefix}backfill:{job}"
+
+    def backfill_categories(self, job: str) -> str:
+        """The job's per-customer category dates seen so far (a resumed run loses none)."""
+        return self.backfill(job) + ":categories"
+
+    def backfill_people(self, job: str) -> str:
+        """The job's customers counted (a HyperLogLog)."""
+        return self.backfill(job) + ":people"
 
 
 @functools.lru_cache(maxsize=4096)

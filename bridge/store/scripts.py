@@ -6,7 +6,7 @@ A script that reads a record must agree with the Python codec that writes it: ea
 # For producers that want to know about duplicates up front (backfill, reconcile): skip a
 # webhook whose id the drain already processed. Seen-markers are written only by the drain's
 # commit (processor.py), so a refused or lost write never marks anything as seen.
-# Record format: ARGV[1] is an encoded `Envelope` (facade.py), queued as it is, never parsed.
+# Record format: ARGV[1] is an encoded `Envelope` (wire.py), queued as it is, never parsed.
 INGEST = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':duplicate', 1)

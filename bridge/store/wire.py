@@ -17,11 +17,11 @@ Envelope and OutboxEntry are framed (`frame`, `unframe`): a one-line JSON header
 then the payload exactly as received or as it will be sent, never re-escaped.
 
 Readers of these keys outside this module, to keep in step:
-- Lua `_TAKE_OUTBOX` (bridge/store/facade.py) reads an outbox header's "h" (the keyed person
+- Lua `TAKE_OUTBOX` (store/scripts.py) reads an outbox header's "h" (the keyed person
   hash, `keyed.person_hash(p)`: the entry's hold name) and "p" (the person), and names an entry
   without "h" `sha1(p)[:16]` as `hold_name` does.
-- `erasure._is_compliance_envelope` reads an envelope header's "t"; `bridge dlq show` prints a
-  parked webhook's header as stored.
+- `envelope_topic` (the erasure keeps compliance envelopes) reads an envelope header's "t";
+  `bridge dlq show` prints a parked webhook's header as stored.
 No Lua reads envelope headers, dead letters, compliance requests or retry state.
 
 Decoders raise `msgspec.DecodeError` (a ValueError) on a record they cannot read.
@@ -67,8 +67,14 @@ class EnvelopeHeader(Record, frozen=True):
     received_ms: int = msgspec.field(name="r", default=0)
 
 
+# The default kind of an outbox entry. msgspec's omit_defaults compares a string with its default
+# by identity: an encoder passes this very object for "batch" (see `OutboxEntry.encode`), so the
+# header leaves "k" out as every version did.
+BATCH = "batch"
+
+
 class OutboxHeader(Record, frozen=True, omit_defaults=True):
-    """An outbox entry's header line; mirrored by the Lua `_TAKE_OUTBOX` (see the module doc).
+    """An outbox entry's header line; mirrored by the Lua `scripts.TAKE_OUTBOX` (module doc).
 
     "r" and "p" are always written (every version did); "h" is written by every version since
     the keyed person hash (older entries have none); "g", "k" and "e" only when set ("k" is
@@ -79,13 +85,13 @@ class OutboxHeader(Record, frozen=True, omit_defaults=True):
     person: str = msgspec.field(name="p")
     person_hash: str = msgspec.field(name="h", default="")
     guards: tuple[str, ...] = msgspec.field(name="g", default=())
-    kind: str = msgspec.field(name="k", default="batch")
+    kind: str = msgspec.field(name="k", default=BATCH)
     event: str = msgspec.field(name="e", default="")
 
 
 def hold_name(person_hash: str, person: str) -> str:
     """The name delivery's retry bookkeeping gives an outbox entry's person: the header's keyed
-    hash, or for an entry queued before headers carried one, the unkeyed name `_TAKE_OUTBOX`
+    hash, or for an entry queued before headers carried one, the unkeyed name `scripts.TAKE_OUTBOX`
     gives it too (both sides must agree, or a person's order breaks)."""
     return person_hash or keyed.legacy_person_hash(person)
 
@@ -185,6 +191,18 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
             h.event_id,
             h.received_ms,
         )
+
+
+def envelope_topic(raw: bytes) -> str | None:
+    """The topic of `raw` when it is a framed envelope, else None (any other list entry, or
+    bytes that are not a record at all: the erasure walks every list of a shop)."""
+    header_raw, sep, _ = raw.partition(NEWLINE)
+    if not sep or not header_raw.startswith(b"{"):
+        return None
+    try:
+        return _envelope_header(header_raw).topic
+    except msgspec.DecodeError:  # ValidationError is a DecodeError
+        return None
 
 
 def encode_outbox_entry(header: OutboxHeader, call: bytes) -> bytes:

@@ -68,8 +68,8 @@ def log_start(services: Services) -> None:
 
     s = services.settings
     registry = services.stores
-    named = len(registry.stores) if registry is not None else 0
-    default = registry is not None and registry.default is not None
+    named = len(registry.stores)
+    default = registry.default is not None
     stores = f"{named} from BRIDGE_STORES_FILE" if named else "none from a file"
     if default:
         stores += " + the default store"

@@ -22,6 +22,7 @@ from bridge.services import Services
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
 from bridge.store.keys import SWEEP_SCHEDULED_KEY, Keys
+from bridge.worker.queues import SWEEP, enqueue_drain
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ MAX_ROUNDS = 3
 
 
 def schedule_sweep(services: Services) -> None:
-    from bridge.worker.queues import SWEEP  # local: avoids an import cycle at module load
-
     services.queue.enqueue_in(
         timedelta(seconds=SWEEP_EVERY_S), SWEEP, result_ttl=0, failure_ttl=3600
     )
@@ -43,7 +42,6 @@ def schedule_sweep(services: Services) -> None:
 def wake_due(services: Services) -> None:
     """Wake drains and deliveries whose pending job was lost or whose retry is due, and drains
     of shops with a compliance request left pending."""
-    from bridge.worker.queues import enqueue_drain
 
     now = now_ms()
     for shop in services.store.shops():

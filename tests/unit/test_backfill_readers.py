@@ -319,3 +319,20 @@ def test_progress_bar_only_on_a_terminal() -> None:
     assert "5/10 orders" in tty.getvalue() and "ETA" in tty.getvalue()
     assert "orders/s" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_the_backfill_decides_under_the_configured_rules() -> None:
+    # It used to build its Policy from the shop and naming alone: ORDER_COMPLETED_ON and the
+    # waits fell back to defaults while the live drain used the configuration.
+    from bridge.backfill.run import Backfill, BackfillOptions
+
+    rules = ProcessConfig.defaults(order_completed_on="orders/create", refund_order_wait_s=600)
+    run = Backfill(
+        BackfillOptions(shop=SHOP, config=rules, dry_run=True),
+        source=ShopifySource(),
+        store=None,
+        queue=None,
+        checkpoint=None,
+    )
+    assert run._policy == rules.policy(SHOP)
+    assert run._ctx == rules.map_context(SHOP)
