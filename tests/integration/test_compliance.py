@@ -339,3 +339,25 @@ def test_ids_match_as_whole_tokens_only() -> None:
     assert not n.in_value(b'{"messageId":"01J7A191167B"}')
     assert not n.in_value(b'{"price":"1911.67"}')
     assert Needles.of((), ("A@B.co",)).in_value(b'{"email":"a@b.CO"}')
+
+
+def test_an_erasure_keeps_compliance_webhooks_still_queued(
+    rt: Services, redis: redis_lib.Redis
+) -> None:
+    # A data request and a redact for the same customer can wait in the inbound queue while an
+    # earlier redact runs: erasing them would lose a request Shopify expects to be honoured.
+    from bridge.compliance.erasure import erase_customer
+
+    k = Keys(SHOP)
+    body = orjson.dumps({"customer": {"id": CUSTOMER_ID, "email": EMAIL}})
+    pending = [
+        Envelope(SHOP, topic, f"w-{i}", body, received_ms=1).encode()
+        for i, topic in enumerate(("customers/data_request", "customers/redact"))
+    ]
+    cart = Envelope(SHOP, "carts/update", "w-cart", body, received_ms=1).encode()
+    redis.rpush(k.inbound, *pending, cart)
+    needles = needles_for(
+        ComplianceRequest("customers/redact", SHOP, "w-0", customer_id=str(CUSTOMER_ID))
+    )
+    erase_customer(rt.store, SHOP, needles)
+    assert redis.lrange(k.inbound, 0, -1) == pending  # the cart is gone, the requests stay
