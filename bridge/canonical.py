@@ -151,6 +151,9 @@ class OrderFact(Frozen):
     currency: str
     test: bool = False
     cancelled: bool = False
+    # A subscription renewal: billed by the subscription app, not bought through a checkout, so
+    # it converts no cart and says nothing about a checkout the person may have open.
+    renewal: bool = False
 
 
 class RefundFact(Frozen):

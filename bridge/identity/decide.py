@@ -240,11 +240,14 @@ class _Run:
         guards = carts.conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
         if not fact.test:
             carts.convert(self.view, guards, fact.order_id)
-            self._clear_live_cart(who, ref.cart_token, fact.created_at)
+            if not fact.renewal:
+                # A renewal was billed, not bought: the person's live cart and any checkout they
+                # have open are still theirs to finish, and their reminders still go out.
+                self._clear_live_cart(who, ref.cart_token, fact.created_at)
             if who.user_id:
                 if orders.index_order(self.view, person_key(who.user_id), fact):
                     self.order_traits(who, fact.created_at)
-                if not guards:
+                if not guards and not fact.renewal:
                     self._mark_unjoined(who.user_id, fact.created_at)
         sent = list(rec.get("sent") or [])
         for event in mapped.events:

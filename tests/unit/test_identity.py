@@ -4,6 +4,7 @@ suppression, holds with an injected clock, the order index and versioned traits.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from bridge.canonical import OrderFact, RefundFact
 from bridge.identity import DecisionView, expire_held, expire_refunds, orders
@@ -264,3 +265,52 @@ def test_a_batch_needs_at_most_three_state_lookups() -> None:
     )
     assert max(shop.load_rounds) <= 3
     assert names(tracks(shop.deliver())).count("order_refunded") == 2
+
+
+def renewal(**changes: Any) -> dict[str, Any]:
+    """A renewal: billed by the subscription app, no cart or checkout, its lines under a plan."""
+    body = order(cart_token=None, checkout_token=None, checkout_id=None, **changes)
+    body["line_items"] = [{**line, "selling_plan_id": 6912345} for line in body["line_items"]]
+    return body
+
+
+def test_a_renewal_during_an_open_checkout_lets_its_reminder_go_out() -> None:
+    shop = MemoryShop()
+    calls = shop.feed("orders/paid", renewal())
+    [done] = [c for c in calls if c.get("event") == "order_completed"]
+    assert done["properties"]["subscription_renewal"] is True
+    assert [c for c in calls if c["type"] == "identify"][0]["traits"]["orders_count"] == 1
+    body = checkout(email=True, updated_at="2024-11-06T02:58:00Z", token="other", cart_token="c2")
+    body["created_at"] = "2024-11-06T03:10:00Z"  # 15 min after the renewal
+    assert "checkout_started" in names(shop.feed("checkouts/create", body))
+
+
+def test_a_renewal_leaves_the_persons_live_cart_alone() -> None:
+    shop = MemoryShop()
+    shop.feed("carts/create", cart(CART, {11: 1}, "2024-11-06T01:00:00.000Z"))
+    joined = shop.feed("checkouts/update", checkout(email=True, updated_at="2024-11-06T02:30:00Z"))
+    assert any("cart_items" in c.get("traits", {}) for c in joined)  # the live cart is theirs
+    calls = shop.feed("orders/paid", renewal())
+    assert all("cart_items" not in c.get("traits", {}) for c in calls)  # and stays theirs
+    ordinary = MemoryShop()
+    ordinary.feed("carts/create", cart(CART, {11: 1}, "2024-11-06T01:00:00.000Z"))
+    ordinary.feed("checkouts/update", checkout(email=True, updated_at="2024-11-06T02:30:00Z"))
+    cleared = ordinary.feed("orders/paid", order(cart_token=None, checkout_token=None))
+    assert any(c.get("traits", {}).get("cart_items", 1) is None for c in cleared)
+
+
+def test_the_first_order_of_a_subscription_is_a_checkout_conversion() -> None:
+    body = order()  # from its checkout, with the cart and checkout tokens
+    body["line_items"] = [{**line, "selling_plan_id": 6912345} for line in body["line_items"]]
+    shop = MemoryShop()
+    [done] = [c for c in shop.feed("orders/paid", body) if c.get("event") == "order_completed"]
+    assert "subscription_renewal" not in done["properties"]
+
+
+def test_an_unreadable_selling_plan_never_costs_the_order() -> None:
+    body = renewal()
+    body["line_items"] = [{**line, "selling_plan_id": {"odd": True}} for line in body["line_items"]]
+    [done] = [
+        c for c in MemoryShop().feed("orders/paid", body) if c.get("event") == "order_completed"
+    ]
+    assert "subscription_renewal" not in done["properties"]

@@ -303,6 +303,9 @@ class LineItem(NamedTuple):
     price_set: ShopMoney | None = None
     line_price: Decimal | None = None
     line_price_set: ShopMoney | None = None
+    # The selling plan a line was bought under (order webhooks from API 2026-10; null before,
+    # and on carts and checkouts): it marks a subscription line.
+    selling_plan_id: str | None = None
 
 
 def _read_line(v: Any) -> LineItem:
@@ -339,7 +342,17 @@ def _read_line(v: Any) -> LineItem:
         _money_set(get("price_set")),
         _to_money(get("line_price")),
         _money_set(get("line_price_set")),
+        _plan_id(get("selling_plan_id")),
     )
+
+
+def _plan_id(v: Any) -> str | None:
+    """The line's selling plan id; an unreadable one counts as none rather than failing the
+    line: it only marks a renewal, and must never cost the order itself."""
+    try:
+        return _to_id(v)
+    except ValueError:
+        return None
 
 
 def _text(v: Any) -> str | None:

@@ -88,6 +88,17 @@ def _properties(order: Order, order_id: str, total: Decimal, currency: str) -> d
     )
 
 
+def is_renewal(order: Order) -> bool:
+    """A subscription renewal: a line bought under a selling plan, in an order that no checkout
+    made (the first order of a subscription comes from its checkout and converts it).
+
+    Read from the lines' `selling_plan_id` (order webhooks from API 2026-10), not `source_name`,
+    which Shopify changed without notice (../shared/docs/subscriptions.md, section 3)."""
+    if order.cart_token or order.checkout_token or order.checkout_id:
+        return False
+    return any(line.selling_plan_id for line in order.line_items)
+
+
 def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     """One Order body (any `orders/*` topic): the order fact, its person, and the topic's event.
 
@@ -105,6 +116,7 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         raise MappingError("order has no total")
     currency = shop_currency(order.total_price_set) or order.currency or ctx.shop_currency
     person = _person(order, order_id, ctx)
+    renewal = is_renewal(order)
     fact = OrderFact(
         order_id=order_id,
         created_at=placed,
@@ -112,9 +124,12 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         currency=currency,
         test=bool(order.test),
         cancelled=order.cancelled_at is not None or topic == "orders/cancelled",
+        renewal=renewal,
     )
     items, cut = parts.items(order.line_items)
     props = {**_properties(order, order_id, total, currency), **cut}
+    if renewal:
+        props["subscription_renewal"] = True
     events: list[CanonicalEvent] = []
     if topic == BACKFILL_TOPIC:
         if body.get(BACKFILL_EVENTS_FLAG) is True:
