@@ -279,7 +279,7 @@ def test_a_renewal_during_an_open_checkout_lets_its_reminder_go_out() -> None:
     calls = shop.feed("orders/paid", renewal())
     [done] = [c for c in calls if c.get("event") == "order_completed"]
     assert done["properties"]["subscription_renewal"] is True
-    assert [c for c in calls if c["type"] == "identify"][0]["traits"]["orders_count"] == 1
+    assert next(c for c in calls if c["type"] == "identify")["traits"]["orders_count"] == 1
     body = checkout(email=True, updated_at="2024-11-06T02:58:00Z", token="other", cart_token="c2")
     body["created_at"] = "2024-11-06T03:10:00Z"  # 15 min after the renewal
     assert "checkout_started" in names(shop.feed("checkouts/create", body))
