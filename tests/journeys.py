@@ -122,7 +122,7 @@ class MemoryShop:
             self.state.pop(key, None)
         self.outbox += [OutboxEntry.decode(c) for c in commit.calls]
         self.counters.update(commit.counters)
-        self.parked += [orjson.loads(p) for p in commit.parked]
+        self.parked += [orjson.loads(p) for p in (letter.encode() for letter in commit.letters)]
 
     def feed_batch(self, hooks: Iterable[tuple[str, dict[str, Any]]]) -> Commit:
         raw = [

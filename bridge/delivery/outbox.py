@@ -38,7 +38,7 @@ class OutboxEntry(NamedTuple):
             self.person,
             self.person_hash or keyed.person_hash(self.person),
             self.guards,
-            wire.BATCH if self.kind == wire.BATCH else self.kind,  # "k" left out: see BATCH
+            self.kind,
             self.event,
         )
         return wire.encode_outbox_entry(header, self.call)

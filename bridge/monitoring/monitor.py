@@ -118,10 +118,6 @@ def evaluate_shop(store: Store, settings: Settings, shop: str, now_s: float) -> 
     return [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
 
 
-def shops(store: Store) -> list[str]:
-    return store.shops()
-
-
 def _alert(shop: str, v: Verdict, kind: str, resolved: bool = False) -> alerts.Alert:
     return alerts.Alert(
         shop=shop,
@@ -187,7 +183,7 @@ def check(
     Raises redis errors. Returns every verdict; `bridge check` exits non-zero when any has alerts.
     """
     now_s = time.time() if now_s is None else now_s
-    targets = [only_shop] if only_shop else shops(store)
+    targets = [only_shop] if only_shop else store.shops()
     if not send:
         return [
             ShopVerdict(shop, v)

@@ -109,7 +109,7 @@ class Commit:
     counters: dict[str, int] = field(default_factory=dict)
     # Webhooks that cannot be processed, as dead letters (delivery/deadletters.py).
     letters: list[DeadLetterRecord] = field(default_factory=list)
-    # issue 6: per-event volume buckets and last-seen times (bridge/volume.record)
+    # issue 6: per-event volume buckets and last-seen times (monitoring/volume.py `record`)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
@@ -119,11 +119,6 @@ class Commit:
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
-
-    @property
-    def parked(self) -> list[bytes]:
-        """The parked webhooks' dead letters, encoded (before their error times are set)."""
-        return [letter.encode() for letter in self.letters]
 
 
 class CommandList:

@@ -68,8 +68,8 @@ class EnvelopeHeader(Record, frozen=True):
 
 
 # The default kind of an outbox entry. msgspec's omit_defaults compares a string with its default
-# by identity: an encoder passes this very object for "batch" (see `OutboxEntry.encode`), so the
-# header leaves "k" out as every version did.
+# by identity: `encode_outbox_entry` swaps an equal string (decoded, or built at run time) for
+# this very object, so the header leaves "k" out as every version did.
 BATCH = "batch"
 
 
@@ -206,6 +206,8 @@ def envelope_topic(raw: bytes) -> str | None:
 
 
 def encode_outbox_entry(header: OutboxHeader, call: bytes) -> bytes:
+    if header.kind == BATCH and header.kind is not BATCH:  # an equal string, not the default
+        header = msgspec.structs.replace(header, kind=BATCH)
     return frame(_encode(header), call)
 
 

@@ -56,7 +56,7 @@ def test_a_failing_webhook_is_parked_with_nothing_it_wrote(
 
     monkeypatch.setattr(processor, "decide", decide)
     commit = run([cart("good"), cart("bad"), cart("later")])
-    [letter] = [orjson.loads(p) for p in commit.parked]
+    [letter] = [orjson.loads(p) for p in (letter.encode() for letter in commit.letters)]
     assert letter["webhook_id"] == "w-bad"
     assert letter["reason"].startswith("processing failed: ")
     assert "shopper@example.com" not in letter["reason"]  # reasons are redacted
