@@ -21,6 +21,39 @@ ORDER_COMPLETED = "order_completed"
 ORDER_REFUNDED = "order_refunded"
 ORDER_FULFILLED = "order_fulfilled"
 ORDER_CANCELLED = "order_cancelled"
+# Subscription lifecycle (issue 16): cartbridge's own names; no spec defines them.
+SUBSCRIPTION_CREATED = "subscription_created"
+SUBSCRIPTION_PAUSED = "subscription_paused"
+SUBSCRIPTION_RESUMED = "subscription_resumed"
+SUBSCRIPTION_CANCELED = "subscription_canceled"
+SUBSCRIPTION_EXPIRED = "subscription_expired"
+SUBSCRIPTION_SKIPPED = "subscription_skipped"
+PAYMENT_FAILED = "payment_failed"
+PAYMENT_RECOVERED = "payment_recovered"
+
+# A subscription's status as the bridge keeps it, whatever the source calls it. `failed` is a
+# source's own verdict that billing failed (Shopify's FAILED contract); a subscription whose
+# payments are failing is "in dunning" (see identity/subscriptions.py), not a status here.
+SUB_ACTIVE = "active"
+SUB_PAUSED = "paused"
+SUB_FAILED = "failed"
+SUB_CANCELED = "canceled"
+SUB_EXPIRED = "expired"
+SUB_STATUSES = (SUB_ACTIVE, SUB_PAUSED, SUB_FAILED, SUB_CANCELED, SUB_EXPIRED)
+
+# What a billing fact says happened to one billing cycle.
+BILLING_SUCCESS = "success"
+BILLING_FAILURE = "failure"
+BILLING_CHALLENGED = "challenged"  # needs the buyer (3-D Secure): not a failure yet
+BILLING_SKIPPED = "skipped"
+BILLING_UNSKIPPED = "unskipped"
+BILLING_OUTCOMES = (
+    BILLING_SUCCESS,
+    BILLING_FAILURE,
+    BILLING_CHALLENGED,
+    BILLING_SKIPPED,
+    BILLING_UNSKIPPED,
+)
 
 
 class Frozen(BaseModel):
@@ -40,6 +73,12 @@ class PersonRef(Frozen):
     order_id: str | None = None
     anonymous_id: str | None = None  # storefront hint from note_attributes
     hinted_customer_id: str | None = None  # storefront hint from note_attributes
+    # A subscription app's own customer id, "<provider>:<id>" (Recharge's customer id): linked
+    # to the person once a payload names both, then enough to find them.
+    subscriber: str | None = None
+    # A subscription, "<provider>:<id>": billing payloads name only it (no customer id), and
+    # find their person through the link its contract's webhooks made.
+    subscription: str | None = None
 
 
 # Lines one event carries (and a cart's state keeps): a webhook's work and size stay bounded
@@ -163,6 +202,73 @@ class RefundFact(Frozen):
     created_at: datetime
 
 
+def subscription_ref(provider: str, subscription_id: str) -> str:
+    """A subscription's name across sources: `shopify:<contract id>`, `recharge:<id>`."""
+    return f"{provider}:{subscription_id}"
+
+
+class SubscriptionFact(Frozen):
+    """One subscription as a source reports it at a moment (a contract or subscription webhook,
+    or an Admin API read). `person` names its owner as far as the payload does.
+
+    Snapshots are ordered by `revision` when both sides have one (Shopify's `revision_id`, bumped
+    by every contract change), else by `version` (the resource's `updated_at`, else the
+    delivery's trigger time): an older snapshot never overwrites a newer state.
+    """
+
+    provider: str
+    subscription_id: str
+    person: PersonRef
+    version: datetime
+    revision: int | None = None
+    status: str | None = None  # one of SUB_STATUSES; None: this payload does not say
+    created: bool = False  # the source says it was just created (subscription_created)
+    created_at: datetime | None = None
+    canceled_at: datetime | None = None
+    cancellation_reason: str | None = None
+    next_charge_at: datetime | None = None
+    interval: str | None = None  # day, week, month, year
+    interval_count: int | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    items: tuple[ItemField, ...] = ()
+    # The order that started it (Shopify's origin_order_id; Recharge's first charge's order):
+    # a Shopify contract and a Recharge subscription with the same one are one subscription.
+    origin_order_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return subscription_ref(self.provider, self.subscription_id)
+
+
+class BillingFact(Frozen):
+    """What happened to one billing cycle of one or more subscriptions (a billing attempt, a
+    Recharge charge, a skipped cycle). Payloads of Shopify's billing topics name no customer:
+    `person` is then empty and the subscription's link finds them."""
+
+    provider: str
+    outcome: str  # one of BILLING_OUTCOMES
+    attempt_id: str  # the attempt (Shopify) or charge (Recharge) this fact is about
+    subscription_ids: tuple[str, ...]
+    at: datetime
+    person: PersonRef = PersonRef()
+    # The cycle a retry belongs to (Recharge's charge id; a Shopify cycle index); "" when the
+    # source does not say: the subscription's open run of failures is then the cycle.
+    cycle: str = ""
+    error_code: str | None = None
+    error_message: str | None = None
+    attempt_number: int | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    next_retry_at: datetime | None = None
+    order_id: str | None = None  # the order a success created (a renewal)
+    first_order: bool = False  # the charge that started the subscription (Recharge CHECKOUT)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        return tuple(subscription_ref(self.provider, s) for s in self.subscription_ids)
+
+
 class CartSnapshot(Frozen):
     """A cart or checkout's lines at a moment, for diffing additions and live cart traits."""
 
@@ -193,6 +299,8 @@ class Mapped(Frozen):
     order: OrderFact | None = None
     refund: RefundFact | None = None
     merge: MergeFact | None = None
+    subscription: SubscriptionFact | None = None
+    billing: BillingFact | None = None
     person: PersonRef | None = None
     skipped: str | None = None
 

@@ -24,3 +24,31 @@ class Source(Protocol):
     def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         """One payload -> candidate events and trait updates. Raises MappingError, nothing else."""
         ...
+
+
+class Sources:
+    """Every source the bridge reads, as one `Source`: a topic goes to the source whose prefix
+    it carries (`recharge/subscription/cancelled`), else to the default (Shopify, whose topics
+    have no prefix). Envelopes name their topic this way, so one drain serves every source."""
+
+    name = "sources"
+
+    def __init__(self, default: Source, **prefixed: Source) -> None:
+        self.default = default
+        self.prefixed = {f"{prefix}/": source for prefix, source in prefixed.items()}
+
+    def route(self, topic: str) -> tuple[Source, str]:
+        """The source of an envelope topic, and the topic as that source names it."""
+        head, sep, rest = topic.partition("/")
+        source = self.prefixed.get(head + sep) if sep else None
+        return (source, rest) if source is not None else (self.default, topic)
+
+    def handles(self, topic: str) -> bool:
+        source, own = self.route(topic)
+        return source.handles(own)
+
+    def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+        source, own = self.route(topic)
+        mapped = source.map(own, body, ctx)
+        # Counters, parking and logs name the envelope's topic, prefix included.
+        return mapped if own == topic else mapped.model_copy(update={"topic": topic})
