@@ -498,7 +498,7 @@ class _Run:
                 if fact.status != SUB_ACTIVE:
                     rec.pop("dun", None)  # dunning is a state of a billing subscription
         else:
-            count(self.view, "subscriptions:stale")
+            count(self.view, "subscriptions:snapshot:stale")
         sent = list(rec.get("sent") or [])
         silent = self._silent(mapped)
         if fact.created and "created" not in sent:
@@ -578,7 +578,7 @@ class _Run:
         elif fact.outcome in (BILLING_SKIPPED, BILLING_UNSKIPPED):
             self._skip(fact, records, who, silent)
         else:
-            count(self.view, f"subscriptions:billing_{fact.outcome}")
+            count(self.view, f"subscriptions:billing:{fact.outcome}")
         for sub_ref, rec in records:
             self.view.put(subscriptions.record_name(sub_ref), rec)
             changed = subscriptions.put_index(self.view, pk, sub_ref, rec) or changed
@@ -697,7 +697,7 @@ class _Run:
             if fact.outcome == BILLING_UNSKIPPED:
                 if cycle in skips:
                     rec["skips"] = [c for c in skips if c != cycle]
-                count(self.view, "subscriptions:unskipped")
+                count(self.view, "subscriptions:cycle:unskipped")
                 continue
             if cycle in skips:
                 count(self.view, f"events:{SUBSCRIPTION_SKIPPED}:duplicate")

@@ -181,7 +181,7 @@ def test_a_cancel_that_arrives_before_the_create_keeps_the_subscription_canceled
     create = s.feed("facts/x", contract("active", 1, created=True))
     # The creation happened and says so, at its own time; the state stays canceled.
     assert names(create) == ["subscription_created"]
-    assert s.counters["subscriptions:stale"] == 1
+    assert s.counters["subscriptions:snapshot:stale"] == 1
     assert s.record(f"subs:cust:{CUSTOMER_ID}")["s"]["shopify:501"]["st"] == "canceled"
 
 
