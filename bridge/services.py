@@ -23,7 +23,8 @@ from bridge.config.settings import Settings, load_settings
 from bridge.config.stores import StoreConfig, StoreRegistry, stores_for
 from bridge.delivery.sinks import Sink, make_sink
 from bridge.identity import configure_email_hash
-from bridge.sources import Source
+from bridge.sources import Source, Sources
+from bridge.sources.recharge import RechargeSource
 from bridge.sources.shopify import ShopifySource
 from bridge.store.facade import Store, connect
 from bridge.worker.processor import ProcessConfig
@@ -82,7 +83,8 @@ class Services:
             redis=client,
             store=Store(client),
             queue=Queue(settings.queue_name, connection=client),
-            source=ShopifySource(),
+            # Envelope topics "recharge/..." go to Recharge's source, the rest to Shopify's.
+            source=Sources(ShopifySource(), recharge=RechargeSource()),
             stores=stores,
         )
 

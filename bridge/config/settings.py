@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_tls_verify: bool = False
     shopify_webhook_secret: SecretStr = SecretStr("")
+    # issue 16: the Recharge API client secret that signs the default store's Recharge webhooks.
+    recharge_client_secret: SecretStr = SecretStr("")
     pipelines_write_key: SecretStr = SecretStr("")
     pipelines_url: str = US_PIPELINES_URL
     pipelines_region: Literal["us", "eu"] = "us"

@@ -10,11 +10,18 @@ workspace. `BRIDGE_STORES_FILE` names a TOML file read once at start (never per 
     pipelines_region = "eu"            # or pipelines_url = "https://.../v1"
     time_zone = "Europe/Berlin"
     currency = "EUR"
+    recharge_client_secret = "..."     # optional: verifies its Recharge webhooks
 
 Omitted fields take the single-store environment values (SHOPIFY_WEBHOOK_SECRET,
 PIPELINES_WRITE_KEY, ...). Those variables also keep working alone: when SHOPIFY_WEBHOOK_SECRET
 is set they form the *default store*, which serves every shop the file does not name. Without
 it, a shop the file does not name is unknown (the web answers 401).
+
+The one exception is `recharge_client_secret`: a store without one takes no Recharge webhooks,
+whatever RECHARGE_CLIENT_SECRET says. A Shopify app secret is one app's, shared by every shop
+that installed it; a Recharge client secret belongs to one merchant's Recharge account, so
+letting it sign for every store in the file would let one merchant's secret write another
+store's subscriptions.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class StoreConfig(BaseModel):
     dry_run: bool = False
     time_zone: str = "UTC"
     currency: str = "USD"
+    # Verifies the shop's Recharge webhooks (web/recharge.py); None: it takes none.
+    recharge_client_secret: SecretStr | None = None
     is_default: bool = False
 
     @field_validator("shop")
@@ -77,6 +86,12 @@ class StoreConfig(BaseModel):
     def _url(cls, v: str) -> str:
         return check_pipelines_url(v)
 
+    def recharge_key(self) -> bytes | None:
+        """The Recharge API client secret that signs this shop's Recharge webhooks, or None."""
+        secret = self.recharge_client_secret
+        value = secret.get_secret_value().strip() if secret is not None else ""
+        return value.encode() if value else None
+
     def signing_keys(self) -> list[bytes]:
         """Every key that may have signed this shop's webhooks: the app secrets (several during
         a rotation) and the store-admin signing key (webhooks created in the store admin)."""
@@ -104,6 +119,7 @@ class _StoreEntry(BaseModel):
     pipelines_url: str | None = None
     time_zone: str | None = None
     currency: str | None = None
+    recharge_client_secret: str | None = None
 
 
 class _StoresFile(BaseModel):
@@ -127,6 +143,17 @@ class StoreRegistry:
         """True when the stores file names this shop (not merely covered by the default)."""
         return shop.strip().lower() in self.stores
 
+    def sole_shop(self, default_shop: str = "") -> str | None:
+        """The shop this deployment serves when it serves exactly one, else None: the stores
+        file's only store when there is no default store, or the default store alone when
+        `default_shop` (SHOPIFY_SHOP) names its shop. The default store serves any shop, so
+        without that name it has no shop of its own."""
+        if self.default is None:
+            return next(iter(self.stores)) if len(self.stores) == 1 else None
+        if self.stores:
+            return None
+        return default_shop.strip().lower() or None
+
 
 def default_store(settings: Settings) -> StoreConfig | None:
     """The single-store configuration from the environment, or None without a webhook secret."""
@@ -140,6 +167,7 @@ def default_store(settings: Settings) -> StoreConfig | None:
         dry_run=settings.dry_run,
         currency=settings.shop_currency,
         time_zone=settings.shop_timezone,
+        recharge_client_secret=settings.recharge_client_secret,
         is_default=True,
     )
 
@@ -174,6 +202,10 @@ def _store_from_entry(shop: str, entry: _StoreEntry, settings: Settings) -> Stor
         dry_run=settings.pipelines_dry_run or not key.get_secret_value(),
         time_zone=entry.time_zone or settings.shop_timezone,
         currency=entry.currency or settings.shop_currency,
+        # Never the environment's (see the module docstring).
+        recharge_client_secret=(
+            SecretStr(entry.recharge_client_secret) if entry.recharge_client_secret else None
+        ),
     )
 
 

@@ -1,7 +1,8 @@
 """The web app: `create_app` builds the process's Services once and wires the routes.
 
-The webhook route is a WSGI middleware in front of Flask (web/webhooks.py, the hot path);
-health, readiness and /metrics (web/metrics.py) are ordinary Flask views.
+The Shopify webhook route is a WSGI middleware in front of Flask (web/webhooks.py, the hot
+path); Recharge's webhook route (web/recharge.py), health, readiness and /metrics
+(web/metrics.py) are ordinary Flask views.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bridge.config.settings import Settings, load_settings
 from bridge.services import Services
 from bridge.store import StoreError
 from bridge.web.metrics import bp as metrics_bp
+from bridge.web.recharge import add_recharge_routes
 from bridge.web.webhooks import WebhookEndpoint
 
 # Web requests wait for Redis at most this long: a stuck Redis answers 503, and Shopify retries.
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _json({"ok": True})
 
     app.register_blueprint(metrics_bp)
+    add_recharge_routes(app, services)
     # The webhook route sits in front of Flask (see WebhookEndpoint); the rest is Flask's.
     app.wsgi_app = WebhookEndpoint(app, services)  # type: ignore[method-assign]
     return app

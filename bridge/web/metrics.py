@@ -145,7 +145,7 @@ def counter_family(name: str) -> tuple[str, dict[str, str]] | None:
 
 
 _HELP = {
-    "cartbridge_webhooks_total": "Shopify webhooks by topic and result (web and worker).",
+    "cartbridge_webhooks_total": "Shopify and Recharge webhooks by topic and result (web, worker).",
     "cartbridge_events_total": "Canonical events by name and outcome.",
 }
 

@@ -46,6 +46,7 @@ from flask import Flask, Response
 
 from bridge import logs, signature
 from bridge.jsonio import is_json_object
+from bridge.sources.recharge.topics import PREFIX as RECHARGE_PREFIX
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
 from bridge.store.wire import Envelope
@@ -85,14 +86,14 @@ IGNORED: Answer = (200, b'{"ignored":true}')
 STALE: Answer = (200, b'{"ignored":"stale"}')
 
 
-def _error(status: int, message: str) -> Answer:
+def error_answer(status: int, message: str) -> Answer:
     return status, orjson.dumps({"error": message})
 
 
-TOO_LARGE = _error(413, "body too large")
-NOT_AN_OBJECT = _error(400, "body is not a JSON object")
+TOO_LARGE = error_answer(413, "body too large")
+NOT_AN_OBJECT = error_answer(400, "body is not a JSON object")
 # One answer for an unknown shop and a wrong or missing signature (no shop enumeration).
-UNAUTHORIZED = _error(401, "invalid signature")
+UNAUTHORIZED = error_answer(401, "invalid signature")
 _STATUS_LINES = {
     200: "200 OK",
     400: "400 Bad Request",
@@ -130,7 +131,7 @@ class WebhookEndpoint:
             return self.flask_wsgi(environ, start_response)
         headers = [("Content-Type", "application/json")]
         if environ.get("REQUEST_METHOD") != "POST":
-            status, body = _error(405, "method not allowed")
+            status, body = error_answer(405, "method not allowed")
             headers.append(("Allow", "POST"))
         else:
             try:
@@ -141,7 +142,7 @@ class WebhookEndpoint:
                 if self.app.testing or self.app.config.get("PROPAGATE_EXCEPTIONS"):
                     raise
                 log.exception("webhook handler failed")
-                status, body = _error(500, "internal error")
+                status, body = error_answer(500, "internal error")
         headers.append(("Content-Length", str(len(body))))
         start_response(_STATUS_LINES[status], headers)
         return [body]
@@ -181,12 +182,17 @@ def triggered_age_s(triggered_at: str | None, now_s: float) -> float | None:
         return None
 
 
+def is_shop_domain(shop: str) -> bool:
+    """True when `shop` (lower-cased) may name a shop: a domain, at most 255 characters."""
+    return len(shop) <= 255 and _SHOP.fullmatch(shop) is not None
+
+
 def _header_problem(shop: str, topic: str, webhook_id: str) -> str | None:
     """The 400 message for the first missing or malformed required header, else None."""
     for name, value in zip(REQUIRED_HEADERS, (shop, topic, webhook_id), strict=True):
         if not value:
             return f"missing header {name}"
-    if len(shop) > 255 or not _SHOP.fullmatch(shop):
+    if not is_shop_domain(shop):
         return f"malformed header {SHOP_HEADER}"
     if not _TOPIC.fullmatch(topic):
         return f"malformed header {TOPIC_HEADER}"
@@ -207,10 +213,14 @@ def _mimetype(environ: WSGIEnvironment) -> str:
 # Topics the bridge queues itself (`bridge backfill`): a signed request naming one is ignored,
 # so nobody outside can inject historic orders or traits.
 INTERNAL_TOPIC_PREFIX = "backfill/"
+# Topics of other sources, which only their own routes queue (web/recharge.py): a Shopify
+# signature never vouches for them. (The topic header's pattern, one slash, already keeps out
+# "recharge/<resource>/<action>"; this holds should the pattern ever change.)
+NOT_SHOPIFY_PREFIXES = (INTERNAL_TOPIC_PREFIX, f"{RECHARGE_PREFIX}/")
 
 
 def accepts_from_shopify(services: Services, topic: str) -> bool:
-    return services.source.handles(topic) and not topic.startswith(INTERNAL_TOPIC_PREFIX)
+    return services.source.handles(topic) and not topic.startswith(NOT_SHOPIFY_PREFIXES)
 
 
 def receive_shopify(
@@ -229,7 +239,7 @@ def receive_shopify(
     problem = _header_problem(shop, topic, webhook_id)
     if problem is not None:
         _count_unverified(services, topic, "malformed")
-        return _error(400, problem)
+        return error_answer(400, problem)
     store = services.stores.get(shop)
     keys = store.signing_keys() if store is not None else _UNKNOWN_SHOP_KEYS
     signed = signature.verify(body, environ.get("HTTP_X_SHOPIFY_HMAC_SHA256"), keys)
@@ -239,7 +249,7 @@ def receive_shopify(
     mimetype = _mimetype(environ)
     if mimetype and mimetype != "application/json":
         _count_rejected(services, shop, topic, "rejected")
-        return _error(415, "content type must be application/json")
+        return error_answer(415, "content type must be application/json")
     if not is_json_object(body):
         _count_rejected(services, shop, topic, "rejected")
         return NOT_AN_OBJECT
@@ -261,16 +271,23 @@ def receive_shopify(
         event_id=_optional(environ, "HTTP_X_SHOPIFY_EVENT_ID"),
         received_ms=now_ms(),
     )
-    request_id = (_optional(environ, "HTTP_X_REQUEST_ID") or secrets.token_hex(16))[:64]
-    return _queue(services, env, request_id)
+    return queue_envelope(services, env, request_id_of(environ))
 
 
-def _queue(services: Services, env: Envelope, request_id: str) -> Answer:
+def request_id_of(environ: WSGIEnvironment) -> str:
+    """The request's `X-Request-Id` (cut to 64 characters), else a random one, for its log line."""
+    return (_optional(environ, "HTTP_X_REQUEST_ID") or secrets.token_hex(16))[:64]
+
+
+def queue_envelope(services: Services, env: Envelope, request_id: str) -> Answer:
+    """Queue a verified webhook in one Redis round trip and wake its shop's drain: OK, DUPLICATE
+    (its webhook id was already processed), or 503 when Redis cannot take it. Every source's
+    route answers through this, so "200 only once durably queued" holds for all of them."""
     try:
         accepted = services.store.accept(env)
     except StoreError as exc:
         log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
-        return _error(503, "queue unavailable, retry later")
+        return error_answer(503, "queue unavailable, retry later")
     logs.info_line(
         log,
         "webhook",
@@ -300,9 +317,25 @@ def _topic_label(services: Services, topic: str) -> str:
 def _unauthorized(
     services: Services, rejections: logs.Sampler, shop: str, topic: str, *, known: bool
 ) -> Answer:
-    """Count (every one) and log (sampled) an unknown shop or a bad signature: one 401 for both."""
     reason = "bad_signature" if known else "unknown_shop"
+    message = "bad signature" if known else "unknown shop"
     label = _topic_label(services, topic)
+    return refuse_unsigned(services, rejections, shop, label, reason, message, known=known)
+
+
+def refuse_unsigned(
+    services: Services,
+    rejections: logs.Sampler,
+    shop: str,
+    label: str,
+    reason: str,
+    message: str,
+    *,
+    known: bool,
+) -> Answer:
+    """Count (every one, as `webhooks:{label}:{reason}`) and log (sampled, per reason) a
+    request refused as unsigned: an unknown shop or a bad signature get one 401 for both.
+    `label` must be a known topic (the caller's choice), never the request's own string."""
     field = f"webhooks:{label}:{reason}"
     with contextlib.suppress(StoreError):
         services.store.count_untrusted(shop, field, configured=services.stores.configured(shop))
@@ -311,21 +344,27 @@ def _unauthorized(
         extra: dict[str, object] = {"topic": label, "left_out": left_out}
         if known:
             extra["shop"] = shop
-        log.warning("unknown shop" if not known else "bad signature", extra=extra)
+        log.warning(message, extra=extra)
     return UNAUTHORIZED
 
 
 def _count_unverified(services: Services, topic: str, result: str) -> None:
+    count_unverified(services, _topic_label(services, topic.strip()), result)
+
+
+def count_unverified(services: Services, label: str, result: str) -> None:
     """Count a request refused before its shop could be looked up, in REJECTED_KEY."""
-    label = _topic_label(services, topic.strip())
     with contextlib.suppress(StoreError):
         services.store.count_unverified(f"webhooks:{label}:{result}")
 
 
 def _count_rejected(services: Services, shop: str, topic: str, result: str) -> None:
-    """Count a signed request's rejection in the shop's stats (`webhooks:{topic}:{result}`);
+    count_rejected(services, shop, _topic_label(services, topic), result)
+
+
+def count_rejected(services: Services, shop: str, label: str, result: str) -> None:
+    """Count a signed request's rejection in the shop's stats (`webhooks:{label}:{result}`);
     never fails the response."""
-    label = _topic_label(services, topic)
     with contextlib.suppress(StoreError):
         services.store.count(shop, f"webhooks:{label}:{result}")
 

@@ -72,6 +72,48 @@ def test_single_store_environment_alone_still_works() -> None:
     assert load_stores(Settings()).get("any.myshopify.com") is None
 
 
+def test_recharge_secrets_come_from_each_stores_table_and_never_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    text = GOOD.replace('currency = "eur"', 'currency = "eur"\nrecharge_client_secret = " rc-a "')
+    s = settings_with(
+        tmp_path,
+        text,
+        shopify_webhook_secret="env",
+        recharge_client_secret="rc-env",
+        pipelines_write_key="k",
+    )
+    reg = load_stores(s)
+    a, b = reg.get("brand-a.myshopify.com"), reg.get("brand-b.myshopify.com")
+    assert a is not None and a.recharge_key() == b"rc-a"
+    assert "rc-a" not in repr(a)
+    # Omitted: no Recharge webhooks for that store (one merchant's secret signs for no other).
+    assert b is not None and b.recharge_key() is None
+    other = reg.get("else.myshopify.com")
+    assert other is not None and other.is_default and other.recharge_key() == b"rc-env"
+    alone = load_stores(Settings(shopify_webhook_secret="s")).get("x.example")
+    assert alone is not None and alone.recharge_key() is None
+
+
+@pytest.mark.parametrize(
+    ("text", "env_secret", "shopify_shop", "sole"),
+    [
+        (None, "s", "Shop-A.myshopify.com ", "shop-a.myshopify.com"),  # the default store, named
+        (None, "s", "", None),  # the default store alone has no shop of its own
+        (ONLY_A, "", "", "brand-a.myshopify.com"),  # the file's only store
+        (ONLY_A, "s", "brand-a.myshopify.com", None),  # that store and the default: two
+        (ONLY_A + '[stores."b.example"]\nwebhook_secret = "w"\n', "", "", None),  # two
+        (None, "", "x.myshopify.com", None),  # no store at all
+    ],
+)
+def test_the_sole_shop(
+    tmp_path: Path, text: str | None, env_secret: str, shopify_shop: str, sole: str | None
+) -> None:
+    kw: dict[str, object] = {"shopify_webhook_secret": env_secret, "pipelines_write_key": "k"}
+    s = settings_with(tmp_path, text, **kw) if text else Settings(**kw)  # type: ignore[arg-type]
+    assert load_stores(s).sole_shop(shopify_shop) == sole
+
+
 @pytest.mark.parametrize(
     ("text", "names"),
     [
