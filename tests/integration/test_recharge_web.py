@@ -607,3 +607,55 @@ def procfile_command(name: str) -> list[str]:
         if line.startswith(f"{name}:"):
             return shlex.split(line.split(":", 1)[1])
     raise AssertionError(f"no {name} in Procfile")
+
+
+# --- the decisions, from signed Recharge webhooks ---------------------------------------------
+
+
+def queued_calls(redis: redis_lib.Redis) -> list[dict[str, Any]]:
+    from bridge.delivery.outbox import OutboxEntry
+
+    return [json.loads(OutboxEntry.decode(e).call) for e in redis.lrange(K.outbox, 0, -1)]
+
+
+def test_a_recharge_dunning_run_and_cancel_reach_the_shopify_person(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    def send(path: str, name: str, **changes: Any) -> None:
+        body = json.loads(fixture(name))
+        resource = next(iter(body))
+        body[resource].update(changes)
+        raw = json.dumps(body).encode()
+        assert post(client, f"{URL}/{path}", raw, timestamped(raw)) == (200, {"ok": True})
+        drain(rt, SHOP)
+
+    send("subscription/created", "subscription-created")
+    send("charge/failed", "charge-failed", charge_attempts=1)
+    send("charge/failed", "charge-failed", charge_attempts=2, updated_at="2026-11-03T10:00:00")
+    send("charge/paid", "charge-paid")
+    send("subscription/cancelled", "subscription-cancelled")
+    calls = queued_calls(redis)
+    tracked = [c for c in calls if c["type"] == "track"]
+    assert [c["event"] for c in tracked] == [
+        "subscription_created",
+        "payment_failed",
+        "payment_failed",
+        "payment_recovered",
+        "subscription_canceled",
+    ]
+    # Recharge's customer joined the Shopify customer through external_customer_id.
+    assert {c["userId"] for c in calls} == {"6543210987654"}
+    assert [c["properties"]["attempt_number"] for c in tracked[1:3]] == [1, 2]
+    assert tracked[0]["properties"]["subscription_id"] == "27538470"
+    assert tracked[0]["properties"]["provider"] == "recharge"
+    statuses = [
+        c["traits"]["subscription_status"]
+        for c in calls
+        if "subscription_status" in c.get("traits", {})
+    ]
+    assert statuses == ["active", "dunning", "active", "canceled"]
+    # A redelivery of the cancel (Recharge retries; the same body dedupes on its hash).
+    raw = fixture("subscription-cancelled")
+    assert post(client, f"{URL}/subscription/cancelled", raw, timestamped(raw))[0] == 200
+    drain(rt, SHOP)
+    assert len(queued_calls(redis)) == len(calls)
