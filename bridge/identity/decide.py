@@ -457,7 +457,7 @@ class _Run:
         props = dict(rec.get("props") or {})
         items = props.pop("items", None) or []
         provider, _, sub_id = ref.partition(":")
-        props.update({"subscription_id": sub_id, "provider": provider, **(extra or {})})
+        props.update({"subscription_id": sub_id or None, "provider": provider, **(extra or {})})
         if len(items) == 1:
             # One product: its ids at the top level too, where segment filters look first.
             for field in ("product_id", "variant_id", "sku"):

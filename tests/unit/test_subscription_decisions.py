@@ -419,3 +419,22 @@ def test_facts_released_by_a_customer_are_decided_on_complete_state() -> None:
     # Paused still outranks dunning: the status the person has is unchanged, nothing resent.
     assert "subscription_status" not in traits_of(calls)
     assert s.record(f"person:cust:{CUSTOMER_ID}")["f"]["subscription_status"][1] == "paused"
+
+
+def test_a_failed_charge_without_subscription_lines_still_reaches_its_person() -> None:
+    s = shop()
+    fact = BillingFact(
+        provider="recharge",
+        outcome="failure",
+        attempt_id="c5:1",
+        subscription_ids=(),
+        at=T0,
+        person=PersonRef(subscriber="recharge:88", customer_id=CUSTOMER_ID),
+        error_code="CUSTOMER_NEEDS_TO_UPDATE_CARD",
+        attempt_number=1,
+    )
+    body = Mapped(source="recharge", topic="t", billing=fact).model_dump(mode="json")
+    [failed] = tracks(s.feed("facts/x", body))
+    assert failed["event"] == "payment_failed" and failed["userId"] == CUSTOMER_ID
+    assert "subscription_id" not in failed["properties"]
+    assert failed["properties"]["error_code"] == "CUSTOMER_NEEDS_TO_UPDATE_CARD"
