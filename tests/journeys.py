@@ -16,6 +16,7 @@ import orjson
 
 from bridge.delivery.deliver import Item, _drop_guarded
 from bridge.delivery.outbox import OutboxEntry
+from bridge.sources import Source
 from bridge.sources.shopify import ShopifySource
 from bridge.store.facade import Commit, Keys, Settlement
 from bridge.store.wire import Envelope
@@ -97,8 +98,11 @@ def refund(refund_id: int = 1001, order_id: str = ORDER_ID) -> dict[str, Any]:
 class MemoryShop:
     """One shop's state, outbox and counters in dicts; `feed` runs the real processor."""
 
-    def __init__(self, config: ProcessConfig | None = None, now: datetime = NOW) -> None:
+    def __init__(
+        self, config: ProcessConfig | None = None, now: datetime = NOW, source: Source | None = None
+    ) -> None:
         self.config = config or ProcessConfig.defaults(api_version="")
+        self.source = source or ShopifySource()
         self.now = now
         self.keys = Keys(SHOP)
         self.state: dict[str, bytes] = {}
@@ -140,7 +144,7 @@ class MemoryShop:
         commit = process(
             SHOP,
             raw,
-            source=ShopifySource(),
+            source=self.source,
             config=self.config,
             load=self.load,
             key_of=self.keys.state,

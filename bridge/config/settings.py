@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # issue 3 (identity, joins and suppression)
     checkout_contact_wait_s: int = Field(default=24 * 3600, ge=60)
     refund_order_wait_s: int = Field(default=6 * 3600, ge=60)
+    # A billing fact whose contract (or a subscription whose Recharge customer) is unknown waits
+    # this long, is then looked up through the Admin API where it can be, and is parked after
+    # the same time again. Short: a payment_failed that waits delays a save flow.
+    subscription_wait_s: int = Field(default=600, ge=60)
     unjoined_order_window_s: int = Field(default=3600, ge=0)
     identity_hint_customer_attr: str = "cartbridge_customer_id"
     identity_hint_anonymous_attr: str = "cartbridge_anonymous_id"
@@ -162,6 +166,11 @@ class Settings(BaseSettings):
     volume_gap_factor: float = Field(default=10.0, gt=1.0)
     volume_min_silence_s: int = Field(default=900, ge=0)
     volume_check_every_s: int = Field(default=300, ge=30)
+    # Events watched for a rise rather than a drop (issue 16): a wave of cancels or failed
+    # payments (a broken card processor, a price change gone wrong) is news within the hour.
+    volume_spike_events: str = ""  # comma-separated; empty = the naming's cancel and failure
+    volume_spike_factor: float = Field(default=3.0, gt=1.0)
+    volume_spike_min_events: int = Field(default=10, ge=1)
     alert_webhook_url: SecretStr = SecretStr("")
     alert_repeat_s: int = Field(default=6 * 3600, ge=60)
 
@@ -183,6 +192,16 @@ class Settings(BaseSettings):
         if self.event_naming == "segment":
             return ["Product Added", "Checkout Started", "Order Completed"]
         return ["added_to_cart", "checkout_started", "order_completed"]
+
+    @property
+    def spike_events(self) -> list[str]:
+        """The events whose volume is watched for a rise (issue 16)."""
+        named = [e.strip() for e in self.volume_spike_events.split(",") if e.strip()]
+        if named:
+            return named
+        if self.event_naming == "segment":
+            return ["Subscription Canceled", "Payment Failed"]
+        return ["subscription_canceled", "payment_failed"]
 
 
 def load_settings(**overrides: object) -> Settings:

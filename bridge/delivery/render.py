@@ -24,6 +24,14 @@ from bridge.canonical import (
     ORDER_COMPLETED,
     ORDER_FULFILLED,
     ORDER_REFUNDED,
+    PAYMENT_FAILED,
+    PAYMENT_RECOVERED,
+    SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_CREATED,
+    SUBSCRIPTION_EXPIRED,
+    SUBSCRIPTION_PAUSED,
+    SUBSCRIPTION_RESUMED,
+    SUBSCRIPTION_SKIPPED,
     CanonicalEvent,
     Item,
     TraitUpdate,
@@ -42,6 +50,16 @@ SEGMENT_NAMES = {
     ORDER_REFUNDED: "Order Refunded",
     ORDER_CANCELLED: "Order Cancelled",
     ORDER_FULFILLED: "Order Fulfilled",
+    # No spec names subscription events (Segment's B2B SaaS spec has only trials): these are
+    # cartbridge's, in the same Title Case style.
+    SUBSCRIPTION_CREATED: "Subscription Created",
+    SUBSCRIPTION_PAUSED: "Subscription Paused",
+    SUBSCRIPTION_RESUMED: "Subscription Resumed",
+    SUBSCRIPTION_CANCELED: "Subscription Canceled",
+    SUBSCRIPTION_EXPIRED: "Subscription Expired",
+    SUBSCRIPTION_SKIPPED: "Subscription Skipped",
+    PAYMENT_FAILED: "Payment Failed",
+    PAYMENT_RECOVERED: "Payment Recovered",
 }
 NAMINGS = ("snake", "segment")
 

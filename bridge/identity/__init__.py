@@ -12,6 +12,7 @@ Public surface (the processor and the backfill use these):
 from __future__ import annotations
 
 from bridge.canonical import Mapped
+from bridge.identity import subscriptions
 from bridge.identity.carts import HELD_CHECKOUTS, conversion_guards, expire_held
 from bridge.identity.decide import HELD_REFUNDS, Outgoing, decide
 from bridge.identity.graph import (
@@ -54,12 +55,15 @@ def keys_for(mapped: Mapped) -> list[str]:
         *(u.person for u in mapped.identifies),
     ]
     names: list[str] = []
+    subscribing = mapped.subscription is not None or mapped.billing is not None
     for ref in refs:
         if ref is None:
             continue
         cid = ref.customer_id or ref.hinted_customer_id
         if cid:
             names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
+            if subscribing:
+                names += [subscriptions.index_name(person_key(cid))]
         if ref.email:
             pk = person_key(ref.email)
             names += [email_key(ref.email), "person:" + pk, "orders:" + pk]
@@ -71,6 +75,17 @@ def keys_for(mapped: Mapped) -> list[str]:
             names += ["checkout:" + co, "co_drop:" + co]
         if ref.order_id:
             names += ["order:" + ref.order_id, "refund_wait:" + ref.order_id]
+        if ref.subscriber:
+            link = "subscriber:" + ref.subscriber
+            names += [link, subscriptions.wait_name(link)]
+    if subscribing:
+        subs = mapped.billing.refs if mapped.billing else ()
+        if mapped.subscription is not None:
+            subs = (mapped.subscription.ref,)
+        for ref_name in subs:
+            record = subscriptions.record_name(ref_name)
+            names += [record, subscriptions.wait_name(record)]
+        names += [subscriptions.HELD_LINKS]
     if mapped.cart is not None or mapped.refund is not None or mapped.order is not None:
         # Shop-wide lists of held work that these webhooks may touch: loading them up front
         # saves the batch a second lookup round.

@@ -16,15 +16,34 @@ from typing import Any
 
 from bridge.canonical import (
     ADDED_TO_CART,
+    BILLING_FAILURE,
+    BILLING_SKIPPED,
+    BILLING_SUCCESS,
+    BILLING_UNSKIPPED,
     CHECKOUT_STARTED,
     ORDER_REFUNDED,
+    PAYMENT_FAILED,
+    PAYMENT_RECOVERED,
+    SUB_ACTIVE,
+    SUB_CANCELED,
+    SUB_EXPIRED,
+    SUB_PAUSED,
+    SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_CREATED,
+    SUBSCRIPTION_EXPIRED,
+    SUBSCRIPTION_PAUSED,
+    SUBSCRIPTION_RESUMED,
+    SUBSCRIPTION_SKIPPED,
+    BillingFact,
     CanonicalEvent,
     Mapped,
+    PersonRef,
     RefundFact,
+    SubscriptionFact,
 )
 from bridge.delivery import render
 from bridge.delivery.calls import Call
-from bridge.identity import carts, orders
+from bridge.identity import carts, orders, subscriptions
 from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
@@ -32,6 +51,16 @@ from bridge.identity.view import count
 from bridge.ids import iso_z, message_id
 
 HELD_REFUNDS = "held:refunds"
+# Facts released by a webhook are decided in its run; a released fact releasing more is
+# followed this deep (a subscriber's customer -> its subscriptions -> their billing facts).
+MAX_RELEASE_DEPTH = 3
+# The event a subscription's status change sends (to `active`: only when it was stopped).
+_STATUS_EVENTS = {
+    SUB_PAUSED: SUBSCRIPTION_PAUSED,
+    SUB_CANCELED: SUBSCRIPTION_CANCELED,
+    SUB_EXPIRED: SUBSCRIPTION_EXPIRED,
+}
+_RESUMED_FROM = (SUB_PAUSED, SUB_CANCELED, SUB_EXPIRED)
 
 
 @dataclass(frozen=True)
@@ -57,6 +86,7 @@ class _Run:
         self.ids = Identities()
         self.tracks: list[Outgoing] = []
         self.after: list[Outgoing] = []
+        self.depth = 0
 
     # --- helpers ---------------------------------------------------------------------------
     def track(
@@ -238,6 +268,11 @@ class _Run:
             }
         )
         guards = carts.conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
+        # A billing success naming this order (seen first) makes it a renewal whatever its
+        # lines say (webhooks before API 2026-10 carry no selling plan).
+        renewal_of = rec.get("subscription")
+        if renewal_of and not fact.renewal:
+            fact = fact.model_copy(update={"renewal": True})
         if not fact.test:
             carts.convert(self.view, guards, fact.order_id)
             if not fact.renewal:
@@ -256,6 +291,10 @@ class _Run:
             elif not (who.user_id or who.anonymous_id):
                 count(self.view, f"events:{event.name}:no_person")
             else:
+                if fact.renewal and renewal_of:
+                    props = {**event.properties, "subscription_renewal": True}
+                    props["subscription_id"] = str(renewal_of).partition(":")[2]
+                    event = event.model_copy(update={"properties": props})
                 self.track(event, who)
                 sent.append(event.name)
         rec["sent"] = sent
@@ -362,6 +401,319 @@ class _Run:
         else:
             self.view.delete(HELD_REFUNDS)
 
+    # --- subscriptions ---------------------------------------------------------------------
+    def subscription_traits(self, who: Person, at: datetime) -> None:
+        if who.user_id:
+            traits = subscriptions.subscription_traits(self.view, person_key(who.user_id))
+            if traits:
+                self.ids.computed(who.user_id, traits, at, who.anonymous_id)
+
+    def _silent(self, mapped: Mapped) -> bool:
+        # History the backfill queues (and Admin lookups) gives state and traits, not events.
+        return mapped.topic.startswith("backfill/")
+
+    def _wait(self, mapped: Mapped, ref: PersonRef, what: str) -> None:
+        """Hold a fact until the subscription or subscriber it names finds its person."""
+        if ref.subscription:
+            name = subscriptions.record_name(ref.subscription)
+        elif ref.subscriber:
+            name = "subscriber:" + ref.subscriber
+        else:
+            count(self.view, f"subscriptions:{what}:no_person")
+            return
+        if subscriptions.hold(self.view, name, mapped, self.policy.clock()):
+            count(self.view, f"subscriptions:{what}:held")
+        else:
+            raise ValueError(f"too many facts already wait for {name.partition(':')[0]}")
+
+    def release(self, names: list[str]) -> None:
+        """Decide now the facts that waited for one of these records to name a person."""
+        if self.depth >= MAX_RELEASE_DEPTH:
+            return
+        self.depth += 1
+        try:
+            for name in names:
+                if not (self.view.get(name) or {}).get("user"):
+                    continue
+                for held in subscriptions.take_held(self.view, name):
+                    count(self.view, "subscriptions:held:released")
+                    if held.subscription is not None:
+                        self.subscription(held)
+                    elif held.billing is not None:
+                        self.billing(held)
+        finally:
+            self.depth -= 1
+
+    def _subscription_event(
+        self,
+        name: str,
+        ref: str,
+        rec: dict[str, Any],
+        at: datetime,
+        who: Person,
+        key: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        props = dict(rec.get("props") or {})
+        items = props.pop("items", None) or []
+        provider, _, sub_id = ref.partition(":")
+        props.update({"subscription_id": sub_id, "provider": provider, **(extra or {})})
+        if len(items) == 1:
+            # One product: its ids at the top level too, where segment filters look first.
+            for field in ("product_id", "variant_id", "sku"):
+                if items[0].get(field) is not None:
+                    props.setdefault(field, items[0][field])
+        event = CanonicalEvent(
+            name=name,
+            timestamp=at,
+            key=f"sub:{ref}:{key}",
+            person=PersonRef(),
+            properties={k: v for k, v in props.items() if v is not None},
+            items=tuple(items),
+        )
+        self.track(event, who)
+
+    def subscription(self, mapped: Mapped) -> None:
+        fact = mapped.subscription
+        if fact is None:
+            return
+        ref = fact.person.model_copy(update={"subscription": fact.ref})
+        who = resolve(ref, self.view, self.policy)
+        if not who.user_id:
+            # Recharge's subscription names only Recharge's customer: wait for that customer.
+            self._wait(mapped, fact.person, "subscription")
+            return
+        pk = person_key(who.user_id)
+        name = subscriptions.record_name(fact.ref)
+        rec = dict(self.view.get(name) or {})
+        entries = subscriptions.index(self.view, pk)
+        before = subscriptions.group_status(entries, fact.ref, fact.origin_order_id)
+        version = iso_z(fact.version)
+        newer = subscriptions.is_newer(rec, fact.revision, version)
+        rec = _with_fact(rec, fact, newer)
+        if newer:
+            rec.update({"v": version, "rev": fact.revision})
+            if fact.status is not None:
+                rec["st"] = fact.status
+                if fact.status != SUB_ACTIVE:
+                    rec.pop("dun", None)  # dunning is a state of a billing subscription
+        else:
+            count(self.view, "subscriptions:snapshot:stale")
+        sent = list(rec.get("sent") or [])
+        silent = self._silent(mapped)
+        if fact.created and "created" not in sent:
+            sent.append("created")
+            if silent:
+                pass
+            elif subscriptions.has_twin(entries, fact.ref, fact.origin_order_id):
+                count(self.view, f"events:{SUBSCRIPTION_CREATED}:duplicate")
+            else:
+                at = fact.created_at or fact.version
+                self._subscription_event(SUBSCRIPTION_CREATED, fact.ref, rec, at, who, "created")
+        rec["sent"] = sent
+        self.view.put(name, rec)
+        subscriptions.put_index(self.view, pk, fact.ref, rec)
+        after = subscriptions.group_status(
+            subscriptions.index(self.view, pk), fact.ref, fact.origin_order_id
+        )
+        if newer and after != before and not silent:
+            self._status_event(fact, rec, before, after, who)
+        self.subscription_traits(who, fact.version)
+        self.release(
+            [name] + (["subscriber:" + fact.person.subscriber] if fact.person.subscriber else [])
+        )
+
+    def _status_event(
+        self,
+        fact: SubscriptionFact,
+        rec: dict[str, Any],
+        before: str | None,
+        after: str | None,
+        who: Person,
+    ) -> None:
+        event = _STATUS_EVENTS.get(after or "")
+        if event is None and after == SUB_ACTIVE and before in _RESUMED_FROM:
+            event = SUBSCRIPTION_RESUMED
+        if event is None:
+            return  # first seen active (subscription_created says it), or now in dunning
+        extra: dict[str, Any] = {"status": after}
+        at = fact.version
+        if event == SUBSCRIPTION_CANCELED:
+            extra["cancellation_reason"] = rec.get("reason")
+            at = fact.canceled_at or fact.version
+        self._subscription_event(
+            event, fact.ref, rec, at, who, f"{event}:{iso_z(fact.version)}", extra
+        )
+
+    def billing(self, mapped: Mapped) -> None:
+        fact = mapped.billing
+        if fact is None:
+            return
+        refs = fact.refs
+        own = fact.person
+        names_person = bool(own.customer_id or own.email or own.subscriber)
+        ref = (
+            own
+            if names_person
+            else own.model_copy(update={"subscription": refs[0] if refs else None})
+        )
+        who = resolve(ref, self.view, self.policy)
+        if not who.user_id:
+            self._wait(mapped, ref, "billing")
+            return
+        pk = person_key(who.user_id)
+        silent = self._silent(mapped)
+        changed = False
+        records: list[tuple[str, dict[str, Any]]] = []
+        for sub_ref in refs:
+            name = subscriptions.record_name(sub_ref)
+            rec = dict(self.view.get(name) or {})
+            if not rec.get("user"):
+                rec["user"] = who.user_id  # a Recharge charge links its subscriptions
+            records.append((sub_ref, rec))
+        if fact.outcome == BILLING_FAILURE:
+            self._failure(fact, records, who, silent)
+        elif fact.outcome == BILLING_SUCCESS:
+            self._success(fact, records, who, silent)
+        elif fact.outcome in (BILLING_SKIPPED, BILLING_UNSKIPPED):
+            self._skip(fact, records, who, silent)
+        else:
+            count(self.view, f"subscriptions:billing:{fact.outcome}")
+        for sub_ref, rec in records:
+            self.view.put(subscriptions.record_name(sub_ref), rec)
+            changed = subscriptions.put_index(self.view, pk, sub_ref, rec) or changed
+        if changed:
+            self.subscription_traits(who, fact.at)
+        self.release([subscriptions.record_name(r) for r in refs])
+
+    def _billing_props(self, fact: BillingFact) -> dict[str, Any]:
+        return {
+            "error_code": fact.error_code,
+            "error_message": fact.error_message,
+            "amount": fact.amount,
+            "currency": fact.currency,
+            "next_retry_at": fact.next_retry_at,
+            "order_id": fact.order_id,
+            "subscription_ids": list(fact.subscription_ids)
+            if len(fact.subscription_ids) > 1
+            else None,
+        }
+
+    def _failure(
+        self,
+        fact: BillingFact,
+        records: list[tuple[str, dict[str, Any]]],
+        who: Person,
+        silent: bool,
+    ) -> None:
+        at = iso_z(fact.at)
+        cycle = fact.cycle or "open"
+        attempt = 0
+        fresh = False
+        for _, rec in records:
+            if str(rec.get("ok") or "") >= at:
+                continue  # older than a success already recorded: that cycle was recovered
+            fails = dict(rec.get("fails") or {})
+            entry = dict(fails.get(cycle) or {"n": 0, "ids": []})
+            if fact.attempt_id in entry["ids"]:
+                attempt = max(attempt, int(entry["n"]))
+                continue
+            entry["n"] = int(entry["n"]) + 1
+            entry["ids"] = [*entry["ids"], fact.attempt_id][-subscriptions.MAX_ATTEMPT_IDS :]
+            fails[cycle] = entry
+            rec["fails"] = fails
+            rec["dun"] = True
+            attempt = max(attempt, int(entry["n"]))
+            fresh = True
+        if records and not fresh:
+            stale = all(str(rec.get("ok") or "") >= at for _, rec in records)
+            count(self.view, f"events:{PAYMENT_FAILED}:{'stale' if stale else 'duplicate'}")
+            return
+        if silent:
+            return
+        first_ref = records[0][0] if records else f"{fact.provider}:"
+        first_rec = records[0][1] if records else {}
+        extra = {
+            **self._billing_props(fact),
+            "attempt_number": fact.attempt_number or attempt or None,
+        }
+        extra["status"] = subscriptions.DUNNING
+        self._subscription_event(
+            PAYMENT_FAILED, first_ref, first_rec, fact.at, who, f"failed:{fact.attempt_id}", extra
+        )
+
+    def _success(
+        self,
+        fact: BillingFact,
+        records: list[tuple[str, dict[str, Any]]],
+        who: Person,
+        silent: bool,
+    ) -> None:
+        at = iso_z(fact.at)
+        recovered = 0
+        for sub_ref, rec in records:
+            fails = dict(rec.get("fails") or {})
+            closing = [c for c in fails if not fact.cycle or c == fact.cycle or c == "open"]
+            for c in closing:
+                recovered = max(recovered, int(fails.pop(c).get("n") or 0))
+            rec["fails"] = fails
+            if not fails:
+                rec.pop("dun", None)
+            if str(rec.get("ok") or "") < at:
+                rec["ok"] = at
+            if fact.first_order and fact.order_id and not rec.get("oo"):
+                rec["oo"] = fact.order_id
+            if fact.order_id and not fact.first_order:
+                # The renewal order this success created: its order_completed names the
+                # subscription, and it converts no cart (see `order`).
+                order_name = "order:" + fact.order_id
+                order = self.view.get(order_name) or {}
+                if not order.get("subscription"):
+                    self.view.put(order_name, {**order, "subscription": sub_ref})
+        if not recovered or silent:
+            return
+        extra = {**self._billing_props(fact), "failed_attempts": recovered, "status": SUB_ACTIVE}
+        first_ref, first_rec = records[0]
+        self._subscription_event(
+            PAYMENT_RECOVERED,
+            first_ref,
+            first_rec,
+            fact.at,
+            who,
+            f"recovered:{fact.attempt_id}",
+            extra,
+        )
+
+    def _skip(
+        self,
+        fact: BillingFact,
+        records: list[tuple[str, dict[str, Any]]],
+        who: Person,
+        silent: bool,
+    ) -> None:
+        cycle = fact.cycle or fact.attempt_id
+        for sub_ref, rec in records:
+            skips = list(rec.get("skips") or [])
+            if fact.outcome == BILLING_UNSKIPPED:
+                if cycle in skips:
+                    rec["skips"] = [c for c in skips if c != cycle]
+                count(self.view, "subscriptions:cycle:unskipped")
+                continue
+            if cycle in skips:
+                count(self.view, f"events:{SUBSCRIPTION_SKIPPED}:duplicate")
+                continue
+            rec["skips"] = [*skips, cycle][-subscriptions.MAX_SKIPS :]
+            if not silent:
+                self._subscription_event(
+                    SUBSCRIPTION_SKIPPED,
+                    sub_ref,
+                    rec,
+                    fact.at,
+                    who,
+                    f"skip:{cycle}",
+                    {"cycle": fact.cycle or None},
+                )
+
     # --- customers/merge -------------------------------------------------------------------
     def merge(self, mapped: Mapped) -> None:
         fact = mapped.merge
@@ -381,14 +733,44 @@ class _Run:
         self.view.put(name, {"merged_into": kept})
         at = self.triggered_at or self.policy.clock()
         orders.merge_index(self.view, person_key(deleted), person_key(kept))
+        subscriptions.merge_index(self.view, person_key(deleted), person_key(kept))
         who = Person(kept, None)
         self.order_traits(who, at)
+        self.subscription_traits(who, at)
         # The kept profile must exist before the alias: an identify goes first, and delivery
         # sends the alias alone only after everything queued before it was accepted.
         self.ids.touch(kept, at, None, force=True)
         call = render.alias_call(deleted, kept, at, self.policy.shop)
         self.after.append(Outgoing(call, kept, kind="alias"))
         count(self.view, "merges:completed")
+
+
+def _with_fact(rec: dict[str, Any], fact: SubscriptionFact, newer: bool) -> dict[str, Any]:
+    """A subscription record with what this snapshot says: everything when it is the newer
+    one, else only what the record does not know yet (an older create still gives the start)."""
+    props = dict(rec.get("props") or {})
+    fresh = {
+        "interval": fact.interval,
+        "interval_count": fact.interval_count,
+        "price": fact.price,
+        "currency": fact.currency,
+        "items": [render.item_dict(i) for i in fact.items] or None,
+    }
+    for k, v in render.to_json(fresh).items():
+        if newer or k not in props:
+            props[k] = v
+    out = {**rec, "props": props}
+    state = {
+        "start": iso_z(fact.created_at) if fact.created_at else None,
+        "cancel": iso_z(fact.canceled_at) if fact.canceled_at else None,
+        "reason": fact.cancellation_reason,
+        "next": iso_z(fact.next_charge_at) if fact.next_charge_at else None,
+        "oo": fact.origin_order_id,
+    }
+    for k, v in state.items():
+        if v is not None and (newer or not out.get(k)):
+            out[k] = v
+    return out
 
 
 def decide(
@@ -402,7 +784,11 @@ def decide(
     if mapped.merge is not None:
         run.merge(mapped)
     run.trait_updates(mapped)
-    if mapped.order is not None:
+    if mapped.subscription is not None:
+        run.subscription(mapped)
+    elif mapped.billing is not None:
+        run.billing(mapped)
+    elif mapped.order is not None:
         run.order(mapped)
     elif mapped.refund is not None:
         run.refund(mapped)
@@ -413,4 +799,13 @@ def decide(
     else:
         for event in mapped.events:
             run.track(event, resolve(event.person, view, policy))
+    # A subscription app's customer linked by this webhook releases what waited for them.
+    subscribers = [mapped.person, *(u.person for u in mapped.identifies)]
+    if mapped.billing is not None:
+        subscribers.append(mapped.billing.person)
+    if mapped.subscription is not None:
+        subscribers.append(mapped.subscription.person)
+    run.release(
+        list(dict.fromkeys("subscriber:" + r.subscriber for r in subscribers if r and r.subscriber))
+    )
     return run.outgoing()

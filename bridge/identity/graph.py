@@ -6,6 +6,8 @@ Records (names relative to the shop's state prefix, JSON objects, kept PERSON_LI
 - `cart:<token>` -> `{"anon", "raw", "user", ...}` (cart state lives in the same record).
 - `checkout:<token or id>` -> `{"cart", "user", "started", ...}`.
 - `order:<id>` -> `{"user", "cart", "checkout", "checkout_id", "sent", "refunds"}`.
+- `sub:<provider>:<id>` and `subscriber:<provider>:<id>` -> `{"user", ...}`: a subscription and
+  a subscription app's customer (identity/subscriptions.py).
 
 Person resolution: the Shopify customer id when known (a deleted one is followed to the kept
 one), else the email (Customer.io identifies by email), else whatever person the cart,
@@ -21,7 +23,7 @@ from datetime import UTC, datetime
 
 from bridge import keyed
 from bridge.canonical import PersonRef
-from bridge.identity import orders
+from bridge.identity import orders, subscriptions
 from bridge.identity.records import StateView
 
 _ANON_NS = uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10")
@@ -143,6 +145,7 @@ def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
             if link.get("customer_id") != cid:
                 view.put(name, {"customer_id": cid})
                 orders.merge_index(view, person_key(ref.email), person_key(cid))
+                subscriptions.merge_index(view, person_key(ref.email), person_key(cid))
         elif link.get("customer_id"):
             cid = follow(view, str(link["customer_id"]))
     user = cid or ref.email
@@ -150,6 +153,10 @@ def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
     names = [n for n in (cart_name, "checkout:" + co if co else None) if n]
     if ref.order_id:
         names.append("order:" + ref.order_id)
+    if ref.subscription:
+        names.append(subscriptions.record_name(ref.subscription))
+    if ref.subscriber:
+        names.append("subscriber:" + ref.subscriber)
     if user is None:
         user = _linked_user(view, *names)
     if user is not None:

@@ -28,7 +28,7 @@ class Alert:
 
     shop: str
     event: str
-    kind: str  # "drop" | "silence"
+    kind: str  # "drop" | "silence" | "spike"
     window_count: float
     baseline: float | None
     basis: str
@@ -49,6 +49,11 @@ def message(alert: Alert) -> str:
         return (
             f"{alert.event} not seen for {_minutes(alert.silence_s)} in {alert.shop} "
             f"(usually {base} per window, {alert.basis})"
+        )
+    if alert.kind == "spike":
+        return (
+            f"{alert.event} spiked in {alert.shop}: {alert.window_count:g} in the last "
+            f"window vs a baseline of {base} ({alert.basis})"
         )
     return (
         f"{alert.event} volume dropped in {alert.shop}: {alert.window_count:g} in the last "

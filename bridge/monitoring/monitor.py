@@ -55,7 +55,23 @@ def detector_config(settings: Settings) -> DetectorConfig:
         min_baseline=settings.volume_min_baseline,
         gap_factor=settings.volume_gap_factor,
         min_silence_s=settings.volume_min_silence_s,
+        spike_factor=settings.volume_spike_factor,
+        spike_min_events=settings.volume_spike_min_events,
     )
+
+
+def watched_events(settings: Settings) -> list[str]:
+    """Every event the check reads: the key events (drops) and the spike events (rises)."""
+    return list(dict.fromkeys([*settings.key_events, *settings.spike_events]))
+
+
+def _evaluate(
+    settings: Settings, series: dict[str, Series], now_s: float, tz: ZoneInfo
+) -> list[Verdict]:
+    config = detector_config(settings)
+    # An event named in both lists is watched for a drop (the money events' rule wins).
+    rising = set(settings.spike_events) - set(settings.key_events)
+    return [volume.evaluate(e, s, now_s, tz, config, rises=e in rising) for e, s in series.items()]
 
 
 def _ints(raw: dict[bytes, bytes]) -> dict[int, int]:
@@ -113,9 +129,8 @@ def shop_zone(settings: Settings, shop: str) -> ZoneInfo:
 def evaluate_shop(store: Store, settings: Settings, shop: str, now_s: float) -> list[Verdict]:
     """Run the detector over one shop's key events (read only)."""
     tz = shop_zone(settings, shop)
-    config = detector_config(settings)
-    series = load_series(store, shop, settings.key_events)
-    return [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
+    series = load_series(store, shop, watched_events(settings))
+    return _evaluate(settings, series, now_s, tz)
 
 
 def _alert(shop: str, v: Verdict, kind: str, resolved: bool = False) -> alerts.Alert:
@@ -150,7 +165,7 @@ def notify(
             f"{v.event}:window": v.window_count,
             f"{v.event}:baseline": -1 if v.baseline is None else v.baseline,
         }
-        for kind in (volume.DROP, volume.SILENCE):
+        for kind in volume.KINDS:
             name = f"{v.event}:{kind}"
             prior = state.get(name)
             if kind in v.alerts:
@@ -193,13 +208,12 @@ def check(
     token = uuid.uuid4().hex
     if not store.acquire(LOCK_KEY, token, LOCK_MS):
         raise CheckBusy("another check holds the lock")
-    config = detector_config(settings)
     try:
         out: list[ShopVerdict] = []
         for shop in targets:
-            series = load_series(store, shop, settings.key_events)
+            series = load_series(store, shop, watched_events(settings))
             tz = shop_zone(settings, shop)
-            verdicts = [volume.evaluate(e, s, now_s, tz, config) for e, s in series.items()]
+            verdicts = _evaluate(settings, series, now_s, tz)
             notify(store, settings, shop, verdicts, int(now_s * 1000))
             trim(store, shop, series, now_s)
             out.extend(ShopVerdict(shop, v) for v in verdicts)

@@ -42,6 +42,8 @@ TRAILING_S = 86400
 
 DROP = "drop"
 SILENCE = "silence"
+SPIKE = "spike"
+KINDS = (DROP, SILENCE, SPIKE)
 
 
 def fine_key(shop: str, event: str) -> str:
@@ -111,6 +113,8 @@ class DetectorConfig:
     gap_factor: float = 10.0
     min_silence_s: int = 900
     weeks: int = 4
+    spike_factor: float = 3.0
+    spike_min_events: int = 10
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,19 @@ def same_hour_of_week(
 
 
 def evaluate(
-    event: str, series: Series, now_s: float, tz: ZoneInfo, config: DetectorConfig
+    event: str,
+    series: Series,
+    now_s: float,
+    tz: ZoneInfo,
+    config: DetectorConfig,
+    *,
+    rises: bool = False,
 ) -> Verdict:
-    """Compare the last window with its baseline; never raises on empty or odd data."""
+    """Compare the last window with its baseline; never raises on empty or odd data.
+
+    `rises` watches the event for a spike instead of a drop or a silence (cancels, failed
+    payments): the window holds at least `spike_min_events` and `spike_factor` times the
+    baseline. Like a drop, it needs a baseline (a learning series never alerts)."""
     end = int(now_s) // FINE_S * FINE_S
     start = end - config.window_s
     window_count = series.count(start, end, now_s)
@@ -178,6 +192,23 @@ def evaluate(
         baseline, basis = None, "learning"
 
     alerts: list[str] = []
+    if rises:
+        spiked = baseline is not None and window_count >= max(
+            config.spike_min_events, config.spike_factor * baseline
+        )
+        return Verdict(
+            event=event,
+            window_start_s=start,
+            window_end_s=end,
+            window_count=round(window_count, 3),
+            baseline=None if baseline is None else round(baseline, 3),
+            basis=basis,
+            weeks_used=len(weeks_used),
+            last_seen_s=series.last_seen_s,
+            silence_s=None,
+            usual_gap_s=None,
+            alerts=(SPIKE,) if spiked else (),
+        )
     busy = baseline is not None and baseline >= config.min_baseline
     if busy and baseline is not None and window_count < config.drop_fraction * baseline:
         alerts.append(DROP)

@@ -186,10 +186,17 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 
 def collect(
-    store: Store, key_events: Iterable[str], configured: Iterable[str] = ()
+    store: Store,
+    key_events: Iterable[str],
+    configured: Iterable[str] = (),
+    spike_events: Iterable[str] = (),
 ) -> list[Metric]:
-    """Every metric family for every shop seen or `configured`. Raises StoreError."""
-    events = list(key_events)
+    """Every metric family for every shop seen or `configured`. Raises StoreError.
+
+    Key events are watched for drops and silences, spike events (not also key events) for
+    rises: each gets the alert kinds of its rule."""
+    events = list(dict.fromkeys([*key_events, *spike_events]))
+    rising = set(spike_events) - set(key_events)
     exp = Exposition()
     seen, rejected_raw = store.monitoring.totals()
     shops = sorted(seen | set(configured))
@@ -207,7 +214,7 @@ def collect(
     for i in range(0, len(shops), SHOPS_PER_ROUND_TRIP):
         chunk = shops[i : i + SHOPS_PER_ROUND_TRIP]
         for shop, readings in zip(chunk, store.monitoring.shops(chunk), strict=True):
-            _add_shop(exp, shop, events, readings)
+            _add_shop(exp, shop, events, readings, rising)
     return exp.metrics()
 
 
@@ -221,7 +228,9 @@ def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:
     return counts
 
 
-def _add_shop(exp: Exposition, shop: str, events: list[str], r: ShopReadings) -> None:
+def _add_shop(
+    exp: Exposition, shop: str, events: list[str], r: ShopReadings, rising: set[str]
+) -> None:
     stats_raw, inbound, inwork, out, outwork, dead, paused, seen, firing, gauges = r
     assert isinstance(stats_raw, dict)
     add_stats(exp, shop, _counts(stats_raw))
@@ -257,11 +266,11 @@ def _add_shop(exp: Exposition, shop: str, events: list[str], r: ShopReadings) ->
     active = _decode(firing)
     g = _decode(gauges)
     for event in events:
-        for kind in (volume.DROP, volume.SILENCE):
+        for kind in (volume.SPIKE,) if event in rising else (volume.DROP, volume.SILENCE):
             exp.add(
                 "cartbridge_volume_alert",
                 "gauge",
-                "1 while a volume alert (drop or silence) fires for a key event.",
+                "1 while a volume alert (drop, silence or spike) fires for a watched event.",
                 1 if f"{event}:{kind}" in active else 0,
                 {"shop": shop, "event": event, "kind": kind},
             )
@@ -295,7 +304,10 @@ class BridgeCollector(Collector):
 
     def collect(self) -> list[Metric]:
         services = self.services
-        return collect(services.store, services.settings.key_events, services.stores.stores)
+        settings = services.settings
+        return collect(
+            services.store, settings.key_events, services.stores.stores, settings.spike_events
+        )
 
 
 @bp.record_once

@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from bridge.delivery.deadletters import DeadLetters
+from bridge.identity import subscriptions
 from bridge.identity.carts import HELD_CHECKOUTS, expire_held
 from bridge.identity.decide import HELD_REFUNDS
 from bridge.identity.housekeeping import expire_refunds
@@ -101,13 +102,16 @@ def housekeep(services: Services, shop: str, now: datetime | None = None) -> int
     try:
         now = now or datetime.now(UTC)
         s = services.settings
-        loaded = dict(
-            services.store.load_state([keys.state(HELD_CHECKOUTS), keys.state(HELD_REFUNDS)])
-        )
+        held = [HELD_CHECKOUTS, HELD_REFUNDS, subscriptions.HELD_LINKS]
+        loaded = dict(services.store.load_state([keys.state(name) for name in held]))
         for _ in range(MAX_ROUNDS):
             view = DecisionView(loaded, key_of=keys.state)
             dropped = expire_held(view, now, s.checkout_contact_wait_s)
             parked = expire_refunds(view, now, s.refund_order_wait_s)
+            # Waits due for a lookup (`looked_up`) park after another wait: the Admin API lookup
+            # of a Shopify contract, when configured, queues it in between.
+            _lookups, waited = subscriptions.expire_waits(view, now, s.subscription_wait_s)
+            parked = parked + waited
             missing = view.misses - loaded.keys()
             if not missing:
                 break

@@ -397,3 +397,24 @@ def test_two_workers_alert_once(settings: Settings, redis: redis_lib.Redis, slac
             w.terminate()
         for w in workers:
             w.wait(40)
+
+
+def test_a_cancel_spike_alerts_and_shows_as_a_metric(
+    settings: Settings, redis: redis_lib.Redis, slack: Slack
+) -> None:
+    s = settings.model_copy(update={"alert_webhook_url": SecretStr(slack.url)})
+    seed(redis, SHOP, "subscription_canceled", NOW - 3600, per_hour=24)
+    seed(redis, SHOP, "subscription_canceled", NOW, per_hour=240, from_s=NOW - 3600)
+    seed(redis, SHOP, "payment_failed", NOW, per_hour=24)
+    results = monitor.check(Store(redis), s, now_s=NOW)
+    firing = {(r.verdict.event, a) for r in results for a in r.verdict.alerts}
+    assert firing == {("subscription_canceled", "spike")}
+    [body] = slack.bodies
+    assert "subscription_canceled spiked" in body["text"]
+    m = scrape(public(s))
+    spike = f'cartbridge_volume_alert{{shop="{SHOP}",event="subscription_canceled",kind="spike"}}'
+    assert m[spike] == 1
+    assert m[f'cartbridge_volume_alert{{shop="{SHOP}",event="payment_failed",kind="spike"}}'] == 0
+    # A rise-watched event has no drop alert series, and a key event no spike series.
+    assert not any('event="payment_failed",kind="drop"' in k for k in m)
+    assert not any('event="order_completed",kind="spike"' in k for k in m)

@@ -251,3 +251,45 @@ def test_record_counts_into_both_resolutions_and_keeps_the_latest_sighting() -> 
     assert commit.hash_incr[(coarse, str(sec // 3600 * 3600))] == 2
     assert commit.hash_set[(volume.last_seen_key("s.myshopify.com"), "added_to_cart")] == t
     assert fine.startswith("cb:{s.myshopify.com}:")  # same hash tag as the drain's other keys
+
+
+def cancels(at: int, per_hour: float, wave: int) -> Store:
+    """A subscription store's cancels: a few an hour for five weeks, then `wave` extra in the
+    hour after `at` (a price-change email went out)."""
+    store = Store(lambda _: per_hour, BERLIN, at - 5 * 7 * 86400, at + 3600)
+    for i in range(wave):
+        b = (at + i * 3600 // max(wave, 1)) // FINE_S * FINE_S
+        store.buckets[b] = store.buckets.get(b, 0) + 1
+    return store
+
+
+def spike_at(store: Store, start: int, end: int) -> int | None:
+    for now in range(start, end, 300):
+        v = evaluate("subscription_canceled", store.series_at(now), now, BERLIN, CONFIG, rises=True)
+        assert volume.DROP not in v.alerts and volume.SILENCE not in v.alerts
+        if volume.SPIKE in v.alerts:
+            return now
+    return None
+
+
+def test_a_wave_of_cancels_is_a_spike_within_the_hour() -> None:
+    at = ts(BERLIN, 2026, 6, 12, 10, 2)
+    store = cancels(at, per_hour=2, wave=40)
+    assert spike_at(store, at - 6 * 3600, at) is None  # the usual trickle never alerts
+    found = spike_at(store, at, at + 3600 + 300)
+    assert found is not None and found - at <= 3600
+
+
+def test_a_few_more_cancels_than_usual_is_no_spike() -> None:
+    at = ts(BERLIN, 2026, 6, 12, 10, 2)
+    # Twice the usual rate, and a tiny store tripling from 1 to 3 an hour: neither alerts.
+    assert spike_at(cancels(at, per_hour=6, wave=6), at, at + 3600) is None
+    assert spike_at(cancels(at, per_hour=1, wave=2), at, at + 3600) is None
+
+
+def test_a_spike_needs_a_baseline() -> None:
+    at = ts(BERLIN, 2026, 6, 12, 10, 2)
+    young = Store(lambda _: 0, BERLIN, at - 3600, at + 3600)
+    young.buckets[at // FINE_S * FINE_S] = 500
+    v = evaluate("payment_failed", young.series_at(at + 600), at + 600, BERLIN, CONFIG, rises=True)
+    assert v.basis == "learning" and v.alerts == ()
