@@ -167,6 +167,10 @@ WHY_NO_CALLS = {
     "events:added_to_cart:stale": "an older snapshot of the cart than the one already seen",
     "merges:failed_ignored": "the merge did not complete: nothing to send",
     "merges:duplicate": "this merge was sent already",
+    "subscriptions:billing:held": (
+        "a billing payload names no customer: held until its subscription's contract (or, "
+        "after SUBSCRIPTION_WAIT_S, an Admin API lookup of it) names one"
+    ),
 }
 
 
