@@ -171,7 +171,10 @@ def process(
             continue
         done.add(seen_key)
         commit.seen.append(seen_key)
-        if config.api_version and not env.topic.startswith("backfill/"):  # ours, no version
+        # Only Shopify's webhooks carry its API version: not our backfill topics, and not
+        # another source's (prefixed, "recharge/charge/failed": two slashes, Shopify's have one).
+        shopify = env.topic.count("/") == 1 and not env.topic.startswith("backfill/")
+        if config.api_version and shopify:
             commit.count(api_version_counter(env.api_version, config.api_version))
         if isinstance(m, str):
             _park(commit, env, item, m[:MAX_REASON_CHARS])

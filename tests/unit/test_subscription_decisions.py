@@ -20,6 +20,7 @@ from bridge.canonical import (
     Mapped,
     PersonRef,
     SubscriptionFact,
+    TraitUpdate,
 )
 from bridge.identity import DecisionView
 from bridge.identity.subscriptions import HELD_LINKS, expire_waits, record_lookup
@@ -378,3 +379,43 @@ def test_segment_naming_titles_the_subscription_events() -> None:
     calls = s.feed("facts/x", contract("active", 1, created=True))
     assert names(tracks(calls)) == ["Subscription Created"]
     assert tracks(calls)[0]["properties"]["products"][0]["sku"] == "COF-1"
+
+
+def test_facts_released_by_a_customer_are_decided_on_complete_state() -> None:
+    s = shop()
+    rc = PersonRef(subscriber="recharge:88")
+    s.feed(
+        "facts/x",
+        contract(
+            "active",
+            0,
+            provider="recharge",
+            sub="3003",
+            created=True,
+            customer=None,
+            person={"subscriber": "recharge:88"},
+        ),
+    )
+    s.feed(
+        "facts/x",
+        attempt("failure", "c9:1", provider="recharge", sub="3003", cycle="c9", person=rc),
+    )
+    # An earlier subscription of the same person, already known under the customer.
+    s.feed("facts/x", contract("paused", 1, sub="42"))
+    assert s.counters["subscriptions:subscription:held"] == 1
+    assert s.counters["subscriptions:billing:held"] == 1
+    customer = TraitUpdate(
+        person=PersonRef(subscriber="recharge:88", customer_id=CUSTOMER_ID),
+        traits={"first_name": "Ada"},
+        timestamp=T0,
+    )
+    calls = s.feed(
+        "facts/x",
+        Mapped(source="recharge", topic="t", identifies=(customer,)).model_dump(mode="json"),
+    )
+    assert names(tracks(calls)) == ["subscription_created", "payment_failed"]
+    # The index kept the paused subscription it was not handed in the first lookup.
+    assert set(s.record(f"subs:cust:{CUSTOMER_ID}")["s"]) == {"shopify:42", "recharge:3003"}
+    # Paused still outranks dunning: the status the person has is unchanged, nothing resent.
+    assert "subscription_status" not in traits_of(calls)
+    assert s.record(f"person:cust:{CUSTOMER_ID}")["f"]["subscription_status"][1] == "paused"
