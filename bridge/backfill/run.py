@@ -433,6 +433,7 @@ class Summary:
     interrupted: bool = False
     samples: list[dict[str, Any]] = field(default_factory=list)
     # Subscription contracts (Admin API runs): how many were queued, or why none were read.
+    contracts_read: bool = False
     contracts: int = 0
     contracts_note: str | None = None
 
@@ -469,7 +470,7 @@ class Summary:
     def contract_lines(self, would: str) -> list[str]:
         if self.contracts_note is not None:
             return [f"subscription contracts: {self.contracts_note}"]
-        if self.contracts:
+        if self.contracts_read:
             return [f"subscription contracts {would}queued: {self.contracts}"]
         return []
 
@@ -742,6 +743,7 @@ class Backfill:
     def run_contracts(self, contracts: Iterable[dict[str, Any]]) -> Summary:
         """Queue every contract (after the orders: history first, then today's state).
         Ctrl-C stops cleanly; re-running queues nothing twice (deterministic ids)."""
+        self.summary.contracts_read = True
         try:
             for body in contracts:
                 self.handle_contract(body)
