@@ -29,6 +29,8 @@ import orjson
 from rq import Queue
 
 from bridge.backfill.admin import AdminAccessDenied, AdminClient
+from bridge.canonical import subscription_ref
+from bridge.identity.subscriptions import record_name
 from bridge.ids import iso_z
 from bridge.sources.shopify.graphql import webhook_contract
 from bridge.sources.shopify.subscriptions import BACKFILL_CONTRACT_TOPIC
@@ -119,8 +121,7 @@ def reconcile_contracts(
             bodies = [webhook_contract(node) for node in page.nodes]
             bodies = [b for b in bodies if b.get("id")]
             report.listed += len(bodies)
-            # The drain's record of a subscription (identity/subscriptions.py `record_name`).
-            names = [f"sub:shopify:{b['id']}" for b in bodies]
+            names = [record_name(subscription_ref("shopify", str(b["id"]))) for b in bodies]
             missing = set(store.missing_states(shop, names))
             for body, name in zip(bodies, names, strict=True):
                 if name in missing:
