@@ -16,8 +16,15 @@ Written from `shared/docs/shopify-admin-api.md`, not from the bridge's client:
   the JSONL at a URL that can expire. Child lines carry `__parentId` and are shuffled: a child
   may come before its parent, as from 2026-01.
 
-The data is a graph of plain dicts (orders as `gql_order` builds them); a small executor answers
-any selection over it, with real paging of connections and per-connection `pageInfo`.
+- **Subscription contracts** (`subscriptionContracts`, `subscriptionContract`). Both need the
+  `read_own_subscription_contracts` scope (else ACCESS_DENIED, no data), and an app sees only
+  the contracts it created: another app's contract is not listed and reads as null. The list
+  filters by `updated_at`/`created_at` and `status` in `query:` and sorts by CREATED_AT (the
+  default), UPDATED_AT or ID; `lines` is a connection.
+
+The data is a graph of plain dicts (orders as `gql_order` builds them, contracts as
+`gql_contract`); a small executor answers any selection over it, with real paging of
+connections and per-connection `pageInfo`.
 """
 
 from __future__ import annotations
@@ -78,8 +85,22 @@ PLANS = {
 # Fields that are connections in the Admin schema (cost 2 + first x node, paged, own JSONL
 # lines in bulk output). `refunds` is a plain list: one object, inline in bulk output.
 CONNECTIONS = frozenset(
-    {"orders", "lineItems", "refundLineItems", "transactions", "products", "variants"}
+    {
+        "orders",
+        "lineItems",
+        "refundLineItems",
+        "transactions",
+        "products",
+        "variants",
+        "subscriptionContracts",
+        "lines",
+    }
 )
+# The scope every subscription contract query needs; an app reads only its own contracts.
+CONTRACTS_SCOPE = "read_own_subscription_contracts"
+CONTRACT_ROOTS = frozenset({"subscriptionContracts", "subscriptionContract"})
+THIS_APP = "gid://shopify/App/1"
+OTHER_APP = "gid://shopify/App/2"
 
 
 def _when(text: str) -> datetime:
@@ -209,6 +230,89 @@ def gql_order(
         "customer": customer,
         "lineItems": line_items,
         "refunds": refund_objs,
+    }
+
+
+def gql_contract(
+    contract_id: int,
+    *,
+    customer_id: int | None,
+    email: str | None,
+    created: str,
+    updated: str | None = None,
+    status: str = "ACTIVE",
+    revision: int = 1,
+    next_billing: str | None = None,
+    currency: str = "USD",
+    interval: str = "MONTH",
+    interval_count: int = 1,
+    origin_order_id: int | None = None,
+    lines: list[tuple[int, str, str, int]] | None = None,
+    last_payment: str | None = "SUCCEEDED",
+    app: str = THIS_APP,
+) -> dict[str, Any]:
+    """A GraphQL SubscriptionContract node with the Admin API's fields (lines as a list).
+
+    `lines` are (product id, title, unit price, quantity); `revisionId` is an UnsignedInt64,
+    which GraphQL serialises as a string; `app` is the subscription app that owns it."""
+    customer = None
+    if customer_id is not None:
+        customer = {
+            "id": f"gid://shopify/Customer/{customer_id}",
+            "legacyResourceId": str(customer_id),
+            "email": email,
+            "firstName": "Sub",
+            "lastName": f"Scriber{customer_id}",
+        }
+    line_nodes = [
+        {
+            "id": f"gid://shopify/SubscriptionLine/{contract_id}{i:03d}",
+            "productId": f"gid://shopify/Product/{pid}",
+            "variantId": f"gid://shopify/ProductVariant/{pid}0",
+            "sku": f"SKU-{pid}",
+            "title": title,
+            "variantTitle": None,
+            "quantity": qty,
+            "currentPrice": {"amount": price, "currencyCode": currency},
+            "lineDiscountedPrice": {
+                "amount": f"{float(price) * qty:.2f}",
+                "currencyCode": currency,
+            },
+            "sellingPlanId": "gid://shopify/SellingPlan/900",
+            "sellingPlanName": "Delivered monthly",
+            "requiresShipping": True,
+            "taxable": True,
+        }
+        for i, (pid, title, price, qty) in enumerate(lines or [])
+    ]
+    return {
+        "id": f"gid://shopify/SubscriptionContract/{contract_id}",
+        "app": {"id": app},
+        "status": status,
+        "revisionId": str(revision),
+        "createdAt": created,
+        "updatedAt": updated or created,
+        "nextBillingDate": next_billing,
+        "currencyCode": currency,
+        "lastPaymentStatus": last_payment,
+        "lastBillingAttemptErrorType": None,
+        "note": None,
+        "customer": customer,
+        "billingPolicy": {
+            "interval": interval,
+            "intervalCount": interval_count,
+            "minCycles": None,
+            "maxCycles": None,
+        },
+        "deliveryPolicy": {"interval": interval, "intervalCount": interval_count},
+        "deliveryPrice": {"amount": "0.00", "currencyCode": currency},
+        "originOrder": (
+            {"id": f"gid://shopify/Order/{origin_order_id}", "name": f"#{origin_order_id}"}
+            if origin_order_id is not None
+            else None
+        ),
+        "linesCount": {"count": len(line_nodes), "precision": "EXACT"},
+        "lines": line_nodes,
     }
 
 
@@ -469,6 +573,7 @@ class AdminStandIn:
         self,
         orders: list[dict[str, Any]] | None = None,
         *,
+        contracts: list[dict[str, Any]] | None = None,
         scopes: set[str] | None = None,
         products: dict[str, str] | None = None,
         plan: Plan = PLANS["plus"],
@@ -476,6 +581,7 @@ class AdminStandIn:
         seed: int = 7,
     ) -> None:
         self.orders = list(orders or [])
+        self.contracts = list(contracts or [])
         self.scopes = scopes if scopes is not None else {"read_orders", "read_all_orders"}
         self.products = dict(products or {})
         self.plan = plan
@@ -518,6 +624,11 @@ class AdminStandIn:
     def order_requests(self) -> list[dict[str, Any]]:
         with self._lock:
             return [v for op, v in self.requests if op == "Orders"]
+
+    def requests_of(self, op: str) -> list[dict[str, Any]]:
+        """The variables of every request of the named operation, in order."""
+        with self._lock:
+            return [v for name, v in self.requests if name == op]
 
     @property
     def base(self) -> str:
@@ -650,6 +761,20 @@ class AdminStandIn:
             if fault == "error500":
                 self.answers.append("error500")
                 return 500, {"errors": "Internal Server Error"}
+            roots = {f.name.value for f in _fields(operation.selection_set)}
+            if roots & CONTRACT_ROOTS and CONTRACTS_SCOPE not in self.scopes:
+                self.answers.append("access_denied")
+                field_name = sorted(roots & CONTRACT_ROOTS)[0]
+                return 200, {
+                    "errors": [
+                        {
+                            "message": f"Access denied for {field_name} field. Required "
+                            f"access: `{CONTRACTS_SCOPE}` access scope.",
+                            "extensions": {"code": "ACCESS_DENIED"},
+                        }
+                    ],
+                    "extensions": self._cost(requested, None),
+                }
             if self.available < requested:
                 self.answers.append("throttled")
                 return 200, {
@@ -677,6 +802,18 @@ class AdminStandIn:
         if name == "refund":
             refunds = (r for o in self.orders for r in o["refunds"])
             return next((r for r in refunds if r["id"] == args.get("id")), None)
+        if name == "subscriptionContracts":
+            mine = self._matching(args.get("query"), self._own_contracts())
+            key = args.get("sortKey") or "CREATED_AT"
+            if key == "UPDATED_AT":
+                mine = sorted(mine, key=lambda c: _when(c["updatedAt"]))
+            elif key == "ID":
+                mine = sorted(mine, key=lambda c: int(c["id"].rsplit("/", 1)[1]))
+            else:
+                mine = sorted(mine, key=lambda c: _when(c["createdAt"]))
+            return list(reversed(mine)) if args.get("reverse") else mine
+        if name == "subscriptionContract":
+            return next((c for c in self._own_contracts() if c["id"] == args.get("id")), None)
         if name == "ordersCount":
             return {"count": len(self._matching(args.get("query"))), "precision": "EXACT"}
         if name == "currentAppInstallation":
@@ -708,8 +845,18 @@ class AdminStandIn:
         data = execute(operation.selection_set, graph, variables)
         return data
 
-    def _matching(self, search: str | None) -> list[dict[str, Any]]:
-        out = self.orders
+    def _own_contracts(self) -> list[dict[str, Any]]:
+        """The contracts this app created: the only ones `read_own_subscription_contracts`
+        shows."""
+        return [c for c in self.contracts if (c.get("app") or {}).get("id") == THIS_APP]
+
+    def _matching(
+        self, search: str | None, items: list[dict[str, Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        out = self.orders if items is None else items
+        # `status:` filters contracts by their status (orders' `status:any` is not modelled).
+        for status in re.findall(r"\bstatus:'?([A-Za-z_]+)'?", search or "") if items else ():
+            out = [o for o in out if str(o.get("status", "")).upper() == status.upper()]
         for name, cmp, value in re.findall(
             r"(updated_at|created_at):(>=|<=|>|<)'([^']+)'", search or ""
         ):

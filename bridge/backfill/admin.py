@@ -171,6 +171,54 @@ mutation BulkCancel($id: ID!) {
 }
 """
 
+# A subscription contract as the backfill, reconciliation and the sweep's lookups read it;
+# sources/shopify/graphql.py turns it into the contract webhook's shape. Its objects cost 1
+# each (customer, billing policy, origin order), each line 2 (itself and its price).
+CONTRACT_SCALARS = """
+  id status revisionId createdAt updatedAt nextBillingDate currencyCode lastPaymentStatus
+  customer { id email }
+  billingPolicy { interval intervalCount }
+  originOrder { id }
+"""
+CONTRACT_LINE_FIELDS = "productId variantId sku title quantity currentPrice { amount currencyCode }"
+# Lines per contract in a page; a contract with more is completed with follow-up queries.
+CONTRACT_LINES = 10
+
+
+def contracts_query(lines: int) -> str:
+    """The paged `subscriptionContracts` query with `lines` lines per contract."""
+    return f"""
+query SubscriptionContracts(
+  $first: Int!, $after: String, $query: String, $sortKey: SubscriptionContractsSortKeys
+) {{
+  subscriptionContracts(first: $first, after: $after, query: $query, sortKey: $sortKey) {{
+    {_PAGE_INFO}
+    nodes {{
+      {CONTRACT_SCALARS}
+      lines(first: {lines}) {{ {_PAGE_INFO} nodes {{ {CONTRACT_LINE_FIELDS} }} }}
+    }}
+  }}
+}}
+"""
+
+
+CONTRACT_QUERY = f"""
+query SubscriptionContract($id: ID!) {{
+  subscriptionContract(id: $id) {{
+    {CONTRACT_SCALARS}
+    lines(first: {CONTRACT_LINES}) {{ {_PAGE_INFO} nodes {{ {CONTRACT_LINE_FIELDS} }} }}
+  }}
+}}
+"""
+
+CONTRACT_LINES_QUERY = f"""
+query ContractLines($id: ID!, $first: Int!, $after: String) {{
+  subscriptionContract(id: $id) {{
+    lines(first: $first, after: $after) {{ {_PAGE_INFO} nodes {{ {CONTRACT_LINE_FIELDS} }} }}
+  }}
+}}
+"""
+
 ORDERS_COUNT_QUERY = """
 query OrdersCount($query: String) { ordersCount(query: $query, limit: null) { count precision } }
 """
@@ -317,6 +365,20 @@ def fit_page(budget: float, want: int, sizes: PageSizes | None = None) -> PageSi
             refund_lines=max(1, sizes.refund_lines // 2),
             transactions=max(1, sizes.transactions // 2),
         )
+
+
+def fit_contracts(budget: float, want: int, lines: int = CONTRACT_LINES) -> tuple[int, int]:
+    """(contracts per page, lines per contract): the most contracts (at most `want`, at least
+    1) whose query costs no more than `budget`, halving the lines while even one is over. Pure."""
+    while True:
+        query = contracts_query(lines)
+        one = query_cost(query, {"first": 1})
+        per_contract = query_cost(query, {"first": 2}) - one
+        fixed = one - per_contract
+        fits = int((budget - fixed) // per_contract) if per_contract > 0 else want
+        if fits >= 1 or lines <= 1:
+            return max(1, min(want, fits, MAX_PAGE_NODES)), lines
+        lines = max(1, lines // 2)
 
 
 @dataclass(frozen=True)
@@ -617,6 +679,68 @@ class AdminClient:
             refund["transactions"] = self._rest_of(
                 REFUND_TRANSACTIONS_QUERY, rid, "refund", "transactions", refund.get("transactions")
             )
+
+    def contract_pages(
+        self,
+        *,
+        search: str | None = None,
+        after: str | None = None,
+        page_size: int = MAX_PAGE_NODES,
+        sort_key: str = "ID",
+    ) -> Iterator[Page]:
+        """Every page of `subscriptionContracts(query: search)` (the contracts this app owns:
+        `read_own_subscription_contracts` shows no other). Raises AdminError, AdminAccessDenied
+        without the scope.
+
+        Each page asks for as many contracts as fit the budget; a query Shopify still finds
+        too dear is halved and asked again. Contracts with more lines than the page holds are
+        completed with follow-up queries, so every contract comes back whole.
+        """
+        cursor = after
+        while True:
+            first, lines = fit_contracts(self.budget(), page_size)
+            variables = {"first": first, "after": cursor, "query": search, "sortKey": sort_key}
+            try:
+                data = self.query(contracts_query(lines), variables)
+            except AdminCostExceeded:
+                if first == 1:
+                    raise
+                self.stats.cost_halvings += 1
+                page_size = max(1, first // 2)
+                log.warning("admin api query too costly, halved", extra={"contracts": page_size})
+                continue
+            conn = data.get("subscriptionContracts") or {}
+            info = conn.get("pageInfo") or {}
+            nodes = [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
+            for node in nodes:
+                self._complete_contract(node)
+            page = Page(
+                nodes=nodes,
+                end_cursor=info.get("endCursor"),
+                has_next=bool(info.get("hasNextPage")),
+            )
+            yield page
+            if not page.has_next or not page.end_cursor:
+                return
+            cursor = page.end_cursor
+
+    def contract(self, gid: str) -> dict[str, Any] | None:
+        """One subscription contract with all its lines; None when Shopify has none by that id
+        this app may see (another app's contract reads as null). Raises AdminError."""
+        node = self.query(CONTRACT_QUERY, {"id": gid}).get("subscriptionContract")
+        if not isinstance(node, dict):
+            return None
+        self._complete_contract(node)
+        return node
+
+    def _complete_contract(self, contract: dict[str, Any]) -> None:
+        contract["lines"] = self._rest_of(
+            CONTRACT_LINES_QUERY,
+            str(contract.get("id") or ""),
+            "subscriptionContract",
+            "lines",
+            contract.get("lines"),
+        )
 
     def orders_count(self, search: str | None = None) -> int | None:
         """How many orders match (None when the API cannot say)."""

@@ -8,7 +8,9 @@ webhook it should have been (`orders/paid` when paid, else `orders/create`) with
 dedupe, same messageIds as the lost webhook would have produced.
 
 The grace period keeps a webhook that is still in the inbound queue (not yet drained, so with
-no state record) from being counted as missing. Abandoned checkouts are not reconciled: the
+no state record) from being counted as missing. Subscription contracts updated in the window
+are reconciled too (backfill/contracts.py): all of them, since a seen contract can still have
+missed a change. Abandoned checkouts are not reconciled: the
 Admin API's `AbandonedCheckout` carries no cart or checkout token to join the live records.
 """
 
@@ -24,6 +26,7 @@ import orjson
 from rq import Queue
 
 from bridge.backfill.admin import AdminClient
+from bridge.backfill.contracts import ContractReport, reconcile_contracts
 from bridge.ids import iso_z
 from bridge.sources.shopify.graphql import rest_order
 from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Store, now_ms
@@ -49,6 +52,7 @@ class ReconcileReport:
     queued: int = 0
     duplicates: int = 0
     missing_ids: list[str] = field(default_factory=list)
+    contracts: ContractReport | None = None
 
     def line(self) -> str:
         return (
@@ -85,8 +89,10 @@ def reconcile(
     now: datetime | None = None,
     enqueue_drain: Callable[[Queue, str], None] | None = None,
     dry_run: bool = False,
+    contracts: bool = True,
 ) -> ReconcileReport:
-    """Queue the window's orders that have no state record. Raises AdminError, redis errors."""
+    """Queue the window's orders that have no state record, then (with `contracts`) the
+    window's subscription contracts (backfill/contracts.py). Raises AdminError, redis errors."""
     now = now or datetime.now(UTC)
     until = now - grace
     report = ReconcileReport(shop=shop, since=now - window, until=until)
@@ -119,6 +125,17 @@ def reconcile(
             report.queued += 1
             if result == INGEST_QUEUED_WAKE and enqueue_drain is not None and queue is not None:
                 enqueue_drain(queue, shop)
+    if contracts:
+        report.contracts = reconcile_contracts(
+            admin,
+            store,
+            queue,
+            shop=shop,
+            since=report.since,
+            until=until,
+            enqueue_drain=enqueue_drain,
+            dry_run=dry_run,
+        )
     note_api_version(admin, store, shop)
     if report.missing or report.listed:
         store.count(shop, "reconcile:listed", report.listed)

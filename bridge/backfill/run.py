@@ -34,6 +34,7 @@ import orjson
 from rq import Queue
 from tqdm import tqdm
 
+from bridge.backfill.contracts import contract_envelope
 from bridge.identity import decide
 from bridge.identity.records import StateView
 from bridge.ids import iso_z
@@ -431,6 +432,10 @@ class Summary:
     resumed_from: str | None = None
     interrupted: bool = False
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # Subscription contracts (Admin API runs): how many were queued, or why none were read.
+    contracts_read: bool = False
+    contracts: int = 0
+    contracts_note: str | None = None
 
     COUNTED = (
         "orders",
@@ -459,7 +464,15 @@ class Summary:
             f"skipped: {self.test_orders} test orders, {self.no_contact} with no email or "
             f"customer id, {self.already_sent} already sent",
             f"errors: {self.errors}",
+            *self.contract_lines(would),
         ]
+
+    def contract_lines(self, would: str) -> list[str]:
+        if self.contracts_note is not None:
+            return [f"subscription contracts: {self.contracts_note}"]
+        if self.contracts_read:
+            return [f"subscription contracts {would}queued: {self.contracts}"]
+        return []
 
 
 @dataclass
@@ -703,6 +716,41 @@ class Backfill:
                     self.summary.samples.append({"type": "identify", "traits": traits})
                 continue
             self._queue([[traits_envelope(self.opts.shop, person, traits)]])
+
+    def handle_contract(self, body: dict[str, Any]) -> None:
+        """One webhook-shaped contract (graphql.py `webhook_contract`): map it (to validate and
+        count), then queue it as `backfill/subscription_contract`."""
+        env = contract_envelope(self.opts.shop, body, origin="backfill")
+        try:
+            self._map([env])
+        except MappingError as exc:
+            self.summary.errors += 1
+            log.warning("backfill contract not mappable", extra={"reason": str(exc)})
+            return
+        self.summary.contracts += 1
+        if self.opts.dry_run:
+            return
+        self.rate.acquire()
+        self._pending.append(([env], 0))
+        if len(self._pending) >= QUEUE_CHUNK:
+            self._flush_contracts()
+
+    def _flush_contracts(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self._queue([envs for envs, _ in pending])
+
+    def run_contracts(self, contracts: Iterable[dict[str, Any]]) -> Summary:
+        """Queue every contract (after the orders: history first, then today's state).
+        Ctrl-C stops cleanly; re-running queues nothing twice (deterministic ids)."""
+        self.summary.contracts_read = True
+        try:
+            for body in contracts:
+                self.handle_contract(body)
+            self._flush_contracts()
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        return self.summary
 
     def run(self, batches: Iterable[Batch], progress: Progress | None = None) -> Summary:
         """Queue every order of every batch; checkpoint after each batch. Ctrl-C stops cleanly."""

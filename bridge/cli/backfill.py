@@ -26,6 +26,7 @@ from bridge.backfill.admin import (
     check_visibility,
     version_warning,
 )
+from bridge.backfill.contracts import CONTRACTS_SCOPE
 from bridge.backfill.run import (
     Backfill,
     BackfillOptions,
@@ -41,7 +42,7 @@ from bridge.cli.common import first_bad_json_line
 from bridge.config.settings import ConfigError, Settings, load_settings
 from bridge.config.stores import stores_for
 from bridge.sources import MappingError
-from bridge.sources.shopify.graphql import rest_order
+from bridge.sources.shopify.graphql import rest_order, webhook_contract
 from bridge.store.backfill import Checkpoint, ProductTypeCache
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
@@ -152,6 +153,25 @@ def bulk_export(
     raise AssertionError("unreachable")
 
 
+def backfill_contracts(run: Backfill, admin: AdminClient, scopes: frozenset[str] | None) -> None:
+    """Queue the shop's subscription contracts after its orders; a token that may not read
+    them (no `read_own_subscription_contracts`, or refused) is a note in the summary, not a
+    failure: most bridges are not the store's subscription app. Raises other AdminErrors."""
+    denied = (
+        f"not read (the token lacks {CONTRACTS_SCOPE}: Shopify shows an app only the "
+        "contracts it created)"
+    )
+    if scopes is not None and CONTRACTS_SCOPE not in scopes:
+        run.summary.contracts_note = denied
+        return
+    try:
+        run.run_contracts(
+            webhook_contract(node) for page in admin.contract_pages() for node in page.nodes
+        )
+    except AdminAccessDenied:
+        run.summary.contracts_note = denied
+
+
 def _warn_version(settings: Settings) -> None:
     warning = version_warning(settings.shopify_api_version, datetime.now(UTC).date())
     if warning:
@@ -243,10 +263,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.set_total(n)
 
+    scopes: frozenset[str] | None = None
     try:
         if args.source == "shopify":
             assert admin is not None
             visibility = check_visibility(admin, datetime.now(UTC))
+            scopes = visibility.scopes
             for warning in visibility.warnings:
                 _loud(warning)
             if method == "bulk":
@@ -276,6 +298,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             )
         progress = Progress(total, sys.stderr, start=run.summary.orders)
         summary = run.run(batches, progress)
+        if args.source == "shopify" and args.subscriptions and not summary.interrupted:
+            assert admin is not None
+            backfill_contracts(run, admin, scopes)
     except AdminAccessDenied as exc:
         return _err(f"the Admin API refused the token: {exc} (needs read_orders)")
     except BulkError as exc:
@@ -338,6 +363,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     print(report.line())
     if args.dry_run and report.missing_ids:
         print("missing order ids: " + " ".join(report.missing_ids[:50]))
+    if report.contracts is not None:
+        print(report.contracts.line())
+        if args.dry_run and report.contracts.unseen_ids:
+            print("unseen contract ids: " + " ".join(report.contracts.unseen_ids[:50]))
     return 0
 
 
@@ -403,14 +432,22 @@ def register(group: click.Group) -> None:
         show_default="TMPDIR",
         help="Where a bulk export is downloaded.",
     )
+    @click.option(
+        "--subscriptions/--no-subscriptions",
+        default=True,
+        show_default=True,
+        help="`shopify`: also queue the subscription contracts this app can read "
+        "(needs read_own_subscription_contracts).",
+    )
     @click.option("--categories", is_flag=True, help="Per-category last order dates.")
     @click.option("--restart", is_flag=True, help="Ignore the checkpoint and start over.")
     def backfill(source: str, path: str | None, **options: Any) -> int:
         """Queue historic orders (Admin API or a JSONL file).
 
-        SOURCE `shopify` reads them from the Admin GraphQL API; SOURCE `file` from PATH, a JSONL
-        file (one REST order per line, or bulk-operation output). Resumes from its checkpoint.
-        Exit 1 when orders failed, 130 when interrupted."""
+        SOURCE `shopify` reads them from the Admin GraphQL API, then the shop's subscription
+        contracts; SOURCE `file` from PATH, a JSONL file (one REST order per line, or
+        bulk-operation output). Resumes from its checkpoint. Exit 1 when orders or contracts
+        failed, 130 when interrupted."""
         if source == "file":
             if not path:
                 raise cli_common.InputError("bridge backfill file PATH: the path is missing")
@@ -440,8 +477,9 @@ def register(group: click.Group) -> None:
     )
     @click.option("--dry-run", is_flag=True, help="Report missing orders; queue nothing.")
     def reconcile(since: timedelta, grace: float | None, dry_run: bool) -> int:
-        """Queue recent orders the bridge missed.
+        """Queue recent orders and subscription contracts the bridge missed.
 
-        Orders changed within --since that the bridge holds no record of are queued (Shopify
-        does not guarantee webhook delivery)."""
+        Orders changed within --since that the bridge holds no record of are queued, and every
+        subscription contract changed within it (Shopify does not guarantee webhook
+        delivery)."""
         return cli_common.run(cmd_reconcile, since=since, grace=grace, dry_run=dry_run)

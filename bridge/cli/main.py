@@ -96,6 +96,13 @@ def worker(burst: bool) -> int:
 # --- samples ---------------------------------------------------------------------------------
 
 
+def _sample_name(topic: str) -> str:
+    """`customers/data_request` -> `customers-data-request.json`; a resource's own `_` stays
+    (`subscription_contracts/create` -> `subscription_contracts-create.json`)."""
+    resource, _, action = topic.partition("/")
+    return f"{resource}-{action.replace('_', '-')}.json"
+
+
 def sample_topics() -> list[str]:
     names = [
         p.name for p in resources.files("bridge.samples").iterdir() if p.name.endswith(".json")
@@ -106,7 +113,7 @@ def sample_topics() -> list[str]:
 def sample_body(topic: str, shop: str = DEV_SHOP) -> bytes:
     """The built-in sample of `topic`; compliance samples name `shop` in their body, as they
     must name the shop of their header."""
-    path = resources.files("bridge.samples") / (topic.replace("/", "-").replace("_", "-") + ".json")
+    path = resources.files("bridge.samples") / _sample_name(topic)
     return path.read_bytes().replace(b"{shop}.myshopify.com", shop.encode())
 
 
@@ -160,6 +167,10 @@ WHY_NO_CALLS = {
     "events:added_to_cart:stale": "an older snapshot of the cart than the one already seen",
     "merges:failed_ignored": "the merge did not complete: nothing to send",
     "merges:duplicate": "this merge was sent already",
+    "subscriptions:billing:held": (
+        "a billing payload names no customer: held until its subscription's contract (or, "
+        "after SUBSCRIPTION_WAIT_S, an Admin API lookup of it) names one"
+    ),
 }
 
 
@@ -228,7 +239,9 @@ def map_payload(topic: str, file: Path | None, shop: str, include_test: bool) ->
         raise InputError(f"{file}:1: not a JSON object")
     settings = load_settings()
     rules = replace(ProcessConfig.for_shop(settings, None), skip_test_orders=not include_test)
-    ctx = rules.map_context(shop)
+    # As if delivered now: a payload with no time of its own (Shopify's contract and billing
+    # webhooks) is timed by its delivery's trigger time, which a file does not carry.
+    ctx = rules.map_context(shop, datetime.now(UTC))
     try:
         mapped = source.map(topic, body, ctx)
     except MappingError as exc:

@@ -9,6 +9,7 @@ shop's state keeps one writer.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -91,7 +92,8 @@ def sweep(services: Services) -> None:
 
 
 def housekeep(services: Services, shop: str, now: datetime | None = None) -> int:
-    """Expire held checkouts and refunds for one shop; returns how many were settled.
+    """Expire held checkouts, refunds and subscription waits for one shop, then look up the
+    Shopify contracts waits are due for (outside the lease); returns how many were settled.
 
     Skips (returns 0) when a drain holds the shop's lease: the next sweep tries again.
     """
@@ -99,6 +101,7 @@ def housekeep(services: Services, shop: str, now: datetime | None = None) -> int
     token = uuid.uuid4().hex
     if not services.store.acquire(keys.drain_lease, token, LEASE_MS):
         return 0
+    lookups: list[str] = []
     try:
         now = now or datetime.now(UTC)
         s = services.settings
@@ -110,7 +113,7 @@ def housekeep(services: Services, shop: str, now: datetime | None = None) -> int
             parked = expire_refunds(view, now, s.refund_order_wait_s)
             # Waits due for a lookup (`looked_up`) park after another wait: the Admin API lookup
             # of a Shopify contract, when configured, queues it in between.
-            _lookups, waited = subscriptions.expire_waits(view, now, s.subscription_wait_s)
+            lookups, waited = subscriptions.expire_waits(view, now, s.subscription_wait_s)
             parked = parked + waited
             missing = view.misses - loaded.keys()
             if not missing:
@@ -125,7 +128,121 @@ def housekeep(services: Services, shop: str, now: datetime | None = None) -> int
                 "identity housekeeping",
                 extra={"shop": shop, "checkouts_dropped": dropped, "refunds_parked": len(parked)},
             )
-        return dropped + len(parked)
+    finally:
+        services.store.release(keys.drain_lease, token)
+    # The Admin API is asked with the lease released: a slow answer must not stall the drain.
+    if lookups:
+        note_lookups(services, shop, look_up_contracts(services, shop, lookups))
+    return dropped + len(parked)
+
+
+# Contracts looked up per shop and sweep: at ~30 points each, well inside any plan's bucket.
+# Waits due beyond it are noted and park as unresolved (a flood of unknown contracts is a
+# setup problem a human should see, not something to page through the Admin API).
+MAX_LOOKUPS = 25
+SHOPIFY_CONTRACT_WAIT = "sub:shopify:"
+# A lookup is one query: retried once (the sweep runs again within a minute anyway).
+LOOKUP_ATTEMPTS = 2
+LOOKUP_RETRY_S = 0.2
+LEASE_TRIES = 25
+
+
+def _admin_problem(exc: Exception) -> str:
+    """What went wrong with the Admin API, in the words the parked reason carries (no PII:
+    AdminError texts name codes and statuses only)."""
+    from bridge.backfill.admin import AdminAccessDenied, AdminCostExceeded
+
+    if isinstance(exc, AdminAccessDenied):
+        return "Admin API error: access denied (needs read_own_subscription_contracts)"
+    if isinstance(exc, AdminCostExceeded):
+        return "Admin API error: cost exceeded"
+    return f"Admin API error: {exc}"
+
+
+def look_up_contracts(services: Services, shop: str, names: list[str]) -> dict[str, str]:
+    """Ask the Admin API for the Shopify contracts that waits named `sub:shopify:<id>` wait for;
+    queue each one found as a `backfill/subscription_contract` webhook (the drain then releases
+    what waited on it). Returns each name's outcome for `record_lookup`; other waits (Recharge:
+    the bridge has no Recharge API token) get none. Never raises an Admin API error."""
+    from bridge.backfill.admin import AdminClient, AdminError
+    from bridge.backfill.contracts import contract_envelope, fetch_contract
+
+    wanted = [name for name in names if name.startswith(SHOPIFY_CONTRACT_WAIT)]
+    if not wanted:
+        return {}
+    s = services.settings
+    configured = (s.shopify_shop or "").strip().lower() == shop
+    if not (configured and s.shopify_admin_token.get_secret_value()):
+        return dict.fromkeys(wanted, "no Admin API token")
+    admin = AdminClient.from_settings(s, timeout_s=s.http_timeout_s, max_attempts=LOOKUP_ATTEMPTS)
+    outcomes: dict[str, str] = {}
+    failed: str | None = None
+    try:
+        for n, name in enumerate(wanted):
+            contract_id = name[len(SHOPIFY_CONTRACT_WAIT) :]
+            if not contract_id.isascii() or not contract_id.isdigit():
+                outcomes[name] = "not found"  # no Shopify contract has such an id
+            elif failed is not None:
+                outcomes[name] = failed  # the API is down or refusing: don't ask again now
+            elif n >= MAX_LOOKUPS:
+                outcomes[name] = f"not looked up: more than {MAX_LOOKUPS} due at once"
+            else:
+                try:
+                    body = fetch_contract(admin, contract_id)
+                except AdminError as exc:
+                    failed = outcomes[name] = _admin_problem(exc)
+                    continue
+                if body is None:
+                    outcomes[name] = "not found"
+                    continue
+                accepted = services.store.accept(contract_envelope(shop, body, origin="lookup"))
+                if accepted.wake:
+                    enqueue_drain(services.queue, shop)
+                outcomes[name] = (
+                    "found" if body.get("customer_id") else "found, but it names no customer"
+                )
+    finally:
+        admin.close()
+    log.info(
+        "subscription contracts looked up",
+        extra={"shop": shop, "asked": len(wanted), "failed": failed is not None},
+    )
+    return outcomes
+
+
+def _lookup_counter(outcome: str) -> str:
+    if outcome.startswith("found"):
+        return "found"
+    if outcome == "not found":
+        return "not_found"
+    if outcome == "no Admin API token":
+        return "no_token"
+    return "skipped" if outcome.startswith("not looked up") else "error"
+
+
+def note_lookups(services: Services, shop: str, outcomes: dict[str, str]) -> None:
+    """Record each lookup's outcome on its wait (the parked reason carries it), in a second
+    housekeeping write under the lease. A wait the drain meanwhile released is left alone."""
+    if not outcomes:
+        return
+    keys = Keys(shop)
+    token = uuid.uuid4().hex
+    for _ in range(LEASE_TRIES):
+        if services.store.acquire(keys.drain_lease, token, LEASE_MS):
+            break
+        time.sleep(LOOKUP_RETRY_S)  # a drain is committing: they are short
+    else:
+        log.warning("lookup outcomes not recorded: the shop stayed busy", extra={"shop": shop})
+        return
+    try:
+        names = [subscriptions.wait_name(name) for name in outcomes]
+        loaded = dict(services.store.load_state([keys.state(name) for name in names]))
+        view = DecisionView(loaded, key_of=keys.state)
+        for name, outcome in outcomes.items():
+            subscriptions.record_lookup(view, name, outcome)
+            view.count(f"subscriptions:lookup:{_lookup_counter(outcome)}")
+        sets, dels = view.writes()
+        services.store.write_housekeeping(shop, sets, dels, [], view.counters)
     finally:
         services.store.release(keys.drain_lease, token)
 

@@ -1,4 +1,5 @@
-"""Admin API GraphQL orders -> the REST (webhook) shape the Shopify mapping reads. Pure.
+"""Admin API GraphQL orders and subscription contracts -> the webhook shape the Shopify mapping
+reads. Pure.
 
 The backfill and reconciliation read orders from the Admin GraphQL API (backfill/admin.py) or a
 bulk export, and queue them as webhook-shaped bodies, so one mapping (mapping.py, orders.py)
@@ -188,4 +189,57 @@ def rest_order(o: dict[str, Any]) -> dict[str, Any]:
         "customer": rest_customer(o.get("customer")),
         "line_items": [rest_line_item(li) for li in connection_nodes(o.get("lineItems"))],
         "refunds": [rest_refund(r, order_id) for r in connection_nodes(o.get("refunds"))],
+    }
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _lower(value: Any) -> str | None:
+    return str(value).lower() if isinstance(value, str) and value else None
+
+
+def webhook_contract(c: dict[str, Any]) -> dict[str, Any]:
+    """A GraphQL SubscriptionContract as the `subscription_contracts/*` webhook body, plus what
+    only the Admin API has: `created_at`, `updated_at`, `next_billing_date`, `customer_email`,
+    `last_payment_status` and `lines` (`product_id variant_id sku title quantity price`, the
+    unit price in the contract's currency). Enums become the webhook's lower case; GIDs keep
+    their `admin_graphql_api_*` field next to the number. Pure."""
+    customer = _object(c.get("customer"))
+    policy = _object(c.get("billingPolicy"))
+    origin = _object(c.get("originOrder"))
+    lines = []
+    for line in connection_nodes(c.get("lines")):
+        price = _object(line.get("currentPrice"))
+        lines.append(
+            {
+                "product_id": gid_to_id(line.get("productId")),
+                "variant_id": gid_to_id(line.get("variantId")),
+                "sku": line.get("sku"),
+                "title": line.get("title"),
+                "quantity": line.get("quantity"),
+                "price": price.get("amount"),
+            }
+        )
+    return {
+        "admin_graphql_api_id": c.get("id"),
+        "id": gid_to_id(c.get("id")),
+        "status": _lower(c.get("status")),
+        "revision_id": c.get("revisionId"),
+        "created_at": c.get("createdAt"),
+        "updated_at": c.get("updatedAt"),
+        "next_billing_date": c.get("nextBillingDate"),
+        "currency_code": c.get("currencyCode"),
+        "customer_id": gid_to_id(customer.get("id")),
+        "admin_graphql_api_customer_id": customer.get("id"),
+        "customer_email": customer.get("email"),
+        "billing_policy": {
+            "interval": _lower(policy.get("interval")),
+            "interval_count": policy.get("intervalCount"),
+        },
+        "origin_order_id": gid_to_id(origin.get("id")),
+        "admin_graphql_api_origin_order_id": origin.get("id"),
+        "last_payment_status": _lower(c.get("lastPaymentStatus")),
+        "lines": lines,
     }

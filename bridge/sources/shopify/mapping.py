@@ -40,6 +40,7 @@ from bridge.sources.shopify.models import (
 )
 from bridge.sources.shopify.orders import map_order, map_refund
 from bridge.sources.shopify.parts import SOURCE, compact, money
+from bridge.sources.shopify.subscriptions import MAPPERS as SUBSCRIPTION_MAPPERS
 from bridge.sources.shopify.traits import customer_traits, normalise_email, normalise_phone
 
 Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
@@ -274,6 +275,8 @@ MAPPERS: dict[str, Mapper] = {
     # issue 5: more internal topics the backfill queues (never sent by Shopify).
     "backfill/refund": map_backfill_refund,
     "backfill/traits": map_backfill_traits,
+    # issue 16: Shopify's native subscription topics, and `backfill/subscription_contract`.
+    **SUBSCRIPTION_MAPPERS,
 }
 
 
