@@ -487,7 +487,9 @@ class _Run:
         name = subscriptions.record_name(fact.ref)
         rec = dict(self.view.get(name) or {})
         entries = subscriptions.index(self.view, pk)
-        before = subscriptions.group_status(entries, fact.ref, fact.origin_order_id)
+        # The order that started it: the fact's, else what a first charge taught the record.
+        origin = fact.origin_order_id or rec.get("oo")
+        before = subscriptions.group_status(entries, fact.ref, origin)
         version = iso_z(fact.version)
         newer = subscriptions.is_newer(rec, fact.revision, version)
         rec = _with_fact(rec, fact, newer)
@@ -505,7 +507,7 @@ class _Run:
             sent.append("created")
             if silent:
                 pass
-            elif subscriptions.has_twin(entries, fact.ref, fact.origin_order_id):
+            elif subscriptions.has_twin(entries, fact.ref, origin):
                 count(self.view, f"events:{SUBSCRIPTION_CREATED}:duplicate")
             else:
                 at = fact.created_at or fact.version
@@ -513,9 +515,7 @@ class _Run:
         rec["sent"] = sent
         self.view.put(name, rec)
         subscriptions.put_index(self.view, pk, fact.ref, rec)
-        after = subscriptions.group_status(
-            subscriptions.index(self.view, pk), fact.ref, fact.origin_order_id
-        )
+        after = subscriptions.group_status(subscriptions.index(self.view, pk), fact.ref, origin)
         if newer and after != before and not silent:
             self._status_event(fact, rec, before, after, who)
         self.subscription_traits(who, fact.version)

@@ -438,3 +438,36 @@ def test_a_failed_charge_without_subscription_lines_still_reaches_its_person() -
     assert failed["event"] == "payment_failed" and failed["userId"] == CUSTOMER_ID
     assert "subscription_id" not in failed["properties"]
     assert failed["properties"]["error_code"] == "CUSTOMER_NEEDS_TO_UPDATE_CARD"
+
+
+def test_a_first_charge_links_a_recharge_subscription_to_its_shopify_twin() -> None:
+    s = shop()
+    s.feed("facts/x", contract("active", 1, created=True, origin_order_id="4400"))
+    rc = PersonRef(subscriber="recharge:88", customer_id=CUSTOMER_ID)
+    first = attempt(
+        "success",
+        "c1",
+        provider="recharge",
+        sub="3003",
+        cycle="c1",
+        person=rc,
+        order_id="4400",
+        first_order=True,
+    )
+    s.feed("facts/x", first)
+    # Recharge's subscription body names no order: the charge taught its record the origin.
+    twin = s.feed(
+        "facts/x",
+        contract(
+            "active",
+            0,
+            provider="recharge",
+            sub="3003",
+            created=True,
+            minutes=1,
+            person={"subscriber": "recharge:88"},
+        ),
+    )
+    assert tracks(twin) == []
+    assert s.counters["events:subscription_created:duplicate"] == 1
+    assert "active_subscriptions" not in traits_of(twin)  # still 1
