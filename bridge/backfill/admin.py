@@ -332,6 +332,19 @@ class Page:
     has_next: bool
 
 
+def _page(conn: Any, complete: Callable[[dict[str, Any]], None]) -> Page:
+    """One page of a top-level connection, each node completed (its nested connections read
+    to the end) before the page is handed out."""
+    conn = conn if isinstance(conn, dict) else {}
+    info = conn.get("pageInfo") or {}
+    nodes = [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
+    for node in nodes:
+        complete(node)
+    return Page(
+        nodes=nodes, end_cursor=info.get("endCursor"), has_next=bool(info.get("hasNextPage"))
+    )
+
+
 @dataclass(frozen=True)
 class PageSizes:
     """Orders per page and the nested page sizes of the orders query."""
@@ -629,16 +642,7 @@ class AdminClient:
                     sizes = replace(sizes, lines=max(1, sizes.lines // 2))
                 log.warning("admin api query too costly, halved", extra={"orders": page_size})
                 continue
-            conn = data.get("orders") or {}
-            info = conn.get("pageInfo") or {}
-            nodes = [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
-            for node in nodes:
-                self._complete_order(node)
-            page = Page(
-                nodes=nodes,
-                end_cursor=info.get("endCursor"),
-                has_next=bool(info.get("hasNextPage")),
-            )
+            page = _page(data.get("orders"), self._complete_order)
             yield page
             if not page.has_next or not page.end_cursor:
                 return
@@ -709,16 +713,7 @@ class AdminClient:
                 page_size = max(1, first // 2)
                 log.warning("admin api query too costly, halved", extra={"contracts": page_size})
                 continue
-            conn = data.get("subscriptionContracts") or {}
-            info = conn.get("pageInfo") or {}
-            nodes = [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
-            for node in nodes:
-                self._complete_contract(node)
-            page = Page(
-                nodes=nodes,
-                end_cursor=info.get("endCursor"),
-                has_next=bool(info.get("hasNextPage")),
-            )
+            page = _page(data.get("subscriptionContracts"), self._complete_contract)
             yield page
             if not page.has_next or not page.end_cursor:
                 return

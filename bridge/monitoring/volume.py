@@ -192,27 +192,15 @@ def evaluate(
         baseline, basis = None, "learning"
 
     alerts: list[str] = []
-    if rises:
-        spiked = baseline is not None and window_count >= max(
-            config.spike_min_events, config.spike_factor * baseline
-        )
-        return Verdict(
-            event=event,
-            window_start_s=start,
-            window_end_s=end,
-            window_count=round(window_count, 3),
-            baseline=None if baseline is None else round(baseline, 3),
-            basis=basis,
-            weeks_used=len(weeks_used),
-            last_seen_s=series.last_seen_s,
-            silence_s=None,
-            usual_gap_s=None,
-            alerts=(SPIKE,) if spiked else (),
-        )
-    busy = baseline is not None and baseline >= config.min_baseline
+    spike_floor = max(config.spike_min_events, config.spike_factor * (baseline or 0.0))
+    if rises and baseline is not None and window_count >= spike_floor:
+        alerts.append(SPIKE)
+    busy = not rises and baseline is not None and baseline >= config.min_baseline
     if busy and baseline is not None and window_count < config.drop_fraction * baseline:
         alerts.append(DROP)
-    silence = None if series.last_seen_s is None else max(0.0, now_s - series.last_seen_s)
+    silence = None
+    if not rises and series.last_seen_s is not None:
+        silence = max(0.0, now_s - series.last_seen_s)
     usual_gap = None
     if busy and silence is not None and silence > 0:
         # "Several times its usual gap", judged by what the history expects for the silent

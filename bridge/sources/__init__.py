@@ -7,11 +7,23 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from bridge.canonical import MapContext, Mapped
 
 
 class MappingError(Exception):
     """The payload is signed but does not have the shape the mapping needs (parked, not retried)."""
+
+
+def validation_reason(topic: str, exc: ValidationError) -> str:
+    """A payload's validation failure as a parking reason: the field path and the error type
+    only (pydantic's messages and inputs may carry PII)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0] if errors else {"loc": (), "type": "invalid"}
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{topic}: {where}: {first['type']}{more}"
 
 
 class Source(Protocol):

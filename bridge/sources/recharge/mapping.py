@@ -44,7 +44,7 @@ from bridge.canonical import (
     subscription_ref,
 )
 from bridge.ids import iso_z
-from bridge.sources import MappingError
+from bridge.sources import MappingError, validation_reason
 from bridge.sources.recharge.models import Charge, Customer, Subscription, external
 from bridge.sources.recharge.topics import PREFIX
 from bridge.sources.shopify.models import CustomerTraits
@@ -363,15 +363,6 @@ MAPPERS: dict[str, Mapper] = {
 }
 
 
-def _reason(topic: str, exc: ValidationError) -> str:
-    # Field path and error type only: pydantic's messages and inputs may carry PII.
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0] if errors else {"loc": (), "type": "invalid"}
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{PREFIX}/{topic}: {where}: {first['type']}{more}"
-
-
 class RechargeSource:
     """The Recharge `Source`: which topics it maps, and how."""
 
@@ -394,4 +385,4 @@ class RechargeSource:
         try:
             return mapper(topic, body, ctx)
         except ValidationError as exc:
-            raise MappingError(_reason(topic, exc)) from None
+            raise MappingError(validation_reason(f"{PREFIX}/{topic}", exc)) from None

@@ -24,7 +24,7 @@ from bridge.canonical import (
     TraitUpdate,
 )
 from bridge.ids import gid_to_id, normalise_cart_token
-from bridge.sources import MappingError
+from bridge.sources import MappingError, validation_reason
 from bridge.sources.shopify import parts
 from bridge.sources.shopify.historic import (
     map_backfill_refund,
@@ -280,15 +280,6 @@ MAPPERS: dict[str, Mapper] = {
 }
 
 
-def _reason(topic: str, exc: ValidationError) -> str:
-    # Field path and error type only: pydantic's messages and inputs may carry PII.
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0] if errors else {"loc": (), "type": "invalid"}
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{topic}: {where}: {first['type']}{more}"
-
-
 class ShopifySource:
     """The Shopify `Source`: which topics it maps, and how."""
 
@@ -311,4 +302,4 @@ class ShopifySource:
         try:
             return mapper(topic, body, ctx)
         except ValidationError as exc:
-            raise MappingError(_reason(topic, exc)) from None
+            raise MappingError(validation_reason(topic, exc)) from None
