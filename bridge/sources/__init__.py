@@ -5,7 +5,8 @@ A second platform (or a subscription app) adds a module here implementing `Sourc
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
 
 from pydantic import ValidationError
 
@@ -36,6 +37,35 @@ class Source(Protocol):
     def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         """One payload -> candidate events and trait updates. Raises MappingError, nothing else."""
         ...
+
+
+Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
+
+
+class TopicTable:
+    """A `Source` made of a table of mappers by topic: a topic not in it maps to an empty
+    `Mapped` (acknowledged, ignored), a body that fails validation raises MappingError with
+    the field path, never a value. Reasons name topics as `label` + topic."""
+
+    name: str
+    mappers: ClassVar[Mapping[str, Mapper]]
+    label: ClassVar[str] = ""
+
+    def handles(self, topic: str) -> bool:
+        """True for topics with canonical output (others are acknowledged and ignored)."""
+        return topic in self.mappers
+
+    def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
+        """One payload -> canonical facts. Raises MappingError, nothing else."""
+        mapper = self.mappers.get(topic)
+        if mapper is None:
+            return Mapped(source=self.name, topic=topic, skipped="topic not mapped")
+        if not isinstance(body, dict):
+            raise MappingError(f"{self.label}{topic}: body is not a JSON object")
+        try:
+            return mapper(topic, body, ctx)
+        except ValidationError as exc:
+            raise MappingError(validation_reason(self.label + topic, exc)) from None
 
 
 class Sources:

@@ -19,11 +19,8 @@ state; mapping emits none itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-
-from pydantic import ValidationError
 
 from bridge.canonical import (
     BILLING_FAILURE,
@@ -44,14 +41,13 @@ from bridge.canonical import (
     subscription_ref,
 )
 from bridge.ids import iso_z
-from bridge.sources import MappingError, validation_reason
+from bridge.sources import Mapper, MappingError, TopicTable
 from bridge.sources.recharge.models import Charge, Customer, Subscription, external
 from bridge.sources.recharge.topics import PREFIX
 from bridge.sources.shopify.models import CustomerTraits
 from bridge.sources.shopify.traits import normalise_email, normalise_phone
 
 SOURCE = PREFIX
-Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
 
 # A status the topic itself implies wins over the body's: Recharge's subscription statuses are
 # only active, cancelled and expired, so a pause shows in the topic alone.
@@ -363,26 +359,10 @@ MAPPERS: dict[str, Mapper] = {
 }
 
 
-class RechargeSource:
-    """The Recharge `Source`: which topics it maps, and how."""
+class RechargeSource(TopicTable):
+    """The Recharge `Source`: its topics (without the envelope's `recharge/` prefix) and their
+    mappers."""
 
     name = SOURCE
-
-    def handles(self, topic: str) -> bool:
-        """True for topics with canonical output (others are acknowledged and ignored)."""
-        return topic in MAPPERS
-
-    def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
-        """One payload -> canonical facts. Raises MappingError, nothing else.
-
-        A topic it does not handle gives an empty `Mapped` with `skipped` set.
-        """
-        mapper = MAPPERS.get(topic)
-        if mapper is None:
-            return Mapped(source=SOURCE, topic=topic, skipped="topic not mapped")
-        if not isinstance(body, dict):
-            raise MappingError(f"{PREFIX}/{topic}: body is not a JSON object")
-        try:
-            return mapper(topic, body, ctx)
-        except ValidationError as exc:
-            raise MappingError(validation_reason(f"{PREFIX}/{topic}", exc)) from None
+    mappers = MAPPERS
+    label = PREFIX + "/"

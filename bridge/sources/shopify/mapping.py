@@ -6,11 +6,8 @@ raises `MappingError` with a short reason that names fields, never values (no PI
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
-
-from pydantic import ValidationError
 
 from bridge.canonical import (
     ADDED_TO_CART,
@@ -24,7 +21,7 @@ from bridge.canonical import (
     TraitUpdate,
 )
 from bridge.ids import gid_to_id, normalise_cart_token
-from bridge.sources import MappingError, validation_reason
+from bridge.sources import Mapper, MappingError, TopicTable
 from bridge.sources.shopify import parts
 from bridge.sources.shopify.historic import (
     map_backfill_refund,
@@ -42,9 +39,6 @@ from bridge.sources.shopify.orders import map_order, map_refund
 from bridge.sources.shopify.parts import SOURCE, compact, money
 from bridge.sources.shopify.subscriptions import MAPPERS as SUBSCRIPTION_MAPPERS
 from bridge.sources.shopify.traits import customer_traits, normalise_email, normalise_phone
-
-Mapper = Callable[[str, dict[str, Any], MapContext], Mapped]
-
 
 # Longer cart permalinks are left out: browsers, mail clients and Customer.io's 1000-byte
 # attribute values all cut them, and a cut permalink rebuilds the wrong cart.
@@ -280,26 +274,8 @@ MAPPERS: dict[str, Mapper] = {
 }
 
 
-class ShopifySource:
-    """The Shopify `Source`: which topics it maps, and how."""
+class ShopifySource(TopicTable):
+    """The Shopify `Source`: its topics and their mappers."""
 
     name = SOURCE
-
-    def handles(self, topic: str) -> bool:
-        """True for topics with canonical output (others are acknowledged and ignored)."""
-        return topic in MAPPERS
-
-    def map(self, topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
-        """One payload -> candidate events and trait updates. Raises MappingError, nothing else.
-
-        A topic it does not handle gives an empty `Mapped` with `skipped` set.
-        """
-        mapper = MAPPERS.get(topic)
-        if mapper is None:
-            return Mapped(source=SOURCE, topic=topic, skipped="topic not mapped")
-        if not isinstance(body, dict):
-            raise MappingError(f"{topic}: body is not a JSON object")
-        try:
-            return mapper(topic, body, ctx)
-        except ValidationError as exc:
-            raise MappingError(validation_reason(topic, exc)) from None
+    mappers = MAPPERS
