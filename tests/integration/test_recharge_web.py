@@ -212,6 +212,30 @@ def test_unknown_shops_and_shops_without_a_secret_get_the_same_401(
     assert counted["webhooks:recharge/charge/failed:no_secret"] == 1
 
 
+def test_the_default_stores_recharge_secret_vouches_for_its_own_shop_only(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    # `?shop=` is not signed: one captured body must not be replayable into any other shop.
+    body = fixture("subscription-created")
+    path = f"{URL}/subscription/created"
+    signed = timestamped(body)
+    refused = (401, {"error": "invalid signature"})
+    for victim in ("victim-1.myshopify.com", "victim-2.myshopify.com"):
+        assert post(client, path, body, signed, shop=victim) == refused
+        assert redis.llen(Keys(victim).inbound) == 0
+    assert rejected(redis)["webhooks:recharge/subscription/created:unknown_shop"] == 2
+    assert post(client, path, body, signed) == (200, {"ok": True})  # SHOPIFY_SHOP's
+
+
+def test_without_shopify_shop_the_default_store_takes_no_recharge_webhook(
+    rc_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    unnamed = create_app(rc_settings.model_copy(update={"shopify_shop": ""})).test_client()
+    body = fixture("subscription-created")
+    refused = (401, {"error": "invalid signature"})
+    assert post(unnamed, f"{URL}/subscription/created", body, timestamped(body)) == refused
+
+
 # --- the shop -------------------------------------------------------------------------------
 
 
