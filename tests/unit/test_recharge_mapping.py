@@ -162,14 +162,16 @@ def test_subscription_cancelled_without_a_customer_keeps_the_reason_not_the_comm
 @pytest.mark.parametrize(
     ("topic", "body_status", "status", "reason"),
     [
-        ("subscription/updated", "active", "active", None),
-        ("subscription/updated", "ACTIVE", "active", None),
+        # A paused subscription still says "active": on an update, that says nothing.
+        ("subscription/updated", "active", None, None),
+        ("subscription/updated", "ACTIVE", None, None),
         ("subscription/updated", "cancelled", "canceled", "gone"),
         ("subscription/updated", "expired", "expired", None),
         ("subscription/updated", "something_new", None, None),
         ("subscription/updated", None, None, None),
-        ("subscription/swapped", "active", "active", None),
-        ("subscription/activated", "cancelled", "active", None),  # the topic wins
+        ("subscription/swapped", "active", None, None),
+        ("subscription/created", "active", "active", None),
+        ("subscription/activated", "ACTIVE", "active", None),
         ("subscription/paused", "active", "paused", None),
         ("subscription/cancelled", "active", "canceled", "gone"),
         ("subscription/deleted", "active", "canceled", "deleted"),
@@ -185,6 +187,26 @@ def test_status_from_the_topic_else_the_body(
     fact = run(topic, body).subscription
     assert fact is not None
     assert (fact.status, fact.cancellation_reason) == (status, reason)
+
+
+@pytest.mark.parametrize(
+    ("topic", "fixture_name", "changes"),
+    [
+        # A failed charge re-posted to /paid must not end a dunning run, nor a paid one start it.
+        ("charge/paid", "charge-failed", {}),
+        ("charge/failed", "charge-paid", {}),
+        ("charge/paid", "charge-paid", {"status": None}),
+        ("subscription/activated", "subscription-cancelled", {}),
+        ("subscription/cancelled", "subscription-created", {"cancelled_at": None}),
+    ],
+)
+def test_a_body_that_contradicts_its_unsigned_topic_is_refused(
+    topic: str, fixture_name: str, changes: dict[str, Any]
+) -> None:
+    body = load(fixture_name)
+    next(iter(body.values())).update(changes)
+    with pytest.raises(MappingError, match=f"recharge/{topic}: the"):
+        run(topic, body)
 
 
 def test_naive_timestamps_are_utc_and_the_version_falls_back() -> None:

@@ -27,6 +27,7 @@ from bridge.identity.subscriptions import HELD_LINKS, expire_waits, record_looku
 from bridge.sources import Sources
 from bridge.sources.shopify import ShopifySource
 from bridge.worker.processor import ProcessConfig
+from tests.conftest import ROOT
 from tests.journeys import CUSTOMER_ID, NOW, ORDER_ID, MemoryShop, checkout, names, order, tracks
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -471,3 +472,35 @@ def test_a_first_charge_links_a_recharge_subscription_to_its_shopify_twin() -> N
     assert tracks(twin) == []
     assert s.counters["events:subscription_created:duplicate"] == 1
     assert "active_subscriptions" not in traits_of(twin)  # still 1
+
+
+def recharge_shop() -> MemoryShop:
+    from bridge.sources.recharge import RechargeSource
+
+    config = ProcessConfig.defaults(api_version="")
+    return MemoryShop(config, source=Sources(ShopifySource(), recharge=RechargeSource()))
+
+
+def recharge_body(name: str, **changes: Any) -> dict[str, Any]:
+    body = dict(
+        orjson.loads((ROOT / "tests" / "fixtures" / "recharge" / f"{name}.json").read_bytes())
+    )
+    next(iter(body.values())).update(changes)
+    return body
+
+
+def test_a_recharge_pause_survives_the_update_that_follows_it() -> None:
+    s = recharge_shop()
+    s.feed("recharge/subscription/created", recharge_body("subscription-created"))
+    paused = s.feed(
+        "recharge/subscription/paused",
+        recharge_body("subscription-created", updated_at="2026-11-05T10:00:00"),
+    )
+    assert names(tracks(paused)) == ["subscription_paused"]
+    # Recharge's update for the same change: its body still says "active".
+    later = s.feed(
+        "recharge/subscription/updated",
+        recharge_body("subscription-created", updated_at="2026-11-05T10:00:00"),
+    )
+    assert tracks(later) == [] and "subscription_status" not in traits_of(later)
+    assert s.record("sub:recharge:27538470")["st"] == "paused"

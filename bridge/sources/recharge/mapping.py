@@ -178,7 +178,18 @@ def map_subscription(topic: str, body: dict[str, Any], ctx: MapContext) -> Mappe
     version = _when(ctx, sub.updated_at, last=sub.created_at)
     if version is None:
         raise MappingError(f"{PREFIX}/{topic}: subscription has no updated_at or created_at")
-    status = _TOPIC_STATUS.get(action) or _BODY_STATUS.get((sub.status or "").strip().lower())
+    said = _BODY_STATUS.get((sub.status or "").strip().lower())
+    # The topic comes from the registered path (or an unsigned header), not from the signed
+    # body: a body that contradicts it was posted to another topic's address, and is parked.
+    if action == "cancelled" and said != SUB_CANCELED and sub.cancelled_at is None:
+        raise MappingError(f"{PREFIX}/{topic}: the subscription is not cancelled")
+    if action == "activated" and said != SUB_ACTIVE:
+        raise MappingError(f"{PREFIX}/{topic}: the subscription is not active")
+    if said == SUB_ACTIVE and action not in ("created", "activated"):
+        # A paused subscription still says "active" (the pause shows in the topic alone): on
+        # an update, "active" says nothing about whether it is paused.
+        said = None
+    status = _TOPIC_STATUS.get(action) or said
     reason = DELETED_REASON if action == "deleted" else sub.cancellation_reason
     person = _subscription_person(sub, customer)
     price = sub.price
@@ -282,6 +293,11 @@ def map_charge(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         raise MappingError(f"{PREFIX}/{topic}: charge has no id")
     charge_id = str(charge.id)
     failed = topic.endswith("/failed")
+    # The signed body decides what happened, the (unsigned) topic only has to agree: a failed
+    # charge posted to /paid must not end a dunning run.
+    status = (charge.status or "").strip().lower()
+    if status != ("error" if failed else "success"):
+        raise MappingError(f"{PREFIX}/{topic}: the charge's status does not match the topic")
     at = _when(ctx, charge.processed_at, charge.updated_at, charge.scheduled_at)
     if at is None:
         raise MappingError(
