@@ -283,7 +283,7 @@ class _Run:
                 if orders.index_order(self.view, person_key(who.user_id), fact):
                     self.order_traits(who, fact.created_at)
                 if not guards and not fact.renewal:
-                    self._mark_unjoined(who.user_id, fact.created_at)
+                    self._mark_unjoined(who.user_id, fact.created_at, fact.order_id)
         sent = list(rec.get("sent") or [])
         for event in mapped.events:
             if event.name in sent:
@@ -310,11 +310,21 @@ class _Run:
             rec = self.view.get(person_name(who.user_id)) or {}
             self.view.put(person_name(who.user_id), {k: v for k, v in rec.items() if k != "cart"})
 
-    def _mark_unjoined(self, user: str, at: datetime) -> None:
+    def _mark_unjoined(self, user: str, at: datetime, order_id: str) -> None:
         name = person_name(user)
         rec = self.view.get(name) or {}
         if str(rec.get("unjoined_at") or "") < iso_z(at):
-            self.view.put(name, {**rec, "unjoined_at": iso_z(at)})
+            self.view.put(name, {**rec, "unjoined_at": iso_z(at), "unjoined_order": order_id})
+
+    def _unmark_unjoined(self, user: str, order_id: str) -> None:
+        """An order found to be a renewal after it was decided: it no longer speaks for a
+        checkout the person has open."""
+        name = person_name(user)
+        rec = self.view.get(name) or {}
+        if rec.get("unjoined_order") == order_id:
+            drop = ("unjoined_at", "unjoined_order")
+            self.view.put(name, {k: v for k, v in rec.items() if k not in drop})
+            count(self.view, "subscriptions:renewal:found_late")
 
     # --- refunds ---------------------------------------------------------------------------
     def refund(self, mapped: Mapped) -> None:
@@ -670,6 +680,10 @@ class _Run:
                 order = self.view.get(order_name) or {}
                 if not order.get("subscription"):
                     self.view.put(order_name, {**order, "subscription": sub_ref})
+                if order.get("sent") and who.user_id:
+                    # The order came first and was decided as a purchase (webhooks before API
+                    # 2026-10 carry no selling plan): lift its hold on an open checkout.
+                    self._unmark_unjoined(who.user_id, fact.order_id)
         if not recovered or silent:
             return
         extra = {**self._billing_props(fact), "failed_attempts": recovered, "status": SUB_ACTIVE}

@@ -119,12 +119,12 @@ class RechargeEndpoint:
             count_unverified(services, known_label, "malformed")
             return problem
         store = services.stores.get(shop)
-        if store is not None and not services.stores.configured(shop):
-            # The default store serves any shop for Shopify (each request signed for its
-            # shop), but RECHARGE_CLIENT_SECRET is one merchant's and `?shop=` is not signed:
-            # it covers SHOPIFY_SHOP only, or one signed body could be replayed into any shop.
-            if shop != services.settings.shopify_shop.strip().lower():
-                store = None
+        # The default store serves any shop for Shopify (each request signed for its shop),
+        # but RECHARGE_CLIENT_SECRET is one merchant's and `?shop=` is not signed: it covers
+        # SHOPIFY_SHOP only, or one signed body could be replayed into any shop.
+        named = services.settings.shopify_shop.strip().lower()
+        if store is not None and not services.stores.configured(shop) and shop != named:
+            store = None
         secret = store.recharge_key() if store is not None else None
         verdict = verify_recharge(
             raw,

@@ -504,3 +504,14 @@ def test_a_recharge_pause_survives_the_update_that_follows_it() -> None:
     )
     assert tracks(later) == [] and "subscription_status" not in traits_of(later)
     assert s.record("sub:recharge:27538470")["st"] == "paused"
+
+
+def test_a_renewal_order_before_its_billing_success_stops_suppressing_the_checkout() -> None:
+    s = shop()
+    s.feed("facts/x", contract("active", 1))
+    s.feed("orders/paid", order(cart_token=None, checkout_token=None, checkout_id=None))
+    s.feed("facts/x", attempt("success", "a1", order_id=ORDER_ID))
+    assert s.counters["subscriptions:renewal:found_late"] == 1
+    body = checkout(email=True, updated_at="2024-11-06T02:58:00Z", token="other", cart_token="c2")
+    body["created_at"] = "2024-11-06T03:10:00Z"  # 15 min after the order
+    assert "checkout_started" in names(s.feed("checkouts/create", body))
