@@ -508,7 +508,11 @@ class _Run:
             if fact.status is not None:
                 rec["st"] = fact.status
                 if fact.status != SUB_ACTIVE:
-                    rec.pop("dun", None)  # dunning is a state of a billing subscription
+                    # Dunning is a state of a billing subscription; a stopped one owes nothing.
+                    rec.pop("dun", None)
+                    rec.pop("fails", None)
+                if fact.status != SUB_CANCELED:
+                    rec.pop("reason", None)  # a reactivated subscription's old reason is stale
         else:
             count(self.view, "subscriptions:snapshot:stale")
         sent = list(rec.get("sent") or [])
@@ -630,8 +634,11 @@ class _Run:
                 continue
             entry["n"] = int(entry["n"]) + 1
             entry["ids"] = [*entry["ids"], fact.attempt_id][-subscriptions.MAX_ATTEMPT_IDS :]
+            entry["at"] = max(str(entry.get("at") or ""), at)
             fails[cycle] = entry
-            rec["fails"] = fails
+            # Bounded: the oldest open cycles go first (a success closes them anyway).
+            newest = sorted(fails, key=lambda c: str(fails[c].get("at") or ""))
+            rec["fails"] = {c: fails[c] for c in newest[-subscriptions.MAX_OPEN_CYCLES :]}
             rec["dun"] = True
             attempt = max(attempt, int(entry["n"]))
             fresh = True
@@ -663,9 +670,13 @@ class _Run:
         recovered = 0
         for sub_ref, rec in records:
             fails = dict(rec.get("fails") or {})
-            closing = [c for c in fails if not fact.cycle or c == fact.cycle or c == "open"]
-            for c in closing:
+            mine = [c for c in fails if not fact.cycle or c == fact.cycle or c == "open"]
+            for c in mine:
                 recovered = max(recovered, int(fails.pop(c).get("n") or 0))
+            # A later cycle was paid: an older one still failing was given up on (Recharge
+            # moves on to the next charge), and must not keep the subscription in dunning.
+            for c in [c for c in fails if str(fails[c].get("at") or "") <= at]:
+                del fails[c]
             rec["fails"] = fails
             if not fails:
                 rec.pop("dun", None)

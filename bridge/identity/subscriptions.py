@@ -48,6 +48,7 @@ HELD_LINKS = "held:links"
 # Bounds that keep one subscription's record small whatever a source sends it.
 MAX_HELD_PER_WAIT = 50
 MAX_ATTEMPT_IDS = 20
+MAX_OPEN_CYCLES = 12
 MAX_SKIPS = 24
 
 

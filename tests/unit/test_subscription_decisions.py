@@ -515,3 +515,42 @@ def test_a_renewal_order_before_its_billing_success_stops_suppressing_the_checko
     body = checkout(email=True, updated_at="2024-11-06T02:58:00Z", token="other", cart_token="c2")
     body["created_at"] = "2024-11-06T03:10:00Z"  # 15 min after the order
     assert "checkout_started" in names(s.feed("checkouts/create", body))
+
+
+def test_a_charge_given_up_on_does_not_keep_the_subscription_in_dunning() -> None:
+    s = shop()
+    rc = PersonRef(subscriber="recharge:88", customer_id=CUSTOMER_ID)
+    s.feed(
+        "facts/x",
+        contract(
+            "active", 0, provider="recharge", sub="3003", person={"subscriber": "recharge:88"}
+        ),
+    )
+
+    def charge(outcome: str, charge_id: str, days: int) -> dict[str, Any]:
+        return attempt(
+            outcome,
+            f"{charge_id}:1" if outcome == "failure" else charge_id,
+            provider="recharge",
+            sub="3003",
+            cycle=charge_id,
+            person=rc,
+            minutes=days * 24 * 60,
+        )
+
+    failed = s.feed("facts/x", charge("failure", "111", 0))
+    assert traits_of(failed)["subscription_status"] == "dunning"
+    # Next month's charge is paid; charge 111 never was (Recharge moved on).
+    paid = s.feed("facts/x", charge("success", "222", 30))
+    assert tracks(paid) == []  # not a recovery of 111: no payment_recovered
+    assert traits_of(paid) == {"subscription_status": "active", "active_subscriptions": 1}
+    assert s.record("sub:recharge:3003")["fails"] == {}
+
+
+def test_a_second_cancel_does_not_repeat_the_first_cancels_reason() -> None:
+    s = shop()
+    s.feed("facts/x", contract("canceled", 1, cancellation_reason="too expensive"))
+    s.feed("facts/x", contract("active", 2, minutes=5))
+    again = s.feed("facts/x", contract("canceled", 3, minutes=9))
+    [canceled] = tracks(again)
+    assert "cancellation_reason" not in canceled["properties"]
