@@ -118,7 +118,13 @@ def _linked_user(view: StateView, *names: str) -> str | None:
         user = rec.get("user") if rec else None
         if user:
             user = str(user)
-            return user if is_email(user) else follow(view, user)
+            if not is_email(user):
+                return follow(view, user)
+            # Linked while only the email was known: the email may have met its customer id
+            # since (its email record says so), and the person is that customer now.
+            link = view.get(email_key(user)) or {}
+            cid = link.get("customer_id")
+            return follow(view, str(cid)) if cid else user
     return None
 
 

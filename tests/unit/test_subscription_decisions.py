@@ -554,3 +554,31 @@ def test_a_second_cancel_does_not_repeat_the_first_cancels_reason() -> None:
     again = s.feed("facts/x", contract("canceled", 3, minutes=9))
     [canceled] = tracks(again)
     assert "cancellation_reason" not in canceled["properties"]
+
+
+def test_a_subscription_linked_by_email_follows_the_email_to_its_customer() -> None:
+    s = shop()
+    email_only = {"subscriber": "recharge:88", "email": "henry@wfls.com"}
+    s.feed(
+        "facts/x",
+        contract("active", 0, provider="recharge", sub="3003", customer=None, person=email_only),
+    )
+    assert s.record("subscriber:recharge:88") == {"user": "henry@wfls.com"}
+    # The same email then shows up with its Shopify customer id (a checkout).
+    s.feed("checkouts/create", checkout(email=True, updated_at="2024-11-06T02:58:00Z"))
+    cancel = s.feed(
+        "facts/x",
+        contract(
+            "canceled",
+            0,
+            provider="recharge",
+            sub="3003",
+            customer=None,
+            minutes=9,
+            person={"subscriber": "recharge:88"},
+        ),
+    )
+    [canceled] = tracks(cancel)
+    assert canceled["userId"] == CUSTOMER_ID
+    assert traits_of(cancel)["subscription_status"] == "canceled"
+    assert s.record("subscriber:recharge:88") == {"user": CUSTOMER_ID}
