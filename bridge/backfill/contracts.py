@@ -3,10 +3,11 @@ reconciliation window, and single lookups for billing attempts whose contract ne
 
 Every contract read becomes the webhook-shaped body of sources/shopify/graphql.py, queued as an
 Envelope like any webhook, so the drain stays the one writer of subscription state:
-- the backfill and the sweep's lookups queue `backfill/subscription_contract` (state and
-  traits, never a lifecycle event: history says what a contract is, not what just happened);
-- reconciliation queues `subscription_contracts/update`, the webhook that went missing, so a
-  lost cancel still sends `subscription_canceled` once the decide step sees the new status.
+- the backfill queues `backfill/subscription_contract` (state and traits, never a lifecycle
+  event: history says what a contract is, not what just happened);
+- reconciliation and the sweep's lookups queue `subscription_contracts/update`, the webhook that
+  went missing: a lost cancel still sends `subscription_canceled` once the decide step sees the
+  new status, and a contract looked up for a waiting billing attempt tells what is news about it.
 
 Webhook ids are deterministic (`<origin>:subscription_contract:<id>:<revision>`), so a re-run
 inside the dedupe window queues nothing twice, and an older snapshot never overwrites a newer
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CONTRACTS_SCOPE = "read_own_subscription_contracts"
 CONTRACT_GID = "gid://shopify/SubscriptionContract/"
-RECONCILE_TOPIC = "subscription_contracts/update"
+UPDATE_TOPIC = "subscription_contracts/update"
 
 
 def contract_envelope(
@@ -129,7 +130,7 @@ def reconcile_contracts(
                     report.unseen_ids.append(str(body["id"]))
                 if dry_run:
                     continue
-                env = contract_envelope(shop, body, origin="reconcile", topic=RECONCILE_TOPIC)
+                env = contract_envelope(shop, body, origin="reconcile", topic=UPDATE_TOPIC)
                 result = store.ingest(env)
                 if result == INGEST_DUPLICATE:
                     continue

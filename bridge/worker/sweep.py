@@ -161,11 +161,11 @@ def _admin_problem(exc: Exception) -> str:
 
 def look_up_contracts(services: Services, shop: str, names: list[str]) -> dict[str, str]:
     """Ask the Admin API for the Shopify contracts that waits named `sub:shopify:<id>` wait for;
-    queue each one found as a `backfill/subscription_contract` webhook (the drain then releases
+    queue each one found as a `subscription_contracts/update` webhook (the drain then releases
     what waited on it). Returns each name's outcome for `record_lookup`; other waits (Recharge:
     the bridge has no Recharge API token) get none. Never raises an Admin API error."""
     from bridge.backfill.admin import AdminClient, AdminError
-    from bridge.backfill.contracts import contract_envelope, fetch_contract
+    from bridge.backfill.contracts import UPDATE_TOPIC, contract_envelope, fetch_contract
 
     wanted = [name for name in names if name.startswith(SHOPIFY_CONTRACT_WAIT)]
     if not wanted:
@@ -195,7 +195,8 @@ def look_up_contracts(services: Services, shop: str, names: list[str]) -> dict[s
                 if body is None:
                     outcomes[name] = "not found"
                     continue
-                accepted = services.store.accept(contract_envelope(shop, body, origin="lookup"))
+                env = contract_envelope(shop, body, origin="lookup", topic=UPDATE_TOPIC)
+                accepted = services.store.accept(env)
                 if accepted.wake:
                     enqueue_drain(services.queue, shop)
                 outcomes[name] = (

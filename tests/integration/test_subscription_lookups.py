@@ -119,7 +119,9 @@ def test_an_attempt_for_an_unseen_contract_is_fetched_and_released(
         {"id": "gid://shopify/SubscriptionContract/42"}
     ]
     [env] = [Envelope.decode(raw) for raw in redis.lrange(K.inbound, 0, -1)]
-    assert env.topic == "backfill/subscription_contract"
+    # Queued as the update webhook that never came: what it says is news (a cancel would send
+    # subscription_canceled), unlike the backfill's history.
+    assert env.topic == "subscription_contracts/update"
     assert env.webhook_id == "lookup:subscription_contract:42:3"
     assert json.loads(env.body)["customer_id"] == "900"
     assert Store(redis).stats(SHOP)["subscriptions:lookup:found"] == 1
@@ -131,7 +133,7 @@ def test_an_attempt_for_an_unseen_contract_is_fetched_and_released(
     assert len(failed) == 1 and failed[0]["userId"] == "900"
     assert failed[0]["properties"]["error_code"] == "INSUFFICIENT_FUNDS"
     assert failed[0]["properties"]["subscription_id"] == "42"
-    # The contract read back is history: no subscription_created for it.
+    # A contract read back was not just created: no subscription_created for it.
     assert not [c for c in pipelines.calls if c.get("event") == "subscription_created"]
     # Nothing left to expire or park later.
     housekeep(rt, SHOP, now=now + timedelta(seconds=3 * WAIT_S))
