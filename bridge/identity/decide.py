@@ -414,7 +414,9 @@ class _Run:
     # --- subscriptions ---------------------------------------------------------------------
     def subscription_traits(self, who: Person, at: datetime) -> None:
         if who.user_id:
-            traits = subscriptions.subscription_traits(self.view, person_key(who.user_id))
+            traits = subscriptions.subscription_traits(
+                self.view, person_key(who.user_id), self.policy.clock()
+            )
             if traits:
                 self.ids.computed(who.user_id, traits, at, who.anonymous_id)
 

@@ -149,9 +149,11 @@ def has_twin(entries: dict[str, dict[str, Any]], ref: str, origin: str | None) -
     return bool(origin) and any(r != ref and e.get("oo") == origin for r, e in entries.items())
 
 
-def subscription_traits(view: StateView, person: str) -> dict[str, Any]:
+def subscription_traits(view: StateView, person: str, now: datetime) -> dict[str, Any]:
     """`subscription_status` (precedence above), `active_subscriptions`, `next_charge_date`
-    (the earliest among active and dunning ones), `subscription_started_at` (the earliest),
+    (the earliest still ahead of `now` among active and dunning ones: Shopify's contract
+    webhooks carry no billing date, so one read from the Admin API goes stale, and a date in the
+    past is no next charge), `subscription_started_at` (the earliest),
     `subscription_canceled_at` (the latest, among canceled ones). Empty with no subscription."""
     entries = [e for e in _logical(index(view, person)).values() if effective(e)]
     if not entries:
@@ -160,7 +162,12 @@ def subscription_traits(view: StateView, person: str) -> dict[str, Any]:
     status = min(
         statuses, key=lambda s: STATUS_PRECEDENCE.index(s) if s in STATUS_PRECEDENCE else 99
     )
-    billing = [e for e in entries if effective(e) in (SUB_ACTIVE, DUNNING) and e.get("next")]
+    ahead = iso_z(now)
+    billing = [
+        e
+        for e in entries
+        if effective(e) in (SUB_ACTIVE, DUNNING) and str(e.get("next") or "") >= ahead
+    ]
     starts = [str(e["start"]) for e in entries if e.get("start")]
     cancels = [
         str(e["cancel"]) for e in entries if effective(e) == SUB_CANCELED and e.get("cancel")

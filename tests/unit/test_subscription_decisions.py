@@ -582,3 +582,16 @@ def test_a_subscription_linked_by_email_follows_the_email_to_its_customer() -> N
     assert canceled["userId"] == CUSTOMER_ID
     assert traits_of(cancel)["subscription_status"] == "canceled"
     assert s.record("subscriber:recharge:88") == {"user": CUSTOMER_ID}
+
+
+def test_a_next_charge_date_in_the_past_is_no_next_charge() -> None:
+    s = MemoryShop(
+        ProcessConfig.defaults(api_version=""),
+        now=T0 + timedelta(days=10),
+        source=Sources(ShopifySource(), facts=FactSource()),
+    )
+    calls = s.feed("facts/x", contract("active", 1, next_charge_at=T0 + timedelta(days=9)))
+    assert traits_of(calls)["subscription_status"] == "active"
+    assert "next_charge_date" not in traits_of(calls)
+    later = s.feed("facts/x", contract("active", 2, next_charge_at=T0 + timedelta(days=39)))
+    assert traits_of(later) == {"next_charge_date": "2026-12-10T09:00:00.000Z"}
