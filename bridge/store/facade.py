@@ -146,6 +146,10 @@ class Accepted(NamedTuple):
     wake: bool
 
 
+def _take(k: Keys, n: int) -> tuple[Any, ...]:
+    return ("EVAL", scripts.TAKE_INBOUND, 2, k.inbound, k.inbound_work, n)
+
+
 def _moves(k: Keys, n: int) -> list[tuple[Any, ...]]:
     return [("LMOVE", k.inbound, k.inbound_work, "LEFT", "RIGHT")] * n
 
@@ -156,7 +160,11 @@ def _checked(reply: Any) -> Any:
     return reply
 
 
-def _moved(replies: list[Any]) -> list[bytes]:
+def _moved(reply: Any) -> list[bytes]:
+    return list(_checked(reply) or [])
+
+
+def _each_moved(replies: list[Any]) -> list[bytes]:
     return [m for m in replies if _checked(m) is not None]
 
 
@@ -172,7 +180,7 @@ class Begun(NamedTuple):
 
 
 class PendingTake:
-    """LMOVEs sent; `result` gives the webhooks they moved (raises a Redis error)."""
+    """A take sent; `result` gives the webhooks it moved (raises a Redis error)."""
 
     __slots__ = ("_pending",)
 
@@ -180,7 +188,10 @@ class PendingTake:
         self._pending = pending
 
     def result(self) -> list[bytes]:
-        return _moved(self._pending.result())
+        replies = self._pending.result()
+        if len(replies) == 1 and not isinstance(replies[0], bytes | None):
+            return _moved(replies[0])  # the script's list
+        return _each_moved(replies)
 
 
 class PendingCommit:
@@ -310,21 +321,21 @@ class Store:
         """The drain's first batch: its work list (a crashed drain's batch, resumed) followed by
         up to `n` webhooks moved there from the inbound queue, in one round trip.
 
-        Plain LMOVEs rather than a script: a script copies each 2-20 KB body into Lua and out
-        again. Each LMOVE is atomic and the drain lease means one mover per shop, so a crash
-        between two of them leaves every webhook in exactly one of the two lists."""
+        The moves are one script (`scripts.TAKE_INBOUND`) that stops at an empty queue: it
+        copies each body into Lua and out again, which costs less than the LMOVEs a full batch
+        of plain ones sent for nothing under light traffic (BENCHMARKS.md, Redis cost)."""
         k = Keys(shop)
-        resumed, *moved = self._raw.pipeline(("LRANGE", k.inbound_work, 0, -1), *_moves(k, n))
+        resumed, moved = self._raw.pipeline(("LRANGE", k.inbound_work, 0, -1), _take(k, n))
         return [*_checked(resumed), *_moved(moved)]
 
     def begin_drain(self, shop: str, n: int) -> Begun:
         """`take_inbound`, also counting a try on a work list a drain before left unfinished
         (`Begun`); one round trip. The script touches no body: it counts and reads one hash."""
         k = Keys(shop)
-        tries, resumed, *moved = self._raw.pipeline(
+        tries, resumed, moved = self._raw.pipeline(
             ("EVAL", scripts.BEGIN_DRAIN, 2, k.inbound_work, k.drain_tries),
             ("LRANGE", k.inbound_work, 0, -1),
-            *_moves(k, n),
+            _take(k, n),
         )
         count, size = _checked(tries)
         return Begun(_checked(resumed), _moved(moved), int(count), int(size))
@@ -333,10 +344,16 @@ class Store:
         """Record the batch size a drain is about to try on an unfinished work list."""
         self.redis.hset(Keys(shop).drain_tries, "size", size)
 
-    def send_take(self, shop: str, n: int) -> PendingTake:
+    def send_take(self, shop: str, n: int, *, backlog: bool = False) -> PendingTake:
         """Move up to `n` more webhooks to the end of the work list, without waiting: the
-        drain's next batch, taken while it processes the one before (see `send_commit`)."""
-        return PendingTake(self._raw.send(*_moves(Keys(shop), n)))
+        drain's next batch, taken while it processes the one before (see `send_commit`).
+
+        With `backlog` (the last take was a full batch, so more are likely queued) as `n`
+        plain LMOVEs, which each find a webhook and copy no body through Lua: measured faster
+        on a backlog than the script (BENCHMARKS.md, Redis cost); else the script, which
+        stops at an empty queue."""
+        k = Keys(shop)
+        return PendingTake(self._raw.send(*(_moves(k, n) if backlog else [_take(k, n)])))
 
     def finish_drain(self, shop: str) -> bool:
         """Clear the drain flag if the inbound queue is empty; True when work remains."""

@@ -103,6 +103,21 @@ redis.call('EXPIRE', KEYS[2], 604800)
 return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
 """
 
+# Move up to ARGV[1] webhooks from the inbound queue (KEYS[1]) to the end of the work list
+# (KEYS[2]) and return them, stopping at the first empty LMOVE. Plain pipelined LMOVEs asked for
+# a full batch whatever was queued: under light traffic a drain sent ~400 LMOVEs that found
+# nothing for each webhook it moved (bench/redis_cost.py). Atomic, so a crash leaves every
+# webhook in exactly one of the two lists. Record format: envelopes, moved as they are.
+TAKE_INBOUND = """
+local moved = {}
+for i = 1, tonumber(ARGV[1]) do
+  local envelope = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not envelope then break end
+  moved[i] = envelope
+end
+return moved
+"""
+
 # Let a lease go, unless another holder has it now. Record format: a lease holds its token.
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

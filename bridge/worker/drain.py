@@ -132,7 +132,8 @@ def drain(services: Services, shop: str) -> None:
 
             while batch and not lease.lost.is_set():
                 last = time.monotonic() > deadline or services.stopping.is_set()
-                upcoming = None if last else services.store.send_take(shop, size)
+                full = len(batch) >= size  # a backlog: the next take finds a full batch too
+                upcoming = None if last else services.store.send_take(shop, size, backlog=full)
                 commit = process(
                     shop, batch, source=services.source, config=config, load=load, key_of=keys.state
                 )

@@ -107,3 +107,16 @@ def test_backfill_bench_runs() -> None:
     assert doc["calls"] >= 300, "every order's customer was identified through the stand-in"
     assert doc["backfill_peak_rss_mb"] > 0 and doc["worker_peak_rss_mb"][0] > 0
     assert len(doc["live_latency_idle_ms"]) == 1 and doc["live_missing"] == 0
+
+
+def test_redis_cost_bench_runs_and_a_quiet_drain_sends_no_batch_of_empty_moves() -> None:
+    doc = _run("bench/redis_cost.py", "--journeys", "5", "--levels", "light,backlog")
+    light, backlog = doc["results"]
+    for r in (light, backlog):
+        assert r["calls_delivered"] > 0
+        assert r["seen_markers_per_journey"] == 6.0  # one per webhook, none lost or doubled
+        assert 0 < r["state_bytes_per_journey"] < 20_000
+    # A count, not a time: a drain that finds one webhook asked for a full batch of LMOVEs
+    # (200) twice before the take stopped at an empty queue, ~3 300 commands a journey.
+    assert light["commands_per_journey"] < 1_500
+    assert light["top_commands_per_journey"].get("lmove", 0) < 20
