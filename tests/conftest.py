@@ -27,6 +27,8 @@ from bridge.config.settings import Settings
 from bridge.store import server as redis_server_cmd
 from tests.pipelines_standin import PipelinesStandIn
 
+pytest_plugins = ["tests.browser"]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "shopify"
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-webhook-secret"
