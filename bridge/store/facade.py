@@ -22,6 +22,13 @@ from bridge.store import scripts
 from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
 from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
 from bridge.store.monitoring import MonitorStore
+from bridge.store.ops import (
+    OpsStore,
+    ledger_commands,
+    marks_commands,
+    webhook_count_commands,
+    webhook_log_commands,
+)
 from bridge.store.resp import Pending, PendingTransaction, RawPipeline
 from bridge.store.shopdata import ShopData
 from bridge.store.wire import Envelope
@@ -93,6 +100,9 @@ class Settlement(Generic[LetterT]):
     clear: set[str] = field(default_factory=set)
     letters: list[LetterT] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # issue 18 (store/ops.py): (person hash, entry) for people's ledgers; when things happened
+    ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
         if n:
@@ -116,9 +126,30 @@ class Commit:
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
     seen_ttl_s: int = 72 * 3600
     retried: bool = False  # the batch ends a run of failed tries: clear their count
+    # issue 18 (store/ops.py): people's ledgers (person hash, entry), the webhook log's
+    # entries and each webhook's arrival (ms) for the webhook charts
+    ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    webhook_log: list[bytes] = field(default_factory=list)
+    webhooks_at: list[int] = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def _ops_commands(
+    shop: str,
+    ledger: Sequence[tuple[str, bytes]],
+    hooks: Sequence[bytes],
+    arrivals: Sequence[int],
+    marks: Mapping[str, int] | None = None,
+) -> list[tuple[Any, ...]]:
+    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
+    return [
+        *ledger_commands(shop, ledger),
+        *webhook_log_commands(shop, hooks),
+        *webhook_count_commands(shop, arrivals),
+        *marks_commands(shop, marks or {}),
+    ]
 
 
 class CommandList:
@@ -240,6 +271,7 @@ class Store:
         self.dead_letters = DeadLetterStore(client)
         self.monitoring = MonitorStore(client)
         self.shop_data = ShopData(client)
+        self.ops = OpsStore(client)
 
     # --- request path -------------------------------------------------------------------
     def accept(self, env: Envelope) -> Accepted:
@@ -398,6 +430,8 @@ class Store:
             cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
+        for command in _ops_commands(shop, commit.ledger, commit.webhook_log, commit.webhooks_at):
+            cmds.add(*command)
         if commit.retried:
             cmds.add("DEL", k.drain_tries)
         if taken is None:
@@ -449,6 +483,8 @@ class Store:
                 stage(pipe, shop, s.letters, now_ms())
                 for name, n in s.counters.items():
                     pipe.hincrby(k.stats, name, n)
+                for command in _ops_commands(shop, s.ledger, (), (), s.marks):
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except redis.WatchError:
                 raise LeaseLost(shop) from None
