@@ -40,7 +40,9 @@ class BadLookup(ValueError):
 
 @dataclass
 class Call:
-    """One ledger entry, as shown."""
+    """One call and what became of it: its ledger entries folded by messageId (an entry
+    without one, a call identity held back before it had an id, stands alone). `outcome`,
+    `reason` and `at_ms` are the newest entry's; `history` every outcome, oldest first."""
 
     at_ms: int
     event: str
@@ -48,6 +50,29 @@ class Call:
     message_id: str = ""
     reason: str = ""
     topic: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def fold(entries: list[dict[str, Any]]) -> list[Call]:
+    """Ledger entries (any order, from several ledgers) as calls, newest first."""
+    calls: dict[str, Call] = {}
+    alone: list[Call] = []
+    for doc in sorted(entries, key=lambda d: int(d.get("t") or 0)):
+        mid = str(doc.get("m") or "")
+        at = int(doc.get("t") or 0)
+        outcome = str(doc.get("o") or "")
+        call = calls.get(mid) if mid else None
+        if call is None:
+            call = Call(at, str(doc.get("e") or ""), outcome, mid, history=[])
+            if mid:
+                calls[mid] = call
+            else:
+                alone.append(call)
+        call.at_ms, call.outcome = at, outcome
+        call.reason = str(doc.get("r") or "")
+        call.topic = call.topic or str(doc.get("w") or "")
+        call.history.append(outcome)
+    return sorted([*calls.values(), *alone], key=lambda c: c.at_ms, reverse=True)
 
 
 @dataclass
@@ -158,7 +183,8 @@ def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
                 carts.append(str(person["cart"]))
             for trait, pair in sorted((person.get("f") or {}).items()):
                 if isinstance(pair, list) and len(pair) == 2:
-                    view.traits.append((str(trait), str(pair[0] or ""), pair[1]))
+                    shown = pair[1] if isinstance(pair[1], str) else orjson.dumps(pair[1]).decode()
+                    view.traits.append((str(trait), str(pair[0] or ""), shown))
         if orders is not None:
             view.records["orders"] = orders
     for token in dict.fromkeys(carts):
@@ -171,23 +197,12 @@ def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
     view.anonymous = list(dict.fromkeys(anons))
     names = [n for n in (user, *view.anonymous) if n]
     hashes = list(dict.fromkeys(keyed.person_hash(n) for n in names))
-    calls: list[Call] = []
-    for entries in store.ops.ledgers(shop, hashes):
-        for raw in entries:
-            doc = _json(raw)
-            if doc is None:
-                continue
-            calls.append(
-                Call(
-                    at_ms=int(doc.get("t") or 0),
-                    event=str(doc.get("e") or ""),
-                    outcome=str(doc.get("o") or ""),
-                    message_id=str(doc.get("m") or ""),
-                    reason=str(doc.get("r") or ""),
-                    topic=str(doc.get("w") or ""),
-                )
-            )
-    calls.sort(key=lambda c: c.at_ms, reverse=True)
-    view.calls = calls[:SHOWN_CALLS]
+    docs = [
+        doc
+        for entries in store.ops.ledgers(shop, hashes)
+        for doc in map(_json, entries)
+        if doc is not None
+    ]
+    view.calls = fold(docs)[:SHOWN_CALLS]
     view.found = bool(view.records or view.calls or (user and kind == CUSTOMER and view.traits))
     return view
