@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
+import redis as redis_lib
 from playwright.sync_api import Browser, Dialog, Page, expect
 
 from bridge.config.settings import Settings
+from bridge.store.keys import Keys
 from tests import journeys
 from tests.browser import SCREENSHOTS
 from tests.conftest import ROOT, SHOP, free_port, service_env, wait_until, webhook_headers
@@ -86,9 +90,26 @@ def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 
 
+def seed_history(redis: redis_lib.Redis, now_s: int) -> None:
+    """Four weeks of hourly history before the last 24 h (so the charts have a baseline), and
+    a drop alert that ended 6 hours ago; the last 24 h are left to the real traffic."""
+    k = Keys(SHOP)
+    pipe = redis.pipeline(transaction=False)
+    first = now_s // 3600 * 3600 - 28 * 86400
+    for hour in range(first, now_s - 86400, 3600):
+        busy = 6 + 5 * ((hour // 3600) % 24 in range(9, 22))
+        for event, share in (("added_to_cart", 3), ("checkout_started", 2), ("order_completed", 1)):
+            pipe.hset(k.volume_coarse(event), hour, busy * share)
+        pipe.hset(k.webhook_buckets("1h", hour // 86400), hour, busy * 9)
+    ended = {"event": "added_to_cart", "kind": "drop", "since": (now_s - 7 * 3600) * 1000}
+    pipe.lpush(k.alert_history, orjson.dumps({**ended, "until": (now_s - 6 * 3600) * 1000}))
+    pipe.execute()
+
+
 def test_an_operator_logs_in_sees_traffic_finds_a_buyer_and_replays_a_dead_letter(
-    stack: Stack, pipelines: PipelinesStandIn, browser: Browser
+    stack: Stack, pipelines: PipelinesStandIn, browser: Browser, redis: redis_lib.Redis
 ) -> None:
+    seed_history(redis, int(time.time()))
     # Traffic: a shopper's cart, checkout and order, then one more line added to the cart.
     stack.post("carts/create", journeys.cart(journeys.CART, {111: 1}, "2024-11-06T01:00:00Z"))
     assert pipelines.wait_for(1, 20)
@@ -130,6 +151,8 @@ def test_an_operator_logs_in_sees_traffic_finds_a_buyer_and_replays_a_dead_lette
         carts = page.locator('#fine [data-series="added_to_cart"] svg')
         assert int(carts.get_attribute("data-total") or 0) >= 1
         assert page.locator("#fine svg polyline.counts").count() == 4
+        assert page.locator("#fine svg polyline.baseline").count() >= 4
+        assert page.locator('#fine [data-series="added_to_cart"] svg rect.alert-drop').count() >= 1
         shot(page, "ops-shop.png")
 
         # The buyer, found by customer id: the addition after the order was suppressed.

@@ -25,7 +25,7 @@ KIND_FILL = {"drop": "#d9534f", "silence": "#f0ad4e", "spike": "#8e44ad"}
 
 def _fmt_time(epoch_s: int, step_s: int) -> str:
     when = datetime.fromtimestamp(epoch_s, UTC)
-    return when.strftime("%H:%M UTC" if step_s < 3600 else "%b %d %H:00 UTC")
+    return when.strftime("%b %d %H:%M UTC" if step_s < 3600 else "%b %d %H:00 UTC")
 
 
 def svg(chart: Chart, title: str) -> Markup:
