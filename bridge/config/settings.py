@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     ops_token: SecretStr = SecretStr("")
     ops_admin_token: SecretStr = SecretStr("")
     ops_cookie_secure: bool = True  # the session cookie only over HTTPS (`bridge dev`: false)
+    # Entries kept in each person's ledger of recent calls (store/ops.py); 0 writes none.
+    ops_ledger_calls: int = Field(default=50, ge=0, le=1000)
 
     @field_validator("shop_timezone")
     @classmethod

@@ -354,7 +354,9 @@ def _round(
         Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
-    settle: Settlement[deadletters.DeadLetter] = Settlement()
+    settle: Settlement[deadletters.DeadLetter] = Settlement(
+        ledger_keep=services.settings.ops_ledger_calls
+    )
     items = _drop_guarded(services, shop, items, settle)
     queues = segments_by_person(items)
     states = {
@@ -447,7 +449,7 @@ def _ledger(
 ) -> None:
     """Note what became of one call in its person's ledger (the ops console's), settled with
     the round."""
-    if not it.entry.person:
+    if not it.entry.person or not settle.ledger_keep:
         return
     event = it.entry.event or deadletters.call_name(it.entry.call)[0]
     mid = ops_records.message_id_of(it.entry.call)

@@ -129,7 +129,8 @@ def _follow(reader: _Reader, cid: str) -> str:
 def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
     """Find the person `value` (of `kind`, one of KINDS) names in `shop`. Raises
     BadLookup for an unknown kind or an empty or oversized value, StoreError on Redis."""
-    value = value.strip()
+    # A lone surrogate cannot be hashed or sent to Redis: it becomes "?" (and finds nobody).
+    value = value.encode("utf-8", "replace").decode().strip()
     if kind not in KINDS:
         raise BadLookup("unknown kind of lookup")
     if not value or len(value) > MAX_VALUE_CHARS:

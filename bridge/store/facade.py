@@ -102,6 +102,7 @@ class Settlement(Generic[LetterT]):
     counters: dict[str, int] = field(default_factory=dict)
     # issue 18 (store/ops.py): (person hash, entry) for people's ledgers; when things happened
     ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    ledger_keep: int = 50  # entries kept per person (OPS_LEDGER_CALLS; 0: none written)
     marks: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -129,6 +130,7 @@ class Commit:
     # issue 18 (store/ops.py): people's ledgers (person hash, entry), the webhook log's
     # entries and each webhook's arrival (ms) for the webhook charts
     ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    ledger_keep: int = 50  # entries kept per person (OPS_LEDGER_CALLS; 0: none written)
     webhook_log: list[bytes] = field(default_factory=list)
     webhooks_at: list[int] = field(default_factory=list)
 
@@ -142,10 +144,12 @@ def _ops_commands(
     hooks: Sequence[bytes],
     arrivals: Sequence[int],
     marks: Mapping[str, int] | None = None,
+    *,
+    keep: int = 50,
 ) -> list[tuple[Any, ...]]:
     """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
     return [
-        *ledger_commands(shop, ledger),
+        *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
         *webhook_log_commands(shop, hooks),
         *webhook_count_commands(shop, arrivals),
         *marks_commands(shop, marks or {}),
@@ -430,7 +434,9 @@ class Store:
             cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
-        for command in _ops_commands(shop, commit.ledger, commit.webhook_log, commit.webhooks_at):
+        for command in _ops_commands(
+            shop, commit.ledger, commit.webhook_log, commit.webhooks_at, keep=commit.ledger_keep
+        ):
             cmds.add(*command)
         if commit.retried:
             cmds.add("DEL", k.drain_tries)
@@ -483,7 +489,7 @@ class Store:
                 stage(pipe, shop, s.letters, now_ms())
                 for name, n in s.counters.items():
                     pipe.hincrby(k.stats, name, n)
-                for command in _ops_commands(shop, s.ledger, (), (), s.marks):
+                for command in _ops_commands(shop, s.ledger, (), (), s.marks, keep=s.ledger_keep):
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except redis.WatchError:

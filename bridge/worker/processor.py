@@ -51,6 +51,7 @@ class ProcessConfig:
     identity_hint_anonymous_attr: str
     dedupe_ttl_s: int
     api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
+    ledger_calls: int = 50  # OPS_LEDGER_CALLS: each person's ledger of calls (0: none written)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> ProcessConfig:
@@ -73,6 +74,7 @@ class ProcessConfig:
             identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
             dedupe_ttl_s=s.webhook_dedupe_ttl_s,
             api_version=s.shopify_api_version,
+            ledger_calls=s.ops_ledger_calls,
         )
 
     def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
@@ -148,7 +150,7 @@ def process(
     `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
     batch's clock for holds and waits (default: the wall clock).
     """
-    commit = Commit(seen_ttl_s=config.dedupe_ttl_s)
+    commit = Commit(seen_ttl_s=config.dedupe_ttl_s, ledger_keep=config.ledger_calls)
     keys = Keys(shop)
     envs = [Envelope.decode(item) for item in raw]
     read: list[Mapped | str] = []  # each webhook's mapping, or why it cannot be mapped
@@ -318,6 +320,8 @@ class _Outcome:
             if kind == "track":
                 volume.record(commit, shop, name, env.received_ms)  # issue 6
             produced[name] = produced.get(name, 0) + 1
+            if not commit.ledger_keep:
+                continue
             commit.ledger.append(
                 (
                     person,
@@ -329,6 +333,8 @@ class _Outcome:
         held: dict[str, int] = {}
         for person, event, outcome, why in self.notes:
             held[outcome] = held.get(outcome, 0) + 1
+            if not commit.ledger_keep:
+                continue
             commit.ledger.append(
                 (
                     keyed.person_hash(person),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -354,3 +355,47 @@ def test_a_data_request_exports_the_ledger_and_a_redact_erases_it(
         },
     ).get_data(as_text=True)
     assert "o-row-" not in page
+
+
+def test_hostile_lookups_get_a_page_not_a_crash(client: FlaskClient, services: Services) -> None:
+    post(client, "carts/create", journeys.cart("c1", {111: 1}, "2024-11-06T01:00:00Z"))
+    settle(services)
+    csrf = login(client, VIEWER_TOKEN)
+    cases = [
+        ("customer_id", "", 400),
+        ("customer_id", "x" * 10_000, 400),
+        ("nonsense", "1", 400),
+        ("email", "%ED%A0%80@example.com", 200),  # a lone surrogate, as bytes
+        ("email", "%FF%FE", 200),
+        ("cart", "}{*?[", 200),
+        ("order", "99999999999999999999999999999", 200),
+        ("checkout", "c1", 200),
+    ]
+    for kind, value, status in cases:
+        form = urllib.parse.urlencode({"csrf": csrf, "shop": SHOP, "kind": kind})
+        raw = value if "%" in value else urllib.parse.quote(value, safe="")
+        resp = client.post(
+            "/ops/people",
+            data=f"{form}&value={raw}",
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert resp.status_code == status, (kind, value, resp.data[:300])
+    other = client.post(
+        "/ops/people",
+        data={"csrf": csrf, "shop": "nope.myshopify.com", "kind": "cart", "value": "c1"},
+    )
+    assert other.status_code == 400
+    for path in ("/ops/letters?since=yesterday", "/ops/letters?status=%00&event=%F0%9F%92%A9"):
+        assert client.get(path).status_code in (200, 400)
+    assert client.get(f"/ops/letters/{SHOP}/" + "x" * 5000).status_code == 404
+
+
+def test_ops_ledger_calls_zero_writes_no_ledger(
+    ops_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    quiet = ops_settings.model_copy(update={"ops_ledger_calls": 0})
+    client = create_app(quiet).test_client()
+    converted_journey(client, Services.build(quiet))
+    assert _ledger_keys(redis) == []
+    assert redis.llen(Keys(SHOP).webhook_log) == 4  # the webhook log is written all the same
+
