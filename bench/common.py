@@ -67,6 +67,11 @@ TOPIC_MIX: tuple[tuple[str, str, int], ...] = (
 )
 MIN_BODY = 2 * 1024
 MAX_BODY = 20 * 1024
+# `--mix orders`: the order-only backlog of issue 19 (every webhook an orders/paid with exactly
+# ORDER_LINES line items), the mix where a worker produces the most work per webhook.
+ORDER_MIX: tuple[tuple[str, str, int], ...] = (("orders/paid", "orders-paid", 1),)
+ORDER_LINES = 8
+MIXES = {"shop": TOPIC_MIX, "orders": ORDER_MIX}
 
 
 # --- machine ------------------------------------------------------------------------------
@@ -378,18 +383,21 @@ class WebhookFactory:
     """Deterministic signed webhooks from the Shopify fixtures: a topic mix, 2-20 KB bodies, and
     fresh cart, checkout, order and customer ids in each, so every webhook's calls are its own."""
 
-    def __init__(self, seed: int = 1, shops: int = 4) -> None:
+    def __init__(self, seed: int = 1, shops: int = 4, mix: str = "shop") -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.shops = [f"bench-{seed}-{i}.myshopify.com" for i in range(shops)]
         self.n = 0
+        self.mix = mix
+        chosen = MIXES[mix]
         self.templates = {
-            f: orjson.loads((FIXTURES / f"{f}.json").read_bytes()) for _, f, _ in TOPIC_MIX
+            f: orjson.loads((FIXTURES / f"{f}.json").read_bytes())
+            for _, f, _ in (*chosen, ("carts/create", "carts-create", 0))
         }
         self.spare_item = self.templates["carts-create"]["line_items"][0]
-        self.topics = [t for t, _, _ in TOPIC_MIX]
-        self.fixture = {t: f for t, f, _ in TOPIC_MIX}
-        self.weights = [w for _, _, w in TOPIC_MIX]
+        self.topics = [t for t, _, _ in chosen]
+        self.fixture = {t: f for t, f, _ in chosen}
+        self.weights = [w for _, _, w in chosen]
 
     def make(self) -> Webhook:
         self.n += 1
@@ -427,7 +435,10 @@ class WebhookFactory:
                 body["email"] = customer["email"]
             if "contact_email" in body:
                 body["contact_email"] = customer["email"]
-        self._pad(body, n)
+        if self.mix == "orders":
+            self._lines(body, n, ORDER_LINES)
+        else:
+            self._pad(body, n)
         raw = orjson.dumps(body)
         return Webhook(
             topic=topic,
@@ -436,6 +447,21 @@ class WebhookFactory:
             hmac=signature.sign(raw, SECRET.encode()),
             markers=tuple(markers),
         )
+
+    def _lines(self, body: dict[str, Any], n: int, count: int) -> None:
+        """Exactly `count` distinct line items (products, variants and SKUs of their own)."""
+        items = body.get("line_items")
+        template = items[0] if isinstance(items, list) and items else self.spare_item
+        lines = []
+        for k in range(count):
+            item = copy.deepcopy(template)
+            for key in ("id", "variant_id", "product_id"):
+                if isinstance(item.get(key), int):
+                    item[key] = 9_000_000_000 + n * 100 + k
+            if isinstance(item.get("sku"), str):
+                item["sku"] = f"SKU-{n}-{k}"
+            lines.append(item)
+        body["line_items"] = lines
 
     def _pad(self, body: dict[str, Any], n: int) -> None:
         """Add line items until the body reaches a size drawn from 2-20 KB (never over 20 KB)."""
@@ -609,6 +635,7 @@ def run_py_driver(
     shops: int = 4,
     pool: int = 0,
     posts_out: str | None = None,
+    mix: str = "shop",
 ) -> dict[str, Any]:
     """Run the Python driver in its own process and return its JSON summary."""
     cmd = [
@@ -631,6 +658,8 @@ def run_py_driver(
         str(shops),
         "--pool",
         str(pool),
+        "--mix",
+        mix,
     ]
     if posts_out:
         cmd += ["--posts-out", posts_out]
@@ -645,7 +674,7 @@ def _drive_main(args: argparse.Namespace) -> int:
     otherwise every webhook is distinct (`--count`, or rate x duration) and `--posts-out` gets
     one `[index, wall time of send]` per accepted webhook, for end-to-end matching.
     """
-    factory = WebhookFactory(seed=args.seed, shops=args.shops)
+    factory = WebhookFactory(seed=args.seed, shops=args.shops, mix=args.mix)
     total = args.count or (int(args.rate * args.duration) if args.rate else 0)
     if args.pool or not total:
         hooks = [factory.make() for _ in range(args.pool or 256)]
@@ -788,6 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--shops", type=int, default=4)
     d.add_argument("--pool", type=int, default=0)
     d.add_argument("--posts-out")
+    d.add_argument("--mix", choices=sorted(MIXES), default="shop")
     s = sub.add_parser("standin")
     s.add_argument("--delay-ms", type=float, default=0.0)
     s.add_argument("--records-out", required=True)

@@ -96,3 +96,51 @@ def test_the_api_version_webhooks_carry_is_counted_against_the_configured_one() 
         "webhook_api_version:2025-07:mismatch": 1,
         "webhook_api_version:other:mismatch": 2,
     }
+
+
+@pytest.mark.parametrize(
+    "topic,fixture",
+    [
+        ("orders/paid", "orders-paid"),
+        ("orders/create", "orders-create"),
+        ("checkouts/update", "checkouts-update"),
+        ("carts/update", "carts-update"),
+        ("customers/update", "customers-create"),
+    ],
+)
+def test_a_batch_of_fresh_shoppers_is_decided_in_one_load(topic: str, fixture: str) -> None:
+    """Every record a webhook's decision reads is named up front (`keys_for`), so a batch of
+    first-time shoppers costs one state lookup and one decide round, not two: a record named
+    only after the first round (an email's subscription index, read when the email joins its
+    customer) made every order batch decide twice (issue 19, the order path)."""
+    loads: list[list[str]] = []
+
+    def load(names: list[str]) -> dict[str, bytes | None]:
+        loads.append(names)
+        return dict.fromkeys(names)
+
+    batch = []
+    for i in range(3):
+        body = orjson.loads(fixture_bytes(fixture))
+        body["id"] = 5_000_000 + i
+        body["test"] = False
+        batch.append(
+            Envelope(
+                shop=SHOP,
+                topic=topic,
+                webhook_id=f"fresh-{i}",
+                body=orjson.dumps(body),
+                received_ms=0,
+            ).encode()
+        )
+    commit = process(
+        SHOP,
+        batch,
+        source=ShopifySource(),
+        config=ProcessConfig.defaults(api_version=""),
+        load=load,
+        key_of=K.state,
+    )
+    assert not commit.letters
+    assert commit.counters.get(f"webhooks:{topic}:processed") == 3
+    assert len(loads) == 1, f"records read only after a first round: {loads[1:]}"
