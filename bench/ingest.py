@@ -20,11 +20,17 @@ throughput ratio. Linux only (/proc).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.cookiejar
 import json
 import os
+import re
 import statistics
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +55,48 @@ from bench.common import (
 )
 
 BARE_APP = "bench.bare_app:app"
+OPS_TOKEN = "bench-ops-token"
+
+
+class Operator:
+    """With --ops: someone looking at the ops console while webhooks pour in (the shops'
+    health and one shop's charts, once a second each), on a thread of the bench process."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.stop = threading.Event()
+        self.pages = 0
+        self.errors = 0
+        self.thread = threading.Thread(target=self._browse, daemon=True)
+
+    def __enter__(self) -> Operator:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def _browse(self) -> None:
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+        form = urllib.parse.urlencode({"token": OPS_TOKEN}).encode()
+        while not self.stop.is_set():
+            try:
+                with opener.open(self.base + "/ops/login", data=form, timeout=10) as resp:
+                    page = resp.read().decode()
+                shops = re.findall(r'href="(/ops/shops/[^"/]+)"', page)
+                self.pages += 1
+                if shops:
+                    with opener.open(self.base + shops[0], timeout=10) as resp:
+                        resp.read()
+                    self.pages += 1
+            except OSError:
+                self.errors += 1
+            self.stop.wait(1.0)
+
+
 CPU_GROUPS = ("web", "redis", "driver")
 
 
@@ -77,6 +125,7 @@ def _one(
     *,
     rate: float = 0.0,
     seed: int = 1,
+    browsing: bool = False,
 ) -> dict[str, Any]:
     # A short warm-up first: imports, connection pools and the Lua script cache.
     drive(
@@ -87,16 +136,21 @@ def _one(
         seed=seed,
         rate=0.0,
     )
-    before = cpu_by_group(web, redis_svc)
-    result = drive(
-        web.port,
-        concurrency=args.concurrency,
-        duration_s=args.duration,
-        prefer_wrk=args.driver != "python",
-        seed=seed,
-        rate=rate,
-    )
-    after = cpu_by_group(web, redis_svc)
+    operator = Operator(web.port) if browsing else contextlib.nullcontext()
+    with operator:
+        before = cpu_by_group(web, redis_svc)
+        result = drive(
+            web.port,
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            prefer_wrk=args.driver != "python",
+            seed=seed,
+            rate=rate,
+        )
+        after = cpu_by_group(web, redis_svc)
+    if isinstance(operator, Operator):
+        result["ops_pages"] = operator.pages
+        result["ops_errors"] = operator.errors
     result["cpu_us_per_req"] = cpu_us_per_request(before, after, result["requests"])
     return result
 
@@ -108,6 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started.append(redis_svc)
         client = redis_lib.Redis.from_url(redis_svc.url)
         env = service_env(redis_svc.url)
+        if args.ops:  # the console on (and browsed, see Operator) while the bridge is measured
+            env.update(OPS_TOKEN=OPS_TOKEN, OPS_COOKIE_SECURE="false")
         for i in range(args.runs):
             result: dict[str, Any] = {}
             for name, app in (("bare", BARE_APP), ("bridge", None)):
@@ -115,7 +171,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 web = start_web(env, app=app, workers=args.web_concurrency)
                 started.append(web)
                 try:
-                    result[name] = _one(web, redis_svc, args, seed=i + 1)
+                    browsing = args.ops and name == "bridge"
+                    result[name] = _one(web, redis_svc, args, seed=i + 1, browsing=browsing)
                     if name == "bridge":
                         half = max(1.0, result["bridge"]["rps"] / 2)
                         client.flushall()
@@ -188,6 +245,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "concurrency": args.concurrency,
             "web_concurrency": args.web_concurrency,
+            "ops": args.ops,
             "driver": "wrk" if args.driver != "python" and have_wrk(install=False) else "python",
         },
         "summary": summary,
@@ -217,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="auto: wrk if installed (apt-get install when root), else python",
     )
+    p.add_argument(
+        "--ops",
+        action="store_true",
+        help="the ops console on (OPS_TOKEN set), browsed once a second while the bridge runs",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     args = p.parse_args(argv)
     out = run(args)
@@ -235,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['bridge']['p50_ms']} p99 {r['bridge']['p99_ms']} ms | ratio {r['ratio']:.2f} | "
             f"half rate {r['bridge_half_rate']['offered_rps']:.0f}/s p99 "
             f"{r['bridge_half_rate']['p99_ms']} ms"
+            + (f" | console pages {r['bridge'].get('ops_pages', 0)}" if args.ops else "")
         )
         print(
             f"       CPU µs/req: bare {_cpu_line(r['bare']['cpu_us_per_req'])} | "

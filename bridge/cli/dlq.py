@@ -13,36 +13,19 @@ terminal. Output is JSON lines (one letter each), or one JSON object for `show`.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
 import orjson
 
 from bridge.cli import common as cli_common
-from bridge.delivery.deadletters import KIND_CALL, DeadLetter, DeadLetters, ErasureRunning
-from bridge.delivery.outbox import OutboxEntry
-from bridge.store import wire
+from bridge.delivery.deadletters import DeadLetters
+from bridge.ops import letters as ops_letters
+from bridge.ops.letters import parse_time
 
 if TYPE_CHECKING:
     from bridge.services import Services
-
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_time(text: str, now_ms: int) -> int:
-    """Milliseconds since the epoch for an ISO time or an age before `now_ms`; ValueError else."""
-    m = _AGE.match(text.strip())
-    if m:
-        return now_ms - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1000)
-    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
 
 
 class Progress:
@@ -73,33 +56,10 @@ def _shops(args: argparse.Namespace, services: Services) -> list[str]:
     return [args.shop] if args.shop else list(services.store.shops())
 
 
-def _find(services: Services, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
-    letters = DeadLetters(services.store)
-    for shop in shops:
-        found = letters.get(shop, letter_id)
-        if found is not None:
-            return found
-    return None
-
-
-def _detail(d: DeadLetter) -> dict[str, Any]:
-    out: dict[str, Any] = {**d.summary(), "response": d.response}
-    if d.kind == KIND_CALL:
-        entry = OutboxEntry.decode(d.payload)
-        out["call"] = orjson.loads(entry.call)
-        out["person"] = entry.person
-    else:
-        head, body = wire.unframe(d.payload)
-        out["envelope"] = orjson.loads(head)
-        out["body"] = body.decode("utf-8", "replace")
-    return out
-
-
 def cmd_dlq(args: argparse.Namespace) -> int:
     from bridge.config.settings import ConfigError, load_settings
     from bridge.services import Services
-    from bridge.store.facade import Keys, now_ms
-    from bridge.worker.queues import enqueue_deliver, enqueue_drain
+    from bridge.store.facade import now_ms
 
     try:
         services = Services.build(load_settings())
@@ -123,12 +83,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     if args.dlq_command == "list":
         shown = 0
-        for shop in shops:
-            for d in letters.iter(shop, since):
-                if shown >= args.limit:
-                    return 0
-                out.write(orjson.dumps(d.summary()).decode() + "\n")
-                shown += 1
+        for d in ops_letters.iter_letters(letters, shops, ops_letters.LetterFilter(since)):
+            if shown >= args.limit:
+                return 0
+            out.write(orjson.dumps(d.summary()).decode() + "\n")
+            shown += 1
         if not shown:
             # An empty list says what was read, so an empty answer is never a silent one.
             where = cli_common.where(services.settings.redis_url)
@@ -136,49 +95,30 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         return 0
 
     if args.dlq_command == "show":
-        found = _find(services, shops, args.id)
+        found = ops_letters.find(letters, shops, args.id)
         if found is None:
             sys.stderr.write(f"cartbridge: no dead letter {args.id}\n")
             return 1
-        out.write(orjson.dumps(_detail(found), option=orjson.OPT_INDENT_2).decode() + "\n")
+        detail = ops_letters.detail(found)
+        out.write(orjson.dumps(detail, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
 
     if args.dlq_command == "replay":
         if not (args.all or since is not None or args.ids):
             sys.stderr.write("cartbridge: say what to replay: --all, --since TIME or IDs\n")
             return 2
-        plan: list[tuple[str, list[str]]] = []
-        for shop in shops:
-            ids = letters.ids(shop, since) if not args.ids else args.ids
-            plan.append((shop, ids))
+        plan = ops_letters.replay_plan(letters, shops, ids=args.ids, since_ms=since)
         progress = Progress(sum(len(ids) for _, ids in plan))
-        replayed = 0
-        blocked: list[str] = []
-        for shop, ids in plan:
-            for i in range(0, len(ids), 200):
-                chunk = letters.get_many(shop, ids[i : i + 200])
-                try:
-                    replayed += letters.replay(shop, chunk)
-                except ErasureRunning:
-                    blocked.append(shop)  # what is left of this shop: another time
-                    break
-                progress.add(len(ids[i : i + 200]))
-            keys = Keys(shop)
-            if services.store.wake(keys.deliver_flag):
-                enqueue_deliver(services.queue, shop)
-            if services.store.wake(keys.drain_flag):
-                enqueue_drain(services.queue, shop)
+        outcome = ops_letters.replay(services, plan, progress=progress.add)
         progress.close()
+        replayed, blocked = outcome.replayed, outcome.blocked
         out.write(orjson.dumps({"replayed": replayed}).decode() + "\n")
         for shop in blocked:
             sys.stderr.write(f"cartbridge: {shop}: an erasure is still running; replay again\n")
         return 0 if (replayed or not args.ids) and not blocked else 1
 
     # purge
-    purged = 0
-    for shop in shops:
-        ids = args.ids or letters.ids(shop, before_ms=before)
-        purged += letters.purge(shop, ids)
+    purged = ops_letters.purge(letters, shops, ids=args.ids, before_ms=before)
     out.write(orjson.dumps({"purged": purged}).decode() + "\n")
     return 0
 

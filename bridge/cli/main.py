@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -353,6 +354,11 @@ def dev(port: int) -> int:
         env.setdefault("DRY_RUN_FILE", str(Path.cwd() / "dry-run.jsonl"))
     # /metrics is closed without METRICS_TOKEN; a local run's metrics are for whoever runs it.
     env.setdefault("METRICS_PUBLIC", "true")
+    # The ops console (/ops) is on with a token made for this run (admin: it may replay), over
+    # plain http on loopback; an OPS_TOKEN of your own is kept as it is.
+    if not env.get("OPS_TOKEN"):
+        env["OPS_TOKEN"] = env["OPS_ADMIN_TOKEN"] = secrets.token_urlsafe(18)
+    env.setdefault("OPS_COOKIE_SECURE", "false")
     if env.get("REDIS_URL"):
         load_settings(redis_url=env["REDIS_URL"])  # a bad URL: one line, before starting
     with socket.socket() as probe:
@@ -430,7 +436,8 @@ def _run_dev(
     _say(
         f"cartbridge is up: POST http://127.0.0.1:{port}/webhooks/shopify "
         f"(recorded in {path.relative_to(here)}; Ctrl-C stops it)\n"
-        f"try, in another terminal:  bridge send-sample carts/create"
+        f"try, in another terminal:  bridge send-sample carts/create\n"
+        f"ops console: http://127.0.0.1:{port}/ops/ (token: {env['OPS_TOKEN']})"
     )
     while all(p.poll() is None for _, p in started):
         time.sleep(0.5)

@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     volume_spike_min_events: int = Field(default=10, ge=1)
     alert_webhook_url: SecretStr = SecretStr("")
     alert_repeat_s: int = Field(default=6 * 3600, ge=60)
+    # issue 18: the ops console at /ops (bridge/web/ops/): off unless OPS_TOKEN is set; replay
+    # and purge need a session opened with OPS_ADMIN_TOKEN.
+    ops_token: SecretStr = SecretStr("")
+    ops_admin_token: SecretStr = SecretStr("")
+    ops_cookie_secure: bool = True  # the session cookie only over HTTPS (`bridge dev`: false)
+    # Entries kept in each person's ledger of recent calls (store/ops.py); 0 writes none.
+    ops_ledger_calls: int = Field(default=50, ge=0, le=1000)
 
     @field_validator("shop_timezone")
     @classmethod

@@ -56,6 +56,7 @@ from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
 from bridge.delivery.outbox import OutboxEntry
 from bridge.delivery.sinks import Sink
 from bridge.store import StoreError, wire
+from bridge.store import ops as ops_records
 from bridge.store.facade import Keys, LeaseLost, Settlement, now_ms
 from bridge.store.lease import Lease
 
@@ -357,7 +358,9 @@ def _round(
         Item(raw, e, i, e.hold_name())
         for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
     ]
-    settle: Settlement[deadletters.DeadLetter] = Settlement()
+    settle: Settlement[deadletters.DeadLetter] = Settlement(
+        ledger_keep=services.settings.ops_ledger_calls
+    )
     items = _drop_guarded(services, shop, items, settle)
     queues = segments_by_person(items)
     states = {
@@ -394,7 +397,10 @@ def _round(
             not_done += seg.items
 
     now = now_ms()
+    for it in delivered:
+        _ledger(settle, it, now, ops_records.DELIVERED)
     for it, err in dead:
+        _ledger(settle, it, now, ops_records.DEAD, _reason(err))
         settle.letters.append(
             deadletters.call_letter(
                 shop,
@@ -413,6 +419,8 @@ def _round(
     ]
     settle.clear |= {h for h in states if h not in waiting}
     settle.count("calls:delivered", len(delivered))
+    if delivered:
+        settle.marks["delivered"] = now
     settle.counters.update(
         {k: settle.counters.get(k, 0) + v for k, v in latency_counters(delivered, now).items()}
     )
@@ -435,6 +443,23 @@ def _round(
         _pause(services, shop, auth)
         return True
     return False
+
+
+_CONVERTED_SINCE = "its cart or checkout was converted to an order after it was queued"
+
+
+def _ledger(
+    settle: Settlement[deadletters.DeadLetter], it: Item, now: int, outcome: str, why: str = ""
+) -> None:
+    """Note what became of one call in its person's ledger (the ops console's), settled with
+    the round."""
+    if not it.entry.person or not settle.ledger_keep:
+        return
+    event = it.entry.event or deadletters.call_name(it.entry.call)[0]
+    mid = ops_records.message_id_of(it.entry.call)
+    settle.ledger.append(
+        (it.person, ops_records.ledger_entry(now, event, outcome, message_id=mid, reason=why))
+    )
 
 
 def _reason(err: pipelines.PipelinesError) -> str:
@@ -469,6 +494,7 @@ def _hold(
         state = RetryState(state.attempts + 1, state.first_ms or now)
         if now - state.first_ms > s.retry_horizon_s * 1000:
             for it in its:
+                _ledger(settle, it, now, ops_records.DEAD, "retry horizon passed")
                 settle.letters.append(
                     deadletters.call_letter(
                         shop,
@@ -494,6 +520,11 @@ def _hold(
         # Full jitter can draw ~0: a floor keeps a failing person from being retried in the same
         # breath (and the window loop from spinning on them).
         due = now + max(MIN_RETRY_DELAY_MS, int(delay * 1000))
+        why = (
+            f"attempt {state.attempts} failed ({err.status or 'network'}); retry in {due - now} ms"
+        )
+        for it in its:
+            _ledger(settle, it, now, ops_records.HELD, why)
         settle.held.append((h, [it.raw for it in its], due, state.encode(now, err.status)))
         settle.count("deliver:held", len(its))
 
@@ -531,6 +562,7 @@ def _drop_guarded(
         if hit.intersection(it.entry.guards):
             name = deadletters.call_name(it.entry.call)[0] or "call"
             settle.count(f"events:{name}:suppressed")
+            _ledger(settle, it, now_ms(), ops_records.SUPPRESSED, _CONVERTED_SINCE)
         else:
             kept.append(it)
     return kept

@@ -47,10 +47,12 @@ from bridge.identity import carts, orders, subscriptions
 from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
-from bridge.identity.view import count
+from bridge.identity.view import count, note
 from bridge.ids import iso_z, message_id
 
 HELD_REFUNDS = "held:refunds"
+# Why a call is held back once its cart or checkout became an order (the ops console shows it).
+_CONVERTED = "the cart or checkout was already converted to an order"
 # Facts released by a webhook are decided in its run; a released fact releasing more is
 # followed this deep (a subscriber's customer -> its subscriptions -> their billing facts).
 MAX_RELEASE_DEPTH = 3
@@ -158,6 +160,7 @@ class _Run:
         if carts.converted(self.view, guards):
             if added:
                 count(self.view, "events:added_to_cart:suppressed", len(added))
+                note(self.view, who.order_key, ADDED_TO_CART, "suppressed", _CONVERTED, len(added))
             return
         carts.update_live(self.view, snap, from_checkout=False)
         self.live_cart(who, snap.cart_token, snap.updated_at)
@@ -213,11 +216,19 @@ class _Run:
                 count(self.view, "events:checkout_started:duplicate")
             elif is_converted:
                 count(self.view, "events:checkout_started:suppressed")
+                note(self.view, who.order_key, CHECKOUT_STARTED, "suppressed", _CONVERTED)
                 self._unhold(name, rec, co)
             elif self.view.get("co_drop:" + co) is not None:
                 count(self.view, "events:checkout_started:late_contact_dropped")
             elif self._recent_unjoined_order(who, event.timestamp):
                 count(self.view, "events:checkout_started:suppressed")
+                note(
+                    self.view,
+                    who.order_key,
+                    CHECKOUT_STARTED,
+                    "suppressed",
+                    "the person ordered within the unjoined-order window",
+                )
                 self._unhold(name, rec, co)
             elif not who.user_id:
                 if not rec.get("held"):
@@ -225,6 +236,13 @@ class _Run:
                     self.view.put(name, rec)
                     carts.hold_checkout(self.view, co, self.policy.clock())
                     count(self.view, "events:checkout_started:held")
+                    note(
+                        self.view,
+                        who.order_key,
+                        CHECKOUT_STARTED,
+                        "waiting",
+                        "held until the checkout has a contact",
+                    )
             else:
                 self.track(event, who, guards)
                 self._unhold(name, rec, co)

@@ -19,6 +19,9 @@ class DecisionView(StateView):
         super().__init__(loaded, key_of)
         self.misses: set[str] = set()
         self.counters: dict[str, int] = {}
+        # Calls held back, per person (person, event, outcome, why): the ops console's
+        # per-person ledger shows them (issue 18).
+        self.notes: list[tuple[str, str, str, str]] = []
 
     def get(self, name: str) -> dict[str, Any] | None:
         key = self.key(name)
@@ -28,6 +31,13 @@ class DecisionView(StateView):
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def note(view: StateView, person: str, event: str, outcome: str, why: str, n: int = 1) -> None:
+    """Note that `n` calls of `event` for `person` were held back (`outcome`: "suppressed",
+    "waiting"), and why, on views that can."""
+    if isinstance(view, DecisionView) and person:
+        view.notes.extend([(person, event, outcome, why)] * n)
 
 
 def count(view: StateView, name: str, n: int = 1) -> None:

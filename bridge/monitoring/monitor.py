@@ -160,6 +160,7 @@ def notify(
     gauges: dict[str, dict[str, float]] = {}
     raised: dict[str, bytes] = {}
     cleared: list[str] = []
+    ended: list[bytes] = []  # the cleared alerts' periods, for the ops console's charts
     for v in verdicts:
         gauges[v.event] = {
             f"{v.event}:window": v.window_count,
@@ -181,7 +182,17 @@ def notify(
                 alerts.send(alert, url)
                 sent.append(alert)
                 cleared.append(name)
-    store.monitoring.record_check(shop, gauges, raised, cleared)
+                ended.append(
+                    orjson.dumps(
+                        {
+                            "event": v.event,
+                            "kind": kind,
+                            "since": prior.get("since"),
+                            "until": now_ms,
+                        }
+                    )
+                )
+    store.monitoring.record_check(shop, gauges, raised, cleared, ended)
     return sent
 
 

@@ -22,6 +22,13 @@ from bridge.store import scripts
 from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
 from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
 from bridge.store.monitoring import MonitorStore
+from bridge.store.ops import (
+    OpsStore,
+    ledger_commands,
+    marks_commands,
+    webhook_count_commands,
+    webhook_log_commands,
+)
 from bridge.store.resp import Pending, PendingTransaction, RawPipeline
 from bridge.store.shopdata import ShopData
 from bridge.store.wire import Envelope
@@ -93,6 +100,10 @@ class Settlement(Generic[LetterT]):
     clear: set[str] = field(default_factory=set)
     letters: list[LetterT] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # issue 18 (store/ops.py): (person hash, entry) for people's ledgers; when things happened
+    ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    ledger_keep: int = 50  # entries kept per person (OPS_LEDGER_CALLS; 0: none written)
+    marks: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, n: int = 1) -> None:
         if n:
@@ -116,9 +127,33 @@ class Commit:
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
     seen_ttl_s: int = 72 * 3600
     retried: bool = False  # the batch ends a run of failed tries: clear their count
+    # issue 18 (store/ops.py): people's ledgers (person hash, entry), the webhook log's
+    # entries and each webhook's arrival (ms) for the webhook charts
+    ledger: list[tuple[str, bytes]] = field(default_factory=list)
+    ledger_keep: int = 50  # entries kept per person (OPS_LEDGER_CALLS; 0: none written)
+    webhook_log: list[bytes] = field(default_factory=list)
+    webhooks_at: list[int] = field(default_factory=list)
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
+
+
+def _ops_commands(
+    shop: str,
+    ledger: Sequence[tuple[str, bytes]],
+    hooks: Sequence[bytes],
+    arrivals: Sequence[int],
+    marks: Mapping[str, int] | None = None,
+    *,
+    keep: int = 50,
+) -> list[tuple[Any, ...]]:
+    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
+    return [
+        *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
+        *webhook_log_commands(shop, hooks),
+        *webhook_count_commands(shop, arrivals),
+        *marks_commands(shop, marks or {}),
+    ]
 
 
 class CommandList:
@@ -240,6 +275,7 @@ class Store:
         self.dead_letters = DeadLetterStore(client)
         self.monitoring = MonitorStore(client)
         self.shop_data = ShopData(client)
+        self.ops = OpsStore(client)
 
     # --- request path -------------------------------------------------------------------
     def accept(self, env: Envelope) -> Accepted:
@@ -405,6 +441,10 @@ class Store:
             cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
+        for command in _ops_commands(
+            shop, commit.ledger, commit.webhook_log, commit.webhooks_at, keep=commit.ledger_keep
+        ):
+            cmds.add(*command)
         if commit.retried:
             cmds.add("DEL", k.drain_tries)
         if taken is None:
@@ -456,6 +496,8 @@ class Store:
                 stage(pipe, shop, s.letters, now_ms())
                 for name, n in s.counters.items():
                     pipe.hincrby(k.stats, name, n)
+                for command in _ops_commands(shop, s.ledger, (), (), s.marks, keep=s.ledger_keep):
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except redis.WatchError:
                 raise LeaseLost(shop) from None

@@ -75,6 +75,12 @@ class Keys:
         self.housekeeping = p + "house"
         # The backfill's product id -> product type cache (backfill/run.py).
         self.product_types = p + "product_types"
+        # The ops console (issue 18, store/ops.py): the last webhooks processed (a capped
+        # list), alerts that ended (a capped list), and when calls were last delivered.
+        self.webhook_log = p + "ops:hooks"
+        self.alert_history = p + "ops:alerts"
+        self.ops_marks = p + "ops:last"
+        self.ledger_prefix = p + "ops:calls:"
 
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
@@ -89,6 +95,16 @@ class Keys:
     def volume_coarse(self, event: str) -> str:
         """The event's hourly count buckets (monitoring/volume.py)."""
         return f"{self.prefix}vol1h:{event}"
+
+    def ledger(self, person_hash: str) -> str:
+        """One person's recent calls and their outcomes (store/ops.py), named by the keyed
+        person hash, so an erasure finds it by name."""
+        return self.ledger_prefix + person_hash
+
+    def webhook_buckets(self, size: str, day: int) -> str:
+        """Webhooks processed per bucket (`5m` or `1h`) during one UTC day (epoch day number):
+        a key per day, expiring on its own, so nothing needs trimming."""
+        return f"{self.prefix}ops:wh{size}:{day}"
 
     def export(self, request_id: str) -> str:
         """One customer export, named by its data request's id (or its webhook's)."""

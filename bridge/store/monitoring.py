@@ -13,6 +13,7 @@ from typing import NamedTuple
 import redis
 
 from bridge.store.keys import CHECK_LAST_RUN_KEY, REJECTED_KEY, SHOPS_KEY, Keys
+from bridge.store.ops import ALERT_HISTORY_SIZE
 
 
 class VolumeReadings(NamedTuple):
@@ -89,9 +90,11 @@ class MonitorStore:
         gauges: Mapping[str, Mapping[str, float]],
         raised: Mapping[str, bytes],
         cleared: Sequence[str],
+        ended: Sequence[bytes] = (),
     ) -> None:
         """Write one shop's check outcome in one round trip: each event's gauges (field ->
-        value), the state of alerts sent (`{event}:{kind}` -> JSON) and of alerts cleared."""
+        value), the state of alerts sent (`{event}:{kind}` -> JSON) and of alerts cleared,
+        and the cleared alerts' periods (JSON) into the ops console's alert history."""
         k = Keys(shop)
         pipe = self.redis.pipeline(transaction=False)
         for mapping in gauges.values():
@@ -100,6 +103,9 @@ class MonitorStore:
             pipe.hset(k.alerts, name, value)
         for name in cleared:
             pipe.hdel(k.alerts, name)
+        if ended:
+            pipe.lpush(k.alert_history, *ended)
+            pipe.ltrim(k.alert_history, 0, ALERT_HISTORY_SIZE - 1)
         pipe.execute()
 
     def set_last_run(self, at_ms: int) -> None:

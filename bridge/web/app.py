@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from bridge.config.settings import Settings, load_settings
 from bridge.services import Services
 from bridge.store import StoreError
+from bridge.web import ops as ops_console
 from bridge.web.metrics import bp as metrics_bp
 from bridge.web.recharge import add_recharge_routes
 from bridge.web.webhooks import WebhookEndpoint
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         return _json({"ok": True})
 
     app.register_blueprint(metrics_bp)
+    ops_console.register(app, services)  # /ops, only when OPS_TOKEN is set
     add_recharge_routes(app, services)
     # The webhook route sits in front of Flask (see WebhookEndpoint); the rest is Flask's.
     app.wsgi_app = WebhookEndpoint(app, services)  # type: ignore[method-assign]

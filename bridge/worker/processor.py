@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from bridge import keyed
 from bridge.canonical import MapContext, Mapped
 from bridge.compliance.requests import COMPLIANCE_TOPICS, request_from
 from bridge.config.settings import Settings
@@ -27,6 +28,7 @@ from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
 from bridge.sources import MappingError, Source
+from bridge.store import ops as ops_records
 from bridge.store.facade import Commit, Keys
 from bridge.store.wire import Envelope
 
@@ -49,6 +51,7 @@ class ProcessConfig:
     identity_hint_anonymous_attr: str
     dedupe_ttl_s: int
     api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
+    ledger_calls: int = 50  # OPS_LEDGER_CALLS: each person's ledger of calls (0: none written)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> ProcessConfig:
@@ -71,6 +74,7 @@ class ProcessConfig:
             identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
             dedupe_ttl_s=s.webhook_dedupe_ttl_s,
             api_version=s.shopify_api_version,
+            ledger_calls=s.ops_ledger_calls,
         )
 
     def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
@@ -146,7 +150,7 @@ def process(
     `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
     batch's clock for holds and waits (default: the wall clock).
     """
-    commit = Commit(seen_ttl_s=config.dedupe_ttl_s)
+    commit = Commit(seen_ttl_s=config.dedupe_ttl_s, ledger_keep=config.ledger_calls)
     keys = Keys(shop)
     envs = [Envelope.decode(item) for item in raw]
     read: list[Mapped | str] = []  # each webhook's mapping, or why it cannot be mapped
@@ -165,9 +169,11 @@ def process(
     loaded: dict[str, bytes | None] = dict(load(wanted))
     done = {key for key in seen_keys if loaded.pop(key, None) is not None}
     mapped: list[tuple[Envelope, Mapped]] = []
+    commit.webhooks_at.extend(env.received_ms for env in envs)
     for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
         if seen_key in done:
             commit.count(f"webhooks:{env.topic}:duplicate")
+            _log_webhook(commit, env, "duplicate")
             continue
         done.add(seen_key)
         commit.seen.append(seen_key)
@@ -198,7 +204,9 @@ def process(
             if i in failed:
                 continue
             try:
+                noted = len(view.notes)
                 outcome = _decide_one(shop, env, m, view, policy)
+                outcome.notes = view.notes[noted:]
                 if check_writes:
                     view.writes()
             except Exception as exc:  # one webhook's surprise never stops its shop (issue 12)
@@ -226,6 +234,7 @@ def process(
     for env, m, outcome in decided:
         if m.skipped:
             commit.count(f"webhooks:{env.topic}:skipped")
+            _log_webhook(commit, env, "skipped", reason=str(m.skipped))
             continue
         outcome.apply(commit, shop, env)
         commit.count(f"webhooks:{env.topic}:processed")
@@ -260,6 +269,30 @@ def _park(commit: Commit, env: Envelope, raw: bytes, reason: str) -> None:
     log_dead_letter(letter)
     commit.letters.append(letter)
     commit.count(f"webhooks:{env.topic}:parked")
+    _log_webhook(commit, env, "parked", reason=reason)
+
+
+def _log_webhook(
+    commit: Commit,
+    env: Envelope,
+    result: str,
+    *,
+    calls: dict[str, int] | None = None,
+    notes: dict[str, int] | None = None,
+    reason: str = "",
+) -> None:
+    """One entry of the shop's webhook log (the ops console's), written with the commit."""
+    commit.webhook_log.append(
+        ops_records.webhook_entry(
+            env.received_ms,
+            env.topic,
+            env.webhook_id,
+            result,
+            calls=calls,
+            notes=notes,
+            reason=reason,
+        )
+    )
 
 
 @dataclass
@@ -267,19 +300,48 @@ class _Outcome:
     """One webhook's calls, encoded and checked, and the dead letters among them: applied to
     the batch's commit only once the whole webhook went through."""
 
-    entries: list[tuple[bytes, str, str]]  # (outbox entry, call name, call type)
+    # (outbox entry, call name, call type, person hash, messageId)
+    entries: list[tuple[bytes, str, str, str, str]]
     invalid: list[DeadLetter]
+    # Calls identity held back, per person (person, event, outcome, why): DecisionView.notes
+    notes: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def apply(self, commit: Commit, shop: str, env: Envelope) -> None:
+        at, topic = env.received_ms, env.topic
+        produced: dict[str, int] = {}
         for letter in self.invalid:
             log_dead_letter(letter)
             commit.letters.append(letter)
             commit.count("calls:invalid")
-        for entry, name, kind in self.entries:
+            produced["invalid"] = produced.get("invalid", 0) + 1
+        for entry, name, kind, person, mid in self.entries:
             commit.calls.append(entry)
             commit.count(f"events:{name}:queued")
             if kind == "track":
                 volume.record(commit, shop, name, env.received_ms)  # issue 6
+            produced[name] = produced.get(name, 0) + 1
+            if not commit.ledger_keep:
+                continue
+            commit.ledger.append(
+                (
+                    person,
+                    ops_records.ledger_entry(
+                        at, name, ops_records.QUEUED, message_id=mid, topic=topic
+                    ),
+                )
+            )
+        held: dict[str, int] = {}
+        for person, event, outcome, why in self.notes:
+            held[outcome] = held.get(outcome, 0) + 1
+            if not commit.ledger_keep:
+                continue
+            commit.ledger.append(
+                (
+                    keyed.person_hash(person),
+                    ops_records.ledger_entry(at, event, outcome, reason=why, topic=topic),
+                )
+            )
+        _log_webhook(commit, env, "processed", calls=produced, notes=held)
 
 
 def _decide_one(
@@ -299,6 +361,12 @@ def _decide_one(
             outcome.invalid.append(call_letter(shop, entry.encode(), f"invalid call: {exc}"))
             continue
         name = call.get("event") or call["type"]
-        entry = OutboxEntry(raw_call, env.received_ms, out.person, out.guards, out.kind, name)
-        outcome.entries.append((entry.encode(), name, call["type"]))
+        person = keyed.person_hash(out.person)
+        entry = OutboxEntry(
+            raw_call, env.received_ms, out.person, out.guards, out.kind, name, person
+        )
+        mid = str(call.get("messageId") or "")
+        # Calls of nobody in particular get no ledger.
+        ledger = person if out.person else ""
+        outcome.entries.append((entry.encode(), name, call["type"], ledger, mid))
     return outcome

@@ -4,11 +4,14 @@ found from another terminal, on loopback only, and stopped by Ctrl-C without a t
 from __future__ import annotations
 
 import os
+import re
 import runpy
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,6 +160,15 @@ def test_a_newcomers_session_from_start_to_ctrl_c(dev: Dev) -> None:
     assert out.index('"result":"accepted"') < out.index("[dry-run]"), out
     # The worker says once what it is; httpx's request lines are off.
     assert out.count("cartbridge worker") == 1 and "HTTP Request" not in out
+
+    # The ops console is on, and the token printed opens it (as an admin).
+    found = re.search(r"ops console: (http://127\.0\.0\.1:\d+/ops/) \(token: ([\w-]+)\)", out)
+    assert found, out
+    jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    form = urllib.parse.urlencode({"token": found.group(2)}).encode()
+    with jar.open(found.group(1) + "login", data=form, timeout=10) as resp:
+        page = resp.read().decode()
+    assert "cartbridge-dev.myshopify.com" in page and "signed in as admin" in page, page
 
     assert_stopped_cleanly(dev, dev.ctrl_c(), dev.output())
 

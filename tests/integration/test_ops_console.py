@@ -1,0 +1,401 @@
+"""The ops console over a real Redis: the app's own test client, webhooks posted to the real
+route, drained and delivered in-process to the Pipelines stand-in. Login, roles, CSRF, the
+off switch, escaping, and the ledger and webhook log the drain and delivery write (and that an
+erasure removes and an export carries)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from typing import Any
+
+import orjson
+import pytest
+import redis as redis_lib
+from flask.testing import FlaskClient
+from pydantic import SecretStr
+
+from bridge.config.settings import Settings
+from bridge.delivery.deliver import deliver
+from bridge.services import Services
+from bridge.store.facade import Keys
+from bridge.web.app import create_app
+from bridge.worker.drain import drain
+from tests import journeys
+from tests.conftest import SHOP, fixture_json, wait_until, webhook_headers
+from tests.pipelines_standin import PipelinesStandIn
+
+VIEWER_TOKEN = "viewer-token-for-tests"
+ADMIN_TOKEN = "admin-token-for-tests"
+SCRIPT_TITLE = "<script>alert('owned')</script> Tee"
+
+
+@pytest.fixture
+def ops_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "ops_token": SecretStr(VIEWER_TOKEN),
+            "ops_admin_token": SecretStr(ADMIN_TOKEN),
+            "ops_cookie_secure": False,
+            "identity_hash_key": SecretStr("ops-test-identity-key"),
+        }
+    )
+
+
+@pytest.fixture
+def client(ops_settings: Settings) -> FlaskClient:
+    return create_app(ops_settings).test_client()
+
+
+@pytest.fixture
+def services(ops_settings: Settings) -> Services:
+    return Services.build(ops_settings)
+
+
+def post(client: FlaskClient, topic: str, body: dict[str, Any], **kw: Any) -> None:
+    raw = json.dumps(body).encode()
+    resp = client.post("/webhooks/shopify", data=raw, headers=webhook_headers(raw, topic, **kw))
+    assert resp.status_code == 200, resp.data
+
+
+def paid_order() -> dict[str, Any]:
+    body = fixture_json("orders-paid")
+    body["test"] = False
+    return body
+
+
+def settle(services: Services) -> None:
+    """Drain and deliver until nothing is left (in-process)."""
+    for _ in range(5):
+        drain(services, SHOP)
+        deliver(services, SHOP)
+        depth = services.store.depth(SHOP)
+        if not depth["inbound"] and not depth["outbox"]:
+            return
+
+
+def login(client: FlaskClient, token: str) -> str:
+    resp = client.post("/ops/login", data={"token": token})
+    assert resp.status_code == 302, resp.data
+    page = client.get("/ops/letters").get_data(as_text=True)
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, "no CSRF token on the page"
+    return found.group(1)
+
+
+def converted_journey(client: FlaskClient, services: Services) -> None:
+    """A shopper adds to a cart, checks out with their email, orders, then the cart gets one
+    more line: that addition is suppressed (the cart is converted)."""
+    cart = journeys.cart(journeys.CART, {111: 1}, "2024-11-06T01:00:00.000Z")
+    cart["line_items"][0]["title"] = SCRIPT_TITLE
+    post(client, "carts/create", cart)
+    settle(services)
+    checkout = journeys.checkout(email=True, updated_at="2024-11-06T01:05:00Z")
+    post(client, "checkouts/create", checkout)
+    settle(services)
+    post(client, "orders/create", journeys.order())
+    settle(services)
+    later = journeys.cart(journeys.CART, {111: 1, 222: 1}, "2024-11-06T02:00:00.000Z")
+    post(client, "carts/update", later)
+    settle(services)
+
+
+# --- the off switch, login, roles, CSRF ---------------------------------------------------
+
+
+def test_without_ops_token_there_is_no_console(settings: Settings) -> None:
+    plain = create_app(settings).test_client()
+    for path in ("/ops/", "/ops/login", "/ops/letters", "/ops/static/ops.css"):
+        assert plain.get(path).status_code == 404
+    assert plain.post("/ops/login", data={"token": ""}).status_code == 404
+
+
+def test_without_a_session_every_page_sends_to_the_login(client: FlaskClient) -> None:
+    for path in ("/ops/", "/ops/letters", "/ops/people", f"/ops/shops/{SHOP}"):
+        resp = client.get(path)
+        assert resp.status_code == 302
+        assert resp.headers["Location"].endswith("/ops/login")
+    resp = client.post("/ops/letters/replay", data={"all": "1", "confirm": "1"})
+    assert resp.status_code == 302
+
+
+def test_a_wrong_token_is_refused_and_opens_no_session(client: FlaskClient) -> None:
+    forms = [
+        f"token={wrong}"
+        for wrong in ("", "nope", VIEWER_TOKEN + "x", VIEWER_TOKEN[:-1], "x" * 100_000)
+    ]
+    forms += ["token=%ED%A0%80", "token=%FF%FE", "other=1", f"token={VIEWER_TOKEN}%00"]
+    for form in forms:
+        resp = client.post(
+            "/ops/login", data=form, content_type="application/x-www-form-urlencoded"
+        )
+        assert resp.status_code == 401
+        assert "not valid" in resp.get_data(as_text=True)
+        assert client.get("/ops/").status_code == 302
+
+
+def test_the_session_cookie_is_signed_httponly_and_strict(ops_settings: Settings) -> None:
+    client = create_app(ops_settings.model_copy(update={"ops_cookie_secure": True})).test_client()
+    resp = client.post("/ops/login", data={"token": VIEWER_TOKEN})
+    cookie = resp.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie
+    assert "Path=/ops" in cookie
+    # A forged cookie (another app's key) opens nothing.
+    other = create_app(
+        ops_settings.model_copy(
+            update={"ops_admin_token": SecretStr("another"), "ops_cookie_secure": True}
+        )
+    ).test_client()
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    other.set_cookie("cartbridge_ops", value, path="/ops")
+    assert other.get("/ops/").status_code == 302
+
+
+def test_a_viewer_cannot_replay_or_purge(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.script(422)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    assert services.store.depth(SHOP)["dead_letters"] >= 1
+    csrf = login(client, VIEWER_TOKEN)
+    page = client.get("/ops/letters").get_data(as_text=True)
+    assert "Replay selected" not in page
+    for action in ("replay", "purge"):
+        resp = client.post(
+            f"/ops/letters/{action}", data={"csrf": csrf, "all": "1", "confirm": "1"}
+        )
+        assert resp.status_code == 403
+    assert services.store.depth(SHOP)["dead_letters"] >= 1
+
+
+def test_state_changes_need_the_sessions_csrf_token(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.script(422)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    letters = services.store.depth(SHOP)["dead_letters"]
+    assert letters >= 1
+    csrf = login(client, ADMIN_TOKEN)
+    for data in ({}, {"csrf": ""}, {"csrf": "forged"}, {"csrf": csrf + "x"}):
+        for action in ("replay", "purge"):
+            resp = client.post(f"/ops/letters/{action}", data={**data, "all": "1", "confirm": "1"})
+            assert resp.status_code == 400
+    assert services.store.depth(SHOP)["dead_letters"] == letters
+    # The person lookup is a POST too.
+    lookup = client.post("/ops/people", data={"shop": SHOP, "kind": "order", "value": "1"})
+    assert lookup.status_code == 400
+
+
+def test_an_admin_previews_then_replays_and_the_letter_is_delivered(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.script(422)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    ids = services.store.dead_letters.ids(SHOP)
+    assert ids
+    csrf = login(client, ADMIN_TOKEN)
+    preview = client.post("/ops/letters/replay", data={"csrf": csrf, "since": "1h", "shop": SHOP})
+    assert preview.status_code == 200
+    assert f'<strong id="preview-count">{len(ids)}</strong>' in preview.get_data(as_text=True)
+    assert services.store.dead_letters.ids(SHOP) == ids  # a preview moves nothing
+    before = len(pipelines.calls)
+    done = client.post(
+        "/ops/letters/replay", data={"csrf": csrf, "since": "1h", "shop": SHOP, "confirm": "1"}
+    )
+    assert done.status_code == 200
+    assert f"<strong>{len(ids)}</strong>" in done.get_data(as_text=True)
+    settle(services)
+    assert services.store.dead_letters.ids(SHOP) == []
+    assert len(pipelines.calls) > before
+
+
+def test_an_admin_purges_selected_letters(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.script(422)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    ids = services.store.dead_letters.ids(SHOP)
+    csrf = login(client, ADMIN_TOKEN)
+    resp = client.post(
+        "/ops/letters/purge", data={"csrf": csrf, "shop": SHOP, "ids": ids[:1], "confirm": "1"}
+    )
+    assert resp.status_code == 200
+    assert services.store.dead_letters.ids(SHOP) == ids[1:]
+
+
+# --- what the pages show ---------------------------------------------------------------------
+
+
+def test_a_product_title_with_a_script_tag_is_shown_as_text(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    pipelines.script(422, 422, 422, 422)
+    cart = journeys.cart("scriptcart", {111: 1}, "2024-11-06T01:00:00.000Z")
+    cart["line_items"][0]["title"] = SCRIPT_TITLE
+    post(client, "carts/create", cart)
+    settle(services)
+    (letter_id,) = services.store.dead_letters.ids(SHOP)
+    login(client, ADMIN_TOKEN)
+    page = client.get(f"/ops/letters/{SHOP}/{letter_id}")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "&lt;script&gt;alert(" in text
+    assert "<script" not in text
+    assert "script-src" not in page.headers["Content-Security-Policy"]  # no script may run
+    lookup = client.post(
+        "/ops/people",
+        data={
+            "csrf": login(client, ADMIN_TOKEN),
+            "shop": SHOP,
+            "kind": "cart",
+            "value": "scriptcart",
+        },
+    )
+    assert "<script" not in lookup.get_data(as_text=True)
+    assert "&lt;script&gt;" in lookup.get_data(as_text=True)
+
+
+def test_a_converted_shoppers_suppressed_addition_is_in_their_ledger(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn, redis: redis_lib.Redis
+) -> None:
+    converted_journey(client, services)
+    csrf = login(client, VIEWER_TOKEN)
+    for kind, value in (
+        ("customer_id", journeys.CUSTOMER_ID),
+        ("email", journeys.EMAIL.upper()),
+        ("cart", journeys.CART),
+        ("order", journeys.ORDER_ID),
+    ):
+        resp = client.post(
+            "/ops/people", data={"csrf": csrf, "shop": SHOP, "kind": kind, "value": value}
+        )
+        assert resp.status_code == 200
+        page = resp.get_data(as_text=True)
+        rows = re.findall(r'<tr class="call o-row-(\w+)">\s*<td>[^<]*</td><td>(\w+)</td>', page)
+        assert ("suppressed", "added_to_cart") in rows, (kind, rows)
+        assert ("delivered", "checkout_started") in rows, (kind, rows)
+        assert ("delivered", "added_to_cart") in rows, (kind, rows)  # from when they were anonymous
+        newest_first = rows.index(("suppressed", "added_to_cart"))
+        assert newest_first < rows.index(("delivered", "checkout_started"))
+    # No personal data in a URL: the lookup is a POST to a fixed path.
+    assert all(journeys.EMAIL not in key.decode() for key in redis.keys("*"))
+
+
+def test_the_webhook_log_shows_results_and_what_was_produced(
+    client: FlaskClient, services: Services
+) -> None:
+    body = journeys.cart("logcart", {111: 1}, "2024-11-06T01:00:00.000Z")
+    post(client, "carts/create", body, webhook_id="hook-1")
+    settle(services)
+    post(client, "carts/create", body, webhook_id="hook-1")  # a redelivery
+    settle(services)
+    login(client, VIEWER_TOKEN)
+    page = client.get(f"/ops/shops/{SHOP}/webhooks").get_data(as_text=True)
+    rows = re.findall(
+        r'<td>(carts/create)</td>\s*<td class="muted">hook-1</td>\s*'
+        r'<td><span class="badge r-(\w+)">',
+        page,
+    )
+    assert [r[1] for r in rows] == ["duplicate", "processed"]
+    assert "added_to_cart \u00d71" in page
+
+
+def test_the_shop_page_charts_real_traffic(client: FlaskClient, services: Services) -> None:
+    for i in range(3):
+        post(client, "carts/create", journeys.cart(f"chart{i}", {111: 1}, "2024-11-06T01:00:00Z"))
+    settle(services)
+    login(client, VIEWER_TOKEN)
+    page = client.get(f"/ops/shops/{SHOP}").get_data(as_text=True)
+    totals = dict(re.findall(r'data-series="([\w ]+)"><svg[^>]*data-total="(\d+)"', page))
+    assert totals["webhooks"] == "3"
+    assert totals["added_to_cart"] == "3"
+    assert client.get("/ops/shops/unknown-shop.myshopify.com").status_code == 404
+    assert client.get("/ops/shops/%7Bbad%7D").status_code == 404
+
+
+# --- the ledger under compliance ----------------------------------------------------------
+
+
+def _ledger_keys(redis: redis_lib.Redis) -> list[bytes]:
+    pattern = Keys(SHOP).ledger_prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+    return sorted(redis.keys(pattern))
+
+
+def test_a_data_request_exports_the_ledger_and_a_redact_erases_it(
+    client: FlaskClient, services: Services, redis: redis_lib.Redis
+) -> None:
+    converted_journey(client, services)
+    before = _ledger_keys(redis)
+    assert before
+    request = fixture_json("customers-data-request")
+    request["customer"] = {"id": int(journeys.CUSTOMER_ID), "email": journeys.EMAIL}
+    post(client, "customers/data_request", request)
+    settle(services)
+    exports = [orjson.loads(raw) for raw in services.store.shop_data.exports(SHOP)]
+    assert exports
+    exported = {r["key"] for e in exports for r in e["records"]}
+    assert any(":ops:calls:" in key for key in exported), exported
+    redact = fixture_json("customers-redact")
+    redact["customer"] = {"id": int(journeys.CUSTOMER_ID), "email": journeys.EMAIL}
+    post(client, "customers/redact", redact)
+    assert wait_until(lambda: (settle(services), len(_ledger_keys(redis)) < len(before))[1], 10)
+    login(client, VIEWER_TOKEN)
+    page = client.post(
+        "/ops/people",
+        data={
+            "csrf": login(client, VIEWER_TOKEN),
+            "shop": SHOP,
+            "kind": "customer_id",
+            "value": journeys.CUSTOMER_ID,
+        },
+    ).get_data(as_text=True)
+    assert "o-row-" not in page
+
+
+def test_hostile_lookups_get_a_page_not_a_crash(client: FlaskClient, services: Services) -> None:
+    post(client, "carts/create", journeys.cart("c1", {111: 1}, "2024-11-06T01:00:00Z"))
+    settle(services)
+    csrf = login(client, VIEWER_TOKEN)
+    cases = [
+        ("customer_id", "", 400),
+        ("customer_id", "x" * 10_000, 400),
+        ("nonsense", "1", 400),
+        ("email", "%ED%A0%80@example.com", 200),  # a lone surrogate, as bytes
+        ("email", "%FF%FE", 200),
+        ("cart", "}{*?[", 200),
+        ("order", "99999999999999999999999999999", 200),
+        ("checkout", "c1", 200),
+    ]
+    for kind, value, status in cases:
+        form = urllib.parse.urlencode({"csrf": csrf, "shop": SHOP, "kind": kind})
+        raw = value if "%" in value else urllib.parse.quote(value, safe="")
+        resp = client.post(
+            "/ops/people",
+            data=f"{form}&value={raw}",
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert resp.status_code == status, (kind, value, resp.data[:300])
+    other = client.post(
+        "/ops/people",
+        data={"csrf": csrf, "shop": "nope.myshopify.com", "kind": "cart", "value": "c1"},
+    )
+    assert other.status_code == 400
+    for path in ("/ops/letters?since=yesterday", "/ops/letters?status=%00&event=%F0%9F%92%A9"):
+        assert client.get(path).status_code in (200, 400)
+    assert client.get(f"/ops/letters/{SHOP}/" + "x" * 5000).status_code == 404
+
+
+def test_ops_ledger_calls_zero_writes_no_ledger(
+    ops_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    quiet = ops_settings.model_copy(update={"ops_ledger_calls": 0})
+    client = create_app(quiet).test_client()
+    converted_journey(client, Services.build(quiet))
+    assert _ledger_keys(redis) == []
+    assert redis.llen(Keys(SHOP).webhook_log) == 4  # the webhook log is written all the same
+

@@ -1,0 +1,197 @@
+"""The ops console's pure parts: the SVG charts (escaping, shape), the call redaction, the
+ledger folding, the webhook counts and ledger commands, and the templates' escaping."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from flask import Flask, render_template
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.ops.letters import REDACTED, redact_call
+from bridge.ops.overview import Chart, Span, _spans
+from bridge.ops.people import Call, PersonView, fold
+from bridge.store import ops as ops_records
+from bridge.store.keys import Keys
+from bridge.web.ops import charts
+
+HOSTILE = "<script>alert(1)</script>&\"'<img src=x onerror=alert(2)>"
+
+
+def chart(name: str = "added_to_cart", **kw: Any) -> Chart:
+    fields: dict[str, Any] = {
+        "name": name,
+        "start_s": 1_764_547_200,
+        "step_s": 300,
+        "counts": [0, 3, 5, 2],
+        "baseline": [None, 2.0, 4.0, None],
+        "spans": [Span(1_764_547_500, 1_764_547_800, "drop")],
+    }
+    fields.update(kw)
+    return Chart(**fields)
+
+
+def test_a_chart_escapes_every_text_it_draws() -> None:
+    svg = str(charts.svg(chart(spans=[Span(1_764_547_500, 1_764_547_800, HOSTILE)]), HOSTILE))
+    assert "<script" not in svg and "<img" not in svg
+    assert "&lt;script&gt;" in svg
+    # Nothing but the chart's own elements.
+    assert set(re.findall(r"<(\w+)", svg)) <= {
+        "svg",
+        "title",
+        "rect",
+        "polygon",
+        "polyline",
+        "text",
+    }
+
+
+def test_a_chart_draws_counts_baseline_runs_and_alert_periods() -> None:
+    svg = str(charts.svg(chart(), "t"))
+    assert 'data-total="10"' in svg and 'data-points="4"' in svg
+    assert svg.count('class="baseline"') == 1  # one run: the buckets with history
+    assert svg.count("alert-drop") == 1
+    # A period wholly outside the range is not drawn.
+    outside = str(charts.svg(chart(spans=[Span(0, 10, "drop")]), "t"))
+    assert "alert-drop" not in outside
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=10**12), min_size=0, max_size=300),
+    st.lists(st.one_of(st.none(), st.floats(0, 1e9)), max_size=300),
+)
+def test_charts_survive_empty_huge_and_ragged_series(
+    counts: list[int], baseline: list[Any]
+) -> None:
+    svg = str(charts.svg(chart(counts=counts, baseline=baseline, spans=[]), "t"))
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "nan" not in svg.lower() and "inf" not in svg.lower()
+
+
+def test_ended_alerts_survive_garbage_in_the_history() -> None:
+    history = [
+        b"not json",
+        b"[]",
+        b'{"event": "added_to_cart"}',
+        b'{"event": "added_to_cart", "kind": "drop", "since": "x", "until": 1}',
+        orjson.dumps({"event": "added_to_cart", "kind": "drop", "since": 1000, "until": 5000}),
+        orjson.dumps({"event": "checkout_started", "kind": "drop", "since": 1000, "until": 5000}),
+    ]
+    state = {b"added_to_cart:silence": b'{"since": 2000, "sent": 2000}', b"bad": b"{", b"x:y": b"1"}
+    spans = _spans("added_to_cart", history, state, 10.0)
+    assert spans == [Span(1, 5, "drop"), Span(2, 10, "silence", ongoing=True)]
+
+
+def test_a_redacted_call_keeps_ids_events_and_items_and_hides_the_shopper() -> None:
+    call = {
+        "type": "identify",
+        "userId": "123",
+        "messageId": "01ABC",
+        "traits": {
+            "email": "a@b.co",
+            "first_name": "Ann",
+            "phone": "+15555550100",
+            "address": {"city": "Paris", "zip": "75001"},
+            "note": "call me at +1 555 555 0100",
+            "checkout_url": "https://shop/recover?key=secret",
+            "orders_count": 2,
+            "empty_email": "",
+        },
+        "properties": {"items": [{"name": HOSTILE, "product_id": "9"}], "comment": "x@y.com"},
+    }
+    out = redact_call(call)
+    assert out["userId"] == "123" and out["messageId"] == "01ABC"
+    traits = out["traits"]
+    for key in ("email", "first_name", "phone", "address", "note", "checkout_url"):
+        assert traits[key] == REDACTED, key
+    assert traits["orders_count"] == 2 and traits["empty_email"] == ""
+    assert out["properties"]["items"][0] == {"name": HOSTILE, "product_id": "9"}
+    assert "x@y.com" not in orjson.dumps(out).decode()
+
+
+def test_the_ledger_folds_by_message_id_newest_first() -> None:
+    entries = [
+        {"t": 3, "e": "added_to_cart", "o": "delivered", "m": "A"},
+        {"t": 1, "e": "added_to_cart", "o": "queued", "m": "A", "w": "carts/create"},
+        {"t": 2, "e": "checkout_started", "o": "held", "m": "B", "r": "attempt 1 failed (503)"},
+        {"t": 5, "e": "added_to_cart", "o": "suppressed", "r": "converted"},
+        {"t": 4, "e": "added_to_cart", "o": "suppressed", "r": "converted"},
+        {},
+    ]
+    calls = fold(entries)
+    assert [(c.event, c.outcome, c.history) for c in calls] == [
+        ("added_to_cart", "suppressed", ["suppressed"]),
+        ("added_to_cart", "suppressed", ["suppressed"]),
+        ("added_to_cart", "delivered", ["queued", "delivered"]),
+        ("checkout_started", "held", ["held"]),
+        ("", "", [""]),
+    ]
+    assert calls[2].topic == "carts/create"
+
+
+def test_ledger_commands_cap_each_person_and_skip_nobody() -> None:
+    entries = [("p1", b"%d" % i) for i in range(120)] + [("", b"x"), ("p2", b"y")]
+    commands = ops_records.ledger_commands("s.myshopify.com", entries)
+    k = Keys("s.myshopify.com")
+    pushes = {c[1]: c[2:] for c in commands if c[0] == "LPUSH"}
+    assert set(pushes) == {k.ledger("p1"), k.ledger("p2")}
+    assert len(pushes[k.ledger("p1")]) == ops_records.LEDGER_CALLS
+    assert pushes[k.ledger("p1")][-1] == b"119"  # the newest pushed last: first in the list
+    assert ("LTRIM", k.ledger("p1"), 0, ops_records.LEDGER_CALLS - 1) in commands
+    assert ("EXPIRE", k.ledger("p1"), ops_records.LEDGER_KEEP_S) in commands
+
+
+def test_webhook_counts_go_to_day_keys_that_expire() -> None:
+    day = 20_000
+    at = [(day * 86400 + 301) * 1000, (day * 86400 + 599) * 1000, 0, -5]
+    commands = ops_records.webhook_count_commands("s.myshopify.com", at)
+    k = Keys("s.myshopify.com")
+    assert ("HINCRBY", k.webhook_buckets("5m", day), day * 86400 + 300, 2) in commands
+    assert ("HINCRBY", k.webhook_buckets("1h", day), day * 86400, 2) in commands
+    expiries = {c[1]: c[2] for c in commands if c[0] == "EXPIREAT"}
+    assert expiries[k.webhook_buckets("5m", day)] == (day + 3) * 86400
+    assert expiries[k.webhook_buckets("1h", day)] == (day + 31) * 86400
+
+
+def test_message_ids_are_found_without_parsing() -> None:
+    assert ops_records.message_id_of(b'{"type":"track","messageId":"01ABC"}') == "01ABC"
+    assert ops_records.message_id_of(b'{"type":"track"}') == ""
+    assert ops_records.message_id_of(b'{"messageId":"' + b"x" * 500 + b'"}') == ""
+    assert ops_records.message_id_of(b'{"messageId":"') == ""
+
+
+def test_the_person_template_escapes_what_the_records_hold() -> None:
+    from bridge import web
+
+    app = Flask("t", template_folder=str(next(iter(web.__path__)) + "/ops/templates"))
+
+    @app.context_processor
+    def _context() -> dict[str, Any]:
+        return {"role": "viewer", "csrf": "c", "when": str, "is_admin": False}
+
+    app.add_url_rule("/ops/people", "ops.person", lambda: "")
+    app.add_url_rule("/ops/", "ops.index", lambda: "")
+    app.add_url_rule("/ops/letters", "ops.letters", lambda: "")
+    app.add_url_rule("/ops/logout", "ops.logout", lambda: "")
+    app.add_url_rule("/ops/static/<path:filename>", "ops.static", lambda filename: "")
+    result = PersonView(
+        found=True,
+        user=HOSTILE,
+        links=[(HOSTILE, HOSTILE)],
+        traits=[("cart_items", "v", HOSTILE)],
+        calls=[Call(1, HOSTILE, HOSTILE, HOSTILE, HOSTILE, HOSTILE, [HOSTILE])],
+    )
+    with app.test_request_context():
+        page = render_template(
+            "ops/people.html",
+            shops=[HOSTILE],
+            kinds={"customer_id": "Customer id"},
+            result=result,
+            form={"shop": HOSTILE, "kind": "customer_id", "value": HOSTILE},
+            pretty={HOSTILE: HOSTILE},
+        )
+    assert "<script" not in page and "<img" not in page
+    assert page.count("&lt;script&gt;") >= 8
