@@ -314,22 +314,15 @@ class _Outcome:
             commit.letters.append(letter)
             commit.count("calls:invalid")
             produced["invalid"] = produced.get("invalid", 0) + 1
-        for entry, name, kind, person, mid in self.entries:
+        for entry, name, kind, _person, _mid in self.entries:
             commit.calls.append(entry)
             commit.count(f"events:{name}:queued")
             if kind == "track":
                 volume.record(commit, shop, name, env.received_ms)  # issue 6
             produced[name] = produced.get(name, 0) + 1
-            if not commit.ledger_keep:
-                continue
-            commit.ledger.append(
-                (
-                    person,
-                    ops_records.ledger_entry(
-                        at, name, ops_records.QUEUED, message_id=mid, topic=topic
-                    ),
-                )
-            )
+            # A queued call reaches its person's ledger when delivery settles it (delivered,
+            # held, dead-lettered): a "queued" entry as well cost every journey three more
+            # Redis commands (LPUSH, LTRIM, EXPIRE) for a state that lasts milliseconds.
         held: dict[str, int] = {}
         for person, event, outcome, why in self.notes:
             held[outcome] = held.get(outcome, 0) + 1
