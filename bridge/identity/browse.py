@@ -122,16 +122,18 @@ def decide_browse(
     stored = view.get(name) or {}
     rec = dict(stored)
     out: list[tuple[Call, str]] = []
+    event = mapped.events[0] if mapped.events else None
     confirmed = linked_user(view, *_confirmed(fact.cart_token, fact.checkout_token))
     if confirmed:
-        rec, call = _link(view, fact.client, rec, confirmed, now, policy.shop)
+        # The link carries this very visit as the person's last_browsed_at.
+        seen = {"lb": iso_z(event.timestamp)} if event is not None else {}
+        rec, call = _link(view, fact.client, {**rec, **seen}, confirmed, now, policy.shop)
         if call is not None:
             out.append((call, confirmed))
             count(view, "browse_links:pixel:linked")
     else:
         _claim(view, claim_names(fact.cart_token, fact.checkout_token), fact.client)
     user = rec.get("user")
-    event = mapped.events[0] if mapped.events else None
     outcome, judged = judge(
         rec,
         pixel_event=fact.pixel_event,
