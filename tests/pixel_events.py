@@ -59,27 +59,51 @@ def data_for(name: str, **kw: Any) -> dict[str, Any] | None:
     if name == "product_viewed":
         return {"productVariant": variant(**kw)}
     if name == "collection_viewed":
-        return {"collection": {"id": "gid://shopify/Collection/5", "title": "Shoes",
-                               "productVariants": [variant(7000 + i, 9000 + i) for i in range(3)]}}
+        return {
+            "collection": {
+                "id": "gid://shopify/Collection/5",
+                "title": "Shoes",
+                "productVariants": [variant(7000 + i, 9000 + i) for i in range(3)],
+            }
+        }
     if name == "search_submitted":
-        return {"searchResult": {"query": "shoe",
-                                 "productVariants": [variant(7000 + i, 9000 + i) for i in range(3)]}}
+        return {
+            "searchResult": {
+                "query": "shoe",
+                "productVariants": [variant(7000 + i, 9000 + i) for i in range(3)],
+            }
+        }
     if name == "product_added_to_cart":
-        return {"cartLine": {"cost": {"totalAmount": {"amount": 49.0, "currencyCode": "USD"}},
-                             "merchandise": variant(**kw), "quantity": 2}}
+        return {
+            "cartLine": {
+                "cost": {"totalAmount": {"amount": 49.0, "currencyCode": "USD"}},
+                "merchandise": variant(**kw),
+                "quantity": 2,
+            }
+        }
     if name == "cart_viewed":
-        return {"cart": {"id": "gid://shopify/Cart/c1-token?key=abc",
-                         "cost": {"totalAmount": {"amount": 49.0, "currencyCode": "USD"}},
-                         "lines": [{"quantity": 2, "merchandise": variant(**kw)}],
-                         "totalQuantity": 2}}
+        return {
+            "cart": {
+                "id": "gid://shopify/Cart/c1-token?key=abc",
+                "cost": {"totalAmount": {"amount": 49.0, "currencyCode": "USD"}},
+                "lines": [{"quantity": 2, "merchandise": variant(**kw)}],
+                "totalQuantity": 2,
+            }
+        }
     # checkout_started, checkout_completed
-    return {"checkout": {"token": kw.get("token", "co-token-1"), "email": "victim@example.com",
-                         "currencyCode": "USD", "totalPrice": {"amount": 49.0, "currencyCode": "USD"},
-                         "lineItems": [{"id": "1", "quantity": 2, "title": "Trail Shoe",
-                                        "variant": variant()}],
-                         "order": {"id": "gid://shopify/Order/1",
-                                   "customer": {"id": "gid://shopify/Customer/42",
-                                                "isFirstOrder": True}}}}
+    return {
+        "checkout": {
+            "token": kw.get("token", "co-token-1"),
+            "email": "victim@example.com",
+            "currencyCode": "USD",
+            "totalPrice": {"amount": 49.0, "currencyCode": "USD"},
+            "lineItems": [{"id": "1", "quantity": 2, "title": "Trail Shoe", "variant": variant()}],
+            "order": {
+                "id": "gid://shopify/Order/1",
+                "customer": {"id": "gid://shopify/Customer/42", "isFirstOrder": True},
+            },
+        }
+    }
 
 
 def event(

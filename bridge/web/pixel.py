@@ -32,6 +32,7 @@ of refused requests must not cost a Redis command each.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -182,10 +183,13 @@ def queued_body(checked: PixelBody) -> bytes:
             else {}
         )
         event["context"] = {"document": {"location": kept}}
-    return orjson.dumps(
-        {"shop": checked.shop, "cart_token": checked.cart_token, "event": event},
-        option=orjson.OPT_NON_STR_KEYS,
-    )
+    queued = {"shop": checked.shop, "cart_token": checked.cart_token, "event": event}
+    try:
+        return orjson.dumps(queued)
+    except TypeError:
+        # An integer beyond 64 bits (valid JSON, parsed by the stdlib): the stdlib writes it
+        # back, and the worker's parse (jsonio.parse_body) reads it the same way.
+        return json.dumps(queued, separators=(",", ":")).encode()
 
 
 class PixelEndpoint:

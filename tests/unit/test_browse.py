@@ -4,7 +4,6 @@ only through a signed webhook), through the real processor over an in-memory sho
 
 from __future__ import annotations
 
-import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -144,11 +143,12 @@ def test_nothing_in_the_data_names_a_person() -> None:
 def test_hostile_values_never_fail_the_mapping() -> None:
     surrogate = "\\ud800"  # the JSON escape of a lone surrogate
     raw = (
-        '{"shop": "%s", "cart_token": null, "event": {"id": "e", "name": "product_viewed",'
+        '{"shop": "SHOP", "cart_token": null, "event": {"id": "e", "name": "product_viewed",'
         ' "clientId": "c", "timestamp": "not a time", "data": {"productVariant": {'
-        '"id": 123456789012345678901234567890, "title": "%s", "price": {"amount": 1e999},'
-        ' "product": {"id": null, "title": "%s", "vendor": ["x"], "type": {"a": 1}}}}}}'
-    ) % (SHOP, surrogate, surrogate)
+        '"id": 123456789012345678901234567890, "title": "LONE", "price": {"amount": 1e999},'
+        ' "product": {"id": null, "title": "LONE", "vendor": ["x"], "type": {"a": 1}}}}}}'
+    )
+    raw = raw.replace("SHOP", SHOP).replace("LONE", surrogate)
     body = parse_body(raw.encode())
     (event,) = PixelSource().map("product_viewed", body, ctx()).events
     (item,) = event.items
@@ -202,7 +202,7 @@ def test_the_policy_checks_in_order() -> None:
     assert verdict(rec, policy)[0] == DUPLICATE
     assert verdict(rec, policy, event_id="e2")[0] == THROTTLED
     later = NOW + timedelta(seconds=3601)
-    outcome, rec2 = verdict(rec, policy, event_id="e2", now=later)
+    outcome, _rec2 = verdict(rec, policy, event_id="e2", now=later)
     assert outcome == FORWARDED  # the window passed
     assert verdict(rec, policy, event_id="e3", product="p2")[0] == FORWARDED
     # Two forwarded this hour: the cap.
@@ -238,7 +238,11 @@ def test_throttle_and_cap_over_100_000_events_keep_the_configured_share() -> Non
             product = f"p{rng.randrange(4)}"
             now = NOW + timedelta(minutes=minute)
             outcome, new = verdict(
-                rec, policy, client=f"c{client}", event_id=f"{client}-{minute}", product=product,
+                rec,
+                policy,
+                client=f"c{client}",
+                event_id=f"{client}-{minute}",
+                product=product,
                 now=now,
             )
             if product not in last or now - last[product] >= timedelta(seconds=1800):
@@ -268,9 +272,7 @@ def test_throttle_and_cap_over_100_000_events_keep_the_configured_share() -> Non
 # --- the identity rule, through the processor ---------------------------------------------------
 def shop(**policy: Any) -> MemoryShop:
     config = ProcessConfig.defaults(api_version="", browse=BrowsePolicy(**policy))
-    return MemoryShop(
-        config=config, source=Sources(ShopifySource(), pixel=PixelSource()), now=NOW
-    )
+    return MemoryShop(config=config, source=Sources(ShopifySource(), pixel=PixelSource()), now=NOW)
 
 
 def browse(s: MemoryShop, name: str = "product_viewed", **kw: Any) -> list[dict[str, Any]]:
