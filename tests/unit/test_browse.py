@@ -384,3 +384,17 @@ def test_duplicates_and_repeat_views_are_counted_not_sent() -> None:
     assert s.counters["browse:product_viewed:throttled"] == 1
     # No seen-marker per browse event (the client record deduplicates).
     assert s.feed_batch([("pixel/product_viewed", px.body(px.event()))]).seen == []
+
+
+def test_segment_naming_names_browse_events_apart_from_webhook_events() -> None:
+    config = ProcessConfig.defaults(
+        api_version="",
+        naming="segment",
+        browse=BrowsePolicy(forwarded=frozenset({"product_viewed", "product_added_to_cart"})),
+    )
+    s = MemoryShop(config=config, source=Sources(ShopifySource(), pixel=PixelSource()), now=NOW)
+    (viewed,) = browse(s)
+    (added,) = browse(s, "product_added_to_cart")
+    assert viewed["event"] == "Product Viewed"
+    assert viewed["properties"]["products"][0]["product_id"] == "7001"
+    assert added["event"] == "Storefront Product Added"  # the webhook's is "Product Added"
