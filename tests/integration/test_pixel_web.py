@@ -226,3 +226,34 @@ def test_the_policy_is_counted_in_metrics(pixel_settings: Settings, redis: redis
         f'cartbridge_browse_total{{name="product_viewed",outcome="duplicate",shop="{SHOP}"}} 1.0',
     ):
         assert line in text, line
+
+
+def test_an_erasure_forgets_the_link_between_a_browser_and_the_customer(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    from bridge.identity.browse import client_name
+    from bridge.ids import client_anonymous_id
+    from bridge.services import Services
+    from bridge.worker.drain import drain
+    from tests.conftest import fixture_bytes, fixture_json
+    from tests.journeys import CART, CUSTOMER_ID, EMAIL
+
+    client = create_app(pixel_settings).test_client()
+    services = Services.build(pixel_settings)
+    assert post(client, px.raw(px.event(client_id="shopper"), cart_token=CART)).status_code == 204
+    order = fixture_bytes("orders-create")
+    r = client.post(
+        "/webhooks/shopify", data=order, headers=webhook_headers(order, "orders/create")
+    )
+    assert r.status_code == 200
+    drain(services, SHOP)
+    record = K.state(client_name(client_anonymous_id(SHOP, "shopper")))
+    assert json.loads(redis.get(record))["user"] == CUSTOMER_ID
+    redact = fixture_json("customers-redact")
+    redact["customer"] = {"id": int(CUSTOMER_ID), "email": EMAIL, "phone": None}
+    redact["orders_to_redact"] = []
+    raw = json.dumps(redact).encode()
+    r = client.post("/webhooks/shopify", data=raw, headers=webhook_headers(raw, "customers/redact"))
+    assert r.status_code == 200
+    drain(services, SHOP)
+    assert redis.get(record) is None
