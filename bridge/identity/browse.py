@@ -144,6 +144,8 @@ def decide_browse(
         now=now,
         policy=rules,
     )
+    # `received` here, not in the web: one HINCRBY per batch instead of one per request.
+    count(view, f"browse:{fact.pixel_event}:received")
     count(view, f"browse:{fact.pixel_event}:{outcome}")
     if outcome == FORWARDED and judged is not None and event is not None:
         rec = {**judged, "lb": iso_z(event.timestamp)}

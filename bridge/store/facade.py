@@ -282,13 +282,13 @@ class Store:
     def accept_browse(
         self,
         env: Envelope,
-        pixel_event: str,
         limits: tuple[int, int, str, str],
         counts: Mapping[tuple[str, str], int] | None = None,
     ) -> BrowseAccepted:
         """Queue a storefront pixel event (issue 17) in one round trip of plain commands, as
         `accept` does a webhook (no seen-marker: see worker/processor.py), with the request
-        counts of its IP and browser in the same trip. `limits` is (window number, window
+        counts of its IP and browser in the same trip (its `received` count is the drain's,
+        one HINCRBY a batch rather than one a request). `limits` is (window number, window
         seconds, IP field, browser field); `counts` are other counters to add on the way,
         ((shop or "" for REJECTED_KEY), field) -> n. Raises a Redis error when not queued."""
         k = shop_keys(env.shop)
@@ -300,7 +300,6 @@ class Store:
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
             ("HINCRBY", limit_key, ip_field, 1),
             ("HINCRBY", limit_key, client_field, 1),
-            ("HINCRBY", k.stats, f"browse:{pixel_event}:received", 1),
         ]
         # Each process sets a window's expiry on its first request in it (EXPIRE NX: once).
         if self._limit_windows.get(env.shop) != window:

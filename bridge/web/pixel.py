@@ -286,9 +286,7 @@ class PixelEndpoint:
         window = int(now // LIMIT_WINDOW_S)
         counts = self.counts.take()
         try:
-            accepted = services.store.accept_browse(
-                env, checked.name, (window, LIMIT_WINDOW_S, *keys), counts
-            )
+            accepted = services.store.accept_browse(env, (window, LIMIT_WINDOW_S, *keys), counts)
         except StoreError as exc:
             self.counts.put_back(counts)
             log.error(
