@@ -87,6 +87,20 @@ def test_a_preflight_is_answered_though_the_pixel_sends_none(client: FlaskClient
             "missing or malformed event id",
         ),
         (b"\xff\xfe{}", 400, "body is not JSON"),
+        # A lone surrogate is valid JSON: it becomes U+FFFD, which no clientId may hold.
+        (
+            px.raw(px.event(client_id="x")).replace(b'"x"', b'"\\ud800"'),
+            400,
+            "missing or malformed clientId",
+        ),
+        (px.raw({**px.event(), "id": 10**40}), 400, "missing or malformed event id"),
+        (px.raw({**px.event(), "timestamp": None}), 400, "missing or malformed timestamp"),
+        (
+            b'{"shop": "%s", "event": {"name": "product_viewed", "id": 1e999}}' % SHOP.encode(),
+            400,
+            "missing or malformed event id",
+        ),
+        (b"[" * 100_00 + b"]" * 100_00, 400, "body is not JSON"),
     ],
 )
 def test_bad_bodies_get_a_specific_answer_and_nothing_is_queued(
