@@ -12,12 +12,13 @@ one fixed order, the first failing one answers (JSON `{"error": ...}` unless 204
    process, see below: no Redis needed to refuse);
 5. 400 body not JSON (any content type is parsed), not an object, or a field missing or of
    the wrong type (sources/pixel/body.py); 422 an event name the collector does not take;
-6. 403 a shop the collector does not serve (BridgeRegistry.takes_pixels);
+6. 403 a shop the collector does not serve (StoreRegistry.takes_pixels);
 7. 429 the browser (its clientId) is over PIXEL_CLIENT_LIMIT_PER_MIN, as in 4;
 8. 204 without queueing for an event the store does not forward and that carries no cart or
    checkout token (nothing to send, nothing to link: counted `off`);
 9. one Redis round trip of plain commands (queue, wake a drain, the IP's and browser's
-   request counts, counters): 204, or 503 when Redis cannot take it.
+   request counts, and counters kept in process since the last trip): 204, or 503 when Redis
+   cannot take it (the event's own `received` count is the drain's).
 
 Every answer carries `Access-Control-Allow-Origin: *` and never `...-Allow-Credentials`.
 
@@ -25,7 +26,7 @@ Rate limits cost no extra round trip: the request counts of an IP and a browser 
 never the address) are incremented in the same round trip that queues the event, in a hash per
 shop per minute; a reply over the limit makes this process refuse that IP or browser without
 Redis until the minute ends. Each process thus lets at most one request over a limit through
-per minute, and a flood from one address costs Redis nothing once refused. Refusals are
+per minute (a refused request itself is never counted: it costs no Redis at all), and a flood from one address costs Redis nothing once refused. Refusals are
 counted in process and written with the next round trip (or within COUNT_FLUSH_S): a flood
 of refused requests must not cost a Redis command each.
 """
