@@ -398,3 +398,35 @@ def test_segment_naming_names_browse_events_apart_from_webhook_events() -> None:
     assert viewed["event"] == "Product Viewed"
     assert viewed["properties"]["products"][0]["product_id"] == "7001"
     assert added["event"] == "Storefront Product Added"  # the webhook's is "Product Added"
+
+
+def test_per_store_browse_settings_over_the_environments(tmp_path: Any) -> None:
+    from bridge.config.settings import ConfigError, Settings, load_settings
+    from bridge.config.stores import load_stores
+
+    path = tmp_path / "stores.toml"
+    path.write_text(
+        '[stores."a.myshopify.com"]\nwebhook_secret = "s"\npipelines_write_key = "k"\n'
+        'pixel_events = ["product_viewed", "search_submitted"]\npixel_sample_rate = 0.25\n'
+        "pixel_client_hourly_cap = 0\n"
+        '[stores."b.myshopify.com"]\nwebhook_secret = "s"\npipelines_write_key = "k"\n'
+    )
+    settings = Settings(
+        bridge_stores_file=str(path), pixel_view_window_s=600, pixel_events="product_viewed"
+    )
+    registry = load_stores(settings)
+    a = ProcessConfig.for_shop(settings, registry.get("a.myshopify.com")).browse
+    b = ProcessConfig.for_shop(settings, registry.get("b.myshopify.com")).browse
+    assert a == BrowsePolicy(
+        forwarded=frozenset({"product_viewed", "search_submitted"}),
+        view_window_s=600,
+        sample_rate=0.25,
+        client_hourly_cap=0,
+    )
+    assert b == BrowsePolicy(forwarded=frozenset({"product_viewed"}), view_window_s=600)
+    assert registry.takes_pixels("A.myshopify.com") and not registry.takes_pixels("c.example")
+    with pytest.raises(ConfigError, match="PIXEL_EVENTS"):
+        load_settings(pixel_events="product_viewed,page_viewed")
+    path.write_text('[stores."a.myshopify.com"]\nwebhook_secret = "s"\npixel_events = ["x"]\n')
+    with pytest.raises(ConfigError, match="pixel_events"):
+        load_stores(Settings(bridge_stores_file=str(path), pipelines_dry_run=True))
