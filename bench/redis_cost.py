@@ -186,6 +186,14 @@ def _commands(client: redis_lib.Redis) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
 
+def _redis_cpu_s(client: redis_lib.Redis) -> float:
+    """CPU seconds Redis's main thread has used (user + system): what its one core spends."""
+    cpu = client.info("cpu")
+    user = cpu.get("used_cpu_user_main_thread", cpu["used_cpu_user"])
+    system = cpu.get("used_cpu_sys_main_thread", cpu["used_cpu_sys"])
+    return float(user) + float(system)
+
+
 def _state_bytes(client: redis_lib.Redis) -> tuple[int, int, int]:
     """(bytes of state records, bytes of seen-markers, seen-markers) under the shop."""
     state = seen = markers = 0
@@ -210,6 +218,7 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         if level != "backlog":
             workers = start_workers(args.workers, env)
             time.sleep(3)  # registered and idle before the count starts
+        cpu_before = _redis_cpu_s(client)
         client.config_resetstat()
         if level == "light":
             send(web, journeys, senders=1, pause_s=args.light_pause_ms / 1000)
@@ -219,6 +228,7 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             workers = start_workers(args.workers, env)
         _wait_delivered(standin, args.timeout)
         commands = _commands(client)
+        cpu_s = _redis_cpu_s(client) - cpu_before
         net = client.info("stats")
         # The one queue check the bench makes, counted and taken off below.
         pipe = client.pipeline(transaction=False)
@@ -237,12 +247,15 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
     bridge = {k: v for k, v in commands.items() if k not in BENCH_COMMANDS}
     total = sum(bridge.values())
     n = args.journeys
-    top = sorted(bridge.items(), key=lambda kv: -kv[1])[:8]
+    top = sorted(bridge.items(), key=lambda kv: -kv[1])[:30]
     return {
         "level": level,
         "journeys": n,
         "calls_delivered": calls,
         "commands_per_journey": round(total / n, 1),
+        # Includes the idle server's own cron over the level's wall time (small beside the
+        # work, except at light load, where most of the wall time is the senders' pauses).
+        "redis_cpu_us_per_journey": round(cpu_s * 1e6 / n, 1),
         "top_commands_per_journey": {k: round(v / n, 1) for k, v in top},
         "wire_bytes_per_journey": round(
             (int(net["total_net_input_bytes"]) + int(net["total_net_output_bytes"])) / n
@@ -273,7 +286,8 @@ def main() -> int:
             f"{r['level']:8} {r['commands_per_journey']:6} commands/journey "
             f"{r['wire_bytes_per_journey']:7} wire bytes/journey "
             f"{r['state_bytes_per_journey']:6} state bytes/journey "
-            f"{r['seen_markers_per_journey']} seen markers/journey  "
+            f"{r['seen_markers_per_journey']} seen markers/journey "
+            f"{r['redis_cpu_us_per_journey']} Redis CPU us/journey  "
             f"top: {r['top_commands_per_journey']}"
         )
     return 0

@@ -423,6 +423,13 @@ class Store:
         k = Keys(shop)
         return PendingTake(self._raw.send(*(_moves(k, n) if backlog else [_take(k, n)])))
 
+    def wait_inbound(self, shop: str, timeout_s: float) -> bytes | None:
+        """Wait up to `timeout_s` for a webhook and move it to the end of the work list (one
+        BLMOVE): a lingering drain's next batch. None when none came."""
+        k = Keys(shop)
+        moved = self.redis.blmove(k.inbound, k.inbound_work, timeout_s, "LEFT", "RIGHT")
+        return moved if isinstance(moved, bytes) else None
+
     def finish_drain(self, shop: str) -> bool:
         """Clear the drain flag if the inbound queue is empty; True when work remains."""
         k = Keys(shop)

@@ -23,7 +23,8 @@ counter added elsewhere shows up without touching this file:
 - `{family}:{what}` -> cartbridge_{family}_total{shop, outcome=what}
   (`calls:delivered` -> cartbridge_calls_total{outcome="delivered"}, `deliver:retries`...);
 - `{family}:{name}:{outcome}` (other families) -> cartbridge_{family}_total{shop, name, outcome};
-- `latency_le_{ms}`, `latency_ms_sum`, `latency_count` -> the histogram
+- `latency_in_{ms}` (and `latency_le_{ms}`, written before), `latency_ms_sum`, `latency_count`
+  -> the histogram
   cartbridge_delivery_latency_seconds (webhook received -> Pipelines 2xx), buckets in seconds;
 - a name without a colon -> cartbridge_{name}_total{shop}.
 Names are lower-cased and anything outside [a-z0-9_] becomes `_`. Keep one label shape per family
@@ -52,6 +53,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
+from bridge.delivery.deliver import LATENCY_BUCKETS_MS
 from bridge.monitoring import volume
 from bridge.store import StoreError
 from bridge.store.facade import Store
@@ -152,12 +154,14 @@ _HELP = {
 
 def add_stats(exp: Exposition, shop: str, stats: dict[str, int]) -> None:
     """Counters and the latency histogram of one shop's stats hash."""
-    buckets: list[tuple[int, int]] = []
+    cumulative: dict[int, int] = {}  # counted under each bound (written before issue 19)
+    within: dict[int, int] = {}  # counted in the one bucket a latency falls in
     for name in sorted(stats):
         value = stats[name]
-        if name.startswith("latency_le_"):
+        if name.startswith(("latency_le_", "latency_in_")):
             with contextlib.suppress(ValueError):
-                buckets.append((int(name[len("latency_le_") :]), value))
+                into = cumulative if name.startswith("latency_le_") else within
+                into[int(name[len("latency_le_") :])] = value
             continue
         mapped = counter_family(name)
         if mapped is None:
@@ -172,9 +176,20 @@ def add_stats(exp: Exposition, shop: str, stats: dict[str, int]) -> None:
         "cartbridge_delivery_latency_seconds",
         "Webhook received to Pipelines 2xx, per delivered call.",
         shop,
-        [*((_le(ms), n) for ms, n in sorted(buckets)), ("+Inf", count)],
+        [*((_le(ms), n) for ms, n in _buckets(cumulative, within)), ("+Inf", count)],
         stats.get("latency_ms_sum", 0) / 1000,
     )
+
+
+def _buckets(cumulative: dict[int, int], within: dict[int, int]) -> list[tuple[int, int]]:
+    """The histogram's cumulative buckets, every bound delivery counts in: each bound's own
+    older cumulative count plus every per-bucket count at or under it."""
+    running = 0
+    out = []
+    for bound in sorted(cumulative.keys() | within.keys() | set(LATENCY_BUCKETS_MS)):
+        running += within.get(bound, 0)
+        out.append((bound, cumulative.get(bound, 0) + running))
+    return out
 
 
 def _int(value: object) -> int:

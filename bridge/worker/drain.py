@@ -18,7 +18,7 @@ from bridge.store.facade import Begun, Commit, Keys
 from bridge.store.lease import Lease
 from bridge.store.wire import Envelope
 from bridge.worker.processor import ProcessConfig, process
-from bridge.worker.queues import enqueue_drain
+from bridge.worker.queues import enqueue_drain, jobs_waiting
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -153,6 +153,9 @@ def drain(services: Services, shop: str) -> None:
                     continue
                 previous.append(committing)
                 batch = upcoming.result() if upcoming is not None else []
+                if not batch and upcoming is not None:
+                    confirm_previous()  # delivery starts before the drain waits
+                    batch = _linger(services, shop, lease, deadline)
             confirm_previous()
         except StoreError:
             raise
@@ -165,6 +168,34 @@ def drain(services: Services, shop: str) -> None:
             more = services.store.finish_drain(shop)
     if more:
         enqueue_drain(services.queue, shop)
+
+
+# A lingering drain waits in slices of this long, looking for other jobs between them: a job
+# queued for another shop waits at most one slice behind this drain (each slice is one BLMOVE
+# and one LLEN).
+LINGER_SLICE_S = 0.05
+
+
+def _linger(services: Services, shop: str, lease: Lease, deadline: float) -> list[bytes]:
+    """The next webhook if one comes within `DRAIN_LINGER_MS`, else nothing (the drain ends).
+
+    Under light traffic each webhook would otherwise be a drain job of its own: RQ's job
+    bookkeeping is ~75 Redis commands a job, more than the webhook's own work (BENCHMARKS.md,
+    Redis cost). While the drain waits its flag stays set, so the web queues no job for the
+    shop. It stops waiting as soon as any job is queued (another shop's drain must not wait
+    behind this one), at its time budget, and once the worker is stopping or the lease is lost.
+    The webhook is moved into the work list like any other take, so a crash leaves it queued.
+    """
+    until = min(time.monotonic() + services.settings.drain_linger_ms / 1000, deadline)
+    while True:
+        wait_s = min(LINGER_SLICE_S, until - time.monotonic())
+        if wait_s < 0.01 or services.stopping.is_set() or lease.lost.is_set():
+            return []
+        if jobs_waiting(services.queue):
+            return []
+        moved = services.store.wait_inbound(shop, wait_s)
+        if moved is not None:
+            return [moved]
 
 
 def _split(

@@ -16,6 +16,11 @@ def enqueue_drain(queue: Queue, shop: str) -> None:
     queue.enqueue_call(DRAIN, args=(shop,), timeout=JOB_TIMEOUT_S, result_ttl=0, failure_ttl=86_400)
 
 
+def jobs_waiting(queue: Queue) -> int:
+    """How many jobs wait in the queue (one LLEN)."""
+    return int(queue.count)
+
+
 def enqueue_deliver(queue: Queue, shop: str, delay_s: float = 0.0) -> None:
     if delay_s > 0:
         queue.enqueue_in(

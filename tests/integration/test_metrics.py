@@ -418,3 +418,31 @@ def test_a_cancel_spike_alerts_and_shows_as_a_metric(
     # A rise-watched event has no drop alert series, and a key event no spike series.
     assert not any('event="payment_failed",kind="drop"' in k for k in m)
     assert not any('event="order_completed",kind="spike"' in k for k in m)
+
+
+def test_the_latency_histogram_adds_per_bucket_counts_to_older_cumulative_ones(
+    settings: Settings, redis: redis_lib.Redis
+) -> None:
+    """Delivery counts a latency once, in its own bucket (`latency_in_<ms>`); counters written
+    before that change are cumulative (`latency_le_<ms>`). /metrics serves one cumulative
+    histogram from both, so an upgrade neither loses nor double-counts a delivery."""
+    stats = Keys(SHOP).stats
+    redis.sadd("cb:shops", SHOP)
+    redis.hset(
+        stats,
+        mapping={
+            # before: one delivery at 80 ms, counted under every bound from 100 ms up
+            **{f"latency_le_{b}": 1 for b in (100, 250, 500, 1000, 2500, 5000, 10000, 60000)},
+            # after: one at 30 ms, two at 700 ms, one over a minute (only in the count)
+            "latency_in_50": 1,
+            "latency_in_1000": 2,
+            "latency_count": 5,
+            "latency_ms_sum": 80 + 30 + 1400 + 70000,
+        },
+    )
+    m = scrape(public(settings))
+    s = f'shop="{SHOP}"'
+    expected = {"0.05": 1, "0.1": 2, "0.25": 2, "0.5": 2, "1": 4, "2.5": 4, "60": 4, "+Inf": 5}
+    for le, n in expected.items():
+        assert m[f'cartbridge_delivery_latency_seconds_bucket{{{s},le="{le}"}}'] == n, le
+    assert m[f"cartbridge_delivery_latency_seconds_count{{{s}}}"] == 5

@@ -1,0 +1,90 @@
+"""A drain that emptied its queue waits a little for the shop's next webhook (`_linger`), but
+never makes another shop's queued job wait more than one slice."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from bridge.worker import drain
+
+
+class FakeStore:
+    def __init__(self, arrivals: list[bytes | None]) -> None:
+        self.arrivals = arrivals
+        self.waits: list[float] = []
+
+    def wait_inbound(self, shop: str, timeout_s: float) -> bytes | None:
+        self.waits.append(timeout_s)
+        if self.arrivals:
+            return self.arrivals.pop(0)
+        time.sleep(timeout_s)  # as BLMOVE does when nothing comes
+        return None
+
+
+class FakeQueue:
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+
+    @property
+    def count(self) -> int:
+        return self.counts.pop(0) if self.counts else 0
+
+
+def services(store: FakeStore, queue: FakeQueue, linger_ms: int = 250) -> Any:
+    return SimpleNamespace(
+        settings=SimpleNamespace(drain_linger_ms=linger_ms),
+        stopping=threading.Event(),
+        store=store,
+        queue=queue,
+    )
+
+
+def lease() -> Any:
+    return SimpleNamespace(lost=threading.Event())
+
+
+FAR = 1e12  # a time budget that does not end during the test
+
+
+def test_the_next_webhook_within_the_linger_becomes_the_next_batch() -> None:
+    store = FakeStore([None, None, b"envelope"])  # Nones: slices that ended with nothing
+    got = drain._linger(services(store, FakeQueue([])), "s", lease(), time.monotonic() + FAR)
+    assert got == [b"envelope"]
+    assert len(store.waits) == 3
+    assert all(w <= drain.LINGER_SLICE_S for w in store.waits)
+
+
+def test_it_stops_waiting_as_soon_as_another_job_is_queued() -> None:
+    store = FakeStore([])
+    queue = FakeQueue([0, 0, 1])  # another shop's job arrives during the second slice
+    got = drain._linger(
+        services(store, queue, linger_ms=2000), "s", lease(), time.monotonic() + FAR
+    )
+    assert got == []
+    assert len(store.waits) == 2
+
+
+def test_it_does_not_wait_when_off_stopping_lost_or_out_of_time() -> None:
+    off = FakeStore([b"x"])
+    assert drain._linger(services(off, FakeQueue([]), 0), "s", lease(), FAR) == []
+    stopping = services(FakeStore([b"x"]), FakeQueue([]))
+    stopping.stopping.set()
+    assert drain._linger(stopping, "s", lease(), FAR) == []
+    lost = lease()
+    lost.lost.set()
+    assert drain._linger(services(FakeStore([b"x"]), FakeQueue([])), "s", lost, FAR) == []
+    budget_over = FakeStore([b"x"])
+    assert drain._linger(services(budget_over, FakeQueue([])), "s", lease(), 0.0) == []
+    assert not off.waits and not budget_over.waits
+
+
+def test_an_empty_linger_ends_within_its_bound() -> None:
+    store = FakeStore([])
+    got = drain._linger(services(store, FakeQueue([])), "s", lease(), time.monotonic() + FAR)
+    assert got == []
+    # 250 ms in slices of at most 50 ms: five waits, six if the last slice was cut short
+    assert 5 <= len(store.waits) <= 6
+    assert all(0 < w <= drain.LINGER_SLICE_S for w in store.waits)
