@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install dev test lint bench
+.PHONY: install dev test lint bench pixel-snippet
 install: $(VENV)/.installed
 
 dev: $(VENV)/.installed
@@ -25,3 +25,7 @@ test: lint
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/pipeline.py
+
+# The custom pixel snippet merchants paste, from the app pixel's code (extensions/web-pixel/).
+pixel-snippet: $(VENV)/.installed
+	$(BIN)/python extensions/web-pixel/snippet.py

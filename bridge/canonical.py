@@ -30,6 +30,15 @@ SUBSCRIPTION_EXPIRED = "subscription_expired"
 SUBSCRIPTION_SKIPPED = "subscription_skipped"
 PAYMENT_FAILED = "payment_failed"
 PAYMENT_RECOVERED = "payment_recovered"
+# Browse events (issue 17), from the storefront pixel: anonymous hints, never identity. The
+# pixel's own names, except the checkout pair, which webhooks already name.
+PRODUCT_VIEWED = "product_viewed"
+COLLECTION_VIEWED = "collection_viewed"
+SEARCH_SUBMITTED = "search_submitted"
+PRODUCT_ADDED_TO_CART = "product_added_to_cart"
+CART_VIEWED = "cart_viewed"
+STOREFRONT_CHECKOUT_STARTED = "storefront_checkout_started"
+STOREFRONT_CHECKOUT_COMPLETED = "storefront_checkout_completed"
 
 # A subscription's status as the bridge keeps it, whatever the source calls it. `failed` is a
 # source's own verdict that billing failed (Shopify's FAILED contract); a subscription whose
@@ -282,6 +291,22 @@ class CartSnapshot(Frozen):
     created_at: datetime | None = None
 
 
+class BrowseFact(Frozen):
+    """What a storefront pixel event claims, beyond its candidate event (issue 17). Nothing
+    here is trusted: `client` is the anonymous id derived from the shop and the pixel's
+    clientId, and the tokens are only hints a signed webhook may later confirm.
+
+    `pixel_event` is the standard event's name as the pixel sent it (the policy's unit),
+    `event_id` its id (deduplicated per client), `product` the product a view throttles on."""
+
+    pixel_event: str
+    event_id: str
+    client: str
+    cart_token: str | None = None
+    checkout_token: str | None = None
+    product: str | None = None
+
+
 class MergeFact(Frozen):
     kept_id: str
     deleted_id: str
@@ -301,6 +326,7 @@ class Mapped(Frozen):
     merge: MergeFact | None = None
     subscription: SubscriptionFact | None = None
     billing: BillingFact | None = None
+    browse: BrowseFact | None = None  # a storefront pixel event (issue 17)
     person: PersonRef | None = None
     skipped: str | None = None
 

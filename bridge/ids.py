@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import UTC, datetime
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -10,6 +11,9 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _PAIR_SHIFTS = tuple(range(120, -1, -10))
 _GID_CART = "gid://shopify/Cart/"
+# Storefront browsers' anonymous ids (issue 17): a namespace of their own, so no client id can
+# ever produce a cart's anonymous id (identity/graph.py) or the reverse.
+_BROWSER_NS = uuid.UUID("5d7e0b3c-2f1a-4c8e-9a61-0c4b7e2d9f35")
 
 
 def message_id(at: datetime, *parts: str) -> str:
@@ -34,6 +38,12 @@ def message_id_time(mid: str) -> datetime:
     for ch in mid:
         value = value * 32 + _CROCKFORD.index(ch)
     return datetime.fromtimestamp((value >> 80) / 1000, tz=UTC)
+
+
+def client_anonymous_id(shop: str, client_id: str) -> str:
+    """A storefront browser's anonymousId: a uuid5 of (shop, the pixel's clientId), so the same
+    browser gets the same id in every process, and one shop's ids say nothing of another's."""
+    return str(uuid.uuid5(_BROWSER_NS, f"{shop}\x1f{client_id}"))
 
 
 def normalise_cart_token(raw: str | None) -> str | None:

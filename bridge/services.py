@@ -24,6 +24,7 @@ from bridge.config.stores import StoreConfig, StoreRegistry, stores_for
 from bridge.delivery.sinks import Sink, make_sink
 from bridge.identity import configure_email_hash
 from bridge.sources import Source, Sources
+from bridge.sources.pixel import PixelSource
 from bridge.sources.recharge import RechargeSource
 from bridge.sources.shopify import ShopifySource
 from bridge.store.facade import Store, connect
@@ -84,7 +85,8 @@ class Services:
             store=Store(client),
             queue=Queue(settings.queue_name, connection=client),
             # Envelope topics "recharge/..." go to Recharge's source, the rest to Shopify's.
-            source=Sources(ShopifySource(), recharge=RechargeSource()),
+            # ... "pixel/..." (storefront browse events, issue 17) to the pixel's.
+            source=Sources(ShopifySource(), recharge=RechargeSource(), pixel=PixelSource()),
             stores=stores,
         )
 

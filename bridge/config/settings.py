@@ -116,6 +116,33 @@ class Settings(BaseSettings):
     forward_redactions: bool = False  # customers/redact also sends Customer.io `User Deleted`
     identity_hash_key: SecretStr = SecretStr("")  # key of the email hash in state record names
     gdpr_export_ttl_s: int = 30 * 86_400
+    # issue 17: storefront browse events (POST /pixel, docs/browse.md). Per-store overrides of
+    # the first four live in the stores file.
+    pixel_events: str = "product_viewed,product_added_to_cart"  # forwarded; comma-separated
+    pixel_view_window_s: int = Field(default=6 * 3600, ge=0)  # one product_viewed per product
+    pixel_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)  # anonymous browsers kept
+    pixel_client_hourly_cap: int = Field(default=60, ge=0)  # forwarded per browser per hour
+    pixel_ip_limit_per_min: int = Field(default=600, ge=1)  # collector requests per IP
+    pixel_client_limit_per_min: int = Field(default=120, ge=1)  # ... per pixel clientId
+    # Proxies in front of the web that append to X-Forwarded-For (Heroku's router: 1); 0 uses
+    # the connection's address. Set it only behind such a proxy: the header is the client's.
+    pixel_proxy_hops: int = Field(default=0, ge=0, le=5)
+
+    @field_validator("pixel_events")
+    @classmethod
+    def _pixel_events(cls, v: str) -> str:
+        from bridge.identity.browse_policy import PIXEL_EVENTS
+
+        names = [n.strip() for n in v.split(",") if n.strip()]
+        unknown = [n for n in names if n not in PIXEL_EVENTS]
+        if unknown:
+            known = ", ".join(PIXEL_EVENTS)
+            raise ValueError(f"unknown pixel event {unknown[0]!r}; one of {known}")
+        return ",".join(names)
+
+    @property
+    def pixel_forwarded(self) -> tuple[str, ...]:
+        return tuple(n for n in self.pixel_events.split(",") if n)
 
     @field_validator("pipelines_url")
     @classmethod

@@ -11,6 +11,8 @@ workspace. `BRIDGE_STORES_FILE` names a TOML file read once at start (never per 
     time_zone = "Europe/Berlin"
     currency = "EUR"
     recharge_client_secret = "..."     # optional: verifies its Recharge webhooks
+    pixel_events = ["product_viewed"]  # optional: browse events forwarded (docs/browse.md),
+    pixel_sample_rate = 0.5            # and the other PIXEL_* volume settings in lower case
 
 Omitted fields take the single-store environment values (SHOPIFY_WEBHOOK_SECRET,
 PIPELINES_WRITE_KEY, ...). Those variables also keep working alone: when SHOPIFY_WEBHOOK_SECRET
@@ -59,6 +61,11 @@ class StoreConfig(BaseModel):
     # Verifies the shop's Recharge webhooks (web/recharge.py); None: it takes none.
     recharge_client_secret: SecretStr | None = None
     is_default: bool = False
+    # Browse events (issue 17): None takes the environment's PIXEL_* value.
+    pixel_events: tuple[str, ...] | None = None
+    pixel_view_window_s: int | None = Field(default=None, ge=0)
+    pixel_sample_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    pixel_client_hourly_cap: int | None = Field(default=None, ge=0)
 
     @field_validator("shop")
     @classmethod
@@ -85,6 +92,16 @@ class StoreConfig(BaseModel):
     @classmethod
     def _url(cls, v: str) -> str:
         return check_pipelines_url(v)
+
+    @field_validator("pixel_events")
+    @classmethod
+    def _pixel_events(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from bridge.identity.browse_policy import PIXEL_EVENTS
+
+        unknown = [n for n in v or () if n not in PIXEL_EVENTS]
+        if unknown:
+            raise ValueError(f"unknown pixel event {unknown[0]!r}")
+        return v
 
     def recharge_key(self) -> bytes | None:
         """The Recharge API client secret that signs this shop's Recharge webhooks, or None."""
@@ -120,6 +137,10 @@ class _StoreEntry(BaseModel):
     time_zone: str | None = None
     currency: str | None = None
     recharge_client_secret: str | None = None
+    pixel_events: list[str] | None = None
+    pixel_view_window_s: int | None = None
+    pixel_sample_rate: float | None = None
+    pixel_client_hourly_cap: int | None = None
 
 
 class _StoresFile(BaseModel):
@@ -138,6 +159,15 @@ class StoreRegistry:
     def get(self, shop: str) -> StoreConfig | None:
         """The shop's configuration, the default store's, or None (an unknown shop)."""
         return self.stores.get(shop.strip().lower()) or self.default
+
+    def takes_pixels(self, shop: str, default_shop: str = "") -> bool:
+        """True when the collector takes browse events naming `shop`: a shop the stores file
+        names, or the default store's own shop (SHOPIFY_SHOP). The default store serves any
+        shop's signed webhooks, but a pixel is unsigned: a made-up shop must not name keys."""
+        shop = shop.strip().lower()
+        if shop in self.stores:
+            return True
+        return self.default is not None and bool(default_shop) and shop == default_shop.lower()
 
     def configured(self, shop: str) -> bool:
         """True when the stores file names this shop (not merely covered by the default)."""
@@ -206,6 +236,10 @@ def _store_from_entry(shop: str, entry: _StoreEntry, settings: Settings) -> Stor
         recharge_client_secret=(
             SecretStr(entry.recharge_client_secret) if entry.recharge_client_secret else None
         ),
+        pixel_events=tuple(entry.pixel_events) if entry.pixel_events is not None else None,
+        pixel_view_window_s=entry.pixel_view_window_s,
+        pixel_sample_rate=entry.pixel_sample_rate,
+        pixel_client_hourly_cap=entry.pixel_client_hourly_cap,
     )
 
 

@@ -19,13 +19,20 @@ import orjson
 
 from bridge.canonical import (
     ADDED_TO_CART,
+    CART_VIEWED,
     CHECKOUT_STARTED,
+    COLLECTION_VIEWED,
     ORDER_CANCELLED,
     ORDER_COMPLETED,
     ORDER_FULFILLED,
     ORDER_REFUNDED,
     PAYMENT_FAILED,
     PAYMENT_RECOVERED,
+    PRODUCT_ADDED_TO_CART,
+    PRODUCT_VIEWED,
+    SEARCH_SUBMITTED,
+    STOREFRONT_CHECKOUT_COMPLETED,
+    STOREFRONT_CHECKOUT_STARTED,
     SUBSCRIPTION_CANCELED,
     SUBSCRIPTION_CREATED,
     SUBSCRIPTION_EXPIRED,
@@ -60,6 +67,15 @@ SEGMENT_NAMES = {
     SUBSCRIPTION_SKIPPED: "Subscription Skipped",
     PAYMENT_FAILED: "Payment Failed",
     PAYMENT_RECOVERED: "Payment Recovered",
+    # Storefront browse events (issue 17): Segment's names where the spec has one; the pixel's
+    # add and checkout pair are named apart from the webhooks' (no double count).
+    PRODUCT_VIEWED: "Product Viewed",
+    COLLECTION_VIEWED: "Product List Viewed",
+    SEARCH_SUBMITTED: "Products Searched",
+    PRODUCT_ADDED_TO_CART: "Storefront Product Added",
+    CART_VIEWED: "Cart Viewed",
+    STOREFRONT_CHECKOUT_STARTED: "Storefront Checkout Started",
+    STOREFRONT_CHECKOUT_COMPLETED: "Storefront Checkout Completed",
 }
 NAMINGS = ("snake", "segment")
 

@@ -12,7 +12,7 @@ Public surface (the processor and the backfill use these):
 from __future__ import annotations
 
 from bridge.canonical import Mapped
-from bridge.identity import subscriptions
+from bridge.identity import browse, subscriptions
 from bridge.identity.carts import HELD_CHECKOUTS, conversion_guards, expire_held
 from bridge.identity.decide import HELD_REFUNDS, Outgoing, decide
 from bridge.identity.graph import (
@@ -77,6 +77,8 @@ def keys_for(mapped: Mapped) -> list[str]:
             ]
         if ref.cart_token:
             names += ["cart:" + ref.cart_token]
+        # Browsers that claimed this cart or checkout (issue 17), linked once it is someone's.
+        names += browse.claim_names(ref.cart_token, ref.checkout_token)
         names += conversion_guards(ref.cart_token, ref.checkout_token, ref.checkout_id)
         co = checkout_ref(ref.checkout_token, ref.checkout_id)
         if co:
@@ -98,6 +100,8 @@ def keys_for(mapped: Mapped) -> list[str]:
         # Shop-wide lists of held work that these webhooks may touch: loading them up front
         # saves the batch a second lookup round.
         names += [HELD_CHECKOUTS, HELD_REFUNDS]
+    if mapped.browse is not None:
+        names += browse.records_for(mapped.browse)
     if mapped.merge is not None:
         for cid in (mapped.merge.kept_id, mapped.merge.deleted_id):
             names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]

@@ -43,7 +43,7 @@ from bridge.canonical import (
 )
 from bridge.delivery import render
 from bridge.delivery.calls import Call
-from bridge.identity import carts, orders, subscriptions
+from bridge.identity import browse, carts, orders, subscriptions
 from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
@@ -88,6 +88,7 @@ class _Run:
         self.ids = Identities()
         self.tracks: list[Outgoing] = []
         self.after: list[Outgoing] = []
+        self.links: list[Outgoing] = []  # identifies joining browsers to people (issue 17)
         self.depth = 0
 
     # --- helpers ---------------------------------------------------------------------------
@@ -128,7 +129,18 @@ class _Run:
 
     def outgoing(self) -> list[Outgoing]:
         out = [Outgoing(call, user) for user, call in self.ids.render(self.view, self.policy)]
-        return out + self.tracks + self.after
+        return out + self.links + self.tracks + self.after
+
+    # --- storefront browse events (issue 17, identity/browse.py) ---------------------------
+    def browse(self, mapped: Mapped) -> None:
+        for call, person in browse.decide_browse(mapped, self.view, self.policy, self.ids):
+            target = self.links if call["type"] == "identify" else self.tracks
+            target.append(Outgoing(call, person))
+
+    def link_browsers(self, mapped: Mapped) -> None:
+        refs = [mapped.person, *(e.person for e in mapped.events)]
+        for call, person in browse.link_claimants(refs, self.view, self.policy):
+            self.links.append(Outgoing(call, person))
 
     # --- identifies ------------------------------------------------------------------------
     def trait_updates(self, mapped: Mapped) -> None:
@@ -841,6 +853,8 @@ def decide(
         run.cart(mapped)
     elif mapped.topic.startswith("checkouts/"):
         run.checkout(mapped)
+    elif mapped.browse is not None:
+        run.browse(mapped)
     else:
         for event in mapped.events:
             run.track(event, resolve(event.person, view, policy))
@@ -853,4 +867,6 @@ def decide(
     run.release(
         list(dict.fromkeys("subscriber:" + r.subscriber for r in subscribers if r and r.subscriber))
     )
+    if mapped.browse is None:
+        run.link_browsers(mapped)  # browsers that claimed this webhook's cart or checkout
     return run.outgoing()

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from bridge import keyed
 from bridge.canonical import PersonRef
 from bridge.identity import orders, subscriptions
+from bridge.identity.browse_policy import BrowsePolicy
 from bridge.identity.records import StateView
 
 _ANON_NS = uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10")
@@ -42,6 +43,7 @@ class Policy:
     refund_order_wait_s: int
     unjoined_order_window_s: int
     now: datetime | None = None
+    browse: BrowsePolicy | None = None  # storefront browse events (issue 17); None: defaults
 
     def clock(self) -> datetime:
         return self.now or datetime.now(UTC)
@@ -126,6 +128,12 @@ def _linked_user(view: StateView, *names: str) -> str | None:
             cid = link.get("customer_id")
             return follow(view, str(cid)) if cid else user
     return None
+
+
+def linked_user(view: StateView, *names: str) -> str | None:
+    """The person the first of these records (cart, checkout, order...) is linked to, emails
+    followed to their customer and merges followed; None when none is linked."""
+    return _linked_user(view, *names)
 
 
 def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:

@@ -174,6 +174,19 @@ class CommandList:
             self.add("ZADD", key, score, member)
 
 
+class BrowseAccepted(NamedTuple):
+    """What queueing one pixel event found: whether to wake a drain, and the requests its IP
+    and its browser made in the rate-limit window so far (this one included; 0: unknown)."""
+
+    wake: bool
+    ip_requests: int
+    client_requests: int
+
+
+# A rate-limit window's hash outlives its window by this much (a late request still counts).
+PIXEL_LIMIT_GRACE_S = 60
+
+
 class Accepted(NamedTuple):
     """What queueing one webhook found: its id already processed, and whether to wake a drain."""
 
@@ -267,6 +280,7 @@ class Store:
         self._ingest = client.register_script(scripts.INGEST)
         self._raw = RawPipeline(client)
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
+        self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
@@ -300,6 +314,60 @@ class Store:
             self._registered[env.shop] = at
         woke = flag is not None and not isinstance(flag, Exception)
         return Accepted(seen_before=seen == 1, wake=woke)
+
+    def accept_browse(
+        self,
+        env: Envelope,
+        limits: tuple[int, int, str, str],
+        counts: Mapping[tuple[str, str], int] | None = None,
+    ) -> BrowseAccepted:
+        """Queue a storefront pixel event (issue 17) in one round trip of plain commands, as
+        `accept` does a webhook (no seen-marker: see worker/processor.py), with the request
+        counts of its IP and browser in the same trip (its `received` count is the drain's,
+        one HINCRBY a batch rather than one a request). `limits` is (window number, window
+        seconds, IP field, browser field); `counts` are other counters to add on the way,
+        ((shop or "" for REJECTED_KEY), field) -> n. Raises a Redis error when not queued."""
+        k = shop_keys(env.shop)
+        at = env.received_ms or now_ms()
+        window, window_s, ip_field, client_field = limits
+        limit_key = k.pixel_limits(window)
+        commands: list[tuple[Any, ...]] = [
+            ("RPUSH", k.inbound, env.encode()),
+            ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
+            ("HINCRBY", limit_key, ip_field, 1),
+            ("HINCRBY", limit_key, client_field, 1),
+        ]
+        # Each process sets a window's expiry on its first request in it (EXPIRE NX: once).
+        if self._limit_windows.get(env.shop) != window:
+            commands.append(("EXPIRE", limit_key, window_s + PIXEL_LIMIT_GRACE_S, "NX"))
+        for (shop, name), n in (counts or {}).items():
+            commands.append(("HINCRBY", shop_keys(shop).stats if shop else REJECTED_KEY, name, n))
+        registered = self._registered.get(env.shop, 0)
+        if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
+            commands.append(("SADD", SHOPS_KEY, env.shop))
+        replies = self._raw.pipeline(*commands)
+        pushed, flag, ip_count, client_count = replies[:4]
+        if isinstance(pushed, Exception):
+            raise pushed
+        self._limit_windows[env.shop] = window
+        if commands[-1][0] == "SADD" and not isinstance(replies[-1], Exception):
+            self._registered[env.shop] = at
+        return BrowseAccepted(
+            wake=flag is not None and not isinstance(flag, Exception),
+            ip_requests=ip_count if isinstance(ip_count, int) else 0,
+            client_requests=client_count if isinstance(client_count, int) else 0,
+        )
+
+    def add_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Counters kept by a web process and written together: ((shop or "" for
+        REJECTED_KEY), field) -> n, in one round trip."""
+        if counts:
+            self._raw.pipeline(
+                *(
+                    ("HINCRBY", shop_keys(shop).stats if shop else REJECTED_KEY, name, n)
+                    for (shop, name), n in counts.items()
+                )
+            )
 
     def ingest(self, env: Envelope) -> int:
         """Queue a webhook unless the drain already processed its id. Returns an INGEST_* code.

@@ -82,6 +82,11 @@ class Keys:
         self.ops_marks = p + "ops:last"
         self.ledger_prefix = p + "ops:calls:"
 
+    def pixel_limits(self, window: int) -> str:
+        """The collector's request counts in one rate-limit window (issue 17): a hash of
+        `ip:<hash>` and `c:<hash>` -> requests, expiring soon after the window."""
+        return f"{self.prefix}px:rl:{window}"
+
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
 

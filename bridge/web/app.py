@@ -1,8 +1,9 @@
 """The web app: `create_app` builds the process's Services once and wires the routes.
 
 The Shopify webhook route is a WSGI middleware in front of Flask (web/webhooks.py, the hot
-path); Recharge's webhook route (web/recharge.py), health, readiness and /metrics
-(web/metrics.py) are ordinary Flask views.
+path), and so is the storefront browse collector POST /pixel (web/pixel.py); Recharge's
+webhook route (web/recharge.py), health, readiness and /metrics (web/metrics.py) are
+ordinary Flask views.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bridge.services import Services
 from bridge.store import StoreError
 from bridge.web import ops as ops_console
 from bridge.web.metrics import bp as metrics_bp
+from bridge.web.pixel import PixelEndpoint
 from bridge.web.recharge import add_recharge_routes
 from bridge.web.webhooks import WebhookEndpoint
 
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(metrics_bp)
     ops_console.register(app, services)  # /ops, only when OPS_TOKEN is set
     add_recharge_routes(app, services)
-    # The webhook route sits in front of Flask (see WebhookEndpoint); the rest is Flask's.
-    app.wsgi_app = WebhookEndpoint(app, services)  # type: ignore[method-assign]
+    # The webhook route sits in front of Flask (see WebhookEndpoint), the browse collector in
+    # front of that (web/pixel.py); the rest is Flask's.
+    webhooks = WebhookEndpoint(app, services)
+    app.wsgi_app = PixelEndpoint(app, services, webhooks)  # type: ignore[method-assign]
     return app

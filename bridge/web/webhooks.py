@@ -46,6 +46,7 @@ from flask import Flask, Response
 
 from bridge import logs, signature
 from bridge.jsonio import is_json_object
+from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
 from bridge.sources.recharge.topics import PREFIX as RECHARGE_PREFIX
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
@@ -216,7 +217,7 @@ INTERNAL_TOPIC_PREFIX = "backfill/"
 # Topics of other sources, which only their own routes queue (web/recharge.py): a Shopify
 # signature never vouches for them. (The topic header's pattern, one slash, already keeps out
 # "recharge/<resource>/<action>"; this holds should the pattern ever change.)
-NOT_SHOPIFY_PREFIXES = (INTERNAL_TOPIC_PREFIX, f"{RECHARGE_PREFIX}/")
+NOT_SHOPIFY_PREFIXES = (INTERNAL_TOPIC_PREFIX, f"{RECHARGE_PREFIX}/", f"{PIXEL_PREFIX}/")
 
 
 def accepts_from_shopify(services: Services, topic: str) -> bool:

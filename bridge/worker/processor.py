@@ -24,10 +24,13 @@ from bridge.delivery.calls import InvalidCall, validate_call
 from bridge.delivery.deadletters import DeadLetter, call_letter, log_dead_letter, webhook_letter
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import DecisionView, Policy, decide, keys_for
+from bridge.identity.browse_policy import DEFAULT_POLICY as DEFAULT_BROWSE
+from bridge.identity.browse_policy import BrowsePolicy
 from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
 from bridge.sources import MappingError, Source
+from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
 from bridge.store import ops as ops_records
 from bridge.store.facade import Commit, Keys
 from bridge.store.wire import Envelope
@@ -52,6 +55,7 @@ class ProcessConfig:
     dedupe_ttl_s: int
     api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
     ledger_calls: int = 50  # OPS_LEDGER_CALLS: each person's ledger of calls (0: none written)
+    browse: BrowsePolicy = DEFAULT_BROWSE  # storefront browse events (issue 17)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> ProcessConfig:
@@ -75,6 +79,7 @@ class ProcessConfig:
             dedupe_ttl_s=s.webhook_dedupe_ttl_s,
             api_version=s.shopify_api_version,
             ledger_calls=s.ops_ledger_calls,
+            browse=browse_policy(s, store),
         )
 
     def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
@@ -99,7 +104,33 @@ class ProcessConfig:
             checkout_contact_wait_s=self.checkout_contact_wait_s,
             refund_order_wait_s=self.refund_order_wait_s,
             unjoined_order_window_s=self.unjoined_order_window_s,
+            browse=self.browse,
         )
+
+
+def browse_policy(settings: Settings, store: StoreConfig | None) -> BrowsePolicy:
+    """A shop's browse-event rules: the store's PIXEL_* values where it sets them, else the
+    environment's (Settings.model_construct() gives the defaults)."""
+    s = settings
+    return BrowsePolicy(
+        forwarded=frozenset(
+            store.pixel_events
+            if store is not None and store.pixel_events is not None
+            else s.pixel_forwarded
+        ),
+        view_window_s=_first(store and store.pixel_view_window_s, s.pixel_view_window_s),
+        sample_rate=_first(store and store.pixel_sample_rate, s.pixel_sample_rate),
+        client_hourly_cap=_first(
+            store and store.pixel_client_hourly_cap, s.pixel_client_hourly_cap
+        ),
+    )
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+BROWSE_TOPIC_PREFIX = PIXEL_PREFIX + "/"
 
 
 # State lookups per batch: the records the payloads name, then up to two more rounds for
@@ -163,23 +194,35 @@ def process(
     # Deduplication lives here, not in the request path: a webhook id processed within the TTL
     # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
     # skipped; every other one is marked in this batch's commit, with its results.
-    seen_keys = [keys.seen(env.webhook_id) for env in envs]
+    # Storefront pixel events get no seen-marker: a marker per browse event for 72 h would
+    # cost more memory than all their other state, and each is deduplicated on its pixel event
+    # id in its browser's record instead (identity/browse_policy.py).
+    seen_keys = [None if is_browse_topic(env.topic) else keys.seen(env.webhook_id) for env in envs]
     names = [n for m in read if not isinstance(m, str) for n in keys_for(m)]
-    wanted = list(dict.fromkeys([key_of(n) for n in names] + seen_keys))
+    marked = [k for k in seen_keys if k is not None]
+    wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
     loaded: dict[str, bytes | None] = dict(load(wanted))
-    done = {key for key in seen_keys if loaded.pop(key, None) is not None}
+    done = {key for key in marked if loaded.pop(key, None) is not None}
     mapped: list[tuple[Envelope, Mapped]] = []
-    commit.webhooks_at.extend(env.received_ms for env in envs)
+    # Storefront browse events are not webhooks: neither charted nor logged as such (they are
+    # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
+    # out of its log.
+    commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
     for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
-        if seen_key in done:
-            commit.count(f"webhooks:{env.topic}:duplicate")
-            _log_webhook(commit, env, "duplicate")
-            continue
-        done.add(seen_key)
-        commit.seen.append(seen_key)
+        if seen_key is not None:
+            if seen_key in done:
+                commit.count(f"webhooks:{env.topic}:duplicate")
+                _log_webhook(commit, env, "duplicate")
+                continue
+            done.add(seen_key)
+            commit.seen.append(seen_key)
         # Only Shopify's webhooks carry its API version: not our backfill topics, and not
         # another source's (prefixed, "recharge/charge/failed": two slashes, Shopify's have one).
-        shopify = env.topic.count("/") == 1 and not env.topic.startswith("backfill/")
+        shopify = (
+            env.topic.count("/") == 1
+            and not env.topic.startswith("backfill/")
+            and not is_browse_topic(env.topic)
+        )
         if config.api_version and shopify:
             commit.count(api_version_counter(env.api_version, config.api_version))
         if isinstance(m, str):
@@ -244,6 +287,11 @@ def process(
     return commit
 
 
+def is_browse_topic(topic: str) -> bool:
+    """True for a storefront pixel event's envelope topic (`pixel/product_viewed`)."""
+    return topic.startswith(BROWSE_TOPIC_PREFIX)
+
+
 # Shopify names a version YYYY-MM; anything else is counted as "other", so a sender cannot make
 # up metric labels.
 _API_VERSION = re.compile(r"\d{4}-\d{2}")
@@ -282,6 +330,8 @@ def _log_webhook(
     reason: str = "",
 ) -> None:
     """One entry of the shop's webhook log (the ops console's), written with the commit."""
+    if is_browse_topic(env.topic):
+        return
     commit.webhook_log.append(
         ops_records.webhook_entry(
             env.received_ms,

@@ -398,4 +398,3 @@ def test_ops_ledger_calls_zero_writes_no_ledger(
     converted_journey(client, Services.build(quiet))
     assert _ledger_keys(redis) == []
     assert redis.llen(Keys(SHOP).webhook_log) == 4  # the webhook log is written all the same
-

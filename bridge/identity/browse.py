@@ -1,0 +1,201 @@
+"""Browse events and the links that join a browser to a person (issue 17). Pure over a StateView.
+
+The identity rule: nothing a browser sends names a person. A browse event is about its
+browser (`client:<anonymous id>`, the id derived from the shop and the pixel's clientId). A
+browser joins a person only through a link a signed webhook confirms:
+
+- a pixel event carrying cart token T (or checkout token K) while the `cart:T` (`checkout:K`)
+  record is already linked to a person by a signed webhook links the browser at once;
+- otherwise the browser is left as a *claimant* of T (K) in `claim:cart:T` (`claim:co:K`);
+  the signed webhook that later links that cart or checkout to a person (carts/*, checkouts/*,
+  orders/create) links every claimant (`link_claimants`).
+
+A link is one identify {userId, anonymousId: the browser's}, sent once per browser (the client
+record's "user" is the guard): Customer.io then merges the browser's anonymous history into the
+person, through the same identify-with-anonymousId path that merges a cart's. A forged event can
+at most add an anonymous browse event, or claim a token (claims are capped per token, and a
+claim alone links nothing).
+
+Records (relative to the shop's state prefix):
+- `client:<anon>` -> {"user", "ids", "pv", "hr", "n" (browse_policy.py), "lb": the time of the
+  last forwarded event, "lbs": the last `last_browsed_at` sent}, kept CLIENT_TTL_S;
+- `claim:cart:<token>`, `claim:co:<token>` -> {"c": [browser anonymous ids]}, kept CLAIM_TTL_S.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from bridge.canonical import BrowseFact, Mapped, PersonRef, TraitUpdate
+from bridge.delivery import render
+from bridge.delivery.calls import Call
+from bridge.identity.browse_policy import DEFAULT_POLICY, FORWARDED, judge
+from bridge.identity.graph import Policy, _better, linked_user
+from bridge.identity.records import DAY_S, StateView
+from bridge.identity.traits import Identities
+from bridge.identity.view import count
+from bridge.ids import iso_z
+
+CLIENT_TTL_S = 30 * DAY_S
+CLAIM_TTL_S = 14 * DAY_S
+MAX_CLAIMANTS = 4  # browsers one token may name (a shared cart; a forger cannot add more)
+LAST_BROWSED_AT = "last_browsed_at"
+LAST_BROWSED_EVERY_S = 3600  # the trait is sent at most this often per person
+
+
+def client_name(client: str) -> str:
+    return "client:" + client
+
+
+def claim_names(cart_token: str | None, checkout_token: str | None) -> list[str]:
+    """The claim records a cart and checkout token name."""
+    names = []
+    if cart_token:
+        names.append("claim:cart:" + cart_token)
+    if checkout_token:
+        names.append("claim:co:" + checkout_token)
+    return names
+
+
+def _confirmed(cart_token: str | None, checkout_token: str | None) -> list[str]:
+    """The records a signed webhook links to a person for these tokens."""
+    names = []
+    if cart_token:
+        names.append("cart:" + cart_token)
+    if checkout_token:
+        names.append("checkout:" + checkout_token)
+    return names
+
+
+def records_for(fact: BrowseFact) -> list[str]:
+    """The records deciding one browse event reads (loaded with the batch)."""
+    return [
+        client_name(fact.client),
+        *_confirmed(fact.cart_token, fact.checkout_token),
+        *claim_names(fact.cart_token, fact.checkout_token),
+    ]
+
+
+def link_call(user: str, client: str, at: datetime, shop: str, traits: dict[str, Any]) -> Call:
+    """The identify that merges a browser's anonymous history into its person."""
+    update = TraitUpdate(person=PersonRef(), traits=traits, timestamp=at)
+    return render.identify_call(update, user_id=user, anonymous_id=client, shop=shop)
+
+
+def _link(
+    view: StateView, client: str, rec: dict[str, Any], user: str, at: datetime, shop: str
+) -> tuple[dict[str, Any], Call | None]:
+    """Link a browser to `user` once (a link to an email may later become one to the customer
+    id, as graph links do): the client record to write and the identify to send, if any."""
+    if not _better(rec.get("user"), user):
+        return rec, None
+    traits = {LAST_BROWSED_AT: rec["lb"]} if rec.get("lb") else {}
+    rec = {**rec, "user": user}
+    if traits:
+        rec["lbs"] = iso_z(at)
+    return rec, link_call(user, client, at, shop, traits)
+
+
+def _claim(view: StateView, names: list[str], client: str) -> None:
+    for name in names:
+        rec = view.get(name) or {}
+        claimants = list(rec.get("c") or [])
+        if client in claimants:
+            continue
+        view.put(name, {"c": [*claimants, client][-MAX_CLAIMANTS:]}, ttl_s=CLAIM_TTL_S)
+        count(view, "browse_links:claim:left")
+
+
+def decide_browse(
+    mapped: Mapped, view: StateView, policy: Policy, ids: Identities
+) -> list[tuple[Call, str]]:
+    """One pixel event: its browser linked if a signed webhook already confirmed a token it
+    carries (else a claim left), then the store's volume policy; returns (call, person) pairs
+    to send, identifies first. `last_browsed_at` goes to a linked person through `ids`."""
+    fact = mapped.browse
+    if fact is None:
+        return []
+    rules = policy.browse or DEFAULT_POLICY
+    now = policy.clock()
+    name = client_name(fact.client)
+    stored = view.get(name) or {}
+    rec = dict(stored)
+    out: list[tuple[Call, str]] = []
+    event = mapped.events[0] if mapped.events else None
+    confirmed = linked_user(view, *_confirmed(fact.cart_token, fact.checkout_token))
+    if confirmed:
+        # The link carries this very visit as the person's last_browsed_at.
+        seen = {"lb": iso_z(event.timestamp)} if event is not None else {}
+        rec, call = _link(view, fact.client, {**rec, **seen}, confirmed, now, policy.shop)
+        if call is not None:
+            out.append((call, confirmed))
+            count(view, "browse_links:pixel:linked")
+    else:
+        _claim(view, claim_names(fact.cart_token, fact.checkout_token), fact.client)
+    user = rec.get("user")
+    outcome, judged = judge(
+        rec,
+        pixel_event=fact.pixel_event,
+        event_id=fact.event_id,
+        client=fact.client,
+        product=fact.product,
+        linked=bool(user),
+        now=now,
+        policy=rules,
+    )
+    # `received` here, not in the web: one HINCRBY per batch instead of one per request.
+    count(view, f"browse:{fact.pixel_event}:received")
+    count(view, f"browse:{fact.pixel_event}:{outcome}")
+    if outcome == FORWARDED and judged is not None and event is not None:
+        rec = {**judged, "lb": iso_z(event.timestamp)}
+        who = str(user) if user else None
+        for call in render.track_call(
+            event, user_id=who, anonymous_id=fact.client, shop=policy.shop, naming=policy.naming
+        ):
+            out.append((call, who or fact.client))
+    if user and outcome != "duplicate" and event is not None:
+        last = str(rec.get("lbs") or "")
+        if not last or last <= iso_z(now - timedelta(seconds=LAST_BROWSED_EVERY_S)):
+            # Computed from the bridge's own state (the event was received now), so it always
+            # wins over an older value; at most hourly, so a browsing session costs one identify.
+            at = event.timestamp
+            ids.computed(str(user), {LAST_BROWSED_AT: iso_z(at)}, at, None)
+            rec["lbs"] = iso_z(now)
+    if rec != stored:
+        view.put(name, rec, ttl_s=CLIENT_TTL_S)
+    return out
+
+
+def link_claimants(
+    refs: list[PersonRef | None], view: StateView, policy: Policy
+) -> list[tuple[Call, str]]:
+    """After a signed webhook was decided: every browser that claimed one of its cart or
+    checkout tokens is linked to the person that webhook linked the token to (if any)."""
+    out: list[tuple[Call, str]] = []
+    for ref in refs:
+        if ref is None or not (ref.cart_token or ref.checkout_token):
+            continue
+        for claim, confirmed in zip(
+            claim_names(ref.cart_token, None) + claim_names(None, ref.checkout_token),
+            _confirmed(ref.cart_token, None) + _confirmed(None, ref.checkout_token),
+            strict=True,
+        ):
+            rec = view.get(claim)
+            claimants = list(rec.get("c") or []) if rec else []
+            if not claimants:
+                continue
+            user = linked_user(view, confirmed)
+            if not user:
+                continue  # a guest's cart, not yet anyone's: the claim waits
+            now = policy.clock()
+            for client in claimants:
+                name = client_name(client)
+                stored = view.get(name) or {}
+                linked, call = _link(view, client, stored, user, now, policy.shop)
+                if call is not None:
+                    view.put(name, linked, ttl_s=CLIENT_TTL_S)
+                    out.append((call, user))
+                    count(view, "browse_links:webhook:linked")
+            view.delete(claim)
+    return out

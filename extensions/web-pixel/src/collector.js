@@ -1,0 +1,105 @@
+// cartbridge browse collector: standard Web Pixels events -> POST {shop, cart_token, event}.
+// Shared by the app pixel (src/index.js) and the custom pixel (custom-pixel.js, generated from
+// this file by `make pixel-snippet`; keep it plain JavaScript with no imports).
+//
+// - fetch with keepalive and NO Content-Type: a CORS "simple" request, no preflight; the
+//   deprecated browser.sendBeacon is not used.
+// - Large arrays are trimmed so a body stays far below the 64 KiB keepalive budget.
+// - Who the visitor is never leaves the browser: emails, phones, addresses and customer ids
+//   are dropped from checkout data (the bridge ignores them anyway: docs/browse.md).
+export const CARTBRIDGE_EVENTS = [
+  "product_viewed",
+  "collection_viewed",
+  "search_submitted",
+  "product_added_to_cart",
+  "cart_viewed",
+  "checkout_started",
+  "checkout_completed",
+];
+export const CARTBRIDGE_LIMITS = { listed: 10, lines: 50, bodyBytes: 60000 };
+
+export function cartbridgeCartToken(raw) {
+  if (typeof raw !== "string" || !raw) return null;
+  const token = raw.replace("gid://shopify/Cart/", "").split("?")[0];
+  return token || null;
+}
+
+function cartbridgeFirst(list, n) {
+  return Array.isArray(list) ? list.slice(0, n) : list;
+}
+
+export function cartbridgeTrim(event, limits) {
+  const data = event.data ? JSON.parse(JSON.stringify(event.data)) : event.data;
+  if (data && data.collection) {
+    data.collection.productVariants = cartbridgeFirst(data.collection.productVariants, limits.listed);
+  }
+  if (data && data.searchResult) {
+    data.searchResult.productVariants = cartbridgeFirst(data.searchResult.productVariants, limits.listed);
+  }
+  if (data && data.cart) {
+    data.cart.lines = cartbridgeFirst(data.cart.lines, limits.lines);
+  }
+  if (data && data.checkout) {
+    const c = data.checkout;
+    c.lineItems = cartbridgeFirst(c.lineItems, limits.lines);
+    for (const key of ["email", "phone", "shippingAddress", "billingAddress", "transactions"]) {
+      delete c[key];
+    }
+    if (c.order) delete c.order.customer;
+  }
+  const document = event.context && event.context.document;
+  return {
+    id: event.id,
+    name: event.name,
+    clientId: event.clientId,
+    timestamp: event.timestamp,
+    seq: event.seq,
+    type: event.type,
+    context: document ? { document: { location: document.location, title: document.title } } : {},
+    data: data === undefined ? null : data,
+  };
+}
+
+export function cartbridgeCollect(api, collectorUrl, limits) {
+  const { analytics, browser, init } = api;
+  limits = limits || CARTBRIDGE_LIMITS;
+  const shop = init && init.data && init.data.shop ? init.data.shop.myshopifyDomain : null;
+  let knownCart = cartbridgeCartToken(init && init.data && init.data.cart ? init.data.cart.id : null);
+  if (!collectorUrl || !shop) return false;
+
+  async function cartToken(event) {
+    const fromEvent = event.data && event.data.cart ? cartbridgeCartToken(event.data.cart.id) : null;
+    if (fromEvent) knownCart = fromEvent;
+    if (!knownCart && event.name === "product_added_to_cart" && browser && browser.cookie) {
+      // The first add creates the cart after the page rendered: init.data.cart was null.
+      try {
+        knownCart = cartbridgeCartToken(await browser.cookie.get("cart"));
+      } catch (e) {
+        knownCart = null;
+      }
+    }
+    return knownCart;
+  }
+
+  async function send(event) {
+    const trimmed = cartbridgeTrim(event, limits);
+    let body = JSON.stringify({ shop: shop, cart_token: await cartToken(event), event: trimmed });
+    if (body.length > limits.bodyBytes) {
+      trimmed.data = null; // still a browse signal; never a body the browser would refuse
+      trimmed.context = {};
+      body = JSON.stringify({ shop: shop, cart_token: knownCart, event: trimmed });
+    }
+    try {
+      await fetch(collectorUrl, { method: "POST", keepalive: true, body: body });
+    } catch (e) {
+      // Nobody reads the answer; a lost browse event is not worth a retry.
+    }
+  }
+
+  for (const name of CARTBRIDGE_EVENTS) {
+    analytics.subscribe(name, (event) => {
+      send(event);
+    });
+  }
+  return true;
+}
