@@ -11,6 +11,8 @@ workspace. `BRIDGE_STORES_FILE` names a TOML file read once at start (never per 
     time_zone = "Europe/Berlin"
     currency = "EUR"
     recharge_client_secret = "..."     # optional: verifies its Recharge webhooks
+    replenishable_metafield = "custom.replenishable"          # optional (docs/products.md)
+    days_to_replenish_metafield = "custom.days_to_replenish"  # optional
 
 Omitted fields take the single-store environment values (SHOPIFY_WEBHOOK_SECRET,
 PIPELINES_WRITE_KEY, ...). Those variables also keep working alone: when SHOPIFY_WEBHOOK_SECRET
@@ -39,6 +41,7 @@ from bridge.config.settings import (
     US_PIPELINES_URL,
     ConfigError,
     Settings,
+    check_metafield,
     check_pipelines_url,
 )
 
@@ -58,6 +61,9 @@ class StoreConfig(BaseModel):
     currency: str = "USD"
     # Verifies the shop's Recharge webhooks (web/recharge.py); None: it takes none.
     recharge_client_secret: SecretStr | None = None
+    # issue 17: the product metafields holding replenishment data (None: the environment's).
+    replenishable_metafield: str | None = None
+    days_to_replenish_metafield: str | None = None
     is_default: bool = False
 
     @field_validator("shop")
@@ -120,6 +126,13 @@ class _StoreEntry(BaseModel):
     time_zone: str | None = None
     currency: str | None = None
     recharge_client_secret: str | None = None
+    replenishable_metafield: str | None = None
+    days_to_replenish_metafield: str | None = None
+
+    @field_validator("replenishable_metafield", "days_to_replenish_metafield")
+    @classmethod
+    def _metafield(cls, v: str | None) -> str | None:
+        return None if v is None else check_metafield(v)
 
 
 class _StoresFile(BaseModel):
@@ -206,6 +219,8 @@ def _store_from_entry(shop: str, entry: _StoreEntry, settings: Settings) -> Stor
         recharge_client_secret=(
             SecretStr(entry.recharge_client_secret) if entry.recharge_client_secret else None
         ),
+        replenishable_metafield=entry.replenishable_metafield,
+        days_to_replenish_metafield=entry.days_to_replenish_metafield,
     )
 
 

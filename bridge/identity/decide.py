@@ -43,7 +43,7 @@ from bridge.canonical import (
 )
 from bridge.delivery import render
 from bridge.delivery.calls import Call
-from bridge.identity import carts, orders, subscriptions
+from bridge.identity import carts, orders, replenishment, subscriptions
 from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
@@ -106,9 +106,15 @@ class _Run:
         ):
             self.tracks.append(Outgoing(call, who.order_key, guards))
 
-    def order_traits(self, who: Person, at: datetime) -> None:
+    def order_traits(self, who: Person, at: datetime, *, replenish: bool = False) -> None:
         if who.user_id:
             traits = orders.order_traits(self.view, person_key(who.user_id))
+            if replenish and traits:  # issue 17: on orders and refunds only
+                index = orders.index_name(person_key(who.user_id))
+                policy = self.policy
+                traits.update(
+                    replenishment.traits(self.view, index, policy.metafields, policy.clock())
+                )
             if traits:
                 self.ids.computed(who.user_id, traits, at, who.anonymous_id)
 
@@ -281,7 +287,7 @@ class _Run:
                 self._clear_live_cart(who, ref.cart_token, fact.created_at)
             if who.user_id:
                 if orders.index_order(self.view, person_key(who.user_id), fact):
-                    self.order_traits(who, fact.created_at)
+                    self.order_traits(who, fact.created_at, replenish=True)
                 if not guards and not fact.renewal:
                     self._mark_unjoined(who.user_id, fact.created_at, fact.order_id)
         sent = list(rec.get("sent") or [])
@@ -364,7 +370,7 @@ class _Run:
         else:
             silent.append(fact.refund_id)
         if who.user_id and orders.index_refund(self.view, person_key(who.user_id), fact):
-            self.order_traits(who, fact.created_at)
+            self.order_traits(who, fact.created_at, replenish=True)
         record = {**order, "refunds": [*done, fact.refund_id]}
         if silent:
             record["refunds_silent"] = silent

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,9 @@ from bridge.identity import DecisionView, Policy, decide, keys_for
 from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
+from bridge.products import cache as product_cache
+from bridge.products.enrich import enrich, record_names
+from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.store.facade import Commit, Keys
 from bridge.store.wire import Envelope
@@ -49,6 +52,9 @@ class ProcessConfig:
     identity_hint_anonymous_attr: str
     dedupe_ttl_s: int
     api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
+    # The store's replenishment metafields and how long a cached product lives (products/).
+    metafields: MetafieldKeys = field(default_factory=MetafieldKeys)
+    product_ttl_s: int = product_cache.DEFAULT_TTL_S
 
     @classmethod
     def defaults(cls, **overrides: Any) -> ProcessConfig:
@@ -71,6 +77,8 @@ class ProcessConfig:
             identity_hint_anonymous_attr=s.identity_hint_anonymous_attr,
             dedupe_ttl_s=s.webhook_dedupe_ttl_s,
             api_version=s.shopify_api_version,
+            metafields=metafield_keys(s, store),
+            product_ttl_s=s.product_cache_ttl_s,
         )
 
     def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
@@ -95,7 +103,18 @@ class ProcessConfig:
             checkout_contact_wait_s=self.checkout_contact_wait_s,
             refund_order_wait_s=self.refund_order_wait_s,
             unjoined_order_window_s=self.unjoined_order_window_s,
+            metafields=self.metafields,
         )
+
+
+def metafield_keys(settings: Settings, store: StoreConfig | None) -> MetafieldKeys:
+    """The shop's replenishment metafields: its store's, else the environment's."""
+    return MetafieldKeys(
+        replenishable=(store and store.replenishable_metafield)
+        or settings.product_replenishable_metafield,
+        days_to_replenish=(store and store.days_to_replenish_metafield)
+        or settings.product_days_to_replenish_metafield,
+    )
 
 
 # State lookups per batch: the records the payloads name, then up to two more rounds for
@@ -160,7 +179,10 @@ def process(
     # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
     # skipped; every other one is marked in this batch's commit, with its results.
     seen_keys = [keys.seen(env.webhook_id) for env in envs]
-    names = [n for m in read if not isinstance(m, str) for n in keys_for(m)]
+    # Product records (and the wanted list) ride in the same MGET as the identity records.
+    names = [
+        n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))
+    ]
     wanted = list(dict.fromkeys([key_of(n) for n in names] + seen_keys))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     done = {key for key in seen_keys if loaded.pop(key, None) is not None}
@@ -198,6 +220,9 @@ def process(
             if i in failed:
                 continue
             try:
+                m = enrich(m, view, config.metafields, policy.clock())
+                if m.product is not None:
+                    product_cache.apply(view, m.product, config.product_ttl_s)
                 outcome = _decide_one(shop, env, m, view, policy)
                 if check_writes:
                     view.writes()

@@ -1,0 +1,92 @@
+"""The product cache in a batch's state view: product facts written, wanted products noted. Pure.
+
+Shop-wide record `products:wanted` -> `{"ids": {product id: ISO time first wanted}}`: products
+an item named that the cache did not hold. The drain notes them (it is the one writer of the
+shop's state); the sweep reads them and asks the Admin API (products/sync.py), whose answers
+come back through the drain as `backfill/product` facts, which take them off the list.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bridge.canonical import ProductFact
+from bridge.identity.records import DAY_S, StateView
+from bridge.identity.view import count
+from bridge.ids import iso_z
+from bridge.products.record import merged, newer, record_name
+
+WANTED = "products:wanted"
+# Products waiting to be read at most: past it the oldest are forgotten (an item naming one
+# again notes it again). Bounded so a flood of unknown ids cannot grow the record.
+MAX_WANTED = 500
+# A product id as Shopify writes it (a GID's numeric tail); anything else is never looked up.
+MAX_ID_CHARS = 20
+# The cache's default lifetime; the setting PRODUCT_CACHE_TTL_S overrides it per process.
+DEFAULT_TTL_S = 7 * DAY_S
+
+
+def valid_id(product_id: str | None) -> bool:
+    return (
+        product_id is not None
+        and 0 < len(product_id) <= MAX_ID_CHARS
+        and product_id.isascii()
+        and product_id.isdigit()
+    )
+
+
+def apply(view: StateView, fact: ProductFact, ttl_s: int = DEFAULT_TTL_S) -> bool:
+    """Write a product fact to the cache unless the cached record is newer; True if written.
+    Either way the product is no longer wanted."""
+    if not valid_id(fact.product_id):
+        count(view, "products:fact:invalid")
+        return False
+    name = record_name(fact.product_id)
+    old = view.get(name)
+    unwant(view, [fact.product_id])
+    if not newer(old, fact):
+        count(view, "products:fact:stale")
+        return False
+    view.put(name, merged(old, fact), ttl_s)
+    count(view, "products:fact:gone" if fact.gone else "products:fact:cached")
+    return True
+
+
+def wanted(view: StateView) -> dict[str, str]:
+    rec = view.get(WANTED) or {}
+    ids = rec.get("ids")
+    return dict(ids) if isinstance(ids, dict) else {}
+
+
+def want(view: StateView, product_ids: list[str], now: datetime) -> int:
+    """Note products to read; returns how many were new to the list."""
+    ids = wanted(view)
+    fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in ids]
+    if not fresh:
+        return 0
+    at = iso_z(now)
+    ids.update(dict.fromkeys(fresh, at))
+    if len(ids) > MAX_WANTED:
+        keep = sorted(ids, key=lambda pid: (ids[pid], pid))[-MAX_WANTED:]
+        count(view, "products:wanted:forgotten", len(ids) - len(keep))
+        ids = {pid: ids[pid] for pid in keep}
+    view.put(WANTED, {"ids": ids})
+    return len(fresh)
+
+
+def unwant(view: StateView, product_ids: list[str]) -> None:
+    ids = wanted(view)
+    left = {pid: at for pid, at in ids.items() if pid not in product_ids}
+    if len(left) == len(ids):
+        return
+    if left:
+        view.put(WANTED, {"ids": left})
+    else:
+        view.delete(WANTED)
+
+
+def cached(view: StateView, product_id: str) -> dict[str, Any] | None:
+    """The cached record of a product (a `gone` one included), or None."""
+    rec = view.get(record_name(product_id))
+    return rec if isinstance(rec, dict) else None
