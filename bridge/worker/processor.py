@@ -180,9 +180,7 @@ def process(
     # skipped; every other one is marked in this batch's commit, with its results.
     seen_keys = [keys.seen(env.webhook_id) for env in envs]
     # Product records (and the wanted list) ride in the same MGET as the identity records.
-    names = [
-        n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))
-    ]
+    names = [n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))]
     wanted = list(dict.fromkeys([key_of(n) for n in names] + seen_keys))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     done = {key for key in seen_keys if loaded.pop(key, None) is not None}
