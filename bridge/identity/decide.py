@@ -286,7 +286,10 @@ class _Run:
                 # have open are still theirs to finish, and their reminders still go out.
                 self._clear_live_cart(who, ref.cart_token, fact.created_at)
             if who.user_id:
-                if orders.index_order(self.view, person_key(who.user_id), fact):
+                pk = person_key(who.user_id)
+                if orders.index_order(self.view, pk, fact) or replenishment.unresolved(
+                    self.view, orders.index_name(pk)
+                ):
                     self.order_traits(who, fact.created_at, replenish=True)
                 if not guards and not fact.renewal:
                     self._mark_unjoined(who.user_id, fact.created_at, fact.order_id)

@@ -15,8 +15,9 @@ The traits, recomputed on every order and refund (live or backfilled):
   not before now, else (all lapsed) the latest lapsed one; null when nothing is replenishable.
 - `replenishment_skus`: the SKUs whose cover date falls on that date's UTC day.
 
-Bounded: at most MAX_ORDER_LINES lines per order, and lines whose cover date lapsed more than
-LAPSED_AFTER_DAYS ago are pruned when recomputed.
+Bounded: at most MAX_ORDER_LINES lines per order; lines whose cover date lapsed more than
+LAPSED_AFTER_DAYS ago, and lines still unresolved UNRESOLVED_AFTER_DAYS after their order, are
+pruned when recomputed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ MAX_QUANTITY = 10_000
 # Days one order line can cover at most (a 100-unit order of a 10-year product is not a date).
 MAX_COVER_DAYS = 3650
 LAPSED_AFTER_DAYS = 365
+# A line whose product is still not cached this long after its order is dropped.
+UNRESOLVED_AFTER_DAYS = 30
 MAX_SKUS = 20
 MAX_LABEL_CHARS = 100
 
@@ -96,6 +99,18 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
     return out if changed else None
 
 
+def unresolved(view: StateView, index_name: str) -> bool:
+    """True when some order line waits for its product's metadata (a repeat of an order, as
+    orders/paid after orders/create, then recomputes: the product may be cached by now)."""
+    rec = view.get(index_name) or {}
+    return any(
+        isinstance(line, list) and len(line) == 4 and line[3] is None
+        for entry in (rec.get("o") or {}).values()
+        if isinstance(entry, dict)
+        for line in entry.get("rl") or []
+    )
+
+
 def _time(text: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
@@ -123,6 +138,7 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
     cover: dict[str, datetime] = {}
     dirty = False
     lapsed_before = now - timedelta(days=LAPSED_AFTER_DAYS)
+    unresolved_before = now - timedelta(days=UNRESOLVED_AFTER_DAYS)
     for order_id, entry in list(orders.items()):
         lines = entry.get("rl") if isinstance(entry, dict) else None
         if not lines:
@@ -134,6 +150,9 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
         kept: list[Any] = []
         for line in lines:
             _, label, qty, days = line
+            if days is None and at is not None and at < unresolved_before:
+                dirty = True
+                continue  # its product's metadata never came: stop asking
             if days is None or at is None:
                 kept.append(line)
                 continue
