@@ -465,6 +465,7 @@ class Summary:
             f"skipped: {self.test_orders} test orders, {self.no_contact} with no email or "
             f"customer id, {self.already_sent} already sent",
             f"errors: {self.errors}",
+            *([f"products read ahead of their orders: {self.products}"] if self.products else []),
             *self.contract_lines(would),
         ]
 

@@ -386,3 +386,74 @@ def test_products_delete_removes_the_metadata() -> None:
     [item] = _tracks(calls, "order_completed")[0]["properties"]["items"]
     assert "vendor" not in item and "replenishable" not in item
     assert drain.record(cache.WANTED) is None  # a deleted product is not asked for
+
+
+# --- hostile product payloads -----------------------------------------------------------------
+
+ODD: list[Any] = [
+    "\ud800",
+    2**80,
+    -(2**70),
+    1e308,
+    "x" * 10_000,
+    {},
+    [],
+    None,
+    "",
+    [{}] * 50,
+    True,
+]
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.append((*prefix, k))
+            out += _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:2]):
+            out.append((*prefix, i))
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def _set(body: Any, path: tuple[Any, ...], value: Any) -> Any:
+    body = orjson.loads(orjson.dumps(body))
+    target = body
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return body
+
+
+def test_no_hostile_product_payload_ever_blocks_an_order() -> None:
+    base = product_webhook(11, metafields=replenishing("30"), category="Hair Care")
+    for path in _paths(base):
+        for odd in ODD:
+            drain = Drain()
+            body = _set(base, path, odd)
+            batch = [Envelope(SHOP, "products/update", "p", _dumps(body), received_ms=1).encode()]
+            commit = process(
+                SHOP,
+                batch,
+                source=ShopifySource(),
+                config=ProcessConfig.defaults(api_version=""),
+                load=lambda names: dict.fromkeys(names),
+                key_of=K.state,
+                now=NOW,
+            )
+            for key, (value, _) in commit.state_set.items():
+                assert len(value) < 20_000, (path, odd)
+                drain.state[key] = value
+            calls = drain.run(("orders/create", order_body(1, lines=[(11, "SH-1", 1)])))
+            assert _tracks(calls, "order_completed"), (path, odd)
+
+
+def _dumps(body: Any) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer past 64 bits: as a JSON text, which Shopify could send
+        import json
+
+        return json.dumps(body).encode()

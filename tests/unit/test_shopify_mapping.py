@@ -73,6 +73,8 @@ HANDLED = [
     "customers/redact",
     "customers/data_request",
     "shop/redact",
+    "products/update",
+    "products/delete",
 ]
 
 
