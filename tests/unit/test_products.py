@@ -348,6 +348,7 @@ def test_an_order_before_its_product_is_cached_goes_out_bare_and_the_next_has_it
     assert "replenishable" not in item and "vendor" not in item
     assert item["category"] == "Payload Type"  # the payload's own product type
     assert drain.record(cache.WANTED)["ids"] == {"11": "2026-03-10T00:00:00.000Z"}
+    assert drain.loads == 1  # the product records and the wanted list rode in the one load
     drain.run(("products/update", product_webhook(11, metafields=replenishing("30"))))
     assert drain.record(cache.WANTED) is None
     second = drain.run(("orders/create", order_body(2, lines=[(11, "SH-1", 1)])))
@@ -457,3 +458,17 @@ def _dumps(body: Any) -> bytes:
         import json
 
         return json.dumps(body).encode()
+
+
+def test_lookups_and_refresh_pages_are_sized_under_the_maximum() -> None:
+    from bridge.backfill.cost import requested_cost
+    from bridge.products import sync
+
+    assert requested_cost(sync.NODES_QUERY, {"ids": ["x"] * 250}) == 1000
+    assert sync.fit_ids(1000.0, 5000) == 250
+    assert sync.fit_ids(100.0, 5000) == 25
+    assert sync.fit_ids(1.0, 5000) == 1
+    assert requested_cost(sync.PRODUCTS_QUERY, {"first": 100}) == 403
+    assert sync.fit_products(1000.0, 100) == 100
+    assert sync.fit_products(1000.0, 250) == 249
+    assert sync.fit_products(203.0, 250) == 50
