@@ -257,3 +257,57 @@ def test_malformed_index_entries_are_ignored() -> None:
     )
     got = traits(view, "orders:p", MetafieldKeys(), NOW)
     assert got["next_replenishment_date"] == "2026-03-31T00:00:00.000Z"
+
+
+def test_the_index_forgets_long_lapsed_and_never_resolved_lines() -> None:
+    view = StateView()
+    view.put(
+        "product:1",
+        {
+            "v": "",
+            "mf": {"custom.replenishable": ["true", ""], "custom.days_to_replenish": ["30", ""]},
+        },
+    )
+    view.put(
+        "orders:p",
+        {
+            "o": {
+                # lapsed more than a year before now: forgotten
+                "old": {
+                    "at": "2024-01-01T00:00:00.000Z",
+                    "t": "1",
+                    "c": "USD",
+                    "rl": [["1", "A", 1, 30]],
+                },
+                # its product never cached, 40 days after the order: forgotten
+                "lost": {
+                    "at": "2026-01-29T00:00:00.000Z",
+                    "t": "1",
+                    "c": "USD",
+                    "rl": [["2", "B", 1, None]],
+                },
+                # its product not cached yet, 5 days after: kept, waiting
+                "new": {
+                    "at": "2026-03-05T00:00:00.000Z",
+                    "t": "1",
+                    "c": "USD",
+                    "rl": [["3", "C", 1, None]],
+                },
+                "live": {
+                    "at": "2026-03-01T00:00:00.000Z",
+                    "t": "1",
+                    "c": "USD",
+                    "rl": [["1", "A", 1, None]],
+                },
+            }
+        },
+    )
+    got = traits(view, "orders:p", MetafieldKeys(), NOW)
+    assert got == {
+        "next_replenishment_date": "2026-03-31T00:00:00.000Z",
+        "replenishment_skus": ["A"],
+    }
+    index = (view.get("orders:p") or {})["o"]
+    assert "rl" not in index["old"] and "rl" not in index["lost"]
+    assert index["new"]["rl"] == [["3", "C", 1, None]]
+    assert index["live"]["rl"] == [["1", "A", 1, 30]]  # resolved, and kept resolved
