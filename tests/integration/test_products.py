@@ -258,3 +258,57 @@ def test_the_refresh_pages_under_the_maximum_and_the_stand_in_refuses_a_page_ove
     assert sync.fit_products(1000.0, 250) == 249
     queued = services.store.inbound_length(SHOP)
     assert queued == 300
+
+
+def _ask(standin: AdminStandIn, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    resp = httpx.post(
+        standin.url,
+        json={"query": query, "variables": variables},
+        headers={"X-Shopify-Access-Token": TOKEN},
+    )
+    return dict(resp.json())
+
+
+def test_the_stand_in_answers_products_as_the_doc_describes() -> None:
+    """Hand-written queries (not the bridge's), costs worked out here by the doc's rules."""
+    catalog = [
+        gql_product(1, product_type="Shampoo", category="Hair Care", metafields=REPLENISH),
+        gql_product(2, product_type="Mug", updated="2026-03-01T00:00:00Z"),
+    ]
+    fields = (
+        "id productType vendor category { name fullName } "
+        'r: metafield(namespace: "custom", key: "replenishable") { value type } '
+        'd: metafield(namespace: "custom", key: "days_to_replenish") { value type }'
+    )
+    with AdminStandIn(catalog=catalog) as standin:
+        one = _ask(standin, f'{{ product(id: "gid://shopify/Product/1") {{ {fields} }} }}', {})
+        ids = ["gid://shopify/Product/1", "gid://shopify/Product/99"]
+        nodes = _ask(
+            standin,
+            f"query N($ids: [ID!]!) {{ nodes(ids: $ids) {{ ... on Product {{ {fields} }} }} }}",
+            {"ids": ids},
+        )
+        # 300 ids x (the object 1 + category 1 + two metafields 1 each) = 1 200 points
+        many = _ask(
+            standin,
+            f"query N($ids: [ID!]!) {{ nodes(ids: $ids) {{ ... on Product {{ {fields} }} }} }}",
+            {"ids": [f"gid://shopify/Product/{i}" for i in range(300)]},
+        )
+        recent = _ask(
+            standin,
+            "{ products(first: 10, query: \"updated_at:>'2026-02-01T00:00:00Z'\", "
+            "sortKey: UPDATED_AT) { pageInfo { hasNextPage } nodes { id } } }",
+            {},
+        )
+    product = one["data"]["product"]
+    assert product["category"] == {"name": "Hair Care", "fullName": "Health & Beauty > Hair Care"}
+    assert product["r"] == {"value": "true", "type": "boolean"}
+    assert product["d"] == {"value": "30", "type": "number_integer"}
+    assert one["extensions"]["cost"]["requestedQueryCost"] == 1 + 1 + 1 + 1
+    shampoo, unknown = nodes["data"]["nodes"]
+    assert shampoo["productType"] == "Shampoo" and unknown is None
+    assert nodes["extensions"]["cost"]["requestedQueryCost"] == 2 * 4
+    assert many["extensions"]["cost"]["requestedQueryCost"] == 1200
+    assert many["errors"][0]["extensions"]["code"] == "MAX_COST_EXCEEDED" and "data" not in many
+    assert recent["data"]["products"]["nodes"] == [{"id": "gid://shopify/Product/2"}]
+    assert recent["extensions"]["cost"]["requestedQueryCost"] == 2 + 10 * 1 + 1

@@ -248,7 +248,7 @@ def test_a_store_names_its_own_replenishment_metafields(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["replenishable", ".key", "ns.", "a b.c", ""])
 def test_a_metafield_must_be_namespace_dot_key(tmp_path: Path, bad: str) -> None:
-    with pytest.raises(ConfigError, match="namespace.key"):
+    with pytest.raises(ConfigError, match=r"namespace\.key"):
         load_stores(settings_with(tmp_path, ONLY_A + f'replenishable_metafield = "{bad}"\n'))
-    with pytest.raises(ValueError, match="namespace.key"):
+    with pytest.raises(ValueError, match=r"namespace\.key"):
         Settings(product_replenishable_metafield=bad)
