@@ -12,9 +12,10 @@ noted as wanted (products/cache.py) so the next event finds it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -25,11 +26,27 @@ from bridge.products.cache import WANTED, cached, valid_id, want
 from bridge.products.record import MetafieldKeys, metadata, record_name
 
 
+def _holds_items(annotation: Any) -> bool:
+    """True when a field so typed can hold an item or a model (which may hold items)."""
+    if annotation is Item:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_items(arg) for arg in get_args(annotation))
+
+
+@functools.cache
+def _item_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a model worth walking (its ids, texts, times and dicts are not): worked
+    out once per class from its annotations, so the walk costs little per webhook."""
+    return tuple(name for name, info in cls.model_fields.items() if _holds_items(info.annotation))
+
+
 def _items(value: Any) -> Iterator[Item]:
     if type(value) is Item:
         yield value
     elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
+        for name in _item_fields(type(value)):
             yield from _items(getattr(value, name))
     elif type(value) is tuple:
         for v in value:
@@ -42,7 +59,7 @@ def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
         return fn(value)
     if isinstance(value, BaseModel):
         updates = {}
-        for name in type(value).model_fields:
+        for name in _item_fields(type(value)):
             old = getattr(value, name)
             new = _rebuilt(old, fn)
             if new is not old:
