@@ -472,3 +472,19 @@ def test_lookups_and_refresh_pages_are_sized_under_the_maximum() -> None:
     assert sync.fit_products(1000.0, 100) == 100
     assert sync.fit_products(1000.0, 250) == 249
     assert sync.fit_products(203.0, 250) == 50
+
+
+def test_a_stale_update_retried_after_a_delete_does_not_bring_the_product_back() -> None:
+    from tests.rules import map_context
+
+    source = ShopifySource()
+    trigger = datetime(2026, 3, 1, tzinfo=UTC)
+    ctx = map_context(SHOP).model_copy(update={"triggered_at": trigger})
+    view = StateView()
+    update = source.map("products/update", product_webhook(11, updated="2026-02-01T00:00:00Z"), ctx)
+    delete = source.map("products/delete", {"id": 11}, ctx)
+    assert update.product is not None and delete.product is not None
+    cache.apply(view, update.product)
+    cache.apply(view, delete.product)
+    cache.apply(view, update.product)  # Shopify's retry of the old update
+    assert (view.get("product:11") or {}).get("gone") is True

@@ -93,8 +93,12 @@ def map_product(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     )
     fact = ProductFact(
         product_id=product_id,
-        # A delete has no time of its own: it is applied whatever the cache holds.
-        version=None if topic == DELETE_TOPIC else product.updated_at or ctx.triggered_at,
+        # A delete carries no time of its own: its trigger time is after the product's last
+        # update, so a stale `products/update` retried after it cannot bring the product back.
+        # Without one (or from a lookup that found nothing) it applies whatever is cached.
+        version=ctx.triggered_at
+        if topic == DELETE_TOPIC
+        else product.updated_at or ctx.triggered_at,
         gone=gone,
         product_type=None if gone else product.product_type,
         category=None if gone else _category(body.get("category")),
