@@ -8,7 +8,7 @@ from typing import Any
 def order_body(
     order_id: int,
     *,
-    customer_id: int = 5001,
+    customer_id: int | None = 5001,
     created: str = "2026-03-01T10:00:00Z",
     lines: list[tuple[int, str, int]] | None = None,
     cancelled: str | None = None,
@@ -30,7 +30,7 @@ def order_body(
     ]
     return {
         "id": order_id,
-        "email": f"buyer{customer_id}@example.com",
+        "email": f"buyer{customer_id or 'guest'}@example.com",
         "created_at": created,
         "processed_at": created,
         "updated_at": created,
@@ -39,7 +39,11 @@ def order_body(
         "currency": "USD",
         "financial_status": "paid",
         "test": False,
-        "customer": {"id": customer_id, "email": f"buyer{customer_id}@example.com"},
+        "customer": (
+            {"id": customer_id, "email": f"buyer{customer_id}@example.com"}
+            if customer_id is not None
+            else None
+        ),
         "line_items": line_items,
     }
 

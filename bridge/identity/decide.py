@@ -44,11 +44,20 @@ from bridge.canonical import (
 from bridge.delivery import render
 from bridge.delivery.calls import Call
 from bridge.identity import carts, orders, replenishment, subscriptions
-from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
+from bridge.identity.graph import (
+    Person,
+    Policy,
+    checkout_ref,
+    follow,
+    is_email,
+    person_key,
+    resolve,
+)
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
 from bridge.identity.view import count
 from bridge.ids import iso_z, message_id
+from bridge.products import cache as product_cache
 
 HELD_REFUNDS = "held:refunds"
 # Facts released by a webhook are decided in its run; a released fact releasing more is
@@ -109,12 +118,15 @@ class _Run:
     def order_traits(self, who: Person, at: datetime, *, replenish: bool = False) -> None:
         if who.user_id:
             traits = orders.order_traits(self.view, person_key(who.user_id))
-            if replenish and traits:  # issue 17: on orders and refunds only
+            if replenish and traits:  # issue 17: on orders, refunds, and products arriving
                 index = orders.index_name(person_key(who.user_id))
                 policy = self.policy
                 traits.update(
                     replenishment.traits(self.view, index, policy.metafields, policy.clock())
                 )
+                waiting = replenishment.waiting_products(self.view, index)
+                if waiting and not is_email(who.user_id):
+                    product_cache.wait_for(self.view, waiting, who.user_id)
             if traits:
                 self.ids.computed(who.user_id, traits, at, who.anonymous_id)
 
@@ -750,6 +762,19 @@ class _Run:
                     {"cycle": fact.cycle or None},
                 )
 
+    # --- products (issue 17) ----------------------------------------------------------------
+    def product(self, mapped: Mapped) -> None:
+        """A product the cache now holds: the customers whose replenishment date waited for it
+        get it recomputed (the processor wrote the product before deciding)."""
+        fact = mapped.product
+        if fact is None:
+            return
+        at = self.triggered_at or self.policy.clock()
+        for customer_id in product_cache.take_waiting(self.view, fact.product_id):
+            user = follow(self.view, customer_id)
+            if user:
+                self.order_traits(Person(user, None), at, replenish=True)
+
     # --- customers/merge -------------------------------------------------------------------
     def merge(self, mapped: Mapped) -> None:
         fact = mapped.merge
@@ -832,6 +857,8 @@ def decide(
         run.cart(mapped)
     elif mapped.topic.startswith("checkouts/"):
         run.checkout(mapped)
+    elif mapped.product is not None:
+        run.product(mapped)
     else:
         for event in mapped.events:
             run.track(event, resolve(event.person, view, policy))

@@ -111,6 +111,20 @@ def unresolved(view: StateView, index_name: str) -> bool:
     )
 
 
+def waiting_products(view: StateView, index_name: str) -> list[str]:
+    """The products whose metadata the index's unresolved lines wait for."""
+    rec = view.get(index_name) or {}
+    return list(
+        dict.fromkeys(
+            str(line[0])
+            for entry in (rec.get("o") or {}).values()
+            if isinstance(entry, dict)
+            for line in entry.get("rl") or []
+            if isinstance(line, list) and len(line) == 4 and line[3] is None
+        )
+    )
+
+
 def _time(text: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00"))

@@ -1,9 +1,12 @@
 """The product cache in a batch's state view: product facts written, wanted products noted. Pure.
 
-Shop-wide record `products:wanted` -> `{"ids": {product id: ISO time first wanted}}`: products
-an item named that the cache did not hold. The drain notes them (it is the one writer of the
-shop's state); the sweep reads them and asks the Admin API (products/sync.py), whose answers
-come back through the drain as `backfill/product` facts, which take them off the list.
+Shop-wide record `products:wanted` -> `{"ids": {product id: ISO time first wanted},
+"who": {product id: [customer id, ...]}}`: products an item named that the cache did not hold,
+and the customers whose replenishment date waits for one (identity/replenishment.py; customer
+ids only, at most MAX_WAITING a product: a guest's date waits for their next order). The
+drain notes them (it is the one writer of the shop's state); the sweep reads them and asks the
+Admin API (products/sync.py), whose answers come back through the drain as `backfill/product`
+facts, which take them off the list and recompute the waiting customers' dates.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ WANTED = "products:wanted"
 MAX_WANTED = 500
 # A product id as Shopify writes it (a GID's numeric tail); anything else is never looked up.
 MAX_ID_CHARS = 20
+# Customers noted per wanted product, whose replenishment dates it recomputes when it comes.
+MAX_WAITING = 20
 # The cache's default lifetime; the setting PRODUCT_CACHE_TTL_S overrides it per process.
 DEFAULT_TTL_S = 7 * DAY_S
 
@@ -53,6 +58,41 @@ def apply(view: StateView, fact: ProductFact, ttl_s: int = DEFAULT_TTL_S) -> boo
     return True
 
 
+def wait_for(view: StateView, product_ids: list[str], customer_id: str) -> None:
+    """Note that this customer's replenishment date waits for these (wanted) products."""
+    rec = dict(view.get(WANTED) or {})
+    ids = wanted(view)
+    who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
+    changed = False
+    for pid in product_ids:
+        if pid not in ids:
+            continue
+        waiting = list(who.get(pid) or [])
+        if customer_id not in waiting:
+            who[pid] = [*waiting, customer_id][-MAX_WAITING:]
+            changed = True
+    if changed:
+        view.put(WANTED, {**rec, "who": who})
+
+
+def take_waiting(view: StateView, product_id: str) -> list[str]:
+    """The customers whose dates waited for this product, taken off the list."""
+    rec = view.get(WANTED) or {}
+    who = rec.get("who") if isinstance(rec.get("who"), dict) else None
+    if not who or product_id not in who:
+        return []
+    waiting = [str(c) for c in who.get(product_id) or []]
+    left = {pid: c for pid, c in who.items() if pid != product_id}
+    rest = {k: v for k, v in rec.items() if k != "who"}
+    if left:
+        rest["who"] = left
+    if rest.get("ids") or left:
+        view.put(WANTED, rest)
+    else:
+        view.delete(WANTED)
+    return waiting
+
+
 def wanted(view: StateView) -> dict[str, str]:
     rec = view.get(WANTED) or {}
     ids = rec.get("ids")
@@ -67,21 +107,27 @@ def want(view: StateView, product_ids: list[str], now: datetime) -> int:
         return 0
     at = iso_z(now)
     ids.update(dict.fromkeys(fresh, at))
+    rec = view.get(WANTED) or {}
+    who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
     if len(ids) > MAX_WANTED:
         keep = sorted(ids, key=lambda pid: (ids[pid], pid))[-MAX_WANTED:]
         count(view, "products:wanted:forgotten", len(ids) - len(keep))
         ids = {pid: ids[pid] for pid in keep}
-    view.put(WANTED, {"ids": ids})
+        who = {pid: c for pid, c in who.items() if pid in ids}
+    view.put(WANTED, {"ids": ids, "who": who} if who else {"ids": ids})
     return len(fresh)
 
 
 def unwant(view: StateView, product_ids: list[str]) -> None:
+    """Take products off the wanted list (the customers waiting for them stay, for
+    `take_waiting`)."""
+    rec = view.get(WANTED) or {}
     ids = wanted(view)
     left = {pid: at for pid, at in ids.items() if pid not in product_ids}
     if len(left) == len(ids):
         return
-    if left:
-        view.put(WANTED, {"ids": left})
+    if left or rec.get("who"):
+        view.put(WANTED, {**rec, "ids": left})
     else:
         view.delete(WANTED)
 

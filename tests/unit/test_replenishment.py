@@ -186,17 +186,34 @@ def test_a_cancelled_order_counts_for_nothing() -> None:
     assert identify["traits"]["next_replenishment_date"] is None
 
 
-def test_metadata_arriving_after_the_order_counts_from_the_next_order_or_its_repeat() -> None:
+def test_metadata_arriving_after_the_order_recomputes_the_customers_waiting_for_it() -> None:
     drain = Drain()
     order = order_body(1, created="2026-03-01T10:00:00Z", lines=[(SHAMPOO, "SH-1", 1)])
     calls = drain.run(("orders/create", order))
     assert "next_replenishment_date" not in person_traits(calls)  # the product is not known
-    drain.run(("products/update", product_webhook(SHAMPOO, metafields=replenishing("30"))))
-    # orders/paid repeats the order: the line is resolved now
-    repeat = person_traits(drain.run(("orders/paid", order)))
-    assert repeat["next_replenishment_date"] == "2026-03-31T10:00:00.000Z"
+    assert drain.record("products:wanted")["who"] == {"11": ["5001"]}
+    # the product arrives (a webhook, or the sweep's lookup): the waiting customer's date
+    calls = drain.run(("products/update", product_webhook(SHAMPOO, metafields=replenishing("30"))))
+    identify = next(c for c in calls if c["type"] == "identify")
+    assert identify["userId"] == "5001"
+    assert identify["traits"]["next_replenishment_date"] == "2026-03-31T10:00:00.000Z"
+    assert drain.record("products:wanted") is None
     index = drain.record("orders:cust:5001")
     assert index["o"]["1"]["rl"] == [["11", "SH-1", 1, 30]]
+    # nothing more to say on a repeat of the order
+    assert "next_replenishment_date" not in person_traits(drain.run(("orders/paid", order)))
+
+
+def test_a_guests_line_is_resolved_by_a_repeat_of_their_order() -> None:
+    drain = Drain()
+    order = order_body(
+        1, customer_id=None, created="2026-03-01T10:00:00Z", lines=[(SHAMPOO, "SH-1", 1)]
+    )
+    drain.run(("orders/create", order))
+    assert "who" not in (drain.record("products:wanted") or {})  # guests are not noted by email
+    drain.run(("products/update", product_webhook(SHAMPOO, metafields=replenishing("30"))))
+    repeat = person_traits(drain.run(("orders/paid", order)))  # orders/paid after orders/create
+    assert repeat["next_replenishment_date"] == "2026-03-31T10:00:00.000Z"
 
 
 def test_a_product_becoming_replenishable_later_does_not_rewrite_resolved_lines() -> None:
