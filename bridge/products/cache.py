@@ -110,10 +110,12 @@ def want(view: StateView, product_ids: list[str], now: datetime) -> int:
     rec = view.get(WANTED) or {}
     who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
     if len(ids) > MAX_WANTED:
-        keep = sorted(ids, key=lambda pid: (ids[pid], pid))[-MAX_WANTED:]
-        count(view, "products:wanted:forgotten", len(ids) - len(keep))
-        ids = {pid: ids[pid] for pid in keep}
-        who = {pid: c for pid, c in who.items() if pid in ids}
+        # Oldest first out: the record keeps ids in the order they were first wanted.
+        over = len(ids) - MAX_WANTED
+        for pid in list(ids)[:over]:
+            del ids[pid]
+            who.pop(pid, None)
+        count(view, "products:wanted:forgotten", over)
     view.put(WANTED, {"ids": ids, "who": who} if who else {"ids": ids})
     return len(fresh)
 

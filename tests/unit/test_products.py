@@ -230,6 +230,10 @@ def test_the_wanted_list_is_bounded() -> None:
     view = StateView()
     cache.want(view, [str(i) for i in range(cache.MAX_WANTED + 50)], NOW)
     assert len(cache.wanted(view)) == cache.MAX_WANTED
+    cache.want(view, ["100000"], NOW)
+    ids = cache.wanted(view)
+    assert len(ids) == cache.MAX_WANTED and "100000" in ids  # the newest kept,
+    assert "50" not in ids and "51" in ids  # the oldest forgotten first
 
 
 def test_a_record_read_with_other_keys_is_used_and_wanted_again() -> None:
