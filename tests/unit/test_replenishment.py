@@ -328,3 +328,13 @@ def test_the_index_forgets_long_lapsed_and_never_resolved_lines() -> None:
     assert "rl" not in index["old"] and "rl" not in index["lost"]
     assert index["new"]["rl"] == [["3", "C", 1, None]]
     assert index["live"]["rl"] == [["1", "A", 1, 30]]  # resolved, and kept resolved
+
+
+def test_a_refund_held_for_its_order_counts_once_the_order_comes() -> None:
+    drain = Drain()
+    catalog(drain)
+    order = order_body(1, created="2026-03-01T10:00:00Z", lines=[(SHAMPOO, "SH-1", 3)])
+    drain.run(("refunds/create", refund_body(91, order, [(0, 2)])))  # before its order: held
+    drain.run(("orders/create", order))
+    # 3 bought, 2 refunded: 1 x 30 days
+    assert current(drain)["next_replenishment_date"] == "2026-03-31T10:00:00.000Z"
