@@ -314,3 +314,24 @@ def test_the_stand_in_answers_products_as_the_doc_describes() -> None:
     assert many["errors"][0]["extensions"]["code"] == "MAX_COST_EXCEEDED" and "data" not in many
     assert recent["data"]["products"]["nodes"] == [{"id": "gid://shopify/Product/2"}]
     assert recent["extensions"]["cost"]["requestedQueryCost"] == 2 + 10 * 1 + 1
+
+
+def test_the_workers_own_sweep_reads_a_wanted_product(
+    web: Web,  # noqa: F811
+    admin_worker: subprocess.Popen[bytes],
+    admin: AdminStandIn,
+    pipelines: PipelinesStandIn,
+) -> None:
+    """No in-process call: the worker's sweep (its first run comes SWEEP_EVERY_S after start)
+    reads the product the drain noted, and the waiting customer's date follows."""
+    body = order_body(6, created=days_ago(3), lines=[(SHAMPOO, "SH-1", 1)])
+    assert web.post("orders/paid", json.dumps(body).encode())[0] == 200
+    assert wait_until(lambda: has_order(pipelines, 6), 30), pipelines.calls
+    expected = (datetime.fromisoformat(body["created_at"]) + timedelta(days=30)).strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z"
+    )
+    assert wait_until(lambda: latest_trait(pipelines, "next_replenishment_date") == expected, 60), (
+        admin.requests,
+        pipelines.calls,
+    )
+    assert admin.requests_of("ProductNodes")
