@@ -492,3 +492,38 @@ def test_a_stale_update_retried_after_a_delete_does_not_bring_the_product_back()
     cache.apply(view, delete.product)
     cache.apply(view, update.product)  # Shopify's retry of the old update
     assert (view.get("product:11") or {}).get("gone") is True
+
+
+@pytest.mark.parametrize("days", ["abc", "-5", "1e30", None, "0", "\ud800", "31.5"])
+def test_an_admin_read_with_hostile_metafields_caches_a_product_without_days(days: Any) -> None:
+    from bridge.products import sync
+    from tests.rules import map_context
+
+    node = {
+        "id": "gid://shopify/Product/11",
+        "updatedAt": "2026-02-01T00:00:00Z",
+        "productType": "Shampoo",
+        "vendor": "Acme",
+        "category": "not an object",
+        "m0": {"value": "true", "type": "boolean"},
+        "m1": None if days is None else {"value": days, "type": "number_integer"},
+    }
+    body = sync.product_body(node, MetafieldKeys())
+    assert body is not None
+    mapped = ShopifySource().map("backfill/product", body, map_context(SHOP))
+    assert mapped.product is not None
+    view = StateView()
+    cache.apply(view, mapped.product)
+    meta = metadata(view.get("product:11") or {}, MetafieldKeys())
+    assert meta is not None
+    assert (meta.replenishable, meta.days_to_replenish, meta.category) == (True, None, "Shampoo")
+    assert not meta.stale_keys
+
+
+@pytest.mark.parametrize(
+    "node", [{}, {"id": None}, {"id": 11}, {"id": ""}, {"id": "gid://shopify/Product/"}]
+)
+def test_an_admin_node_without_a_usable_id_is_skipped(node: dict[str, Any]) -> None:
+    from bridge.products import sync
+
+    assert sync.product_body(node, MetafieldKeys()) is None
