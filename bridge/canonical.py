@@ -112,6 +112,11 @@ class Item(NamedTuple):
     quantity: int = 0
     brand: str | None = None
     category: str | None = None
+    # Product metadata the bridge adds from its product cache (bridge/products/), not from the
+    # payload: None until the product is known.
+    vendor: str | None = None
+    replenishable: bool | None = None
+    days_to_replenish: int | None = None
 
     def line_key(self) -> str:
         """Identity of a cart line across updates (variant, else product, else sku/name)."""
@@ -139,6 +144,12 @@ def _to_item(value: Any) -> Item:
         amount = None if price is None else Decimal(str(price))
     except ArithmeticError:
         raise ValueError("item price must be a decimal") from None
+    replenishable = value.get("replenishable")
+    if replenishable is not None and not isinstance(replenishable, bool):
+        raise ValueError("item replenishable must be a boolean")
+    days = value.get("days_to_replenish")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int)):
+        raise ValueError("item days_to_replenish must be an integer")
     return Item(
         product_id=_text_or_none(value.get("product_id")),
         variant_id=_text_or_none(value.get("variant_id")),
@@ -148,6 +159,9 @@ def _to_item(value: Any) -> Item:
         quantity=quantity,
         brand=_text_or_none(value.get("brand")),
         category=_text_or_none(value.get("category")),
+        vendor=_text_or_none(value.get("vendor")),
+        replenishable=replenishable,
+        days_to_replenish=days,
     )
 
 
@@ -202,6 +216,9 @@ class OrderFact(Frozen):
     # A subscription renewal: billed by the subscription app, not bought through a checkout, so
     # it converts no cart and says nothing about a checkout the person may have open.
     renewal: bool = False
+    # Its lines (as its event carries them), for replenishment dates (identity/replenishment.py):
+    # kept here because a backfilled order has no event.
+    items: tuple[ItemField, ...] = ()
 
 
 class RefundFact(Frozen):
@@ -209,6 +226,23 @@ class RefundFact(Frozen):
     refund_id: str
     amount: Decimal
     created_at: datetime
+    items: tuple[ItemField, ...] = ()  # the lines refunded, with the quantities refunded
+
+
+class ProductFact(Frozen):
+    """One product as a `products/*` webhook or an Admin API read describes it (cached by
+    bridge/products/). `gone`: deleted, or not found by the Admin API. `metafields` holds
+    `namespace.key` -> (value, type) for what the source carried; `metafield_keys` names the
+    keys it was asked for (an Admin read), so a key it lacks is known to be unset."""
+
+    product_id: str
+    version: datetime | None = None  # the product's updated_at
+    gone: bool = False
+    product_type: str | None = None
+    category: str | None = None  # Standard Product Taxonomy category name
+    vendor: str | None = None
+    metafields: dict[str, tuple[str | None, str | None]] = Field(default_factory=dict)
+    metafield_keys: tuple[str, ...] | None = None
 
 
 def subscription_ref(provider: str, subscription_id: str) -> str:
@@ -327,6 +361,7 @@ class Mapped(Frozen):
     subscription: SubscriptionFact | None = None
     billing: BillingFact | None = None
     browse: BrowseFact | None = None  # a storefront pixel event (issue 17)
+    product: ProductFact | None = None
     person: PersonRef | None = None
     skipped: str | None = None
 

@@ -22,6 +22,14 @@ Written from `shared/docs/shopify-admin-api.md`, not from the bridge's client:
   filters by `updated_at`/`created_at` and `status` in `query:` and sorts by CREATED_AT (the
   default), UPDATED_AT or ID; `lines` is a connection.
 
+- **Products** (`products`, `product`, `nodes(ids:)`), issue 17: product nodes as
+  `gql_product` builds them, with `productType`, `vendor`, a Standard Product Taxonomy
+  `category { id name fullName }` (or null) and metafields read by
+  `metafield(namespace:, key:) { value type }` (null when unset). `products` filters by
+  `updated_at` in `query:` and sorts by ID (the default) or UPDATED_AT. `nodes(ids:)` answers
+  null for an id it does not know, and costs one object per id (the doc leaves lists' cost
+  open; this is the upper bound).
+
 The data is a graph of plain dicts (orders as `gql_order` builds them, contracts as
 `gql_contract`); a small executor answers any selection over it, with real paging of
 connections and per-connection `pageInfo`.
@@ -316,6 +324,45 @@ def gql_contract(
     }
 
 
+def gql_product(
+    product_id: int,
+    *,
+    product_type: str = "",
+    vendor: str = "Acme",
+    category: str | None = None,
+    metafields: dict[str, tuple[str, str]] | None = None,
+    updated: str = "2026-01-01T00:00:00Z",
+) -> dict[str, Any]:
+    """A GraphQL Product node. `category` is a taxonomy category's name (its full name is made
+    up around it); `metafields` maps `namespace.key` to (value, type), values as strings, as
+    the Admin API always returns them."""
+    return {
+        "id": f"gid://shopify/Product/{product_id}",
+        "legacyResourceId": str(product_id),
+        "title": f"Product {product_id}",
+        "handle": f"product-{product_id}",
+        "productType": product_type,
+        "vendor": vendor,
+        "tags": [],
+        "status": "ACTIVE",
+        "createdAt": "2025-01-01T00:00:00Z",
+        "updatedAt": updated,
+        "category": (
+            {
+                "id": "gid://shopify/TaxonomyCategory/hb-1-9",
+                "name": category,
+                "fullName": f"Health & Beauty > {category}",
+            }
+            if category
+            else None
+        ),
+        "metafields": [
+            {"namespace": k.partition(".")[0], "key": k.partition(".")[2], "value": v, "type": t}
+            for k, (v, t) in (metafields or {}).items()
+        ],
+    }
+
+
 def bulk_lines(orders: list[dict[str, Any]], seed: int = 7) -> Iterator[dict[str, Any]]:
     """Orders as a bulk operation writes them (every field), children shuffled among parents."""
     lines: list[dict[str, Any]] = []
@@ -395,6 +442,11 @@ def cost_of(sel: SelectionSetNode | None, variables: dict[str, Any]) -> int:
                 elif isinstance(sub, FieldNode):
                     per_node += cost_of(SelectionSetNode(selections=(sub,)), variables)
             total += 2 + int(first) * per_node + once
+        elif "ids" in _args(node, variables):
+            # `nodes(ids:)`: one object (and its fields) per id asked for.
+            ids = _args(node, variables).get("ids") or []
+            count = len(ids) if isinstance(ids, list) else 1
+            total += max(1, count) * (1 + cost_of(node.selection_set, variables))
         else:
             total += 1 + cost_of(node.selection_set, variables)
     return total + max(branches)
@@ -417,6 +469,8 @@ def actual_cost(sel: SelectionSetNode | None, data: Any) -> int:
             )
             total += 2 + sum(1 + actual_cost(node_sel, n) for n in nodes)
             total += 1 if "pageInfo" in value else 0
+        elif isinstance(value, list) and f.name.value == "nodes":
+            total += sum(1 + actual_cost(f.selection_set, v) for v in value if v is not None)
         elif isinstance(value, list):
             total += 1 + max((actual_cost(f.selection_set, v) for v in value), default=0)
         elif isinstance(value, dict):
@@ -443,6 +497,16 @@ def execute(sel: SelectionSetNode | None, obj: Any, variables: dict[str, Any]) -
         key = f.alias.value if f.alias else f.name.value
         name = f.name.value
         value = obj.get(name)
+        if name == "metafield" and isinstance(obj.get("metafields"), list):
+            args = _args(f, variables)
+            value = next(
+                (
+                    m
+                    for m in obj["metafields"]
+                    if m["namespace"] == args.get("namespace") and m["key"] == args.get("key")
+                ),
+                None,
+            )
         if name in CONNECTIONS and isinstance(value, list):
             nodes, start, end = _page(value, _args(f, variables))
             conn: dict[str, Any] = {}
@@ -576,6 +640,7 @@ class AdminStandIn:
         contracts: list[dict[str, Any]] | None = None,
         scopes: set[str] | None = None,
         products: dict[str, str] | None = None,
+        catalog: list[dict[str, Any]] | None = None,
         plan: Plan = PLANS["plus"],
         bulk_polls: int = 2,
         seed: int = 7,
@@ -584,6 +649,8 @@ class AdminStandIn:
         self.contracts = list(contracts or [])
         self.scopes = scopes if scopes is not None else {"read_orders", "read_all_orders"}
         self.products = dict(products or {})
+        # Product nodes (`gql_product`), by GID: `products`, `product` and `nodes` read them.
+        self.catalog = {p["id"]: p for p in catalog or []}
         self.plan = plan
         self.available = plan.maximum
         self._filled_at = time.monotonic()
@@ -819,10 +886,25 @@ class AdminStandIn:
         if name == "currentAppInstallation":
             return {"accessScopes": [{"handle": s} for s in sorted(self.scopes)]}
         if name == "nodes":
-            return [
-                {"id": gid, "productType": self.products.get(str(gid).rsplit("/", 1)[-1], "")}
-                for gid in args.get("ids") or []
-            ]
+            out = []
+            for gid in args.get("ids") or []:
+                pid = str(gid).rsplit("/", 1)[-1]
+                if gid in self.catalog:
+                    out.append(self.catalog[gid])
+                elif pid in self.products or not self.catalog:
+                    out.append({"id": gid, "productType": self.products.get(pid, "")})
+                else:
+                    out.append(None)  # no such product: Shopify answers null for its id
+            return out
+        if name == "product":
+            return self.catalog.get(str(args.get("id")))
+        if name == "products":
+            products = self._matching(args.get("query"), list(self.catalog.values()))
+            if args.get("sortKey") == "UPDATED_AT":
+                products = sorted(products, key=lambda p: (_when(p["updatedAt"]), p["id"]))
+            else:
+                products = sorted(products, key=lambda p: int(p["legacyResourceId"]))
+            return list(reversed(products)) if args.get("reverse") else products
         if name == "bulkOperation":
             bulk = self.bulk.get(str(args.get("id")))
             return self._poll(bulk) if bulk else None

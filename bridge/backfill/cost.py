@@ -7,7 +7,8 @@ times the cost of one node (nested connections multiply), an interface or union 
 expensive of its fragments, and a mutation 10. `nodes`/`edges`/`node` inside a connection are
 the node itself, not extra objects. A field is a connection here when it takes `first` or `last`;
 lists that take neither (an order's `refunds`) cost as one object, as Shopify's own worked
-examples count them. The result is an upper bound: Shopify may charge less, never more.
+examples count them, except `nodes(ids:)`, counted as one object per id. The result is an
+upper bound: Shopify may charge less, never more.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from graphql.language import (
     FragmentSpreadNode,
     InlineFragmentNode,
     IntValueNode,
+    ListValueNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
@@ -97,12 +99,31 @@ def _connection_cost(field: FieldNode, first: int, variables: dict[str, Any]) ->
     return CONNECTION_BASE_COST + first * node + once
 
 
+def _id_count(field: FieldNode, variables: dict[str, Any]) -> int | None:
+    """How many objects `nodes(ids: [...])` asks for (None: the field takes no `ids`)."""
+    for arg in field.arguments or ():
+        if arg.name.value != "ids":
+            continue
+        value = arg.value
+        if isinstance(value, ListValueNode):
+            return len(value.values)
+        if isinstance(value, VariableNode):
+            raw = variables.get(value.name.value)
+            return len(raw) if isinstance(raw, list) else 1
+    return None
+
+
 def _field_cost(field: FieldNode, variables: dict[str, Any]) -> int:
     if field.selection_set is None:
         return 0  # scalar or enum
     first = _page_size(field, variables)
     if first is not None:
         return _connection_cost(field, first, variables)
+    ids = _id_count(field, variables)
+    if ids is not None:
+        # `nodes(ids:)` returns one object per id: each is an object with its fields (how
+        # Shopify costs lists is not documented; counting every object is the upper bound).
+        return max(1, ids) * (1 + _selection_cost(field.selection_set, variables))
     return 1 + _selection_cost(field.selection_set, variables)
 
 

@@ -429,6 +429,7 @@ class Summary:
     empty_emails: int = 0
     with_customer: int = 0
     category_updates: int = 0
+    products: int = 0  # products read and queued ahead of their orders (issue 17)
     resumed_from: str | None = None
     interrupted: bool = False
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -464,6 +465,7 @@ class Summary:
             f"skipped: {self.test_orders} test orders, {self.no_contact} with no email or "
             f"customer id, {self.already_sent} already sent",
             f"errors: {self.errors}",
+            *([f"products read ahead of their orders: {self.products}"] if self.products else []),
             *self.contract_lines(would),
         ]
 
@@ -535,8 +537,14 @@ class Backfill:
         product_types: ProductTypeCache | None = None,
         rate: RateCap | None = None,
         enqueue_drain: Callable[[Queue, str], None] | None = None,
+        products: Callable[[list[str]], list[Envelope]] | None = None,
     ) -> None:
         self.opts = opts
+        # issue 17: reads the products the orders name that the cache lacks (as envelopes),
+        # queued ahead of the orders so their replenishment dates are computed at once.
+        self.products = products
+        self._product_ids: dict[str, None] = {}
+        self._products_done: set[str] = set()
         self.source = source
         self.store = store
         self.queue = queue
@@ -643,11 +651,26 @@ class Backfill:
             at += len(envs)
         return fresh
 
+    def _queue_products(self) -> None:
+        """Queue the products of the orders about to be queued, once per run (issue 17)."""
+        ids = [pid for pid in self._product_ids if pid not in self._products_done]
+        self._product_ids = {}
+        if not ids or self.products is None:
+            return
+        assert self.store is not None
+        self._products_done.update(ids)
+        envs = self.products(ids)
+        if envs:
+            self._wait_for_room()
+            self.store.ingest_many(envs)
+            self.summary.products += len(envs)
+
     def _flush(self) -> None:
         """Queue the orders handled since the last flush and count what they send."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        self._queue_products()
         s = self.summary
         for fresh, (_, events) in zip(
             self._queue([envs for envs, _ in pending]), pending, strict=True
@@ -689,6 +712,11 @@ class Backfill:
             s.events += events
             return
         self.rate.acquire()
+        if self.products is not None:
+            for line in order.get("line_items") or []:
+                pid = line.get("product_id") if isinstance(line, dict) else None
+                if pid is not None:
+                    self._product_ids[str(pid)] = None
         self._pending.append((envs, events))
         if len(self._pending) >= QUEUE_CHUNK:
             self._flush()

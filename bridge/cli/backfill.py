@@ -44,6 +44,7 @@ from bridge.config.stores import stores_for
 from bridge.sources import MappingError
 from bridge.sources.shopify.graphql import rest_order, webhook_contract
 from bridge.store.backfill import Checkpoint, ProductTypeCache
+from bridge.store.wire import Envelope
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -245,6 +246,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if opts.category_traits
         else None
     )
+    products = None
+    if admin is not None and not args.dry_run:
+        from bridge.products.sync import prefetch
+
+        reader = admin
+
+        def products(ids: list[str]) -> list[Envelope]:
+            return prefetch(reader, store, shop, config.metafields, ids)
+
     run = Backfill(
         opts,
         source=ShopifySource(),
@@ -253,6 +263,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         checkpoint=checkpoint,
         product_types=types,
         enqueue_drain=enqueue_drain,
+        products=products,
     )
     position = None if args.dry_run else run.resume_position()
     started = time.monotonic()

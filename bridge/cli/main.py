@@ -201,6 +201,11 @@ def why_no_calls(topic: str, counters: dict[str, int], order_completed_on: str) 
         return "the cart has no line items: nothing was added"
     if topic.startswith("checkouts/"):
         return "the checkout has no token to follow"
+    if topic.startswith("products/"):
+        return (
+            "a product change updates the bridge's product cache: the metadata of the items "
+            "of later events (docs/products.md)"
+        )
     return "the payload carries nothing the bridge sends"
 
 

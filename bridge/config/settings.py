@@ -144,6 +144,19 @@ class Settings(BaseSettings):
     def pixel_forwarded(self) -> tuple[str, ...]:
         return tuple(n for n in self.pixel_events.split(",") if n)
 
+    # issue 17: product metadata on items (bridge/products/, docs/products.md). The metafields
+    # are `namespace.key`; a store's own (stores file) win.
+    product_replenishable_metafield: str = "custom.replenishable"
+    product_days_to_replenish_metafield: str = "custom.days_to_replenish"
+    product_cache_ttl_s: int = Field(default=7 * 86_400, ge=3600)
+    product_refresh_every_s: int = Field(default=3600, ge=0)  # 0 = no periodic refresh
+    product_lookups_per_sweep: int = Field(default=100, ge=0, le=1000)
+
+    @field_validator("product_replenishable_metafield", "product_days_to_replenish_metafield")
+    @classmethod
+    def _metafield(cls, v: str) -> str:
+        return check_metafield(v)
+
     @field_validator("pipelines_url")
     @classmethod
     def _pipelines_url(cls, v: str) -> str:
@@ -242,6 +255,14 @@ class Settings(BaseSettings):
         if self.event_naming == "segment":
             return ["Subscription Canceled", "Payment Failed"]
         return ["subscription_canceled", "payment_failed"]
+
+
+def check_metafield(value: str) -> str:
+    """A product metafield named `namespace.key` (both parts present, no spaces)."""
+    namespace, _, key = value.strip().partition(".")
+    if not namespace or not key or any(c.isspace() for c in value.strip()):
+        raise ValueError("must be a metafield written namespace.key, e.g. custom.replenishable")
+    return value.strip()
 
 
 def load_settings(**overrides: object) -> Settings:

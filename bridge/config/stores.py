@@ -13,6 +13,8 @@ workspace. `BRIDGE_STORES_FILE` names a TOML file read once at start (never per 
     recharge_client_secret = "..."     # optional: verifies its Recharge webhooks
     pixel_events = ["product_viewed"]  # optional: browse events forwarded (docs/browse.md),
     pixel_sample_rate = 0.5            # and the other PIXEL_* volume settings in lower case
+    replenishable_metafield = "custom.replenishable"          # optional (docs/products.md)
+    days_to_replenish_metafield = "custom.days_to_replenish"  # optional
 
 Omitted fields take the single-store environment values (SHOPIFY_WEBHOOK_SECRET,
 PIPELINES_WRITE_KEY, ...). Those variables also keep working alone: when SHOPIFY_WEBHOOK_SECRET
@@ -41,6 +43,7 @@ from bridge.config.settings import (
     US_PIPELINES_URL,
     ConfigError,
     Settings,
+    check_metafield,
     check_pipelines_url,
 )
 
@@ -60,6 +63,9 @@ class StoreConfig(BaseModel):
     currency: str = "USD"
     # Verifies the shop's Recharge webhooks (web/recharge.py); None: it takes none.
     recharge_client_secret: SecretStr | None = None
+    # issue 17: the product metafields holding replenishment data (None: the environment's).
+    replenishable_metafield: str | None = None
+    days_to_replenish_metafield: str | None = None
     is_default: bool = False
     # Browse events (issue 17): None takes the environment's PIXEL_* value.
     pixel_events: tuple[str, ...] | None = None
@@ -141,6 +147,13 @@ class _StoreEntry(BaseModel):
     pixel_view_window_s: int | None = None
     pixel_sample_rate: float | None = None
     pixel_client_hourly_cap: int | None = None
+    replenishable_metafield: str | None = None
+    days_to_replenish_metafield: str | None = None
+
+    @field_validator("replenishable_metafield", "days_to_replenish_metafield")
+    @classmethod
+    def _metafield(cls, v: str | None) -> str | None:
+        return None if v is None else check_metafield(v)
 
 
 class _StoresFile(BaseModel):
@@ -240,6 +253,8 @@ def _store_from_entry(shop: str, entry: _StoreEntry, settings: Settings) -> Stor
         pixel_view_window_s=entry.pixel_view_window_s,
         pixel_sample_rate=entry.pixel_sample_rate,
         pixel_client_hourly_cap=entry.pixel_client_hourly_cap,
+        replenishable_metafield=entry.replenishable_metafield,
+        days_to_replenish_metafield=entry.days_to_replenish_metafield,
     )
 
 

@@ -104,7 +104,8 @@ def to_json(value: Any) -> Any:
 
 def item_dict(item: Item) -> dict[str, Any]:
     """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
-    brand, category (None left out)."""
+    brand, category, and the cached product's vendor, replenishable, days_to_replenish
+    (None left out)."""
     # Field by field rather than model_dump() + to_json(): it runs for every line of every call.
     fields = (
         ("product_id", item.product_id),
@@ -115,6 +116,9 @@ def item_dict(item: Item) -> dict[str, Any]:
         ("quantity", item.quantity),
         ("brand", item.brand),
         ("category", item.category),
+        ("vendor", item.vendor),
+        ("replenishable", item.replenishable),
+        ("days_to_replenish", item.days_to_replenish),
     )
     return {k: v for k, v in fields if v is not None}
 

@@ -43,12 +43,21 @@ from bridge.canonical import (
 )
 from bridge.delivery import render
 from bridge.delivery.calls import Call
-from bridge.identity import browse, carts, orders, subscriptions
-from bridge.identity.graph import Person, Policy, checkout_ref, follow, person_key, resolve
+from bridge.identity import browse, carts, orders, replenishment, subscriptions
+from bridge.identity.graph import (
+    Person,
+    Policy,
+    checkout_ref,
+    follow,
+    is_email,
+    person_key,
+    resolve,
+)
 from bridge.identity.records import StateView
 from bridge.identity.traits import LIVE_CART_TRAITS, Identities, person_name
 from bridge.identity.view import count, note
 from bridge.ids import iso_z, message_id
+from bridge.products import cache as product_cache
 
 HELD_REFUNDS = "held:refunds"
 # Why a call is held back once its cart or checkout became an order (the ops console shows it).
@@ -109,9 +118,18 @@ class _Run:
         ):
             self.tracks.append(Outgoing(call, who.order_key, guards))
 
-    def order_traits(self, who: Person, at: datetime) -> None:
+    def order_traits(self, who: Person, at: datetime, *, replenish: bool = False) -> None:
         if who.user_id:
             traits = orders.order_traits(self.view, person_key(who.user_id))
+            if replenish and traits:  # issue 17: on orders, refunds, and products arriving
+                index = orders.index_name(person_key(who.user_id))
+                policy = self.policy
+                traits.update(
+                    replenishment.traits(self.view, index, policy.metafields, policy.clock())
+                )
+                waiting = replenishment.waiting_products(self.view, index)
+                if waiting and not is_email(who.user_id):
+                    product_cache.wait_for(self.view, waiting, who.user_id)
             if traits:
                 self.ids.computed(who.user_id, traits, at, who.anonymous_id)
 
@@ -310,8 +328,11 @@ class _Run:
                 # have open are still theirs to finish, and their reminders still go out.
                 self._clear_live_cart(who, ref.cart_token, fact.created_at)
             if who.user_id:
-                if orders.index_order(self.view, person_key(who.user_id), fact):
-                    self.order_traits(who, fact.created_at)
+                pk = person_key(who.user_id)
+                if orders.index_order(self.view, pk, fact) or replenishment.unresolved(
+                    self.view, orders.index_name(pk)
+                ):
+                    self.order_traits(who, fact.created_at, replenish=True)
                 if not guards and not fact.renewal:
                     self._mark_unjoined(who.user_id, fact.created_at, fact.order_id)
         sent = list(rec.get("sent") or [])
@@ -394,7 +415,7 @@ class _Run:
         else:
             silent.append(fact.refund_id)
         if who.user_id and orders.index_refund(self.view, person_key(who.user_id), fact):
-            self.order_traits(who, fact.created_at)
+            self.order_traits(who, fact.created_at, replenish=True)
         record = {**order, "refunds": [*done, fact.refund_id]}
         if silent:
             record["refunds_silent"] = silent
@@ -771,6 +792,19 @@ class _Run:
                     {"cycle": fact.cycle or None},
                 )
 
+    # --- products (issue 17) ----------------------------------------------------------------
+    def product(self, mapped: Mapped) -> None:
+        """A product the cache now holds: the customers whose replenishment date waited for it
+        get it recomputed (the processor wrote the product before deciding)."""
+        fact = mapped.product
+        if fact is None:
+            return
+        at = self.triggered_at or self.policy.clock()
+        for customer_id in product_cache.take_waiting(self.view, fact.product_id):
+            user = follow(self.view, customer_id)
+            if user:
+                self.order_traits(Person(user, None), at, replenish=True)
+
     # --- customers/merge -------------------------------------------------------------------
     def merge(self, mapped: Mapped) -> None:
         fact = mapped.merge
@@ -855,6 +889,8 @@ def decide(
         run.checkout(mapped)
     elif mapped.browse is not None:
         run.browse(mapped)
+    elif mapped.product is not None:
+        run.product(mapped)
     else:
         for event in mapped.events:
             run.track(event, resolve(event.person, view, policy))

@@ -18,7 +18,7 @@ uuid5 of (shop, cart token) so the same cart gets the same id in any process and
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bridge import keyed
@@ -26,6 +26,7 @@ from bridge.canonical import PersonRef
 from bridge.identity import orders, subscriptions
 from bridge.identity.browse_policy import BrowsePolicy
 from bridge.identity.records import StateView
+from bridge.products.record import MetafieldKeys
 
 _ANON_NS = uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10")
 MAX_MERGE_HOPS = 5
@@ -44,6 +45,8 @@ class Policy:
     unjoined_order_window_s: int
     now: datetime | None = None
     browse: BrowsePolicy | None = None  # storefront browse events (issue 17); None: defaults
+    # The store's replenishment metafields (issue 17; products/record.py).
+    metafields: MetafieldKeys = field(default_factory=MetafieldKeys)
 
     def clock(self) -> datetime:
         return self.now or datetime.now(UTC)

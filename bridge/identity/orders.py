@@ -4,8 +4,9 @@ Shared with `bridge backfill`, which feeds historic orders through the same call
 
 Records (relative to the shop's state prefix; `<person>` is `cust:<customer id>` or, for a
 guest known only by email, `email:<sha256-prefix>` as in `bridge.identity.graph.person_key`):
-- `orders:<person>` -> `{"o": {order_id: {"at": ISO-8601 UTC, "t": "total", "c": "USD"}},
-  "r": {refund_id: {"o": order_id, "a": "amount"}}, "merged_into": person?}`
+- `orders:<person>` -> `{"o": {order_id: {"at": ISO-8601 UTC, "t": "total", "c": "USD",
+  "rl"?: [...], "x"?: true}}, "r": {refund_id: {"o": order_id, "a": "amount", "rl"?: [...]}},
+  "merged_into": person?}` (`rl` and `x`: replenishment lines, identity/replenishment.py)
 
 Rules: an order is indexed once per id (a repeat replaces its entry, never adds one); test
 orders are never indexed; a refund subtracts its successful refund transactions once per
@@ -21,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from bridge.canonical import OrderFact, RefundFact
+from bridge.identity import replenishment
 from bridge.identity.records import StateView
 from bridge.ids import iso_z
 
@@ -47,7 +49,15 @@ def index_order(view: StateView, person: str, fact: OrderFact) -> bool:
     if fact.test:
         return False
     idx = _index(view, person)
-    entry = {"at": iso_z(fact.created_at), "t": str(fact.total), "c": fact.currency}
+    entry: dict[str, Any] = {"at": iso_z(fact.created_at), "t": str(fact.total), "c": fact.currency}
+    # Replenishment lines (identity/replenishment.py): the first version's, as resolved since;
+    # a cancellation sticks whatever arrives after it.
+    old = idx["o"].get(fact.order_id) or {}
+    lines = old.get("rl") if "rl" in old else replenishment.order_lines(fact.items)
+    if lines:
+        entry["rl"] = lines
+    if fact.cancelled or old.get("x"):
+        entry["x"] = True
     if idx["o"].get(fact.order_id) == entry:
         return False
     idx["o"][fact.order_id] = entry
@@ -60,7 +70,11 @@ def index_refund(view: StateView, person: str, fact: RefundFact) -> bool:
     idx = _index(view, person)
     if fact.refund_id in idx["r"]:
         return False
-    idx["r"][fact.refund_id] = {"o": fact.order_id, "a": str(fact.amount)}
+    entry: dict[str, Any] = {"o": fact.order_id, "a": str(fact.amount)}
+    lines = replenishment.refund_lines(fact.items)
+    if lines:
+        entry["rl"] = lines
+    idx["r"][fact.refund_id] = entry
     view.put(index_name(person), idx)
     return True
 

@@ -75,6 +75,12 @@ class Keys:
         self.housekeeping = p + "house"
         # The backfill's product id -> product type cache (backfill/run.py).
         self.product_types = p + "product_types"
+        # issue 17 (products/sync.py): the product refresh's watermark (the newest `updatedAt`
+        # read), and a marker set until the next refresh is due. The product cache itself is
+        # shop state (`st:product:<id>`, `st:products:wanted`).
+        self.product_sync = p + "products:sync"
+        self.product_sync_due = p + "products:sync:due"
+
         # The ops console (issue 18, store/ops.py): the last webhooks processed (a capped
         # list), alerts that ended (a capped list), and when calls were last delivered.
         self.webhook_log = p + "ops:hooks"

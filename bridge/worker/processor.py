@@ -29,6 +29,9 @@ from bridge.identity.browse_policy import BrowsePolicy
 from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
+from bridge.products import cache as product_cache
+from bridge.products.enrich import enrich, record_names
+from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
 from bridge.store import ops as ops_records
@@ -56,6 +59,9 @@ class ProcessConfig:
     api_version: str  # SHOPIFY_API_VERSION: what the webhooks should carry ("": not checked)
     ledger_calls: int = 50  # OPS_LEDGER_CALLS: each person's ledger of calls (0: none written)
     browse: BrowsePolicy = DEFAULT_BROWSE  # storefront browse events (issue 17)
+    # The store's replenishment metafields and how long a cached product lives (products/).
+    metafields: MetafieldKeys = field(default_factory=MetafieldKeys)
+    product_ttl_s: int = product_cache.DEFAULT_TTL_S
 
     @classmethod
     def defaults(cls, **overrides: Any) -> ProcessConfig:
@@ -80,6 +86,8 @@ class ProcessConfig:
             api_version=s.shopify_api_version,
             ledger_calls=s.ops_ledger_calls,
             browse=browse_policy(s, store),
+            metafields=metafield_keys(s, store),
+            product_ttl_s=s.product_cache_ttl_s,
         )
 
     def map_context(self, shop: str, triggered_at: datetime | None = None) -> MapContext:
@@ -105,6 +113,7 @@ class ProcessConfig:
             refund_order_wait_s=self.refund_order_wait_s,
             unjoined_order_window_s=self.unjoined_order_window_s,
             browse=self.browse,
+            metafields=self.metafields,
         )
 
 
@@ -128,6 +137,16 @@ def browse_policy(settings: Settings, store: StoreConfig | None) -> BrowsePolicy
 
 def _first(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def metafield_keys(settings: Settings, store: StoreConfig | None) -> MetafieldKeys:
+    """The shop's replenishment metafields: its store's, else the environment's."""
+    return MetafieldKeys(
+        replenishable=(store and store.replenishable_metafield)
+        or settings.product_replenishable_metafield,
+        days_to_replenish=(store and store.days_to_replenish_metafield)
+        or settings.product_days_to_replenish_metafield,
+    )
 
 
 BROWSE_TOPIC_PREFIX = PIXEL_PREFIX + "/"
@@ -198,7 +217,8 @@ def process(
     # cost more memory than all their other state, and each is deduplicated on its pixel event
     # id in its browser's record instead (identity/browse_policy.py).
     seen_keys = [None if is_browse_topic(env.topic) else keys.seen(env.webhook_id) for env in envs]
-    names = [n for m in read if not isinstance(m, str) for n in keys_for(m)]
+    # Product records (and the wanted list) ride in the same MGET as the identity records.
+    names = [n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))]
     marked = [k for k in seen_keys if k is not None]
     wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
     loaded: dict[str, bytes | None] = dict(load(wanted))
@@ -248,6 +268,9 @@ def process(
                 continue
             try:
                 noted = len(view.notes)
+                m = enrich(m, view, config.metafields, policy.clock())
+                if m.product is not None:
+                    product_cache.apply(view, m.product, config.product_ttl_s)
                 outcome = _decide_one(shop, env, m, view, policy)
                 outcome.notes = view.notes[noted:]
                 if check_writes:

@@ -81,6 +81,7 @@ def sweep(services: Services) -> None:
             letters.expire(shop, now_ms(), services.settings.dead_letter_retention_s)
             if housekeep_due(services, shop):
                 housekeep(services, shop)
+                sync_products(services, shop)
     finally:
         services.store.mark(SWEEP_SCHEDULED_KEY, SWEEP_EVERY_S * 4)
         schedule_sweep(services)
@@ -246,6 +247,53 @@ def note_lookups(services: Services, shop: str, outcomes: dict[str, str]) -> Non
         services.store.write_housekeeping(shop, sets, dels, [], view.counters)
     finally:
         services.store.release(keys.drain_lease, token)
+
+
+def sync_products(services: Services, shop: str, now: datetime | None = None) -> None:
+    """Fill the product cache (issue 17): read the products the drain noted as wanted, and
+    every PRODUCT_REFRESH_EVERY_S the products updated since the last refresh, queued through
+    the drain (products/sync.py). Needs the shop's Admin API token (SHOPIFY_SHOP and
+    SHOPIFY_ADMIN_TOKEN); never raises an Admin API or Redis error (the next sweep retries)."""
+    from bridge.backfill.admin import AdminClient, AdminError
+    from bridge.products import sync
+    from bridge.store.products import ProductSync
+    from bridge.worker.processor import metafield_keys
+
+    s = services.settings
+    configured = (s.shopify_shop or "").strip().lower() == shop
+    if not (configured and s.shopify_admin_token.get_secret_value()):
+        return
+    keys = metafield_keys(s, services.stores.get(shop))
+    admin = AdminClient.from_settings(s, timeout_s=s.http_timeout_s, max_attempts=LOOKUP_ATTEMPTS)
+
+    def wake() -> None:
+        enqueue_drain(services.queue, shop)
+
+    try:
+        report = sync.look_up_wanted(
+            admin, services.store, shop, keys, limit=s.product_lookups_per_sweep, wake=wake
+        )
+        every = s.product_refresh_every_s
+        if every and services.store.claim(Keys(shop).product_sync_due, every):
+            sync_state = ProductSync(services.store.redis, shop)
+            now = now or datetime.now(UTC)
+            refreshed = sync.refresh(admin, services.store, sync_state, shop, keys, now, wake=wake)
+            report.refreshed, report.queued = refreshed.refreshed, report.queued + refreshed.queued
+    except (AdminError, StoreError) as exc:
+        log.warning("product sync failed", extra={"shop": shop, "error": type(exc).__name__})
+        return
+    finally:
+        admin.close()
+    if report.looked_up or report.refreshed:
+        log.info(
+            "products synced",
+            extra={
+                "shop": shop,
+                "looked_up": report.looked_up,
+                "refreshed": report.refreshed,
+                "queued": report.queued,
+            },
+        )
 
 
 def housekeep_due(services: Services, shop: str) -> bool:

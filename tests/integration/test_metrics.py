@@ -165,7 +165,7 @@ def test_metrics_cover_web_and_worker_counters_whichever_process_answers(
     body = fixture_bytes("carts-create")
     assert post(web_a, "carts/create", body, webhook_id="w1") == 200
     assert post(web_b, "carts/create", body, webhook_id="w1") == 200  # a redelivery, queued
-    assert post(web_a, "products/update", b"{}") == 200  # ignored topic
+    assert post(web_a, "collections/update", b"{}") == 200  # ignored topic
     rt = Services.build(settings)
     drain(rt, SHOP)
     deliver(rt, SHOP)
@@ -177,7 +177,7 @@ def test_metrics_cover_web_and_worker_counters_whichever_process_answers(
     # Both deliveries were queued by the web; the drain processed one and skipped the other.
     assert a[f'cartbridge_webhooks_total{{{s},topic="carts/create",result="accepted"}}'] == 2
     assert a[f'cartbridge_webhooks_total{{{s},topic="carts/create",result="duplicate"}}'] == 1
-    assert a[f'cartbridge_webhooks_total{{{s},topic="products/update",result="ignored"}}'] == 1
+    assert a[f'cartbridge_webhooks_total{{{s},topic="collections/update",result="ignored"}}'] == 1
     assert a[f'cartbridge_webhooks_total{{{s},topic="carts/create",result="processed"}}'] == 1
     assert a[f'cartbridge_events_total{{{s},event="added_to_cart",outcome="queued"}}'] == 1
     assert a[f'cartbridge_events_total{{{s},event="added_to_cart",outcome="delivered"}}'] == 1

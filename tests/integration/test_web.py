@@ -155,11 +155,11 @@ def test_unhandled_topic_is_acknowledged_and_ignored(
     client: FlaskClient, redis: redis_lib.Redis
 ) -> None:
     body = b'{"id": 1}'
-    resp = client.post(URL, data=body, headers=webhook_headers(body, "products/update"))
+    resp = client.post(URL, data=body, headers=webhook_headers(body, "collections/update"))
     assert resp.status_code == 200
     assert resp.json == {"ignored": True}
     assert inbound(redis) == []
-    assert redis.hget(Keys(SHOP).stats, "webhooks:products/update:ignored") == b"1"
+    assert redis.hget(Keys(SHOP).stats, "webhooks:collections/update:ignored") == b"1"
 
 
 def test_get_is_405_json(client: FlaskClient) -> None:

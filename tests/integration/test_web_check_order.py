@@ -82,7 +82,7 @@ def send(clients: dict[bool, FlaskClient], broken: set[str]) -> tuple[int, Any]:
     body = b"[1]" if "json" in broken else BODY
     if "size" in broken:
         body += b" " * (MAX_BODY + 1 - len(body))  # still the same JSON, one byte too long
-    topic = "products/update" if "ignored" in broken else "carts/create"
+    topic = "collections/update" if "ignored" in broken else "carts/create"
     headers = webhook_headers(
         body,
         topic,

@@ -331,6 +331,8 @@ items = st.builds(
     name=st.none() | st.text(max_size=10),
     price=st.none() | st.decimals(min_value=0, max_value=10**6, places=2),
     quantity=st.integers(min_value=0, max_value=99),
+    # From the product cache, read as 1..3650 days (products/record.py parse_days).
+    days_to_replenish=st.none() | st.integers(min_value=1, max_value=3650),
 )
 
 

@@ -73,6 +73,8 @@ HANDLED = [
     "customers/redact",
     "customers/data_request",
     "shop/redact",
+    "products/update",
+    "products/delete",
 ]
 
 
@@ -487,6 +489,7 @@ def test_orders_paid() -> None:
         currency="USD",
         test=True,
         cancelled=True,  # the sample has cancelled_at set
+        items=PAID_ITEMS,  # the event's lines, for replenishment dates (issue 17)
     )
     assert m.person == PAID_PERSON
     assert len(m.events) == 1
@@ -537,9 +540,13 @@ CREATE_TIME = datetime(2024, 11, 6, 2, 54, 49, tzinfo=UTC)  # 2024-11-05T21:54:4
 def test_orders_create_records_the_order_without_completing_it_by_default() -> None:
     m = run("orders/create", load("orders-create"))
     assert m.events == ()
-    assert m.order == OrderFact(
+    assert m.order is not None
+    assert m.order.model_copy(update={"items": ()}) == OrderFact(
         order_id="5778367414385", created_at=CREATE_TIME, total=Decimal("600.00"), currency="USD"
     )
+    assert [i.quantity for i in m.order.items] == [
+        line["quantity"] for line in load("orders-create")["line_items"]
+    ]
     assert m.person == CREATE_PERSON
     assert m.identifies == (
         TraitUpdate(
@@ -716,8 +723,13 @@ REFUND_ID = "890088186047892319"
 def test_refunds_create() -> None:
     m = run("refunds/create", load("refunds-create"))
     assert m.refund == RefundFact(
-        order_id=PAID_ID, refund_id=REFUND_ID, amount=Decimal("85.00"), created_at=DOC_TIME
+        order_id=PAID_ID,
+        refund_id=REFUND_ID,
+        amount=Decimal("85.00"),
+        created_at=DOC_TIME,
+        items=m.events[0].items,  # the refunded lines (issue 17)
     )
+    assert [i.quantity for i in m.refund.items] == [1, 1, 1, 1, 1]
     assert m.person == PersonRef(order_id=PAID_ID)
     assert len(m.events) == 1
     event = m.events[0]

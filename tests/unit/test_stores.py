@@ -221,3 +221,34 @@ def test_a_shops_context_is_built_once_per_process(tmp_path: Path) -> None:
         assert services.shop("other.myshopify.com").rules.shop_currency == "USD"
     finally:
         identity.configure_email_hash(before)  # Services.build set the process's key
+
+
+def test_a_store_names_its_own_replenishment_metafields(tmp_path: Path) -> None:
+    from bridge.worker.processor import ProcessConfig
+
+    text = GOOD.replace(
+        'currency = "eur"',
+        'currency = "eur"\nreplenishable_metafield = "shop.refill"\n'
+        'days_to_replenish_metafield = " shop.refill_days "',
+    )
+    s = settings_with(
+        tmp_path,
+        text,
+        shopify_webhook_secret="env",
+        pipelines_write_key="env-key",
+        product_days_to_replenish_metafield="env.days",
+    )
+    reg = load_stores(s)
+    a = ProcessConfig.for_shop(s, reg.get("brand-a.myshopify.com")).metafields
+    assert (a.replenishable, a.days_to_replenish) == ("shop.refill", "shop.refill_days")
+    b = ProcessConfig.for_shop(s, reg.get("brand-b.myshopify.com")).metafields
+    assert (b.replenishable, b.days_to_replenish) == ("custom.replenishable", "env.days")
+    assert ProcessConfig.for_shop(s, None).policy("x").metafields == b
+
+
+@pytest.mark.parametrize("bad", ["replenishable", ".key", "ns.", "a b.c", ""])
+def test_a_metafield_must_be_namespace_dot_key(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"namespace\.key"):
+        load_stores(settings_with(tmp_path, ONLY_A + f'replenishable_metafield = "{bad}"\n'))
+    with pytest.raises(ValueError, match=r"namespace\.key"):
+        Settings(product_replenishable_metafield=bad)

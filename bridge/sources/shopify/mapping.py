@@ -37,6 +37,7 @@ from bridge.sources.shopify.models import (
 )
 from bridge.sources.shopify.orders import map_order, map_refund
 from bridge.sources.shopify.parts import SOURCE, compact, money
+from bridge.sources.shopify.products import map_product
 from bridge.sources.shopify.subscriptions import MAPPERS as SUBSCRIPTION_MAPPERS
 from bridge.sources.shopify.traits import customer_traits, normalise_email, normalise_phone
 
@@ -271,6 +272,10 @@ MAPPERS: dict[str, Mapper] = {
     "backfill/traits": map_backfill_traits,
     # issue 16: Shopify's native subscription topics, and `backfill/subscription_contract`.
     **SUBSCRIPTION_MAPPERS,
+    # issue 17: the product cache (bridge/products/), and the Admin reads the sweep queues.
+    "products/update": map_product,
+    "products/delete": map_product,
+    "backfill/product": map_product,
 }
 
 

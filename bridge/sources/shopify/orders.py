@@ -117,6 +117,7 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
     currency = shop_currency(order.total_price_set) or order.currency or ctx.shop_currency
     person = _person(order, order_id, ctx)
     renewal = is_renewal(order)
+    items, cut = parts.items(order.line_items)
     fact = OrderFact(
         order_id=order_id,
         created_at=placed,
@@ -125,8 +126,8 @@ def map_order(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         test=bool(order.test),
         cancelled=order.cancelled_at is not None or topic == "orders/cancelled",
         renewal=renewal,
+        items=items,
     )
-    items, cut = parts.items(order.line_items)
     props = {**_properties(order, order_id, total, currency), **cut}
     if renewal:
         props["subscription_renewal"] = True
@@ -226,5 +227,7 @@ def map_refund(topic: str, body: dict[str, Any], ctx: MapContext) -> Mapped:
         },
         items=items,
     )
-    fact = RefundFact(order_id=refund.order_id, refund_id=refund.id, amount=amount, created_at=at)
+    fact = RefundFact(
+        order_id=refund.order_id, refund_id=refund.id, amount=amount, created_at=at, items=items
+    )
     return Mapped(source=SOURCE, topic=topic, events=(event,), refund=fact, person=person)

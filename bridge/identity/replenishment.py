@@ -1,0 +1,198 @@
+"""Replenishment dates at the source: when each person runs out of what they buy again. Pure.
+
+Kept in the per-customer order index (identity/orders.py), on each order and refund entry:
+- order `"rl": [[product id, label, quantity, days]]`: its lines of products that are (or may
+  be) replenishable; `label` is the line's SKU (else variant, else product id); `days` is the
+  product's `days_to_replenish` once the product cache knew it, null while the product was
+  not cached yet (resolved at the next recomputation that finds it cached: lines of products
+  known not to be replenishable are dropped); `"x": true` marks a cancelled order;
+- refund `"rl": [[label, quantity]]`: the quantities it refunded.
+
+The traits, recomputed on every order and refund (live or backfilled):
+- `next_replenishment_date`: for each replenishable SKU, its cover date is the latest over
+  the orders containing it of order time + days_to_replenish x net quantity (bought minus
+  refunded; a fully refunded line counts for nothing). The trait is the earliest cover date
+  not before now, else (all lapsed) the latest lapsed one; null when nothing is replenishable.
+- `replenishment_skus`: the SKUs whose cover date falls on that date's UTC day.
+
+Bounded: at most MAX_ORDER_LINES lines per order; lines whose cover date lapsed more than
+LAPSED_AFTER_DAYS ago, and lines still unresolved UNRESOLVED_AFTER_DAYS after their order, are
+pruned when recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from bridge.canonical import Item
+from bridge.identity.records import StateView
+from bridge.identity.view import count
+from bridge.ids import iso_z
+from bridge.products.cache import cached, valid_id
+from bridge.products.record import MetafieldKeys, metadata
+
+REPLENISHMENT_TRAITS = ("next_replenishment_date", "replenishment_skus")
+MAX_ORDER_LINES = 20
+MAX_QUANTITY = 10_000
+# Days one order line can cover at most (a 100-unit order of a 10-year product is not a date).
+MAX_COVER_DAYS = 3650
+LAPSED_AFTER_DAYS = 365
+# A line whose product is still not cached this long after its order is dropped.
+UNRESOLVED_AFTER_DAYS = 30
+MAX_SKUS = 20
+MAX_LABEL_CHARS = 100
+
+
+def _label(item: Item) -> str | None:
+    label = item.sku or item.variant_id or item.product_id
+    return label[:MAX_LABEL_CHARS] if label else None
+
+
+def order_lines(items: Iterable[Item]) -> list[list[Any]]:
+    """An order's lines as the index keeps them (unresolved: days null)."""
+    out: list[list[Any]] = []
+    for item in items:
+        label = _label(item)
+        if not valid_id(item.product_id) or label is None or item.quantity <= 0:
+            continue
+        out.append([item.product_id, label, min(item.quantity, MAX_QUANTITY), None])
+        if len(out) == MAX_ORDER_LINES:
+            break
+    return out
+
+
+def refund_lines(items: Iterable[Item]) -> list[list[Any]]:
+    """A refund's lines as the index keeps them: (label, quantity refunded)."""
+    out: list[list[Any]] = []
+    for item in items:
+        label = _label(item)
+        if label is None or item.quantity <= 0:
+            continue
+        out.append([label, min(item.quantity, MAX_QUANTITY)])
+        if len(out) == MAX_ORDER_LINES:
+            break
+    return out
+
+
+def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any] | None:
+    """The lines with the days of products now cached; None when nothing changed."""
+    out: list[Any] = []
+    changed = False
+    for line in lines:
+        if not (isinstance(line, list) and len(line) == 4):
+            changed = True
+            continue
+        pid, label, qty, days = line
+        if days is not None:
+            out.append(line)
+            continue
+        rec = cached(view, str(pid))
+        if rec is None:
+            out.append(line)  # not cached yet: asked for by enrichment, resolved later
+            continue
+        changed = True
+        meta = metadata(rec, keys)
+        if meta is not None and meta.replenishable and meta.days_to_replenish:
+            out.append([pid, label, qty, meta.days_to_replenish])
+    return out if changed else None
+
+
+def unresolved(view: StateView, index_name: str) -> bool:
+    """True when some order line waits for its product's metadata (a repeat of an order, as
+    orders/paid after orders/create, then recomputes: the product may be cached by now)."""
+    rec = view.get(index_name) or {}
+    return any(
+        isinstance(line, list) and len(line) == 4 and line[3] is None
+        for entry in (rec.get("o") or {}).values()
+        if isinstance(entry, dict)
+        for line in entry.get("rl") or []
+    )
+
+
+def waiting_products(view: StateView, index_name: str) -> list[str]:
+    """The products whose metadata the index's unresolved lines wait for."""
+    rec = view.get(index_name) or {}
+    return list(
+        dict.fromkeys(
+            str(line[0])
+            for entry in (rec.get("o") or {}).values()
+            if isinstance(entry, dict)
+            for line in entry.get("rl") or []
+            if isinstance(line, list) and len(line) == 4 and line[3] is None
+        )
+    )
+
+
+def _time(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime) -> dict[str, Any]:
+    """The person's replenishment traits from their order index (None values clear them),
+    resolving and pruning the index's lines as it goes. {} when the index has no lines at all
+    (nothing to say, nothing to clear)."""
+    rec = view.get(index_name)
+    if not rec:
+        return {}
+    orders: dict[str, Any] = dict(rec.get("o") or {})
+    refunds: dict[str, Any] = dict(rec.get("r") or {})
+    if not any(isinstance(e, dict) and "rl" in e for e in orders.values()):
+        return {}
+    refunded: dict[tuple[str, str], int] = {}
+    for entry in refunds.values():
+        for line in (entry.get("rl") or []) if isinstance(entry, dict) else []:
+            if isinstance(line, list) and len(line) == 2 and isinstance(line[1], int):
+                key = (str(entry.get("o")), str(line[0]))
+                refunded[key] = refunded.get(key, 0) + line[1]
+    cover: dict[str, datetime] = {}
+    dirty = False
+    lapsed_before = now - timedelta(days=LAPSED_AFTER_DAYS)
+    unresolved_before = now - timedelta(days=UNRESOLVED_AFTER_DAYS)
+    for order_id, entry in list(orders.items()):
+        lines = entry.get("rl") if isinstance(entry, dict) else None
+        if not lines:
+            continue
+        at = _time(entry.get("at"))
+        resolved = _resolve(view, lines, keys)
+        if resolved is not None:
+            lines, dirty = resolved, True
+        kept: list[Any] = []
+        for line in lines:
+            _, label, qty, days = line
+            if days is None and at is not None and at < unresolved_before:
+                dirty = True
+                continue  # its product's metadata never came: stop asking
+            if days is None or at is None:
+                kept.append(line)
+                continue
+            net = int(qty) - refunded.get((order_id, str(label)), 0)
+            due = at + timedelta(days=min(int(days) * max(net, 0), MAX_COVER_DAYS))
+            if due < lapsed_before:
+                dirty = True
+                continue  # lapsed long ago: forgotten, so the index stays bounded
+            kept.append(line)
+            if net <= 0 or entry.get("x"):
+                continue
+            if label not in cover or due > cover[label]:
+                cover[label] = due
+        if kept != entry.get("rl"):
+            orders[order_id] = {**entry, "rl": kept} if kept else _without_lines(entry)
+            dirty = True
+    if dirty:
+        view.put(index_name, {**rec, "o": orders})
+        count(view, "replenishment:index:updated")
+    if not cover:
+        return dict.fromkeys(REPLENISHMENT_TRAITS)
+    upcoming = [d for d in cover.values() if d >= now]
+    chosen = min(upcoming) if upcoming else max(cover.values())
+    skus = sorted(label for label, d in cover.items() if d.date() == chosen.date())
+    return {"next_replenishment_date": iso_z(chosen), "replenishment_skus": skus[:MAX_SKUS]}
+
+
+def _without_lines(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "rl"}

@@ -1,0 +1,119 @@
+"""Every item of a mapped webhook gets its product's cached metadata. Pure.
+
+Generic over the canonical facts: whatever field of a `Mapped` holds items (events, a cart or
+checkout snapshot, an order or refund fact, a subscription, the browse events of the pixel
+collector), at any depth, is rebuilt with the same rule, so a new event needs no code here.
+
+An item whose product is cached gets `category` (the Standard Product Taxonomy name, else the
+product type), `vendor`, and the store's metafields `replenishable` and `days_to_replenish`.
+An item whose product is not cached goes out as it came (never delayed), and the product is
+noted as wanted (products/cache.py) so the next event finds it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+from bridge.canonical import Item, Mapped
+from bridge.identity.records import StateView
+from bridge.identity.view import count
+from bridge.products.cache import WANTED, cached, valid_id, want
+from bridge.products.record import MetafieldKeys, metadata, record_name
+
+
+def _holds_items(annotation: Any) -> bool:
+    """True when a field so typed can hold an item or a model (which may hold items)."""
+    if annotation is Item:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_holds_items(arg) for arg in get_args(annotation))
+
+
+@functools.cache
+def _item_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a model worth walking (its ids, texts, times and dicts are not): worked
+    out once per class from its annotations, so the walk costs little per webhook."""
+    return tuple(name for name, info in cls.model_fields.items() if _holds_items(info.annotation))
+
+
+def _items(value: Any) -> Iterator[Item]:
+    if type(value) is Item:
+        yield value
+    elif isinstance(value, BaseModel):
+        for name in _item_fields(type(value)):
+            yield from _items(getattr(value, name))
+    elif type(value) is tuple:
+        for v in value:
+            yield from _items(v)
+
+
+def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
+    """`value` with every item replaced by `fn(item)`; the same object when nothing changed."""
+    if type(value) is Item:
+        return fn(value)
+    if isinstance(value, BaseModel):
+        updates = {}
+        for name in _item_fields(type(value)):
+            old = getattr(value, name)
+            new = _rebuilt(old, fn)
+            if new is not old:
+                updates[name] = new
+        return value.model_copy(update=updates) if updates else value
+    if type(value) is tuple and value:
+        out = tuple(_rebuilt(v, fn) for v in value)
+        return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+    return value
+
+
+def product_ids(mapped: Mapped) -> list[str]:
+    """Every product the webhook's items name (valid ids only, first-seen order)."""
+    ids = [item.product_id for item in _items(mapped)]
+    return list(dict.fromkeys(pid for pid in ids if pid is not None and valid_id(pid)))
+
+
+def record_names(mapped: Mapped) -> list[str]:
+    """The state records enrichment reads: each product's, and the wanted list."""
+    ids = product_ids(mapped)
+    if mapped.product is not None:
+        return [record_name(mapped.product.product_id), WANTED]
+    return [*(record_name(pid) for pid in ids), WANTED] if ids else []
+
+
+def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) -> Mapped:
+    """The webhook with its items' metadata filled from the cache; products missing from it
+    (or read with other metafield keys than the store's) are noted as wanted."""
+    missing: list[str] = []
+    found: dict[str, Any] = {}
+
+    def fill(item: Item) -> Item:
+        pid = item.product_id
+        if not valid_id(pid):
+            return item
+        assert pid is not None
+        if pid not in found:
+            rec = cached(view, pid)
+            meta = None if rec is None else metadata(rec, keys)
+            found[pid] = meta
+            if rec is None or (meta is not None and meta.stale_keys):
+                missing.append(pid)
+            count(view, "products:cache:miss" if rec is None else "products:cache:hit")
+        meta = found[pid]
+        if meta is None:
+            return item
+        return item._replace(
+            category=meta.category or item.category,
+            vendor=meta.vendor,
+            replenishable=meta.replenishable,
+            days_to_replenish=meta.days_to_replenish,
+        )
+
+    out: Mapped = _rebuilt(mapped, fill)
+    if missing:
+        want(view, missing, now)
+    return out
