@@ -82,7 +82,10 @@ def record_names(mapped: Mapped) -> list[str]:
     ids = product_ids(mapped)
     if mapped.product is not None:
         return [record_name(mapped.product.product_id), WANTED]
-    return [*(record_name(pid) for pid in ids), WANTED] if ids else []
+    if not ids:
+        return []
+    names = [record_name(pid) for pid in ids]
+    return names if mapped.browse is not None else [*names, WANTED]
 
 
 def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) -> Mapped:
@@ -114,6 +117,9 @@ def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) 
         )
 
     out: Mapped = _rebuilt(mapped, fill)
-    if missing:
+    # A storefront browse event is unsigned and may name any id: it is enriched from the cache
+    # but never asks for an Admin API read, so a forger can neither spend the shop's API budget
+    # nor fill Redis with records of products that do not exist. Signed webhooks do ask.
+    if missing and mapped.browse is None:
         want(view, missing, now)
     return out
