@@ -51,6 +51,8 @@ for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0,
   released[h] = true
 end
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[5]) - 1)
+-- Nobody held (the usual case): one ZCARD for the window instead of a ZSCORE per entry.
+local anyheld = redis.call('ZCARD', KEYS[3]) > 0
 local taken, towork = 0, {}
 for i, v in ipairs(items) do
   if n >= maxn or (n > 0 and total + #v + 1 > maxb) then break end
@@ -64,7 +66,7 @@ for i, v in ipairs(items) do
     end
   end
   h = h or string.sub(redis.sha1hex(p), 1, 16)
-  if (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
+  if anyheld and (not released[h]) and redis.call('ZSCORE', KEYS[3], h) then
     redis.call('RPUSH', prefix .. h, v)
   else
     towork[#towork + 1] = v
