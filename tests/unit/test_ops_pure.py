@@ -195,3 +195,14 @@ def test_the_person_template_escapes_what_the_records_hold() -> None:
         )
     assert "<script" not in page and "<img" not in page
     assert page.count("&lt;script&gt;") >= 8
+
+
+def test_anonymous_ids_of_a_record_survive_hostile_values() -> None:
+    from bridge.compliance.requests import anonymous_ids
+
+    assert anonymous_ids(b'{"anon": "a1", "anons": ["a2", "a1", 3, null, ""], "user": "7"}') == [
+        "a1",
+        "a2",
+    ]
+    for raw in (b"", b"not json", b"[1]", b'"a"', b'{"anons": "a3"}', b'{"anon": {"x": 1}}'):
+        assert anonymous_ids(raw) == [], raw
