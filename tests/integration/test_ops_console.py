@@ -408,3 +408,34 @@ def test_ops_ledger_calls_zero_writes_no_ledger(
     converted_journey(client, Services.build(quiet))
     assert _ledger_keys(redis) == []
     assert redis.llen(Keys(SHOP).webhook_log) == 4  # the webhook log is written all the same
+
+
+def test_a_call_dead_lettered_at_the_drain_is_in_its_persons_ledger(
+    client: FlaskClient, services: Services, redis: redis_lib.Redis
+) -> None:
+    # A cart token (kept whole: the flows key on cart_id) past Pipelines' 32 KB limit: the
+    # drain refuses the addition as invalid and dead-letters it without queueing it.
+    post(client, "carts/create", journeys.cart("t" * 40_000, {111: 1}, "2024-11-06T01:00:00Z"))
+    settle(services)
+    assert services.store.depth(SHOP)["dead_letters"] == 1
+    entries = [orjson.loads(e) for key in _ledger_keys(redis) for e in redis.lrange(key, 0, -1)]
+    assert [(e["e"], e["o"]) for e in entries] == [("added_to_cart", "dead_lettered")], entries
+    assert entries[0]["r"].startswith("invalid call: call is ")
+    assert entries[0]["m"] and entries[0]["w"] == "carts/create"
+
+
+def test_pipelines_messages_quoting_an_email_are_shown_and_kept_redacted(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn, redis: redis_lib.Redis
+) -> None:
+    said = b'{"meta": {"errors": ["traits.email: henry@wfls.com is not allowed"]}}'
+    pipelines.script(*[(400, {}, said)] * 8)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    assert services.store.depth(SHOP)["dead_letters"] >= 1
+    ledgers = b"".join(e for key in _ledger_keys(redis) for e in redis.lrange(key, 0, -1))
+    assert b"dead_lettered" in ledgers and b"is not allowed" in ledgers
+    assert journeys.EMAIL.encode() not in ledgers
+    login(client, VIEWER_TOKEN)
+    page = client.get("/ops/letters").get_data(as_text=True)
+    assert "is not allowed" in page
+    assert journeys.EMAIL not in page

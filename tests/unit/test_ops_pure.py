@@ -165,6 +165,7 @@ def test_message_ids_are_found_without_parsing() -> None:
 
 def test_the_person_template_escapes_what_the_records_hold() -> None:
     from bridge import web
+    from bridge.web.ops import redacted
 
     app = Flask("t", template_folder=str(next(iter(web.__path__)) + "/ops/templates"))
 
@@ -172,6 +173,7 @@ def test_the_person_template_escapes_what_the_records_hold() -> None:
     def _context() -> dict[str, Any]:
         return {"role": "viewer", "csrf": "c", "when": str, "is_admin": False}
 
+    app.add_template_filter(redacted, "redact")
     app.add_url_rule("/ops/people", "ops.person", lambda: "")
     app.add_url_rule("/ops/", "ops.index", lambda: "")
     app.add_url_rule("/ops/letters", "ops.letters", lambda: "")

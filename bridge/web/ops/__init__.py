@@ -33,6 +33,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from bridge.delivery.deadletters import DeadLetter, DeadLetters
+from bridge.logs import redact
 from bridge.monitoring.monitor import shop_zone
 from bridge.ops import letters as ops_letters
 from bridge.ops import overview, people
@@ -61,6 +62,12 @@ def _when(ms: int | None) -> str:
     if not ms:
         return "never"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def redacted(value: object) -> str:
+    """A reason as the pages show it (the `redact` filter): reasons quote what the bridge or
+    Pipelines said, which may quote a call's values (emails, phones, keyed URLs)."""
+    return redact(str(value))
 
 
 def _shop_or_404(services: Services, shop: str) -> str:
@@ -110,6 +117,8 @@ def register(app: Flask, services: Services) -> None:
         return render_template(
             "ops/error.html", code=exc.code, message=exc.description or exc.name
         ), exc.code or 500
+
+    bp.add_app_template_filter(redacted, "redact")
 
     @bp.context_processor
     def _context() -> dict[str, Any]:
