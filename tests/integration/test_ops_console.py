@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from bridge import keyed
-from bridge.config.settings import Settings
+from bridge.config.settings import ConfigError, Settings, load_settings
 from bridge.delivery.deliver import deliver
 from bridge.services import Services
 from bridge.store.facade import Keys
@@ -151,6 +151,80 @@ def test_the_session_cookie_is_signed_httponly_and_strict(ops_settings: Settings
     value = cookie.split(";", 1)[0].split("=", 1)[1]
     other.set_cookie("cartbridge_ops", value, path="/ops")
     assert other.get("/ops/").status_code == 302
+
+
+def test_a_form_posted_from_another_site_is_refused_login_included(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+) -> None:
+    # Login CSRF: another site must not sign the operator's browser in (with its own token).
+    hostile = [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain is another site's too
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ]
+    for headers in hostile:
+        resp = client.post("/ops/login", data={"token": ADMIN_TOKEN}, headers=headers)
+        assert resp.status_code == 403, headers
+        assert "Set-Cookie" not in resp.headers
+        assert client.get("/ops/").status_code == 302
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://localhost"}, {}):
+        resp = client.post("/ops/login", data={"token": VIEWER_TOKEN}, headers=headers)
+        assert resp.status_code == 302, headers
+    # And a replay with the right CSRF token, posted from elsewhere, moves nothing.
+    pipelines.script(422)
+    post(client, "orders/paid", paid_order())
+    settle(services)
+    letters = services.store.depth(SHOP)["dead_letters"]
+    assert letters >= 1
+    csrf = login(client, ADMIN_TOKEN)
+    resp = client.post(
+        "/ops/letters/replay",
+        data={"csrf": csrf, "all": "1", "confirm": "1"},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert resp.status_code == 403
+    # Nor does a GET (a link, an image) or a GET claiming to be a POST.
+    for path in ("/ops/letters/replay", "/ops/letters/purge", "/ops/logout"):
+        resp = client.get(
+            path + "?all=1&confirm=1&csrf=" + csrf, headers={"X-HTTP-Method-Override": "POST"}
+        )
+        assert resp.status_code == 405, path
+    assert services.store.depth(SHOP)["dead_letters"] == letters
+
+
+def test_wrong_tokens_from_one_address_close_its_login_for_a_while(
+    ops_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    app = create_app(ops_settings)
+    guesser = app.test_client()
+    guesser.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    for i in range(10):
+        resp = guesser.post("/ops/login", data={"token": f"guess-{i}"})
+        assert resp.status_code == 401
+    # Now even the right token is refused from there: a guesser learns nothing more.
+    resp = guesser.post("/ops/login", data={"token": ADMIN_TOKEN})
+    assert resp.status_code == 429
+    assert int(resp.headers["Retry-After"]) > 0
+    assert "Too many wrong tokens" in resp.get_data(as_text=True)
+    assert guesser.get("/ops/").status_code == 302
+    # Another address is not locked out, and no address is stored as it is.
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert other.post("/ops/login", data={"token": ADMIN_TOKEN}).status_code == 302
+    keys = redis.keys("cb:ops:login:*")
+    assert len(keys) == 1 and b"203.0.113.9" not in keys[0]
+    assert 0 < redis.ttl(keys[0]) <= 15 * 60
+
+
+def test_console_tokens_too_short_to_be_safe_stop_the_start() -> None:
+    with pytest.raises(ConfigError, match=r"OPS_TOKEN: .*16"):
+        load_settings(ops_token="hunter2")
+    with pytest.raises(ConfigError, match="OPS_ADMIN_TOKEN"):
+        load_settings(ops_token="x" * 24, ops_admin_token="admin")
+    with pytest.raises(ConfigError, match="OPS_TOKEN"):
+        load_settings(ops_token="x" * 513)
+    assert load_settings(ops_token="", ops_admin_token="").ops_token.get_secret_value() == ""
 
 
 def test_a_viewer_cannot_replay_or_purge(

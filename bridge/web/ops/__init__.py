@@ -12,6 +12,7 @@ Content-Security-Policy says so.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import deque
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from werkzeug.wrappers import Response as BaseResponse
 
     from bridge.services import Services
+
+log = logging.getLogger(__name__)
 
 # A shop names Redis keys: only domain-like names are looked up (as the webhook route checks).
 _SHOP = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
@@ -94,6 +97,10 @@ def register(app: Flask, services: Services) -> None:
 
     @bp.before_request
     def _guard() -> BaseResponse | None:
+        headers = request.headers
+        site, origin = headers.get("Sec-Fetch-Site"), headers.get("Origin")
+        if request.method == "POST" and auth.cross_site(site, origin, request.host):
+            abort(403, "a form posted from another site is refused")
         if request.endpoint in PUBLIC:
             return None
         if auth.current_role() is None:
@@ -137,8 +144,23 @@ def register(app: Flask, services: Services) -> None:
     def login() -> BaseResponse | tuple[str, int]:
         if request.method == "GET":
             return render_template("ops/login.html", error=None), 200
+        client = auth.client_key(request.remote_addr or "", settings)
+        if services.store.ops.login_failures(client) >= auth.LOGIN_FAILURES_ALLOWED:
+            # Refused whatever the token: a guesser learns nothing more until the window ends.
+            minutes = auth.LOGIN_WINDOW_S // 60
+            page = render_template(
+                "ops/login.html",
+                error=f"Too many wrong tokens from your address: try again in {minutes} minutes.",
+            )
+            return Response(page, 429, {"Retry-After": str(auth.LOGIN_WINDOW_S)})
         role = auth.role_for(request.form.get("token") or "", settings)
         if role is None:
+            failures = services.store.ops.note_login_failure(client, auth.LOGIN_WINDOW_S)
+            if failures == auth.LOGIN_FAILURES_ALLOWED:
+                log.warning(
+                    "ops console: too many wrong tokens, logins refused for a while",
+                    extra={"client": client, "window_s": auth.LOGIN_WINDOW_S},
+                )
             return render_template("ops/login.html", error="That token is not valid."), 401
         auth.open_session(role)
         return redirect(url_for("ops.index"))

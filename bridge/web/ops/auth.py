@@ -5,7 +5,11 @@ OPS_COOKIE_SECURE=false, path /ops, 12 hours). Its signing key is an HMAC, under
 hash key, of both console tokens: rotating either token ends every session. Logging in with
 OPS_ADMIN_TOKEN gives the `admin` role (replay, purge), with OPS_TOKEN the `viewer` role.
 Tokens are compared in constant time, as digests of equal length. Every POST but the login's
-carries the session's CSRF token in a form field named `csrf`.
+carries the session's CSRF token in a form field named `csrf`; every POST, the login's too, is
+refused when the browser says it comes from another site (`Sec-Fetch-Site`, else `Origin`), so
+another site cannot sign a browser in with a token of its choosing either. An address that
+sent LOGIN_FAILURES_ALLOWED wrong tokens within LOGIN_WINDOW_S is refused until the window ends
+(counted in Redis, so across the web's workers; named by a keyed hash of the address).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from flask import Flask, session
 
@@ -24,6 +29,8 @@ ADMIN = "admin"
 SESSION_HOURS = 12
 COOKIE_NAME = "cartbridge_ops"
 MAX_TOKEN_CHARS = 512
+LOGIN_FAILURES_ALLOWED = 10
+LOGIN_WINDOW_S = 15 * 60
 
 
 def enabled(settings: Settings) -> bool:
@@ -87,3 +94,25 @@ def csrf_token() -> str:
 def csrf_ok(given: str | None) -> bool:
     expected = csrf_token()
     return bool(expected and given) and hmac.compare_digest(_digest(given or ""), _digest(expected))
+
+
+def client_key(address: str, settings: Settings) -> str:
+    """The name under which a client's wrong logins are counted: a keyed hash of its address
+    (an address is personal data; it is neither stored nor logged)."""
+    mac = hmac.new(settings.email_hash_key, b"ops-login\x1f" + address.encode(), hashlib.sha256)
+    return mac.hexdigest()[:16]
+
+
+def cross_site(fetch_site: str | None, origin: str | None, host: str) -> bool:
+    """Whether the browser says this request comes from another site: its `Sec-Fetch-Site`
+    (every current browser sends it), else an `Origin` naming another host than `host`. A
+    client that sends neither (curl, a script) is not a browser another site can drive."""
+    if fetch_site is not None:
+        return fetch_site.strip().lower() not in ("same-origin", "none")
+    if origin is None:
+        return False
+    try:
+        netloc = urlsplit(origin.strip()).netloc
+    except ValueError:
+        return True
+    return netloc.lower() != host.lower()
