@@ -72,6 +72,47 @@ def iter_letters(
                 yield d
 
 
+# A filtered listing (by event or status) reads at most this many letters, the newest: a page
+# costs the same however many letters are stored (an outage can leave hundreds of thousands).
+LIST_SCAN = 2000
+_READ_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of letters: the newest the filter admits (newest first), how many letters the
+    filter's time range holds in the shops asked, and how many of those were read to find
+    them (the newest first)."""
+
+    letters: list[DeadLetter]
+    in_range: int
+    read: int
+
+
+def newest(
+    letters: DeadLetters,
+    shops: Sequence[str],
+    flt: LetterFilter = LetterFilter(),
+    *,
+    limit: int,
+    scan: int = LIST_SCAN,
+) -> Listing:
+    """The newest `limit` letters of `shops` the filter admits, reading at most `limit`
+    letters (no event or status filter) or `scan` (with one), newest first."""
+    in_range = letters.count_range(shops, flt.since_ms)
+    budget = max(limit, scan) if (flt.event or flt.status) else limit
+    candidates = letters.newest(shops, flt.since_ms, budget)
+    found: list[DeadLetter] = []
+    read = 0
+    for i in range(0, len(candidates), _READ_CHUNK):
+        chunk = candidates[i : i + _READ_CHUNK]
+        read += len(chunk)
+        found += [d for d in letters.get_each([(s, n) for s, n, _ in chunk]) if flt.admits(d)]
+        if len(found) >= limit:
+            break
+    return Listing(found[:limit], in_range, read)
+
+
 def find(letters: DeadLetters, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
     """The letter `letter_id` in the first of `shops` that holds it."""
     for shop in shops:
@@ -147,9 +188,14 @@ def replay_plan(
     return plan
 
 
-def stored_count(letters: DeadLetters, plan: Sequence[tuple[str, list[str]]]) -> int:
-    """How many of a plan's letters are stored now (what a preview shows)."""
-    return sum(len(letters.get_many(shop, ids)) for shop, ids in plan if ids)
+def capped(plan: Sequence[tuple[str, list[str]]], n: int) -> list[tuple[str, list[str]]]:
+    """The plan's first `n` letters (each shop's oldest first, shop by shop): what one web
+    request replays, so that it ends well within the web's request timeout."""
+    out: list[tuple[str, list[str]]] = []
+    for shop, ids in plan:
+        out.append((shop, list(ids[: max(n, 0)])))
+        n -= len(out[-1][1])
+    return out
 
 
 @dataclass

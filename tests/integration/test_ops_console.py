@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 from typing import Any
 
@@ -18,9 +19,13 @@ from pydantic import SecretStr
 
 from bridge import keyed
 from bridge.config.settings import ConfigError, Settings, load_settings
+from bridge.delivery.deadletters import call_letter
 from bridge.delivery.deliver import deliver
+from bridge.delivery.outbox import OutboxEntry
 from bridge.services import Services
+from bridge.store import deadletters as letter_store
 from bridge.store.facade import Keys
+from bridge.web import ops as ops_web
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests import journeys
@@ -513,3 +518,75 @@ def test_pipelines_messages_quoting_an_email_are_shown_and_kept_redacted(
     page = client.get("/ops/letters").get_data(as_text=True)
     assert "is not allowed" in page
     assert journeys.EMAIL not in page
+
+
+def _seed_letters(redis: redis_lib.Redis, n: int, now_ms: int) -> None:
+    """`n` call letters, one a second back from `now_ms` (as an outage leaves them)."""
+    pipe = redis.pipeline(transaction=True)
+    for i in range(n):
+        call = orjson.dumps(
+            {
+                "type": "track",
+                "event": "order_completed",
+                "messageId": f"01SEED{i:020d}",
+                "userId": str(1000 + i),
+                "properties": {"order_id": str(i)},
+            }
+        )
+        entry = OutboxEntry(call, now_ms, str(1000 + i)).encode()
+        at = now_ms - i * 1000
+        letter = call_letter(
+            SHOP,
+            entry,
+            "not accepted by Pipelines (422)",
+            status=422,
+            first_error_ms=at,
+            last_error_ms=at,
+        )
+        letter_store.stage(pipe, SHOP, [letter], at)
+    pipe.sadd("cb:shops", SHOP)
+    pipe.execute()
+
+
+def test_the_letters_page_reads_a_bounded_number_however_many_are_stored(
+    ops_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    _seed_letters(redis, 2500, int(time.time() * 1000))
+    app = create_app(ops_settings)
+    client = app.test_client()
+    store = app.extensions["cartbridge"].store.dead_letters
+    read: list[int] = []
+    get_each = store.get_each
+    store.get_each = lambda wanted: (read.append(len(wanted)), get_each(wanted))[1]
+    login(client, VIEWER_TOKEN)
+    read.clear()
+    page = client.get("/ops/letters").get_data(as_text=True)
+    assert page.count("<td>order_completed</td>") == 200
+    assert "Showing the newest 200 of 2500 dead letters" in page
+    assert sum(read) == 200
+    assert "01SEED00000000000000000000" in page  # the newest first
+    read.clear()
+    page = client.get("/ops/letters?event=nothing-like-it").get_data(as_text=True)
+    assert "0 matches among the newest 2000 of 2500 dead letters" in page
+    assert sum(read) == 2000
+    page = client.get("/ops/letters?status=422&since=10m").get_data(as_text=True)
+    assert page.count("<td>order_completed</td>") == 200
+
+
+def test_a_console_replay_takes_a_bounded_share_per_request(
+    client: FlaskClient,
+    services: Services,
+    redis: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ops_web, "REPLAY_PER_REQUEST", 3)
+    _seed_letters(redis, 5, int(time.time() * 1000))
+    csrf = login(client, ADMIN_TOKEN)
+    preview = client.post("/ops/letters/replay", data={"csrf": csrf, "all": "1"})
+    text = preview.get_data(as_text=True)
+    assert '<strong id="preview-count">3</strong>' in text
+    assert "5 match" in text
+    done = client.post("/ops/letters/replay", data={"csrf": csrf, "all": "1", "confirm": "1"})
+    assert "<strong>3</strong>" in done.get_data(as_text=True)
+    left = services.store.dead_letters.ids(SHOP)
+    assert left == [f"c-01SEED{i:020d}" for i in (1, 0)]  # the oldest went first

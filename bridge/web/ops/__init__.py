@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -33,7 +32,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from bridge.delivery.deadletters import DeadLetter, DeadLetters
+from bridge.delivery.deadletters import DeadLetters
 from bridge.logs import redact
 from bridge.monitoring.monitor import shop_zone
 from bridge.ops import letters as ops_letters
@@ -51,6 +50,10 @@ log = logging.getLogger(__name__)
 # A shop names Redis keys: only domain-like names are looked up (as the webhook route checks).
 _SHOP = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
 LETTERS_SHOWN = 200
+# Letters one console request replays at most (oldest first): a few seconds of MULTIs, well
+# within the web's request timeout; the preview says so, and a second replay takes the rest.
+# `bridge dlq replay` has no such cap.
+REPLAY_PER_REQUEST = 5000
 WEBHOOKS_SHOWN = 100
 # No script, no outside fetch, no framing: the console's pages are plain HTML, SVG and one
 # stylesheet of its own.
@@ -223,18 +226,13 @@ def register(app: Flask, services: Services) -> None:
     @bp.get("/letters")
     def letters() -> str:
         shops, flt, args = _filters()
-        store = DeadLetters(services.store)
-        # The newest LETTERS_SHOWN that match (letters are listed oldest first).
-        newest: deque[DeadLetter] = deque(maxlen=LETTERS_SHOWN)
-        matched = 0
-        for d in ops_letters.iter_letters(store, shops, flt):
-            newest.append(d)
-            matched += 1
-        shown = list(newest)
-        more = matched > len(shown)
-        shown.sort(key=lambda d: d.last_error_ms, reverse=True)  # newest first on the page
+        listing = ops_letters.newest(DeadLetters(services.store), shops, flt, limit=LETTERS_SHOWN)
         return render_template(
-            "ops/letters.html", letters=shown, more=more, matched=matched, args=args
+            "ops/letters.html",
+            letters=listing.letters,
+            listing=listing,
+            filtered=bool(flt.event or flt.status),
+            args=args,
         )
 
     @bp.get("/letters/<shop>/<letter_id>")
@@ -273,19 +271,26 @@ def register(app: Flask, services: Services) -> None:
         if not ids and since is None and request.form.get("all") != "1":
             abort(400, "say what to replay: selected letters, a time, or all")
         store = DeadLetters(services.store)
-        plan = ops_letters.replay_plan(store, shops, ids=ids, since_ms=since)
         if request.form.get("confirm") != "1":
-            count = ops_letters.stored_count(store, plan)
+            # Counted from the index (or, for a selection, without reading the records).
+            count = (
+                sum(store.count_stored(s, ids) for s in shops)
+                if ids
+                else store.count_range(shops, since)
+            )
             return render_template(
                 "ops/confirm.html",
                 action="replay",
-                count=count,
+                count=min(count, REPLAY_PER_REQUEST),
+                total=count,
                 shop=shop,
                 ids=ids,
                 when=when,
                 all=request.form.get("all") == "1",
             )
         # A web request waits a few seconds at most for a running erasure (the CLI waits more).
+        plan = ops_letters.replay_plan(store, shops, ids=ids, since_ms=since)
+        plan = ops_letters.capped(plan, REPLAY_PER_REQUEST)
         outcome = ops_letters.replay(services, plan, wait_s=5.0)
         return render_template(
             "ops/done.html", action="replayed", count=outcome.replayed, blocked=outcome.blocked
@@ -300,13 +305,14 @@ def register(app: Flask, services: Services) -> None:
         store = DeadLetters(services.store)
         if request.form.get("confirm") != "1":
             if ids:
-                count = sum(len(store.get_many(s, ids)) for s in shops)
+                count = sum(store.count_stored(s, ids) for s in shops)
             else:
-                count = sum(len(store.ids(s, before_ms=before)) for s in shops)
+                count = store.count_range(shops, before_ms=before)
             return render_template(
                 "ops/confirm.html",
                 action="purge",
                 count=count,
+                total=count,
                 shop=shop,
                 ids=ids,
                 when=when,
