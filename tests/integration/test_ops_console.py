@@ -19,12 +19,13 @@ from pydantic import SecretStr
 
 from bridge import keyed
 from bridge.config.settings import ConfigError, Settings, load_settings
-from bridge.delivery.deadletters import call_letter
+from bridge.delivery.deadletters import call_letter, webhook_letter
 from bridge.delivery.deliver import deliver
 from bridge.delivery.outbox import OutboxEntry
 from bridge.services import Services
 from bridge.store import deadletters as letter_store
 from bridge.store.facade import Keys
+from bridge.store.wire import Envelope
 from bridge.web import ops as ops_web
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -230,6 +231,22 @@ def test_console_tokens_too_short_to_be_safe_stop_the_start() -> None:
     with pytest.raises(ConfigError, match="OPS_TOKEN"):
         load_settings(ops_token="x" * 513)
     assert load_settings(ops_token="", ops_admin_token="").ops_token.get_secret_value() == ""
+
+
+def test_a_browser_that_drops_the_cookie_is_told_why(client: FlaskClient) -> None:
+    # Over plain http a browser drops the Secure cookie: the next page must say so, not loop.
+    resp = client.post("/ops/login", data={"token": VIEWER_TOKEN})
+    landing = resp.headers["Location"]
+    cookieless = client.application.test_client()
+    again = cookieless.get(landing)
+    assert again.status_code == 302
+    page = cookieless.get(again.headers["Location"]).get_data(as_text=True)
+    assert "did not keep the session cookie" in page and "OPS_COOKIE_SECURE=false" in page
+    # With the cookie kept, the same landing page is simply the console.
+    assert client.get(landing).status_code == 200
+    # An ordinary visit without a session gets the plain login page.
+    plain = cookieless.get(cookieless.get("/ops/").headers["Location"]).get_data(as_text=True)
+    assert "did not keep" not in plain
 
 
 def test_a_viewer_cannot_replay_or_purge(
@@ -590,3 +607,27 @@ def test_a_console_replay_takes_a_bounded_share_per_request(
     assert "<strong>3</strong>" in done.get_data(as_text=True)
     left = services.store.dead_letters.ids(SHOP)
     assert left == [f"c-01SEED{i:020d}" for i in (1, 0)]  # the oldest went first
+
+
+def test_a_webhook_letter_whose_id_holds_a_slash_can_be_opened(
+    client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    env = Envelope(
+        shop=SHOP,
+        topic="orders/paid",
+        webhook_id="a/b?c#d%2F",
+        body=b"{}",
+        triggered_at="",
+        received_ms=1,
+    ).encode()
+    letter = webhook_letter(SHOP, env, "orders/paid", "a/b?c#d%2F", "mapping failed: test")
+    pipe = redis.pipeline(transaction=True)
+    letter_store.stage(pipe, SHOP, [letter], int(time.time() * 1000))
+    pipe.sadd("cb:shops", SHOP)
+    pipe.execute()
+    login(client, ADMIN_TOKEN)
+    listing = client.get("/ops/letters").get_data(as_text=True)
+    (href,) = re.findall(r'<a href="(/ops/letters/[^"]+)"', listing)
+    page = client.get(href)
+    assert page.status_code == 200
+    assert "w-a/b?c#d%2F" in page.get_data(as_text=True)

@@ -107,7 +107,9 @@ def register(app: Flask, services: Services) -> None:
         if request.endpoint in PUBLIC:
             return None
         if auth.current_role() is None:
-            return redirect(url_for("ops.login"))
+            # Just signed in, yet no session came back: the browser did not keep the cookie.
+            lost = request.args.get("signed_in") == "1"
+            return redirect(url_for("ops.login", cookie="lost") if lost else url_for("ops.login"))
         if request.method == "POST" and not auth.csrf_ok(request.form.get("csrf")):
             abort(400, "missing or wrong CSRF token: reload the page")
         return None
@@ -146,7 +148,14 @@ def register(app: Flask, services: Services) -> None:
     @bp.route("/login", methods=["GET", "POST"])
     def login() -> BaseResponse | tuple[str, int]:
         if request.method == "GET":
-            return render_template("ops/login.html", error=None), 200
+            lost = None
+            if request.args.get("cookie") == "lost":
+                lost = (
+                    "You signed in, but your browser did not keep the session cookie. It is "
+                    "sent over HTTPS only: open the console over https, or, on plain http "
+                    "(a local or private network), set OPS_COOKIE_SECURE=false."
+                )
+            return render_template("ops/login.html", error=lost), 200
         client = auth.client_key(request.remote_addr or "", settings)
         if services.store.ops.login_failures(client) >= auth.LOGIN_FAILURES_ALLOWED:
             # Refused whatever the token: a guesser learns nothing more until the window ends.
@@ -166,7 +175,7 @@ def register(app: Flask, services: Services) -> None:
                 )
             return render_template("ops/login.html", error="That token is not valid."), 401
         auth.open_session(role)
-        return redirect(url_for("ops.index"))
+        return redirect(url_for("ops.index", signed_in="1"))
 
     @bp.post("/logout")
     def logout() -> BaseResponse:
@@ -235,7 +244,9 @@ def register(app: Flask, services: Services) -> None:
             args=args,
         )
 
-    @bp.get("/letters/<shop>/<letter_id>")
+    # A webhook's letter is named by its webhook id, which may hold any printable character
+    # (a "/" too): the id is the rest of the path.
+    @bp.get("/letters/<shop>/<path:letter_id>")
     def letter(shop: str, letter_id: str) -> str:
         shop = _shop_or_404(services, shop)
         found = DeadLetters(services.store).get(shop, letter_id[:300])
