@@ -631,3 +631,60 @@ def test_a_webhook_letter_whose_id_holds_a_slash_can_be_opened(
     page = client.get(href)
     assert page.status_code == 200
     assert "w-a/b?c#d%2F" in page.get_data(as_text=True)
+
+
+def test_webhook_charts_join_the_days_at_midnight_utc(
+    services: Services, redis: redis_lib.Redis
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from bridge.ops import overview
+    from bridge.store import ops as ops_records
+
+    midnight = int(time.time()) // 86400 * 86400  # a UTC day boundary (keys expire after)
+    arrivals = [midnight - 86400 + 30, midnight - 61, midnight - 1, midnight, midnight + 59]
+    pipe = redis.pipeline(transaction=True)
+    for command in ops_records.webhook_count_commands(SHOP, [s * 1000 for s in arrivals]):
+        pipe.execute_command(*command)
+    pipe.execute()
+    now = midnight + 120
+    drawn = overview.shop_charts(services.store, SHOP, [], ZoneInfo("Pacific/Chatham"), now)
+    (fine,), (coarse,) = drawn.fine, drawn.coarse
+    # The last 24 h: everything but the first arrival (24 h and 90 s ago), either side of midnight.
+    assert fine.total == 4
+    last = {fine.start_s + i * fine.step_s: n for i, n in enumerate(fine.counts) if n}
+    assert last == {midnight - 300: 2, midnight: 2}
+    assert coarse.total == 5
+    assert dict((coarse.start_s + i * 3600, n) for i, n in enumerate(coarse.counts) if n) == {
+        midnight - 86400: 1,
+        midnight - 3600: 2,
+        midnight: 2,
+    }
+
+
+def test_every_page_answers_on_an_empty_redis_and_for_a_shop_with_no_data(
+    client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    csrf = login(client, ADMIN_TOKEN)
+
+    def every_page(shop: str) -> None:
+        for path in ("/ops/", "/ops/letters", "/ops/letters?since=2d&event=x", "/ops/people"):
+            assert client.get(path).status_code == 200, path
+        for action in ("replay", "purge"):
+            resp = client.post(f"/ops/letters/{action}", data={"csrf": csrf, "all": "1"})
+            assert resp.status_code == 200, action
+            assert '<strong id="preview-count">0</strong>' in resp.get_data(as_text=True)
+        lookup = client.post(
+            "/ops/people", data={"csrf": csrf, "shop": shop, "kind": "customer_id", "value": "1"}
+        )
+        assert lookup.status_code == (200 if shop else 400)
+
+    every_page("")
+    assert "No shop has sent a webhook yet" in client.get("/ops/").get_data(as_text=True)
+    redis.sadd("cb:shops", SHOP)  # known, and nothing else
+    every_page(SHOP)
+    page = client.get(f"/ops/shops/{SHOP}")
+    assert page.status_code == 200
+    assert re.findall(r'data-total="(\d+)"', page.get_data(as_text=True)) == ["0"] * 8
+    webhooks = client.get(f"/ops/shops/{SHOP}/webhooks").get_data(as_text=True)
+    assert "No webhook processed yet" in webhooks
