@@ -688,3 +688,52 @@ def test_every_page_answers_on_an_empty_redis_and_for_a_shop_with_no_data(
     assert re.findall(r'data-total="(\d+)"', page.get_data(as_text=True)) == ["0"] * 8
     webhooks = client.get(f"/ops/shops/{SHOP}/webhooks").get_data(as_text=True)
     assert "No webhook processed yet" in webhooks
+
+
+def _ledger_of(redis: redis_lib.Redis, person: str) -> list[dict[str, Any]]:
+    key = Keys(SHOP).ledger(keyed.person_hash(person))
+    return [orjson.loads(e) for e in reversed(redis.lrange(key, 0, -1))]  # oldest first
+
+
+def test_held_then_dead_lettered_past_the_horizon_each_in_the_ledger(
+    ops_settings: Settings, pipelines: PipelinesStandIn, redis: redis_lib.Redis
+) -> None:
+    quick = ops_settings.model_copy(
+        update={"retry_base_s": 0.01, "retry_cap_s": 0.02, "retry_horizon_s": 0}
+    )
+    services = Services.build(quick)
+    client = create_app(quick).test_client()
+    pipelines.script(503, 503)
+    post(client, "orders/paid", paid_order())
+    drain(services, SHOP)
+    deliver(services, SHOP)
+    time.sleep(0.4)
+    deliver(services, SHOP)
+    order = [
+        (e["o"], e.get("r", ""))
+        for e in _ledger_of(redis, str(paid_order()["customer"]["id"]))
+        if e["e"] == "order_completed"
+    ]
+    assert [o for o, _ in order] == ["queued", "held", "dead_lettered"], order
+    assert order[1][1].startswith("attempt 1 failed (503); retry in ")
+    assert order[2][1] == "retry horizon passed"
+
+
+def test_a_call_overtaken_by_an_order_before_delivery_is_suppressed_at_delivery(
+    client: FlaskClient, services: Services, pipelines: PipelinesStandIn, redis: redis_lib.Redis
+) -> None:
+    # Everything is drained before anything is delivered: the addition and the checkout's
+    # calls are queued, then the order converts them; delivery drops them and says why.
+    post(client, "carts/create", journeys.cart(journeys.CART, {111: 1}, "2024-11-06T01:00:00Z"))
+    post(
+        client, "checkouts/create", journeys.checkout(email=True, updated_at="2024-11-06T01:05:00Z")
+    )
+    post(client, "orders/create", journeys.order())
+    for _ in range(3):
+        drain(services, SHOP)
+    deliver(services, SHOP)
+    started = [e for e in _ledger_of(redis, journeys.CUSTOMER_ID) if e["e"] == "checkout_started"]
+    assert [e["o"] for e in started] == ["queued", "suppressed"], started
+    assert "converted to an order after it was queued" in started[1]["r"]
+    assert started[0]["m"] == started[1]["m"]  # one call, two outcomes
+    assert "checkout_started" not in {c.get("event") for c in pipelines.calls}
