@@ -122,12 +122,23 @@ def find(letters: DeadLetters, shops: Sequence[str], letter_id: str) -> DeadLett
     return None
 
 
-# Fields of a call whose values are a shopper's own: the console shows them redacted.
+# Fields of a call whose values are a shopper's own: the console shows them redacted. Matched
+# as whole words of the key (camelCase and snake_case alike), so that `browser_ip` is one and
+# `shipping_lines`, `description` or `total_tip_received` (money, items) are not.
 _PERSONAL = re.compile(
-    r"(e-?mail|phone|first_?name|last_?name|full_?name|address|street|city|zip|postal|province|country_code|birth|"
-    r"ip|user_?agent|url|note|company|latitude|longitude)",
-    re.IGNORECASE,
+    r"(?:^|_)(?:e_?mails?|phones?|first_?name|last_?name|full_?name|addresse?s?\d*|street\d*|"
+    r"city|zip|postal\w*|province\w*|country_code|birth\w*|ip|user_?agent|urls?|notes?|"
+    r"company|latitude|longitude|recipients?)(?:_|$)"
 )
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _personal_key(key: str) -> bool:
+    if key.endswith(("_id", "Id")):
+        return False
+    return _PERSONAL.search(_CAMEL_HUMP.sub("_", key).lower()) is not None
+
+
 REDACTED = "[redacted]"
 
 
@@ -135,7 +146,7 @@ def redact_call(value: Any, key: str = "") -> Any:
     """A call with every personal value replaced: fields named like personal data (emails,
     names, addresses, phones, URLs that may carry a checkout key), and emails or phones
     anywhere in other strings. Ids, event names, money and items stay."""
-    if key and _PERSONAL.search(key) and not key.endswith(("_id", "Id")):
+    if key and _personal_key(key):
         return REDACTED if value not in (None, "", [], {}) else value
     if isinstance(value, dict):
         return {k: redact_call(v, str(k)) for k, v in value.items()}

@@ -379,6 +379,8 @@ def test_a_converted_shoppers_suppressed_addition_is_in_their_ledger(
         assert ("delivered", "added_to_cart") in rows, (kind, rows)  # from when they were anonymous
         newest_first = rows.index(("suppressed", "added_to_cart"))
         assert newest_first < rows.index(("delivered", "checkout_started"))
+    # The value typed (an email) is not kept in the browser's form history either.
+    assert re.search(r'<input name="value"[^>]*autocomplete="off"', page)
     # No personal data in a URL: the lookup is a POST to a fixed path.
     assert all(journeys.EMAIL not in key.decode() for key in redis.keys("*"))
 

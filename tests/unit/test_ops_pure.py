@@ -208,3 +208,44 @@ def test_anonymous_ids_of_a_record_survive_hostile_values() -> None:
     ]
     for raw in (b"", b"not json", b"[1]", b'"a"', b'{"anons": "a3"}', b'{"anon": {"x": 1}}'):
         assert anonymous_ids(raw) == [], raw
+
+
+def test_redaction_matches_whole_words_of_keys_so_money_and_items_stay() -> None:
+    personal = [
+        "contact_email",
+        "emailAddress",
+        "sms_marketing_phone",
+        "firstName",
+        "lastname",
+        "addresses",
+        "billing_address1",
+        "postalCode",
+        "countryCode",
+        "birthday",
+        "browser_ip",
+        "clientIp",
+        "ipAddress",
+        "userAgent",
+        "abandoned_checkout_url",
+        "note_attributes",
+        "recipient",
+    ]
+    kept = [
+        "shipping_lines",
+        "description",
+        "total_tip_received",
+        "tip",
+        "vip",
+        "multiple",
+        "customer_id",
+        "phone_id",
+        "name",
+        "items",
+        "total_price",
+        "skip",
+        "cityscape",
+    ]
+    call = {"properties": {**dict.fromkeys(personal, "v"), **dict.fromkeys(kept, "v")}}
+    out = redact_call(call)["properties"]
+    assert [k for k in personal if out[k] != REDACTED] == []
+    assert [k for k in kept if out[k] != "v"] == []
