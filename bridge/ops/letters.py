@@ -29,6 +29,7 @@ REPLAY_CHUNK = 200
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_AGE_MS = 10_000 * 365 * 86400 * 1000
 
 
 def parse_time(text: str, now_ms: int) -> int:
@@ -36,7 +37,10 @@ def parse_time(text: str, now_ms: int) -> int:
     `2d`); ValueError else."""
     m = _AGE.match(text.strip())
     if m:
-        return now_ms - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1000)
+        age_ms = float(m.group(1)) * _UNIT_S[m.group(2)] * 1000
+        if age_ms > _MAX_AGE_MS:  # beyond any letter (and past float's range: inf)
+            raise ValueError("that age is longer than ten thousand years")
+        return now_ms - int(age_ms)
     when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

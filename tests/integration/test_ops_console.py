@@ -493,8 +493,17 @@ def test_hostile_lookups_get_a_page_not_a_crash(client: FlaskClient, services: S
         data={"csrf": csrf, "shop": "nope.myshopify.com", "kind": "cart", "value": "c1"},
     )
     assert other.status_code == 400
-    for path in ("/ops/letters?since=yesterday", "/ops/letters?status=%00&event=%F0%9F%92%A9"):
-        assert client.get(path).status_code in (200, 400)
+    hostile_lists = [
+        "/ops/letters?since=yesterday",
+        "/ops/letters?status=%00&event=%F0%9F%92%A9",
+        "/ops/letters?since=" + "9" * 190 + "d",
+        "/ops/letters?since=0001-01-01T00:00:00%2B14:00",
+        "/ops/letters?since=9999-12-31T23:59:59-14:00",
+        "/ops/letters?since=1e400d",
+        "/ops/letters?shop=%ED%A0%80&event=" + "x" * 100_000,
+    ]
+    for path in hostile_lists:
+        assert client.get(path).status_code in (200, 400), path
     assert client.get(f"/ops/letters/{SHOP}/" + "x" * 5000).status_code == 404
 
 

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import orjson
+import pytest
 from flask import Flask, render_template
 from hypothesis import given
 from hypothesis import strategies as st
@@ -249,3 +250,12 @@ def test_redaction_matches_whole_words_of_keys_so_money_and_items_stay() -> None
     out = redact_call(call)["properties"]
     assert [k for k in personal if out[k] != REDACTED] == []
     assert [k for k in kept if out[k] != "v"] == []
+
+
+def test_an_age_too_long_for_any_letter_is_a_value_error_not_a_crash() -> None:
+    from bridge.ops.letters import parse_time
+
+    assert parse_time("2d", 10**12) == 10**12 - 2 * 86_400_000
+    for text in ("9" * 400 + "d", "1" * 30 + "d", "1e400d", "yesterday"):
+        with pytest.raises(ValueError):
+            parse_time(text, 10**12)
