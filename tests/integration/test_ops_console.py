@@ -748,3 +748,29 @@ def test_a_call_overtaken_by_an_order_before_delivery_is_suppressed_at_delivery(
     assert "converted to an order after it was queued" in started[1]["r"]
     assert started[0]["m"] == started[1]["m"]  # one call, two outcomes
     assert "checkout_started" not in {c.get("event") for c in pipelines.calls}
+
+
+def test_replaying_a_selection_across_shops_is_not_cut_by_the_cap(
+    client: FlaskClient,
+    services: Services,
+    redis: redis_lib.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ops_web, "REPLAY_PER_REQUEST", 3)
+    other = "other-shop.myshopify.com"
+    _seed_letters(redis, 2, int(time.time() * 1000))
+    call = orjson.dumps(
+        {"type": "track", "event": "order_completed", "messageId": "01OTHER", "userId": "9"}
+    )
+    letter = call_letter(other, OutboxEntry(call, 1, "9").encode(), "422", status=422)
+    pipe = redis.pipeline(transaction=True)
+    letter_store.stage(pipe, other, [letter], int(time.time() * 1000))
+    pipe.sadd("cb:shops", other)
+    pipe.execute()
+    ids = [f"c-01SEED{i:020d}" for i in (0, 1)] + ["c-01OTHER"]
+    csrf = login(client, ADMIN_TOKEN)
+    # Every id is looked for in every shop: 3 ids x 2 shops would pass a cap of 3 in the first.
+    done = client.post("/ops/letters/replay", data={"csrf": csrf, "ids": ids, "confirm": "1"})
+    assert "<strong>3</strong>" in done.get_data(as_text=True)
+    assert services.store.dead_letters.ids(SHOP) == []
+    assert services.store.dead_letters.ids(other) == []

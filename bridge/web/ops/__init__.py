@@ -292,7 +292,7 @@ def register(app: Flask, services: Services) -> None:
             return render_template(
                 "ops/confirm.html",
                 action="replay",
-                count=min(count, REPLAY_PER_REQUEST),
+                count=count if ids else min(count, REPLAY_PER_REQUEST),
                 total=count,
                 shop=shop,
                 ids=ids,
@@ -301,7 +301,8 @@ def register(app: Flask, services: Services) -> None:
             )
         # A web request waits a few seconds at most for a running erasure (the CLI waits more).
         plan = ops_letters.replay_plan(store, shops, ids=ids, since_ms=since)
-        plan = ops_letters.capped(plan, REPLAY_PER_REQUEST)
+        if not ids:  # a selection is bounded by its form (and is looked for in every shop)
+            plan = ops_letters.capped(plan, REPLAY_PER_REQUEST)
         outcome = ops_letters.replay(services, plan, wait_s=5.0)
         return render_template(
             "ops/done.html", action="replayed", count=outcome.replayed, blocked=outcome.blocked
