@@ -259,3 +259,16 @@ def test_an_age_too_long_for_any_letter_is_a_value_error_not_a_crash() -> None:
     for text in ("9" * 400 + "d", "1" * 30 + "d", "1e400d", "yesterday"):
         with pytest.raises(ValueError):
             parse_time(text, 10**12)
+
+
+def test_wrong_logins_are_counted_per_address_and_per_ipv6_64() -> None:
+    from bridge.config.settings import Settings
+    from bridge.web.ops.auth import client_key
+
+    s = Settings(identity_hash_key="k" * 32)
+    a, b = client_key("2001:db8:1:2::1", s), client_key("2001:db8:1:2:ffff::9", s)
+    assert a == b  # one /64
+    assert client_key("2001:db8:1:3::1", s) != a
+    assert client_key("203.0.113.9", s) == client_key("::ffff:203.0.113.9", s)
+    assert client_key("203.0.113.9", s) != client_key("203.0.113.10", s)
+    assert client_key("", s) and client_key("not an address", s)

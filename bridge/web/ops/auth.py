@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -97,8 +98,18 @@ def csrf_ok(given: str | None) -> bool:
 
 
 def client_key(address: str, settings: Settings) -> str:
-    """The name under which a client's wrong logins are counted: a keyed hash of its address
-    (an address is personal data; it is neither stored nor logged)."""
+    """The name under which a client's wrong logins are counted: a keyed hash of its address,
+    or of its /64 for IPv6 (one host holds a whole /64 to rotate through). An address is
+    personal data: it is neither stored nor logged."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        pass
+    else:
+        if ip.version == 6 and ip.ipv4_mapped is None:
+            address = str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        elif ip.version == 6 and ip.ipv4_mapped is not None:
+            address = str(ip.ipv4_mapped)
     mac = hmac.new(settings.email_hash_key, b"ops-login\x1f" + address.encode(), hashlib.sha256)
     return mac.hexdigest()[:16]
 
