@@ -774,3 +774,19 @@ def test_replaying_a_selection_across_shops_is_not_cut_by_the_cap(
     assert "<strong>3</strong>" in done.get_data(as_text=True)
     assert services.store.dead_letters.ids(SHOP) == []
     assert services.store.dead_letters.ids(other) == []
+
+
+def test_a_session_ends_twelve_hours_after_sign_in_however_it_is_used(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import itsdangerous.timed
+
+    clock = [int(time.time())]
+    monkeypatch.setattr(itsdangerous.timed.TimestampSigner, "get_timestamp", lambda _: clock[0])
+    login(client, VIEWER_TOKEN)
+    clock[0] += 11 * 3600
+    page = client.get("/ops/")
+    assert page.status_code == 200
+    assert "Set-Cookie" not in page.headers  # used, not extended
+    clock[0] += 2 * 3600
+    assert client.get("/ops/").status_code == 302

@@ -1,9 +1,10 @@
 """The ops console's login, roles and CSRF tokens.
 
 A session is Flask's signed cookie (HttpOnly, SameSite=Strict, Secure unless
-OPS_COOKIE_SECURE=false, path /ops, 12 hours). Its signing key is an HMAC, under the identity
-hash key, of both console tokens: rotating either token ends every session. Logging in with
-OPS_ADMIN_TOKEN gives the `admin` role (replay, purge), with OPS_TOKEN the `viewer` role.
+OPS_COOKIE_SECURE=false, path /ops, 12 hours from sign-in however it is used). Its signing
+key is an HMAC, under the identity hash key, of both console tokens: rotating either token
+ends every session. Logging in with OPS_ADMIN_TOKEN gives the `admin` role (replay, purge),
+with OPS_TOKEN the `viewer` role.
 Tokens are compared in constant time, as digests of equal length. Every POST but the login's
 carries the session's CSRF token in a form field named `csrf`; every POST, the login's too, is
 refused when the browser says it comes from another site (`Sec-Fetch-Site`, else `Origin`), so
@@ -54,6 +55,9 @@ def configure(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.ops_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
+        # 12 hours from sign-in, not from the last page: a cookie re-signed on every request
+        # would live for as long as it is used (a stolen one too).
+        SESSION_REFRESH_EACH_REQUEST=False,
     )
 
 
