@@ -271,6 +271,6 @@ class OpsStore:
         """Count one wrong login from `client`; the count goes `window_s` after the first."""
         key = ops_login_failures(client)
         pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, 0, ex=window_s, nx=True)  # the window starts (INCR keeps the TTL)
         pipe.incr(key)
-        pipe.expire(key, window_s, nx=True)
-        return int(pipe.execute()[0])
+        return int(pipe.execute()[1])
