@@ -790,3 +790,22 @@ def test_a_session_ends_twelve_hours_after_sign_in_however_it_is_used(
     assert "Set-Cookie" not in page.headers  # used, not extended
     clock[0] += 2 * 3600
     assert client.get("/ops/").status_code == 302
+
+
+def test_a_lookup_by_a_merged_customer_id_shows_the_calls_made_under_it(
+    client: FlaskClient, services: Services, redis: redis_lib.Redis
+) -> None:
+    k = Keys(SHOP)
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(k.state("cust:111"), orjson.dumps({"merged_into": "222"}))
+    for person, event in (("111", "added_to_cart"), ("222", "order_completed")):
+        entry = orjson.dumps({"t": 1, "e": event, "o": "delivered", "m": "M" + person})
+        pipe.lpush(k.ledger(keyed.person_hash(person)), entry)
+    pipe.sadd("cb:shops", SHOP)
+    pipe.execute()
+    csrf = login(client, VIEWER_TOKEN)
+    page = client.post(
+        "/ops/people", data={"csrf": csrf, "shop": SHOP, "kind": "customer_id", "value": "111"}
+    ).get_data(as_text=True)
+    rows = re.findall(r'<tr class="call o-row-(\w+)">\s*<td>[^<]*</td><td>(\w+)</td>', page)
+    assert sorted(rows) == [("delivered", "added_to_cart"), ("delivered", "order_completed")]
