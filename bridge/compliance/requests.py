@@ -16,6 +16,7 @@ import orjson
 
 from bridge import keyed
 from bridge.canonical import Mapped
+from bridge.delivery.calls import USER_DELETED as USER_DELETED  # re-exported: compliance names it
 from bridge.delivery.calls import validate_call
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import email_key
@@ -27,7 +28,6 @@ CUSTOMERS_REDACT = "customers/redact"
 CUSTOMERS_DATA_REQUEST = "customers/data_request"
 SHOP_REDACT = "shop/redact"
 COMPLIANCE_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
-USER_DELETED = "User Deleted"
 
 
 @dataclass(frozen=True)

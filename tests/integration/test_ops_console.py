@@ -809,3 +809,24 @@ def test_a_lookup_by_a_merged_customer_id_shows_the_calls_made_under_it(
     ).get_data(as_text=True)
     rows = re.findall(r'<tr class="call o-row-(\w+)">\s*<td>[^<]*</td><td>(\w+)</td>', page)
     assert sorted(rows) == [("delivered", "added_to_cart"), ("delivered", "order_completed")]
+
+
+def test_a_forwarded_user_deleted_brings_no_ledger_back(
+    ops_settings: Settings, pipelines: PipelinesStandIn, redis: redis_lib.Redis
+) -> None:
+    forwarding = ops_settings.model_copy(update={"forward_redactions": True})
+    services = Services.build(forwarding)
+    client = create_app(forwarding).test_client()
+    converted_journey(client, services)
+    assert _ledger_keys(redis)
+    redact = fixture_json("customers-redact")
+    redact["customer"] = {"id": int(journeys.CUSTOMER_ID), "email": journeys.EMAIL}
+    post(client, "customers/redact", redact)
+    assert wait_until(
+        lambda: (settle(services), any(c.get("event") == "User Deleted" for c in pipelines.calls))[
+            1
+        ],
+        10,
+    )
+    settle(services)
+    assert _ledger_keys(redis) == []
