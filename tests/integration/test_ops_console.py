@@ -311,7 +311,10 @@ def test_an_admin_previews_then_replays_and_the_letter_is_delivered(
 
 
 def test_an_admin_purges_selected_letters(
-    client: FlaskClient, services: Services, pipelines: PipelinesStandIn
+    client: FlaskClient,
+    services: Services,
+    pipelines: PipelinesStandIn,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     pipelines.script(422)
     post(client, "orders/paid", paid_order())
@@ -323,6 +326,9 @@ def test_an_admin_purges_selected_letters(
     )
     assert resp.status_code == 200
     assert services.store.dead_letters.ids(SHOP) == ids[1:]
+    # The logs say who changed what from the console.
+    (line,) = [r for r in caplog.records if r.getMessage() == "ops console: dead letters purged"]
+    assert (line.shop, line.count, line.role) == (SHOP, 1, "admin")  # type: ignore[attr-defined]
 
 
 # --- what the pages show ---------------------------------------------------------------------

@@ -76,6 +76,15 @@ def redacted(value: object) -> str:
     return redact(str(value))
 
 
+def _audit(what: str, shop: str, count: int) -> None:
+    """One line per change made from the console (the only changes are admins' replays and
+    purges), so that the logs say who did what: the role, the shop (or all), how many."""
+    log.warning(
+        f"ops console: {what}",
+        extra={"shop": shop or "(all)", "count": count, "role": auth.current_role()},
+    )
+
+
 def _shop_or_404(services: Services, shop: str) -> str:
     shop = shop.strip().lower()
     if len(shop) > 255 or not _SHOP.fullmatch(shop) or shop not in set(services.store.shops()):
@@ -304,6 +313,7 @@ def register(app: Flask, services: Services) -> None:
         if not ids:  # a selection is bounded by its form (and is looked for in every shop)
             plan = ops_letters.capped(plan, REPLAY_PER_REQUEST)
         outcome = ops_letters.replay(services, plan, wait_s=5.0)
+        _audit("dead letters replayed", shop, outcome.replayed)
         return render_template(
             "ops/done.html", action="replayed", count=outcome.replayed, blocked=outcome.blocked
         )
@@ -331,6 +341,7 @@ def register(app: Flask, services: Services) -> None:
                 all=request.form.get("all") == "1",
             )
         n = ops_letters.purge(store, shops, ids=ids, before_ms=before)
+        _audit("dead letters purged", shop, n)
         return render_template("ops/done.html", action="purged", count=n, blocked=[])
 
     @bp.route("/people", methods=["GET", "POST"])
