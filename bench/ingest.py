@@ -55,7 +55,7 @@ from bench.common import (
 )
 
 BARE_APP = "bench.bare_app:app"
-OPS_TOKEN = "bench-ops-token"
+OPS_TOKEN = "bench-ops-token-for-ingest"
 
 
 class Operator:

@@ -14,7 +14,10 @@ id, lower-cased email, keyed email hash, or phone in E.164, raw and digit-only f
 - hash fields, set and sorted-set members naming them are removed.
 Ids match as whole tokens (not inside a longer run of letters or digits), so an unrelated record
 is removed only if it carries exactly the same number. Delivery's retry bookkeeping names people
-by keyed hashes (bridge/keyed.py), which are needles too.
+by keyed hashes (bridge/keyed.py), which are needles too. The ops console's ledger of a person's
+calls is named by the same hash of their customer id or email, and, for the calls made while
+they were anonymous, of the anonymous ids their cart, order and person records name: those
+ledgers are erased (and exported) with the records that name them.
 
 An erasure wins over a delivery in flight: it runs holding the shop's delivery lease, which it
 takes after marking the shop (`Keys.erasing`, itself a lease) so that the deliverer holding it
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import msgspec
 import orjson
 
+from bridge import keyed
 from bridge.compliance.requests import (
     COMPLIANCE_TOPICS,
     CUSTOMERS_DATA_REQUEST,
@@ -50,6 +54,7 @@ from bridge.compliance.requests import (
     USER_DELETED,
     ComplianceRequest,
     Needles,
+    anonymous_ids,
     needles_for,
     user_deleted_entry,
 )
@@ -95,11 +100,14 @@ def erase_customer(store: Store, shop: str, needles: Needles) -> Erased:
     data = store.shop_data
     out = Erased()
     doomed: list[bytes] = []
+    anons: list[str] = []
     for key, kind, value in data.records(shop):
         if key in skip:
             continue
         if needles.in_key(key) or (value is not None and needles.in_value(value)):
             doomed.append(key)
+            if value is not None:
+                anons += anonymous_ids(value)
         elif kind == "list":
             for entry in set(data.list_entries(key)):
                 if needles.in_value(entry) and not _is_compliance_envelope(entry):
@@ -120,11 +128,17 @@ def erase_customer(store: Store, shop: str, needles: Needles) -> Erased:
             members = [m for m in data.zset_members(key) if needles.in_value(m)]
             if members:
                 out.entries += data.remove_zset_members(key, members)
+    # The ledgers of the calls made while they were anonymous name only the anonymous id.
+    doomed += [key for key in _anonymous_ledgers(k, anons) if key not in doomed]
     out.keys += data.unlink(doomed)
     # Dead letters are listed by id, a messageId: derived from the person, and of no use once
     # the letter it indexes is gone.
     out.entries += DeadLetters(store).drop_orphans(shop)
     return out
+
+
+def _anonymous_ledgers(k: Keys, anons: Collection[str]) -> list[bytes]:
+    return [k.ledger(keyed.person_hash(a)).encode() for a in dict.fromkeys(anons)]
 
 
 def erase_shop(store: Store, shop: str, keep: Collection[str] = ()) -> int:
@@ -174,6 +188,8 @@ def collect_customer(store: Store, shop: str, needles: Needles) -> list[Any]:
     skip = {k.compliance.encode()}
     export_prefix = k.exports.encode()
     records: list[Any] = []
+    anons: list[str] = []
+    listed: set[bytes] = set()
     for key, kind, value in sorted(data.records(shop)):
         if key in skip or key.startswith(export_prefix):
             continue
@@ -182,10 +198,12 @@ def collect_customer(store: Store, shop: str, needles: Needles) -> list[Any]:
         if kind == "string":
             if value is not None and (by_key or needles.in_value(value)):
                 records.append({"key": name, "value": _readable(value)})
+                anons += anonymous_ids(value)
         elif kind == "list":
             items = [_readable(e) for e in data.list_entries(key) if by_key or needles.in_value(e)]
             if items:
                 records.append({"key": name, "entries": items})
+                listed.add(key)
         elif kind == "hash":
             fields = {
                 f.decode("utf-8", "replace"): _readable(v)
@@ -201,6 +219,13 @@ def collect_customer(store: Store, shop: str, needles: Needles) -> list[Any]:
             )
             if found:
                 records.append({"key": name, "members": found})
+    # The ledgers of the calls made while they were anonymous (named by the anonymous id).
+    for key in _anonymous_ledgers(k, anons):
+        entries = [] if key in listed else data.list_entries(key)
+        if entries:
+            records.append(
+                {"key": key.decode("utf-8", "replace"), "entries": [_readable(e) for e in entries]}
+            )
     return records
 
 

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from bridge import keyed
 from bridge.canonical import Mapped
+from bridge.delivery.calls import USER_DELETED as USER_DELETED  # re-exported: compliance names it
 from bridge.delivery.calls import validate_call
 from bridge.delivery.outbox import OutboxEntry
 from bridge.identity import email_key
@@ -25,7 +28,6 @@ CUSTOMERS_REDACT = "customers/redact"
 CUSTOMERS_DATA_REQUEST = "customers/data_request"
 SHOP_REDACT = "shop/redact"
 COMPLIANCE_TOPICS = frozenset({CUSTOMERS_REDACT, CUSTOMERS_DATA_REQUEST, SHOP_REDACT})
-USER_DELETED = "User Deleted"
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,21 @@ def needles_for(request: ComplianceRequest) -> Needles:
     for phone in request.phones:
         (tokens if phone.isdigit() else texts).append(phone)
     return Needles.of(tokens, texts, key_tokens=request.order_ids)
+
+
+def anonymous_ids(value: bytes) -> list[str]:
+    """The anonymous ids a stored identity record names (a cart's or order's `anon`, a
+    person's `anons`): the calls made while the customer was anonymous went under these, so
+    their ops ledger (store/ops.py) is theirs too. Anything else (not JSON, odd shapes): none."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    anons = doc.get("anons")
+    found = [doc.get("anon"), *(anons if isinstance(anons, list) else [])]
+    return list(dict.fromkeys(a for a in found if isinstance(a, str) and a))
 
 
 def user_deleted_entry(request: ComplianceRequest, now_ms: int) -> bytes | None:

@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 US_PIPELINES_URL = "https://cdp.customer.io/v1"
 EU_PIPELINES_URL = "https://cdp-eu.customer.io/v1"
+# OPS_TOKEN and OPS_ADMIN_TOKEN: long enough not to be guessed, short enough to be typed.
+MIN_OPS_TOKEN_CHARS = 16
+MAX_OPS_TOKEN_CHARS = 512
 
 
 class ConfigError(Exception):
@@ -226,6 +229,19 @@ class Settings(BaseSettings):
     ops_cookie_secure: bool = True  # the session cookie only over HTTPS (`bridge dev`: false)
     # Entries kept in each person's ledger of recent calls (store/ops.py); 0 writes none.
     ops_ledger_calls: int = Field(default=50, ge=0, le=1000)
+
+    @field_validator("ops_token", "ops_admin_token")
+    @classmethod
+    def _ops_token(cls, v: SecretStr) -> SecretStr:
+        # The console's login is the whole of its defence: a token must be too long to guess
+        # (the login also limits wrong guesses per address, web/ops/auth.py).
+        n = len(v.get_secret_value())
+        if n and not MIN_OPS_TOKEN_CHARS <= n <= MAX_OPS_TOKEN_CHARS:
+            raise ValueError(
+                f"must be {MIN_OPS_TOKEN_CHARS} to {MAX_OPS_TOKEN_CHARS} characters "
+                "(make one with `openssl rand -base64 24`)"
+            )
+        return v
 
     @field_validator("shop_timezone")
     @classmethod

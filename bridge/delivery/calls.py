@@ -16,6 +16,8 @@ MAX_CALL_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1000
 # Room for `{"batch":[...]}` and `sentAt` around the calls.
 BATCH_ENVELOPE_BYTES = 256
+# Customer.io's semantic event a customers/redact forwards (FORWARD_REDACTIONS, compliance/).
+USER_DELETED = "User Deleted"
 
 Call = dict[str, Any]
 

@@ -253,6 +253,25 @@ class DeadLetters:
         raw = self.letters.get(shop, letter_id)
         return DeadLetter.decode(raw) if raw else None
 
+    def newest(
+        self, shops: Sequence[str], since_ms: int | None, n: int
+    ) -> list[tuple[str, str, int]]:
+        """The `n` newest letters of all `shops` since `since_ms`, newest first, as
+        (shop, id, last error ms): read from the index only."""
+        return self.letters.newest(shops, since_ms, n)
+
+    def count_range(
+        self, shops: Sequence[str], since_ms: int | None = None, before_ms: int | None = None
+    ) -> int:
+        return self.letters.count_range(shops, since_ms, before_ms)
+
+    def count_stored(self, shop: str, ids: Sequence[str]) -> int:
+        return self.letters.count_stored(shop, ids)
+
+    def get_each(self, wanted: Sequence[tuple[str, str]]) -> list[DeadLetter]:
+        """The letters of (shop, id) pairs still stored, in order."""
+        return [DeadLetter.decode(raw) for raw in self.letters.get_each(wanted) if raw]
+
     def iter(self, shop: str, since_ms: int | None = None) -> Iterator[DeadLetter]:
         for chunk in _chunks(self.ids(shop, since_ms), 500):
             yield from self.get_many(shop, chunk)

@@ -52,9 +52,10 @@ import orjson
 
 from bridge.config.settings import US_PIPELINES_URL
 from bridge.delivery import deadletters, pipelines
-from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES
+from bridge.delivery.calls import BATCH_ENVELOPE_BYTES, MAX_BATCH_BYTES, USER_DELETED
 from bridge.delivery.outbox import OutboxEntry
 from bridge.delivery.sinks import Sink
+from bridge.logs import redact
 from bridge.store import StoreError, wire
 from bridge.store import ops as ops_records
 from bridge.store.facade import Keys, LeaseLost, Settlement, now_ms
@@ -456,9 +457,15 @@ def _ledger(
     if not it.entry.person or not settle.ledger_keep:
         return
     event = it.entry.event or deadletters.call_name(it.entry.call)[0]
+    if event == USER_DELETED:
+        return  # sent for a person just erased: no ledger of theirs comes back
     mid = ops_records.message_id_of(it.entry.call)
+    # Pipelines' messages may quote the call's values: the ledger keeps no personal data.
     settle.ledger.append(
-        (it.person, ops_records.ledger_entry(now, event, outcome, message_id=mid, reason=why))
+        (
+            it.person,
+            ops_records.ledger_entry(now, event, outcome, message_id=mid, reason=redact(why)),
+        )
     )
 
 

@@ -250,6 +250,13 @@ class _Run:
                 self._unhold(name, rec, co)
             elif self.view.get("co_drop:" + co) is not None:
                 count(self.view, "events:checkout_started:late_contact_dropped")
+                note(
+                    self.view,
+                    who.order_key,
+                    CHECKOUT_STARTED,
+                    "suppressed",
+                    "the checkout had waited too long for a contact and was dropped",
+                )
             elif self._recent_unjoined_order(who, event.timestamp):
                 count(self.view, "events:checkout_started:suppressed")
                 note(

@@ -29,6 +29,7 @@ REPLAY_CHUNK = 200
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_AGE_MS = 10_000 * 365 * 86400 * 1000
 
 
 def parse_time(text: str, now_ms: int) -> int:
@@ -36,7 +37,10 @@ def parse_time(text: str, now_ms: int) -> int:
     `2d`); ValueError else."""
     m = _AGE.match(text.strip())
     if m:
-        return now_ms - int(float(m.group(1)) * _UNIT_S[m.group(2)] * 1000)
+        age_ms = float(m.group(1)) * _UNIT_S[m.group(2)] * 1000
+        if age_ms > _MAX_AGE_MS:  # beyond any letter (and past float's range: inf)
+            raise ValueError("that age is longer than ten thousand years")
+        return now_ms - int(age_ms)
     when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -72,6 +76,47 @@ def iter_letters(
                 yield d
 
 
+# A filtered listing (by event or status) reads at most this many letters, the newest: a page
+# costs the same however many letters are stored (an outage can leave hundreds of thousands).
+LIST_SCAN = 2000
+_READ_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of letters: the newest the filter admits (newest first), how many letters the
+    filter's time range holds in the shops asked, and how many of those were read to find
+    them (the newest first)."""
+
+    letters: list[DeadLetter]
+    in_range: int
+    read: int
+
+
+def newest(
+    letters: DeadLetters,
+    shops: Sequence[str],
+    flt: LetterFilter = LetterFilter(),
+    *,
+    limit: int,
+    scan: int = LIST_SCAN,
+) -> Listing:
+    """The newest `limit` letters of `shops` the filter admits, reading at most `limit`
+    letters (no event or status filter) or `scan` (with one), newest first."""
+    in_range = letters.count_range(shops, flt.since_ms)
+    budget = max(limit, scan) if (flt.event or flt.status) else limit
+    candidates = letters.newest(shops, flt.since_ms, budget)
+    found: list[DeadLetter] = []
+    read = 0
+    for i in range(0, len(candidates), _READ_CHUNK):
+        chunk = candidates[i : i + _READ_CHUNK]
+        read += len(chunk)
+        found += [d for d in letters.get_each([(s, n) for s, n, _ in chunk]) if flt.admits(d)]
+        if len(found) >= limit:
+            break
+    return Listing(found[:limit], in_range, read)
+
+
 def find(letters: DeadLetters, shops: Sequence[str], letter_id: str) -> DeadLetter | None:
     """The letter `letter_id` in the first of `shops` that holds it."""
     for shop in shops:
@@ -81,12 +126,23 @@ def find(letters: DeadLetters, shops: Sequence[str], letter_id: str) -> DeadLett
     return None
 
 
-# Fields of a call whose values are a shopper's own: the console shows them redacted.
+# Fields of a call whose values are a shopper's own: the console shows them redacted. Matched
+# as whole words of the key (camelCase and snake_case alike), so that `browser_ip` is one and
+# `shipping_lines`, `description` or `total_tip_received` (money, items) are not.
 _PERSONAL = re.compile(
-    r"(e-?mail|phone|first_?name|last_?name|full_?name|address|street|city|zip|postal|province|country_code|birth|"
-    r"ip|user_?agent|url|note|company|latitude|longitude)",
-    re.IGNORECASE,
+    r"(?:^|_)(?:e_?mails?|phones?|first_?name|last_?name|full_?name|addresse?s?\d*|street\d*|"
+    r"city|zip|postal\w*|province\w*|country_code|birth\w*|ip|user_?agent|urls?|notes?|"
+    r"company|latitude|longitude|recipients?)(?:_|$)"
 )
+_CAMEL_HUMP = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def _personal_key(key: str) -> bool:
+    if key.endswith(("_id", "Id")):
+        return False
+    return _PERSONAL.search(_CAMEL_HUMP.sub("_", key).lower()) is not None
+
+
 REDACTED = "[redacted]"
 
 
@@ -94,7 +150,7 @@ def redact_call(value: Any, key: str = "") -> Any:
     """A call with every personal value replaced: fields named like personal data (emails,
     names, addresses, phones, URLs that may carry a checkout key), and emails or phones
     anywhere in other strings. Ids, event names, money and items stay."""
-    if key and _PERSONAL.search(key) and not key.endswith(("_id", "Id")):
+    if key and _personal_key(key):
         return REDACTED if value not in (None, "", [], {}) else value
     if isinstance(value, dict):
         return {k: redact_call(v, str(k)) for k, v in value.items()}
@@ -147,9 +203,14 @@ def replay_plan(
     return plan
 
 
-def stored_count(letters: DeadLetters, plan: Sequence[tuple[str, list[str]]]) -> int:
-    """How many of a plan's letters are stored now (what a preview shows)."""
-    return sum(len(letters.get_many(shop, ids)) for shop, ids in plan if ids)
+def capped(plan: Sequence[tuple[str, list[str]]], n: int) -> list[tuple[str, list[str]]]:
+    """The plan's first `n` letters (each shop's oldest first, shop by shop): what one web
+    request replays, so that it ends well within the web's request timeout."""
+    out: list[tuple[str, list[str]]] = []
+    for shop, ids in plan:
+        out.append((shop, list(ids[: max(n, 0)])))
+        n -= len(out[-1][1])
+    return out
 
 
 @dataclass

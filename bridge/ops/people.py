@@ -116,12 +116,16 @@ class _Reader:
         return [self.seen.get(n) for n in names]
 
 
-def _follow(reader: _Reader, cid: str) -> str:
+def _follow(reader: _Reader, cid: str, merged: list[str] | None = None) -> str:
+    """The customer `cid` is now (merges followed); the ids merged away on the way are added
+    to `merged` (their calls went under them, before the merge)."""
     for _ in range(MAX_MERGE_HOPS):
         (rec,) = reader.get("cust:" + cid)
         kept = rec.get("merged_into") if rec else None
         if not kept or kept == cid:
             return cid
+        if merged is not None:
+            merged.append(cid)
         cid = str(kept)
     return cid
 
@@ -140,8 +144,9 @@ def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
     user: str | None = None
     anons: list[str] = []
     carts: list[str] = []
+    merged: list[str] = []  # customer ids merged into the person's: their calls are theirs
     if kind == CUSTOMER:
-        user = _follow(r, value)
+        user = _follow(r, value, merged)
         view.links.append(("customer id", value))
         if user != value:
             view.links.append(("merged into", user))
@@ -196,7 +201,7 @@ def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
                 anons.append(str(cart["anon"]))
     view.user = user
     view.anonymous = list(dict.fromkeys(anons))
-    names = [n for n in (user, *view.anonymous) if n]
+    names = [n for n in (user, *merged, *view.anonymous) if n]
     hashes = list(dict.fromkeys(keyed.person_hash(n) for n in names))
     docs = [
         doc

@@ -101,6 +101,59 @@ class DeadLetterStore:
     def get(self, shop: str, letter_id: str) -> bytes | None:
         return self.redis.hget(shop_keys(shop).dlq, letter_id)
 
+    def newest(
+        self, shops: Sequence[str], since_ms: int | None, n: int
+    ) -> list[tuple[str, str, int]]:
+        """The `n` newest index entries of all `shops` (last error at or after `since_ms`),
+        newest first, as (shop, id, last error ms): ids only, in one round trip."""
+        if not shops or n <= 0:
+            return []
+        lo = since_ms if since_ms is not None else "-inf"
+        pipe = self.redis.pipeline(transaction=False)
+        for shop in shops:
+            pipe.zrevrangebyscore(shop_keys(shop).dlq_index, "+inf", lo, 0, n, withscores=True)
+        found = [
+            (shop, i.decode(), int(score))
+            for shop, rows in zip(shops, pipe.execute(), strict=True)
+            for i, score in rows
+        ]
+        found.sort(key=lambda row: row[2], reverse=True)
+        return found[:n]
+
+    def count_range(
+        self, shops: Sequence[str], since_ms: int | None = None, before_ms: int | None = None
+    ) -> int:
+        """How many letters of `shops` had their last error at or after `since_ms` and before
+        `before_ms` (None: no bound), from the index only, in one round trip."""
+        if not shops:
+            return 0
+        lo = since_ms if since_ms is not None else "-inf"
+        hi = f"({before_ms}" if before_ms is not None else "+inf"
+        pipe = self.redis.pipeline(transaction=False)
+        for shop in shops:
+            pipe.zcount(shop_keys(shop).dlq_index, lo, hi)
+        return sum(int(n) for n in pipe.execute())
+
+    def count_stored(self, shop: str, ids: Sequence[str]) -> int:
+        """How many of `ids` are stored, without reading their records."""
+        k = shop_keys(shop)
+        n = 0
+        for chunk in _chunks(list(dict.fromkeys(ids)), 1000):
+            pipe = self.redis.pipeline(transaction=False)
+            for letter_id in chunk:
+                pipe.hexists(k.dlq, letter_id)
+            n += sum(1 for there in pipe.execute() if there)
+        return n
+
+    def get_each(self, wanted: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """The records of (shop, id) pairs, in order (None where gone), in one round trip."""
+        if not wanted:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for shop, letter_id in wanted:
+            pipe.hget(shop_keys(shop).dlq, letter_id)
+        return list(pipe.execute())
+
     def replay(
         self,
         shop: str,

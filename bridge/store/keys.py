@@ -25,6 +25,9 @@ CHECK_SCHEDULED_KEY = "cb:check:scheduled"
 CHECK_LAST_RUN_KEY = "cb:check:last"
 # Set until the next reconciliation is due (backfill/reconcile.py).
 RECONCILE_LOCK_KEY = "cb:reconcile:next"
+# Wrong ops console tokens per client address (a keyed hash of it), each key expiring with its
+# window (web/ops/auth.py).
+OPS_LOGIN_FAILURES_PREFIX = "cb:ops:login:"
 # Where a customer's export (customers/data_request) is kept, after the shop's prefix.
 EXPORT_SEGMENT = "gdpr:"
 
@@ -143,3 +146,8 @@ class Keys:
 def shop_keys(shop: str) -> Keys:
     """`Keys(shop)`, built once per shop: the request path needs them for every webhook."""
     return Keys(shop)
+
+
+def ops_login_failures(client: str) -> str:
+    """Wrong console logins from one client (`client`: a keyed hash of its address)."""
+    return OPS_LOGIN_FAILURES_PREFIX + client

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 import redis
 
-from bridge.store.keys import Keys, shop_keys
+from bridge.store.keys import Keys, ops_login_failures, shop_keys
 
 LEDGER_CALLS = 50  # entries kept per person
 LEDGER_KEEP_S = 30 * 86400  # a person's ledger goes this long after its last entry
@@ -262,3 +262,15 @@ class OpsStore:
         k = Keys(shop)
         values = self.redis.mget([k.state(n) for n in names])
         return dict(zip(names, values, strict=True))
+
+    def login_failures(self, client: str) -> int:
+        """Wrong console logins from `client` within its current window."""
+        return int(self.redis.get(ops_login_failures(client)) or 0)
+
+    def note_login_failure(self, client: str, window_s: int) -> int:
+        """Count one wrong login from `client`; the count goes `window_s` after the first."""
+        key = ops_login_failures(client)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(key, 0, ex=window_s, nx=True)  # the window starts (INCR keeps the TTL)
+        pipe.incr(key)
+        return int(pipe.execute()[1])

@@ -378,6 +378,8 @@ class _Outcome:
     invalid: list[DeadLetter]
     # Calls identity held back, per person (person, event, outcome, why): DecisionView.notes
     notes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # The invalid calls' ledger entries (person hash, call name, messageId, why)
+    refused: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def apply(self, commit: Commit, shop: str, env: Envelope) -> None:
         at, topic = env.received_ms, env.topic
@@ -387,6 +389,15 @@ class _Outcome:
             commit.letters.append(letter)
             commit.count("calls:invalid")
             produced["invalid"] = produced.get("invalid", 0) + 1
+        for person, name, mid, why in self.refused if commit.ledger_keep else ():
+            commit.ledger.append(
+                (
+                    person,
+                    ops_records.ledger_entry(
+                        at, name, ops_records.DEAD, message_id=mid, reason=why, topic=topic
+                    ),
+                )
+            )
         for entry, name, kind, _person, _mid in self.entries:
             commit.calls.append(entry)
             commit.count(f"events:{name}:queued")
@@ -424,7 +435,12 @@ def _decide_one(
             raw_call = validate_call(call)
         except InvalidCall as exc:
             entry = OutboxEntry(orjson.dumps(call), env.received_ms, out.person, out.guards)
-            outcome.invalid.append(call_letter(shop, entry.encode(), f"invalid call: {exc}"))
+            why = redact(f"invalid call: {exc}")[:MAX_REASON_CHARS]
+            outcome.invalid.append(call_letter(shop, entry.encode(), why))
+            if out.person:  # dead-lettered here, never queued: its person's ledger says so
+                name = str(call.get("event") or call.get("type") or "call")
+                mid = str(call.get("messageId") or "")
+                outcome.refused.append((keyed.person_hash(out.person), name, mid, why))
             continue
         name = call.get("event") or call["type"]
         person = keyed.person_hash(out.person)

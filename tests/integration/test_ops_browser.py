@@ -211,3 +211,23 @@ def quiet(pipelines: PipelinesStandIn) -> None:
 def _letters(page: Page, stack: Stack) -> int:
     page.goto(stack.base + "/ops/letters")
     return page.locator("#letters input[name=ids]").count()
+
+
+def test_another_site_cannot_sign_a_browser_in(stack: Stack, browser: Browser) -> None:
+    """Login CSRF in a real browser: a page of another origin posts the login form (with a
+    valid token of its choosing); Chromium says the post is cross-site and no session opens."""
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.set_content(
+            f'<form method="post" action="{stack.base}/ops/login">'
+            f'<input name="token" value="{ADMIN}"><button id="go">go</button></form>'
+        )
+        with page.expect_navigation():
+            page.click("#go")
+        assert "a form posted from another site is refused" in page.content()
+        assert not [c for c in context.cookies() if c["name"] == "cartbridge_ops"]
+        page.goto(stack.base + "/ops/")
+        expect(page).to_have_url(re.compile(r"/ops/login$"))
+    finally:
+        context.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import orjson
+
 from bridge.canonical import OrderFact, RefundFact
 from bridge.identity import DecisionView, expire_held, expire_refunds, orders
 from bridge.worker.processor import ProcessConfig
@@ -91,9 +93,19 @@ def test_held_checkout_is_dropped_and_counted_after_the_wait() -> None:
         shop.state[key] = value
     for key in dels:
         shop.state.pop(key, None)
-    late = shop.feed("checkouts/update", checkout(email=True, updated_at="2024-11-07T13:00:00Z"))
+    before = len(shop.outbox)
+    commit = shop.feed_batch(
+        [("checkouts/update", checkout(email=True, updated_at="2024-11-07T13:00:00Z"))]
+    )
+    late = [orjson.loads(e.call) for e in shop.outbox[before:]]
     assert "checkout_started" not in names(late)
     assert shop.counters["events:checkout_started:late_contact_dropped"] == 1
+    # The person's ledger (the ops console's) says why their checkout_started never went.
+    noted = [orjson.loads(entry) for _, entry in commit.ledger]
+    assert [(e["e"], e["o"]) for e in noted if e["o"] != "queued"] == [
+        ("checkout_started", "suppressed")
+    ], noted
+    assert any("waited too long for a contact" in e.get("r", "") for e in noted), noted
 
 
 def test_order_suppresses_queued_and_later_cart_and_checkout_triggers() -> None:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import orjson
+import pytest
 from flask import Flask, render_template
 from hypothesis import given
 from hypothesis import strategies as st
@@ -165,6 +166,7 @@ def test_message_ids_are_found_without_parsing() -> None:
 
 def test_the_person_template_escapes_what_the_records_hold() -> None:
     from bridge import web
+    from bridge.web.ops import redacted
 
     app = Flask("t", template_folder=str(next(iter(web.__path__)) + "/ops/templates"))
 
@@ -172,6 +174,7 @@ def test_the_person_template_escapes_what_the_records_hold() -> None:
     def _context() -> dict[str, Any]:
         return {"role": "viewer", "csrf": "c", "when": str, "is_admin": False}
 
+    app.add_template_filter(redacted, "redact")
     app.add_url_rule("/ops/people", "ops.person", lambda: "")
     app.add_url_rule("/ops/", "ops.index", lambda: "")
     app.add_url_rule("/ops/letters", "ops.letters", lambda: "")
@@ -195,3 +198,77 @@ def test_the_person_template_escapes_what_the_records_hold() -> None:
         )
     assert "<script" not in page and "<img" not in page
     assert page.count("&lt;script&gt;") >= 8
+
+
+def test_anonymous_ids_of_a_record_survive_hostile_values() -> None:
+    from bridge.compliance.requests import anonymous_ids
+
+    assert anonymous_ids(b'{"anon": "a1", "anons": ["a2", "a1", 3, null, ""], "user": "7"}') == [
+        "a1",
+        "a2",
+    ]
+    for raw in (b"", b"not json", b"[1]", b'"a"', b'{"anons": "a3"}', b'{"anon": {"x": 1}}'):
+        assert anonymous_ids(raw) == [], raw
+
+
+def test_redaction_matches_whole_words_of_keys_so_money_and_items_stay() -> None:
+    personal = [
+        "contact_email",
+        "emailAddress",
+        "sms_marketing_phone",
+        "firstName",
+        "lastname",
+        "addresses",
+        "billing_address1",
+        "postalCode",
+        "countryCode",
+        "birthday",
+        "browser_ip",
+        "clientIp",
+        "ipAddress",
+        "userAgent",
+        "abandoned_checkout_url",
+        "note_attributes",
+        "recipient",
+    ]
+    kept = [
+        "shipping_lines",
+        "description",
+        "total_tip_received",
+        "tip",
+        "vip",
+        "multiple",
+        "customer_id",
+        "phone_id",
+        "name",
+        "items",
+        "total_price",
+        "skip",
+        "cityscape",
+    ]
+    call = {"properties": {**dict.fromkeys(personal, "v"), **dict.fromkeys(kept, "v")}}
+    out = redact_call(call)["properties"]
+    assert [k for k in personal if out[k] != REDACTED] == []
+    assert [k for k in kept if out[k] != "v"] == []
+
+
+def test_an_age_too_long_for_any_letter_is_a_value_error_not_a_crash() -> None:
+    from bridge.ops.letters import parse_time
+
+    assert parse_time("2d", 10**12) == 10**12 - 2 * 86_400_000
+    for text in ("9" * 400 + "d", "1" * 30 + "d", "1e400d", "yesterday"):
+        with pytest.raises(ValueError):
+            parse_time(text, 10**12)
+
+
+def test_wrong_logins_are_counted_per_address_and_per_ipv6_64() -> None:
+    from bridge.config.settings import Settings
+    from bridge.web.ops.auth import client_key
+
+    s = Settings(identity_hash_key="k" * 32)
+    a, b = client_key("2001:db8:1:2::1", s), client_key("2001:db8:1:2:ffff::9", s)
+    assert a == b  # one /64
+    assert client_key("2001:db8:1:3::1", s) != a
+    assert client_key("203.0.113.9", s) == client_key("::ffff:203.0.113.9", s)
+    assert client_key("203.0.113.9", s) != client_key("203.0.113.10", s)
+    assert client_key("", s) and client_key("not an address", s)

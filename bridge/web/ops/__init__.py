@@ -12,9 +12,9 @@ Content-Security-Policy says so.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -32,7 +32,8 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from bridge.delivery.deadletters import DeadLetter, DeadLetters
+from bridge.delivery.deadletters import DeadLetters
+from bridge.logs import redact
 from bridge.monitoring.monitor import shop_zone
 from bridge.ops import letters as ops_letters
 from bridge.ops import overview, people
@@ -44,9 +45,15 @@ if TYPE_CHECKING:
 
     from bridge.services import Services
 
+log = logging.getLogger(__name__)
+
 # A shop names Redis keys: only domain-like names are looked up (as the webhook route checks).
 _SHOP = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+")
 LETTERS_SHOWN = 200
+# Letters one console request replays at most (oldest first): a few seconds of MULTIs, well
+# within the web's request timeout; the preview says so, and a second replay takes the rest.
+# `bridge dlq replay` has no such cap.
+REPLAY_PER_REQUEST = 5000
 WEBHOOKS_SHOWN = 100
 # No script, no outside fetch, no framing: the console's pages are plain HTML, SVG and one
 # stylesheet of its own.
@@ -61,6 +68,21 @@ def _when(ms: int | None) -> str:
     if not ms:
         return "never"
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def redacted(value: object) -> str:
+    """A reason as the pages show it (the `redact` filter): reasons quote what the bridge or
+    Pipelines said, which may quote a call's values (emails, phones, keyed URLs)."""
+    return redact(str(value))
+
+
+def _audit(what: str, shop: str, count: int) -> None:
+    """One line per change made from the console (the only changes are admins' replays and
+    purges), so that the logs say who did what: the role, the shop (or all), how many."""
+    log.warning(
+        f"ops console: {what}",
+        extra={"shop": shop or "(all)", "count": count, "role": auth.current_role()},
+    )
 
 
 def _shop_or_404(services: Services, shop: str) -> str:
@@ -87,10 +109,16 @@ def register(app: Flask, services: Services) -> None:
 
     @bp.before_request
     def _guard() -> BaseResponse | None:
+        headers = request.headers
+        site, origin = headers.get("Sec-Fetch-Site"), headers.get("Origin")
+        if request.method == "POST" and auth.cross_site(site, origin, request.host):
+            abort(403, "a form posted from another site is refused")
         if request.endpoint in PUBLIC:
             return None
         if auth.current_role() is None:
-            return redirect(url_for("ops.login"))
+            # Just signed in, yet no session came back: the browser did not keep the cookie.
+            lost = request.args.get("signed_in") == "1"
+            return redirect(url_for("ops.login", cookie="lost") if lost else url_for("ops.login"))
         if request.method == "POST" and not auth.csrf_ok(request.form.get("csrf")):
             abort(400, "missing or wrong CSRF token: reload the page")
         return None
@@ -111,6 +139,8 @@ def register(app: Flask, services: Services) -> None:
             "ops/error.html", code=exc.code, message=exc.description or exc.name
         ), exc.code or 500
 
+    bp.add_app_template_filter(redacted, "redact")
+
     @bp.context_processor
     def _context() -> dict[str, Any]:
         return {
@@ -127,12 +157,34 @@ def register(app: Flask, services: Services) -> None:
     @bp.route("/login", methods=["GET", "POST"])
     def login() -> BaseResponse | tuple[str, int]:
         if request.method == "GET":
-            return render_template("ops/login.html", error=None), 200
+            lost = None
+            if request.args.get("cookie") == "lost":
+                lost = (
+                    "You signed in, but your browser did not keep the session cookie. It is "
+                    "sent over HTTPS only: open the console over https, or, on plain http "
+                    "(a local or private network), set OPS_COOKIE_SECURE=false."
+                )
+            return render_template("ops/login.html", error=lost), 200
+        client = auth.client_key(request.remote_addr or "", settings)
+        if services.store.ops.login_failures(client) >= auth.LOGIN_FAILURES_ALLOWED:
+            # Refused whatever the token: a guesser learns nothing more until the window ends.
+            minutes = auth.LOGIN_WINDOW_S // 60
+            page = render_template(
+                "ops/login.html",
+                error=f"Too many wrong tokens from your address: try again in {minutes} minutes.",
+            )
+            return Response(page, 429, {"Retry-After": str(auth.LOGIN_WINDOW_S)})
         role = auth.role_for(request.form.get("token") or "", settings)
         if role is None:
+            failures = services.store.ops.note_login_failure(client, auth.LOGIN_WINDOW_S)
+            if failures == auth.LOGIN_FAILURES_ALLOWED:
+                log.warning(
+                    "ops console: too many wrong tokens, logins refused for a while",
+                    extra={"client": client, "window_s": auth.LOGIN_WINDOW_S},
+                )
             return render_template("ops/login.html", error="That token is not valid."), 401
         auth.open_session(role)
-        return redirect(url_for("ops.index"))
+        return redirect(url_for("ops.index", signed_in="1"))
 
     @bp.post("/logout")
     def logout() -> BaseResponse:
@@ -192,21 +244,18 @@ def register(app: Flask, services: Services) -> None:
     @bp.get("/letters")
     def letters() -> str:
         shops, flt, args = _filters()
-        store = DeadLetters(services.store)
-        # The newest LETTERS_SHOWN that match (letters are listed oldest first).
-        newest: deque[DeadLetter] = deque(maxlen=LETTERS_SHOWN)
-        matched = 0
-        for d in ops_letters.iter_letters(store, shops, flt):
-            newest.append(d)
-            matched += 1
-        shown = list(newest)
-        more = matched > len(shown)
-        shown.sort(key=lambda d: d.last_error_ms, reverse=True)  # newest first on the page
+        listing = ops_letters.newest(DeadLetters(services.store), shops, flt, limit=LETTERS_SHOWN)
         return render_template(
-            "ops/letters.html", letters=shown, more=more, matched=matched, args=args
+            "ops/letters.html",
+            letters=listing.letters,
+            listing=listing,
+            filtered=bool(flt.event or flt.status),
+            args=args,
         )
 
-    @bp.get("/letters/<shop>/<letter_id>")
+    # A webhook's letter is named by its webhook id, which may hold any printable character
+    # (a "/" too): the id is the rest of the path.
+    @bp.get("/letters/<shop>/<path:letter_id>")
     def letter(shop: str, letter_id: str) -> str:
         shop = _shop_or_404(services, shop)
         found = DeadLetters(services.store).get(shop, letter_id[:300])
@@ -242,20 +291,29 @@ def register(app: Flask, services: Services) -> None:
         if not ids and since is None and request.form.get("all") != "1":
             abort(400, "say what to replay: selected letters, a time, or all")
         store = DeadLetters(services.store)
-        plan = ops_letters.replay_plan(store, shops, ids=ids, since_ms=since)
         if request.form.get("confirm") != "1":
-            count = ops_letters.stored_count(store, plan)
+            # Counted from the index (or, for a selection, without reading the records).
+            count = (
+                sum(store.count_stored(s, ids) for s in shops)
+                if ids
+                else store.count_range(shops, since)
+            )
             return render_template(
                 "ops/confirm.html",
                 action="replay",
-                count=count,
+                count=count if ids else min(count, REPLAY_PER_REQUEST),
+                total=count,
                 shop=shop,
                 ids=ids,
                 when=when,
                 all=request.form.get("all") == "1",
             )
         # A web request waits a few seconds at most for a running erasure (the CLI waits more).
+        plan = ops_letters.replay_plan(store, shops, ids=ids, since_ms=since)
+        if not ids:  # a selection is bounded by its form (and is looked for in every shop)
+            plan = ops_letters.capped(plan, REPLAY_PER_REQUEST)
         outcome = ops_letters.replay(services, plan, wait_s=5.0)
+        _audit("dead letters replayed", shop, outcome.replayed)
         return render_template(
             "ops/done.html", action="replayed", count=outcome.replayed, blocked=outcome.blocked
         )
@@ -269,19 +327,21 @@ def register(app: Flask, services: Services) -> None:
         store = DeadLetters(services.store)
         if request.form.get("confirm") != "1":
             if ids:
-                count = sum(len(store.get_many(s, ids)) for s in shops)
+                count = sum(store.count_stored(s, ids) for s in shops)
             else:
-                count = sum(len(store.ids(s, before_ms=before)) for s in shops)
+                count = store.count_range(shops, before_ms=before)
             return render_template(
                 "ops/confirm.html",
                 action="purge",
                 count=count,
+                total=count,
                 shop=shop,
                 ids=ids,
                 when=when,
                 all=request.form.get("all") == "1",
             )
         n = ops_letters.purge(store, shops, ids=ids, before_ms=before)
+        _audit("dead letters purged", shop, n)
         return render_template("ops/done.html", action="purged", count=n, blocked=[])
 
     @bp.route("/people", methods=["GET", "POST"])
