@@ -464,7 +464,9 @@ def _ledger(
     settle.ledger.append(
         (
             it.person,
-            ops_records.ledger_entry(now, event, outcome, message_id=mid, reason=redact(why)),
+            ops_records.ledger_entry(
+                now, event, outcome, message_id=mid, reason=redact(why), topic=it.entry.topic
+            ),
         )
     )
 

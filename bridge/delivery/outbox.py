@@ -31,6 +31,8 @@ class OutboxEntry(NamedTuple):
     event: str = ""
     # `keyed.person_hash(person)` (header "h"), computed by `encode` when left empty.
     person_hash: str = ""
+    # The webhook topic that produced the call (header "w"; the ops ledger names it).
+    topic: str = ""
 
     def encode(self) -> bytes:
         header = wire.OutboxHeader(
@@ -40,6 +42,7 @@ class OutboxEntry(NamedTuple):
             self.guards,
             self.kind,
             self.event,
+            self.topic,
         )
         return wire.encode_outbox_entry(header, self.call)
 
@@ -47,7 +50,7 @@ class OutboxEntry(NamedTuple):
     def decode(cls, raw: bytes) -> OutboxEntry:
         """Raises msgspec.DecodeError when the header is not an outbox entry's."""
         h, call = wire.decode_outbox_entry(raw)
-        return cls(call, h.received_ms, h.person, h.guards, h.kind, h.event, h.person_hash)
+        return cls(call, h.received_ms, h.person, h.guards, h.kind, h.event, h.person_hash, h.topic)
 
     def hold_name(self) -> str:
         """This entry's person as delivery's retry bookkeeping names them (`wire.hold_name`)."""

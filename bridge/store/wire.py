@@ -87,6 +87,9 @@ class OutboxHeader(Record, frozen=True, omit_defaults=True):
     guards: tuple[str, ...] = msgspec.field(name="g", default=())
     kind: str = msgspec.field(name="k", default=BATCH)
     event: str = msgspec.field(name="e", default="")
+    # The webhook topic that produced the call ("w", for the ops ledger's entry when delivery
+    # settles the call; entries queued before it was added have none).
+    topic: str = msgspec.field(name="w", default="")
 
 
 def hold_name(person_hash: str, person: str) -> str:

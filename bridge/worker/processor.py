@@ -445,7 +445,7 @@ def _decide_one(
         name = call.get("event") or call["type"]
         person = keyed.person_hash(out.person)
         entry = OutboxEntry(
-            raw_call, env.received_ms, out.person, out.guards, out.kind, name, person
+            raw_call, env.received_ms, out.person, out.guards, out.kind, name, person, env.topic
         )
         mid = str(call.get("messageId") or "")
         # Calls of nobody in particular get no ledger.

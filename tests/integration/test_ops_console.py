@@ -754,6 +754,7 @@ def test_a_call_overtaken_by_an_order_before_delivery_is_suppressed_at_delivery(
     assert [e["o"] for e in started] == ["suppressed"], started
     assert "converted to an order after it was queued" in started[0]["r"]
     assert started[0]["m"]  # the call's messageId, to match it with the outbox and Pipelines
+    assert started[0]["w"].startswith("checkouts/")  # the topic, carried by the outbox entry
     assert "checkout_started" not in {c.get("event") for c in pipelines.calls}
 
 

@@ -220,3 +220,13 @@ def test_retry_states_round_trip_byte_for_byte() -> None:
 def test_framing_splits_at_the_first_newline() -> None:
     assert wire.unframe(wire.frame(b"{}", b"a\nb")) == (b"{}", b"a\nb")
     assert wire.unframe(b"{}") == (b"{}", b"")
+
+
+def test_an_outbox_entry_carries_its_webhook_topic_and_older_ones_read_without_it() -> None:
+    """The topic ("w") names, in the ops ledger, the webhook a settled call came from; an entry
+    queued before it was added decodes with none (and the Lua take reads only "h" and "p")."""
+    entry = OutboxEntry(b'{"type":"track"}', 5, "p1", (), "batch", "e", "", "checkouts/update")
+    raw = entry.encode()
+    assert b'"w":"checkouts/update"' in raw.partition(b"\n")[0]
+    assert OutboxEntry.decode(raw).topic == "checkouts/update"
+    assert OutboxEntry.decode(OUT_FULL).topic == ""
