@@ -91,22 +91,21 @@ def record_names(mapped: Mapped) -> list[str]:
 def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) -> Mapped:
     """The webhook with its items' metadata filled from the cache; products missing from it
     (or read with other metafield keys than the store's) are noted as wanted."""
+    ids = product_ids(mapped)
+    if not ids:
+        return mapped
     missing: list[str] = []
     found: dict[str, Any] = {}
+    for pid in ids:
+        rec = cached(view, pid)
+        meta = None if rec is None else metadata(rec, keys)
+        found[pid] = meta
+        if rec is None or (meta is not None and meta.stale_keys):
+            missing.append(pid)
+        count(view, "products:cache:miss" if rec is None else "products:cache:hit")
 
     def fill(item: Item) -> Item:
-        pid = item.product_id
-        if not valid_id(pid):
-            return item
-        assert pid is not None
-        if pid not in found:
-            rec = cached(view, pid)
-            meta = None if rec is None else metadata(rec, keys)
-            found[pid] = meta
-            if rec is None or (meta is not None and meta.stale_keys):
-                missing.append(pid)
-            count(view, "products:cache:miss" if rec is None else "products:cache:hit")
-        meta = found[pid]
+        meta = found.get(item.product_id) if item.product_id is not None else None
         if meta is None:
             return item
         return item._replace(
@@ -116,7 +115,9 @@ def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) 
             days_to_replenish=meta.days_to_replenish,
         )
 
-    out: Mapped = _rebuilt(mapped, fill)
+    # Rebuilding the facts walks every field that may hold items: skipped when no product is
+    # cached (a webhook of new products: the items go out as they came).
+    out: Mapped = _rebuilt(mapped, fill) if any(m is not None for m in found.values()) else mapped
     # A storefront browse event is unsigned and may name any id: it is enriched from the cache
     # but never asks for an Admin API read, so a forger can neither spend the shop's API budget
     # nor fill Redis with records of products that do not exist. Signed webhooks do ask.
