@@ -548,20 +548,19 @@ class Store:
         if not (self.tally.due() or (force and len(self.tally))):
             return
         counts = self.tally.take()
+        # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
+        # drain's pipelined replies may be in flight on the RawPipeline's connection.
+        pipe = self.redis.pipeline(transaction=False)
+        for (key, name), n in counts.items():
+            pipe.hincrby(key, name, n)
         try:
-            replies = self._raw.pipeline(
-                *(("HINCRBY", key, name, n) for (key, name), n in counts.items())
-            )
+            replies = pipe.execute(raise_on_error=False)
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
             self.tally.add(counts.items())
             raise
-        refused = [
-            key
-            for reply, (key, _) in zip(replies, counts, strict=True)
-            if isinstance(reply, Exception)
-        ]
+        refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help
             log.warning("counters not written: %d refused by Redis", len(refused))
 
@@ -652,6 +651,8 @@ class Store:
         return dict(zip(names, values, strict=True))
 
     def stats(self, shop: str) -> dict[str, int]:
+        """The shop's counters, this process's unwritten ones included (written first)."""
+        self.flush_counters(force=True)
         raw = self.redis.hgetall(Keys(shop).stats)
         return {k.decode(): int(v) for k, v in raw.items()}
 
