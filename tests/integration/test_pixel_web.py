@@ -15,8 +15,9 @@ from bridge.config.settings import Settings
 from bridge.store.keys import REJECTED_KEY, Keys
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
+from bridge.web.pixel import PixelEndpoint
 from tests import pixel_events as px
-from tests.conftest import SHOP, webhook_headers
+from tests.conftest import SHOP, fixture_bytes, webhook_headers
 
 K = Keys(SHOP)
 PLAIN = {"Content-Type": "text/plain;charset=UTF-8"}  # what a fetch with a string body sends
@@ -178,8 +179,47 @@ def test_rate_limits_per_ip_and_per_browser(
     assert r.status_code == 204
     (limits,) = redis.keys(K.prefix + "px:rl:*")
     assert 0 < redis.ttl(limits) <= 120
-    fields = redis.hkeys(limits)
-    assert all(not f.decode().split(":", 1)[1].startswith("127.") for f in fields)  # hashed
+    fields = [f.decode() for f in redis.hkeys(limits) if f != b"shop"]
+    assert all(not f.split(":", 1)[1].startswith("127.") for f in fields)  # hashed
+
+
+def test_a_shops_cap_refuses_its_flood_counted_in_the_queueing_round_trip(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    # Every request from another address and another browser: only the shop's cap can bite.
+    s = pixel_settings.model_copy(update={"pixel_shop_limit_per_min": 4, "pixel_proxy_hops": 1})
+    app = create_app(s)
+    client = app.test_client()
+
+    def from_browser(i: int) -> Any:
+        raw = px.raw(px.event(client_id=f"flood-{i}"))
+        return post(client, raw, **{"X-Forwarded-For": f"198.51.100.{i}"})
+
+    assert from_browser(0).status_code == 204  # wakes a drain (an RQ enqueue): not measured
+    reads = redis.info("stats")["total_reads_processed"]
+    assert from_browser(1).status_code == 204
+    # One read for the request's whole round trip (shop count included), one for INFO itself.
+    assert redis.info("stats")["total_reads_processed"] - reads == 2
+    statuses = [from_browser(i).status_code for i in range(2, 6)]
+    assert statuses == [204, 204, 429, 429]  # the 4th reached the cap: the rest refused
+    r = from_browser(9)
+    assert r.get_json() == {"error": "too many requests for this shop"}
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert len(queued(redis)) == 4
+    (limits,) = redis.keys(K.prefix + "px:rl:*")
+    assert redis.hget(limits, "shop") == b"4"  # refused requests cost Redis nothing
+    # Signed webhooks are never limited by it.
+    order = fixture_bytes("orders-create")
+    hook = client.post(
+        "/webhooks/shopify", data=order, headers=webhook_headers(order, "orders/create")
+    )
+    assert hook.status_code == 200
+    # Refusals are counted in process until the next round trip (none here: flush them).
+    endpoint = app.wsgi_app
+    assert isinstance(endpoint, PixelEndpoint)
+    endpoint.services.store.add_counts(endpoint.counts.take())
+    stats = redis.hgetall(K.stats)
+    assert stats[b"browse:product_viewed:refused_shop_limited"] == b"3"
 
 
 def test_refusals_are_counted_without_a_round_trip_each(
