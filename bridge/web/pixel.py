@@ -10,8 +10,9 @@ one fixed order, the first failing one answers (JSON `{"error": ...}` unless 204
 3. 413 body over 64 KiB (the browser's own keepalive budget; at most that much is read);
 4. 429 the request's IP is over PIXEL_IP_LIMIT_PER_MIN in this minute (known to this
    process, see below: no Redis needed to refuse);
-5. 400 body not JSON (any content type is parsed), not an object, or a field missing or of
-   the wrong type (sources/pixel/body.py); 422 an event name the collector does not take;
+5. 400 body nested deeper than MAX_PIXEL_DEPTH (checked before parsing, without recursion),
+   not JSON (any content type is parsed), not an object, or a field missing or of the wrong
+   type (sources/pixel/body.py); 422 an event name the collector does not take;
 6. 403 a shop the collector does not serve (StoreRegistry.takes_pixels);
 7. 429 the shop, all its browsers together, is over PIXEL_SHOP_LIMIT_PER_MIN, as in 4 (one
    storefront's flood must not fill Redis and the shop's queue ahead of its signed webhooks);
@@ -50,9 +51,15 @@ from flask import Flask
 from bridge import keyed, logs
 from bridge.identity.browse_policy import BrowsePolicy
 from bridge.ids import iso_z
-from bridge.jsonio import parse_body
+from bridge.jsonio import nested_deeper_than, parse_body
 from bridge.sources.pixel import topic_of
-from bridge.sources.pixel.body import MAX_PIXEL_BODY_BYTES, BodyProblem, PixelBody, check_body
+from bridge.sources.pixel.body import (
+    MAX_PIXEL_BODY_BYTES,
+    MAX_PIXEL_DEPTH,
+    BodyProblem,
+    PixelBody,
+    check_body,
+)
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
 from bridge.store.wire import Envelope
@@ -104,6 +111,7 @@ def _error(status: int, message: str) -> Answer:
 
 TOO_LARGE = _error(413, "body too large")
 NOT_JSON = _error(400, "body is not JSON")
+TOO_DEEP = _error(400, "body nested too deeply")
 UNKNOWN_SHOP = _error(403, "unknown shop")
 IP_LIMITED = _error(429, "too many requests from this address")
 CLIENT_LIMITED = _error(429, "too many requests from this browser")
@@ -258,6 +266,8 @@ class PixelEndpoint:
             ip_blocked = self.blocked.blocked(ip_key, now)
         if ip_blocked:
             return self.refuse("", "other", "rate_limited", IP_LIMITED)
+        if nested_deeper_than(raw, MAX_PIXEL_DEPTH):
+            return self.refuse("", "other", "malformed", TOO_DEEP)
         try:
             parsed = parse_body(raw)
         except (ValueError, RecursionError):
