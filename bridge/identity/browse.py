@@ -33,7 +33,7 @@ from bridge.delivery.calls import Call
 from bridge.identity.browse_policy import DEFAULT_POLICY, FORWARDED, judge
 from bridge.identity.graph import Policy, _better, linked_user
 from bridge.identity.records import DAY_S, StateView
-from bridge.identity.traits import Identities
+from bridge.identity.traits import Identities, person_name
 from bridge.identity.view import count
 from bridge.ids import iso_z
 
@@ -83,16 +83,42 @@ def link_call(user: str, client: str, at: datetime, shop: str, traits: dict[str,
     return render.identify_call(update, user_id=user, anonymous_id=client, shop=shop)
 
 
+def _later(known: Any, seen: str) -> str:
+    """The later of a record's visit time (ISO, or absent) and an event's: a browse event that
+    arrives late never moves a visit time back."""
+    return known if isinstance(known, str) and known > seen else seen
+
+
+def _browsed_newer(view: StateView, user: str, visit: str) -> bool:
+    """Whether `visit` is later than the `last_browsed_at` the person was last sent (its
+    version in their record, as traits.Identities keeps it): the trait only ever moves
+    forward, whichever of the person's browsers, and in whatever order, its events come."""
+    sent = ((view.get(person_name(user)) or {}).get("f") or {}).get(LAST_BROWSED_AT)
+    return not sent or str(sent[0] or "") < visit
+
+
+def _record_browsed(view: StateView, user: str, visit: str) -> None:
+    """Note in the person's record that `visit` was sent as their last_browsed_at (by a link
+    call, which goes out without traits.Identities)."""
+    name = person_name(user)
+    rec = view.get(name) or {}
+    view.put(name, {**rec, "f": {**(rec.get("f") or {}), LAST_BROWSED_AT: [visit, visit]}})
+
+
 def _link(
     view: StateView, client: str, rec: dict[str, Any], user: str, at: datetime, shop: str
 ) -> tuple[dict[str, Any], Call | None]:
     """Link a browser to `user` once (a link to an email may later become one to the customer
-    id, as graph links do): the client record to write and the identify to send, if any."""
+    id, as graph links do): the client record to write and the identify to send, if any. The
+    identify carries the browser's last visit only when that is later than the person's."""
     if not _better(rec.get("user"), user):
         return rec, None
-    traits = {LAST_BROWSED_AT: rec["lb"]} if rec.get("lb") else {}
+    visit = rec.get("lb")
+    traits: dict[str, Any] = {}
     rec = {**rec, "user": user}
-    if traits:
+    if isinstance(visit, str) and visit and _browsed_newer(view, user, visit):
+        traits[LAST_BROWSED_AT] = visit
+        _record_browsed(view, user, visit)
         rec["lbs"] = iso_z(at)
     return rec, link_call(user, client, at, shop, traits)
 
@@ -126,7 +152,7 @@ def decide_browse(
     confirmed = linked_user(view, *_confirmed(fact.cart_token, fact.checkout_token))
     if confirmed:
         # The link carries this very visit as the person's last_browsed_at.
-        seen = {"lb": iso_z(event.timestamp)} if event is not None else {}
+        seen = {} if event is None else {"lb": _later(rec.get("lb"), iso_z(event.timestamp))}
         rec, call = _link(view, fact.client, {**rec, **seen}, confirmed, now, policy.shop)
         if call is not None:
             out.append((call, confirmed))
@@ -148,7 +174,7 @@ def decide_browse(
     count(view, f"browse:{fact.pixel_event}:received")
     count(view, f"browse:{fact.pixel_event}:{outcome}")
     if outcome == FORWARDED and judged is not None and event is not None:
-        rec = {**judged, "lb": iso_z(event.timestamp)}
+        rec = {**judged, "lb": _later(judged.get("lb"), iso_z(event.timestamp))}
         who = str(user) if user else None
         for call in render.track_call(
             event, user_id=who, anonymous_id=fact.client, shop=policy.shop, naming=policy.naming
@@ -156,12 +182,15 @@ def decide_browse(
             out.append((call, who or fact.client))
     if user and outcome != "duplicate" and event is not None:
         last = str(rec.get("lbs") or "")
-        if not last or last <= iso_z(now - timedelta(seconds=LAST_BROWSED_EVERY_S)):
-            # Computed from the bridge's own state (the event was received now), so it always
-            # wins over an older value; at most hourly, so a browsing session costs one identify.
+        visit = _later(rec.get("lb"), iso_z(event.timestamp))
+        hour_ago = iso_z(now - timedelta(seconds=LAST_BROWSED_EVERY_S))
+        # At most hourly, so a browsing session costs one identify; and only forward: an
+        # event that arrives late (an older visit) sends nothing and keeps the hour open.
+        if (not last or last <= hour_ago) and _browsed_newer(view, str(user), visit):
             at = event.timestamp
-            ids.computed(str(user), {LAST_BROWSED_AT: iso_z(at)}, at, None)
-            rec["lbs"] = iso_z(now)
+            version = datetime.fromisoformat(visit.replace("Z", "+00:00"))
+            ids.versioned(str(user), {LAST_BROWSED_AT: visit}, version, at, None)
+            rec["lb"], rec["lbs"] = visit, iso_z(now)
     if rec != stored:
         view.put(name, rec, ttl_s=CLIENT_TTL_S)
     return out

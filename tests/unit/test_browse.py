@@ -333,6 +333,35 @@ def test_a_pixel_claiming_a_cart_links_only_when_a_signed_order_confirms_it() ->
     assert names(browse(s, product=7004, variant_id=9004)) == ["product_viewed"]
 
 
+def test_last_browsed_at_never_moves_back_for_a_late_event() -> None:
+    s = shop()
+    browse(s, cart_token=CART)
+    s.feed("orders/create", order())  # linked: last_browsed_at = AT (02:59)
+    s.now = NOW + timedelta(minutes=61)
+    # An older visit arriving late, an hour on: sent as an event, never as the trait.
+    late = browse(s, product=7002, variant_id=9002, timestamp="2024-11-06T01:00:00Z")
+    assert names(late) == ["product_viewed"]
+    # ... and it did not use up the hour: the next newer visit is sent at once.
+    newer = browse(s, product=7003, variant_id=9003, timestamp="2024-11-06T03:01:00Z")
+    assert names(newer) == ["identify", "product_viewed"]
+    assert newer[0]["traits"] == {"last_browsed_at": "2024-11-06T03:01:00.000Z"}
+    # A late event after that, past the hour again: still nothing older goes out.
+    s.now = NOW + timedelta(minutes=125)
+    assert names(browse(s, product=7004, variant_id=9004, timestamp=AT)) == ["product_viewed"]
+    # Another browser of the same person, linked (through the confirmed cart) with an older
+    # visit: the link carries no last_browsed_at (it would move the person's back).
+    s.now = NOW + timedelta(minutes=130)
+    other = client_anonymous_id(SHOP, "other-browser")
+    calls = browse(s, client_id="other-browser", cart_token=CART, timestamp="2024-11-06T02:00:00Z")
+    links = [c for c in calls if c["type"] == "identify" and c.get("anonymousId") == other]
+    assert len(links) == 1 and "last_browsed_at" not in links[0].get("traits", {})
+    assert all(
+        c.get("traits", {}).get("last_browsed_at", "9") > "2024-11-06T03:01"
+        for c in calls
+        if c["type"] == "identify"
+    )
+
+
 def test_a_pixel_after_the_signed_webhook_links_at_once_and_once_only() -> None:
     s = shop()
     s.feed("orders/create", order())
