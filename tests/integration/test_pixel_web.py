@@ -324,3 +324,35 @@ def test_an_erasure_forgets_the_link_between_a_browser_and_the_customer(
     assert r.status_code == 200
     drain(services, SHOP)
     assert redis.get(record) is None
+
+
+def test_forged_browsers_and_tokens_leave_short_names_that_expire(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    """Anyone can post endless made-up clientIds and cart tokens: each leaves records named by
+    a 12-hex digest (never the id itself), kept only as long as the policy needs them."""
+    from bridge.services import Services
+    from bridge.worker.drain import drain
+
+    client = create_app(pixel_settings).test_client()
+    services = Services.build(pixel_settings)
+    forged = 150
+    for i in range(forged):
+        ev = px.event(client_id=f"forged-{i:04d}-" + "c" * 100)
+        assert post(client, px.raw(ev, cart_token=f"t{i:04d}" + "x" * 190)).status_code == 204
+    for _ in range(20):
+        if not redis.llen(K.inbound):
+            break
+        drain(services, SHOP)
+    assert redis.llen(K.inbound) == 0
+    browsers = redis.keys(K.state("client:*"))
+    claims = redis.keys(K.state("claim:cart:*"))
+    assert len(browsers) == len(claims) == forged
+    for key in browsers + claims:
+        assert len(key.decode().rsplit(":", 1)[1]) == 12
+    # Never linked: kept for the view window (6 h by default), not the 30 days of a person's.
+    assert all(0 < redis.ttl(key) <= 6 * 3600 for key in browsers)
+    # Claimed, never confirmed by a signed webhook: an hour.
+    assert all(0 < redis.ttl(key) <= 3600 for key in claims)
+    # Nothing else under the shop's state grows with the number of forged browsers.
+    assert len(redis.keys(K.state("*"))) - 2 * forged < 5
