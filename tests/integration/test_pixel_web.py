@@ -356,3 +356,97 @@ def test_forged_browsers_and_tokens_leave_short_names_that_expire(
     assert all(0 < redis.ttl(key) <= 3600 for key in claims)
     # Nothing else under the shop's state grows with the number of forged browsers.
     assert len(redis.keys(K.state("*"))) - 2 * forged < 5
+
+
+# Values a browser (or a forger) can put anywhere: raw JSON, so the parser sees them as sent.
+HOSTILE = [
+    b"null",
+    b"true",
+    b"-1",
+    b"0",
+    b"1e999",
+    b"-1e999",
+    b"123456789012345678901234567890123456789012345678901234567890",
+    b"1.5e-400",
+    b'"\\ud800"',
+    b'"\\udfff\\ud800x"',
+    b'"\\u0000"',
+    b'""',
+    b'"' + b"\\u20ac" * 3000 + b'"',
+    b"[]",
+    b"{}",
+    b'[null, "\\ud83d", 1e999, {"id": null}]',
+    b'{"id": "\\ud800", "product": 1e999, "price": {"amount": "NaN"}}',
+]
+# Where they go: every field the collector or the mapping reads.
+PATHS = [
+    ("shop",),
+    ("cart_token",),
+    ("event", "id"),
+    ("event", "clientId"),
+    ("event", "timestamp"),
+    ("event", "data"),
+    ("event", "context"),
+    ("event", "context", "document", "location", "href"),
+    ("event", "data", "productVariant"),
+    ("event", "data", "productVariant", "id"),
+    ("event", "data", "productVariant", "title"),
+    ("event", "data", "productVariant", "price"),
+    ("event", "data", "productVariant", "price", "amount"),
+    ("event", "data", "productVariant", "price", "currencyCode"),
+    ("event", "data", "productVariant", "product"),
+    ("event", "data", "productVariant", "product", "id"),
+    ("event", "data", "productVariant", "product", "url"),
+    ("event", "data", "productVariant", "product", "vendor"),
+]
+
+
+def hostile_body(path: tuple[str, ...], value: bytes, n: int) -> bytes:
+    body = px.body(px.event(client_id=f"hostile-{n}", event_id=f"h-{n}"), cart_token=f"T-{n}")
+    node: Any = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = "@@HOSTILE@@"
+    return json.dumps(body).encode().replace(b'"@@HOSTILE@@"', value)
+
+
+def test_hostile_values_anywhere_never_500_nor_fail_the_drain(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    from bridge.services import Services
+    from bridge.worker.drain import drain
+
+    client = create_app(pixel_settings).test_client()
+    statuses: dict[int, int] = {}
+    n = 0
+    for path in PATHS:
+        for value in HOSTILE:
+            n += 1
+            r = post(client, hostile_body(path, value, n))
+            assert r.status_code in (204, 400, 403, 422), (path, value[:40], r.status_code)
+            assert r.data == b"" or set(r.get_json()) == {"error"}
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+    assert statuses[204] > 100 and statuses[400] > 30  # both kinds were exercised
+    # Signed webhooks naming the same carts and checkouts with hostile tokens (they look up
+    # the browsers' claims): taken, never a 500.
+    for i, token in enumerate(HOSTILE[:12]):
+        raw = b'{"id": %d, "token": %s, "line_items": []}' % (900 + i, token)
+        r = client.post(
+            "/webhooks/shopify", data=raw, headers=webhook_headers(raw, "carts/update")
+        )
+        assert r.status_code in (200, 400), (token[:40], r.status_code)
+    services = Services.build(pixel_settings)
+    for _ in range(50):
+        if not redis.llen(K.inbound):
+            break
+        drain(services, SHOP)
+    assert redis.llen(K.inbound) == 0
+    # Every queued browse event was mapped and decided: none failed into a dead letter.
+    stats = {k.decode(): int(v) for k, v in redis.hgetall(K.stats).items()}
+    parked = {k: v for k, v in stats.items() if k.startswith("webhooks:pixel/") and "parked" in k}
+    assert parked == {}
+    assert stats["browse:product_viewed:forwarded"] > 50
+    # A signed cart whose token is not a string is a schema surprise, parked as such (its
+    # dead letter says why); every other one was processed.
+    carts = stats["webhooks:carts/update:processed"] + stats["webhooks:carts/update:parked"]
+    assert carts == 12 and stats["webhooks:carts/update:parked"] == 5
