@@ -26,13 +26,13 @@ one fixed order, the first failing one answers (JSON `{"error": ...}` unless 204
 Every answer carries `Access-Control-Allow-Origin: *` and never `...-Allow-Credentials`.
 
 Rate limits cost no extra round trip: the request counts of an IP and a browser (keyed hashes,
-never the address) and of the shop are incremented in the same round trip that queues the event, in a hash per
-shop per minute; a reply over the limit makes this process refuse that IP, browser or shop
-without Redis until the minute ends. Each process thus lets at most one request over a limit through
-per minute (a refused request itself is never counted: it costs no Redis at all), and a flood
-from one address costs Redis nothing once refused. Refusals are counted in process and written
-with the next round trip (or within COUNT_FLUSH_S): a flood of refused requests must not cost
-a Redis command each.
+never the address) and of the shop are incremented in the same round trip that queues the
+event, in a hash per shop per minute; a reply over the limit makes this process refuse that
+IP, browser or shop without Redis until the minute ends. Each process thus lets at most one
+request over a limit through per minute (a refused request itself is never counted: it costs
+no Redis at all), and a flood from one address costs Redis nothing once refused. Refusals
+are counted in process and written with the next round trip (or within COUNT_FLUSH_S): a
+flood of refused requests must not cost a Redis command each.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def test_a_body_as_deep_as_a_real_event_may_be_is_taken(
 ) -> None:
     # The body and event objects are two levels: data may nest 30 more, brackets in strings
     # and escaped quotes do not count.
-    deep = px.nested(30, "[[[{{{\\\"[[[[" * 20)
+    deep = px.nested(30, '[[[{{{\\"[[[[' * 20)
     assert post(client, px.raw(px.event(data=deep))).status_code == 204
     assert len(queued(redis)) == 1
 
@@ -431,9 +431,7 @@ def test_hostile_values_anywhere_never_500_nor_fail_the_drain(
     # the browsers' claims): taken, never a 500.
     for i, token in enumerate(HOSTILE[:12]):
         raw = b'{"id": %d, "token": %s, "line_items": []}' % (900 + i, token)
-        r = client.post(
-            "/webhooks/shopify", data=raw, headers=webhook_headers(raw, "carts/update")
-        )
+        r = client.post("/webhooks/shopify", data=raw, headers=webhook_headers(raw, "carts/update"))
         assert r.status_code in (200, 400), (token[:40], r.status_code)
     services = Services.build(pixel_settings)
     for _ in range(50):
