@@ -38,12 +38,13 @@ decides):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -321,7 +322,10 @@ def deliver(services: Services, shop: str) -> None:
             return  # still paused: the ticker wakes us again for the next probe
         s = services.settings
         deadline = time.monotonic() + s.drain_time_budget_s
-        with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
+        with (
+            ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool,
+            _counters_written(services),
+        ):
             while gate.open():
                 window, left = services.store.take_window(
                     shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
@@ -344,6 +348,16 @@ def deliver(services: Services, shop: str) -> None:
         return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
     if services.store.finish_deliver(shop):
         services.deliver_soon(shop)
+
+
+@contextlib.contextmanager
+def _counters_written(services: Services) -> Iterator[None]:
+    """The settles' counters are written when the delivery ends, however it ends (they are
+    kept in the process between settles: store/tally.py)."""
+    try:
+        yield
+    finally:
+        services.store.flush_counters(force=True)
 
 
 def _round(
