@@ -185,7 +185,8 @@ def decide_browse(
     event = mapped.events[0] if mapped.events else None
     confirmed = linked_user(view, *_confirmed(fact.cart_token, fact.checkout_token))
     if confirmed:
-        # The link carries this very visit as the person's last_browsed_at.
+        # The link carries the browser's latest visit (this one, unless an earlier event was
+        # later) as the person's last_browsed_at, if later than theirs.
         seen = {} if event is None else {"lb": _later(rec.get("lb"), iso_z(event.timestamp))}
         rec, call = _link(view, fact.client, {**rec, **seen}, confirmed, now, policy.shop)
         if call is not None:
