@@ -180,12 +180,19 @@ class CommandList:
 
 
 class BrowseAccepted(NamedTuple):
-    """What queueing one pixel event found: whether to wake a drain, and the requests its IP
-    and its browser made in the rate-limit window so far (this one included; 0: unknown)."""
+    """What queueing one pixel event found: whether to wake a drain, and the requests its IP,
+    its browser and its shop made in the rate-limit window so far (this one included; 0:
+    unknown)."""
 
     wake: bool
     ip_requests: int
     client_requests: int
+    shop_requests: int = 0
+
+
+# The rate-limit hash's field counting a whole shop's collector requests (the IP and browser
+# fields are "ip:<hash>" and "c:<hash>", so no hash can name it).
+SHOP_LIMIT_FIELD = "shop"
 
 
 # A rate-limit window's hash outlives its window by this much (a late request still counts).
@@ -334,9 +341,10 @@ class Store:
     ) -> BrowseAccepted:
         """Queue a storefront pixel event (issue 17) in one round trip of plain commands, as
         `accept` does a webhook (no seen-marker: see worker/processor.py), with the request
-        counts of its IP and browser in the same trip (its `received` count is the drain's,
-        one HINCRBY a batch rather than one a request). `limits` is (window number, window
-        seconds, IP field, browser field); `counts` are other counters to add on the way,
+        counts of its IP, its browser and its shop in the same trip (its `received` count is
+        the drain's, one HINCRBY a batch rather than one a request). `limits` is (window
+        number, window seconds, IP field, browser field); `counts` are other counters to add
+        on the way,
         ((shop or "" for REJECTED_KEY), field) -> n. Raises a Redis error when not queued."""
         k = shop_keys(env.shop)
         at = env.received_ms or now_ms()
@@ -347,6 +355,7 @@ class Store:
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
             ("HINCRBY", limit_key, ip_field, 1),
             ("HINCRBY", limit_key, client_field, 1),
+            ("HINCRBY", limit_key, SHOP_LIMIT_FIELD, 1),
         ]
         # Each process sets a window's expiry on its first request in it (EXPIRE NX: once).
         if self._limit_windows.get(env.shop) != window:
@@ -357,7 +366,7 @@ class Store:
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
         replies = self._raw.pipeline(*commands)
-        pushed, flag, ip_count, client_count = replies[:4]
+        pushed, flag, ip_count, client_count, shop_count = replies[:5]
         if isinstance(pushed, Exception):
             raise pushed
         self._limit_windows[env.shop] = window
@@ -367,6 +376,7 @@ class Store:
             wake=flag is not None and not isinstance(flag, Exception),
             ip_requests=ip_count if isinstance(ip_count, int) else 0,
             client_requests=client_count if isinstance(client_count, int) else 0,
+            shop_requests=shop_count if isinstance(shop_count, int) else 0,
         )
 
     def add_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
