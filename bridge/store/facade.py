@@ -27,7 +27,7 @@ from bridge.store.ops import (
     OpsStore,
     ledger_commands,
     marks_commands,
-    webhook_count_commands,
+    webhook_counts,
     webhook_log_commands,
 )
 from bridge.store.resp import Pending, PendingTransaction, RawPipeline
@@ -147,7 +147,6 @@ def _ops_commands(
     shop: str,
     ledger: Sequence[tuple[str, bytes]],
     hooks: Sequence[bytes],
-    arrivals: Sequence[int],
     marks: Mapping[str, int] | None = None,
     *,
     keep: int = 50,
@@ -156,7 +155,6 @@ def _ops_commands(
     return [
         *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
         *webhook_log_commands(shop, hooks),
-        *webhook_count_commands(shop, arrivals),
         *marks_commands(shop, marks or {}),
     ]
 
@@ -529,7 +527,7 @@ class Store:
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
         for command in _ops_commands(
-            shop, commit.ledger, commit.webhook_log, commit.webhooks_at, keep=commit.ledger_keep
+            shop, commit.ledger, commit.webhook_log, keep=commit.ledger_keep
         ):
             cmds.add(*command)
         if commit.retried:
@@ -542,12 +540,15 @@ class Store:
             cmds.add("SET", k.deliver_flag, now_ms(), "NX", "PX", FLAG_STALE_MS)
         # The counters and volume buckets go to the tally once the commit went through (a failed
         # commit is retried whole, and must not count twice).
+        # The webhook charts' buckets (store/ops.py) likewise.
         counts = [*(((k.stats, name), n) for name, n in commit.counters.items())]
         counts += commit.hash_incr.items()
+        arrivals, expiry = webhook_counts(shop, commit.webhooks_at)
+        counts += arrivals.items()
         return PendingCommit(
             self._raw.send_transaction(cmds.commands),
             wakes=bool(commit.calls),
-            counted=lambda: self.tally.add(counts),
+            counted=lambda: self.tally.add(counts, expiry),
         )
 
     # --- counters -------------------------------------------------------------------------
@@ -557,18 +558,20 @@ class Store:
         the counts kept for the next flush."""
         if not (self.tally.due() or (force and len(self.tally))):
             return
-        counts = self.tally.take()
+        counts, expiry = self.tally.take()
         # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
         # drain's pipelined replies may be in flight on the RawPipeline's connection.
         pipe = self.redis.pipeline(transaction=False)
         for (key, name), n in counts.items():
             pipe.hincrby(key, name, n)
+        for key, at in expiry.items():
+            pipe.expireat(key, at)
         try:
             replies = pipe.execute(raise_on_error=False)
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
-            self.tally.add(counts.items())
+            self.tally.add(counts.items(), expiry)
             raise
         refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help
@@ -613,7 +616,7 @@ class Store:
                 if s.clear:
                     pipe.hdel(k.out_meta, *s.clear)
                 stage(pipe, shop, s.letters, now_ms())
-                for command in _ops_commands(shop, s.ledger, (), (), s.marks, keep=s.ledger_keep):
+                for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except redis.WatchError:

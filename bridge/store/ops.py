@@ -125,11 +125,14 @@ def webhook_log_commands(shop: str, entries: Sequence[bytes]) -> list[tuple[Any,
 _BUCKETS = (("5m", FINE_S, FINE_KEEP_DAYS), ("1h", COARSE_S, COARSE_KEEP_DAYS))
 
 
-def webhook_count_commands(shop: str, received_ms: Iterable[int]) -> list[tuple[Any, ...]]:
-    """Count webhooks into their 5-minute and hourly buckets (by arrival time)."""
+def webhook_counts(
+    shop: str, received_ms: Iterable[int]
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """Webhooks counted into their 5-minute and hourly buckets (by arrival time): the counts
+    by (bucket key, bucket start) and when each bucket key may expire (epoch s)."""
     k = shop_keys(shop)
-    counts: dict[tuple[str, int], int] = {}
-    days: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    expiry: dict[str, int] = {}
     for ms in received_ms:
         if ms <= 0:
             continue
@@ -140,12 +143,10 @@ def webhook_count_commands(shop: str, received_ms: Iterable[int]) -> list[tuple[
             ("1h", COARSE_S, COARSE_KEEP_DAYS),
         ):
             key = k.webhook_buckets(size, day)
-            slot = (key, s // width * width)
+            slot = (key, str(s // width * width))
             counts[slot] = counts.get(slot, 0) + 1
-            days[key] = (day + keep + 1) * DAY_S  # expires once past what is ever read
-    out: list[tuple[Any, ...]] = [("HINCRBY", key, b, n) for (key, b), n in counts.items()]
-    out += [("EXPIREAT", key, at) for key, at in days.items()]
-    return out
+            expiry[key] = (day + keep + 1) * DAY_S  # expires once past what is ever read
+    return counts, expiry
 
 
 def marks_commands(shop: str, marks: Mapping[str, int]) -> list[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 # How often a busy worker writes its counters; a drain or delivery that ends writes them then.
 FLUSH_INTERVAL_S = 1.0
@@ -32,25 +32,34 @@ class Tally:
         self.interval_s = interval_s
         self._clock = clock
         self._counts: dict[tuple[str, str], int] = {}
+        self._expiry: dict[str, int] = {}  # key -> epoch s it may expire at (the latest asked)
         self._lock = threading.Lock()
         self._last = clock()
 
-    def add(self, counts: Iterable[tuple[tuple[str, str], int]]) -> None:
+    def add(
+        self, counts: Iterable[tuple[tuple[str, str], int]], expiry: Mapping[str, int] | None = None
+    ) -> None:
+        """Add counts; `expiry` gives keys that expire (EXPIREAT with the flush, latest wins)."""
         with self._lock:
             mine = self._counts
             for slot, n in counts:
                 if n:
                     mine[slot] = mine.get(slot, 0) + n
+            for key, at in (expiry or {}).items():
+                if at > self._expiry.get(key, 0):
+                    self._expiry[key] = at
 
     def due(self) -> bool:
         return bool(self._counts) and self._clock() - self._last >= self.interval_s
 
-    def take(self) -> dict[tuple[str, str], int]:
-        """Everything summed so far (the tally starts again from nothing)."""
+    def take(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+        """Everything summed so far, and the keys' expiry (the tally starts again from
+        nothing)."""
         with self._lock:
             counts, self._counts = self._counts, {}
+            expiry, self._expiry = self._expiry, {}
             self._last = self._clock()
-            return counts
+            return counts, expiry
 
     def __len__(self) -> int:
         return len(self._counts)

@@ -660,9 +660,10 @@ def test_webhook_charts_join_the_days_at_midnight_utc(
 
     midnight = int(time.time()) // 86400 * 86400  # a UTC day boundary (keys expire after)
     arrivals = [midnight - 86400 + 30, midnight - 61, midnight - 1, midnight, midnight + 59]
+    counts, _ = ops_records.webhook_counts(SHOP, [s * 1000 for s in arrivals])
     pipe = redis.pipeline(transaction=True)
-    for command in ops_records.webhook_count_commands(SHOP, [s * 1000 for s in arrivals]):
-        pipe.execute_command(*command)
+    for (key, bucket), n in counts.items():
+        pipe.hincrby(key, bucket, n)
     pipe.execute()
     now = midnight + 120
     drawn = overview.shop_charts(services.store, SHOP, [], ZoneInfo("Pacific/Chatham"), now)

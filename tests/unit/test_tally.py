@@ -17,12 +17,12 @@ def test_counts_are_summed_per_key_and_field_until_taken() -> None:
     tally = Tally(clock=Clock())
     tally.add([(("cb:{a}:stats", "x"), 2), (("cb:{a}:stats", "y"), 1)])
     tally.add([(("cb:{a}:stats", "x"), 3), (("cb:{b}:stats", "x"), 1), (("k", "zero"), 0)])
-    assert tally.take() == {
+    assert tally.take()[0] == {
         ("cb:{a}:stats", "x"): 5,
         ("cb:{a}:stats", "y"): 1,
         ("cb:{b}:stats", "x"): 1,
     }
-    assert tally.take() == {} and len(tally) == 0
+    assert tally.take() == ({}, {}) and len(tally) == 0
 
 
 def test_due_only_with_counts_and_once_the_interval_has_passed_since_the_last_take() -> None:
@@ -38,3 +38,10 @@ def test_due_only_with_counts_and_once_the_interval_has_passed_since_the_last_ta
     assert not tally.due()
     clock.now += 0.5
     assert tally.due()
+
+
+def test_a_key_expires_at_the_latest_time_asked() -> None:
+    tally = Tally(clock=Clock())
+    tally.add([(("k", "f"), 1)], {"k": 200})
+    tally.add([(("k", "f"), 1)], {"k": 100, "j": 50})
+    assert tally.take() == ({("k", "f"): 2}, {"k": 200, "j": 50})
