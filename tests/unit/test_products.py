@@ -568,9 +568,7 @@ def _sample_update(product_id: int, updated: str) -> dict[str, Any]:
             id="another-namespace",
         ),
         pytest.param(
-            lambda: product_webhook(
-                11, metafields={"custom.replenishable": ("true", "boolean")}
-            ),
+            lambda: product_webhook(11, metafields={"custom.replenishable": ("true", "boolean")}),
             id="one-of-the-two-keys",
         ),
     ],
