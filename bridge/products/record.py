@@ -144,7 +144,8 @@ def merged(old: dict[str, Any] | None, fact: ProductFact) -> dict[str, Any]:
     if fact.gone or not old or old.get("gone"):
         return rec
     if fact.metafield_keys is None:
-        cached = old.get("mf") if isinstance(old.get("mf"), dict) else {}
+        raw = old.get("mf")
+        cached: dict[str, Any] = raw if isinstance(raw, dict) else {}
         carried: dict[str, Any] = rec["mf"]
         # Cached keys keep their place (a carried value replaces theirs); keys new to the record
         # fill what room is left, so a webhook flooding another namespace never evicts what an
