@@ -23,7 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from bridge.backfill.cost import MAX_QUERY_COST
+from bridge.backfill.cost import MAX_QUERY_COST, over_limits
 from bridge.backfill.cost import requested_cost as query_cost
 
 if TYPE_CHECKING:
@@ -539,7 +539,8 @@ class AdminClient:
         """Run one query and return its `data`. Waits out throttling; raises AdminError.
 
         The requested cost is worked out from the text first: a query over the 1 000-point
-        maximum raises AdminCostExceeded without being sent, and the client waits until the
+        maximum raises AdminCostExceeded without being sent (a page over 250 nodes or an `ids`
+        list over 250 raises AdminError, unsent), and the client waits until the
         bucket (as last reported, refilled since) holds the requested cost, because Shopify
         charges it up front and throttles when it cannot.
         """
@@ -547,6 +548,10 @@ class AdminClient:
         cost = float(query_cost(query, variables))
         if cost > MAX_QUERY_COST:
             raise AdminCostExceeded(f"requested cost {cost:.0f} is over {MAX_QUERY_COST}")
+        too_big = over_limits(query, variables)
+        if too_big is not None:
+            # Shopify refuses a page over 250 nodes or an input list over 250 items: never sent.
+            raise AdminError(f"query over Shopify's limits ({too_big})")
         last_problem = "no attempt"
         for attempt in range(self.max_attempts):
             if self._throttle is not None:
