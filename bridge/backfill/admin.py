@@ -6,7 +6,9 @@ dry; a `THROTTLED` answer (HTTP 200 with that error code, or a 429) is retried a
 the bucket needs to refill. Errors:
 
     AdminError            anything the API refused or that kept failing (str() has no PII)
-    └── AdminAccessDenied an ACCESS_DENIED error or HTTP 401/403: the token lacks a scope
+    ├── AdminAccessDenied an ACCESS_DENIED error or HTTP 401/403: the token lacks a scope
+    └── AdminQueryRefused other GraphQL errors (a bad argument, an invalid cursor): asking
+                          the same again fails the same way
 
 It never logs the token, payloads or emails.
 """
@@ -240,6 +242,11 @@ class AdminError(Exception):
 
 class AdminAccessDenied(AdminError):
     """The token lacks a scope the query needs (ACCESS_DENIED, HTTP 401 or 403)."""
+
+
+class AdminQueryRefused(AdminError):
+    """The API answered the query with errors this client has no remedy for (a bad argument, a
+    cursor it will not page from): the same query again fails the same way."""
 
 
 class AdminCostExceeded(AdminError):
@@ -603,7 +610,7 @@ class AdminClient:
             if "ACCESS_DENIED" in codes:
                 raise AdminAccessDenied("ACCESS_DENIED: the token lacks a scope this query needs")
             if resp.status_code >= 400 or codes:
-                raise AdminError(f"HTTP {resp.status_code}, errors {sorted(set(codes))}")
+                raise AdminQueryRefused(f"HTTP {resp.status_code}, errors {sorted(set(codes))}")
             data = body.get("data")
             if not isinstance(data, dict):
                 raise AdminError("answer has no data")

@@ -36,7 +36,10 @@ from bridge.canonical import Item
 from bridge.identity.records import StateView
 from bridge.identity.view import count
 from bridge.ids import iso_z
-from bridge.products.cache import cached, valid_id
+
+# The module, not its names: bridge.products.cache imports bridge.identity, which imports this
+# module, so importing the product cache first must find it here half-built without failing.
+from bridge.products import cache as product_cache
 from bridge.products.record import MetafieldKeys, metadata
 
 REPLENISHMENT_TRAITS = ("next_replenishment_date", "replenishment_skus")
@@ -65,7 +68,7 @@ def order_lines(items: Iterable[Item]) -> list[list[Any]]:
     out: list[list[Any]] = []
     for item in items:
         label = _label(item)
-        if not valid_id(item.product_id) or label is None or item.quantity <= 0:
+        if not product_cache.valid_id(item.product_id) or label is None or item.quantity <= 0:
             continue
         out.append([item.product_id, label, min(item.quantity, MAX_QUANTITY), None])
         if len(out) == MAX_ORDER_LINES:
@@ -98,7 +101,7 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
         if days is not None:
             out.append(line)
             continue
-        rec = cached(view, str(pid))
+        rec = product_cache.cached(view, str(pid))
         if rec is None:
             out.append(line)  # not cached yet: asked for by enrichment, resolved later
             continue
