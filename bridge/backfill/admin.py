@@ -529,6 +529,12 @@ class AdminClient:
             return float(MAX_QUERY_COST)
         return min(float(MAX_QUERY_COST), self._throttle.maximum)
 
+    def wait_s(self, query: str, variables: dict[str, Any] | None = None) -> float:
+        """Seconds `query` would wait for the bucket before being sent now (0: none)."""
+        if self._throttle is None:
+            return 0.0
+        return self._throttle.wait_for(float(query_cost(query, variables or {})), self.clock())
+
     def _note_version(self, resp: httpx.Response) -> None:
         answered = resp.headers.get("X-Shopify-API-Version")
         if not answered or answered == self.answered_version:

@@ -236,9 +236,11 @@ def refresh(
     run only sets the watermark to now). A pass that needs more pages saves its cursor after
     every page and the next run goes on from it; a pass that ends moves the watermark to the
     newest `updatedAt` it read. Between pages it stops early (cursor saved) when
-    `should_yield()` says other work waits. A saved cursor the API refuses is dropped and the
-    pass starts again from its beginning (same search), so a refused cursor never fails every
-    run. Raises AdminError and redis errors (the pass stays saved: the next run resumes)."""
+    `should_yield()` says other work waits or the next page would wait for the cost bucket:
+    only a run's first page ever sleeps on the bucket. A saved cursor the API refuses is
+    dropped and the pass starts again from its beginning (same search), so a refused cursor
+    never fails every run. Raises AdminError and redis errors (the pass stays saved: the next
+    run resumes)."""
     report = SyncReport()
     saved = sync.saved_pass()
     if saved is None:
@@ -262,10 +264,16 @@ def refresh(
     }
     newest = current.newest
     for page in range(max_pages):
-        if page and should_yield is not None and should_yield():
+        variables["first"] = fit_products(admin.budget(), REFRESH_PAGE_SIZE)
+        # After its first page (so every run advances the pass) the refresh stops rather than
+        # hold the worker: when other jobs wait, or when the next page would sleep until the
+        # bucket refills (the next sweep finds it refilled). Its cursor is saved below.
+        if page and (
+            (should_yield is not None and should_yield())
+            or admin.wait_s(PRODUCTS_QUERY, variables) > 0
+        ):
             report.yielded = True
             break
-        variables["first"] = fit_products(admin.budget(), REFRESH_PAGE_SIZE)
         try:
             data = admin.query(PRODUCTS_QUERY, variables)
         except AdminQueryRefused:

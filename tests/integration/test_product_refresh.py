@@ -246,3 +246,36 @@ def test_the_client_never_asks_for_more_than_250(
             {"ids": [f"gid://shopify/Product/{i}" for i in range(251)]},
         )
     assert len(standin.requests) == before
+
+
+def test_the_refresh_stops_rather_than_sleep_on_the_bucket(services: Services) -> None:
+    """A bucket of 1 000 points that all but never refills: two pages of 403 fit, a third would
+    wait minutes. The run stops before it (cursor saved) instead of holding the worker."""
+    slept: list[float] = []
+    # With a category and both metafields each product costs all 4 points it asked for.
+    full = [
+        {
+            **p,
+            "category": {
+                "id": "gid://shopify/TaxonomyCategory/hb",
+                "name": "Soap",
+                "fullName": "Soap",
+            },
+            "metafields": [
+                {"namespace": "custom", "key": "replenishable", "value": "true", "type": "boolean"},
+                {"namespace": "custom", "key": "days_to_replenish", "value": "30", "type": "x"},
+            ],
+        }
+        for p in soaps(300)
+    ]
+    with AdminStandIn(catalog=full, plan=Plan(1000.0, 0.5)) as standin:
+        client = AdminClient(shop=SHOP, token=TOKEN, url=standin.url, sleep=slept.append)
+        state = ProductSync(services.store.redis, SHOP)
+        state.set_watermark(MARK)
+        report = run(client, services)
+        client.close()
+        assert pages(standin) == [None, 100]
+    assert report.yielded and report.refreshed == 200
+    assert slept == [] and client.stats.waited_s == 0
+    saved = state.saved_pass()
+    assert saved is not None and cursor_position(saved.after) == 200
