@@ -161,6 +161,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         SHOPIFY_SHOP=SHOP,
         PIXEL_IP_LIMIT_PER_MIN="100000000",
         PIXEL_CLIENT_LIMIT_PER_MIN="100000000",
+        PIXEL_SHOP_LIMIT_PER_MIN="100000000",
         LOG_LEVEL="WARNING",
     )
     web = start_web(env, workers=2)
@@ -244,6 +245,7 @@ def cost(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         SHOPIFY_SHOP=SHOP,
         PIXEL_IP_LIMIT_PER_MIN="100000000",
         PIXEL_CLIENT_LIMIT_PER_MIN="100000000",
+        PIXEL_SHOP_LIMIT_PER_MIN="100000000",
     )
     web = start_web(env, workers=2)
     workers = start_workers(1, env)

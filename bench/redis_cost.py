@@ -30,6 +30,7 @@ import argparse
 import copy
 import http.client
 import json
+import re
 import sys
 import tempfile
 import threading
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
 
 import orjson
 import redis as redis_lib
@@ -219,6 +222,7 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
             workers = start_workers(args.workers, env)
             time.sleep(3)  # registered and idle before the count starts
         cpu_before = _redis_cpu_s(client)
+        watcher = KeyWatcher(redis_svc.url) if args.by_key else None
         client.config_resetstat()
         if level == "light":
             send(web, journeys, senders=1, pause_s=args.light_pause_ms / 1000)
@@ -229,6 +233,7 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         _wait_delivered(standin, args.timeout)
         commands = _commands(client)
         cpu_s = _redis_cpu_s(client) - cpu_before
+        by_key = watcher.stop() if watcher is not None else {}
         net = client.info("stats")
         # The one queue check the bench makes, counted and taken off below.
         pipe = client.pipeline(transaction=False)
@@ -263,7 +268,48 @@ def run_level(level: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]
         "state_bytes_per_journey": round(state / n),
         "seen_marker_bytes_per_journey": round(seen / n),
         "seen_markers_per_journey": round(markers / n, 2),
+        **(
+            {"by_key_per_journey": {k: round(v / n, 1) for k, v in by_key.items() if v / n >= 0.5}}
+            if args.by_key
+            else {}
+        ),
     }
+
+
+# A key's variable parts (ids, hashes, numbers) folded so that keys of one kind count together.
+_VARIABLE = re.compile(r"(?<=[:_{])[^:{}]*\d[^:{}]*|(?<=:)[0-9a-f]{12,}")
+
+
+class KeyWatcher:
+    """MONITOR in a thread: commands counted by name and key kind (`--by-key`), to see what
+    each command total is made of (scripts' inner commands are shown by MONITOR too). MONITOR
+    slows Redis down: figures from a run with it are for the breakdown, not the totals."""
+
+    def __init__(self, url: str) -> None:
+        self.counts: dict[str, int] = {}
+        self._client = redis_lib.Redis.from_url(url)
+        self._monitor = self._client.monitor()
+        self._conn = self._monitor.__enter__()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self._conn.listen():
+                parts = str(event.get("command", "")).split(" ")
+                name = parts[0].upper()
+                key = _VARIABLE.sub("*", parts[1].strip('"')) if len(parts) > 1 else ""
+                label = f"{name} {key}" if name not in ("EVALSHA", "EVAL") else name
+                self.counts[label] = self.counts.get(label, 0) + 1
+        except Exception:  # the connection closed by stop()
+            return
+
+    def stop(self) -> dict[str, int]:
+        self._client.connection_pool.disconnect()
+        with contextlib.suppress(Exception):
+            self._monitor.__exit__(None, None, None)
+        self._thread.join(timeout=5)
+        return dict(sorted(self.counts.items(), key=lambda kv: -kv[1])[:60])
 
 
 def main() -> int:
@@ -274,6 +320,9 @@ def main() -> int:
     p.add_argument("--levels", default="light,burst,backlog")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--by-key", action="store_true", help="also count commands by key kind (MONITOR)"
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         results = [run_level(level, args, Path(d)) for level in args.levels.split(",")]
@@ -290,6 +339,8 @@ def main() -> int:
             f"{r['redis_cpu_us_per_journey']} Redis CPU us/journey  "
             f"top: {r['top_commands_per_journey']}"
         )
+        for label, n in r.get("by_key_per_journey", {}).items():
+            print(f"    {n:7} {label}")
     return 0
 
 

@@ -19,6 +19,37 @@ _JSON_WHITESPACE = b" \t\n\r"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# Brackets of either kind as one pair (depth does not care which), everything else dropped.
+_BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nested_deeper_than(body: bytes, limit: int) -> bool:
+    """True when arrays and objects in `body` nest more than `limit` deep (brackets inside
+    strings do not count). For refusing a body before a parser (the stdlib's recurses) or
+    anything after it walks it: no parse, no recursion, no regex, only C-speed bytes methods
+    (~1 ms for the worst 64 KiB). Brackets that do not pair up are left to the parser."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    # Escapes first, so that an escaped quote does not end a string: pairs of backslashes,
+    # then a backslash before a quote (JSON pairs them left to right, as replace does).
+    bare = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Outside strings: every other piece between quotes.
+    outside = b"".join(bare.split(b'"')[0::2])
+    brackets = outside.translate(_BRACKETS_ONLY, _NOT_BRACKETS)
+    # Each pass removes the innermost pairs, exactly one level (replace does not rescan what
+    # it produced): brackets left after `limit` passes nest deeper. A run of more than `limit`
+    # opening brackets ends it early (a deep chain would cost a full pass per level).
+    too_deep = b"[" * (limit + 1)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        if too_deep in brackets:
+            return True
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets) and brackets.replace(b"[]", b"") != brackets
+
+
 def parse_body(body: bytes) -> Any:
     """Parse JSON bytes. Raises ValueError for anything that is not JSON.
 

@@ -47,6 +47,20 @@ def person_hash(person: str) -> str:
     return mac.hexdigest()[:16]
 
 
+# A browser-supplied id in a record's name: 48 bits, so that a shop's live records are unlikely
+# to share one (and a shared one is caught: see identity/browse.py), keyed so that nobody can
+# make up an id that names another's record.
+RECORD_DIGEST_HEX = 12
+
+
+def record_digest(kind: str, value: str) -> str:
+    """The name of a state record keyed by an id anyone can make up (a pixel's clientId, a cart
+    or checkout token it sends): a keyed hash, RECORD_DIGEST_HEX hex digits, whatever the id's
+    length. `kind` keeps ids of different kinds apart."""
+    mac = hmac.new(_key, kind.encode() + b"\x1f" + value.encode(), hashlib.sha256)
+    return mac.hexdigest()[:RECORD_DIGEST_HEX]
+
+
 def legacy_person_hash(person: str) -> str:
     """The unkeyed name entries queued before their header carried `person_hash` still get (the
     take script computes the same): kept only so that such entries keep their person's order,

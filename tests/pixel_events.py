@@ -133,3 +133,18 @@ def body(ev: dict[str, Any], *, shop: str = SHOP, cart_token: str | None = None)
 
 def raw(ev: dict[str, Any], **kw: Any) -> bytes:
     return json.dumps(body(ev, **kw)).encode()
+
+
+def nested(depth: int, leaf: Any) -> dict[str, Any]:
+    """Event data nesting `depth` objects deep (itself included), `leaf` at the bottom."""
+    value: Any = leaf
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return {"a": value}
+
+
+def deep_raw(depth: int, leaf: bytes) -> bytes:
+    """A collector body whose event data nests `depth` objects deep, written as bytes (a
+    json.dumps of it would itself recurse that deep)."""
+    shallow = raw(event(data={"a": "DEEP"}))
+    return shallow.replace(b'"DEEP"', b'{"a":' * (depth - 1) + leaf + b"}" * (depth - 1))

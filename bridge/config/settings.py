@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     pixel_client_hourly_cap: int = Field(default=60, ge=0)  # forwarded per browser per hour
     pixel_ip_limit_per_min: int = Field(default=600, ge=1)  # collector requests per IP
     pixel_client_limit_per_min: int = Field(default=120, ge=1)  # ... per pixel clientId
+    # ... per shop, all browsers together: one storefront's flood must not fill Redis and the
+    # shop's queue ahead of its signed webhooks (docs/browse.md, "Webhooks first").
+    pixel_shop_limit_per_min: int = Field(default=30_000, ge=1)
     # Proxies in front of the web that append to X-Forwarded-For (Heroku's router: 1); 0 uses
     # the connection's address. Set it only behind such a proxy: the header is the client's.
     pixel_proxy_hops: int = Field(default=0, ge=0, le=5)

@@ -16,10 +16,17 @@ person, through the same identify-with-anonymousId path that merges a cart's. A 
 at most add an anonymous browse event, or claim a token (claims are capped per token, and a
 claim alone links nothing).
 
-Records (relative to the shop's state prefix):
-- `client:<anon>` -> {"user", "ids", "pv", "hr", "n" (browse_policy.py), "lb": the time of the
-  last forwarded event, "lbs": the last `last_browsed_at` sent}, kept CLIENT_TTL_S;
-- `claim:cart:<token>`, `claim:co:<token>` -> {"c": [browser anonymous ids]}, kept CLAIM_TTL_S.
+Records (relative to the shop's state prefix). Anyone can post made-up clientIds and tokens
+without end, so what they name is bounded: names are short keyed digests of them
+(keyed.record_digest), never the ids themselves, and what no signed webhook confirmed expires
+soon:
+- `client:<digest of anon>` -> {"a": the browser's anonymous id (a record whose "a" is another
+  browser's shares the digest by chance and is not this browser's), "user", "ids", "pv", "hr",
+  "n" (browse_policy.py), "lb": the latest visit seen, "lbs": when `last_browsed_at` was last
+  sent}; kept CLIENT_TTL_S once linked to a person, else only as long as the policy needs it
+  (`anonymous_ttl_s`: the view window, at least the hour of the hourly cap);
+- `claim:cart:<digest of token>`, `claim:co:<digest of token>` -> {"c": [browser anonymous
+  ids], "t": when last claimed}, kept CLAIM_TTL_S after the last event claiming it.
 """
 
 from __future__ import annotations
@@ -30,32 +37,52 @@ from typing import Any
 from bridge.canonical import BrowseFact, Mapped, PersonRef, TraitUpdate
 from bridge.delivery import render
 from bridge.delivery.calls import Call
-from bridge.identity.browse_policy import DEFAULT_POLICY, FORWARDED, judge
+from bridge.identity.browse_policy import DEFAULT_POLICY, FORWARDED, BrowsePolicy, judge
 from bridge.identity.graph import Policy, _better, linked_user
 from bridge.identity.records import DAY_S, StateView
-from bridge.identity.traits import Identities
+from bridge.identity.traits import Identities, person_name
 from bridge.identity.view import count
 from bridge.ids import iso_z
+from bridge.keyed import record_digest
 
-CLIENT_TTL_S = 30 * DAY_S
-CLAIM_TTL_S = 14 * DAY_S
+CLIENT_TTL_S = 30 * DAY_S  # a browser linked to a person
+# A claim no signed webhook confirmed within this time after its last event is dropped: a
+# real shopper's checkout follows their last page view within minutes, and made-up tokens
+# must not pile up.
+CLAIM_TTL_S = 3600
+CLAIM_REFRESH_S = 900  # a claim re-claimed after this long is written again (its TTL renewed)
 MAX_CLAIMANTS = 4  # browsers one token may name (a shared cart; a forger cannot add more)
 LAST_BROWSED_AT = "last_browsed_at"
 LAST_BROWSED_EVERY_S = 3600  # the trait is sent at most this often per person
 
 
 def client_name(client: str) -> str:
-    return "client:" + client
+    """The record of the browser whose anonymous id is `client`."""
+    return "client:" + record_digest("client", client)
 
 
 def claim_names(cart_token: str | None, checkout_token: str | None) -> list[str]:
     """The claim records a cart and checkout token name."""
     names = []
     if cart_token:
-        names.append("claim:cart:" + cart_token)
+        names.append("claim:cart:" + record_digest("cart", cart_token))
     if checkout_token:
-        names.append("claim:co:" + checkout_token)
+        names.append("claim:co:" + record_digest("co", checkout_token))
     return names
+
+
+def anonymous_ttl_s(policy: BrowsePolicy) -> int:
+    """How long the record of a browser linked to nobody is kept after its last forwarded
+    event: what the policy reads back (product views within the window, the hourly cap's
+    count), no longer. Its event ids for dedupe matter for seconds only."""
+    return max(policy.view_window_s, LAST_BROWSED_EVERY_S)
+
+
+def client_record(view: StateView, client: str) -> dict[str, Any]:
+    """The browser's record, or {} when there is none or the one under its name is another
+    browser's (their digests collide)."""
+    rec = view.get(client_name(client)) or {}
+    return rec if rec.get("a") == client else {}
 
 
 def _confirmed(cart_token: str | None, checkout_token: str | None) -> list[str]:
@@ -83,27 +110,60 @@ def link_call(user: str, client: str, at: datetime, shop: str, traits: dict[str,
     return render.identify_call(update, user_id=user, anonymous_id=client, shop=shop)
 
 
+def _later(known: Any, seen: str) -> str:
+    """The later of a record's visit time (ISO, or absent) and an event's: a browse event that
+    arrives late never moves a visit time back."""
+    return known if isinstance(known, str) and known > seen else seen
+
+
+def _browsed_newer(view: StateView, user: str, visit: str) -> bool:
+    """Whether `visit` is later than the `last_browsed_at` the person was last sent (its
+    version in their record, as traits.Identities keeps it): the trait only ever moves
+    forward, whichever of the person's browsers, and in whatever order, its events come."""
+    sent = ((view.get(person_name(user)) or {}).get("f") or {}).get(LAST_BROWSED_AT)
+    return not sent or str(sent[0] or "") < visit
+
+
+def _record_browsed(view: StateView, user: str, visit: str) -> None:
+    """Note in the person's record that `visit` was sent as their last_browsed_at (by a link
+    call, which goes out without traits.Identities)."""
+    name = person_name(user)
+    rec = view.get(name) or {}
+    view.put(name, {**rec, "f": {**(rec.get("f") or {}), LAST_BROWSED_AT: [visit, visit]}})
+
+
 def _link(
     view: StateView, client: str, rec: dict[str, Any], user: str, at: datetime, shop: str
 ) -> tuple[dict[str, Any], Call | None]:
     """Link a browser to `user` once (a link to an email may later become one to the customer
-    id, as graph links do): the client record to write and the identify to send, if any."""
+    id, as graph links do): the client record to write and the identify to send, if any. The
+    identify carries the browser's last visit only when that is later than the person's."""
     if not _better(rec.get("user"), user):
         return rec, None
-    traits = {LAST_BROWSED_AT: rec["lb"]} if rec.get("lb") else {}
+    visit = rec.get("lb")
+    traits: dict[str, Any] = {}
     rec = {**rec, "user": user}
-    if traits:
+    if isinstance(visit, str) and visit and _browsed_newer(view, user, visit):
+        traits[LAST_BROWSED_AT] = visit
+        _record_browsed(view, user, visit)
         rec["lbs"] = iso_z(at)
     return rec, link_call(user, client, at, shop, traits)
 
 
-def _claim(view: StateView, names: list[str], client: str) -> None:
+def _claim(view: StateView, names: list[str], client: str, now: datetime) -> None:
+    """Leave the browser as a claimant of each record, or renew its claim (at most every
+    CLAIM_REFRESH_S, so a browsing session costs few writes) so it expires CLAIM_TTL_S after
+    the last event that made it."""
+    at = iso_z(now)
     for name in names:
         rec = view.get(name) or {}
         claimants = list(rec.get("c") or [])
         if client in claimants:
+            if str(rec.get("t") or "") > iso_z(now - timedelta(seconds=CLAIM_REFRESH_S)):
+                continue
+            view.put(name, {**rec, "t": at}, ttl_s=CLAIM_TTL_S)
             continue
-        view.put(name, {"c": [*claimants, client][-MAX_CLAIMANTS:]}, ttl_s=CLAIM_TTL_S)
+        view.put(name, {"c": [*claimants, client][-MAX_CLAIMANTS:], "t": at}, ttl_s=CLAIM_TTL_S)
         count(view, "browse_links:claim:left")
 
 
@@ -119,20 +179,21 @@ def decide_browse(
     rules = policy.browse or DEFAULT_POLICY
     now = policy.clock()
     name = client_name(fact.client)
-    stored = view.get(name) or {}
+    stored = client_record(view, fact.client)
     rec = dict(stored)
     out: list[tuple[Call, str]] = []
     event = mapped.events[0] if mapped.events else None
     confirmed = linked_user(view, *_confirmed(fact.cart_token, fact.checkout_token))
     if confirmed:
-        # The link carries this very visit as the person's last_browsed_at.
-        seen = {"lb": iso_z(event.timestamp)} if event is not None else {}
+        # The link carries the browser's latest visit (this one, unless an earlier event was
+        # later) as the person's last_browsed_at, if later than theirs.
+        seen = {} if event is None else {"lb": _later(rec.get("lb"), iso_z(event.timestamp))}
         rec, call = _link(view, fact.client, {**rec, **seen}, confirmed, now, policy.shop)
         if call is not None:
             out.append((call, confirmed))
             count(view, "browse_links:pixel:linked")
     else:
-        _claim(view, claim_names(fact.cart_token, fact.checkout_token), fact.client)
+        _claim(view, claim_names(fact.cart_token, fact.checkout_token), fact.client, now)
     user = rec.get("user")
     outcome, judged = judge(
         rec,
@@ -148,7 +209,7 @@ def decide_browse(
     count(view, f"browse:{fact.pixel_event}:received")
     count(view, f"browse:{fact.pixel_event}:{outcome}")
     if outcome == FORWARDED and judged is not None and event is not None:
-        rec = {**judged, "lb": iso_z(event.timestamp)}
+        rec = {**judged, "lb": _later(judged.get("lb"), iso_z(event.timestamp))}
         who = str(user) if user else None
         for call in render.track_call(
             event, user_id=who, anonymous_id=fact.client, shop=policy.shop, naming=policy.naming
@@ -156,14 +217,18 @@ def decide_browse(
             out.append((call, who or fact.client))
     if user and outcome != "duplicate" and event is not None:
         last = str(rec.get("lbs") or "")
-        if not last or last <= iso_z(now - timedelta(seconds=LAST_BROWSED_EVERY_S)):
-            # Computed from the bridge's own state (the event was received now), so it always
-            # wins over an older value; at most hourly, so a browsing session costs one identify.
+        visit = _later(rec.get("lb"), iso_z(event.timestamp))
+        hour_ago = iso_z(now - timedelta(seconds=LAST_BROWSED_EVERY_S))
+        # At most hourly, so a browsing session costs one identify; and only forward: an
+        # event that arrives late (an older visit) sends nothing and keeps the hour open.
+        if (not last or last <= hour_ago) and _browsed_newer(view, str(user), visit):
             at = event.timestamp
-            ids.computed(str(user), {LAST_BROWSED_AT: iso_z(at)}, at, None)
-            rec["lbs"] = iso_z(now)
+            version = datetime.fromisoformat(visit.replace("Z", "+00:00"))
+            ids.versioned(str(user), {LAST_BROWSED_AT: visit}, version, at, None)
+            rec["lb"], rec["lbs"] = visit, iso_z(now)
     if rec != stored:
-        view.put(name, rec, ttl_s=CLIENT_TTL_S)
+        ttl_s = CLIENT_TTL_S if rec.get("user") else anonymous_ttl_s(rules)
+        view.put(name, {**rec, "a": fact.client}, ttl_s=ttl_s)
     return out
 
 
@@ -190,11 +255,10 @@ def link_claimants(
                 continue  # a guest's cart, not yet anyone's: the claim waits
             now = policy.clock()
             for client in claimants:
-                name = client_name(client)
-                stored = view.get(name) or {}
+                stored = client_record(view, client)
                 linked, call = _link(view, client, stored, user, now, policy.shop)
                 if call is not None:
-                    view.put(name, linked, ttl_s=CLIENT_TTL_S)
+                    view.put(client_name(client), {**linked, "a": client}, ttl_s=CLIENT_TTL_S)
                     out.append((call, user))
                     count(view, "browse_links:webhook:linked")
             view.delete(claim)

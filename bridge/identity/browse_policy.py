@@ -2,7 +2,7 @@
 sampling, throttling and the hourly cap, as pure functions over one client's record. No I/O,
 no settings, no clock (the caller passes `now`).
 
-A client record (`client:<anonymous id>`, identity/browse.py) keeps, under short keys:
+A client record (`client:<digest of the anonymous id>`, identity/browse.py) keeps, under short keys:
 `ids` the client's last DEDUPE_IDS pixel event ids, `pv` {product: ISO time of its last
 forwarded view}, `hr` the hour bucket ("2026-12-01T07") of `n` events forwarded in it.
 Everything is judged on the batch's clock, never the browser's timestamps (anyone can post).

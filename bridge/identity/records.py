@@ -19,6 +19,8 @@ class StateView:
 
     def __init__(self, loaded: dict[str, bytes | None] | None = None, key_of: Any = None) -> None:
         self._key_of = key_of or (lambda name: name)
+        # name -> key, worked out once per name: a batch of orders asks ~100 times an order.
+        self._keys: dict[str, str] = {}
         self._values: dict[str, dict[str, Any] | None] = {}
         self._dirty: dict[str, int] = {}  # name -> ttl s
         self._deleted: set[str] = set()
@@ -26,7 +28,10 @@ class StateView:
             self._values[key] = orjson.loads(raw) if raw else None
 
     def key(self, name: str) -> str:
-        return str(self._key_of(name))
+        key = self._keys.get(name)
+        if key is None:
+            key = self._keys[name] = str(self._key_of(name))
+        return key
 
     def has_loaded(self, name: str) -> bool:
         return self.key(name) in self._values

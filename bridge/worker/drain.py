@@ -42,6 +42,7 @@ class _Committing:
         """Wait for the commit (raises a Redis error), then run what it committed."""
         services, shop, commit = self.services, self.shop, self.commit
         woke = self.pending.result()
+        services.store.flush_counters()  # once a second at most (store/tally.py)
         _warn_version_mismatch(shop, commit, services.settings.shopify_api_version)
         if commit.compliance:
             run_pending(services, shop)
@@ -165,7 +166,10 @@ def drain(services: Services, shop: str) -> None:
             log.exception("drain failed; its batch is tried again", extra={"shop": shop})
             services.store.count(shop, "drain:failed")
         finally:
-            more = services.store.finish_drain(shop)
+            try:
+                services.store.flush_counters(force=True)
+            finally:
+                more = services.store.finish_drain(shop)
     if more:
         enqueue_drain(services.queue, shop)
 

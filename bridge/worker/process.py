@@ -135,6 +135,10 @@ def run_worker(services: Services, *, burst: bool = False, **work_kwargs: Any) -
             services.deliverer.wait_idle(JOB_TIMEOUT_S)
         services.deliverer.close()
         services.deliverer = None
+        try:
+            services.store.flush_counters(force=True)  # the last second's counters
+        except StoreError:
+            log.warning("counters of the last second not written: Redis is away")
 
 
 def _work(services: Services, *, burst: bool, **work_kwargs: Any) -> bool:

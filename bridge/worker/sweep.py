@@ -66,6 +66,8 @@ def tick(services: Services) -> None:
     while not services.stopping.wait(TICK_S):
         try:
             wake_due(services)
+            # Counters of settles and commits (store/tally.py), written even while no job runs.
+            services.store.flush_counters()
         except StoreError:
             continue  # Redis is away: the work loop waits for it too
 

@@ -17,6 +17,7 @@ import redis as redis_lib
 from bridge.config.settings import Settings
 from tests.conftest import (
     ROOT,
+    SHOP,
     fixture_bytes,
     fixture_json,
     free_port,
@@ -130,6 +131,28 @@ def test_redelivered_webhook_is_delivered_once(
     assert pipelines.wait_for(2, 20)
     assert not wait_until(lambda: len(pipelines.calls) > 2, 1.5)
     assert sorted(c["type"] for c in pipelines.calls) == ["identify", "track"]
+
+
+def test_a_running_worker_writes_its_counters_within_seconds_while_idle(
+    web: Web, worker: subprocess.Popen[bytes], pipelines: PipelinesStandIn, settings: Settings
+) -> None:
+    # Counters are summed in the worker (store/tally.py): its ticker writes them once a second
+    # even when no further job comes, so /metrics lags by a second, not until the next webhook.
+    # Pipelines answering in 0.6 s makes the settle land after the drain ended (the drain's end
+    # writes the counters it has) and within a second of that write: only the ticker is left.
+    pipelines.configure(delay_s=0.6)
+    assert web.post("carts/create", fixture_bytes("carts-create")) == (200, {"ok": True})
+    assert pipelines.wait_for(1, 20)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    stats_key = f"cb:{{{SHOP}}}:stats"
+
+    def counted() -> bool:
+        return client.hget(stats_key, "calls:delivered") == b"1" and (
+            client.hget(stats_key, "webhooks:carts/create:processed") == b"1"
+        )
+
+    assert wait_until(counted, 10), client.hgetall(stats_key)
+    assert worker.poll() is None  # written by the running worker, not by its exit
 
 
 def test_web_refuses_to_start_without_a_secret(settings: Settings) -> None:

@@ -201,3 +201,54 @@ def test_the_shipped_pixel_reaches_pipelines_and_a_signed_order_links_it(
     assert wait_until(lambda: bool(link()), 20), pipelines.calls
     (joined,) = link()
     assert joined["userId"] == CUSTOMER_ID
+
+
+@pytest.mark.parametrize("mode", ["app", "custom"])
+def test_multi_byte_text_is_measured_in_utf8_bytes_and_never_loses_the_event(
+    browser: Browser,
+    harness: str,
+    stack: Web,
+    pipelines: PipelinesStandIn,
+    mode: str,
+) -> None:
+    """A title of 3-byte characters is three times longer on the wire than its JavaScript
+    length: measured as UTF-16 units, a body under the budget could still be over 64 KiB of
+    UTF-8 (the browser or the collector refuses it, and the event is lost)."""
+    client_id = f"utf8-{mode}"
+    euro = "\u20ac"  # 1 UTF-16 unit, 3 UTF-8 bytes
+    viewed = px.event("product_viewed", client_id=client_id)
+    product = viewed["data"]["productVariant"]["product"]
+    product["title"] = product["untranslatedTitle"] = euro * 25_000  # 75 000 bytes
+    listed = px.data_for("collection_viewed")
+    for v in listed["collection"]["productVariants"]:
+        for text in (v, v["product"]):
+            text["title"] = text["untranslatedTitle"] = "\U0001f45f" * 499 + euro  # 4+3 bytes
+    listed["collection"]["productVariants"] *= 4  # 12 listed, 10 kept: ~80 000 bytes of titles
+    collection = px.event("collection_viewed", client_id=client_id, data=listed)
+    page = browser.new_page()
+    try:
+        start(page, harness, mode, f"http://127.0.0.1:{stack.port}/pixel", client_id)
+        publish(page, viewed)
+        publish(page, collection)
+        page.wait_for_function("window.answers.length >= 2", timeout=15_000)
+        posts = sent(page)
+        assert page.evaluate("window.answers") == [204, 204]
+    finally:
+        page.close()
+    for p in posts:
+        assert len(p["body"].encode()) <= 60_000  # UTF-8 bytes, the pixel's own budget
+    view_body, list_body = (json.loads(p["body"]) for p in posts)
+    # The long title was cut (to 1 000 characters), so the product itself still goes out...
+    sent_product = view_body["event"]["data"]["productVariant"]["product"]
+    assert sent_product["title"] == euro * 1000 and sent_product["id"].endswith("/7001")
+    # ... while a body still over budget goes without its data: a browse signal, not a 413.
+    assert list_body["event"]["data"] is None
+
+    def tracked() -> list[dict[str, Any]]:
+        return [c for c in pipelines.calls if c["type"] == "track"]
+
+    assert wait_until(lambda: len(tracked()) >= 1, 20), pipelines.calls
+    (track,) = tracked()
+    assert track["event"] == "product_viewed"
+    assert track["properties"]["items"][0]["product_id"] == "7001"
+    assert track["properties"]["items"][0]["name"] == euro * 500  # what the bridge keeps

@@ -15,8 +15,9 @@ from bridge.config.settings import Settings
 from bridge.store.keys import REJECTED_KEY, Keys
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
+from bridge.web.pixel import PixelEndpoint
 from tests import pixel_events as px
-from tests.conftest import SHOP, webhook_headers
+from tests.conftest import SHOP, fixture_bytes, webhook_headers
 
 K = Keys(SHOP)
 PLAIN = {"Content-Type": "text/plain;charset=UTF-8"}  # what a fetch with a string body sends
@@ -100,7 +101,11 @@ def test_a_preflight_is_answered_though_the_pixel_sends_none(client: FlaskClient
             400,
             "missing or malformed event id",
         ),
-        (b"[" * 100_00 + b"]" * 100_00, 400, "body is not JSON"),
+        (b"[" * 100_00 + b"]" * 100_00, 400, "body nested too deeply"),
+        # Deep, yet within what orjson parses (1024), then kept for the stdlib by a huge
+        # integer: the stdlib's parse and the re-serialisation of the queued body recurse.
+        (px.deep_raw(990, b"1" * 31), 400, "body nested too deeply"),
+        (px.deep_raw(31, b"1"), 400, "body nested too deeply"),  # 33 with body and event
     ],
 )
 def test_bad_bodies_get_a_specific_answer_and_nothing_is_queued(
@@ -111,6 +116,16 @@ def test_bad_bodies_get_a_specific_answer_and_nothing_is_queued(
     assert r.get_json() == {"error": error}
     assert r.headers["Access-Control-Allow-Origin"] == "*"
     assert queued(redis) == []
+
+
+def test_a_body_as_deep_as_a_real_event_may_be_is_taken(
+    client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    # The body and event objects are two levels: data may nest 30 more, brackets in strings
+    # and escaped quotes do not count.
+    deep = px.nested(30, '[[[{{{\\"[[[[' * 20)
+    assert post(client, px.raw(px.event(data=deep))).status_code == 204
+    assert len(queued(redis)) == 1
 
 
 def test_other_methods_and_oversized_bodies(client: FlaskClient, redis: redis_lib.Redis) -> None:
@@ -178,8 +193,47 @@ def test_rate_limits_per_ip_and_per_browser(
     assert r.status_code == 204
     (limits,) = redis.keys(K.prefix + "px:rl:*")
     assert 0 < redis.ttl(limits) <= 120
-    fields = redis.hkeys(limits)
-    assert all(not f.decode().split(":", 1)[1].startswith("127.") for f in fields)  # hashed
+    fields = [f.decode() for f in redis.hkeys(limits) if f != b"shop"]
+    assert all(not f.split(":", 1)[1].startswith("127.") for f in fields)  # hashed
+
+
+def test_a_shops_cap_refuses_its_flood_counted_in_the_queueing_round_trip(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    # Every request from another address and another browser: only the shop's cap can bite.
+    s = pixel_settings.model_copy(update={"pixel_shop_limit_per_min": 4, "pixel_proxy_hops": 1})
+    app = create_app(s)
+    client = app.test_client()
+
+    def from_browser(i: int) -> Any:
+        raw = px.raw(px.event(client_id=f"flood-{i}"))
+        return post(client, raw, **{"X-Forwarded-For": f"198.51.100.{i}"})
+
+    assert from_browser(0).status_code == 204  # wakes a drain (an RQ enqueue): not measured
+    reads = redis.info("stats")["total_reads_processed"]
+    assert from_browser(1).status_code == 204
+    # One read for the request's whole round trip (shop count included), one for INFO itself.
+    assert redis.info("stats")["total_reads_processed"] - reads == 2
+    statuses = [from_browser(i).status_code for i in range(2, 6)]
+    assert statuses == [204, 204, 429, 429]  # the 4th reached the cap: the rest refused
+    r = from_browser(9)
+    assert r.get_json() == {"error": "too many requests for this shop"}
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert len(queued(redis)) == 4
+    (limits,) = redis.keys(K.prefix + "px:rl:*")
+    assert redis.hget(limits, "shop") == b"4"  # refused requests cost Redis nothing
+    # Signed webhooks are never limited by it.
+    order = fixture_bytes("orders-create")
+    hook = client.post(
+        "/webhooks/shopify", data=order, headers=webhook_headers(order, "orders/create")
+    )
+    assert hook.status_code == 200
+    # Refusals are counted in process until the next round trip (none here: flush them).
+    endpoint = app.wsgi_app
+    assert isinstance(endpoint, PixelEndpoint)
+    endpoint.services.store.add_counts(endpoint.counts.take())
+    stats = redis.hgetall(K.stats)
+    assert stats[b"browse:product_viewed:refused_shop_limited"] == b"3"
 
 
 def test_refusals_are_counted_without_a_round_trip_each(
@@ -270,3 +324,127 @@ def test_an_erasure_forgets_the_link_between_a_browser_and_the_customer(
     assert r.status_code == 200
     drain(services, SHOP)
     assert redis.get(record) is None
+
+
+def test_forged_browsers_and_tokens_leave_short_names_that_expire(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    """Anyone can post endless made-up clientIds and cart tokens: each leaves records named by
+    a 12-hex digest (never the id itself), kept only as long as the policy needs them."""
+    from bridge.services import Services
+    from bridge.worker.drain import drain
+
+    client = create_app(pixel_settings).test_client()
+    services = Services.build(pixel_settings)
+    forged = 150
+    for i in range(forged):
+        ev = px.event(client_id=f"forged-{i:04d}-" + "c" * 100)
+        assert post(client, px.raw(ev, cart_token=f"t{i:04d}" + "x" * 190)).status_code == 204
+    for _ in range(20):
+        if not redis.llen(K.inbound):
+            break
+        drain(services, SHOP)
+    assert redis.llen(K.inbound) == 0
+    browsers = redis.keys(K.state("client:*"))
+    claims = redis.keys(K.state("claim:cart:*"))
+    assert len(browsers) == len(claims) == forged
+    for key in browsers + claims:
+        assert len(key.decode().rsplit(":", 1)[1]) == 12
+    # Never linked: kept for the view window (6 h by default), not the 30 days of a person's.
+    assert all(0 < redis.ttl(key) <= 6 * 3600 for key in browsers)
+    # Claimed, never confirmed by a signed webhook: an hour.
+    assert all(0 < redis.ttl(key) <= 3600 for key in claims)
+    # Nothing else under the shop's state grows with the number of forged browsers.
+    assert len(redis.keys(K.state("*"))) - 2 * forged < 5
+
+
+# Values a browser (or a forger) can put anywhere: raw JSON, so the parser sees them as sent.
+HOSTILE = [
+    b"null",
+    b"true",
+    b"-1",
+    b"0",
+    b"1e999",
+    b"-1e999",
+    b"123456789012345678901234567890123456789012345678901234567890",
+    b"1.5e-400",
+    b'"\\ud800"',
+    b'"\\udfff\\ud800x"',
+    b'"\\u0000"',
+    b'""',
+    b'"' + b"\\u20ac" * 3000 + b'"',
+    b"[]",
+    b"{}",
+    b'[null, "\\ud83d", 1e999, {"id": null}]',
+    b'{"id": "\\ud800", "product": 1e999, "price": {"amount": "NaN"}}',
+]
+# Where they go: every field the collector or the mapping reads.
+PATHS = [
+    ("shop",),
+    ("cart_token",),
+    ("event", "id"),
+    ("event", "clientId"),
+    ("event", "timestamp"),
+    ("event", "data"),
+    ("event", "context"),
+    ("event", "context", "document", "location", "href"),
+    ("event", "data", "productVariant"),
+    ("event", "data", "productVariant", "id"),
+    ("event", "data", "productVariant", "title"),
+    ("event", "data", "productVariant", "price"),
+    ("event", "data", "productVariant", "price", "amount"),
+    ("event", "data", "productVariant", "price", "currencyCode"),
+    ("event", "data", "productVariant", "product"),
+    ("event", "data", "productVariant", "product", "id"),
+    ("event", "data", "productVariant", "product", "url"),
+    ("event", "data", "productVariant", "product", "vendor"),
+]
+
+
+def hostile_body(path: tuple[str, ...], value: bytes, n: int) -> bytes:
+    body = px.body(px.event(client_id=f"hostile-{n}", event_id=f"h-{n}"), cart_token=f"T-{n}")
+    node: Any = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = "@@HOSTILE@@"
+    return json.dumps(body).encode().replace(b'"@@HOSTILE@@"', value)
+
+
+def test_hostile_values_anywhere_never_500_nor_fail_the_drain(
+    pixel_settings: Settings, redis: redis_lib.Redis
+) -> None:
+    from bridge.services import Services
+    from bridge.worker.drain import drain
+
+    client = create_app(pixel_settings).test_client()
+    statuses: dict[int, int] = {}
+    n = 0
+    for path in PATHS:
+        for value in HOSTILE:
+            n += 1
+            r = post(client, hostile_body(path, value, n))
+            assert r.status_code in (204, 400, 403, 422), (path, value[:40], r.status_code)
+            assert r.data == b"" or set(r.get_json()) == {"error"}
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+    assert statuses[204] > 100 and statuses[400] > 30  # both kinds were exercised
+    # Signed webhooks naming the same carts and checkouts with hostile tokens (they look up
+    # the browsers' claims): taken, never a 500.
+    for i, token in enumerate(HOSTILE[:12]):
+        raw = b'{"id": %d, "token": %s, "line_items": []}' % (900 + i, token)
+        r = client.post("/webhooks/shopify", data=raw, headers=webhook_headers(raw, "carts/update"))
+        assert r.status_code in (200, 400), (token[:40], r.status_code)
+    services = Services.build(pixel_settings)
+    for _ in range(50):
+        if not redis.llen(K.inbound):
+            break
+        drain(services, SHOP)
+    assert redis.llen(K.inbound) == 0
+    # Every queued browse event was mapped and decided: none failed into a dead letter.
+    stats = {k.decode(): int(v) for k, v in redis.hgetall(K.stats).items()}
+    parked = {k: v for k, v in stats.items() if k.startswith("webhooks:pixel/") and "parked" in k}
+    assert parked == {}
+    assert stats["browse:product_viewed:forwarded"] > 50
+    # A signed cart whose token is not a string is a schema surprise, parked as such (its
+    # dead letter says why); every other one was processed.
+    carts = stats["webhooks:carts/update:processed"] + stats["webhooks:carts/update:parked"]
+    assert carts == 12 and stats["webhooks:carts/update:parked"] == 5

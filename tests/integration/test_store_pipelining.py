@@ -11,7 +11,7 @@ from bridge.services import Services
 from bridge.store.facade import Commit, Keys, RawPipeline, Store
 from bridge.store.wire import Envelope
 from bridge.worker.drain import drain
-from tests.conftest import SHOP, RedisServer, fixture_json
+from tests.conftest import SHOP, RedisServer, fixture_json, free_port
 
 K = Keys(SHOP)
 
@@ -93,3 +93,53 @@ def test_a_connection_redis_closed_is_replaced_before_the_next_write() -> None:
         assert store.take_inbound(SHOP, 1) == []
     finally:
         server.stop()
+
+
+def test_counters_of_many_batches_are_written_together_once_committed(
+    redis: redis_lib.Redis,
+) -> None:
+    # Counters ride in no commit: they are summed in the process (store/tally.py) and written
+    # in one pipeline, once a second or when a drain ends, so a light load's one-webhook
+    # batches do not each pay an HINCRBY per counter.
+    store = Store(redis)
+    store.tally.interval_s = 3600.0
+    for i in range(3):
+        redis.rpush(K.inbound, envelope(i))
+        store.take_inbound(SHOP, 1)
+        commit = Commit()
+        commit.count("webhooks:carts/create:processed")
+        commit.hash_incr[(K.prefix + "vol5m:x", "0")] = 2
+        store.send_commit(SHOP, commit).result()
+        store.flush_counters()  # not due yet: nothing written
+    assert redis.hgetall(K.stats) == {}
+    before = redis.info("commandstats").get("cmdstat_hincrby", {}).get("calls", 0)
+    store.flush_counters(force=True)
+    assert redis.hget(K.stats, "webhooks:carts/create:processed") == b"3"
+    assert redis.hget(K.prefix + "vol5m:x", "0") == b"6"
+    assert redis.info("commandstats")["cmdstat_hincrby"]["calls"] - before == 2
+
+
+def test_a_commit_that_failed_counts_nothing_and_a_failed_flush_keeps_its_counts(
+    redis: redis_lib.Redis,
+) -> None:
+    store = Store(redis)
+    redis.set(K.inbound_work, "not a list")  # the commit's DEL/LTRIM of the work list fails
+    commit = Commit()
+    commit.count("webhooks:carts/create:processed")
+    with pytest.raises(redis_lib.ResponseError):
+        store.send_commit(SHOP, commit, taken=1).result()
+    assert len(store.tally) == 0  # the batch is tried again, and counted then
+    redis.delete(K.inbound_work)
+    store.commit_drain(SHOP, commit)
+    assert redis.hget(K.stats, "webhooks:carts/create:processed") == b"1"
+    # A count Redis refuses (a key of another type) is dropped, the others written; a flush
+    # that cannot reach Redis keeps its counts for the next.
+    redis.set(K.prefix + "vol5m:y", "a string")
+    store.tally.add([((K.stats, "x"), 4), ((K.prefix + "vol5m:y", "0"), 1)])
+    store.flush_counters(force=True)
+    assert redis.hget(K.stats, "x") == b"4" and len(store.tally) == 0
+    away = Store(redis_lib.Redis(port=free_port(), socket_connect_timeout=1))
+    away.tally.add([((K.stats, "x"), 1)])
+    with pytest.raises(redis_lib.ConnectionError):
+        away.flush_counters(force=True)
+    assert away.tally.take() == {(K.stats, "x"): 1}

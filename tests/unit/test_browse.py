@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from bridge.canonical import Item, MapContext
+from bridge.identity.browse import claim_names, client_name
 from bridge.identity.browse_policy import (
     CAPPED,
     DUPLICATE,
@@ -271,6 +272,11 @@ def test_throttle_and_cap_over_100_000_events_keep_the_configured_share() -> Non
 
 
 # --- the identity rule, through the processor ---------------------------------------------------
+def cart_claim(token: str) -> str:
+    (name,) = claim_names(token, None)
+    return name
+
+
 def shop(**policy: Any) -> MemoryShop:
     config = ProcessConfig.defaults(api_version="", browse=BrowsePolicy(**policy))
     return MemoryShop(config=config, source=Sources(ShopifySource(), pixel=PixelSource()), now=NOW)
@@ -306,8 +312,8 @@ def test_a_pixel_naming_someone_elses_customer_changes_nothing_about_them() -> N
     changed = {k for k in s.state if before.get(k) != s.state[k]}
     attacker = client_anonymous_id(SHOP, "attacker")
     assert changed == {
-        s.keys.state("client:" + attacker),
-        s.keys.state("claim:co:forged-token"),
+        s.keys.state(client_name(attacker)),
+        s.keys.state(claim_names(None, "forged-token")[0]),
     }
 
 
@@ -315,12 +321,12 @@ def test_a_pixel_claiming_a_cart_links_only_when_a_signed_order_confirms_it() ->
     s = shop()
     calls = browse(s, cart_token=CART)
     assert names(calls) == ["product_viewed"] and "userId" not in calls[0]
-    assert s.record("claim:cart:" + CART) == {"c": [ANON]}
+    assert s.record(cart_claim(CART))["c"] == [ANON]  # type: ignore[index]
     linked = s.feed("orders/create", order())
     links = [c for c in linked if c["type"] == "identify" and c.get("anonymousId") == ANON]
     assert len(links) == 1 and links[0]["userId"] == CUSTOMER_ID
     assert links[0]["traits"] == {"last_browsed_at": AT}
-    assert s.record("claim:cart:" + CART) is None
+    assert s.record(cart_claim(CART)) is None
     # From now on the browser's events name the person, and last_browsed_at is hourly.
     later = browse(s, product=7002, variant_id=9002)
     assert names(later) == ["product_viewed"]
@@ -331,6 +337,35 @@ def test_a_pixel_claiming_a_cart_links_only_when_a_signed_order_confirms_it() ->
     assert again[0]["traits"] == {"last_browsed_at": "2024-11-06T02:59:30.000Z"}
     s.now = NOW + timedelta(minutes=70)
     assert names(browse(s, product=7004, variant_id=9004)) == ["product_viewed"]
+
+
+def test_last_browsed_at_never_moves_back_for_a_late_event() -> None:
+    s = shop()
+    browse(s, cart_token=CART)
+    s.feed("orders/create", order())  # linked: last_browsed_at = AT (02:59)
+    s.now = NOW + timedelta(minutes=61)
+    # An older visit arriving late, an hour on: sent as an event, never as the trait.
+    late = browse(s, product=7002, variant_id=9002, timestamp="2024-11-06T01:00:00Z")
+    assert names(late) == ["product_viewed"]
+    # ... and it did not use up the hour: the next newer visit is sent at once.
+    newer = browse(s, product=7003, variant_id=9003, timestamp="2024-11-06T03:01:00Z")
+    assert names(newer) == ["identify", "product_viewed"]
+    assert newer[0]["traits"] == {"last_browsed_at": "2024-11-06T03:01:00.000Z"}
+    # A late event after that, past the hour again: still nothing older goes out.
+    s.now = NOW + timedelta(minutes=125)
+    assert names(browse(s, product=7004, variant_id=9004, timestamp=AT)) == ["product_viewed"]
+    # Another browser of the same person, linked (through the confirmed cart) with an older
+    # visit: the link carries no last_browsed_at (it would move the person's back).
+    s.now = NOW + timedelta(minutes=130)
+    other = client_anonymous_id(SHOP, "other-browser")
+    calls = browse(s, client_id="other-browser", cart_token=CART, timestamp="2024-11-06T02:00:00Z")
+    links = [c for c in calls if c["type"] == "identify" and c.get("anonymousId") == other]
+    assert len(links) == 1 and "last_browsed_at" not in links[0].get("traits", {})
+    assert all(
+        c.get("traits", {}).get("last_browsed_at", "9") > "2024-11-06T03:01"
+        for c in calls
+        if c["type"] == "identify"
+    )
 
 
 def test_a_pixel_after_the_signed_webhook_links_at_once_and_once_only() -> None:
@@ -351,15 +386,39 @@ def test_a_guest_cart_claim_waits_and_an_unconfirmed_token_links_nobody() -> Non
     # A signed order naming another cart links nothing for this browser.
     calls = s.feed("orders/create", order())
     assert all(c.get("anonymousId") != ANON for c in calls)
-    assert s.record("claim:cart:guest-cart") == {"c": [ANON]}
-    assert s.record("client:" + ANON).get("user") is None  # type: ignore[union-attr]
+    assert s.record(cart_claim("guest-cart"))["c"] == [ANON]  # type: ignore[index]
+    assert s.record(client_name(ANON)).get("user") is None  # type: ignore[union-attr]
+
+
+def test_a_record_under_a_colliding_digest_is_not_this_browsers() -> None:
+    s = shop()
+    # Another browser's record, linked to a person, under this browser's name (12 hex digits
+    # collide by chance): this browser's events must not take that person's id.
+    other = client_anonymous_id(SHOP, "someone-else")
+    s.state[s.keys.state(client_name(ANON))] = orjson.dumps({"a": other, "user": CUSTOMER_ID})
+    calls = browse(s)
+    assert names(calls) == ["product_viewed"] and "userId" not in calls[0]
+    assert s.record(client_name(ANON))["a"] == ANON  # type: ignore[index]
+
+
+def test_a_claim_is_renewed_by_later_events_at_most_every_15_minutes() -> None:
+    s = shop()
+    browse(s, cart_token=CART)
+    first = s.record(cart_claim(CART))
+    s.now = NOW + timedelta(minutes=10)
+    browse(s, cart_token=CART, product=7002, variant_id=9002)
+    assert s.record(cart_claim(CART)) == first  # not written again
+    s.now = NOW + timedelta(minutes=50)
+    browse(s, cart_token=CART, product=7003, variant_id=9003)
+    renewed = s.record(cart_claim(CART))
+    assert renewed is not None and renewed["c"] == [ANON] and renewed["t"] > first["t"]  # type: ignore[index]
 
 
 def test_claims_are_capped_per_token() -> None:
     s = shop()
     for i in range(10):
         browse(s, client_id=f"forger-{i}", cart_token=CART)
-    assert len(s.record("claim:cart:" + CART)["c"]) == 4  # type: ignore[index]
+    assert len(s.record(cart_claim(CART))["c"]) == 4  # type: ignore[index]
 
 
 def test_a_linked_browser_is_never_sampled_out() -> None:

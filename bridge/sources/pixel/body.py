@@ -17,6 +17,10 @@ from bridge.ids import normalise_cart_token
 # The browser's keepalive budget is 64 KiB per page (web-pixels.md section 5); larger bodies
 # never leave a real browser, so anything above is refused before it is read.
 MAX_PIXEL_BODY_BYTES = 64 * 1024
+# Arrays and objects a body may nest: a real event nests about 10 deep (body, event, data,
+# checkout, lineItems, a line, discountAllocations, one, discountApplication, value). Deeper
+# is refused before parsing: the stdlib's parser and anything that walks the result recurse.
+MAX_PIXEL_DEPTH = 32
 MAX_ID_CHARS = 128
 MAX_TIMESTAMP_CHARS = 64
 _PRINTABLE = re.compile(r"[\x21-\x7e]{1,128}")

@@ -13,6 +13,7 @@ collector received it (`ctx.triggered_at`): anyone can post any timestamp.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -59,6 +60,16 @@ MAX_PAST = timedelta(days=1)
 MAX_FUTURE = timedelta(minutes=5)
 # Prices beyond this are not a product's (a hostile 1e308): left out.
 MAX_PRICE = Decimal("1e12")
+# Page and product URLs are forwarded (a template may turn them into links) only as an http(s)
+# address or a path on the store's own site, whole: a longer one is dropped, never cut.
+MAX_URL_CHARS = 2048
+_ABSOLUTE_URL = re.compile(r"https?://[^/?#\\@]+(?:[/?#]\S*)?", re.IGNORECASE | re.ASCII)
+# A path on the site; not "//host" or "/\\host", which browsers read as another host.
+_SITE_PATH = re.compile(r"/(?![/\\])\S*")
+# Control characters and whitespace (browsers drop some of them inside a URL: "java\tscript:")
+# and what a browser's own `location.href` never holds raw (quotes and angle brackets are
+# percent-encoded, backslashes become slashes): a URL holding any is dropped.
+_NOT_IN_URL = re.compile(r'[\x00-\x20\x7f-\x9f\s<>"`\\]')
 
 
 def topic_of(pixel_event: str) -> str:
@@ -168,9 +179,22 @@ def _time(raw: str, received: datetime | None) -> datetime:
     return at if now - MAX_PAST <= at <= now + MAX_FUTURE else now
 
 
+def site_url(value: Any) -> str | None:
+    """`value` when it is an http(s) URL or a path on the site, at most MAX_URL_CHARS, else
+    None: `javascript:`, `data:` and every other scheme, protocol-relative `//host`, and
+    anything with whitespace or control characters in it are dropped, never repaired."""
+    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
+        return None
+    if _NOT_IN_URL.search(value):
+        return None
+    if _SITE_PATH.fullmatch(value) or _ABSOLUTE_URL.fullmatch(value):
+        return value
+    return None
+
+
 def _page_url(event: dict[str, Any]) -> str | None:
     location = _obj(_obj(_obj(event.get("context")).get("document")).get("location"))
-    return _text(location.get("href"), 2000)
+    return site_url(location.get("href"))
 
 
 def _details(
@@ -182,7 +206,7 @@ def _details(
         variant = data.get("productVariant")
         item = variant_item(variant)
         props["currency"] = _currency(_obj(variant).get("price"))
-        props["product_url"] = _text(_obj(_obj(variant).get("product")).get("url"), 2000)
+        props["product_url"] = site_url(_obj(_obj(variant).get("product")).get("url"))
         items = (item,) if item is not None else ()
         return items, props, (item.product_id or item.variant_id) if item else None
     if name == "collection_viewed":

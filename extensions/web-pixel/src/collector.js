@@ -4,7 +4,10 @@
 //
 // - fetch with keepalive and NO Content-Type: a CORS "simple" request, no preflight; the
 //   deprecated browser.sendBeacon is not used.
-// - Large arrays are trimmed so a body stays far below the 64 KiB keepalive budget.
+// - Large arrays are trimmed and long strings cut so a body stays far below the 64 KiB
+//   keepalive budget, measured in UTF-8 bytes (what goes on the wire and what the bridge
+//   counts), not in JavaScript's UTF-16 string length: a title of 3-byte characters is three
+//   times longer on the wire than its .length says.
 // - Who the visitor is never leaves the browser: emails, phones, addresses and customer ids
 //   are dropped from checkout data (the bridge ignores them anyway: docs/browse.md).
 export const CARTBRIDGE_EVENTS = [
@@ -16,7 +19,31 @@ export const CARTBRIDGE_EVENTS = [
   "checkout_started",
   "checkout_completed",
 ];
-export const CARTBRIDGE_LIMITS = { listed: 10, lines: 50, bodyBytes: 60000 };
+export const CARTBRIDGE_LIMITS = { listed: 10, lines: 50, text: 1000, bodyBytes: 60000 };
+
+// UTF-8 bytes of a string. TextEncoder exists in both sandboxes (worker and iframe); without
+// it, 3 bytes per UTF-16 unit is an upper bound (a pair of units is 4 bytes), so the body
+// still stays within budget.
+export function cartbridgeBytes(text) {
+  if (typeof TextEncoder === "function") return new TextEncoder().encode(text).length;
+  return text.length * 3;
+}
+
+// Strings in event data longer than `max` UTF-16 units: text (titles) is cut, never inside a
+// surrogate pair; a URL is dropped (a cut URL would be another, broken, address).
+function cartbridgeShorten(value, max, key) {
+  if (typeof value === "string") {
+    if (value.length <= max) return value;
+    if (key === "url" || key === "src" || key === "href") return null;
+    const code = value.charCodeAt(max - 1);
+    return value.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max);
+  }
+  if (Array.isArray(value)) return value.map((v) => cartbridgeShorten(v, max, key));
+  if (value && typeof value === "object") {
+    for (const k of Object.keys(value)) value[k] = cartbridgeShorten(value[k], max, k);
+  }
+  return value;
+}
 
 export function cartbridgeCartToken(raw) {
   if (typeof raw !== "string" || !raw) return null;
@@ -47,6 +74,7 @@ export function cartbridgeTrim(event, limits) {
     }
     if (c.order) delete c.order.customer;
   }
+  cartbridgeShorten(data, limits.text || CARTBRIDGE_LIMITS.text, null);
   const document = event.context && event.context.document;
   return {
     id: event.id,
@@ -84,7 +112,7 @@ export function cartbridgeCollect(api, collectorUrl, limits) {
   async function send(event) {
     const trimmed = cartbridgeTrim(event, limits);
     let body = JSON.stringify({ shop: shop, cart_token: await cartToken(event), event: trimmed });
-    if (body.length > limits.bodyBytes) {
+    if (cartbridgeBytes(body) > limits.bodyBytes) {
       trimmed.data = null; // still a browse signal; never a body the browser would refuse
       trimmed.context = {};
       body = JSON.stringify({ shop: shop, cart_token: knownCart, event: trimmed });

@@ -1,0 +1,56 @@
+"""Counters kept in the process and written to Redis in one pipeline at most once a second.
+
+A drain commit and a delivery settle used to carry their counters (`cb:{shop}:stats` and the
+volume buckets) as HINCRBYs in their own MULTI: ~14 commands per webhook at light traffic, when
+every webhook is a batch of its own, and a third of all commands per journey under a burst
+(BENCHMARKS.md, Redis cost). Summed here across batches, the same fields are written once per
+flush instead of once per batch.
+
+What this gives up: the counters of the last second of a worker killed outright (SIGKILL, the
+machine gone) are lost; a clean stop, each drain's and delivery's end, and any Redis error
+keep them (a failed flush puts its counts back for the next). Calls, state and seen-markers
+are unaffected: they stay in the commit's MULTI.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+# How often a busy worker writes its counters; a drain or delivery that ends writes them then.
+FLUSH_INTERVAL_S = 1.0
+
+
+class Tally:
+    """(key, field) -> n, summed until taken. Thread-safe (delivery settles from one thread,
+    but a lease keeper or stop handler may flush from another)."""
+
+    def __init__(
+        self, interval_s: float = FLUSH_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._last = clock()
+
+    def add(self, counts: Iterable[tuple[tuple[str, str], int]]) -> None:
+        with self._lock:
+            mine = self._counts
+            for slot, n in counts:
+                if n:
+                    mine[slot] = mine.get(slot, 0) + n
+
+    def due(self) -> bool:
+        return bool(self._counts) and self._clock() - self._last >= self.interval_s
+
+    def take(self) -> dict[tuple[str, str], int]:
+        """Everything summed so far (the tally starts again from nothing)."""
+        with self._lock:
+            counts, self._counts = self._counts, {}
+            self._last = self._clock()
+            return counts
+
+    def __len__(self) -> int:
+        return len(self._counts)
