@@ -279,3 +279,18 @@ def test_the_refresh_stops_rather_than_sleep_on_the_bucket(services: Services) -
     assert slept == [] and client.stats.waited_s == 0
     saved = state.saved_pass()
     assert saved is not None and cursor_position(saved.after) == 200
+
+
+def test_the_sweep_yields_to_waiting_jobs_after_one_page(
+    standin: AdminStandIn, services: Services
+) -> None:
+    """Jobs wait in the queue (two drains no worker has taken): the sweep's refresh reads one
+    page and leaves the worker to them, its cursor saved for the next sweep."""
+    for shop in ("a.myshopify.com", "b.myshopify.com"):
+        services.queue.enqueue_call("jobs.drain.drain_shop", args=(shop,))
+    state = ProductSync(services.store.redis, SHOP)
+    state.set_watermark(MARK)
+    sync_products(services, SHOP, now=NOW)
+    assert pages(standin) == [None]
+    saved = state.saved_pass()
+    assert saved is not None and cursor_position(saved.after) == 100
