@@ -5,6 +5,14 @@ Written from `shared/docs/shopify-admin-api.md`, not from the bridge's client:
 - **Cost.** The requested cost of every query is worked out from its text (scalar 0, object 1,
   connection 2 + first x node, fragments the most expensive branch, mutation 10). A query over
   1 000 points is refused with `MAX_COST_EXCEEDED` and no data, whatever the bucket holds.
+- **Sizes.** A connection's `first`/`last` over 250, or `nodes(ids:)` with over 250 ids, is
+  refused before it runs (errors, no data): the ids one with Shopify's wording and
+  `MAX_INPUT_SIZE_EXCEEDED`, the page one with the doc's limit [U: its wording and code].
+- **Cursors.** Opaque (base64 JSON naming a position, the sort and a generation), as Shopify's
+  are. A cursor that does not decode, was issued for another sort, or was issued before
+  `invalidate_cursors()` (how a test makes Shopify refuse a saved cursor, e.g. after bulk
+  edits: the doc does not say when it does) is refused with `Invalid cursor for current
+  pagination sort.`, no data.
 - **Bucket.** A leaky bucket per plan (`PLANS`) drains by the requested cost up front, refunds
   requested - actual afterwards and refills at the plan's restore rate in real time. When it
   cannot hold the requested cost the answer is `THROTTLED` (HTTP 200, no data).
@@ -37,6 +45,7 @@ connections and per-connection `pageInfo`.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -73,7 +82,11 @@ SUPPORTED_VERSIONS = ("2025-10", "2026-01", "2026-04", "2026-07", "2026-10")
 
 MAX_COST = 1000
 MUTATION_COST = 10
-MAX_PAGE = 250  # nodes per connection page
+MAX_PAGE = 250  # nodes per connection page (`first`/`last`)
+MAX_INPUT_ITEMS = 250  # items per input array (`nodes(ids:)`)
+# What Shopify answers for a cursor it will not page from (seen in apps' error handling; the
+# doc does not list it) [U: its extensions code].
+INVALID_CURSOR = "Invalid cursor for current pagination sort."
 
 
 @dataclass(frozen=True)
@@ -481,15 +494,91 @@ def actual_cost(sel: SelectionSetNode | None, data: Any) -> int:
 # --- executing a selection over the data graph ------------------------------------------------
 
 
-def _page(items: list[Any], args: dict[str, Any]) -> tuple[list[Any], int, int]:
+class Refused(Exception):
+    """A query Shopify refuses as a whole: `errors` with this message, path and code, no data."""
+
+    def __init__(self, message: str, path: list[str], code: str) -> None:
+        super().__init__(message)
+        self.message, self.path, self.code = message, path, code
+
+    def error(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "locations": [{"line": 2, "column": 3}],
+            "path": self.path,
+            "extensions": {"code": self.code},
+        }
+
+
+def cursor(position: int, sort: str, generation: int) -> str:
+    """An opaque cursor, like Shopify's base64 JSON: the position after a node, for one sort
+    order, from one generation of the stand-in's cursors (`invalidate_cursors`)."""
+    raw = json.dumps({"last_id": position, "sort": sort, "g": generation})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def cursor_position(text: str | None) -> int | None:
+    """The position a cursor of this stand-in names (for tests), None for none."""
+    if text is None:
+        return None
+    return int(json.loads(base64.urlsafe_b64decode(text.encode()))["last_id"])
+
+
+def _start(after: Any, sort: str, generation: int, field: str) -> int:
+    """Where a page after this cursor starts; Refused when the cursor is not one of this sort
+    and generation (garbled, from another sort, or issued before `invalidate_cursors`)."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(str(after).encode()))
+        ok = raw["sort"] == sort and raw["g"] == generation and int(raw["last_id"]) >= 0
+        position = int(raw["last_id"])
+    except (ValueError, KeyError, TypeError):
+        ok, position = False, 0
+    if not ok:
+        raise Refused(INVALID_CURSOR, [field], "BAD_REQUEST")
+    return position
+
+
+def _page(
+    items: list[Any], args: dict[str, Any], generation: int = 0, field: str = ""
+) -> tuple[list[Any], int, int]:
     after = args.get("after")
-    start = int(str(after).split(":", 1)[1]) if after else 0
+    sort = str(args.get("sortKey") or "ID")
+    start = _start(after, sort, generation, field) if after else 0
     first = args.get("first")
     end = len(items) if first is None else start + min(int(first), MAX_PAGE)
     return items[start:end], start, min(end, len(items))
 
 
-def execute(sel: SelectionSetNode | None, obj: Any, variables: dict[str, Any]) -> Any:
+def check_limits(sel: SelectionSetNode | None, variables: dict[str, Any]) -> None:
+    """Refused when a connection asks for more than 250 nodes or `nodes(ids:)` for more than 250
+    ids, as Shopify refuses them before running the query (whatever the query costs)."""
+    for f in _fields(sel):
+        args = _args(f, variables)
+        for name in ("first", "last"):
+            size = args.get(name)
+            if isinstance(size, int) and size > MAX_PAGE:
+                # [U: the wording and code; the limit is the doc's (section 2)]
+                raise Refused(
+                    f"The {name} argument of {f.name.value} may not exceed {MAX_PAGE} "
+                    f"(asked for {size}).",
+                    [f.name.value],
+                    "BAD_REQUEST",
+                )
+        ids = args.get("ids")
+        if isinstance(ids, list) and len(ids) > MAX_INPUT_ITEMS:
+            # As Shopify words it for any input list over the limit.
+            raise Refused(
+                f"The input array size of {len(ids)} is greater than the maximum allowed of "
+                f"{MAX_INPUT_ITEMS}.",
+                [f.name.value, "ids"],
+                "MAX_INPUT_SIZE_EXCEEDED",
+            )
+        check_limits(f.selection_set, variables)
+
+
+def execute(
+    sel: SelectionSetNode | None, obj: Any, variables: dict[str, Any], generation: int = 0
+) -> Any:
     if sel is None or not isinstance(obj, dict):
         return obj
     out: dict[str, Any] = {}
@@ -508,29 +597,38 @@ def execute(sel: SelectionSetNode | None, obj: Any, variables: dict[str, Any]) -
                 None,
             )
         if name in CONNECTIONS and isinstance(value, list):
-            nodes, start, end = _page(value, _args(f, variables))
+            args = _args(f, variables)
+            nodes, start, end = _page(value, args, generation, name)
+            sort = str(args.get("sortKey") or "ID")
             conn: dict[str, Any] = {}
             for sub in _fields(f.selection_set):
                 if sub.name.value == "nodes":
-                    conn["nodes"] = [execute(sub.selection_set, n, variables) for n in nodes]
+                    conn["nodes"] = [
+                        execute(sub.selection_set, n, variables, generation) for n in nodes
+                    ]
                 elif sub.name.value == "edges":
                     conn["edges"] = [
-                        execute(sub.selection_set, {"node": n, "cursor": f"c:{start + i + 1}"}, {})
+                        execute(
+                            sub.selection_set,
+                            {"node": n, "cursor": cursor(start + i + 1, sort, generation)},
+                            {},
+                            generation,
+                        )
                         for i, n in enumerate(nodes)
                     ]
                 elif sub.name.value == "pageInfo":
                     info = {
                         "hasNextPage": end < len(value),
                         "hasPreviousPage": start > 0,
-                        "endCursor": f"c:{end}" if nodes else None,
-                        "startCursor": f"c:{start + 1}" if nodes else None,
+                        "endCursor": cursor(end, sort, generation) if nodes else None,
+                        "startCursor": cursor(start + 1, sort, generation) if nodes else None,
                     }
-                    conn["pageInfo"] = execute(sub.selection_set, info, variables)
+                    conn["pageInfo"] = execute(sub.selection_set, info, variables, generation)
             out[key] = conn
         elif isinstance(value, list):
-            out[key] = [execute(f.selection_set, v, variables) for v in value]
+            out[key] = [execute(f.selection_set, v, variables, generation) for v in value]
         else:
-            out[key] = execute(f.selection_set, value, variables)
+            out[key] = execute(f.selection_set, value, variables, generation)
     return out
 
 
@@ -665,6 +763,9 @@ class AdminStandIn:
         self.answers: list[str] = []
         self.costs: list[int] = []
         self.versions: list[str] = []
+        # Cursors carry this; `invalidate_cursors` moves it on, so every cursor issued before is
+        # refused as Shopify may refuse a saved one (after bulk edits, a sort change...).
+        self.cursor_generation = 0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -687,6 +788,11 @@ class AdminStandIn:
                 op.expired = True
                 if op.status == "COMPLETED":
                     op.status = "EXPIRED"
+
+    def invalidate_cursors(self) -> None:
+        """Every cursor issued so far is refused from now on (`Invalid cursor ...`)."""
+        with self._lock:
+            self.cursor_generation += 1
 
     def order_requests(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -811,6 +917,11 @@ class AdminStandIn:
                     "errors": [{"message": message, "extensions": {"code": "MAX_COST_EXCEEDED"}}],
                     "extensions": self._cost(requested, None),
                 }
+            try:
+                check_limits(operation.selection_set, variables)
+            except Refused as exc:
+                self.answers.append("refused")
+                return 200, {"errors": [exc.error()], "extensions": self._cost(requested, None)}
             if fault == "throttled":
                 self.available = 0.0
             if fault == "max_cost":
@@ -849,8 +960,13 @@ class AdminStandIn:
                     "extensions": self._cost(requested, None),
                 }
             self.available -= requested
+            try:
+                data = self._data(operation, variables, version)
+            except Refused as exc:
+                self.available += requested  # refused before it ran: nothing charged [U]
+                self.answers.append("refused")
+                return 200, {"errors": [exc.error()], "extensions": self._cost(requested, None)}
             self.answers.append("ok")
-            data = self._data(operation, variables, version)
             # Charged the requested cost up front; what was not used comes back.
             actual = min(requested, actual_cost(operation.selection_set, data))
             self.available += requested - actual
@@ -924,7 +1040,7 @@ class AdminStandIn:
             f.name.value: self._root(f.name.value, _args(f, variables), version)
             for f in _fields(operation.selection_set)
         }
-        data = execute(operation.selection_set, graph, variables)
+        data = execute(operation.selection_set, graph, variables, self.cursor_generation)
         return data
 
     def _own_contracts(self) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ dry; a `THROTTLED` answer (HTTP 200 with that error code, or a 429) is retried a
 the bucket needs to refill. Errors:
 
     AdminError            anything the API refused or that kept failing (str() has no PII)
-    └── AdminAccessDenied an ACCESS_DENIED error or HTTP 401/403: the token lacks a scope
+    ├── AdminAccessDenied an ACCESS_DENIED error or HTTP 401/403: the token lacks a scope
+    └── AdminQueryRefused other GraphQL errors (a bad argument, an invalid cursor): asking
+                          the same again fails the same way
 
 It never logs the token, payloads or emails.
 """
@@ -23,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from bridge.backfill.cost import MAX_QUERY_COST
+from bridge.backfill.cost import MAX_QUERY_COST, over_limits
 from bridge.backfill.cost import requested_cost as query_cost
 
 if TYPE_CHECKING:
@@ -240,6 +242,11 @@ class AdminError(Exception):
 
 class AdminAccessDenied(AdminError):
     """The token lacks a scope the query needs (ACCESS_DENIED, HTTP 401 or 403)."""
+
+
+class AdminQueryRefused(AdminError):
+    """The API answered the query with errors this client has no remedy for (a bad argument, a
+    cursor it will not page from): the same query again fails the same way."""
 
 
 class AdminCostExceeded(AdminError):
@@ -522,6 +529,12 @@ class AdminClient:
             return float(MAX_QUERY_COST)
         return min(float(MAX_QUERY_COST), self._throttle.maximum)
 
+    def wait_s(self, query: str, variables: dict[str, Any] | None = None) -> float:
+        """Seconds `query` would wait for the bucket before being sent now (0: none)."""
+        if self._throttle is None:
+            return 0.0
+        return self._throttle.wait_for(float(query_cost(query, variables or {})), self.clock())
+
     def _note_version(self, resp: httpx.Response) -> None:
         answered = resp.headers.get("X-Shopify-API-Version")
         if not answered or answered == self.answered_version:
@@ -539,7 +552,8 @@ class AdminClient:
         """Run one query and return its `data`. Waits out throttling; raises AdminError.
 
         The requested cost is worked out from the text first: a query over the 1 000-point
-        maximum raises AdminCostExceeded without being sent, and the client waits until the
+        maximum raises AdminCostExceeded without being sent (a page over 250 nodes or an `ids`
+        list over 250 raises AdminError, unsent), and the client waits until the
         bucket (as last reported, refilled since) holds the requested cost, because Shopify
         charges it up front and throttles when it cannot.
         """
@@ -547,6 +561,10 @@ class AdminClient:
         cost = float(query_cost(query, variables))
         if cost > MAX_QUERY_COST:
             raise AdminCostExceeded(f"requested cost {cost:.0f} is over {MAX_QUERY_COST}")
+        too_big = over_limits(query, variables)
+        if too_big is not None:
+            # Shopify refuses a page over 250 nodes or an input list over 250 items: never sent.
+            raise AdminError(f"query over Shopify's limits ({too_big})")
         last_problem = "no attempt"
         for attempt in range(self.max_attempts):
             if self._throttle is not None:
@@ -598,7 +616,7 @@ class AdminClient:
             if "ACCESS_DENIED" in codes:
                 raise AdminAccessDenied("ACCESS_DENIED: the token lacks a scope this query needs")
             if resp.status_code >= 400 or codes:
-                raise AdminError(f"HTTP {resp.status_code}, errors {sorted(set(codes))}")
+                raise AdminQueryRefused(f"HTTP {resp.status_code}, errors {sorted(set(codes))}")
             data = body.get("data")
             if not isinstance(data, dict):
                 raise AdminError("answer has no data")

@@ -29,6 +29,10 @@ from graphql.language import (
 )
 
 MAX_QUERY_COST = 1000
+# Shopify's other static limits: nodes per connection page (`first`/`last`) and items per input
+# array (`nodes(ids:)`); a query over either is refused whatever it costs.
+MAX_PAGE_SIZE = 250
+MAX_INPUT_ITEMS = 250
 MUTATION_COST = 10
 # A connection's own price; the rest is `first` times one node.
 CONNECTION_BASE_COST = 2
@@ -138,3 +142,31 @@ def requested_cost(query: str, variables: dict[str, Any] | None = None) -> int:
             continue
         total += _selection_cost(definition.selection_set, variables or {})
     return total
+
+
+def _fields_of(sel: SelectionSetNode | None) -> list[FieldNode]:
+    out: list[FieldNode] = []
+    for node in sel.selections if sel else ():
+        if isinstance(node, FieldNode):
+            out.append(node)
+            out.extend(_fields_of(node.selection_set))
+        elif isinstance(node, InlineFragmentNode):
+            out.extend(_fields_of(node.selection_set))
+    return out
+
+
+def over_limits(query: str, variables: dict[str, Any] | None = None) -> str | None:
+    """Why Shopify would refuse this query for its size (a `first`/`last` over MAX_PAGE_SIZE, an
+    `ids` list over MAX_INPUT_ITEMS), or None. Names the field, never a value."""
+    variables = variables or {}
+    for definition in parse(query).definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        for field in _fields_of(definition.selection_set):
+            size = _page_size(field, variables)
+            if size is not None and size > MAX_PAGE_SIZE:
+                return f"{field.name.value}: page of {size} over {MAX_PAGE_SIZE}"
+            ids = _id_count(field, variables)
+            if ids is not None and ids > MAX_INPUT_ITEMS:
+                return f"{field.name.value}: {ids} ids over {MAX_INPUT_ITEMS}"
+    return None

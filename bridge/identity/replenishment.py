@@ -13,28 +13,41 @@ The traits, recomputed on every order and refund (live or backfilled):
   the orders containing it of order time + days_to_replenish x net quantity (bought minus
   refunded; a fully refunded line counts for nothing). The trait is the earliest cover date
   not before now, else (all lapsed) the latest lapsed one; null when nothing is replenishable.
-- `replenishment_skus`: the SKUs whose cover date falls on that date's UTC day.
+- `replenishment_skus`: the SKUs whose own cover date is within SKUS_WINDOW (24 hours) of
+  that date, either side, compared as UTC instants (not calendar days: 23:00 and 01:00 the
+  next day are two hours apart).
 
-Bounded: at most MAX_ORDER_LINES lines per order; lines whose cover date lapsed more than
-LAPSED_AFTER_DAYS ago, and lines still unresolved UNRESOLVED_AFTER_DAYS after their order, are
-pruned when recomputed.
+Bounded: only the lines of the customer's latest MAX_ORDERS orders (by order time) count, and
+when recomputed the lines of older orders (and of the refunds of those orders) are dropped from
+the index, so a customer with thousands of orders costs each order at most MAX_ORDERS x
+MAX_ORDER_LINES lines of work and of stored lines. At most MAX_ORDER_LINES lines per order;
+lines whose cover date lapsed more than LAPSED_AFTER_DAYS ago, and lines still unresolved
+UNRESOLVED_AFTER_DAYS after their order, are pruned when recomputed.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.canonical import Item
 from bridge.identity.records import StateView
 from bridge.identity.view import count
 from bridge.ids import iso_z
-from bridge.products.cache import cached, valid_id
+
+# The module, not its names: bridge.products.cache imports bridge.identity, which imports this
+# module, so importing the product cache first must find it here half-built without failing.
+from bridge.products import cache as product_cache
 from bridge.products.record import MetafieldKeys, metadata
 
 REPLENISHMENT_TRAITS = ("next_replenishment_date", "replenishment_skus")
 MAX_ORDER_LINES = 20
+# The latest orders whose lines count: a replenishment date is about what they buy now.
+MAX_ORDERS = 50
+# SKUs named with the date: those whose own date is this close to it.
+SKUS_WINDOW = timedelta(hours=24)
 MAX_QUANTITY = 10_000
 # Days one order line can cover at most (a 100-unit order of a 10-year product is not a date).
 MAX_COVER_DAYS = 3650
@@ -55,7 +68,7 @@ def order_lines(items: Iterable[Item]) -> list[list[Any]]:
     out: list[list[Any]] = []
     for item in items:
         label = _label(item)
-        if not valid_id(item.product_id) or label is None or item.quantity <= 0:
+        if not product_cache.valid_id(item.product_id) or label is None or item.quantity <= 0:
             continue
         out.append([item.product_id, label, min(item.quantity, MAX_QUANTITY), None])
         if len(out) == MAX_ORDER_LINES:
@@ -88,7 +101,7 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
         if days is not None:
             out.append(line)
             continue
-        rec = cached(view, str(pid))
+        rec = product_cache.cached(view, str(pid))
         if rec is None:
             out.append(line)  # not cached yet: asked for by enrichment, resolved later
             continue
@@ -126,10 +139,26 @@ def waiting_products(view: StateView, index_name: str) -> list[str]:
 
 
 def _time(text: Any) -> datetime | None:
+    """An index time as an aware UTC instant (one written without an offset is read as UTC, so
+    it never meets an aware time in a comparison); None when it is no time."""
     try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        at = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _latest(orders: dict[str, Any]) -> set[str]:
+    """The ids of the MAX_ORDERS latest orders (by their UTC time text, then id): one pass,
+    no sort of the whole index."""
+    return {
+        order_id
+        for order_id, _ in heapq.nlargest(
+            MAX_ORDERS,
+            orders.items(),
+            key=lambda kv: (str(kv[1].get("at") or "") if isinstance(kv[1], dict) else "", kv[0]),
+        )
+    }
 
 
 def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime) -> dict[str, Any]:
@@ -143,6 +172,19 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
     refunds: dict[str, Any] = dict(rec.get("r") or {})
     if not any(isinstance(e, dict) and "rl" in e for e in orders.values()):
         return {}
+    latest = _latest(orders)
+    dirty = False
+    for order_id, entry in list(orders.items()):
+        if order_id not in latest and isinstance(entry, dict) and "rl" in entry:
+            orders[order_id] = _without_lines(entry)  # too old to count: forgotten
+            dirty = True
+    for refund_id, entry in list(refunds.items()):
+        # The refunds of forgotten orders go with them (a refund whose order is not indexed yet,
+        # held for it, keeps its lines).
+        of = str(entry.get("o")) if isinstance(entry, dict) else None
+        if of is not None and "rl" in entry and of in orders and of not in latest:
+            refunds[refund_id] = _without_lines(entry)
+            dirty = True
     refunded: dict[tuple[str, str], int] = {}
     for entry in refunds.values():
         for line in (entry.get("rl") or []) if isinstance(entry, dict) else []:
@@ -150,7 +192,6 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
                 key = (str(entry.get("o")), str(line[0]))
                 refunded[key] = refunded.get(key, 0) + line[1]
     cover: dict[str, datetime] = {}
-    dirty = False
     lapsed_before = now - timedelta(days=LAPSED_AFTER_DAYS)
     unresolved_before = now - timedelta(days=UNRESOLVED_AFTER_DAYS)
     for order_id, entry in list(orders.items()):
@@ -164,6 +205,9 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
         kept: list[Any] = []
         for line in lines:
             _, label, qty, days = line
+            if not (isinstance(qty, int) and (days is None or isinstance(days, int))):
+                dirty = True
+                continue  # not what order_lines/_resolve write: dropped, never a crash
             if days is None and at is not None and at < unresolved_before:
                 dirty = True
                 continue  # its product's metadata never came: stop asking
@@ -171,7 +215,10 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
                 kept.append(line)
                 continue
             net = int(qty) - refunded.get((order_id, str(label)), 0)
-            due = at + timedelta(days=min(int(days) * max(net, 0), MAX_COVER_DAYS))
+            try:
+                due = at + timedelta(days=min(int(days) * max(net, 0), MAX_COVER_DAYS))
+            except OverflowError:
+                continue  # an order dated near year 9999: no date to give
             if due < lapsed_before:
                 dirty = True
                 continue  # lapsed long ago: forgotten, so the index stays bounded
@@ -184,13 +231,13 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
             orders[order_id] = {**entry, "rl": kept} if kept else _without_lines(entry)
             dirty = True
     if dirty:
-        view.put(index_name, {**rec, "o": orders})
+        view.put(index_name, {**rec, "o": orders, **({"r": refunds} if refunds else {})})
         count(view, "replenishment:index:updated")
     if not cover:
         return dict.fromkeys(REPLENISHMENT_TRAITS)
     upcoming = [d for d in cover.values() if d >= now]
     chosen = min(upcoming) if upcoming else max(cover.values())
-    skus = sorted(label for label, d in cover.items() if d.date() == chosen.date())
+    skus = sorted(label for label, d in cover.items() if abs(d - chosen) <= SKUS_WINDOW)
     return {"next_replenishment_date": iso_z(chosen), "replenishment_skus": skus[:MAX_SKUS]}
 
 

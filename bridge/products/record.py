@@ -135,15 +135,28 @@ def newer(old: dict[str, Any] | None, fact: ProductFact) -> bool:
 
 
 def merged(old: dict[str, Any] | None, fact: ProductFact) -> dict[str, Any]:
-    """The record after this fact: a webhook that carries no metafields (its subscription named
-    none) keeps the cached ones, and one that names no taxonomy category keeps the cached one."""
+    """The record after this fact. A webhook (no `metafield_keys`) changes only the metafields
+    it carries: its subscription may name none, another namespace, or one of the store's two
+    keys, and what it leaves out says nothing about the others (an Admin read learned them).
+    One that names no taxonomy category keeps the cached one. An Admin read names the keys it
+    asked for, so its answer replaces the cached metafields whole."""
     rec = to_record(fact)
     if fact.gone or not old or old.get("gone"):
         return rec
-    if fact.metafield_keys is None and not fact.metafields:
-        for field in ("mf", "mk"):
-            if field in old:
-                rec[field] = old[field]
+    if fact.metafield_keys is None:
+        raw = old.get("mf")
+        cached: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        carried: dict[str, Any] = rec["mf"]
+        # Cached keys keep their place (a carried value replaces theirs); keys new to the record
+        # fill what room is left, so a webhook flooding another namespace never evicts what an
+        # Admin read learned.
+        mf = {k: carried.get(k, v) for k, v in list(cached.items())[:MAX_METAFIELDS]}
+        for k, v in carried.items():
+            if k not in mf and len(mf) < MAX_METAFIELDS:
+                mf[k] = v
+        rec["mf"] = mf
+        if "mk" in old:
+            rec["mk"] = old["mk"]
     if "c" not in rec and old.get("c") and fact.metafield_keys is None:
         rec["c"] = old["c"]
     return rec

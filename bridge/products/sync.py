@@ -7,7 +7,9 @@ one writer of shop state, and a product fact older than the cached record change
   queued as `gone`, so it is not asked again;
 - **refresh**: every PRODUCT_REFRESH_EVERY_S, the products updated since the last refresh
   (`products(query: "updated_at:>'…'", sortKey: UPDATED_AT)`), a bounded number of pages per
-  run; this catches a lost `products/update` and metafield edits that bumped `updatedAt`.
+  run, the pass's cursor saved between runs (a refused one is dropped and the pass read again
+  from its start); this catches a lost `products/update` and metafield edits that bumped
+  `updatedAt`.
 
 Each query's requested cost is worked out before it is sent (backfill/cost.py) and sized to
 the client's budget, never over Shopify's 1 000-point maximum. Raises AdminError and redis
@@ -24,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from bridge.backfill.admin import MAX_PAGE_NODES, AdminClient
+from bridge.backfill.admin import MAX_PAGE_NODES, AdminClient, AdminQueryRefused
 from bridge.backfill.cost import requested_cost
 from bridge.ids import gid_to_id, iso_z
 from bridge.products.cache import WANTED, valid_id
@@ -32,7 +34,7 @@ from bridge.products.record import MetafieldKeys, record_name, split_key
 from bridge.sources.shopify.products import BACKFILL_PRODUCT_TOPIC, GONE_FLAG, KEYS_FLAG
 from bridge.store.facade import INGEST_DUPLICATE, INGEST_QUEUED_WAKE, Store, now_ms
 from bridge.store.keys import Keys
-from bridge.store.products import ProductSync
+from bridge.store.products import ProductSync, RefreshPass
 from bridge.store.wire import Envelope
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,10 @@ class SyncReport:
     looked_up: int = 0
     refreshed: int = 0
     queued: int = 0
+    pages: int = 0
+    resumed: bool = False  # the refresh went on from a saved cursor
+    restarted: bool = False  # the saved cursor was refused: the pass started again
+    yielded: bool = False  # stopped between pages for waiting work (cursor saved)
 
 
 def _queue(
@@ -224,28 +230,63 @@ def refresh(
     *,
     wake: Callable[[], None] | None = None,
     max_pages: int = MAX_REFRESH_PAGES,
+    should_yield: Callable[[], bool] | None = None,
 ) -> SyncReport:
-    """Queue the products updated since the watermark (a first run only sets it to now), at
-    most `max_pages` pages; the watermark moves to the newest `updatedAt` read."""
+    """Queue the products updated since the watermark, at most `max_pages` pages a run (a first
+    run only sets the watermark to now). A pass that needs more pages saves its cursor after
+    every page and the next run goes on from it; a pass that ends moves the watermark to the
+    newest `updatedAt` it read. Between pages it stops early (cursor saved) when
+    `should_yield()` says other work waits or the next page would wait for the cost bucket:
+    only a run's first page ever sleeps on the bucket. A saved cursor the API refuses is
+    dropped and the pass starts again from its beginning (same search), so a refused cursor
+    never fails every run. Raises AdminError and redis errors (the pass stays saved: the next
+    run resumes)."""
     report = SyncReport()
-    mark = sync.watermark()
-    if mark is None:
-        sync.set_watermark(iso_z(now))
-        return report
-    try:
-        since = datetime.fromisoformat(mark.replace("Z", "+00:00")) - REFRESH_OVERLAP
-    except ValueError:
-        sync.set_watermark(iso_z(now))
-        return report
+    saved = sync.saved_pass()
+    if saved is None:
+        mark = sync.watermark()
+        if mark is None:
+            sync.set_watermark(iso_z(now))
+            return report
+        try:
+            since = datetime.fromisoformat(mark.replace("Z", "+00:00")) - REFRESH_OVERLAP
+        except ValueError:
+            sync.set_watermark(iso_z(now))
+            return report
+        current = RefreshPass(since=iso_z(since), after="", newest=mark)
+    else:
+        current = saved
+        report.resumed = True
     variables: dict[str, Any] = {
         **metafield_vars(keys),
-        "query": f"updated_at:>'{iso_z(since)}'",
-        "after": None,
+        "query": f"updated_at:>'{current.since}'",
+        "after": current.after or None,
     }
-    newest = mark
-    for _ in range(max_pages):
+    newest = current.newest
+    for page in range(max_pages):
         variables["first"] = fit_products(admin.budget(), REFRESH_PAGE_SIZE)
-        data = admin.query(PRODUCTS_QUERY, variables)
+        # After its first page (so every run advances the pass) the refresh stops rather than
+        # hold the worker: when other jobs wait, or when the next page would sleep until the
+        # bucket refills (the next sweep finds it refilled). Its cursor is saved below.
+        if page and (
+            (should_yield is not None and should_yield())
+            or admin.wait_s(PRODUCTS_QUERY, variables) > 0
+        ):
+            report.yielded = True
+            break
+        try:
+            data = admin.query(PRODUCTS_QUERY, variables)
+        except AdminQueryRefused:
+            if variables["after"] is None:
+                raise
+            # The saved cursor is refused (bulk edits, a sort Shopify no longer pages from it):
+            # forget it and read the pass again from its start; the drain drops what it has.
+            log.warning("product refresh cursor refused", extra={"shop": shop})
+            sync.drop_pass()
+            store.count(shop, "products:refresh:cursor_refused")
+            report.restarted = True
+            variables["after"] = None
+            data = admin.query(PRODUCTS_QUERY, variables)
         conn = data.get("products") or {}
         nodes = [n for n in conn.get("nodes") or [] if isinstance(n, dict)]
         bodies = [b for b in (product_body(n, keys) for n in nodes) if b is not None]
@@ -253,12 +294,17 @@ def refresh(
             updated = str(body.get("updated_at") or "")
             newest = max(newest, updated)
         report.refreshed += len(bodies)
+        report.pages += 1
         report.queued += _queue(store, shop, bodies, "refresh", wake)
         info = conn.get("pageInfo") or {}
         if not (info.get("hasNextPage") and info.get("endCursor")):
+            sync.set_watermark(newest)
+            sync.drop_pass()
             break
-        variables["after"] = info["endCursor"]
-    sync.set_watermark(newest)
+        variables["after"] = str(info["endCursor"])
+        # Saved after every page: a run that stops here (pages used up, yielding, a crash)
+        # goes on from this page next time instead of reading the pass again.
+        sync.save_pass(RefreshPass(since=current.since, after=variables["after"], newest=newest))
     if report.refreshed:
         store.count(shop, "products:refresh:read", report.refreshed)
     return report

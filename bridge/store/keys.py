@@ -83,6 +83,8 @@ class Keys:
         # shop state (`st:product:<id>`, `st:products:wanted`).
         self.product_sync = p + "products:sync"
         self.product_sync_due = p + "products:sync:due"
+        # A refresh pass under way: where its next page starts (store/products.py).
+        self.product_sync_pass = p + "products:sync:pass"
 
         # The ops console (issue 18, store/ops.py): the last webhooks processed (a capped
         # list), alerts that ended (a capped list), and when calls were last delivered.

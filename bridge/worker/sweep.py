@@ -24,7 +24,7 @@ from bridge.services import Services
 from bridge.store import StoreError
 from bridge.store.facade import now_ms
 from bridge.store.keys import SWEEP_SCHEDULED_KEY, Keys
-from bridge.worker.queues import SWEEP, enqueue_drain
+from bridge.worker.queues import SWEEP, enqueue_drain, jobs_waiting
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,12 @@ def note_lookups(services: Services, shop: str, outcomes: dict[str, str]) -> Non
         services.store.release(keys.drain_lease, token)
 
 
+def webhook_work_waits(services: Services) -> bool:
+    """True when more jobs wait in the queue than the one drain a refresh page wakes itself
+    (one LLEN): this worker is the only one free to take them while the sweep runs."""
+    return jobs_waiting(services.queue) > 1
+
+
 def sync_products(services: Services, shop: str, now: datetime | None = None) -> None:
     """Fill the product cache (issue 17): read the products the drain noted as wanted, and
     every PRODUCT_REFRESH_EVERY_S the products updated since the last refresh, queued through
@@ -276,10 +282,21 @@ def sync_products(services: Services, shop: str, now: datetime | None = None) ->
             admin, services.store, shop, keys, limit=s.product_lookups_per_sweep, wake=wake
         )
         every = s.product_refresh_every_s
-        if every and services.store.claim(Keys(shop).product_sync_due, every):
-            sync_state = ProductSync(services.store.redis, shop)
+        sync_state = ProductSync(services.store.redis, shop)
+        # A pass under way goes on at every sweep; a new one starts every `every` seconds.
+        under_way = every and sync_state.saved_pass() is not None
+        if under_way or (every and services.store.claim(Keys(shop).product_sync_due, every)):
             now = now or datetime.now(UTC)
-            refreshed = sync.refresh(admin, services.store, sync_state, shop, keys, now, wake=wake)
+            refreshed = sync.refresh(
+                admin,
+                services.store,
+                sync_state,
+                shop,
+                keys,
+                now,
+                wake=wake,
+                should_yield=lambda: webhook_work_waits(services),
+            )
             report.refreshed, report.queued = refreshed.refreshed, report.queued + refreshed.queued
     except (AdminError, StoreError) as exc:
         log.warning("product sync failed", extra={"shop": shop, "error": type(exc).__name__})

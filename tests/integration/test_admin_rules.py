@@ -109,7 +109,13 @@ def test_the_bucket_is_charged_up_front_and_throttles_when_it_cannot_pay() -> No
         # Charged 252 up front, the unused 248 nodes refunded: 2 + 2 x 1 = 4 spent.
         assert first["extensions"]["cost"]["actualQueryCost"] == 4
         assert first["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] == 996
-        big = post(standin, query, {"n": 998})  # within the 1 000 maximum, not the bucket
+        # 2 + 249 x 4 = 998: within the 1 000 maximum (and a page within 250), not the bucket
+        heavy = (
+            "query Q($n: Int!) { orders(first: $n) { nodes { id customer { id } "
+            "totalPriceSet { shopMoney { amount } } } } }"
+        )
+        big = post(standin, heavy, {"n": 249})
+        assert big["extensions"]["cost"]["requestedQueryCost"] == 998
         assert big["errors"][0]["extensions"]["code"] == "THROTTLED" and "data" not in big
 
 

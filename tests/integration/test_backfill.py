@@ -23,7 +23,7 @@ from bridge.store.wire import Envelope
 from bridge.worker.queues import enqueue_drain
 from tests.conftest import ROOT, SHOP, wait_until
 from tests.pipelines_standin import PipelinesStandIn
-from tests.shopify_admin_standin import AdminStandIn, bulk_lines, gql_order
+from tests.shopify_admin_standin import AdminStandIn, bulk_lines, cursor_position, gql_order
 
 EMPTY_QUERY = "e3b0c44298fc"  # the checkpoint names a job by its --query's sha256 prefix
 
@@ -68,7 +68,7 @@ def test_pages_with_a_throttled_answer_become_identify_calls(
     assert "errors: 0" in out and "events sent: none" in out
 
     # Three pages, the first asked twice because the stand-in throttled it once.
-    assert [r["after"] for r in admin.order_requests()] == [None, None, "c:3", "c:6"]
+    assert [cursor_position(r["after"]) for r in admin.order_requests()] == [None, None, 3, 6]
     assert "throttled" in admin.answers
 
     assert pipelines.wait_for(7, 30), pipelines.calls

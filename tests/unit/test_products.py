@@ -527,3 +527,89 @@ def test_an_admin_node_without_a_usable_id_is_skipped(node: dict[str, Any]) -> N
     from bridge.products import sync
 
     assert sync.product_body(node, MetafieldKeys()) is None
+
+
+# --- products/update changes only the metafields it carries (review of issue 17, item 2) ------
+
+
+def _admin_read(product_id: int, days: str) -> dict[str, Any]:
+    """The `backfill/product` body an Admin API read of the product queues (products/sync.py)."""
+    from bridge.products.sync import product_body
+
+    node = {
+        "id": f"gid://shopify/Product/{product_id}",
+        "updatedAt": "2026-01-01T00:00:00Z",
+        "productType": "Shampoo",
+        "vendor": "Acme",
+        "category": None,
+        "m0": {"value": "true", "type": "boolean"},
+        "m1": {"value": days, "type": "number_integer"},
+    }
+    body = product_body(node, MetafieldKeys())
+    assert body is not None
+    return body
+
+
+def _sample_update(product_id: int, updated: str) -> dict[str, Any]:
+    """The recorded `products/update` sample (no metafields: its subscription named none)."""
+    from importlib.resources import files
+
+    body = orjson.loads((files("bridge") / "samples" / "products-update.json").read_bytes())
+    body.update(id=product_id, admin_graphql_api_id=None, updated_at=updated)
+    return dict(body)
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        pytest.param(lambda: _sample_update(11, "2026-02-01T00:00:00Z"), id="no-metafields"),
+        pytest.param(
+            lambda: product_webhook(11, metafields={"reviews.rating": ("4.5", "rating")}),
+            id="another-namespace",
+        ),
+        pytest.param(
+            lambda: product_webhook(11, metafields={"custom.replenishable": ("true", "boolean")}),
+            id="one-of-the-two-keys",
+        ),
+    ],
+)
+def test_products_update_keeps_the_metafields_it_does_not_carry(webhook: Any) -> None:
+    drain = Drain()
+    drain.run(("backfill/product", _admin_read(11, "30")))
+    drain.run(("products/update", webhook()))
+    calls = drain.run(("orders/create", order_body(1, lines=[(11, "SH-1", 1)])))
+    [item] = _tracks(calls, "order_completed")[0]["properties"]["items"]
+    assert (item["replenishable"], item["days_to_replenish"]) == (True, 30)
+    assert item["vendor"] == "Acme"
+
+
+def test_products_update_changes_the_metafields_it_carries() -> None:
+    drain = Drain()
+    drain.run(("backfill/product", _admin_read(11, "30")))
+    days_only = {"custom.days_to_replenish": ("45", "number_integer")}
+    drain.run(("products/update", product_webhook(11, metafields=days_only)))
+    calls = drain.run(("orders/create", order_body(1, lines=[(11, "SH-1", 1)])))
+    [item] = _tracks(calls, "order_completed")[0]["properties"]["items"]
+    assert (item["replenishable"], item["days_to_replenish"]) == (True, 45)
+    # A metafield the webhook carries as unset (null) is unset.
+    unset = {"custom.replenishable": (None, "boolean")}
+    drain.run(
+        ("products/update", product_webhook(11, metafields=unset, updated="2026-02-02T00:00:00Z"))
+    )
+    calls = drain.run(("orders/create", order_body(2, lines=[(11, "SH-1", 1)])))
+    [item] = _tracks(calls, "order_completed")[0]["properties"]["items"]
+    assert "replenishable" not in item and item["days_to_replenish"] == 45
+
+
+def test_a_webhook_flooding_another_namespace_never_evicts_the_stores_keys() -> None:
+    view = StateView()
+    t1, t2 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    keys = ("custom.replenishable", "custom.days_to_replenish")
+    learned = {"custom.replenishable": ("true", "boolean"), "custom.days_to_replenish": ("30", "x")}
+    cache.apply(view, _fact(version=t1, metafields=learned, metafield_keys=keys))
+    flood = {f"other.k{i}": ("v", "single_line_text_field") for i in range(40)}
+    cache.apply(view, _fact(version=t2, metafields=flood))
+    rec = view.get("product:11") or {}
+    assert len(rec["mf"]) == 20
+    assert rec["mf"]["custom.days_to_replenish"] == ["30", "x"]
+    assert rec["mk"] == list(keys)

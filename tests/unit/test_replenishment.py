@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from bridge.canonical import Item
 from bridge.identity.records import StateView
-from bridge.identity.replenishment import MAX_ORDER_LINES, order_lines, traits
+from bridge.identity.replenishment import MAX_ORDER_LINES, MAX_ORDERS, order_lines, traits
+from bridge.ids import iso_z
 from bridge.products.record import MetafieldKeys
 from tests.products import order_body, product_webhook, refund_body, replenishing
 from tests.unit.test_products import Drain
@@ -338,3 +339,119 @@ def test_a_refund_held_for_its_order_counts_once_the_order_comes() -> None:
     drain.run(("orders/create", order))
     # 3 bought, 2 refunded: 1 x 30 days
     assert current(drain)["next_replenishment_date"] == "2026-03-31T10:00:00.000Z"
+
+
+# --- review of issue 17: SKUs within 24 hours, and the latest 50 orders only -----------------
+
+
+def test_skus_within_24_hours_of_the_date_are_named_across_a_utc_midnight() -> None:
+    drain = Drain()
+    catalog(drain)  # shampoo 30 days, conditioner 45 days
+    serum = product_webhook(SERUM, metafields=replenishing("30"))
+    drain.run(("products/update", serum))
+    drain.run(
+        # shampoo: Apr 14 23:00; conditioner: Apr 15 10:00 (11 hours later, the next UTC day);
+        # serum: Apr 15 23:30 (24.5 hours after the shampoo): not named.
+        (
+            "orders/create",
+            order_body(1, created="2026-03-15T23:00:00Z", lines=[(SHAMPOO, "SH-1", 1)]),
+        ),
+        (
+            "orders/create",
+            order_body(2, created="2026-03-01T10:00:00Z", lines=[(CONDITIONER, "CO-1", 1)]),
+        ),
+        (
+            "orders/create",
+            order_body(3, created="2026-03-16T23:30:00Z", lines=[(SERUM, "SE-1", 1)]),
+        ),
+    )
+    got = current(drain)
+    assert got["next_replenishment_date"] == "2026-04-14T23:00:00.000Z"
+    assert got["replenishment_skus"] == ["CO-1", "SH-1"]
+
+
+def test_an_sku_bought_long_ago_is_not_named_with_the_next_date() -> None:
+    drain = Drain()
+    catalog(drain)
+    drain.run(
+        # CO-1 bought Jan 20, 45 days -> Mar 6 (lapsed, 33 days before the date);
+        # SH-1 bought Mar 9, 30 days -> Apr 8: only SH-1 is named.
+        (
+            "orders/create",
+            order_body(1, created="2026-01-20T10:00:00Z", lines=[(CONDITIONER, "CO-1", 1)]),
+        ),
+        (
+            "orders/create",
+            order_body(2, created="2026-03-09T10:00:00Z", lines=[(SHAMPOO, "SH-1", 1)]),
+        ),
+    )
+    got = current(drain)
+    assert got["next_replenishment_date"] == "2026-04-08T10:00:00.000Z"
+    assert got["replenishment_skus"] == ["SH-1"]
+
+
+def _line_index(n: int, at: Any) -> dict[str, Any]:
+    return {
+        "o": {
+            str(i): {"at": at(i), "t": "1", "c": "USD", "rl": [["1", f"S{i % 3}", 1, 30]]}
+            for i in range(n)
+        },
+        "r": {f"r{i}": {"o": str(i), "a": "1", "rl": [[f"S{i % 3}", 1]]} for i in range(0, n, 7)},
+    }
+
+
+def _cached_product(view: StateView, days: str = "30") -> None:
+    view.put(
+        "product:1",
+        {
+            "v": "",
+            "mf": {"custom.replenishable": ["true", ""], "custom.days_to_replenish": [days, ""]},
+        },
+    )
+
+
+def test_only_the_latest_50_orders_count_and_the_rest_lose_their_lines() -> None:
+    view = StateView()
+    _cached_product(view)
+    # 3 000 orders, one a minute from Feb 20: the stored lines shrink to the latest 50 orders'.
+    start = datetime(2026, 2, 20, tzinfo=UTC)
+    view.put("orders:p", _line_index(3000, lambda i: iso_z(start + timedelta(minutes=i))))
+    traits(view, "orders:p", MetafieldKeys(), NOW)
+    index = view.get("orders:p") or {}
+    with_lines = sorted(int(k) for k, e in index["o"].items() if "rl" in e)
+    assert with_lines == list(range(3000 - MAX_ORDERS, 3000))
+    assert len(index["o"]) == 3000  # the order traits still see every order
+    refunds_with_lines = sorted(int(e["o"]) for e in index["r"].values() if "rl" in e)
+    assert all(o >= 3000 - MAX_ORDERS for o in refunds_with_lines) and refunds_with_lines
+
+
+def test_an_order_beyond_the_latest_50_does_not_set_the_date() -> None:
+    drain = Drain()
+    catalog(drain)  # shampoo 30 days, conditioner 45 days
+    # The oldest order: one conditioner, covered until Apr 15. Then 50 later orders of two
+    # shampoos each, the last covered until May 1: only those 50 count, so the date is theirs.
+    big = order_body(1, created="2026-03-01T00:00:00Z", lines=[(CONDITIONER, "CO-1", 1)])
+    drain.run(("orders/create", big))
+    for i in range(MAX_ORDERS):
+        created = f"2026-03-02T{i // 60:02d}:{i % 60:02d}:00Z"
+        body = order_body(100 + i, created=created, lines=[(SHAMPOO, "SH-1", 2)])
+        drain.run(("orders/create", body))
+    got = current(drain)
+    assert got["replenishment_skus"] == ["SH-1"]
+    assert got["next_replenishment_date"] == "2026-05-01T00:49:00.000Z"
+    assert "rl" not in drain.record("orders:cust:5001")["o"]["1"]
+
+
+def test_an_index_time_without_an_offset_is_read_as_utc() -> None:
+    view = StateView()
+    _cached_product(view)
+    view.put(
+        "orders:p",
+        {
+            "o": {
+                "1": {"at": "2026-03-01T00:00:00", "t": "1", "c": "USD", "rl": [["1", "S", 1, 30]]}
+            }
+        },
+    )
+    got = traits(view, "orders:p", MetafieldKeys(), NOW)
+    assert got["next_replenishment_date"] == "2026-03-31T00:00:00.000Z"
