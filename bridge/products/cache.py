@@ -101,10 +101,12 @@ def wanted(view: StateView) -> dict[str, str]:
 
 def want(view: StateView, product_ids: list[str], now: datetime) -> int:
     """Note products to read; returns how many were new to the list."""
-    ids = wanted(view)
-    fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in ids]
+    listed = (view.get(WANTED) or {}).get("ids")
+    known = listed if isinstance(listed, dict) else {}
+    fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in known]
     if not fresh:
-        return 0
+        return 0  # the common case, with no copy of a list of up to MAX_WANTED ids
+    ids = dict(known)
     at = iso_z(now)
     ids.update(dict.fromkeys(fresh, at))
     rec = view.get(WANTED) or {}
