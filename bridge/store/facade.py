@@ -286,6 +286,27 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
     }
 
 
+# Tries of `Store.settle_outbox` when its WATCH on the lease key trips while the lease is ours.
+SETTLE_TRIES = 5
+
+
+def _stage_settlement(pipe: Any, shop: str, k: Keys, s: Settlement[Any]) -> None:
+    """A delivery round's writes (`Store.settle_outbox`), queued on a MULTI pipeline."""
+    pipe.delete(k.outbox_work)
+    for i in range(0, len(s.remaining), 1000):
+        pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
+    for h, entries, due, meta in s.held:
+        for i in range(0, len(entries), 1000):
+            pipe.rpush(k.held(h), *entries[i : i + 1000])
+        pipe.zadd(k.out_due, {h: due})
+        pipe.hset(k.out_meta, h, meta)
+    if s.clear:
+        pipe.hdel(k.out_meta, *s.clear)
+    stage(pipe, shop, s.letters, now_ms())
+    for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
+        pipe.execute_command(*command)
+
+
 class Store:
     """Queue and counter operations over one Redis client. Raises redis errors as they come."""
 
@@ -596,31 +617,27 @@ class Store:
         return {h: v for h, v in zip(hashes, values, strict=True) if v}
 
     def settle_outbox(self, shop: str, lease_token: str, s: Settlement[Any]) -> None:
-        """Write a round's outcome atomically, unless the lease changed hands (LeaseLost)."""
+        """Write a round's outcome atomically, unless the lease changed hands (LeaseLost).
+
+        The MULTI is guarded by a WATCH on the lease key, which the lease keeper's renewal
+        (a PEXPIRE) also trips while the lease is still ours: then it is tried again, up to
+        SETTLE_TRIES times, and LeaseLost is raised only when the token changed."""
         k = Keys(shop)
-        with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(k.deliver_lease)
-                holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
-                if holder != lease_token.encode():
-                    raise LeaseLost(shop)
-                pipe.multi()
-                pipe.delete(k.outbox_work)
-                for i in range(0, len(s.remaining), 1000):
-                    pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
-                for h, entries, due, meta in s.held:
-                    for i in range(0, len(entries), 1000):
-                        pipe.rpush(k.held(h), *entries[i : i + 1000])
-                    pipe.zadd(k.out_due, {h: due})
-                    pipe.hset(k.out_meta, h, meta)
-                if s.clear:
-                    pipe.hdel(k.out_meta, *s.clear)
-                stage(pipe, shop, s.letters, now_ms())
-                for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
-                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                pipe.execute()
-            except redis.WatchError:
-                raise LeaseLost(shop) from None
+        for _ in range(SETTLE_TRIES):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(k.deliver_lease)
+                    holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
+                    if holder != lease_token.encode():
+                        raise LeaseLost(shop)
+                    pipe.multi()
+                    _stage_settlement(pipe, shop, k, s)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # the lease key was touched: still ours? (checked again above)
+        else:
+            raise LeaseLost(shop)
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
         self.flush_counters()
 
