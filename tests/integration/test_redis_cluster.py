@@ -302,3 +302,26 @@ def test_backfill_ingest_and_rejections_keep_shops_key_apart(
     rt.store.count_untrusted("made-up.myshopify.com", "bad_hmac", configured=False)
     assert stats(rt, shops[0])["bad_hmac"] == 1
     assert rt.store.monitoring.totals()[1] == {b"bad_hmac": b"1"}
+
+
+def test_a_shops_erasure_finds_its_keys_on_every_master_while_its_slot_migrates(
+    client: FlaskClient, rt: Services, cluster: LocalCluster
+) -> None:
+    for i in range(6):
+        post(client, "carts/create", cart(f"e-{i}", {11: 1}, "2024-11-06T01:00:00Z"))
+    drain(rt, SHOP)
+    deliver(rt, SHOP)
+    other = "kept.myshopify.com"
+    post(client, "carts/create", cart("kept", {11: 1}, "2024-11-06T01:00:00Z"), other)
+    mine = "*{" + SHOP + "}*"
+    migration = Migration(cluster, key_slot(Keys(SHOP).inbound))
+    migration.begin()
+    try:
+        migration.move(len(migration.src.keys(mine)) // 2)
+        assert migration.src.keys(mine) and migration.dst.keys(mine)  # on both masters
+        assert rt.store.shop_data.erase_shop(SHOP) > 6
+        assert not migration.src.keys(mine) and not migration.dst.keys(mine)
+    finally:
+        migration.end()
+    assert rt.store.shops() == [other]
+    assert rt.store.depth(other)["inbound"] == 1
