@@ -97,6 +97,8 @@ def test_each_shops_keys_live_on_the_master_owning_its_slot(
     client: FlaskClient, rt: Services, cluster: LocalCluster, redis: redis_lib.Redis
 ) -> None:
     shops = [f"spread-{i}.myshopify.com" for i in range(24)]
+    for port in cluster.ports:
+        cluster.node(port).config_resetstat()
     for i, shop in enumerate(shops):
         post(client, "carts/create", cart(f"token-{i}", {11: 1}, "2024-11-06T01:00:00Z"), shop)
     for shop in shops:
@@ -110,6 +112,10 @@ def test_each_shops_keys_live_on_the_master_owning_its_slot(
         assert mine and mine <= by_port[owner], shop
         used.add(owner)
     assert len(used) == 3
+    # Each command went to its slot's master the first time: no master answered MOVED or ASK.
+    for port in cluster.ports:
+        errors = cluster.node(port).info("errorstats")
+        assert not any(name in errors for name in ("errorstat_MOVED", "errorstat_ASK")), errors
     assert set(rt.store.shops()) == set(shops)
     assert sum(stats(rt, shop).get("webhooks:carts/create:processed", 0) for shop in shops) == 24
     # REDIS_URL's Redis keeps RQ's keys only (none of the bridge's data).
