@@ -61,5 +61,16 @@ class Tally:
             self._last = self._clock()
             return counts, expiry
 
+    def forget(self, prefix: str) -> int:
+        """Drop the unwritten counts of every key starting with `prefix` (a shop erased: its
+        counters must not come back at the next flush); returns how many were dropped."""
+        with self._lock:
+            gone = [slot for slot in self._counts if slot[0].startswith(prefix)]
+            for slot in gone:
+                del self._counts[slot]
+            for key in [key for key in self._expiry if key.startswith(prefix)]:
+                del self._expiry[key]
+            return len(gone)
+
     def __len__(self) -> int:
         return len(self._counts)

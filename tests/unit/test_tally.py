@@ -45,3 +45,13 @@ def test_a_key_expires_at_the_latest_time_asked() -> None:
     tally.add([(("k", "f"), 1)], {"k": 200})
     tally.add([(("k", "f"), 1)], {"k": 100, "j": 50})
     assert tally.take() == ({("k", "f"): 2}, {"k": 200, "j": 50})
+
+
+def test_forget_drops_one_shops_counts_and_expiry_and_keeps_the_others() -> None:
+    tally = Tally(clock=Clock())
+    tally.add(
+        [(("cb:{a}:stats", "x"), 2), (("cb:{a}:ops:wh5m:1", "0"), 1), (("cb:{ab}:stats", "x"), 4)],
+        {"cb:{a}:ops:wh5m:1": 9, "cb:{ab}:ops:wh5m:1": 9},
+    )
+    assert tally.forget("cb:{a}:") == 2
+    assert tally.take() == ({("cb:{ab}:stats", "x"): 4}, {"cb:{ab}:ops:wh5m:1": 9})
