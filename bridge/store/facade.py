@@ -10,7 +10,11 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -295,6 +299,12 @@ class Store:
         self._raw = RawPipeline(client)
         # Counters of commits and settles, written once a second (store/tally.py).
         self.tally = Tally()
+        # The thread that writes the counters of a process with no ticker (a web process):
+        # running while the tally holds counts, started again by the next count.
+        self._writer_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._exit_hooked = False
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
@@ -315,7 +325,6 @@ class Store:
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", k.inbound, env.encode()),
             ("EXISTS", k.seen(env.webhook_id)),
-            ("HINCRBY", k.stats, f"webhooks:{env.topic}:accepted", 1),
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
         ]
         # The shop set (the worker's ticker walks it) is written by each process once a
@@ -323,9 +332,13 @@ class Store:
         registered = self._registered.get(env.shop, 0)
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
-        pushed, seen, _count, flag, *registering = self._raw.pipeline(*commands)
+        pushed, seen, flag, *registering = self._raw.pipeline(*commands)
         if isinstance(pushed, Exception):
             raise pushed  # not queued (out of memory, a read-only replica...): the caller 503s
+        # Counted in the tally, written within a second by this process (`_write_counters_soon`):
+        # one HINCRBY a second per topic rather than one a webhook.
+        self.tally.add((((k.stats, f"webhooks:{env.topic}:accepted"), 1),))
+        self._write_counters_soon()
         if registering and not isinstance(registering[0], Exception):
             self._registered[env.shop] = at
         woke = flag is not None and not isinstance(flag, Exception)
@@ -552,6 +565,40 @@ class Store:
         )
 
     # --- counters -------------------------------------------------------------------------
+    def _write_counters_soon(self) -> None:
+        """Make sure this process writes the tally within a second (a web process has no
+        ticker; a worker's ticker flushes too, which does no harm)."""
+        with self._writer_lock:  # the writer ends under this lock, only with nothing counted
+            if self._writer is not None and self._writer_pid == os.getpid():
+                return
+            self._writer = threading.Thread(
+                target=self._write_counters, name="counters", daemon=True
+            )
+            self._writer_pid = os.getpid()  # a forked child starts its own
+            self._writer.start()
+        if not self._exit_hooked:
+            self._exit_hooked = True
+            atexit.register(self._write_counters_at_exit)
+
+    def _write_counters(self) -> None:
+        """Flush once a second while there are counts; end once the tally is empty (the next
+        count starts another: an idle process keeps no thread, nor a closed Store one)."""
+        while True:
+            time.sleep(self.tally.interval_s)
+            try:
+                self.flush_counters()
+            except redis.RedisError as err:
+                log.warning("counters not written yet: %s", type(err).__name__)
+            with self._writer_lock:
+                if not len(self.tally):
+                    self._writer = None
+                    return
+
+    def _write_counters_at_exit(self) -> None:
+        # Redis gone too: the last second's counts are lost (store/tally.py).
+        with contextlib.suppress(redis.RedisError):
+            self.flush_counters(force=True)
+
     def flush_counters(self, *, force: bool = False) -> None:
         """Write the tally's counters in one pipeline: when a second has passed since the last
         flush, or now with `force` (a drain's or delivery's end, a stop). Raises redis errors,

@@ -115,16 +115,17 @@ return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
 """
 
 # Move up to ARGV[1] webhooks from the inbound queue (KEYS[1]) to the end of the work list
-# (KEYS[2]) and return them, stopping at the first empty LMOVE. Plain pipelined LMOVEs asked for
-# a full batch whatever was queued: under light traffic a drain sent ~400 LMOVEs that found
-# nothing for each webhook it moved (bench/redis_cost.py). Atomic, so a crash leaves every
-# webhook in exactly one of the two lists. Record format: envelopes, moved as they are.
+# (KEYS[2]) and return them. Plain pipelined LMOVEs asked for a full batch whatever was queued:
+# under light traffic a drain sent ~400 LMOVEs that found nothing for each webhook it moved
+# (bench/redis_cost.py); an LMOVE each in here still cost a command a webhook, where LRANGE,
+# LTRIM and RPUSH cost three a batch. Atomic, so a crash leaves every webhook in exactly one of
+# the two lists. Record format: envelopes, moved as they are.
 TAKE_INBOUND = """
-local moved = {}
-for i = 1, tonumber(ARGV[1]) do
-  local envelope = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not envelope then break end
-  moved[i] = envelope
+local moved = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #moved == 0 then return moved end
+redis.call('LTRIM', KEYS[1], #moved, -1)
+for i = 1, #moved, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(moved, i, math.min(i + 999, #moved)))
 end
 return moved
 """
