@@ -131,6 +131,7 @@ class Commit:
     letters: list[DeadLetterRecord] = field(default_factory=list)
     # issue 6: per-event volume buckets and last-seen times (monitoring/volume.py `record`)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
+    # Written with the counters (store/tally.py), not in the commit's MULTI.
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
@@ -537,8 +538,6 @@ class Store:
             stage(cmds, shop, commit.letters, now_ms())
         if commit.compliance:
             cmds.add("RPUSH", k.compliance, *commit.compliance)
-        for (key, name), v in commit.hash_set.items():
-            cmds.add("HSET", key, name, v)
         for command in _ops_commands(
             shop, commit.ledger, commit.webhook_log, keep=commit.ledger_keep
         ):
@@ -561,7 +560,7 @@ class Store:
         return PendingCommit(
             self._raw.send_transaction(cmds.commands),
             wakes=bool(commit.calls),
-            counted=lambda: self.tally.add(counts, expiry),
+            counted=lambda: self.tally.add(counts, expiry, commit.hash_set),
         )
 
     # --- counters -------------------------------------------------------------------------
@@ -605,12 +604,17 @@ class Store:
         the counts kept for the next flush."""
         if not (self.tally.due() or (force and len(self.tally))):
             return
-        counts, expiry = self.tally.take()
+        counts, expiry, latest = self.tally.take()
         # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
         # drain's pipelined replies may be in flight on the RawPipeline's connection.
         pipe = self.redis.pipeline(transaction=False)
         for (key, name), n in counts.items():
             pipe.hincrby(key, name, n)
+        by_key: dict[str, dict[str, int]] = {}
+        for (key, name), v in latest.items():
+            by_key.setdefault(key, {})[name] = v
+        for key, fields in by_key.items():
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         for key, at in expiry.items():
             pipe.expireat(key, at)
         try:
@@ -618,7 +622,7 @@ class Store:
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
-            self.tally.add(counts.items(), expiry)
+            self.tally.add(counts.items(), expiry, latest)
             raise
         refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help

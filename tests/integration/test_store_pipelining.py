@@ -109,13 +109,15 @@ def test_counters_of_many_batches_are_written_together_once_committed(
         commit = Commit()
         commit.count("webhooks:carts/create:processed")
         commit.hash_incr[(K.prefix + "vol5m:x", "0")] = 2
+        commit.hash_set[(K.last_seen, "added_to_cart")] = [20, 30, 10][i]  # the latest wins
         store.send_commit(SHOP, commit).result()
         store.flush_counters()  # not due yet: nothing written
-    assert redis.hgetall(K.stats) == {}
+    assert redis.hgetall(K.stats) == {} and not redis.exists(K.last_seen)
     before = redis.info("commandstats").get("cmdstat_hincrby", {}).get("calls", 0)
     store.flush_counters(force=True)
     assert redis.hget(K.stats, "webhooks:carts/create:processed") == b"3"
     assert redis.hget(K.prefix + "vol5m:x", "0") == b"6"
+    assert redis.hget(K.last_seen, "added_to_cart") == b"30"
     assert redis.info("commandstats")["cmdstat_hincrby"]["calls"] - before == 2
 
 
@@ -142,4 +144,4 @@ def test_a_commit_that_failed_counts_nothing_and_a_failed_flush_keeps_its_counts
     away.tally.add([((K.stats, "x"), 1)])
     with pytest.raises(redis_lib.ConnectionError):
         away.flush_counters(force=True)
-    assert away.tally.take() == ({(K.stats, "x"): 1}, {})
+    assert away.tally.take() == ({(K.stats, "x"): 1}, {}, {})
