@@ -30,6 +30,7 @@ from bridge.store.monitoring import MonitorStore
 from bridge.store.ops import (
     OpsStore,
     ledger_commands,
+    long_ledgers,
     marks_commands,
     webhook_counts,
     webhook_log_commands,
@@ -156,9 +157,11 @@ def _ops_commands(
     *,
     keep: int = 50,
 ) -> list[tuple[Any, ...]]:
-    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
+    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway.
+    The ledgers get no LTRIM: the caller has the tally trim those the MULTI's replies show
+    past `keep` (`long_ledgers`), one in many batches rather than every one."""
     return [
-        *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
+        *(ledger_commands(shop, ledger, keep=keep, trim=False) if keep > 0 else []),
         *webhook_log_commands(shop, hooks),
         *marks_commands(shop, marks or {}),
     ]
@@ -264,15 +267,20 @@ class PendingCommit:
     __slots__ = ("_counted", "_pending", "_wakes")
 
     def __init__(
-        self, pending: PendingTransaction, *, wakes: bool, counted: Callable[[], None]
+        self,
+        pending: PendingTransaction,
+        *,
+        wakes: bool,
+        counted: Callable[[list[Any]], None],
     ) -> None:
         self._pending = pending
         self._wakes = wakes
-        self._counted = counted  # adds the batch's counters to the tally, once it committed
+        # Adds the batch's counters to the tally once it committed (given EXEC's replies).
+        self._counted = counted
 
     def result(self) -> bool:
         replies = self._pending.result()
-        self._counted()
+        self._counted(replies)
         return self._wakes and replies[-1] is not None
 
 
@@ -557,10 +565,15 @@ class Store:
         counts += commit.hash_incr.items()
         arrivals, expiry = webhook_counts(shop, commit.webhooks_at)
         counts += arrivals.items()
+        keep = commit.ledger_keep
+
+        def counted(replies: list[Any]) -> None:
+            self.tally.add(counts, expiry, commit.hash_set)
+            if commit.ledger:
+                self.tally.trim(long_ledgers(shop, cmds.commands, replies, keep), keep)
+
         return PendingCommit(
-            self._raw.send_transaction(cmds.commands),
-            wakes=bool(commit.calls),
-            counted=lambda: self.tally.add(counts, expiry, commit.hash_set),
+            self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls), counted=counted
         )
 
     # --- counters -------------------------------------------------------------------------
@@ -604,7 +617,7 @@ class Store:
         the counts kept for the next flush."""
         if not (self.tally.due() or (force and len(self.tally))):
             return
-        counts, expiry, latest = self.tally.take()
+        counts, expiry, latest, trims = self.tally.take()
         # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
         # drain's pipelined replies may be in flight on the RawPipeline's connection.
         pipe = self.redis.pipeline(transaction=False)
@@ -617,12 +630,16 @@ class Store:
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         for key, at in expiry.items():
             pipe.expireat(key, at)
+        for key, keep in trims.items():
+            pipe.ltrim(key, 0, keep - 1)
         try:
             replies = pipe.execute(raise_on_error=False)
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
             self.tally.add(counts.items(), expiry, latest)
+            for key, keep in trims.items():
+                self.tally.trim((key,), keep)
             raise
         refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help
@@ -667,12 +684,17 @@ class Store:
                 if s.clear:
                     pipe.hdel(k.out_meta, *s.clear)
                 stage(pipe, shop, s.letters, now_ms())
-                for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
+                ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
+                first = len(pipe.command_stack)
+                for command in ops:
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                pipe.execute()
+                replies = pipe.execute()
             except redis.WatchError:
                 raise LeaseLost(shop) from None
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
+        if s.ledger:
+            long = long_ledgers(shop, ops, replies[first : first + len(ops)], s.ledger_keep)
+            self.tally.trim(long, s.ledger_keep)
         self.flush_counters()
 
     def next_due_ms(self, shop: str) -> int | None:

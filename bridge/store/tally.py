@@ -24,12 +24,13 @@ FLUSH_INTERVAL_S = 1.0
 
 
 class Taken(NamedTuple):
-    """What a flush writes: counts to add, keys' expiry (epoch s), and latest values to set
-    (the highest asked since the last flush: times a thing was last seen)."""
+    """What a flush writes: counts to add, keys' expiry (epoch s), latest values to set (the
+    highest asked since the last flush: times a thing was last seen), and lists to trim."""
 
     counts: dict[tuple[str, str], int]
     expiry: dict[str, int]
     latest: dict[tuple[str, str], int]
+    trims: dict[str, int]  # list key -> how many entries it keeps (LTRIM 0 n-1)
 
 
 class Tally:
@@ -44,6 +45,7 @@ class Tally:
         self._counts: dict[tuple[str, str], int] = {}
         self._expiry: dict[str, int] = {}  # key -> epoch s it may expire at (the latest asked)
         self._latest: dict[tuple[str, str], int] = {}  # (key, field) -> the highest value set
+        self._trims: dict[str, int] = {}  # list key -> entries kept (the fewest asked)
         self._lock = threading.Lock()
         self._last = clock()
 
@@ -67,6 +69,14 @@ class Tally:
                 if v > self._latest.get(slot, v - 1):
                     self._latest[slot] = v
 
+    def trim(self, keys: Iterable[str], keep: int) -> None:
+        """Trim these lists to their first `keep` entries with the next flush (a person's
+        ledger a batch took past its length: trimmed a second later rather than with an
+        LTRIM every batch)."""
+        with self._lock:
+            for key in keys:
+                self._trims[key] = min(keep, self._trims.get(key, keep))
+
     def due(self) -> bool:
         return bool(len(self)) and self._clock() - self._last >= self.interval_s
 
@@ -74,8 +84,8 @@ class Tally:
         """Everything summed so far, the keys' expiry and the latest values (the tally starts
         again from nothing)."""
         with self._lock:
-            taken = Taken(self._counts, self._expiry, self._latest)
-            self._counts, self._expiry, self._latest = {}, {}, {}
+            taken = Taken(self._counts, self._expiry, self._latest, self._trims)
+            self._counts, self._expiry, self._latest, self._trims = {}, {}, {}, {}
             self._last = self._clock()
             return taken
 
@@ -90,8 +100,10 @@ class Tally:
                 del self._expiry[key]
             for slot in [slot for slot in self._latest if slot[0].startswith(prefix)]:
                 del self._latest[slot]
+            for key in [key for key in self._trims if key.startswith(prefix)]:
+                del self._trims[key]
             return len(gone)
 
     def __len__(self) -> int:
         """How many fields a flush would write."""
-        return len(self._counts) + len(self._latest)
+        return len(self._counts) + len(self._latest) + len(self._trims)
