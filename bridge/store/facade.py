@@ -10,7 +10,11 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from bridge.store.monitoring import MonitorStore
 from bridge.store.ops import (
     OpsStore,
     ledger_commands,
+    long_ledgers,
     marks_commands,
     webhook_counts,
     webhook_log_commands,
@@ -127,6 +132,7 @@ class Commit:
     letters: list[DeadLetterRecord] = field(default_factory=list)
     # issue 6: per-event volume buckets and last-seen times (monitoring/volume.py `record`)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
+    # Written with the counters (store/tally.py), not in the commit's MULTI.
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
@@ -151,9 +157,11 @@ def _ops_commands(
     *,
     keep: int = 50,
 ) -> list[tuple[Any, ...]]:
-    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
+    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway.
+    The ledgers get no LTRIM: the caller has the tally trim those the MULTI's replies show
+    past `keep` (`long_ledgers`), one in many batches rather than every one."""
     return [
-        *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
+        *(ledger_commands(shop, ledger, keep=keep, trim=False) if keep > 0 else []),
         *webhook_log_commands(shop, hooks),
         *marks_commands(shop, marks or {}),
     ]
@@ -259,15 +267,20 @@ class PendingCommit:
     __slots__ = ("_counted", "_pending", "_wakes")
 
     def __init__(
-        self, pending: PendingTransaction, *, wakes: bool, counted: Callable[[], None]
+        self,
+        pending: PendingTransaction,
+        *,
+        wakes: bool,
+        counted: Callable[[list[Any]], None],
     ) -> None:
         self._pending = pending
         self._wakes = wakes
-        self._counted = counted  # adds the batch's counters to the tally, once it committed
+        # Adds the batch's counters to the tally once it committed (given EXEC's replies).
+        self._counted = counted
 
     def result(self) -> bool:
         replies = self._pending.result()
-        self._counted()
+        self._counted(replies)
         return self._wakes and replies[-1] is not None
 
 
@@ -295,6 +308,12 @@ class Store:
         self._raw = RawPipeline(client)
         # Counters of commits and settles, written once a second (store/tally.py).
         self.tally = Tally()
+        # The thread that writes the counters of a process with no ticker (a web process):
+        # running while the tally holds counts, started again by the next count.
+        self._writer_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._exit_hooked = False
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
@@ -315,7 +334,6 @@ class Store:
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", k.inbound, env.encode()),
             ("EXISTS", k.seen(env.webhook_id)),
-            ("HINCRBY", k.stats, f"webhooks:{env.topic}:accepted", 1),
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
         ]
         # The shop set (the worker's ticker walks it) is written by each process once a
@@ -323,9 +341,13 @@ class Store:
         registered = self._registered.get(env.shop, 0)
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
-        pushed, seen, _count, flag, *registering = self._raw.pipeline(*commands)
+        pushed, seen, flag, *registering = self._raw.pipeline(*commands)
         if isinstance(pushed, Exception):
             raise pushed  # not queued (out of memory, a read-only replica...): the caller 503s
+        # Counted in the tally, written within a second by this process (`_write_counters_soon`):
+        # one HINCRBY a second per topic rather than one a webhook.
+        self.tally.add((((k.stats, f"webhooks:{env.topic}:accepted"), 1),))
+        self._write_counters_soon()
         if registering and not isinstance(registering[0], Exception):
             self._registered[env.shop] = at
         woke = flag is not None and not isinstance(flag, Exception)
@@ -524,8 +546,6 @@ class Store:
             stage(cmds, shop, commit.letters, now_ms())
         if commit.compliance:
             cmds.add("RPUSH", k.compliance, *commit.compliance)
-        for (key, name), v in commit.hash_set.items():
-            cmds.add("HSET", key, name, v)
         for command in _ops_commands(
             shop, commit.ledger, commit.webhook_log, keep=commit.ledger_keep
         ):
@@ -545,33 +565,81 @@ class Store:
         counts += commit.hash_incr.items()
         arrivals, expiry = webhook_counts(shop, commit.webhooks_at)
         counts += arrivals.items()
+        keep = commit.ledger_keep
+
+        def counted(replies: list[Any]) -> None:
+            self.tally.add(counts, expiry, commit.hash_set)
+            if commit.ledger:
+                self.tally.trim(long_ledgers(shop, cmds.commands, replies, keep), keep)
+
         return PendingCommit(
-            self._raw.send_transaction(cmds.commands),
-            wakes=bool(commit.calls),
-            counted=lambda: self.tally.add(counts, expiry),
+            self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls), counted=counted
         )
 
     # --- counters -------------------------------------------------------------------------
+    def _write_counters_soon(self) -> None:
+        """Make sure this process writes the tally within a second (a web process has no
+        ticker; a worker's ticker flushes too, which does no harm)."""
+        with self._writer_lock:  # the writer ends under this lock, only with nothing counted
+            if self._writer is not None and self._writer_pid == os.getpid():
+                return
+            self._writer = threading.Thread(
+                target=self._write_counters, name="counters", daemon=True
+            )
+            self._writer_pid = os.getpid()  # a forked child starts its own
+            self._writer.start()
+        if not self._exit_hooked:
+            self._exit_hooked = True
+            atexit.register(self._write_counters_at_exit)
+
+    def _write_counters(self) -> None:
+        """Flush once a second while there are counts; end once the tally is empty (the next
+        count starts another: an idle process keeps no thread, nor a closed Store one)."""
+        while True:
+            time.sleep(self.tally.interval_s)
+            try:
+                self.flush_counters()
+            except redis.RedisError as err:
+                log.warning("counters not written yet: %s", type(err).__name__)
+            with self._writer_lock:
+                if not len(self.tally):
+                    self._writer = None
+                    return
+
+    def _write_counters_at_exit(self) -> None:
+        # Redis gone too: the last second's counts are lost (store/tally.py).
+        with contextlib.suppress(redis.RedisError):
+            self.flush_counters(force=True)
+
     def flush_counters(self, *, force: bool = False) -> None:
         """Write the tally's counters in one pipeline: when a second has passed since the last
         flush, or now with `force` (a drain's or delivery's end, a stop). Raises redis errors,
         the counts kept for the next flush."""
         if not (self.tally.due() or (force and len(self.tally))):
             return
-        counts, expiry = self.tally.take()
+        counts, expiry, latest, trims = self.tally.take()
         # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
         # drain's pipelined replies may be in flight on the RawPipeline's connection.
         pipe = self.redis.pipeline(transaction=False)
         for (key, name), n in counts.items():
             pipe.hincrby(key, name, n)
+        by_key: dict[str, dict[str, int]] = {}
+        for (key, name), v in latest.items():
+            by_key.setdefault(key, {})[name] = v
+        for key, fields in by_key.items():
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         for key, at in expiry.items():
             pipe.expireat(key, at)
+        for key, keep in trims.items():
+            pipe.ltrim(key, 0, keep - 1)
         try:
             replies = pipe.execute(raise_on_error=False)
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
-            self.tally.add(counts.items(), expiry)
+            self.tally.add(counts.items(), expiry, latest)
+            for key, keep in trims.items():
+                self.tally.trim((key,), keep)
             raise
         refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help
@@ -616,12 +684,17 @@ class Store:
                 if s.clear:
                     pipe.hdel(k.out_meta, *s.clear)
                 stage(pipe, shop, s.letters, now_ms())
-                for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
+                ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
+                first = len(pipe.command_stack)
+                for command in ops:
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                pipe.execute()
+                replies = pipe.execute()
             except redis.WatchError:
                 raise LeaseLost(shop) from None
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
+        if s.ledger:
+            long = long_ledgers(shop, ops, replies[first : first + len(ops)], s.ledger_keep)
+            self.tally.trim(long, s.ledger_keep)
         self.flush_counters()
 
     def next_due_ms(self, shop: str) -> int | None:
