@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -299,6 +300,21 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
     }
 
 
+# Every Store of the process, so that their unwritten counters are written at exit.
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def flush_every_store() -> None:
+    """Write the unwritten counters of every Store of this process (at a clean exit; the
+    tests, between one test's Redis and the next's). A Redis that is gone loses them."""
+    for store in list(_LIVE_STORES):
+        with contextlib.suppress(redis.RedisError):
+            store.flush_counters(force=True)
+
+
+atexit.register(flush_every_store)
+
+
 class Store:
     """Queue and counter operations over one Redis client. Raises redis errors as they come."""
 
@@ -313,7 +329,8 @@ class Store:
         self._writer_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
-        self._exit_hooked = False
+        self._flush_lock = threading.Lock()
+        _LIVE_STORES.add(self)
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
@@ -588,9 +605,6 @@ class Store:
             )
             self._writer_pid = os.getpid()  # a forked child starts its own
             self._writer.start()
-        if not self._exit_hooked:
-            self._exit_hooked = True
-            atexit.register(self._write_counters_at_exit)
 
     def _write_counters(self) -> None:
         """Flush once a second while there are counts; end once the tally is empty (the next
@@ -606,15 +620,15 @@ class Store:
                     self._writer = None
                     return
 
-    def _write_counters_at_exit(self) -> None:
-        # Redis gone too: the last second's counts are lost (store/tally.py).
-        with contextlib.suppress(redis.RedisError):
-            self.flush_counters(force=True)
-
     def flush_counters(self, *, force: bool = False) -> None:
         """Write the tally's counters in one pipeline: when a second has passed since the last
         flush, or now with `force` (a drain's or delivery's end, a stop). Raises redis errors,
-        the counts kept for the next flush."""
+        the counts kept for the next flush. One flush at a time: a flush that returns has
+        nothing of an earlier one still on its way."""
+        with self._flush_lock:
+            self._flush_counters(force)
+
+    def _flush_counters(self, force: bool) -> None:
         if not (self.tally.due() or (force and len(self.tally))):
             return
         counts, expiry, latest, trims = self.tally.take()

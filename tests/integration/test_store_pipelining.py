@@ -10,7 +10,7 @@ import redis as redis_lib
 
 from bridge.config.settings import Settings
 from bridge.services import Services
-from bridge.store.facade import Commit, Keys, RawPipeline, Settlement, Store
+from bridge.store.facade import Commit, Keys, RawPipeline, Settlement, Store, flush_every_store
 from bridge.store.wire import Envelope
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json, free_port
@@ -180,3 +180,13 @@ def test_a_ledger_is_trimmed_only_once_a_batch_took_it_past_its_length(
     pushed([b"f"], via_settle=True)
     assert redis.lrange(ledger, 0, -1) == [b"f", b"e", b"d"] and trims() == before + 2
     assert redis.ttl(ledger) > 0
+
+
+def test_every_store_of_the_process_writes_its_counters_at_exit(redis: redis_lib.Redis) -> None:
+    # What atexit runs (and the tests between one Redis flush and the next): a web process's
+    # last accepted counts, which its writer thread would have written a second later.
+    store = Store(redis)
+    store.tally.interval_s = 3600.0
+    store.tally.add([((K.stats, "webhooks:carts/create:accepted"), 2)])
+    flush_every_store()
+    assert redis.hget(K.stats, "webhooks:carts/create:accepted") == b"2"
