@@ -65,6 +65,7 @@ from bridge.store import wire
 from bridge.store.facade import Store, now_ms
 from bridge.store.keys import Keys
 from bridge.store.lease import LEASE_TTL_MS, Lease
+from bridge.store.tally import FLUSH_INTERVAL_S
 
 if TYPE_CHECKING:
     from bridge.services import Services
@@ -143,8 +144,15 @@ def _anonymous_ledgers(k: Keys, anons: Collection[str]) -> list[bytes]:
 
 def erase_shop(store: Store, shop: str, keep: Collection[str] = ()) -> int:
     """Unlink every key of the shop but `keep` (the leases the erasure holds, which go when it
-    lets them go) and forget the shop; returns the keys removed."""
-    return store.shop_data.erase_shop(shop, keep)
+    lets them go) and forget the shop; returns the keys removed.
+
+    This process's unwritten counters of the shop go too (store/tally.py), or the next flush
+    would bring its stats and charts back. Another worker that counted the shop in the second
+    before (a drain or a delivery: none can run during the erasure, which holds both leases)
+    writes those counts within a second; `run` removes them after that."""
+    n = store.shop_data.erase_shop(shop, keep)
+    store.tally.forget(Keys(shop).prefix)
+    return n
 
 
 def scrub_file(path: str, needles: Needles) -> int:
@@ -306,6 +314,10 @@ def run(services: Services, request: ComplianceRequest) -> None:
     if request.topic == SHOP_REDACT:
         held = (keys.deliver_lease, keys.erasing)
         n = erase_exclusively(services, shop, lambda: erase_shop(store, shop, keep=held))
+        # Another worker's counters of the shop from the second before the erasure reach Redis
+        # within a flush interval (store/tally.py): gone again once that has passed.
+        if not services.stopping.wait(2 * FLUSH_INTERVAL_S):
+            n += store.shop_data.erase_counters(shop)
         if services.settings.dry_run_file:
             scrub_file(services.settings.dry_run_file, Needles.of((), (shop,)))
         log.warning("shop data erased", extra={"shop": shop, "keys": n})

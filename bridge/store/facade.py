@@ -10,8 +10,13 @@ instant means a redo (same messageIds), never a loss.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
+import os
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar, cast
@@ -33,6 +38,7 @@ from bridge.store.monitoring import MonitorStore
 from bridge.store.ops import (
     OpsStore,
     ledger_commands,
+    long_ledgers,
     marks_commands,
     webhook_counts,
     webhook_log_commands,
@@ -154,6 +160,7 @@ class Commit:
     letters: list[DeadLetterRecord] = field(default_factory=list)
     # issue 6: per-event volume buckets and last-seen times (monitoring/volume.py `record`)
     hash_incr: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> n
+    # Written with the counters (store/tally.py), not in the commit's MULTI.
     hash_set: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, field) -> value
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
@@ -178,9 +185,11 @@ def _ops_commands(
     *,
     keep: int = 50,
 ) -> list[tuple[Any, ...]]:
-    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway."""
+    """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway.
+    The ledgers get no LTRIM: the caller has the tally trim those the MULTI's replies show
+    past `keep` (`long_ledgers`), one in many batches rather than every one."""
     return [
-        *(ledger_commands(shop, ledger, keep=keep) if keep > 0 else []),
+        *(ledger_commands(shop, ledger, keep=keep, trim=False) if keep > 0 else []),
         *webhook_log_commands(shop, hooks),
         *marks_commands(shop, marks or {}),
     ]
@@ -290,15 +299,16 @@ class PendingCommit:
         pending: PendingTransaction | ClusterTransaction,
         *,
         wakes: bool,
-        counted: Callable[[], None],
+        counted: Callable[[list[Any]], None],
     ) -> None:
         self._pending = pending
         self._wakes = wakes
-        self._counted = counted  # adds the batch's counters to the tally, once it committed
+        # Adds the batch's counters to the tally once it committed (given EXEC's replies).
+        self._counted = counted
 
     def result(self) -> bool:
         replies = self._pending.result()
-        self._counted()
+        self._counted(replies)
         return self._wakes and replies[-1] is not None
 
 
@@ -315,8 +325,11 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
 SETTLE_TRIES = 5
 
 
-def _stage_settlement(pipe: Any, shop: str, k: Keys, s: Settlement[Any]) -> None:
-    """A delivery round's writes (`Store.settle_outbox`), queued on a MULTI pipeline."""
+def _stage_settlement(
+    pipe: Any, shop: str, k: Keys, s: Settlement[Any]
+) -> tuple[list[tuple[Any, ...]], int]:
+    """A delivery round's writes (`Store.settle_outbox`), queued on a MULTI pipeline; the ops
+    console's commands and where they start among the queued commands (for their replies)."""
     pipe.delete(k.outbox_work)
     for i in range(0, len(s.remaining), 1000):
         pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
@@ -328,8 +341,27 @@ def _stage_settlement(pipe: Any, shop: str, k: Keys, s: Settlement[Any]) -> None
     if s.clear:
         pipe.hdel(k.out_meta, *s.clear)
     stage(pipe, shop, s.letters, now_ms())
-    for command in _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep):
+    ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
+    first = len(pipe)  # commands queued so far (a cluster pipeline keeps no command_stack)
+    for command in ops:
         pipe.execute_command(*command)
+    return ops, first
+
+
+# Every Store of the process, so that their unwritten counters are written at exit.
+_LIVE_STORES: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def flush_every_store() -> None:
+    """Write the unwritten counters of every Store of this process (at a clean exit; the
+    tests, between one test's Redis and the next's). A Redis that is gone loses them."""
+    for store in list(_LIVE_STORES):
+        # RedisClusterException: a cluster whose every node is gone (not a RedisError).
+        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+            store.flush_counters(force=True)
+
+
+atexit.register(flush_every_store)
 
 
 class Store:
@@ -345,6 +377,13 @@ class Store:
         )
         # Counters of commits and settles, written once a second (store/tally.py).
         self.tally = Tally()
+        # The thread that writes the counters of a process with no ticker (a web process):
+        # running while the tally holds counts, started again by the next count.
+        self._writer_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._flush_lock = threading.Lock()
+        _LIVE_STORES.add(self)
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
@@ -364,7 +403,6 @@ class Store:
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", k.inbound, env.encode()),
             ("EXISTS", k.seen(env.webhook_id)),
-            ("HINCRBY", k.stats, f"webhooks:{env.topic}:accepted", 1),
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
         ]
         # The shop set (the worker's ticker walks it) is written by each process once a
@@ -372,9 +410,13 @@ class Store:
         registered = self._registered.get(env.shop, 0)
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
-        pushed, seen, _count, flag, *registering = self._raw.pipeline(*commands)
+        pushed, seen, flag, *registering = self._raw.pipeline(*commands)
         if isinstance(pushed, Exception):
             raise pushed  # not queued (out of memory, a read-only replica...): the caller 503s
+        # Counted in the tally, written within a second by this process (`_write_counters_soon`):
+        # one HINCRBY a second per topic rather than one a webhook.
+        self.tally.add((((k.stats, f"webhooks:{env.topic}:accepted"), 1),))
+        self._write_counters_soon()
         if registering and not isinstance(registering[0], Exception):
             self._registered[env.shop] = at
         woke = flag is not None and not isinstance(flag, Exception)
@@ -593,8 +635,6 @@ class Store:
             stage(cmds, shop, commit.letters, now_ms())
         if commit.compliance:
             cmds.add("RPUSH", k.compliance, *commit.compliance)
-        for (key, name), v in commit.hash_set.items():
-            cmds.add("HSET", key, name, v)
         for command in _ops_commands(
             shop, commit.ledger, commit.webhook_log, keep=commit.ledger_keep
         ):
@@ -614,33 +654,78 @@ class Store:
         counts += commit.hash_incr.items()
         arrivals, expiry = webhook_counts(shop, commit.webhooks_at)
         counts += arrivals.items()
+        keep = commit.ledger_keep
+
+        def counted(replies: list[Any]) -> None:
+            self.tally.add(counts, expiry, commit.hash_set)
+            if commit.ledger:
+                self.tally.trim(long_ledgers(shop, cmds.commands, replies, keep), keep)
+
         return PendingCommit(
-            self._raw.send_transaction(cmds.commands),
-            wakes=bool(commit.calls),
-            counted=lambda: self.tally.add(counts, expiry),
+            self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls), counted=counted
         )
 
     # --- counters -------------------------------------------------------------------------
+    def _write_counters_soon(self) -> None:
+        """Make sure this process writes the tally within a second (a web process has no
+        ticker; a worker's ticker flushes too, which does no harm)."""
+        with self._writer_lock:  # the writer ends under this lock, only with nothing counted
+            if self._writer is not None and self._writer_pid == os.getpid():
+                return
+            self._writer = threading.Thread(
+                target=self._write_counters, name="counters", daemon=True
+            )
+            self._writer_pid = os.getpid()  # a forked child starts its own
+            self._writer.start()
+
+    def _write_counters(self) -> None:
+        """Flush once a second while there are counts; end once the tally is empty (the next
+        count starts another: an idle process keeps no thread, nor a closed Store one)."""
+        while True:
+            time.sleep(self.tally.interval_s)
+            try:
+                self.flush_counters()
+            except redis.RedisError as err:
+                log.warning("counters not written yet: %s", type(err).__name__)
+            with self._writer_lock:
+                if not len(self.tally):
+                    self._writer = None
+                    return
+
     def flush_counters(self, *, force: bool = False) -> None:
         """Write the tally's counters in one pipeline: when a second has passed since the last
         flush, or now with `force` (a drain's or delivery's end, a stop). Raises redis errors,
-        the counts kept for the next flush."""
+        the counts kept for the next flush. One flush at a time: a flush that returns has
+        nothing of an earlier one still on its way."""
+        with self._flush_lock:
+            self._flush_counters(force)
+
+    def _flush_counters(self, force: bool) -> None:
         if not (self.tally.due() or (force and len(self.tally))):
             return
-        counts, expiry = self.tally.take()
+        counts, expiry, latest, trims = self.tally.take()
         # redis-py's pipeline, not the RawPipeline: the delivery thread flushes too, and the
         # drain's pipelined replies may be in flight on the RawPipeline's connection.
         pipe = self.redis.pipeline(transaction=False)
         for (key, name), n in counts.items():
             pipe.hincrby(key, name, n)
+        by_key: dict[str, dict[str, int]] = {}
+        for (key, name), v in latest.items():
+            by_key.setdefault(key, {})[name] = v
+        for key, fields in by_key.items():
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         for key, at in expiry.items():
             pipe.expireat(key, at)
+        for key, keep in trims.items():
+            pipe.ltrim(key, 0, keep - 1)
         try:
             replies = pipe.execute(raise_on_error=False)
         except BaseException:
             # Redis away: tried again at the next flush (a connection lost after Redis ran
             # part of the pipeline counts that part twice, which counters can bear).
-            self.tally.add(counts.items(), expiry)
+            self.tally.add(counts.items(), expiry, latest)
+            for key, keep in trims.items():
+                self.tally.trim((key,), keep)
             raise
         refused = [r for r in replies if isinstance(r, Exception)]
         if refused:  # a key of another type: no retry would help
@@ -679,14 +764,17 @@ class Store:
                     if holder != lease_token.encode():
                         raise LeaseLost(shop)
                     pipe.multi()
-                    _stage_settlement(pipe, shop, k, s)
-                    pipe.execute()
+                    ops, first = _stage_settlement(pipe, shop, k, s)
+                    replies = pipe.execute()
                     break
                 except redis.WatchError:
                     continue  # the lease key was touched: still ours? (checked again above)
         else:
             raise LeaseLost(shop)
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
+        if s.ledger:
+            long = long_ledgers(shop, ops, replies[first : first + len(ops)], s.ledger_keep)
+            self.tally.trim(long, s.ledger_keep)
         self.flush_counters()
 
     def next_due_ms(self, shop: str) -> int | None:

@@ -93,10 +93,11 @@ def message_id_of(call: bytes) -> str:
 
 
 def ledger_commands(
-    shop: str, entries: Iterable[tuple[str, bytes]], *, keep: int = LEDGER_CALLS
+    shop: str, entries: Iterable[tuple[str, bytes]], *, keep: int = LEDGER_CALLS, trim: bool = True
 ) -> list[tuple[Any, ...]]:
     """The commands that append `entries` ((person hash, entry), oldest first) to their
-    people's ledgers: per person one LPUSH of at most `keep` entries, an LTRIM and an EXPIRE."""
+    people's ledgers: per person one LPUSH of at most `keep` entries, an LTRIM (unless the
+    caller trims the ledgers the LPUSH took past `keep`: `long_ledgers`) and an EXPIRE."""
     people: dict[str, list[bytes]] = {}
     for person, entry in entries:
         if person:
@@ -106,9 +107,26 @@ def ledger_commands(
     for person, items in people.items():
         key = k.ledger(person)
         out.append(("LPUSH", key, *items[-keep:]))
-        out.append(("LTRIM", key, 0, keep - 1))
+        if trim:
+            out.append(("LTRIM", key, 0, keep - 1))
         out.append(("EXPIRE", key, LEDGER_KEEP_S))
     return out
+
+
+def long_ledgers(
+    shop: str, commands: Sequence[tuple[Any, ...]], replies: Sequence[Any], keep: int
+) -> list[str]:
+    """The ledgers an LPUSH among `commands` (`replies` answering them one for one) took past
+    `keep` entries: the only ones that need an LTRIM."""
+    prefix = shop_keys(shop).ledger_prefix
+    return [
+        command[1]
+        for command, reply in zip(commands, replies, strict=True)
+        if command[0] == "LPUSH"
+        and command[1].startswith(prefix)
+        and type(reply) is int
+        and reply > keep
+    ]
 
 
 def webhook_log_commands(shop: str, entries: Sequence[bytes]) -> list[tuple[Any, ...]]:

@@ -37,6 +37,8 @@ local maxb, maxn, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local prefix = ARGV[4]
 local total, n = 0, 0
 local released = {}
+-- The window as pushed to KEYS[2] (empty before), returned without reading it back.
+local window = {}
 local function push(key, items)
   for i = 1, #items, 1000 do
     redis.call('RPUSH', key, unpack(items, i, math.min(i + 999, #items)))
@@ -46,7 +48,10 @@ for _, h in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0,
   local items = redis.call('LRANGE', prefix .. h, 0, -1)
   push(KEYS[2], items)
   n = n + #items
-  for _, v in ipairs(items) do total = total + #v + 1 end
+  for _, v in ipairs(items) do
+    total = total + #v + 1
+    window[#window + 1] = v
+  end
   redis.call('DEL', prefix .. h)
   redis.call('ZREM', KEYS[3], h)
   released[h] = true
@@ -71,6 +76,7 @@ for i, v in ipairs(items) do
     redis.call('RPUSH', prefix .. h, v)
   else
     towork[#towork + 1] = v
+    window[#window + 1] = v
     n = n + 1
     total = total + #v + 1
   end
@@ -78,7 +84,10 @@ for i, v in ipairs(items) do
 end
 if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
 push(KEYS[2], towork)
-return {redis.call('LRANGE', KEYS[2], 0, -1), redis.call('LLEN', KEYS[1])}
+-- What is left: known without LLEN when the scan saw the whole outbox.
+local left = #items - taken
+if #items >= tonumber(ARGV[5]) then left = redis.call('LLEN', KEYS[1]) end
+return {window, left}
 """
 
 # Clear the pending flag only when nothing is left; otherwise the caller re-enqueues itself.
@@ -107,16 +116,17 @@ return {n, tonumber(redis.call('HGET', KEYS[2], 'size') or '0')}
 """
 
 # Move up to ARGV[1] webhooks from the inbound queue (KEYS[1]) to the end of the work list
-# (KEYS[2]) and return them, stopping at the first empty LMOVE. Plain pipelined LMOVEs asked for
-# a full batch whatever was queued: under light traffic a drain sent ~400 LMOVEs that found
-# nothing for each webhook it moved (bench/redis_cost.py). Atomic, so a crash leaves every
-# webhook in exactly one of the two lists. Record format: envelopes, moved as they are.
+# (KEYS[2]) and return them. Plain pipelined LMOVEs asked for a full batch whatever was queued:
+# under light traffic a drain sent ~400 LMOVEs that found nothing for each webhook it moved
+# (bench/redis_cost.py); an LMOVE each in here still cost a command a webhook, where LRANGE,
+# LTRIM and RPUSH cost three a batch. Atomic, so a crash leaves every webhook in exactly one of
+# the two lists. Record format: envelopes, moved as they are.
 TAKE_INBOUND = """
-local moved = {}
-for i = 1, tonumber(ARGV[1]) do
-  local envelope = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not envelope then break end
-  moved[i] = envelope
+local moved = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #moved == 0 then return moved end
+redis.call('LTRIM', KEYS[1], #moved, -1)
+for i = 1, #moved, 1000 do
+  redis.call('RPUSH', KEYS[2], unpack(moved, i, math.min(i + 999, #moved)))
 end
 return moved
 """

@@ -127,6 +127,16 @@ class ShopData:
         self.redis.srem(SHOPS_KEY, shop)
         return n
 
+    def erase_counters(self, shop: str) -> int:
+        """Unlink the shop's counters only (stats, volume and webhook-chart buckets: what a
+        worker's tally writes, store/tally.py); returns the keys removed."""
+        k = Keys(shop)
+        counters = tuple(
+            (k.prefix + tail).encode() for tail in ("stats", "vol5m:", "vol1h:", "ops:wh")
+        )
+        found = [key for key in self.keys(shop) if key.startswith(counters)]
+        return int(self.redis.unlink(*found)) if found else 0
+
     def save_export(self, shop: str, request_id: str, export: bytes, ttl_s: int) -> str:
         """Keep a customer export for `ttl_s` under the request's id; returns its key."""
         key = Keys(shop).export(request_id)

@@ -17,9 +17,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 # How often a busy worker writes its counters; a drain or delivery that ends writes them then.
 FLUSH_INTERVAL_S = 1.0
+
+
+class Taken(NamedTuple):
+    """What a flush writes: counts to add, keys' expiry (epoch s), latest values to set (the
+    highest asked since the last flush: times a thing was last seen), and lists to trim."""
+
+    counts: dict[tuple[str, str], int]
+    expiry: dict[str, int]
+    latest: dict[tuple[str, str], int]
+    trims: dict[str, int]  # list key -> how many entries it keeps (LTRIM 0 n-1)
 
 
 class Tally:
@@ -33,13 +44,19 @@ class Tally:
         self._clock = clock
         self._counts: dict[tuple[str, str], int] = {}
         self._expiry: dict[str, int] = {}  # key -> epoch s it may expire at (the latest asked)
+        self._latest: dict[tuple[str, str], int] = {}  # (key, field) -> the highest value set
+        self._trims: dict[str, int] = {}  # list key -> entries kept (the fewest asked)
         self._lock = threading.Lock()
         self._last = clock()
 
     def add(
-        self, counts: Iterable[tuple[tuple[str, str], int]], expiry: Mapping[str, int] | None = None
+        self,
+        counts: Iterable[tuple[tuple[str, str], int]],
+        expiry: Mapping[str, int] | None = None,
+        latest: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
-        """Add counts; `expiry` gives keys that expire (EXPIREAT with the flush, latest wins)."""
+        """Add counts; `expiry` gives keys that expire (EXPIREAT with the flush, latest wins);
+        `latest` gives fields to set (HSET with the flush, the highest wins)."""
         with self._lock:
             mine = self._counts
             for slot, n in counts:
@@ -48,18 +65,45 @@ class Tally:
             for key, at in (expiry or {}).items():
                 if at > self._expiry.get(key, 0):
                     self._expiry[key] = at
+            for slot, v in (latest or {}).items():
+                if v > self._latest.get(slot, v - 1):
+                    self._latest[slot] = v
+
+    def trim(self, keys: Iterable[str], keep: int) -> None:
+        """Trim these lists to their first `keep` entries with the next flush (a person's
+        ledger a batch took past its length: trimmed a second later rather than with an
+        LTRIM every batch)."""
+        with self._lock:
+            for key in keys:
+                self._trims[key] = min(keep, self._trims.get(key, keep))
 
     def due(self) -> bool:
-        return bool(self._counts) and self._clock() - self._last >= self.interval_s
+        return bool(len(self)) and self._clock() - self._last >= self.interval_s
 
-    def take(self) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
-        """Everything summed so far, and the keys' expiry (the tally starts again from
-        nothing)."""
+    def take(self) -> Taken:
+        """Everything summed so far, the keys' expiry and the latest values (the tally starts
+        again from nothing)."""
         with self._lock:
-            counts, self._counts = self._counts, {}
-            expiry, self._expiry = self._expiry, {}
+            taken = Taken(self._counts, self._expiry, self._latest, self._trims)
+            self._counts, self._expiry, self._latest, self._trims = {}, {}, {}, {}
             self._last = self._clock()
-            return counts, expiry
+            return taken
+
+    def forget(self, prefix: str) -> int:
+        """Drop the unwritten counts of every key starting with `prefix` (a shop erased: its
+        counters must not come back at the next flush); returns how many were dropped."""
+        with self._lock:
+            gone = [slot for slot in self._counts if slot[0].startswith(prefix)]
+            for slot in gone:
+                del self._counts[slot]
+            for key in [key for key in self._expiry if key.startswith(prefix)]:
+                del self._expiry[key]
+            for slot in [slot for slot in self._latest if slot[0].startswith(prefix)]:
+                del self._latest[slot]
+            for key in [key for key in self._trims if key.startswith(prefix)]:
+                del self._trims[key]
+            return len(gone)
 
     def __len__(self) -> int:
-        return len(self._counts)
+        """How many fields a flush would write."""
+        return len(self._counts) + len(self._latest) + len(self._trims)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from bridge.worker.processor import ProcessConfig, process
-from tests.conftest import ROOT, SHOP, fixture_json, webhook_headers
+from tests.conftest import ROOT, SHOP, fixture_json, wait_until, webhook_headers
 
 URL = "/webhooks/shopify"
 OTHER_SHOP = "other-shop.myshopify.com"
@@ -225,6 +226,28 @@ def test_shop_redact_erases_the_shop_and_nothing_else(
     assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
     assert redis.smembers(SHOPS_KEY) == {OTHER_SHOP.encode()}
     assert redis.exists(Keys(OTHER_SHOP).outbox)
+
+
+def test_shop_redact_removes_the_counters_another_worker_writes_just_after(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    # Another worker counted the shop in the second before the redact; its ticker writes them
+    # just after the erasure.
+    other = Services.build(settings)
+    other.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+
+    def late_flush() -> None:
+        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
+        other.store.flush_counters(force=True)
+
+    flusher = threading.Thread(target=late_flush)
+    flusher.start()
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    flusher.join(30)
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
 
 
 @pytest.mark.parametrize("named", [OTHER_SHOP, None])

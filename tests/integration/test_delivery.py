@@ -80,6 +80,33 @@ def test_a_backlog_goes_out_in_few_large_requests(
     assert rt.redis.llen(K.outbox_work) == 0 and rt.store.stats(SHOP)["calls:delivered"] == 600
 
 
+def test_a_window_says_what_the_outbox_has_left_and_is_what_its_work_list_holds(
+    rt: Services,
+) -> None:
+    queue(rt.redis, [call(i, f"p{i}") for i in range(10)])
+    held = OutboxEntry(orjson.dumps(call(99, "ann")), 1, "ann", (), "batch")
+    rt.redis.zadd(K.out_due, {held.hold_name(): 0})  # ann's retry is due: her call goes first
+    rt.redis.rpush(K.out_held + held.hold_name(), held.encode())
+    # A window of 4: the due call and three new ones; 7 left, counted by the whole scan...
+    window, left = rt.store.take_window(SHOP, 10**6, 4)
+    assert [orjson.loads(OutboxEntry.decode(w).call)["messageId"] for w in window] == [
+        "M00099",
+        "M00000",
+        "M00001",
+        "M00002",
+    ]
+    assert window == rt.redis.lrange(K.outbox_work, 0, -1) and left == 7
+    rt.redis.delete(K.outbox_work)
+    # ...or by LLEN when the scan stopped short of the end.
+    window, left = rt.store.take_window(SHOP, 10**6, 2, max_scan=3)
+    assert len(window) == 2 and left == 5
+    rt.redis.delete(K.outbox_work)
+    window, left = rt.store.take_window(SHOP, 10**6, 10)
+    assert len(window) == 5 and left == 0
+    # A window left by a deliverer that did not finish is resumed as it is.
+    assert rt.store.take_window(SHOP, 10**6, 1) == (window, 0)
+
+
 def test_a_person_waiting_for_a_retry_holds_only_their_own_calls(
     rt: Services, pipelines: PipelinesStandIn
 ) -> None:

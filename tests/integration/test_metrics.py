@@ -171,6 +171,9 @@ def test_metrics_cover_web_and_worker_counters_whichever_process_answers(
     deliver(rt, SHOP)
     assert pipelines.wait_for(1)
     rt.store.flush_counters(force=True)  # as a worker's ticker does within a second
+    # Each web process writes its `accepted` counts within a second, unasked.
+    stats = Keys(SHOP).stats
+    assert wait_until(lambda: redis.hget(stats, "webhooks:carts/create:accepted") == b"2")
 
     a, b = scrape(web_a), scrape(web_b)
     assert a == b

@@ -128,7 +128,8 @@ def test_a_timestamped_signature_is_queued_as_a_recharge_envelope(
     assert env.triggered_at is not None
     assert datetime.fromisoformat(env.triggered_at) == datetime.fromtimestamp(t, UTC)
     assert env.received_ms > 0
-    assert stats(redis)[f"webhooks:{topic}:accepted"] == 1
+    # Written by the web process within a second (store/tally.py).
+    assert wait_until(lambda: stats(redis).get(f"webhooks:{topic}:accepted") == 1)
 
 
 def test_the_legacy_header_is_accepted(client: FlaskClient, redis: redis_lib.Redis) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import redis as redis_lib
 
 from bridge.config.settings import Settings
 from bridge.services import Services
-from bridge.store.facade import Commit, Keys, RawPipeline, Store
+from bridge.store.facade import Commit, Keys, RawPipeline, Settlement, Store, flush_every_store
 from bridge.store.wire import Envelope
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json, free_port
@@ -109,13 +111,15 @@ def test_counters_of_many_batches_are_written_together_once_committed(
         commit = Commit()
         commit.count("webhooks:carts/create:processed")
         commit.hash_incr[(K.prefix + "vol5m:x", "0")] = 2
+        commit.hash_set[(K.last_seen, "added_to_cart")] = [20, 30, 10][i]  # the latest wins
         store.send_commit(SHOP, commit).result()
         store.flush_counters()  # not due yet: nothing written
-    assert redis.hgetall(K.stats) == {}
+    assert redis.hgetall(K.stats) == {} and not redis.exists(K.last_seen)
     before = redis.info("commandstats").get("cmdstat_hincrby", {}).get("calls", 0)
     store.flush_counters(force=True)
     assert redis.hget(K.stats, "webhooks:carts/create:processed") == b"3"
     assert redis.hget(K.prefix + "vol5m:x", "0") == b"6"
+    assert redis.hget(K.last_seen, "added_to_cart") == b"30"
     assert redis.info("commandstats")["cmdstat_hincrby"]["calls"] - before == 2
 
 
@@ -142,4 +146,47 @@ def test_a_commit_that_failed_counts_nothing_and_a_failed_flush_keeps_its_counts
     away.tally.add([((K.stats, "x"), 1)])
     with pytest.raises(redis_lib.ConnectionError):
         away.flush_counters(force=True)
-    assert away.tally.take() == ({(K.stats, "x"): 1}, {})
+    assert away.tally.take() == ({(K.stats, "x"): 1}, {}, {}, {})
+
+
+def test_a_ledger_is_trimmed_only_once_a_batch_took_it_past_its_length(
+    redis: redis_lib.Redis,
+) -> None:
+    # Drain commits and delivery settles push to people's ledgers without an LTRIM each; the
+    # flush after trims those a push took past their length (OPS_LEDGER_CALLS).
+    store = Store(redis)
+    ledger = K.ledger("p1")
+    assert store.acquire(K.deliver_lease, "me", 60_000)
+
+    def pushed(entries: list[bytes], via_settle: bool) -> None:
+        if via_settle:
+            s: Settlement[Any] = Settlement(ledger=[("p1", e) for e in entries], ledger_keep=3)
+            store.settle_outbox(SHOP, "me", s)
+        else:
+            commit = Commit(ledger_keep=3)
+            commit.ledger = [("p1", e) for e in entries]
+            store.send_commit(SHOP, commit).result()
+        store.flush_counters(force=True)
+
+    def trims() -> int:
+        return int(redis.info("commandstats").get("cmdstat_ltrim", {}).get("calls", 0))
+
+    before = trims()
+    pushed([b"a", b"b"], via_settle=False)
+    pushed([b"c"], via_settle=True)
+    assert redis.lrange(ledger, 0, -1) == [b"c", b"b", b"a"] and trims() == before
+    pushed([b"d", b"e"], via_settle=False)
+    assert redis.lrange(ledger, 0, -1) == [b"e", b"d", b"c"] and trims() == before + 1
+    pushed([b"f"], via_settle=True)
+    assert redis.lrange(ledger, 0, -1) == [b"f", b"e", b"d"] and trims() == before + 2
+    assert redis.ttl(ledger) > 0
+
+
+def test_every_store_of_the_process_writes_its_counters_at_exit(redis: redis_lib.Redis) -> None:
+    # What atexit runs (and the tests between one Redis flush and the next): a web process's
+    # last accepted counts, which its writer thread would have written a second later.
+    store = Store(redis)
+    store.tally.interval_s = 3600.0
+    store.tally.add([((K.stats, "webhooks:carts/create:accepted"), 2)])
+    flush_every_store()
+    assert redis.hget(K.stats, "webhooks:carts/create:accepted") == b"2"

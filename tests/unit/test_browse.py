@@ -4,7 +4,10 @@ only through a signed webhook), through the real processor over an in-memory sho
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -33,7 +36,7 @@ from bridge.sources.pixel.body import BodyProblem, check_body
 from bridge.sources.shopify import ShopifySource
 from bridge.worker.processor import ProcessConfig
 from tests import pixel_events as px
-from tests.conftest import SHOP
+from tests.conftest import ROOT, SHOP
 from tests.journeys import CART, CHECKOUT, CUSTOMER_ID, MemoryShop, names, order
 
 RECEIVED = datetime(2024, 11, 6, 3, 0, tzinfo=UTC)  # journeys.TRIGGERED: the receipt time
@@ -223,6 +226,31 @@ def test_sampling_over_100_000_browsers_keeps_the_configured_share() -> None:
         assert abs(forwarded / 100_000 - rate) <= 0.01 * rate, (rate, forwarded)
     # Deterministic: a browser is in or out for good, in any process.
     assert all(sampled_in(f"c{i}", 0.3) == sampled_in(f"c{i}", 0.3) for i in range(100))
+
+
+def test_sampling_is_the_same_in_another_process() -> None:
+    # "The same in every process": the web and each worker judge the same browser alike. A
+    # per-process salted hash (Python's hash()) keeps the share but not the browsers; another
+    # interpreter with another hash seed must put every browser on the same side.
+    clients = [client_anonymous_id(SHOP, f"c{i}") for i in range(2000)]
+    here = "".join("1" if sampled_in(c, 0.3) else "0" for c in clients)
+    code = (
+        "import sys\n"
+        "from bridge.identity.browse_policy import sampled_in\n"
+        "print(''.join('1' if sampled_in(c, 0.3) else '0' for c in sys.stdin.read().split()))"
+    )
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        there = subprocess.run(
+            [sys.executable, "-c", code],
+            input="\n".join(clients),
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            check=True,
+        ).stdout.strip()
+        assert there == here
 
 
 def test_throttle_and_cap_over_100_000_events_keep_the_configured_share() -> None:

@@ -273,3 +273,17 @@ def test_wrong_logins_are_counted_per_address_and_per_ipv6_64() -> None:
     assert client_key("203.0.113.9", s) == client_key("::ffff:203.0.113.9", s)
     assert client_key("203.0.113.9", s) != client_key("203.0.113.10", s)
     assert client_key("", s) and client_key("not an address", s)
+
+
+def test_long_ledgers_are_those_an_lpush_took_past_the_length() -> None:
+    k = Keys("s.myshopify.com")
+    entries = [("p1", b"a"), ("p2", b"b"), ("p3", b"c")]
+    commands = ops_records.ledger_commands("s.myshopify.com", entries, keep=3, trim=False)
+    assert not [c for c in commands if c[0] == "LTRIM"]
+    commands = [("LPUSH", k.webhook_log, b"w"), *commands]
+    # LPUSH replies are list lengths; EXPIRE's are 1; the webhook log is no ledger.
+    replies = [9, 4, 1, 3, 1, 7, 1]
+    assert ops_records.long_ledgers("s.myshopify.com", commands, replies, 3) == [
+        k.ledger("p1"),
+        k.ledger("p3"),
+    ]
