@@ -135,7 +135,7 @@ class ShopData:
             (k.prefix + tail).encode() for tail in ("stats", "vol5m:", "vol1h:", "ops:wh")
         )
         found = [key for key in self.keys(shop) if key.startswith(counters)]
-        return int(self.redis.unlink(*found)) if found else 0
+        return self._unlink(found) if found else 0
 
     def save_export(self, shop: str, request_id: str, export: bytes, ttl_s: int) -> str:
         """Keep a customer export for `ttl_s` under the request's id; returns its key."""
