@@ -110,7 +110,10 @@ class ClusterRawPipeline:
         with self._lock:
             if time.monotonic() - self._refreshed < RETRY_WAIT_S:
                 return
-            self.client.nodes_manager.initialize()
+            try:
+                self.client.nodes_manager.initialize()
+            except redis.exceptions.RedisClusterException as exc:  # no node answers
+                raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc
             self._refreshed = time.monotonic()
 
     def pipe(self, name: str) -> RawPipeline:

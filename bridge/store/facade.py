@@ -685,7 +685,9 @@ class Store:
             time.sleep(self.tally.interval_s)
             try:
                 self.flush_counters()
-            except redis.RedisError as err:
+            # RedisClusterException: no node of a cluster answers (not a RedisError); this
+            # thread must live on, or the process would never write its counters again.
+            except (redis.RedisError, redis.exceptions.RedisClusterException) as err:
                 log.warning("counters not written yet: %s", type(err).__name__)
             with self._writer_lock:
                 if not len(self.tally):
