@@ -105,11 +105,13 @@ class ShopData:
         return n
 
     def erase_counters(self, shop: str) -> int:
-        """Unlink the shop's counters only (stats, volume and webhook-chart buckets: what a
-        worker's tally writes, store/tally.py); returns the keys removed."""
+        """Unlink the shop's counters only (stats, volume and webhook-chart buckets, the
+        volume check's last-seen times: what a worker's tally writes, store/tally.py); returns
+        the keys removed."""
         k = Keys(shop)
         counters = tuple(
-            (k.prefix + tail).encode() for tail in ("stats", "vol5m:", "vol1h:", "ops:wh")
+            (k.prefix + tail).encode()
+            for tail in ("stats", "vol5m:", "vol1h:", "ops:wh", "lastseen")
         )
         found = [key for key in self.keys(shop) if key.startswith(counters)]
         return int(self.redis.unlink(*found)) if found else 0

@@ -250,6 +250,52 @@ def test_shop_redact_removes_the_counters_another_worker_writes_just_after(
     assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
 
 
+def test_shop_redact_removes_the_last_seen_times_another_worker_writes_just_after(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    # Another worker drained the shop in the second before the redact: the volume check's
+    # last-seen times are written with its counters (store/tally.py), just after the erasure.
+    other = Services.build(settings)
+    other.store.tally.add([], None, {(Keys(SHOP).last_seen, "orders/create"): 1_700_000_000_000})
+
+    def late_flush() -> None:
+        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
+        other.store.flush_counters(force=True)
+
+    flusher = threading.Thread(target=late_flush)
+    flusher.start()
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    flusher.join(30)
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+
+
+def test_shop_redact_removes_counters_written_just_after_even_when_the_worker_stops(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    # Another worker's counters of the shop land just after the erasure, and then this worker
+    # is told to stop: the request is gone with the shop's keys, so no later run removes them.
+    other = Services.build(settings)
+    other.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+
+    def late_flush_then_stop() -> None:
+        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
+        other.store.flush_counters(force=True)
+        rt.stopping.set()
+
+    flusher = threading.Thread(target=late_flush_then_stop)
+    flusher.start()
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    flusher.join(30)
+    assert rt.stopping.is_set()
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+
+
 @pytest.mark.parametrize("named", [OTHER_SHOP, None])
 def test_shop_redact_naming_another_shop_is_parked_and_erases_nothing(
     client: FlaskClient, rt: Services, redis: redis_lib.Redis, named: str | None
