@@ -315,9 +315,14 @@ def run(services: Services, request: ComplianceRequest) -> None:
         held = (keys.deliver_lease, keys.erasing)
         n = erase_exclusively(services, shop, lambda: erase_shop(store, shop, keep=held))
         # Another worker's counters of the shop from the second before the erasure reach Redis
-        # within a flush interval (store/tally.py): gone again once that has passed.
-        if not services.stopping.wait(2 * FLUSH_INTERVAL_S):
-            n += store.shop_data.erase_counters(shop)
+        # within a flush interval (store/tally.py): gone again once that has passed. A stop cuts
+        # the wait short but not the removal of those that landed: the request went with the
+        # shop's keys, so no later run would remove them.
+        services.stopping.wait(2 * FLUSH_INTERVAL_S)
+        n += store.shop_data.erase_counters(shop)
+        # A worker whose ticker walks many shops can flush later than that: the sweep removes
+        # the shop's counters again for ERASED_RECHECK_S (worker/sweep.py).
+        store.shop_data.note_erased(shop, now_ms())
         if services.settings.dry_run_file:
             scrub_file(services.settings.dry_run_file, Needles.of((), (shop,)))
         log.warning("shop data erased", extra={"shop": shop, "keys": n})

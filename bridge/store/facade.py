@@ -672,11 +672,13 @@ class Store:
         with self._writer_lock:  # the writer ends under this lock, only with nothing counted
             if self._writer is not None and self._writer_pid == os.getpid():
                 return
-            self._writer = threading.Thread(
-                target=self._write_counters, name="counters", daemon=True
-            )
-            self._writer_pid = os.getpid()  # a forked child starts its own
-            self._writer.start()
+            writer = threading.Thread(target=self._write_counters, name="counters", daemon=True)
+            try:
+                writer.start()
+            except RuntimeError:  # no thread to be had: the next count tries again (queued is
+                log.warning("counters writer not started")  # queued: never fail the request)
+                return
+            self._writer, self._writer_pid = writer, os.getpid()  # a forked child starts its own
 
     def _write_counters(self) -> None:
         """Flush once a second while there are counts; end once the tally is empty (the next
@@ -685,9 +687,7 @@ class Store:
             time.sleep(self.tally.interval_s)
             try:
                 self.flush_counters()
-            # RedisClusterException: no node of a cluster answers (not a RedisError); this
-            # thread must live on, or the process would never write its counters again.
-            except (redis.RedisError, redis.exceptions.RedisClusterException) as err:
+            except Exception as err:  # never let the writer die with counts left behind
                 log.warning("counters not written yet: %s", type(err).__name__)
             with self._writer_lock:
                 if not len(self.tally):

@@ -15,6 +15,9 @@ SHOPS_KEY = "cb:shops"
 # Counters of rejections naming shops the bridge does not know go here (bounded field names);
 # /metrics exports them under the shop label "other".
 REJECTED_KEY = "cb:rejected"
+# Shops erased lately (a zset: shop -> when, ms): the sweep removes their counters again for a
+# while, in case a busy worker's tally wrote some after the erasure (compliance/erasure.py).
+ERASED_SHOPS_KEY = "cb:erased"
 # Set while a sweep job is known to be scheduled (worker/sweep.py): a worker that finds it gone
 # starts a new chain.
 SWEEP_SCHEDULED_KEY = "cb:sweep:scheduled"

@@ -17,7 +17,7 @@ from collections.abc import Collection, Iterator, Sequence
 import redis
 
 from bridge.store.cluster import is_cluster
-from bridge.store.keys import SHOPS_KEY, Keys
+from bridge.store.keys import ERASED_SHOPS_KEY, SHOPS_KEY, Keys
 
 # Keys are listed a page of SCAN at a time, and written in chunks of this many.
 PAGE = 1000
@@ -128,14 +128,27 @@ class ShopData:
         return n
 
     def erase_counters(self, shop: str) -> int:
-        """Unlink the shop's counters only (stats, volume and webhook-chart buckets: what a
-        worker's tally writes, store/tally.py); returns the keys removed."""
+        """Unlink the shop's counters only (stats, volume and webhook-chart buckets, the
+        volume check's last-seen times: what a worker's tally writes, store/tally.py); returns
+        the keys removed."""
         k = Keys(shop)
         counters = tuple(
-            (k.prefix + tail).encode() for tail in ("stats", "vol5m:", "vol1h:", "ops:wh")
+            (k.prefix + tail).encode()
+            for tail in ("stats", "vol5m:", "vol1h:", "ops:wh", "lastseen")
         )
         found = [key for key in self.keys(shop) if key.startswith(counters)]
         return self._unlink(found) if found else 0
+
+    def note_erased(self, shop: str, at_ms: int) -> None:
+        """Remember that the shop was erased at `at_ms` (see `recently_erased`)."""
+        self.redis.zadd(ERASED_SHOPS_KEY, {shop: at_ms})
+
+    def recently_erased(self, since_ms: int) -> list[str]:
+        """Shops erased since `since_ms`; those erased before are forgotten."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(ERASED_SHOPS_KEY, "-inf", f"({since_ms}")
+        pipe.zrange(ERASED_SHOPS_KEY, 0, -1)
+        return [shop.decode() for shop in pipe.execute()[1]]
 
     def save_export(self, shop: str, request_id: str, export: bytes, ttl_s: int) -> str:
         """Keep a customer export for `ttl_s` under the request's id; returns its key."""

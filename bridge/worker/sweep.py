@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 15
 TICK_S = 1.0
+# How long after a shop/redact the sweep removes counters a late worker wrote for the shop.
+ERASED_RECHECK_S = 600
 HOUSEKEEP_EVERY_S = 60
 LEASE_MS = 30_000
 MAX_ROUNDS = 3
@@ -79,7 +81,12 @@ def sweep(services: Services) -> None:
     try:
         wake_due(services)
         letters = DeadLetters(services.store)
-        for shop in services.store.shops():
+        shop_data = services.store.shop_data
+        shops = services.store.shops()
+        for erased in shop_data.recently_erased(now_ms() - ERASED_RECHECK_S * 1000):
+            if erased not in shops:  # not installed again meanwhile
+                shop_data.erase_counters(erased)  # see compliance/erasure.py, shop/redact
+        for shop in shops:
             letters.expire(shop, now_ms(), services.settings.dead_letter_retention_s)
             if housekeep_due(services, shop):
                 housekeep(services, shop)

@@ -23,11 +23,12 @@ from bridge.delivery.deadletters import dlq_key
 from bridge.delivery.deliver import deliver
 from bridge.identity import email_key
 from bridge.services import Services
-from bridge.store.facade import SHOPS_KEY, Keys
+from bridge.store.facade import SHOPS_KEY, Keys, now_ms
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from bridge.worker.processor import ProcessConfig, process
+from bridge.worker.sweep import sweep
 from tests.conftest import ROOT, SHOP, fixture_json, wait_until, webhook_headers
 
 URL = "/webhooks/shopify"
@@ -248,6 +249,75 @@ def test_shop_redact_removes_the_counters_another_worker_writes_just_after(
     drain(rt, SHOP)
     flusher.join(30)
     assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+
+
+def test_shop_redact_removes_the_last_seen_times_another_worker_writes_just_after(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    # Another worker drained the shop in the second before the redact: the volume check's
+    # last-seen times are written with its counters (store/tally.py), just after the erasure.
+    other = Services.build(settings)
+    other.store.tally.add([], None, {(Keys(SHOP).last_seen, "orders/create"): 1_700_000_000_000})
+
+    def late_flush() -> None:
+        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
+        other.store.flush_counters(force=True)
+
+    flusher = threading.Thread(target=late_flush)
+    flusher.start()
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    flusher.join(30)
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+
+
+def test_shop_redact_removes_counters_written_just_after_even_when_the_worker_stops(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    # Another worker's counters of the shop land just after the erasure, and then this worker
+    # is told to stop: the request is gone with the shop's keys, so no later run removes them.
+    other = Services.build(settings)
+    other.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+
+    def late_flush_then_stop() -> None:
+        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
+        other.store.flush_counters(force=True)
+        rt.stopping.set()
+
+    flusher = threading.Thread(target=late_flush_then_stop)
+    flusher.start()
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    flusher.join(30)
+    assert rt.stopping.is_set()
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+
+
+def test_the_sweep_removes_counters_a_late_worker_writes_after_a_shop_redact(
+    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+) -> None:
+    load_customer_everywhere(client, rt, shop=SHOP)
+    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
+    assert post(client, "shop/redact", body) == 200
+    drain(rt, SHOP)
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+    # A worker busy walking many shops writes what it counted for the shop later still.
+    late = Services.build(settings)
+    late.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+    late.store.flush_counters(force=True)
+    sweep(rt)
+    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+    # A shop installed again keeps its counters; one erased long ago is forgotten.
+    late.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+    late.store.flush_counters(force=True)
+    redis.sadd(SHOPS_KEY, SHOP)
+    sweep(rt)
+    assert redis.hget(Keys(SHOP).stats, "calls:delivered") == b"1"
+    assert rt.store.shop_data.recently_erased(now_ms() + 1) == []
 
 
 @pytest.mark.parametrize("named", [OTHER_SHOP, None])
