@@ -1,10 +1,11 @@
 """The composition root: what one process (the web app, a worker, a CLI command) shares.
 
-`Services.build(settings)` is called once per process and connects the parts: one Redis
-client, the store facade over it, the RQ queue, the stores registry, the source, and one sink
-per Pipelines workspace. Nothing here decides anything. Parts take what they need from it; RQ
-job functions (jobs/), which get only JSON-safe arguments, find their process's `Services`
-through `current()`.
+`Services.build(settings)` is called once per process and connects the parts: the Redis client
+of RQ's queues (REDIS_URL), the store facade over the bridge's data (`open_store`: the same
+Redis, or the Redis Cluster DATA_REDIS_URL names), the RQ queue, the stores registry, the
+source, and one sink per Pipelines workspace. Nothing here decides anything. Parts take what
+they need from it; RQ job functions (jobs/), which get only JSON-safe arguments, find their
+process's `Services` through `current()`.
 
 A shop's configuration as the worker uses it (its store and processing rules)
 is built once per shop per process: `Services.shop(shop)`; its sink once per workspace.
@@ -27,7 +28,7 @@ from bridge.sources import Source, Sources
 from bridge.sources.pixel import PixelSource
 from bridge.sources.recharge import RechargeSource
 from bridge.sources.shopify import ShopifySource
-from bridge.store.facade import Store, connect
+from bridge.store.facade import Store, connect, open_store
 from bridge.worker.processor import ProcessConfig
 from bridge.worker.queues import enqueue_deliver
 
@@ -82,7 +83,7 @@ class Services:
         return cls(
             settings=settings,
             redis=client,
-            store=Store(client),
+            store=open_store(settings, timeout_s=timeout_s, client=client),
             queue=Queue(settings.queue_name, connection=client),
             # Envelope topics "recharge/..." go to Recharge's source, the rest to Shopify's.
             # ... "pixel/..." (storefront browse events, issue 17) to the pixel's.

@@ -188,7 +188,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     from bridge.backfill.reconcile import note_api_version
     from bridge.sources.shopify import ShopifySource
-    from bridge.store.facade import Store, connect
+    from bridge.store.facade import connect, open_store
     from bridge.worker.processor import ProcessConfig
     from bridge.worker.queues import enqueue_drain
 
@@ -213,7 +213,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from rq import Queue
 
     client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
-    store = Store(client)
+    store = open_store(settings, client=client)
     queue = Queue(settings.queue_name, connection=client)
     config = ProcessConfig.for_shop(settings, stores_for(settings).get(shop))
     opts = BackfillOptions(
@@ -344,7 +344,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from rq import Queue
 
     from bridge.backfill.reconcile import reconcile
-    from bridge.store.facade import Store, connect
+    from bridge.store.facade import connect, open_store
     from bridge.worker.queues import enqueue_drain
 
     try:
@@ -354,7 +354,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         return _err(f"configuration error: {exc}")
     _warn_version(settings)
     client = connect(settings.redis_url, tls_verify=settings.redis_tls_verify)
-    store = Store(client)
+    store = open_store(settings, client=client)
     grace_s = settings.reconcile_grace_s if args.grace is None else args.grace
     try:
         report = reconcile(

@@ -27,7 +27,7 @@ def _ago(seconds: float | None) -> str:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from bridge.monitoring import monitor
-    from bridge.store.facade import Store, connect
+    from bridge.store.facade import open_store
 
     try:
         settings = load_settings()
@@ -41,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     warning = version_warning(settings.shopify_api_version, datetime.now(UTC).date())
     if warning:
         sys.stderr.write(f"cartbridge: WARNING: {warning}\n")
-    store = Store(connect(settings.redis_url, tls_verify=settings.redis_tls_verify))
+    store = open_store(settings)
     now_s = time.time()
     try:
         try:

@@ -15,7 +15,7 @@ import orjson
 from bridge.cli import common as cli_common
 from bridge.config.settings import ConfigError, load_settings
 from bridge.store import StoreError
-from bridge.store.facade import Store, connect
+from bridge.store.facade import open_store
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"cartbridge: configuration error: {exc}\n")
         return 2
-    store = Store(connect(settings.redis_url, tls_verify=settings.redis_tls_verify))
+    store = open_store(settings)
     try:
         shops = [args.shop.strip().lower()] if args.shop else store.shops()
         found = 0

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     port: int = 8000
     redis_url: str = "redis://localhost:6379/0"
+    # issue 19: any node of a Redis Cluster holding the bridge's data (docs/redis-cluster.md);
+    # unset, the data stays on REDIS_URL. RQ's wake-up queues stay on REDIS_URL either way.
+    data_redis_url: str = ""
     redis_tls_verify: bool = False
     shopify_webhook_secret: SecretStr = SecretStr("")
     # issue 16: the Recharge API client secret that signs the default store's Recharge webhooks.
@@ -172,6 +175,11 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_url(cls, v: str) -> str:
         return check_redis_url(v)
+
+    @field_validator("data_redis_url")
+    @classmethod
+    def _data_redis_url(cls, v: str) -> str:
+        return check_redis_url(v) if v else v
 
     @field_validator("shop_currency")
     @classmethod

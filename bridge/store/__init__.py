@@ -3,7 +3,8 @@ imports redis, and the only place a key name is built.
 
 - keys.py: every key name (per shop and process-wide);
 - scripts.py: the Lua, each script naming the record format it reads;
-- resp.py: the pipelined RESP client (hiredis on redis-py's connection);
+- resp.py: the pipelined RESP client (hiredis on redis-py's connection); cluster.py: its
+  counterpart on a Redis Cluster (DATA_REDIS_URL), routing by slot and following redirections;
 - facade.py: `Store` (queues, outbox, leases, counters) and the write plans it applies
   (`Commit`, `Settlement`);
 - deadletters.py, monitoring.py, shopdata.py, backfill.py: the I/O of dead letters, the volume
@@ -14,6 +15,6 @@ Parts outside catch `StoreError`, never a redis-py class. Nothing here imports t
 it (delivery, worker, web...): records they own are typed here by what the store needs of them.
 """
 
-from bridge.store.facade import Store, StoreError, connect
+from bridge.store.facade import Store, StoreError, connect, open_store
 
-__all__ = ["Store", "StoreError", "connect"]
+__all__ = ["Store", "StoreError", "connect", "open_store"]

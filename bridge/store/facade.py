@@ -19,12 +19,19 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import redis
 from redis.connection import parse_url
 
 from bridge.store import scripts
+from bridge.store.cluster import (
+    ClusterPending,
+    ClusterRawPipeline,
+    ClusterTransaction,
+    connect_cluster,
+    is_cluster,
+)
 from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
 from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
 from bridge.store.monitoring import MonitorStore
@@ -76,6 +83,26 @@ def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> re
     if url.startswith("rediss://") and not tls_verify:
         kwargs["ssl_cert_reqs"] = "none"
     return redis.Redis.from_url(url, **kwargs)
+
+
+def open_store(
+    settings: Any, *, timeout_s: float = 5.0, client: redis.Redis[bytes] | None = None
+) -> Store:
+    """The store of the bridge's data: on the Redis Cluster `DATA_REDIS_URL` names when set
+    (store/cluster.py), else on REDIS_URL (`client`, when the caller has one for it already).
+    `settings` is a `bridge.config.settings.Settings` (not imported: the settings import this
+    module)."""
+    url: str = settings.data_redis_url
+    if url:
+        cluster = connect_cluster(url, tls_verify=settings.redis_tls_verify, timeout_s=timeout_s)
+        # The store asks of its client only what RedisCluster also does (per-key commands,
+        # one slot's MULTIs, scripts, SCAN over every master).
+        return Store(cast("redis.Redis[bytes]", cluster))
+    if client is None:
+        client = connect(
+            settings.redis_url, tls_verify=settings.redis_tls_verify, timeout_s=timeout_s
+        )
+    return Store(client)
 
 
 def check_url(url: str) -> None:
@@ -251,7 +278,7 @@ class PendingTake:
 
     __slots__ = ("_pending",)
 
-    def __init__(self, pending: Pending) -> None:
+    def __init__(self, pending: Pending | ClusterPending) -> None:
         self._pending = pending
 
     def result(self) -> list[bytes]:
@@ -269,7 +296,7 @@ class PendingCommit:
 
     def __init__(
         self,
-        pending: PendingTransaction,
+        pending: PendingTransaction | ClusterTransaction,
         *,
         wakes: bool,
         counted: Callable[[list[Any]], None],
@@ -289,15 +316,36 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
     """The INGEST script's keys and arguments for one webhook."""
     k = Keys(env.shop)
     return {
-        "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, SHOPS_KEY],
-        "args": [
-            env.encode(),
-            env.received_ms or now_ms(),
-            FLAG_STALE_MS,
-            "webhooks:" + env.topic,
-            env.shop,
-        ],
+        "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats],
+        "args": [env.encode(), env.received_ms or now_ms(), FLAG_STALE_MS, "webhooks:" + env.topic],
     }
+
+
+# Tries of `Store.settle_outbox` when its WATCH on the lease key trips while the lease is ours.
+SETTLE_TRIES = 5
+
+
+def _stage_settlement(
+    pipe: Any, shop: str, k: Keys, s: Settlement[Any]
+) -> tuple[list[tuple[Any, ...]], int]:
+    """A delivery round's writes (`Store.settle_outbox`), queued on a MULTI pipeline; the ops
+    console's commands and where they start among the queued commands (for their replies)."""
+    pipe.delete(k.outbox_work)
+    for i in range(0, len(s.remaining), 1000):
+        pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
+    for h, entries, due, meta in s.held:
+        for i in range(0, len(entries), 1000):
+            pipe.rpush(k.held(h), *entries[i : i + 1000])
+        pipe.zadd(k.out_due, {h: due})
+        pipe.hset(k.out_meta, h, meta)
+    if s.clear:
+        pipe.hdel(k.out_meta, *s.clear)
+    stage(pipe, shop, s.letters, now_ms())
+    ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
+    first = len(pipe)  # commands queued so far (a cluster pipeline keeps no command_stack)
+    for command in ops:
+        pipe.execute_command(*command)
+    return ops, first
 
 
 # Every Store of the process, so that their unwritten counters are written at exit.
@@ -308,7 +356,8 @@ def flush_every_store() -> None:
     """Write the unwritten counters of every Store of this process (at a clean exit; the
     tests, between one test's Redis and the next's). A Redis that is gone loses them."""
     for store in list(_LIVE_STORES):
-        with contextlib.suppress(redis.RedisError):
+        # RedisClusterException: a cluster whose every node is gone (not a RedisError).
+        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
             store.flush_counters(force=True)
 
 
@@ -320,8 +369,12 @@ class Store:
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self.redis = client
+        self.cluster = is_cluster(client)
         self._ingest = client.register_script(scripts.INGEST)
-        self._raw = RawPipeline(client)
+        # One pipelined connection per thread; on a cluster, one per master (store/cluster.py).
+        self._raw: RawPipeline | ClusterRawPipeline = (
+            ClusterRawPipeline(cast("Any", client)) if self.cluster else RawPipeline(client)
+        )
         # Counters of commits and settles, written once a second (store/tally.py).
         self.tally = Tally()
         # The thread that writes the counters of a process with no ticker (a web process):
@@ -337,7 +390,6 @@ class Store:
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
         self._take_outbox = client.register_script(scripts.TAKE_OUTBOX)
-        self._count_rejected = client.register_script(scripts.COUNT_REJECTED)
         self.dead_letters = DeadLetterStore(client)
         self.monitoring = MonitorStore(client)
         self.shop_data = ShopData(client)
@@ -430,26 +482,46 @@ class Store:
     def ingest(self, env: Envelope) -> int:
         """Queue a webhook unless the drain already processed its id. Returns an INGEST_* code.
 
-        For backfill and reconcile, which report duplicates; the web uses `accept`."""
-        return int(self._ingest(**_ingest_arguments(env)))
+        For backfill and reconcile, which report duplicates; the web uses `accept`. A webhook
+        that woke its shop has the shop added to SHOPS_KEY before this returns: not in the
+        script, whose keys must all be the shop's (one cluster slot)."""
+        code = int(self._ingest(**_ingest_arguments(env)))
+        if code == INGEST_QUEUED_WAKE:
+            self.redis.sadd(SHOPS_KEY, env.shop)
+        return code
 
     def ingest_many(self, envs: list[Envelope]) -> list[int]:
-        """`ingest` for many webhooks in one round trip (the backfill's batches)."""
+        """`ingest` for many webhooks in two round trips (the backfill's batches): the scripts,
+        then SHOPS_KEY for the shops they woke."""
         pipe = self.redis.pipeline(transaction=False)
         for env in envs:
-            self._ingest(**_ingest_arguments(env), client=pipe)
-        return [int(r) for r in pipe.execute()]
+            arguments = _ingest_arguments(env)
+            if self.cluster:  # a cluster pipeline does not load scripts: the body each time
+                keys = arguments["keys"]
+                command = ("EVAL", scripts.INGEST, len(keys), *keys, *arguments["args"])
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            else:
+                self._ingest(**arguments, client=pipe)
+        codes = [int(r) for r in pipe.execute()]
+        pairs = zip(envs, codes, strict=True)
+        woke = {env.shop for env, code in pairs if code == INGEST_QUEUED_WAKE}
+        if woke:
+            self.redis.sadd(SHOPS_KEY, *woke)
+        return codes
 
     def count(self, shop: str, name: str, n: int = 1) -> None:
         self.redis.hincrby(Keys(shop).stats, name, n)
 
     def count_untrusted(self, shop: str, name: str, *, configured: bool) -> None:
         """Count a rejection of a request not (yet) trusted: in the shop's stats when the shop
-        is configured or known (SHOPS_KEY), else in REJECTED_KEY (see scripts.COUNT_REJECTED)."""
-        self._count_rejected(
-            keys=[SHOPS_KEY, Keys(shop).stats, REJECTED_KEY],
-            args=[shop, name, "1" if configured else "0"],
-        )
+        is configured or known (SHOPS_KEY), else in REJECTED_KEY. So a botched secret rotation
+        shows per shop in /metrics, while unsigned requests naming made-up shops cannot create
+        a stats hash (or a metrics series) per made-up shop. Two commands, not one script:
+        SHOPS_KEY and the shop's stats are in different cluster slots."""
+        if configured or self.redis.sismember(SHOPS_KEY, shop):
+            self.redis.hincrby(Keys(shop).stats, name, 1)
+        else:
+            self.redis.hincrby(REJECTED_KEY, name, 1)
 
     def count_unverified(self, name: str) -> None:
         """Count a request refused before its shop could even be read (REJECTED_KEY)."""
@@ -680,33 +752,27 @@ class Store:
         return {h: v for h, v in zip(hashes, values, strict=True) if v}
 
     def settle_outbox(self, shop: str, lease_token: str, s: Settlement[Any]) -> None:
-        """Write a round's outcome atomically, unless the lease changed hands (LeaseLost)."""
+        """Write a round's outcome atomically, unless the lease changed hands (LeaseLost).
+
+        The MULTI is guarded by a WATCH on the lease key, which the lease keeper's renewal
+        (a PEXPIRE) also trips while the lease is still ours: then it is tried again, up to
+        SETTLE_TRIES times, and LeaseLost is raised only when the token changed."""
         k = Keys(shop)
-        with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(k.deliver_lease)
-                holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
-                if holder != lease_token.encode():
-                    raise LeaseLost(shop)
-                pipe.multi()
-                pipe.delete(k.outbox_work)
-                for i in range(0, len(s.remaining), 1000):
-                    pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
-                for h, entries, due, meta in s.held:
-                    for i in range(0, len(entries), 1000):
-                        pipe.rpush(k.held(h), *entries[i : i + 1000])
-                    pipe.zadd(k.out_due, {h: due})
-                    pipe.hset(k.out_meta, h, meta)
-                if s.clear:
-                    pipe.hdel(k.out_meta, *s.clear)
-                stage(pipe, shop, s.letters, now_ms())
-                ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
-                first = len(pipe.command_stack)
-                for command in ops:
-                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                replies = pipe.execute()
-            except redis.WatchError:
-                raise LeaseLost(shop) from None
+        for _ in range(SETTLE_TRIES):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(k.deliver_lease)
+                    holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
+                    if holder != lease_token.encode():
+                        raise LeaseLost(shop)
+                    pipe.multi()
+                    ops, first = _stage_settlement(pipe, shop, k, s)
+                    replies = pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue  # the lease key was touched: still ours? (checked again above)
+        else:
+            raise LeaseLost(shop)
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
         if s.ledger:
             long = long_ledgers(shop, ops, replies[first : first + len(ops)], s.ledger_keep)

@@ -7,6 +7,8 @@ A script that reads a record must agree with the Python codec that writes it: ea
 # webhook whose id the drain already processed. Seen-markers are written only by the drain's
 # commit (processor.py), so a refused or lost write never marks anything as seen.
 # Record format: ARGV[1] is an encoded `Envelope` (wire.py), queued as it is, never parsed.
+# Every key is the shop's (one cluster slot): the caller adds the shop to SHOPS_KEY when this
+# returns 2 (woken), before it acknowledges.
 INGEST = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':duplicate', 1)
@@ -15,7 +17,6 @@ end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':accepted', 1)
 if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  redis.call('SADD', KEYS[5], ARGV[5])
   return 2
 end
 return 1
@@ -140,16 +141,4 @@ return 0
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
-"""
-
-# A rejection before the shop is trusted is counted in the shop's own stats when the shop is
-# configured or has had a signed webhook accepted (a member of SHOPS_KEY: a bounded set), else in
-# REJECTED_KEY. So a botched secret rotation shows per shop in /metrics, while unsigned requests
-# naming made-up shops cannot create a stats hash (or a metrics series) per made-up shop.
-# Record format: none (a set of shop names and counter hashes).
-COUNT_REJECTED = """
-if ARGV[3] == '1' or redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
-  return redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-end
-return redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 """

@@ -2,6 +2,11 @@
 
 The erasure decides what names a customer; this module lists the shop's keys and values by type
 and removes exactly the keys, list entries, fields and members it is given.
+
+On a Redis Cluster (DATA_REDIS_URL) SCAN walks every master (redis-py's cluster client), so a
+shop's keys are all found while its slot migrates, some on the source and some on the target;
+keys are then read and removed one per command (pipelined), each following its own redirection,
+since a command naming keys on both sides would be refused (TRYAGAIN) until the migration ends.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 
 import redis
 
+from bridge.store.cluster import is_cluster
 from bridge.store.keys import ERASED_SHOPS_KEY, SHOPS_KEY, Keys
 
 # Keys are listed a page of SCAN at a time, and written in chunks of this many.
@@ -27,6 +33,23 @@ class ShopData:
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self.redis = client
+        self.cluster = is_cluster(client)
+
+    def _mget(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not self.cluster:
+            return list(self.redis.mget(keys))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return list(pipe.execute())
+
+    def _unlink(self, keys: Sequence[bytes]) -> int:
+        if not self.cluster:
+            return int(self.redis.unlink(*keys))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        return sum(int(n) for n in pipe.execute())
 
     def keys(self, shop: str) -> Iterator[bytes]:
         """Every key of the shop (SCAN: a key written meanwhile may or may not be listed)."""
@@ -42,7 +65,7 @@ class ShopData:
                 pipe.type(key)
             kinds = [k.decode() for k in pipe.execute()]
             strings = [key for key, kind in zip(page, kinds, strict=True) if kind == "string"]
-            values = dict(zip(strings, self.redis.mget(strings), strict=True)) if strings else {}
+            values = dict(zip(strings, self._mget(strings), strict=True)) if strings else {}
             for key, kind in zip(page, kinds, strict=True):
                 yield key, kind, values.get(key)
 
@@ -83,7 +106,7 @@ class ShopData:
         """Remove `keys`, in chunks; returns how many existed."""
         n = 0
         for i in range(0, len(keys), CHUNK):
-            n += int(self.redis.unlink(*keys[i : i + CHUNK]))
+            n += self._unlink(keys[i : i + CHUNK])
         return n
 
     def erase_shop(self, shop: str, keep: Collection[str] = ()) -> int:
@@ -97,10 +120,10 @@ class ShopData:
                 continue
             batch.append(key)
             if len(batch) >= CHUNK:
-                n += int(self.redis.unlink(*batch))
+                n += self._unlink(batch)
                 batch = []
         if batch:
-            n += int(self.redis.unlink(*batch))
+            n += self._unlink(batch)
         self.redis.srem(SHOPS_KEY, shop)
         return n
 
@@ -114,7 +137,7 @@ class ShopData:
             for tail in ("stats", "vol5m:", "vol1h:", "ops:wh", "lastseen")
         )
         found = [key for key in self.keys(shop) if key.startswith(counters)]
-        return int(self.redis.unlink(*found)) if found else 0
+        return self._unlink(found) if found else 0
 
     def note_erased(self, shop: str, at_ms: int) -> None:
         """Remember that the shop was erased at `at_ms` (see `recently_erased`)."""

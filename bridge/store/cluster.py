@@ -1,0 +1,281 @@
+"""The pipelined RESP client on a Redis Cluster: `RawPipeline`'s counterpart (`DATA_REDIS_URL`).
+
+Every data key carries its shop as a hash tag (`cb:{shop}:...`, keys.py), so one shop's commands
+all go to the master owning its slot. `ClusterRawPipeline` keeps one `RawPipeline` per master
+(redis-py's `RedisCluster` opens the connections and keeps the slot map), sends each command to
+its slot's master, and follows the cluster's redirections when it reads the replies:
+
+- `MOVED` (the slot has a new owner): the slot map is read again and the command re-sent there.
+  Redis did not run a command it answered with MOVED, so a re-send never runs one twice.
+- `ASK` (the slot is being migrated and the key is already on the target): the command goes to
+  the target once, preceded by ASKING.
+- `TRYAGAIN` (a multi-key command whose keys are split by a migration under way): re-sent after
+  a short wait.
+
+A MULTI (the drain's commit) is one slot's. When a migration under way has moved some of its
+keys and not others, Redis refuses the commands of the missing keys with ASK: running the whole
+transaction on the target would write there keys that still live on the source, so it is sent
+again to the source after a short wait, until every key it names has moved (then all of it goes
+to the target with ASKING) or the migration ended (MOVED). A transaction refused at queue time
+is never run (EXECABORT), so sending it again runs it once.
+"""
+
+from __future__ import annotations
+
+import binascii
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from bridge.store.resp import Pending, RawPipeline
+
+SLOTS = 16384
+# How long a command keeps being re-sent while the cluster redirects it (a migration of the slot
+# under way, a failover): past that its redirection error is its reply.
+REDIRECT_DEADLINE_S = 10.0
+RETRY_WAIT_S = 0.02
+# redis-py's tries of one command (its RedisClusterRequestTTL) while redirected: past the first
+# half it waits 50 ms after each TRYAGAIN, so 400 is about 10 s.
+REQUEST_TTL = 400
+
+# Commands that name no key (sent with the transaction they belong to).
+_KEYLESS = frozenset({"MULTI", "EXEC", "DISCARD", "ASKING", "PING"})
+
+
+def key_slot(key: str | bytes) -> int:
+    """The cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the first `{`
+    and the next `}`, when not empty), else of the whole key, modulo 16384."""
+    raw = key.encode() if isinstance(key, str) else key
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % SLOTS
+
+
+def command_key(command: Sequence[Any]) -> str | bytes | None:
+    """The key a command is routed by: its first (EVAL: its first KEYS entry); None if keyless."""
+    name = command[0].upper() if isinstance(command[0], str) else command[0].decode().upper()
+    if name in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) > 0 else None
+    if name in _KEYLESS or len(command) < 2:
+        return None
+    key: str | bytes = command[1]
+    return key
+
+
+def redirection(reply: Any) -> tuple[str, str] | None:
+    """(kind, where) when `reply` is a cluster redirection: ("MOVED", "host:port"), ("ASK",
+    "host:port"), ("TRYAGAIN", ""), ("CLUSTERDOWN", "")."""
+    if not isinstance(reply, redis.ResponseError):
+        return None
+    text = str(reply)
+    if text.startswith(("MOVED ", "ASK ")):
+        kind, _slot, where = text.split(" ", 2)
+        return kind, where
+    if text.startswith(("TRYAGAIN", "CLUSTERDOWN")):
+        return text.split(" ", 1)[0], ""
+    return None
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+class ClusterRawPipeline:
+    """`RawPipeline`'s interface (`send`, `pipeline`, `send_transaction`, `transaction`) over a
+    Redis Cluster: one `RawPipeline` per master, commands routed by slot, redirections
+    followed (module docstring)."""
+
+    def __init__(self, client: RedisCluster[bytes]) -> None:
+        # Any: redis-py's own types, not the stubs', describe NodesManager (private).
+        self.client: Any = client
+        self._pipes: dict[str, RawPipeline] = {}
+        self._lock = threading.Lock()
+        self._refreshed = 0.0
+
+    # --- the slot map -----------------------------------------------------------------------
+    def node_name(self, slot: int) -> str:
+        """The master owning `slot` ("host:port"), from the client's slot map."""
+        return str(self.client.nodes_manager.get_node_from_slot(slot).name)
+
+    def refresh(self) -> None:
+        """Read the slot map again (after a MOVED): at most once per RETRY_WAIT_S, whoever
+        asks."""
+        with self._lock:
+            if time.monotonic() - self._refreshed < RETRY_WAIT_S:
+                return
+            try:
+                self.client.nodes_manager.initialize()
+            except redis.exceptions.RedisClusterException as exc:  # no node answers
+                raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc
+            self._refreshed = time.monotonic()
+
+    def pipe(self, name: str) -> RawPipeline:
+        """The `RawPipeline` of the node `name` ("host:port"), made on first use."""
+        pipe = self._pipes.get(name)
+        if pipe is None:
+            with self._lock:
+                pipe = self._pipes.get(name)
+                if pipe is None:
+                    node = self.client.get_node(node_name=name)
+                    if node is None:  # named by a redirection before the map knew it
+                        self.client.nodes_manager.initialize()
+                        node = self.client.get_node(node_name=name)
+                    if node is None or node.redis_connection is None:
+                        raise redis.ConnectionError(f"no cluster node {name}")
+                    pipe = RawPipeline(node.redis_connection)
+                    self._pipes[name] = pipe
+        return pipe
+
+    def _route(self, command: Sequence[Any]) -> str:
+        key = command_key(command)
+        return self.node_name(key_slot(key) if key is not None else 0)
+
+    # --- plain commands ---------------------------------------------------------------------
+    def send(self, *commands: tuple[Any, ...]) -> ClusterPending:
+        """Write `commands`, each to its slot's master (one write per master); their replies
+        come with the returned `ClusterPending`."""
+        groups: dict[str, list[int]] = {}
+        for i, command in enumerate(commands):
+            groups.setdefault(self._route(command), []).append(i)
+        parts = [
+            (self.pipe(name).send(*(commands[i] for i in indices)), indices)
+            for name, indices in groups.items()
+        ]
+        return ClusterPending(self, commands, parts)
+
+    def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """`RawPipeline.pipeline` on the cluster."""
+        return self.send(*commands).result()
+
+    def resend(self, command: tuple[Any, ...], reply: Any) -> Any:
+        """`command`'s reply, following the redirection `reply` until it is not one (or
+        REDIRECT_DEADLINE_S passed)."""
+        deadline = time.monotonic() + REDIRECT_DEADLINE_S
+        where = redirection(reply)
+        while where is not None and time.monotonic() < deadline:
+            kind, node = where
+            if kind == "ASK":
+                reply = self.pipe(node).pipeline(("ASKING",), command)[1]
+            else:
+                if kind == "MOVED":
+                    self.refresh()
+                else:
+                    time.sleep(RETRY_WAIT_S)
+                reply = self.pipe(self._route(command)).pipeline(command)[0]
+            where = redirection(reply)
+        return reply
+
+    # --- transactions -----------------------------------------------------------------------
+    def send_transaction(self, commands: Sequence[tuple[Any, ...]]) -> ClusterTransaction:
+        """MULTI, `commands`, EXEC in one write to the master of their (one) slot."""
+        name = self._route(commands[0]) if commands else self.node_name(0)
+        batch = (("MULTI",), *commands, ("EXEC",))
+        return ClusterTransaction(self, commands, self.pipe(name).send(*batch))
+
+    def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        return self.send_transaction(commands).result()
+
+
+class ClusterPending:
+    """Plain commands sent to their masters; `result` gives every reply in the order sent, a
+    redirection followed (`ClusterRawPipeline.resend`)."""
+
+    __slots__ = ("_commands", "_owner", "_parts", "_replies")
+
+    def __init__(
+        self,
+        owner: ClusterRawPipeline,
+        commands: Sequence[tuple[Any, ...]],
+        parts: list[tuple[Pending, list[int]]],
+    ) -> None:
+        self._owner = owner
+        self._commands = commands
+        self._parts = parts
+        self._replies: list[Any] | None = None
+
+    def result(self) -> list[Any]:
+        if self._replies is None:
+            replies: list[Any] = [None] * len(self._commands)
+            for pending, indices in self._parts:
+                for i, reply in zip(indices, pending.result(), strict=True):
+                    replies[i] = reply
+            for i, reply in enumerate(replies):
+                if redirection(reply) is not None:
+                    replies[i] = self._owner.resend(self._commands[i], reply)
+            self._replies = replies
+        return self._replies
+
+
+class ClusterTransaction:
+    """A MULTI/EXEC sent to its slot's master; `result` gives EXEC's replies (re-sending the
+    transaction while the cluster redirects it: module docstring) or raises the first error."""
+
+    __slots__ = ("_commands", "_owner", "_pending")
+
+    def __init__(
+        self, owner: ClusterRawPipeline, commands: Sequence[tuple[Any, ...]], pending: Pending
+    ) -> None:
+        self._owner = owner
+        self._commands = commands
+        self._pending = pending
+
+    def result(self) -> list[Any]:
+        owner = self._owner
+        replies = self._pending.result()
+        deadline = time.monotonic() + REDIRECT_DEADLINE_S
+        batch = (("MULTI",), *self._commands, ("EXEC",))
+        while time.monotonic() < deadline:
+            # MULTI's reply, each command's (QUEUED or a refusal), EXEC's.
+            kinds = [redirection(r) for r in replies[1:]]
+            if not any(kinds):
+                break
+            queued = kinds[:-1]
+            if any(k is not None and k[0] == "MOVED" for k in kinds):
+                owner.refresh()
+                replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
+            elif queued and all(k is not None and k[0] == "ASK" for k in queued):
+                # Every key it names is on the migration's target already.
+                target = next(k[1] for k in queued if k is not None)
+                replies = owner.pipe(target).pipeline(("ASKING",), *batch)[1:]
+            else:  # some keys moved, some not yet (or TRYAGAIN): wait for the migration
+                time.sleep(RETRY_WAIT_S)
+                replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
+        for reply in replies[:-1]:
+            if isinstance(reply, Exception):
+                raise reply
+        results = replies[-1]
+        if isinstance(results, Exception):
+            raise results
+        if results is None:
+            raise redis.exceptions.WatchError("transaction aborted")
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return list(results)
+
+
+def connect_cluster(
+    url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
+) -> RedisCluster[bytes]:
+    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL)."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    if url.startswith("rediss://") and not tls_verify:
+        kwargs["ssl_cert_reqs"] = "none"
+    client: RedisCluster[bytes] = RedisCluster.from_url(url, **kwargs)
+    # A command naming several keys of a slot being migrated, some moved and some not (an MGET,
+    # a DEL), is refused with TRYAGAIN until they are together: redis-py tries 16 times (under a
+    # second); this waits about as long as `ClusterRawPipeline` does (REDIRECT_DEADLINE_S).
+    setattr(client, "RedisClusterRequestTTL", REQUEST_TTL)  # noqa: B010 (a class variable)
+    return client

@@ -1,0 +1,358 @@
+"""The bridge's data on a Redis Cluster (DATA_REDIS_URL, issue 19): a private three-master
+cluster (tests/redis_cluster.py), RQ's queues on the plain Redis of REDIS_URL.
+
+Slots computed by the client agree with Redis's; each shop's keys live on the master owning its
+slot; the journey, duplicates and out-of-order webhooks go through a real worker; commands and
+the drain's MULTIs follow ASK while a shop's slot migrates and MOVED after; and a migration in
+the middle of traffic loses no call and sends none twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis as redis_lib
+from flask.testing import FlaskClient
+
+from bridge.config.settings import Settings
+from bridge.delivery.deliver import deliver
+from bridge.services import Services
+from bridge.store.cluster import key_slot
+from bridge.store.facade import SHOPS_KEY, Commit, Keys
+from bridge.store.wire import Envelope
+from bridge.web.app import create_app
+from bridge.worker.drain import drain
+from tests.conftest import SHOP, start_worker, wait_until, webhook_headers
+from tests.journeys import CUSTOMER_ID, cart, order
+from tests.pipelines_standin import PipelinesStandIn
+from tests.redis_cluster import LocalCluster
+
+URL = "/webhooks/shopify"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(3) as local:
+        yield local
+
+
+@pytest.fixture
+def csettings(settings: Settings, cluster: LocalCluster) -> Settings:
+    cluster.flush()
+    return settings.model_copy(update={"data_redis_url": cluster.url})
+
+
+@pytest.fixture
+def client(csettings: Settings) -> FlaskClient:
+    return create_app(csettings).test_client()
+
+
+@pytest.fixture
+def rt(csettings: Settings) -> Iterator[Services]:
+    services = Services.build(csettings)
+    yield services
+    services.store.close()
+
+
+def post(
+    client: FlaskClient, topic: str, body: dict[str, Any], shop: str = SHOP, **kw: Any
+) -> dict[str, Any]:
+    raw = json.dumps(body).encode()
+    resp = client.post(URL, data=raw, headers=webhook_headers(raw, topic, shop=shop, **kw))
+    assert resp.status_code == 200, resp.data
+    return dict(resp.json or {})
+
+
+def data(cluster: LocalCluster) -> dict[int, set[bytes]]:
+    """Every key of each master, by port."""
+    return {port: set(cluster.node(port).keys("*")) for port in cluster.ports}
+
+
+def stats(rt: Services, shop: str = SHOP) -> dict[str, int]:
+    return rt.store.stats(shop)
+
+
+# --- slots --------------------------------------------------------------------------------------
+def test_slots_agree_with_the_clusters_keyslot(cluster: LocalCluster) -> None:
+    node = cluster.node(cluster.ports[0])
+    k = Keys("a-shop.myshopify.com")
+    keys = [
+        k.inbound, k.outbox_work, k.seen("w-1"), k.state("cart:x"), k.held("abc"), SHOPS_KEY,
+        "foo", "123456789", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap",
+        "foo{bar}{zap}", "{", "}{", "é{ü}",
+        *(f"cb:{{shop-{i}.myshopify.com}}:in" for i in range(200)),
+    ]  # fmt: skip
+    for key in keys:
+        assert key_slot(key) == node.cluster("KEYSLOT", key), key
+    assert len({key_slot(k) for k in keys[-200:]}) > 190  # shops spread over the slots
+
+
+def test_each_shops_keys_live_on_the_master_owning_its_slot(
+    client: FlaskClient, rt: Services, cluster: LocalCluster, redis: redis_lib.Redis
+) -> None:
+    shops = [f"spread-{i}.myshopify.com" for i in range(24)]
+    for port in cluster.ports:
+        cluster.node(port).config_resetstat()
+    for i, shop in enumerate(shops):
+        post(client, "carts/create", cart(f"token-{i}", {11: 1}, "2024-11-06T01:00:00Z"), shop)
+    for shop in shops:
+        drain(rt, shop)
+        deliver(rt, shop)
+    by_port = data(cluster)
+    used = set()
+    for shop in shops:
+        owner = cluster.owner(key_slot(Keys(shop).prefix))
+        mine = {key for port in by_port for key in by_port[port] if shop.encode() in key}
+        assert mine and mine <= by_port[owner], shop
+        used.add(owner)
+    assert len(used) == 3
+    # Each command went to its slot's master the first time: no master answered MOVED or ASK.
+    for port in cluster.ports:
+        errors = cluster.node(port).info("errorstats")
+        assert not any(name in errors for name in ("errorstat_MOVED", "errorstat_ASK")), errors
+    assert set(rt.store.shops()) == set(shops)
+    assert sum(stats(rt, shop).get("webhooks:carts/create:processed", 0) for shop in shops) == 24
+    # REDIS_URL's Redis keeps RQ's keys only (none of the bridge's data).
+    assert not [key for key in redis.keys("cb:*")]
+
+
+# --- the journey through a real worker -----------------------------------------------------------
+def test_a_journey_with_duplicates_and_out_of_order_webhooks_through_a_worker(
+    csettings: Settings,
+    client: FlaskClient,
+    rt: Services,
+    pipelines: PipelinesStandIn,
+    cluster: LocalCluster,
+) -> None:
+    worker = start_worker(csettings, DATA_REDIS_URL=cluster.url)
+    try:
+        # The order before the cart (out of order): the cart is suppressed, the order sent once
+        # though Shopify delivered it twice; a cart update older than the one processed is stale.
+        post(client, "orders/create", order(), webhook_id="w-order-create")
+        paid = order()
+        assert post(client, "orders/paid", paid, webhook_id="w-paid") == {"ok": True}
+        assert post(client, "orders/paid", paid, webhook_id="w-paid") in (
+            {"ok": True},
+            {"ok": True, "duplicate": True},
+        )
+        post(client, "carts/create", cart("t-late", {11: 1}, "2024-11-06T01:00:00.000Z"))
+        post(client, "carts/update", cart("t-new", {12: 2}, "2024-11-06T05:00:00.000Z"))
+        post(client, "carts/update", cart("t-new", {12: 1}, "2024-11-06T04:00:00.000Z"))
+        assert wait_until(lambda: stats(rt).get("webhooks:carts/update:processed") == 2, 30)
+        assert wait_until(lambda: len(pipelines.calls) >= 4, 30), pipelines.calls
+        assert wait_until(lambda: rt.store.depth(SHOP)["outbox"] == 0, 30)
+    finally:
+        worker.terminate()
+        worker.wait(40)
+    shape = [(c.get("event") or c["type"], c.get("userId")) for c in pipelines.calls]
+    assert Counter(shape)[("order_completed", CUSTOMER_ID)] == 1
+    assert ("identify", CUSTOMER_ID) in shape
+    assert Counter(c.get("event") for c in pipelines.calls)["added_to_cart"] == 2  # t-late, t-new
+    ids = [c["messageId"] for c in pipelines.calls]
+    assert len(ids) == len(set(ids))
+    s = stats(rt)
+    assert s["webhooks:orders/paid:processed"] == 1
+    assert s["webhooks:orders/paid:accepted"] == 2
+    assert s["events:added_to_cart:stale"] == 1
+
+
+# --- redirections ----------------------------------------------------------------------------
+class Migration:
+    """Moves one slot from its master to another, key by key (CLUSTER SETSLOT IMPORTING /
+    MIGRATING, MIGRATE, SETSLOT NODE), as `redis-cli --cluster reshard` does."""
+
+    def __init__(self, cluster: LocalCluster, slot: int) -> None:
+        self.cluster = cluster
+        self.slot = slot
+        self.source = cluster.owner(slot)
+        self.target = next(p for p in cluster.ports if p != self.source)
+        self.src = cluster.node(self.source)
+        self.dst = cluster.node(self.target)
+
+    def begin(self) -> None:
+        self.dst.cluster("SETSLOT", self.slot, "IMPORTING", self.cluster.node_id(self.source))
+        self.src.cluster("SETSLOT", self.slot, "MIGRATING", self.cluster.node_id(self.target))
+
+    def move(self, count: int) -> int:
+        """Migrate up to `count` keys of the slot; how many were left to move before."""
+        keys = self.src.cluster("GETKEYSINSLOT", self.slot, count)
+        if keys:
+            self.src.execute_command(
+                "MIGRATE", "127.0.0.1", self.target, "", 0, 5000, "KEYS", *keys
+            )
+        return len(keys)
+
+    def end(self) -> None:
+        target_id = self.cluster.node_id(self.target)
+        for port in (self.target, self.source, *self.cluster.ports):
+            self.cluster.node(port).cluster("SETSLOT", self.slot, "NODE", target_id)
+
+
+def test_commands_follow_ask_during_a_migration_and_moved_after(
+    client: FlaskClient, rt: Services, cluster: LocalCluster, pipelines: PipelinesStandIn
+) -> None:
+    k = Keys(SHOP)
+    post(client, "carts/create", cart("t-1", {11: 1}, "2024-11-06T01:00:00Z"))
+    migration = Migration(cluster, key_slot(k.inbound))
+    migration.begin()
+    # The queue moved, the drain's pending flag not: a webhook's RPUSH goes to the target with
+    # ASKING, its SET NX of the flag runs on the source.
+    migration.src.migrate("127.0.0.1", migration.target, k.inbound, 0, 5000)
+    post(client, "carts/create", cart("t-2", {11: 1}, "2024-11-06T01:00:00Z"))
+    asking = migration.dst.pipeline(transaction=False)
+    asking.execute_command("ASKING")
+    asking.llen(k.inbound)
+    assert asking.execute()[1] == 2
+    assert migration.src.exists(k.drain_flag)
+    # A MULTI naming keys on both sides (the stats on the source, the others nowhere yet)
+    # waits until they are all on one side: here the migration's end, then MOVED. So does an
+    # MGET of keys that are nowhere yet (TRYAGAIN), longer than redis-py's own patience.
+    done = threading.Event()
+    gate: list[Any] = []
+
+    def finish_later() -> None:
+        time.sleep(1.5)
+        while migration.move(100):
+            pass
+        migration.end()
+        done.set()
+
+    mover = threading.Thread(target=finish_later)
+    mover.start()
+    reader = threading.Thread(target=lambda: gate.append(rt.store.delivery_gate(SHOP)))
+    reader.start()
+    commit = Commit(seen=[k.seen("w-x")], hash_set={(k.stats, "probe"): 1})
+    commit.state_set[k.state("probe")] = (b"1", 60)
+    commit.state_del.add(k.drain_flag)  # on the source: the MULTI's keys are split
+    try:
+        rt.store.commit_drain(SHOP, commit, taken=0)
+    finally:
+        mover.join()
+    reader.join()
+    assert done.is_set()
+    assert gate == [(None, None)]
+    assert migration.dst.exists(k.state("probe"), k.seen("w-x"), k.stats) == 3
+    assert migration.dst.hget(k.stats, "probe") == b"1"
+    assert not migration.src.keys("*{" + SHOP + "}*")
+    # After the migration: MOVED, followed (the web's slot map is the old one).
+    post(client, "carts/create", cart("t-3", {11: 1}, "2024-11-06T01:00:00Z"))
+    drain(rt, SHOP)
+    deliver(rt, SHOP)
+    assert rt.store._raw.node_name(key_slot(k.inbound)) == f"127.0.0.1:{migration.target}"
+    assert stats(rt)["webhooks:carts/create:processed"] == 3
+    assert sorted(c["properties"]["cart_id"] for c in pipelines.calls) == ["t-1", "t-2", "t-3"]
+
+
+def test_a_slot_migration_in_the_middle_of_traffic_loses_nothing_and_sends_nothing_twice(
+    client: FlaskClient, rt: Services, cluster: LocalCluster, pipelines: PipelinesStandIn
+) -> None:
+    migrated = threading.Event()
+    sent = threading.Event()
+    errors: list[BaseException] = []
+    posted: list[str] = []
+
+    def traffic() -> None:
+        """Webhooks before, during and after the migration (30 after it ended)."""
+        try:
+            after = 0
+            while after < 30:
+                i = len(posted)
+                body = cart(f"mig-{i}", {11: 1}, "2024-11-06T01:00:00Z")
+                webhook_id = f"w-{uuid.uuid4()}"
+                post(client, "carts/create", body, webhook_id=webhook_id)
+                if i % 7 == 0:  # a redelivery by Shopify: the same id again
+                    post(client, "carts/create", body, webhook_id=webhook_id)
+                posted.append(f"mig-{i}")
+                after += migrated.is_set()
+                time.sleep(0.003)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sent.set()
+
+    def work() -> None:
+        try:
+            while not sent.is_set() or rt.store.depth(SHOP)["inbound"]:
+                drain(rt, SHOP)
+                deliver(rt, SHOP)
+        except BaseException as exc:
+            errors.append(exc)
+
+    migration = Migration(cluster, key_slot(Keys(SHOP).inbound))
+    for port in cluster.ports:
+        cluster.node(port).config_resetstat()
+    threads = [threading.Thread(target=traffic), threading.Thread(target=work)]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(pipelines.calls) >= 10, 30)
+    migration.begin()
+    try:
+        while migration.move(3):  # a few keys at a time, while webhooks come and go
+            time.sleep(0.01)
+    finally:
+        migration.end()
+        migrated.set()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    drain(rt, SHOP)
+    deliver(rt, SHOP)
+    # The clients were redirected (ASK during the migration, MOVED after it) ...
+    redirected = migration.src.info("errorstats")
+    assert "errorstat_ASK" in redirected and "errorstat_MOVED" in redirected, redirected
+    # ... and every webhook's call reached Pipelines once.
+    carts = Counter(c["properties"]["cart_id"] for c in pipelines.calls)
+    assert carts == Counter(posted)
+    messages = [c["messageId"] for c in pipelines.calls]
+    assert len(messages) == len(set(messages)) == len(posted) > 60
+    assert not migration.src.keys("*{" + SHOP + "}*")
+
+
+def test_backfill_ingest_and_rejections_keep_shops_key_apart(
+    rt: Services, cluster: LocalCluster
+) -> None:
+    """INGEST's SADD of SHOPS_KEY is its own command (another slot), sent before it returns;
+    a rejection reads SHOPS_KEY then counts in the shop's stats or REJECTED_KEY."""
+    shops = [f"ingest-{i}.myshopify.com" for i in range(6)]
+    assert {key_slot(SHOPS_KEY)} != {key_slot(Keys(s).inbound) for s in shops}
+    envs = [
+        Envelope(shop=s, topic="orders/paid", webhook_id=f"b-{s}", body=b"{}", received_ms=1)
+        for s in shops
+    ]
+    assert rt.store.ingest(envs[0]) == 2
+    assert rt.store.ingest_many(envs[1:]) == [2] * 5
+    assert rt.store.ingest_many(envs[1:]) == [1] * 5
+    assert set(rt.store.shops()) == set(shops)
+    rt.store.count_untrusted(shops[0], "bad_hmac", configured=False)
+    rt.store.count_untrusted("made-up.myshopify.com", "bad_hmac", configured=False)
+    assert stats(rt, shops[0])["bad_hmac"] == 1
+    assert rt.store.monitoring.totals()[1] == {b"bad_hmac": b"1"}
+
+
+def test_a_shops_erasure_finds_its_keys_on_every_master_while_its_slot_migrates(
+    client: FlaskClient, rt: Services, cluster: LocalCluster
+) -> None:
+    for i in range(6):
+        post(client, "carts/create", cart(f"e-{i}", {11: 1}, "2024-11-06T01:00:00Z"))
+    drain(rt, SHOP)
+    deliver(rt, SHOP)
+    other = "kept.myshopify.com"
+    post(client, "carts/create", cart("kept", {11: 1}, "2024-11-06T01:00:00Z"), other)
+    mine = "*{" + SHOP + "}*"
+    migration = Migration(cluster, key_slot(Keys(SHOP).inbound))
+    migration.begin()
+    try:
+        migration.move(len(migration.src.keys(mine)) // 2)
+        assert migration.src.keys(mine) and migration.dst.keys(mine)  # on both masters
+        assert rt.store.shop_data.erase_shop(SHOP) > 6
+        assert not migration.src.keys(mine) and not migration.dst.keys(mine)
+    finally:
+        migration.end()
+    assert rt.store.shops() == [other]
+    assert rt.store.depth(other)["inbound"] == 1
