@@ -261,19 +261,27 @@ class ClusterTransaction:
         return list(results)
 
 
-def connect_cluster(
-    url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
-) -> RedisCluster[bytes]:
-    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL)."""
-    kwargs: dict[str, Any] = {
+def client_options(url: str, *, tls_verify: bool, timeout_s: float) -> dict[str, Any]:
+    """redis-py's options for the bridge's clients, plain or cluster: `rediss://` accepts
+    Heroku's self-signed certificate unless told to verify it."""
+    options: dict[str, Any] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "health_check_interval": 30,
         "retry_on_timeout": False,
     }
     if url.startswith("rediss://") and not tls_verify:
-        kwargs["ssl_cert_reqs"] = "none"
-    client: RedisCluster[bytes] = RedisCluster.from_url(url, **kwargs)
+        options["ssl_cert_reqs"] = "none"
+    return options
+
+
+def connect_cluster(
+    url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
+) -> RedisCluster[bytes]:
+    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL)."""
+    client: RedisCluster[bytes] = RedisCluster.from_url(
+        url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)
+    )
     # A command naming several keys of a slot being migrated, some moved and some not (an MGET,
     # a DEL), is refused with TRYAGAIN until they are together: redis-py tries 16 times (under a
     # second); this waits about as long as `ClusterRawPipeline` does (REDIRECT_DEADLINE_S).

@@ -29,6 +29,7 @@ from bridge.store.cluster import (
     ClusterPending,
     ClusterRawPipeline,
     ClusterTransaction,
+    client_options,
     connect_cluster,
     is_cluster,
 )
@@ -74,15 +75,9 @@ StoreError = redis.RedisError
 
 def connect(url: str, *, tls_verify: bool = False, timeout_s: float = 5.0) -> redis.Redis[bytes]:
     """A client for REDIS_URL; `rediss://` accepts Heroku's self-signed certificate by default."""
-    kwargs: dict[str, Any] = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "health_check_interval": 30,
-        "retry_on_timeout": False,
-    }
-    if url.startswith("rediss://") and not tls_verify:
-        kwargs["ssl_cert_reqs"] = "none"
-    return redis.Redis.from_url(url, **kwargs)
+    return redis.Redis.from_url(
+        url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)
+    )
 
 
 def open_store(

@@ -229,18 +229,17 @@ def test_shop_redact_erases_the_shop_and_nothing_else(
     assert redis.exists(Keys(OTHER_SHOP).outbox)
 
 
-def test_shop_redact_removes_the_counters_another_worker_writes_just_after(
-    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+def redact_while_another_worker_flushes(
+    client: FlaskClient, rt: Services, other: Services, redis: redis_lib.Redis, *, stop: bool
 ) -> None:
-    load_customer_everywhere(client, rt, shop=SHOP)
-    # Another worker counted the shop in the second before the redact; its ticker writes them
-    # just after the erasure.
-    other = Services.build(settings)
-    other.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
+    """shop/redact, drained here while `other` (another worker) writes its counters just after
+    the erasure; with `stop`, this worker is then told to stop."""
 
     def late_flush() -> None:
         assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
         other.store.flush_counters(force=True)
+        if stop:
+            rt.stopping.set()
 
     flusher = threading.Thread(target=late_flush)
     flusher.start()
@@ -248,52 +247,35 @@ def test_shop_redact_removes_the_counters_another_worker_writes_just_after(
     assert post(client, "shop/redact", body) == 200
     drain(rt, SHOP)
     flusher.join(30)
-    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
+    assert rt.stopping.is_set() == stop
 
 
-def test_shop_redact_removes_the_last_seen_times_another_worker_writes_just_after(
-    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
+@pytest.mark.parametrize(
+    "counted",
+    [
+        # Another worker counted the shop in the second before the redact...
+        ([((Keys(SHOP).stats, "calls:delivered"), 1)], {}),
+        # ...or drained it: the volume check's last-seen times go with its counters.
+        ([], {(Keys(SHOP).last_seen, "orders/create"): 1_700_000_000_000}),
+    ],
+    ids=["counters", "last-seen"],
+)
+@pytest.mark.parametrize("stop", [False, True], ids=["running", "stopping"])
+def test_shop_redact_removes_what_another_worker_writes_just_after(
+    client: FlaskClient,
+    rt: Services,
+    settings: Settings,
+    redis: redis_lib.Redis,
+    counted: tuple[list[tuple[tuple[str, str], int]], dict[tuple[str, str], int]],
+    stop: bool,
 ) -> None:
+    # With `stop`, the worker is told to stop once they landed: the request is gone with the
+    # shop's keys, so no later run would remove them.
     load_customer_everywhere(client, rt, shop=SHOP)
-    # Another worker drained the shop in the second before the redact: the volume check's
-    # last-seen times are written with its counters (store/tally.py), just after the erasure.
     other = Services.build(settings)
-    other.store.tally.add([], None, {(Keys(SHOP).last_seen, "orders/create"): 1_700_000_000_000})
-
-    def late_flush() -> None:
-        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
-        other.store.flush_counters(force=True)
-
-    flusher = threading.Thread(target=late_flush)
-    flusher.start()
-    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
-    assert post(client, "shop/redact", body) == 200
-    drain(rt, SHOP)
-    flusher.join(30)
-    assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
-
-
-def test_shop_redact_removes_counters_written_just_after_even_when_the_worker_stops(
-    client: FlaskClient, rt: Services, settings: Settings, redis: redis_lib.Redis
-) -> None:
-    load_customer_everywhere(client, rt, shop=SHOP)
-    # Another worker's counters of the shop land just after the erasure, and then this worker
-    # is told to stop: the request is gone with the shop's keys, so no later run removes them.
-    other = Services.build(settings)
-    other.store.tally.add([((Keys(SHOP).stats, "calls:delivered"), 1)])
-
-    def late_flush_then_stop() -> None:
-        assert wait_until(lambda: not redis.sismember(SHOPS_KEY, SHOP), 30)
-        other.store.flush_counters(force=True)
-        rt.stopping.set()
-
-    flusher = threading.Thread(target=late_flush_then_stop)
-    flusher.start()
-    body = orjson.dumps({"shop_id": 954889, "shop_domain": SHOP})
-    assert post(client, "shop/redact", body) == 200
-    drain(rt, SHOP)
-    flusher.join(30)
-    assert rt.stopping.is_set()
+    counts, latest = counted
+    other.store.tally.add(counts, None, latest)
+    redact_while_another_worker_flushes(client, rt, other, redis, stop=stop)
     assert list(redis.scan_iter(match=f"cb:{{{SHOP}}}:*")) == []
 
 
