@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from bridge.store.resp import Pending, RawPipeline
+from bridge.store.resp import Pending, RawPipeline, exec_results
 
 SLOTS = 16384
 # How long a command keeps being re-sent while the cluster redirects it (a migration of the slot
@@ -247,18 +247,7 @@ class ClusterTransaction:
             else:  # some keys moved, some not yet (or TRYAGAIN): wait for the migration
                 time.sleep(RETRY_WAIT_S)
                 replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
-        for reply in replies[:-1]:
-            if isinstance(reply, Exception):
-                raise reply
-        results = replies[-1]
-        if isinstance(results, Exception):
-            raise results
-        if results is None:
-            raise redis.exceptions.WatchError("transaction aborted")
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
+        return exec_results(replies)
 
 
 def client_options(url: str, *, tls_verify: bool, timeout_s: float) -> dict[str, Any]:

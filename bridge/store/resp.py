@@ -174,14 +174,21 @@ class PendingTransaction:
         self._pending = pending
 
     def result(self) -> list[Any]:
-        replies = self._pending.result()
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        results = replies[-1]
-        if results is None:
-            raise redis.exceptions.WatchError("transaction aborted")
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return list(results)
+        return exec_results(self._pending.result())
+
+
+def exec_results(replies: Sequence[Any]) -> list[Any]:
+    """EXEC's replies from a MULTI's (MULTI, the queued commands' QUEUED, then EXEC's list);
+    raises the first error, or WatchError for an aborted transaction."""
+    for reply in replies[:-1]:
+        if isinstance(reply, Exception):
+            raise reply
+    results = replies[-1]
+    if isinstance(results, Exception):
+        raise results
+    if results is None:
+        raise redis.exceptions.WatchError("transaction aborted")
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return list(results)
