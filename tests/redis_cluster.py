@@ -15,6 +15,7 @@ from typing import Self
 
 import redis as redis_lib
 
+from bridge.store.facade import flush_every_store
 from tests.conftest import free_port
 
 
@@ -107,6 +108,9 @@ class LocalCluster:
         return str(self.node(port).execute_command("CLUSTER", "MYID").decode())
 
     def stop(self) -> None:
+        # Counters this process's Stores still hold for the cluster go in while it is up (a
+        # writer thread of a Store whose Redis is gone would keep them, and say so once).
+        flush_every_store()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()

@@ -351,8 +351,9 @@ def flush_every_store() -> None:
     """Write the unwritten counters of every Store of this process (at a clean exit; the
     tests, between one test's Redis and the next's). A Redis that is gone loses them."""
     for store in list(_LIVE_STORES):
-        # RedisClusterException: a cluster whose every node is gone (not a RedisError).
-        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+        # Any error: a Redis gone surfaces as a RedisError, a RedisClusterException, even an
+        # AttributeError inside redis-py's cluster client; one Store's must not stop the others.
+        with contextlib.suppress(Exception):
             store.flush_counters(force=True)
 
 
@@ -678,12 +679,19 @@ class Store:
     def _write_counters(self) -> None:
         """Flush once a second while there are counts; end once the tally is empty (the next
         count starts another: an idle process keeps no thread, nor a closed Store one)."""
+        failing = False  # one warning an outage, not one a second
         while True:
             time.sleep(self.tally.interval_s)
             try:
                 self.flush_counters()
             except Exception as err:  # never let the writer die with counts left behind
-                log.warning("counters not written yet: %s", type(err).__name__)
+                if not failing:
+                    log.warning("counters not written yet: %s", type(err).__name__)
+                failing = True
+            else:
+                if failing:
+                    log.info("counters written again")
+                failing = False
             with self._writer_lock:
                 if not len(self.tally):
                     self._writer = None
