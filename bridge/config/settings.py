@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     # (0: never). Under light traffic this serves a run of webhooks with one RQ job instead of
     # one job each (~75 Redis commands a job); it never waits while another job is queued.
     drain_linger_ms: int = Field(default=250, ge=0, le=2000)
+    # Once a lingering drain's wait brings a webhook, how long it lets more gather behind it
+    # before it processes them as one batch (0: at once). The official client batches the same
+    # way (customerio-cdp-analytics: upload_interval 0.5 s); under light traffic one batch and
+    # one delivery round then serve many webhooks, not one each (~44 Redis commands a webhook;
+    # docs/capacity.md). Never while another job is queued.
+    drain_gather_ms: int = Field(default=500, ge=0, le=5000)
     http_timeout_s: float = 10.0
     retry_horizon_s: int = 72 * 3600
     queue_name: str = "cartbridge"

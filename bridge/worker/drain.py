@@ -157,6 +157,8 @@ def drain(services: Services, shop: str) -> None:
                 if not batch and upcoming is not None:
                     confirm_previous()  # delivery starts before the drain waits
                     batch = _linger(services, shop, lease, deadline)
+                    if batch:
+                        batch += _gather(services, shop, lease, deadline, size - len(batch))
             confirm_previous()
         except StoreError:
             raise
@@ -200,6 +202,33 @@ def _linger(services: Services, shop: str, lease: Lease, deadline: float) -> lis
         moved = services.store.wait_inbound(shop, wait_s)
         if moved is not None:
             return [moved]
+
+
+# A gathering drain looks for other jobs this often: another shop's job waits at most this long
+# behind it (one LLEN each; the gathering shop's own webhooks wait up to DRAIN_GATHER_MS anyway).
+GATHER_SLICE_S = 0.1
+
+
+def _gather(services: Services, shop: str, lease: Lease, deadline: float, room: int) -> list[bytes]:
+    """Up to `room` more webhooks, taken once `DRAIN_GATHER_MS` has passed since the one the
+    linger brought: a run of webhooks that trickle in is processed as one batch and delivered in
+    one round, as the official client sends what arrived over its upload interval.
+
+    The wait is a sleep in slices, each followed by one LLEN of the job queue: the webhooks stay
+    in the inbound queue meanwhile (queued, so a crash loses none), and the waiting ends early
+    when another shop's job is queued, the worker is stopping, the lease is lost or the time
+    budget ends (what gathered until then is taken all the same, except by a stopping worker or
+    a lost lease: those leave it queued for the next drain)."""
+    gather_s = services.settings.drain_gather_ms / 1000
+    if gather_s <= 0 or room <= 0:
+        return []
+    until = min(time.monotonic() + gather_s, deadline)
+    while (wait_s := min(GATHER_SLICE_S, until - time.monotonic())) > 0:
+        if services.stopping.wait(wait_s) or lease.lost.is_set() or jobs_waiting(services.queue):
+            break
+    if services.stopping.is_set() or lease.lost.is_set():
+        return []
+    return services.store.send_take(shop, room).result()
 
 
 def _split(
