@@ -285,14 +285,16 @@ class Gate:
         self.closed = False
         self.erasing = False
 
-    def open(self) -> bool:
+    def open(self, read: tuple[bytes | None, bytes | None] | None = None) -> bool:
+        """`read`: the lease's and the erasure's tokens as just read by the caller (the
+        delivery's first check rides in its start's MGET: `Store.delivery_start`)."""
         if self.closed:
             return False
         if self.services.stopping.is_set() or self.lease.lost.is_set():
             self.closed = True
             return False
         try:
-            holder, erasing = self.services.store.delivery_gate(self.shop)
+            holder, erasing = read or self.services.store.delivery_gate(self.shop)
         except StoreError:
             # Cannot tell whether the lease is still ours: send nothing more (the round's settle
             # meets the same error, and the window stays in Redis).
@@ -317,12 +319,17 @@ def deliver(services: Services, shop: str) -> None:
         if not lease.held:
             return  # another worker delivers this shop; its finish step sees anything new
         gate = Gate(services, shop, lease)
-        if not _resume_if_possible(services, shop):
-            return  # still paused: the ticker wakes us again for the next probe
+        paused_at, refused_key, holder, erasing = services.store.delivery_start(shop)
+        first: tuple[bytes | None, bytes | None] | None = (holder, erasing)
+        if paused_at is not None:
+            if not _resume_if_possible(services, shop, paused_at, refused_key):
+                return  # still paused: the ticker wakes us again for the next probe
+            first = None  # a probe took time: the gate is read again
         s = services.settings
         deadline = time.monotonic() + s.drain_time_budget_s
         with ThreadPoolExecutor(s.deliver_concurrency, thread_name_prefix="deliver") as pool:
-            while gate.open():
+            while gate.open(first):
+                first = None
                 window, left = services.store.take_window(
                     shop, BATCH_BYTES * s.deliver_concurrency, MAX_CALLS_PER_BATCH
                 )
@@ -617,12 +624,12 @@ def _pause(services: Services, shop: str, err: pipelines.ConfigurationError) -> 
         )
 
 
-def _resume_if_possible(services: Services, shop: str) -> bool:
-    """True when the shop is not paused (any more): the key changed, or a probe went through."""
+def _resume_if_possible(
+    services: Services, shop: str, paused_at: bytes, refused_key: bytes | None
+) -> bool:
+    """True when the paused shop is not paused any more: the key changed, or a probe went
+    through (`paused_at`, `refused_key`: the pause as read, `Store.paused`)."""
     s = services.settings
-    paused_at, refused_key = services.store.paused(shop)
-    if paused_at is None:
-        return True
     if refused_key is not None and refused_key.decode() == key_fingerprint(services, shop):
         # Same key as was refused: probe, at most once per pause_probe_s.
         if not services.store.claim_probe(shop, int(s.pause_probe_s * 1000)):

@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
+import msgspec
 import redis
 from redis.connection import parse_url
 
@@ -37,9 +39,11 @@ from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
 from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
 from bridge.store.monitoring import MonitorStore
 from bridge.store.ops import (
+    WEBHOOK_LOG_SIZE,
     OpsStore,
     ledger_commands,
     long_ledgers,
+    long_webhook_log,
     marks_commands,
     webhook_counts,
     webhook_log_commands,
@@ -66,6 +70,9 @@ INGEST_QUEUED_WAKE = 2  # queued, and no drain job is known to be pending: enque
 FLAG_STALE_MS = 15_000
 
 SHOP_REGISTER_EVERY_MS = 60_000
+
+# How long a webhook id's seen-marker is kept, unless the caller says (WEBHOOK_DEDUPE_TTL_S).
+DEDUPE_TTL_S = 72 * 3600
 
 
 # Any failure talking to Redis (connection, timeout, a refused command), as the bridge names it:
@@ -181,11 +188,12 @@ def _ops_commands(
     keep: int = 50,
 ) -> list[tuple[Any, ...]]:
     """The ops console's records (store/ops.py), staged in a MULTI the caller sends anyway.
-    The ledgers get no LTRIM: the caller has the tally trim those the MULTI's replies show
-    past `keep` (`long_ledgers`), one in many batches rather than every one."""
+    The ledgers and the webhook log get no LTRIM: the caller has the tally trim those the
+    MULTI's replies show past their size (`long_ledgers`, `long_webhook_log`), one in many
+    batches rather than every one."""
     return [
         *(ledger_commands(shop, ledger, keep=keep, trim=False) if keep > 0 else []),
-        *webhook_log_commands(shop, hooks),
+        *webhook_log_commands(shop, hooks, trim=False),
         *marks_commands(shop, marks or {}),
     ]
 
@@ -229,7 +237,8 @@ PIXEL_LIMIT_GRACE_S = 60
 
 
 class Accepted(NamedTuple):
-    """What queueing one webhook found: its id already processed, and whether to wake a drain."""
+    """What queueing one webhook found: its id already claimed (an earlier copy queued or
+    processed within the dedupe TTL), and whether to wake a drain."""
 
     seen_before: bool
     wake: bool
@@ -392,13 +401,22 @@ class Store:
         self.ops = OpsStore(client)
 
     # --- request path -------------------------------------------------------------------
-    def accept(self, env: Envelope) -> Accepted:
-        """Queue a verified webhook: one round trip of plain commands (see RawPipeline)."""
+    def accept(self, env: Envelope, dedupe_ttl_s: int = DEDUPE_TTL_S) -> Accepted:
+        """Queue a verified webhook and claim its webhook id: one round trip of plain commands
+        (see RawPipeline).
+
+        The webhook id's seen-marker is set here (NX) to a fresh token that the queued copy
+        carries (`Envelope.claim`), rather than looked up here and written by the drain's commit:
+        the drain processes the copy the marker names and skips any other as a duplicate. One
+        command a webhook fewer, and a redelivery is answered as a duplicate as soon as the
+        first copy is queued, not only once it was processed."""
         k = shop_keys(env.shop)
         at = env.received_ms or now_ms()
+        claim = secrets.token_hex(6)
+        marker = k.seen(env.webhook_id)
         commands: list[tuple[Any, ...]] = [
-            ("RPUSH", k.inbound, env.encode()),
-            ("EXISTS", k.seen(env.webhook_id)),
+            ("RPUSH", k.inbound, msgspec.structs.replace(env, claim=claim).encode()),
+            ("SET", marker, claim, "NX", "EX", dedupe_ttl_s),
             ("SET", k.drain_flag, at, "NX", "PX", FLAG_STALE_MS),
         ]
         # The shop set (the worker's ticker walks it) is written by each process once a
@@ -406,9 +424,16 @@ class Store:
         registered = self._registered.get(env.shop, 0)
         if at - registered > SHOP_REGISTER_EVERY_MS or at < registered:
             commands.append(("SADD", SHOPS_KEY, env.shop))
-        pushed, seen, flag, *registering = self._raw.pipeline(*commands)
+        pushed, claimed, flag, *registering = self._raw.pipeline(*commands)
         if isinstance(pushed, Exception):
-            raise pushed  # not queued (out of memory, a read-only replica...): the caller 503s
+            # Not queued (out of memory, a read-only replica...): the caller 503s. A marker set
+            # all the same would name a copy that does not exist and make Shopify's retry a
+            # duplicate: it goes (best effort; in practice a write refused for the push is
+            # refused for the marker too).
+            if claimed is not None and not isinstance(claimed, Exception):
+                with contextlib.suppress(Exception):
+                    self._raw.pipeline(("DEL", marker))
+            raise pushed
         # Counted in the tally, written within a second by this process (`_write_counters_soon`):
         # one HINCRBY a second per topic rather than one a webhook.
         self.tally.add((((k.stats, f"webhooks:{env.topic}:accepted"), 1),))
@@ -416,7 +441,7 @@ class Store:
         if registering and not isinstance(registering[0], Exception):
             self._registered[env.shop] = at
         woke = flag is not None and not isinstance(flag, Exception)
-        return Accepted(seen_before=seen == 1, wake=woke)
+        return Accepted(seen_before=claimed is None, wake=woke)
 
     def accept_browse(
         self,
@@ -656,6 +681,8 @@ class Store:
             self.tally.add(counts, expiry, commit.hash_set)
             if commit.ledger:
                 self.tally.trim(long_ledgers(shop, cmds.commands, replies, keep), keep)
+            if commit.webhook_log:
+                self.tally.trim(long_webhook_log(shop, cmds.commands, replies), WEBHOOK_LOG_SIZE)
 
         return PendingCommit(
             self._raw.send_transaction(cmds.commands), wakes=bool(commit.calls), counted=counted
@@ -910,6 +937,16 @@ class Store:
         self.redis.set(key, "1", ex=ttl_s)
 
     # --- delivery's gate and pause ------------------------------------------------------------
+    def delivery_start(
+        self, shop: str
+    ) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None]:
+        """`paused` and `delivery_gate` in one MGET: what a delivery reads as it starts."""
+        k = Keys(shop)
+        paused_at, refused_key, holder, erasing = self.redis.mget(
+            [k.paused, k.paused_key, k.deliver_lease, k.erasing]
+        )
+        return paused_at, refused_key, holder, erasing
+
     def delivery_gate(self, shop: str) -> tuple[bytes | None, bytes | None]:
         """The delivery lease's token and the erasure lease's, in one round trip."""
         k = Keys(shop)

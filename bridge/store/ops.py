@@ -129,14 +129,28 @@ def long_ledgers(
     ]
 
 
-def webhook_log_commands(shop: str, entries: Sequence[bytes]) -> list[tuple[Any, ...]]:
-    """Append `entries` (oldest first) to the shop's webhook log, capped."""
+def webhook_log_commands(
+    shop: str, entries: Sequence[bytes], *, trim: bool = True
+) -> list[tuple[Any, ...]]:
+    """Append `entries` (oldest first) to the shop's webhook log, capped by an LTRIM (unless
+    the caller trims the log when the LPUSH took it past its size: `long_webhook_log`)."""
     if not entries:
         return []
     key = shop_keys(shop).webhook_log
+    push: tuple[Any, ...] = ("LPUSH", key, *entries[-WEBHOOK_LOG_SIZE:])
+    return [push, ("LTRIM", key, 0, WEBHOOK_LOG_SIZE - 1)] if trim else [push]
+
+
+def long_webhook_log(
+    shop: str, commands: Sequence[tuple[Any, ...]], replies: Sequence[Any]
+) -> list[str]:
+    """The shop's webhook log when an LPUSH among `commands` took it past WEBHOOK_LOG_SIZE."""
+    key = shop_keys(shop).webhook_log
     return [
-        ("LPUSH", key, *entries[-WEBHOOK_LOG_SIZE:]),
-        ("LTRIM", key, 0, WEBHOOK_LOG_SIZE - 1),
+        key
+        for command, reply in zip(commands, replies, strict=True)
+        if command[0] == "LPUSH" and command[1] == key and type(reply) is int
+        if reply > WEBHOOK_LOG_SIZE
     ]
 
 

@@ -65,6 +65,7 @@ class EnvelopeHeader(Record, frozen=True):
     api_version: str | None = msgspec.field(name="v", default=None)
     event_id: str | None = msgspec.field(name="e", default=None)
     received_ms: int = msgspec.field(name="r", default=0)
+    claim: str | None = msgspec.field(name="c", default=None)
 
 
 # The default kind of an outbox entry. msgspec's omit_defaults compares a string with its default
@@ -166,6 +167,10 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     api_version: str | None = None
     event_id: str | None = None
     received_ms: int = 0
+    # The token its webhook id's seen-marker was set to when this copy was queued (`Store.accept`):
+    # the drain processes the copy the marker names and skips the others. None: not claimed on
+    # the way in (backfill, a replay, an envelope queued by an older version).
+    claim: str | None = None
 
     def encode(self) -> bytes:
         header = EnvelopeHeader(
@@ -176,6 +181,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
             self.api_version,
             self.event_id,
             self.received_ms,
+            self.claim,
         )
         return frame(_encode(header), self.body)
 
@@ -193,6 +199,7 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
             h.api_version,
             h.event_id,
             h.received_ms,
+            h.claim,
         )
 
 

@@ -282,10 +282,10 @@ def request_id_of(environ: WSGIEnvironment) -> str:
 
 def queue_envelope(services: Services, env: Envelope, request_id: str) -> Answer:
     """Queue a verified webhook in one Redis round trip and wake its shop's drain: OK, DUPLICATE
-    (its webhook id was already processed), or 503 when Redis cannot take it. Every source's
-    route answers through this, so "200 only once durably queued" holds for all of them."""
+    (its webhook id was already queued or processed), or 503 when Redis cannot take it. Every
+    source's route answers through this, so "200 only once durably queued" holds for all."""
     try:
-        accepted = services.store.accept(env)
+        accepted = services.store.accept(env, services.settings.webhook_dedupe_ttl_s)
     except StoreError as exc:
         log.error("webhook not queued: redis unavailable", extra={"error": type(exc).__name__})
         return error_answer(503, "queue unavailable, retry later")

@@ -131,10 +131,15 @@ def drain(services: Services, shop: str) -> None:
                 confirm_previous()  # this batch reads what the last one wrote
                 return services.store.load_state(names)
 
+            # The batch was gathered after the queue ran empty (and is not full): the next is
+            # waited for, not taken ahead, since a take now would find nothing.
+            gathered = False
             while batch and not lease.lost.is_set():
                 last = time.monotonic() > deadline or services.stopping.is_set()
                 full = len(batch) >= size  # a backlog: the next take finds a full batch too
-                upcoming = None if last else services.store.send_take(shop, size, backlog=full)
+                upcoming = (
+                    None if last or gathered else services.store.send_take(shop, size, backlog=full)
+                )
                 commit = process(
                     shop, batch, source=services.source, config=config, load=load, key_of=keys.state
                 )
@@ -148,17 +153,18 @@ def drain(services: Services, shop: str) -> None:
                     committing.confirm()
                     if upcoming is not None:
                         upcoming.result()
-                        batch = services.store.take_inbound(shop, size)
-                    else:
-                        batch = []
+                    batch = [] if last else services.store.take_inbound(shop, size)
+                    gathered = False
                     continue
                 previous.append(committing)
                 batch = upcoming.result() if upcoming is not None else []
-                if not batch and upcoming is not None:
+                gathered = False
+                if not batch and not last:
                     confirm_previous()  # delivery starts before the drain waits
                     batch = _linger(services, shop, lease, deadline)
                     if batch:
                         batch += _gather(services, shop, lease, deadline, size - len(batch))
+                        gathered = len(batch) < size
             confirm_previous()
         except StoreError:
             raise

@@ -210,9 +210,12 @@ def process(
         except Exception as exc:  # a schema surprise must not crash or stall the drain
             read.append(failure_reason(exc, "mapping failed"))
 
-    # Deduplication lives here, not in the request path: a webhook id processed within the TTL
-    # (its seen-marker came with an earlier commit) or earlier in this batch is counted and
-    # skipped; every other one is marked in this batch's commit, with its results.
+    # Deduplication: the request path sets each webhook id's seen-marker to a token its queued
+    # copy carries (`Envelope.claim`); the copy the marker names is processed, and any other
+    # copy, or one whose id came earlier in this batch, is counted and skipped. A copy with no
+    # claim (backfill, a replay, an older version's) or whose marker is gone (it outlived the
+    # TTL in the queue) is processed unless its id has a marker, and is marked in this batch's
+    # commit, with its results.
     # Storefront pixel events get no seen-marker: a marker per browse event for 72 h would
     # cost more memory than all their other state, and each is deduplicated on its pixel event
     # id in its browser's record instead (identity/browse_policy.py).
@@ -222,7 +225,8 @@ def process(
     marked = [k for k in seen_keys if k is not None]
     wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
     loaded: dict[str, bytes | None] = dict(load(wanted))
-    done = {key for key in marked if loaded.pop(key, None) is not None}
+    markers = {key: loaded.pop(key, None) for key in dict.fromkeys(marked)}  # a key once
+    done: set[str] = set()
     mapped: list[tuple[Envelope, Mapped]] = []
     # Storefront browse events are not webhooks: neither charted nor logged as such (they are
     # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
@@ -230,12 +234,15 @@ def process(
     commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
     for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
         if seen_key is not None:
-            if seen_key in done:
+            marker = markers[seen_key]
+            claimed = marker is not None and env.claim is not None and marker == env.claim.encode()
+            if seen_key in done or (marker is not None and not claimed):
                 commit.count(f"webhooks:{env.topic}:duplicate")
                 _log_webhook(commit, env, "duplicate")
                 continue
             done.add(seen_key)
-            commit.seen.append(seen_key)
+            if not claimed:
+                commit.seen.append(seen_key)
         # Only Shopify's webhooks carry its API version: not our backfill topics, and not
         # another source's (prefixed, "recharge/charge/failed": two slashes, Shopify's have one).
         shopify = (

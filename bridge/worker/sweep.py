@@ -206,7 +206,7 @@ def look_up_contracts(services: Services, shop: str, names: list[str]) -> dict[s
                     outcomes[name] = "not found"
                     continue
                 env = contract_envelope(shop, body, origin="lookup", topic=UPDATE_TOPIC)
-                accepted = services.store.accept(env)
+                accepted = services.store.accept(env, services.settings.webhook_dedupe_ttl_s)
                 if accepted.wake:
                     enqueue_drain(services.queue, shop)
                 outcomes[name] = (

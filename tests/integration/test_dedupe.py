@@ -1,7 +1,10 @@
-"""Webhook deduplication in the drain (the web queues every signed delivery in one round trip).
+"""Webhook deduplication (the web queues every signed delivery in one round trip).
 
 A webhook id is processed once within WEBHOOK_DEDUPE_TTL_S: duplicates in one batch, across
-batches, and after a crash between take and commit; a replayed dead letter is processed again.
+batches, in any order, and after a crash between take and commit; a replayed dead letter is
+processed again. The web claims the id as it queues the first copy (the seen-marker holds a
+token that copy carries), so later copies are answered as duplicates at once and the drain
+processes the claimed copy only; a copy that was never queued claims nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from bridge.config.settings import Settings
 from bridge.delivery.deadletters import DeadLetters
 from bridge.services import Services
 from bridge.store.facade import Keys, Store
+from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, fixture_bytes, fixture_json, webhook_headers
@@ -47,8 +51,8 @@ def test_copies_in_one_batch_and_in_later_batches_are_processed_once(
     client: FlaskClient, rt: Services, redis: redis_lib.Redis
 ) -> None:
     body = fixture_bytes("carts-create")
-    for _ in range(3):
-        send(client, "carts/create", body, "w-order")
+    answers = [send(client, "carts/create", body, "w-order") for _ in range(3)]
+    assert answers == [{"ok": True}] + [{"ok": True, "duplicate": True}] * 2
     drain(rt, SHOP)
     calls = redis.lrange(K.outbox, 0, -1)
     assert calls
@@ -66,12 +70,14 @@ def test_a_batch_taken_but_not_committed_is_processed_on_the_redo(
 ) -> None:
     body = fixture_bytes("carts-create")
     send(client, "carts/create", body, "w-cart")
-    # A worker took the batch and died before its commit: nothing is marked seen.
-    assert rt.store.take_inbound(SHOP, 10)
-    assert redis.exists(K.seen("w-cart")) == 0
+    # A worker took the batch and died before its commit: the id stays claimed by the copy.
+    [taken] = rt.store.take_inbound(SHOP, 10)
+    claim = redis.get(K.seen("w-cart"))
+    assert claim and Envelope.decode(taken).claim == claim.decode()
     drain(rt, SHOP)
     assert stats(redis)["webhooks:carts/create:processed"] == 1
-    assert redis.exists(K.seen("w-cart")) == 1
+    assert "webhooks:carts/create:duplicate" not in stats(redis)
+    assert redis.get(K.seen("w-cart")) == claim  # not written again by the commit
     assert redis.llen(K.inbound_work) == 0
 
 
@@ -91,3 +97,61 @@ def test_a_replayed_dead_letter_is_processed_again_not_skipped(
     # Parked a second time (the payload is unchanged), never counted as a duplicate.
     assert stats(redis)["webhooks:carts/create:parked"] == 2
     assert "webhooks:carts/create:duplicate" not in stats(redis)
+
+
+def _copy(webhook_id: str, claim: str | None) -> bytes:
+    """A queued copy of a carts/create webhook as the web or an older version queued it."""
+    return Envelope(
+        SHOP,
+        "carts/create",
+        webhook_id,
+        fixture_bytes("carts-create"),
+        received_ms=1,
+        claim=claim,
+    ).encode()
+
+
+def test_the_claimed_copy_wins_whatever_the_order(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    """A copy queued ahead of the claimed one (claimed by another token, or by none, as an older
+    version queued it) is the duplicate; the claimed copy behind it is processed."""
+    send(client, "carts/create", fixture_bytes("carts-create"), "w-late")
+    redis.lpush(K.inbound, _copy("w-late", "another"), _copy("w-late", None))
+    drain(rt, SHOP)
+    assert stats(redis)["webhooks:carts/create:processed"] == 1
+    assert stats(redis)["webhooks:carts/create:duplicate"] == 2
+    assert len(redis.lrange(K.outbox, 0, -1)) == 1
+
+
+def test_copies_nobody_claimed_are_processed_once_and_marked(
+    rt: Services, redis: redis_lib.Redis
+) -> None:
+    """Envelopes queued with no claim (an older version's, backfill's) or whose marker is gone
+    (it outlived the TTL while queued) are deduplicated as before: the first is processed and
+    marked by the commit, the rest are duplicates."""
+    redis.rpush(K.inbound, _copy("w-old", None), _copy("w-old", None), _copy("w-gone", "t1"))
+    redis.set(K.drain_flag, 1)
+    drain(rt, SHOP)
+    assert stats(redis)["webhooks:carts/create:processed"] == 2
+    assert stats(redis)["webhooks:carts/create:duplicate"] == 1
+    assert redis.get(K.seen("w-old")) == b"1" and redis.get(K.seen("w-gone")) == b"1"
+    assert redis.ttl(K.seen("w-old")) > 71 * 3600
+
+
+def test_a_copy_that_could_not_be_queued_claims_nothing(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    """When the push is refused but the marker was set, the marker is taken back: Shopify's
+    retry of the 503 is queued and processed, not answered as a duplicate."""
+    redis.set(K.inbound, "not a list")  # the push fails (WRONGTYPE); the marker's SET does not
+    body = fixture_bytes("carts-create")
+    resp = client.post(
+        URL, data=body, headers=webhook_headers(body, "carts/create", webhook_id="w-503")
+    )
+    assert resp.status_code == 503
+    assert redis.exists(K.seen("w-503")) == 0
+    redis.delete(K.inbound)
+    assert send(client, "carts/create", body, "w-503") == {"ok": True}
+    drain(rt, SHOP)
+    assert stats(redis)["webhooks:carts/create:processed"] == 1

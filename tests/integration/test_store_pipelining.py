@@ -11,6 +11,7 @@ import redis as redis_lib
 from bridge.config.settings import Settings
 from bridge.services import Services
 from bridge.store.facade import Commit, Keys, RawPipeline, Settlement, Store, flush_every_store
+from bridge.store.ops import WEBHOOK_LOG_SIZE
 from bridge.store.wire import Envelope
 from bridge.worker.drain import drain
 from tests.conftest import SHOP, RedisServer, fixture_json, free_port
@@ -180,6 +181,32 @@ def test_a_ledger_is_trimmed_only_once_a_batch_took_it_past_its_length(
     pushed([b"f"], via_settle=True)
     assert redis.lrange(ledger, 0, -1) == [b"f", b"e", b"d"] and trims() == before + 2
     assert redis.ttl(ledger) > 0
+
+
+def test_the_webhook_log_is_trimmed_only_once_a_commit_took_it_past_its_size(
+    redis: redis_lib.Redis,
+) -> None:
+    # Each drain commit pushes the batch's webhooks to the shop's webhook log without an LTRIM;
+    # the flush after trims it once a push took it past WEBHOOK_LOG_SIZE.
+    store = Store(redis)
+
+    def committed(n: int, start: int) -> None:
+        commit = Commit()
+        commit.webhook_log = [b"%d" % i for i in range(start, start + n)]
+        store.send_commit(SHOP, commit).result()
+        store.flush_counters(force=True)
+
+    def trims() -> int:
+        return int(redis.info("commandstats").get("cmdstat_ltrim", {}).get("calls", 0))
+
+    before = trims()
+    committed(WEBHOOK_LOG_SIZE - 1, 0)
+    committed(1, WEBHOOK_LOG_SIZE - 1)
+    assert redis.llen(K.webhook_log) == WEBHOOK_LOG_SIZE and trims() == before
+    committed(3, WEBHOOK_LOG_SIZE)
+    assert redis.llen(K.webhook_log) == WEBHOOK_LOG_SIZE and trims() == before + 1
+    assert redis.lindex(K.webhook_log, 0) == b"%d" % (WEBHOOK_LOG_SIZE + 2)  # newest first
+    assert redis.lindex(K.webhook_log, -1) == b"3"  # the oldest three went
 
 
 def test_every_store_of_the_process_writes_its_counters_at_exit(redis: redis_lib.Redis) -> None:

@@ -25,10 +25,17 @@ SHOP = "s1.myshopify.com"
 
 ENV_FULL = (
     b'{"s":"s1.myshopify.com","t":"orders/create","w":"wh-1","ta":"2026-11-28T19:33:24.123Z",'
-    b'"v":"2025-01","e":"ev-1","r":1764358404123}\n{"id":1,"note":"caf\xc3\xa9\\n"}\n'
+    b'"v":"2025-01","e":"ev-1","r":1764358404123,"c":"0a1b2c3d4e5f"}\n'
+    b'{"id":1,"note":"caf\xc3\xa9\\n"}\n'
 )
 ENV_MIN = (
-    b'{"s":"s1.myshopify.com","t":"carts/update","w":"wh-2","ta":null,"v":null,"e":null,"r":0}\n'
+    b'{"s":"s1.myshopify.com","t":"carts/update","w":"wh-2","ta":null,"v":null,"e":null,"r":0,'
+    b'"c":null}\n'
+)
+# As queued before envelopes carried their claim (issue 19): still read, with none.
+ENV_UNCLAIMED = (
+    b'{"s":"s1.myshopify.com","t":"orders/create","w":"wh-1","ta":"2026-11-28T19:33:24.123Z",'
+    b'"v":"2025-01","e":"ev-1","r":1764358404123}\n{"id":1,"note":"caf\xc3\xa9\\n"}\n'
 )
 OUT_FULL = (
     b'{"r":1764358404123,"p":"191167","h":"84adb232026d8cb6",'
@@ -80,12 +87,14 @@ def test_envelopes_round_trip_byte_for_byte() -> None:
         api_version="2025-01",
         event_id="ev-1",
         received_ms=1764358404123,
+        claim="0a1b2c3d4e5f",
     )
     bare = Envelope(SHOP, "carts/update", "wh-2", b"")
     assert Envelope.decode(ENV_FULL) == full
     assert Envelope.decode(ENV_MIN) == bare
     assert full.encode() == ENV_FULL
     assert bare.encode() == ENV_MIN
+    assert Envelope.decode(ENV_UNCLAIMED) == msgspec.structs.replace(full, claim=None)
 
 
 def test_outbox_entries_round_trip_byte_for_byte() -> None:
