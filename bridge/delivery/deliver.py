@@ -353,9 +353,11 @@ def deliver(services: Services, shop: str) -> None:
                     break
                 if time.monotonic() > deadline:
                     break
-    if paused or gate.erasing:
-        return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
-    if services.store.finish_deliver(shop):
+        if paused or gate.erasing:
+            return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
+        # The lease is let go and the outbox checked in one script (the lease first, as before).
+        more = services.store.finish_deliver(shop, lease.hand_over())
+    if more:
         services.deliver_soon(shop)
 
 

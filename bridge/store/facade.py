@@ -392,6 +392,7 @@ class Store:
         self._registered: dict[str, int] = {}  # shop -> when this process last wrote SHOPS_KEY
         self._limit_windows: dict[str, int] = {}  # shop -> the pixel limit window last expired
         self._finish = client.register_script(scripts.FINISH)
+        self._release_and_finish = client.register_script(scripts.RELEASE_AND_FINISH)
         self._release = client.register_script(scripts.RELEASE)
         self._renew = client.register_script(scripts.RENEW)
         self._take_outbox = client.register_script(scripts.TAKE_OUTBOX)
@@ -831,11 +832,16 @@ class Store:
             pipe.rpush(k.outbox_work, *remaining)
         pipe.execute()
 
-    def finish_deliver(self, shop: str) -> bool:
+    def finish_deliver(self, shop: str, lease_token: str | None = None) -> bool:
+        """Clear the delivery flag if the outbox is empty; True when calls remain. With
+        `lease_token`, the delivery lease is let go first in the same script (`Lease.hand_over`)."""
         k = Keys(shop)
+        keys = [k.outbox, k.outbox_work, k.deliver_flag]
+        if lease_token is None:
+            return bool(self._finish(keys=keys, args=[now_ms(), FLAG_STALE_MS]))
         return bool(
-            self._finish(
-                keys=[k.outbox, k.outbox_work, k.deliver_flag], args=[now_ms(), FLAG_STALE_MS]
+            self._release_and_finish(
+                keys=[*keys, k.deliver_lease], args=[now_ms(), FLAG_STALE_MS, lease_token]
             )
         )
 

@@ -48,6 +48,21 @@ class Lease:
         errors."""
         return self.held and self.store.holds(self.key, self.token)
 
+    def hand_over(self) -> str | None:
+        """Stop renewing and leave the release to the caller, who lets the lease go in a script
+        with other work (`Store.finish_deliver`): the token, or None when not held."""
+        self._stop_keeping()
+        if not self.held:
+            return None
+        self.held = False  # __exit__ releases nothing
+        return self.token
+
+    def _stop_keeping(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
     def _keep(self) -> None:
         while not self._stop.wait(self.ttl_ms / 4000):
             try:
@@ -63,9 +78,7 @@ class Lease:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._stop_keeping()
         if self.held:
             try:
                 self.store.release(self.key, self.token)

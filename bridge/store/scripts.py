@@ -102,6 +102,16 @@ redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# FINISH, after letting a lease go if it is still the caller's (KEYS[4], token ARGV[3]): a
+# delivery's end in one round trip instead of two (the lease is let go first, as before, so a
+# delivery FINISH wakes can take it at once).
+RELEASE_AND_FINISH = (
+    """
+if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
+"""
+    + FINISH
+)
+
 # A drain starts: if the work list holds a batch a drain before it took and did not commit, one
 # more try on it is counted (and the size last tried returned); else the count is cleared.
 # Record format: the tries hash (`Keys.drain_tries`): fields "n" (tries) and "size" (integers).
