@@ -88,12 +88,13 @@ def _identify(view: StateView, policy: Policy, p: Pending) -> Call | None:
     rec = view.get(name) or {}
     fields: dict[str, list[Any]] = dict(rec.get("f") or {})
     send: dict[str, Any] = {}
+    at = iso_z(p.at)  # the version of every computed trait sent (once, not once a trait)
     for trait, (value, version) in p.traits.items():
         old = fields.get(trait)
         if version is None:
             if (old is None and value is None) or (old is not None and old[1] == value):
                 continue
-            fields[trait] = [iso_z(p.at), value]
+            fields[trait] = [at, value]
             send[trait] = value
             continue
         if old is not None and (old[0] or "") > version:

@@ -24,10 +24,12 @@ class DecisionView(StateView):
         self.notes: list[tuple[str, str, str, str]] = []
 
     def get(self, name: str) -> dict[str, Any] | None:
-        key = self.key(name)
-        if key not in self._values:
+        key = self._keys[name]
+        values = self._values
+        if key not in values:
             self.misses.add(key)
-        return super().get(name)
+            return None
+        return values[key]
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

@@ -30,7 +30,7 @@ from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
 from bridge.products import cache as product_cache
-from bridge.products.enrich import enrich, record_names
+from bridge.products.enrich import enrich, product_ids, record_names
 from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
@@ -218,17 +218,26 @@ def process(
     # id in its browser's record instead (identity/browse_policy.py).
     seen_keys = [None if is_browse_topic(env.topic) else keys.seen(env.webhook_id) for env in envs]
     # Product records (and the wanted list) ride in the same MGET as the identity records.
-    names = [n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))]
+    # Each webhook's products are found once (a walk of all its items), for the load and for
+    # the enrichment of every decide round.
+    products = [None if isinstance(m, str) else product_ids(m) for m in read]
+    names = [
+        n
+        for m, ids in zip(read, products, strict=True)
+        if not isinstance(m, str)
+        for n in (*keys_for(m), *record_names(m, ids))
+    ]
     marked = [k for k in seen_keys if k is not None]
     wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     done = {key for key in marked if loaded.pop(key, None) is not None}
     mapped: list[tuple[Envelope, Mapped]] = []
+    mapped_products: list[list[str]] = []  # each mapped webhook's product ids
     # Storefront browse events are not webhooks: neither charted nor logged as such (they are
     # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
     # out of its log.
     commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
-    for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
+    for item, env, m, seen_key, ids in zip(raw, envs, read, seen_keys, products, strict=True):
         if seen_key is not None:
             if seen_key in done:
                 commit.count(f"webhooks:{env.topic}:duplicate")
@@ -249,6 +258,7 @@ def process(
             _park(commit, env, item, m[:MAX_REASON_CHARS])
             continue
         mapped.append((env, m))
+        mapped_products.append(ids or [])
         if env.topic in COMPLIANCE_TOPICS:
             # Committed with the batch; the drain carries it out after the commit (issue 7).
             commit.compliance.append(request_from(env, m).encode())
@@ -268,7 +278,7 @@ def process(
                 continue
             try:
                 noted = len(view.notes)
-                m = enrich(m, view, config.metafields, policy.clock())
+                m = enrich(m, view, config.metafields, policy.clock(), mapped_products[i])
                 if m.product is not None:
                     product_cache.apply(view, m.product, config.product_ttl_s)
                 outcome = _decide_one(shop, env, m, view, policy)
