@@ -30,9 +30,18 @@ class _Keys(dict[str, str]):
 class StateView:
     """Records by name (`cart:<token>`, `order:<id>`, ...); values are JSON objects."""
 
-    def __init__(self, loaded: dict[str, bytes | None] | None = None, key_of: Any = None) -> None:
+    def __init__(
+        self,
+        loaded: dict[str, bytes | None] | None = None,
+        key_of: Any = None,
+        keys: dict[str, str] | None = None,
+    ) -> None:
         self._key_of = key_of or (lambda name: name)
         self._keys = _Keys(self._key_of)
+        if keys:
+            # Names whose keys the caller worked out already (`key_of` of each), as the
+            # processor does for the records it loads: not worked out a second time.
+            self._keys.update(keys)
         self._values: dict[str, dict[str, Any] | None] = {}
         self._dirty: dict[str, int] = {}  # name -> ttl s
         self._deleted: set[str] = set()

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bridge.canonical import PersonRef, TraitUpdate
 from bridge.delivery import render
 from bridge.delivery.calls import Call
 from bridge.identity.graph import Policy, person_key
@@ -114,9 +113,10 @@ def _identify(view: StateView, policy: Policy, p: Pending) -> Call | None:
         return None
     view.put(name, {**rec, "f": fields, "anons": anons})
     kept = {k: v for k, v in send.items() if v is not None}
-    update = TraitUpdate(person=PersonRef(), traits=kept, timestamp=p.at)
     anon = p.anon if merge_anon else None
-    call = render.identify_call(update, user_id=p.user, anonymous_id=anon, shop=policy.shop)
+    call = render.identify_traits_call(
+        kept, p.at, user_id=p.user, anonymous_id=anon, shop=policy.shop
+    )
     cleared = sorted(k for k, v in send.items() if v is None)
     if cleared:
         # Cleared traits go out as JSON null; the messageId must tell a clear from a no-op.

@@ -15,8 +15,13 @@ from bridge.identity.records import StateView
 class DecisionView(StateView):
     """A StateView that records reads of records it was never given, and counters."""
 
-    def __init__(self, loaded: dict[str, bytes | None] | None = None, key_of: Any = None) -> None:
-        super().__init__(loaded, key_of)
+    def __init__(
+        self,
+        loaded: dict[str, bytes | None] | None = None,
+        key_of: Any = None,
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(loaded, key_of, keys)
         self.misses: set[str] = set()
         self.counters: dict[str, int] = {}
         # Calls held back, per person (person, event, outcome, why): the ops console's

@@ -228,7 +228,13 @@ def process(
         for n in (*keys_for(m), *record_names(m, ids))
     ]
     marked = [k for k in seen_keys if k is not None]
-    wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
+    # Each name's key once (a batch names an order's records ~3 times over), kept for the
+    # decide rounds' views.
+    name_keys: dict[str, str] = {}
+    for record in names:
+        if record not in name_keys:
+            name_keys[record] = str(key_of(record))
+    wanted = list(dict.fromkeys([*name_keys.values(), *marked]))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     done = {key for key in marked if loaded.pop(key, None) is not None}
     mapped: list[tuple[Envelope, Mapped]] = []
@@ -270,7 +276,7 @@ def process(
     while True:
         # Deciding is pure, so a round is simply redone: with records it read but was not
         # given, or without a webhook that failed in it (its partial writes die with the view).
-        view = DecisionView(loaded, key_of=key_of)
+        view = DecisionView(loaded, key_of=key_of, keys=name_keys)
         decided: list[tuple[Envelope, Mapped, _Outcome]] = []
         culprit: tuple[int, str] | None = None
         for i, (env, m) in enumerate(mapped):

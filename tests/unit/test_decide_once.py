@@ -5,6 +5,7 @@ costs no write, a ref named twice names nothing new, memoised digests follow the
 from __future__ import annotations
 
 import sys
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,12 +13,22 @@ import orjson
 import pytest
 
 from bridge import keyed
-from bridge.canonical import OrderFact, PersonRef
-from bridge.identity import DecisionView, browse, keys_for, orders, resolve
+from bridge.canonical import OrderFact, PersonRef, TraitUpdate
+from bridge.delivery import render
+from bridge.identity import (
+    DecisionView,
+    anonymous_id,
+    browse,
+    keys_for,
+    orders,
+    replenishment,
+    resolve,
+)
 from bridge.identity.decide import _Run
 from bridge.identity.graph import Policy, email_key, person_key
 from bridge.products import cache
 from bridge.sources.shopify import ShopifySource
+from bridge.store.facade import Keys
 from bridge.worker.processor import ProcessConfig
 from tests.journeys import CART, CHECKOUT, CUSTOMER_ID, EMAIL, NOW, MemoryShop, order
 
@@ -181,3 +192,43 @@ def test_wanting_products_updates_the_list_as_a_copy_would() -> None:
     rec = view.get(cache.WANTED)
     assert rec is not None and len(rec["ids"]) == cache.MAX_WANTED
     assert next(iter(rec["ids"])) == "10" and "who" not in rec  # 1, 2, 3 gone, "1"'s wait too
+
+
+@pytest.mark.parametrize(
+    ("shop", "token"),
+    [("a.myshopify.com", "c1"), ("", ""), ("é.myshopify.com", "ü" * 300), ("s", "x\x1fy")],
+)
+def test_a_carts_anonymous_id_is_the_uuid5_of_shop_and_token(shop: str, token: str) -> None:
+    expected = uuid.uuid5(uuid.UUID("8b1f4a44-5c1e-4d51-9d0b-6f4f3c2a7e10"), f"{shop}\x1f{token}")
+    assert anonymous_id(shop, token) == str(expected)
+
+
+def test_an_identify_of_traits_is_the_identify_of_their_update() -> None:
+    at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    traits = {"orders_count": 2, "lifetime_value": 10.5, "tags": ("a", "b"), "when": at}
+    for anon in (None, "anon-1"):
+        update = TraitUpdate(person=PersonRef(), traits=traits, timestamp=at)
+        assert render.identify_traits_call(
+            traits, at, user_id="7", anonymous_id=anon, shop=SHOP
+        ) == render.identify_call(update, user_id="7", anonymous_id=anon, shop=SHOP)
+
+
+def test_keys_handed_to_a_view_are_those_it_would_work_out() -> None:
+    key_of = Keys(SHOP).state
+    names = ["cart:c1", "person:cust:1"]
+    seeded = DecisionView({}, key_of=key_of, keys={n: key_of(n) for n in names})
+    plain = DecisionView({}, key_of=key_of)
+    for name in [*names, "order:9"]:
+        assert seeded.key(name) == plain.key(name) == key_of(name)
+        seeded.put(name, {"n": name})
+        plain.put(name, {"n": name})
+    assert seeded.writes() == plain.writes()
+
+
+def test_the_latest_orders_are_all_of_them_up_to_the_limit_and_the_newest_past_it() -> None:
+    index = {str(i): {"at": f"2026-01-{1 + i % 28:02d}"} for i in range(replenishment.MAX_ORDERS)}
+    assert replenishment._latest(index) == set(index)
+    index["late"] = {"at": "2026-02-01"}
+    index["early"] = {"at": "2025-01-01"}
+    latest = replenishment._latest(index)
+    assert len(latest) == replenishment.MAX_ORDERS and "late" in latest and "early" not in latest
