@@ -61,10 +61,12 @@ def apply(view: StateView, fact: ProductFact, ttl_s: int = DEFAULT_TTL_S) -> boo
 
 def wait_for(view: StateView, product_ids: list[str], customer_id: str) -> None:
     """Note that this customer's replenishment date waits for these (wanted) products."""
-    rec = dict(view.get(WANTED) or {})
+    rec = view.get(WANTED) or {}
     listed = rec.get("ids")
     ids = listed if isinstance(listed, dict) else {}  # only asked: not copied (up to 500 ids)
-    who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
+    # Updated in place, as `want` does (the record is put again below when it changed).
+    listed_who = rec.get("who")
+    who = listed_who if isinstance(listed_who, dict) else {}
     changed = False
     for pid in product_ids:
         if pid not in ids:

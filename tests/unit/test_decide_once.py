@@ -232,3 +232,15 @@ def test_the_latest_orders_are_all_of_them_up_to_the_limit_and_the_newest_past_i
     index["early"] = {"at": "2025-01-01"}
     latest = replenishment._latest(index)
     assert len(latest) == replenishment.MAX_ORDERS and "late" in latest and "early" not in latest
+
+
+def test_waiting_for_products_updates_the_list_as_a_copy_would() -> None:
+    stored = {"ids": {"1": "t0", "2": "t0"}, "who": {"1": ["c1"]}, "x": 1}
+    view = DecisionView({cache.WANTED: orjson.dumps(stored)})
+    cache.wait_for(view, ["1", "2", "9"], "c2")  # "9" is not wanted: not noted
+    assert view.get(cache.WANTED) == {**stored, "who": {"1": ["c1", "c2"], "2": ["c2"]}}
+    revision = view.revision
+    cache.wait_for(view, ["1", "2"], "c2")  # nothing new: nothing written
+    assert view.revision == revision
+    assert cache.take_waiting(view, "1") == ["c1", "c2"]
+    assert view.get(cache.WANTED) == {**stored, "who": {"2": ["c2"]}}
