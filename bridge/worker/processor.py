@@ -445,6 +445,7 @@ def _decide_one(
     outcome = _Outcome([], [])
     if m.skipped:
         return outcome
+    hashes: dict[str, str] = {}  # person -> keyed hash: a webhook's calls are mostly one person's
     for out in decide(m, view, policy, parse_time(env.triggered_at)):
         call = out.call
         try:
@@ -459,7 +460,9 @@ def _decide_one(
                 outcome.refused.append((keyed.person_hash(out.person), name, mid, why))
             continue
         name = call.get("event") or call["type"]
-        person = keyed.person_hash(out.person)
+        person = hashes.get(out.person)
+        if person is None:
+            person = hashes[out.person] = keyed.person_hash(out.person)
         entry = OutboxEntry(
             raw_call, env.received_ms, out.person, out.guards, out.kind, name, person, env.topic
         )
