@@ -57,9 +57,10 @@ def keys_for(mapped: Mapped) -> list[str]:
     for ref in refs:
         cid = ref.customer_id or ref.hinted_customer_id
         if cid:
-            names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
+            pk = person_key(cid)
+            names += ["cust:" + cid, "person:" + pk, "orders:" + pk]
             if subscribing:
-                names += [subscriptions.index_name(person_key(cid))]
+                names += [subscriptions.index_name(pk)]
         if ref.email:
             pk = person_key(ref.email)
             # The guest's subscription index is read whenever the email joins a customer
