@@ -27,6 +27,7 @@ def configure(key: bytes) -> None:
     _key = key
     _person_mac = hmac.new(key, _PERSON, hashlib.sha256)
     email_digest.cache_clear()
+    record_digest.cache_clear()
 
 
 # Memoised: deciding one order names its email's records about ten times (the email link, the
@@ -53,6 +54,10 @@ def person_hash(person: str) -> str:
 RECORD_DIGEST_HEX = 12
 
 
+# Memoised as `email_digest` is: deciding one order names its cart's and checkout's claim
+# records about ten times (identity/browse.py: the records it loads, then the claimants it
+# links), ~4 % of the order path. Bounded, and cleared with the key.
+@functools.lru_cache(maxsize=4096)
 def record_digest(kind: str, value: str) -> str:
     """The name of a state record keyed by an id anyone can make up (a pixel's clientId, a cart
     or checkout token it sends): a keyed hash, RECORD_DIGEST_HEX hex digits, whatever the id's

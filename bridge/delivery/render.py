@@ -246,17 +246,33 @@ def identify_call(
     The anonymousId joins the messageId's key only when present, because an identify that
     merges a new anonymous profile must not be deduplicated against one that did not.
     """
+    return identify_traits_call(
+        update.traits, update.timestamp, user_id=user_id, anonymous_id=anonymous_id, shop=shop
+    )
+
+
+def identify_traits_call(
+    traits: Mapping[str, Any],
+    at: datetime,
+    *,
+    user_id: str | None,
+    anonymous_id: str | None,
+    shop: str,
+) -> Call:
+    """`identify_call` of these traits at this time, for a caller that has no TraitUpdate to
+    hand (identity/traits.py renders one identify a webhook: building the model and its empty
+    PersonRef only to read them back cost more than the call's own fields)."""
     who = _who(user_id, anonymous_id, "identify")
-    traits = to_json(update.traits)
-    parts = [SOURCE, shop, "identify", user_id or "", traits_digest(traits)]
+    json_traits = to_json(traits)
+    parts = [SOURCE, shop, "identify", user_id or "", traits_digest(json_traits)]
     if anonymous_id:
         parts.append(anonymous_id)
     return {
         "type": "identify",
-        "messageId": message_id(update.timestamp, *parts),
-        "timestamp": iso_z(update.timestamp),
+        "messageId": message_id(at, *parts),
+        "timestamp": iso_z(at),
         **who,
-        "traits": traits,
+        "traits": json_traits,
     }
 
 

@@ -11,7 +11,7 @@ Public surface (the processor and the backfill use these):
 
 from __future__ import annotations
 
-from bridge.canonical import Mapped
+from bridge.canonical import Mapped, PersonRef
 from bridge.identity import browse, subscriptions
 from bridge.identity.carts import HELD_CHECKOUTS, conversion_guards, expire_held
 from bridge.identity.decide import HELD_REFUNDS, Outgoing, decide
@@ -49,21 +49,18 @@ __all__ = [
 
 def keys_for(mapped: Mapped) -> list[str]:
     """The state records `decide` reads for this webhook that its payload alone names."""
-    refs = [
-        mapped.person,
-        *(e.person for e in mapped.events),
-        *(u.person for u in mapped.identifies),
-    ]
+    refs = _distinct(
+        [mapped.person, *(e.person for e in mapped.events), *(u.person for u in mapped.identifies)]
+    )
     names: list[str] = []
     subscribing = mapped.subscription is not None or mapped.billing is not None
     for ref in refs:
-        if ref is None:
-            continue
         cid = ref.customer_id or ref.hinted_customer_id
         if cid:
-            names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
+            pk = person_key(cid)
+            names += ["cust:" + cid, "person:" + pk, "orders:" + pk]
             if subscribing:
-                names += [subscriptions.index_name(person_key(cid))]
+                names += [subscriptions.index_name(pk)]
         if ref.email:
             pk = person_key(ref.email)
             # The guest's subscription index is read whenever the email joins a customer
@@ -106,3 +103,14 @@ def keys_for(mapped: Mapped) -> list[str]:
         for cid in (mapped.merge.kept_id, mapped.merge.deleted_id):
             names += ["cust:" + cid, "person:" + person_key(cid), "orders:" + person_key(cid)]
     return list(dict.fromkeys(names))
+
+
+def _distinct(refs: list[PersonRef | None]) -> list[PersonRef]:
+    """The refs, each once (first seen first), None left out: a webhook's person, its events'
+    and its identifies' are mostly one PersonRef (an order's are the same object), and a ref's
+    names are a function of the ref alone, so a repeat would only name them again."""
+    out: list[PersonRef] = []
+    for ref in refs:
+        if ref is not None and not any(ref is seen or ref == seen for seen in out):
+            out.append(ref)
+    return out

@@ -238,9 +238,16 @@ def link_claimants(
     """After a signed webhook was decided: every browser that claimed one of its cart or
     checkout tokens is linked to the person that webhook linked the token to (if any)."""
     out: list[tuple[Call, str]] = []
+    done: list[PersonRef] = []
     for ref in refs:
         if ref is None or not (ref.cart_token or ref.checkout_token):
             continue
+        if any(ref is seen or ref == seen for seen in done):
+            # A webhook's person and its events' are mostly one ref: a second pass would find
+            # each claim as the first left it (linked and deleted, or still waiting), and do
+            # nothing.
+            continue
+        done.append(ref)
         for claim, confirmed in zip(
             claim_names(ref.cart_token, None) + claim_names(None, ref.checkout_token),
             _confirmed(ref.cart_token, None) + _confirmed(None, ref.checkout_token),

@@ -99,6 +99,22 @@ class _Run:
         self.after: list[Outgoing] = []
         self.links: list[Outgoing] = []  # identifies joining browsers to people (issue 17)
         self.depth = 0
+        # The last person resolved: (ref, view revision, person). An order's identify and its
+        # events name the same person (one PersonRef) with no write between them.
+        self._resolved: tuple[PersonRef | None, int, Person] | None = None
+
+    def resolve(self, ref: PersonRef | None) -> Person:
+        """`graph.resolve`, once per person while the view is unchanged: resolving is
+        idempotent (a second resolve of the same ref over the records the first left reads
+        the same records, finds the same person and writes nothing), so a ref resolved again
+        at the same revision gets the same person without the work."""
+        last = self._resolved
+        fresh = last is not None and last[1] == self.view.revision
+        if last is not None and fresh and (last[0] is ref or last[0] == ref):
+            return last[2]
+        who = resolve(ref, self.view, self.policy)
+        self._resolved = (ref, self.view.revision, who)
+        return who
 
     # --- helpers ---------------------------------------------------------------------------
     def track(
@@ -163,7 +179,7 @@ class _Run:
     # --- identifies ------------------------------------------------------------------------
     def trait_updates(self, mapped: Mapped) -> None:
         for update in mapped.identifies:
-            who = resolve(update.person, self.view, self.policy)
+            who = self.resolve(update.person)
             if not who.user_id:
                 continue
             version = update.version or self.triggered_at or update.timestamp
@@ -177,7 +193,7 @@ class _Run:
         snap = mapped.cart
         if snap is None:
             return
-        who = resolve(mapped.person, self.view, self.policy)
+        who = self.resolve(mapped.person)
         name = "cart:" + snap.cart_token
         rec = self.view.get(name) or {}
         at = iso_z(snap.updated_at)
@@ -227,7 +243,7 @@ class _Run:
         co = checkout_ref(ref.checkout_token, ref.checkout_id)
         if co is None:
             return
-        who = resolve(ref, self.view, self.policy)
+        who = self.resolve(ref)
         name = "checkout:" + co
         rec = self.view.get(name) or {}
         if ref.cart_token and rec.get("cart") != ref.cart_token:
@@ -307,7 +323,7 @@ class _Run:
         ref = mapped.person
         if fact is None or ref is None:
             return
-        who = resolve(ref, self.view, self.policy)
+        who = self.resolve(ref)
         name = "order:" + fact.order_id
         rec = dict(self.view.get(name) or {})
         rec.update(
@@ -548,7 +564,7 @@ class _Run:
         if fact is None:
             return
         ref = fact.person.model_copy(update={"subscription": fact.ref})
-        who = resolve(ref, self.view, self.policy)
+        who = self.resolve(ref)
         if not who.user_id:
             # Recharge's subscription names only Recharge's customer: wait for that customer.
             self._wait(mapped, fact.person, "subscription")
@@ -631,7 +647,7 @@ class _Run:
             if names_person
             else own.model_copy(update={"subscription": refs[0] if refs else None})
         )
-        who = resolve(ref, self.view, self.policy)
+        who = self.resolve(ref)
         if not who.user_id:
             self._wait(mapped, ref, "billing")
             return
@@ -900,7 +916,7 @@ def decide(
         run.product(mapped)
     else:
         for event in mapped.events:
-            run.track(event, resolve(event.person, view, policy))
+            run.track(event, run.resolve(event.person))
     # A subscription app's customer linked by this webhook releases what waited for them.
     subscribers = [mapped.person, *(u.person for u in mapped.identifies)]
     if mapped.billing is not None:

@@ -96,17 +96,30 @@ def merge_index(view: StateView, source: str, target: str) -> bool:
 
 def order_traits(view: StateView, person: str) -> dict[str, Any]:
     """`orders_count`, `lifetime_value`, first/last order dates and the last order id."""
-    idx = _index(view, person)
-    orders = idx["o"]
+    rec = view.get(index_name(person)) or {}
+    # Only read, so not copied as `_index` does (a dict() of the index each time).
+    orders = rec.get("o") or {}
+    if type(orders) is not dict:
+        orders = dict(orders)
     if not orders:
         return {}
+    refunds = rec.get("r") or {}
+    if type(refunds) is not dict:
+        refunds = dict(refunds)
     total = sum((Decimal(e["t"]) for e in orders.values()), Decimal(0))
-    refunded = sum((Decimal(r["a"]) for r in idx["r"].values() if r.get("o") in orders), Decimal(0))
-    by_time = sorted(orders.items(), key=lambda kv: (kv[1]["at"], kv[0]))
+    refunded = sum((Decimal(r["a"]) for r in refunds.values() if r.get("o") in orders), Decimal(0))
+    # The first and last by (time, id): keys are unique, so min and max are the ends of the
+    # sorted order, without sorting the index.
+    first = min(orders.items(), key=_by_time)
+    last = max(orders.items(), key=_by_time)
     return {
         "orders_count": len(orders),
         "lifetime_value": float(total - refunded),
-        "first_order_date": by_time[0][1]["at"],
-        "last_order_date": by_time[-1][1]["at"],
-        "last_order_id": by_time[-1][0],
+        "first_order_date": first[1]["at"],
+        "last_order_date": last[1]["at"],
+        "last_order_id": last[0],
     }
+
+
+def _by_time(entry: tuple[str, Any]) -> tuple[Any, str]:
+    return entry[1]["at"], entry[0]

@@ -151,6 +151,8 @@ def _time(text: Any) -> datetime | None:
 def _latest(orders: dict[str, Any]) -> set[str]:
     """The ids of the MAX_ORDERS latest orders (by their UTC time text, then id): one pass,
     no sort of the whole index."""
+    if len(orders) <= MAX_ORDERS:
+        return set(orders)  # all of them (what nlargest would give, without its keys)
     return {
         order_id
         for order_id, _ in heapq.nlargest(

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bridge.canonical import PersonRef, TraitUpdate
 from bridge.delivery import render
 from bridge.delivery.calls import Call
 from bridge.identity.graph import Policy, person_key
@@ -88,12 +87,13 @@ def _identify(view: StateView, policy: Policy, p: Pending) -> Call | None:
     rec = view.get(name) or {}
     fields: dict[str, list[Any]] = dict(rec.get("f") or {})
     send: dict[str, Any] = {}
+    at = iso_z(p.at)  # the version of every computed trait sent (once, not once a trait)
     for trait, (value, version) in p.traits.items():
         old = fields.get(trait)
         if version is None:
             if (old is None and value is None) or (old is not None and old[1] == value):
                 continue
-            fields[trait] = [iso_z(p.at), value]
+            fields[trait] = [at, value]
             send[trait] = value
             continue
         if old is not None and (old[0] or "") > version:
@@ -113,9 +113,10 @@ def _identify(view: StateView, policy: Policy, p: Pending) -> Call | None:
         return None
     view.put(name, {**rec, "f": fields, "anons": anons})
     kept = {k: v for k, v in send.items() if v is not None}
-    update = TraitUpdate(person=PersonRef(), traits=kept, timestamp=p.at)
     anon = p.anon if merge_anon else None
-    call = render.identify_call(update, user_id=p.user, anonymous_id=anon, shop=policy.shop)
+    call = render.identify_traits_call(
+        kept, p.at, user_id=p.user, anonymous_id=anon, shop=policy.shop
+    )
     cleared = sorted(k for k, v in send.items() if v is None)
     if cleared:
         # Cleared traits go out as JSON null; the messageId must tell a clear from a no-op.

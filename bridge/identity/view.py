@@ -15,8 +15,13 @@ from bridge.identity.records import StateView
 class DecisionView(StateView):
     """A StateView that records reads of records it was never given, and counters."""
 
-    def __init__(self, loaded: dict[str, bytes | None] | None = None, key_of: Any = None) -> None:
-        super().__init__(loaded, key_of)
+    def __init__(
+        self,
+        loaded: dict[str, bytes | None] | None = None,
+        key_of: Any = None,
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(loaded, key_of, keys)
         self.misses: set[str] = set()
         self.counters: dict[str, int] = {}
         # Calls held back, per person (person, event, outcome, why): the ops console's
@@ -24,10 +29,12 @@ class DecisionView(StateView):
         self.notes: list[tuple[str, str, str, str]] = []
 
     def get(self, name: str) -> dict[str, Any] | None:
-        key = self.key(name)
-        if key not in self._values:
+        key = self._keys[name]
+        values = self._values
+        if key not in values:
             self.misses.add(key)
-        return super().get(name)
+            return None
+        return values[key]
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

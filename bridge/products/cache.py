@@ -11,6 +11,7 @@ facts, which take them off the list and recompute the waiting customers' dates.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Any
 
@@ -60,9 +61,12 @@ def apply(view: StateView, fact: ProductFact, ttl_s: int = DEFAULT_TTL_S) -> boo
 
 def wait_for(view: StateView, product_ids: list[str], customer_id: str) -> None:
     """Note that this customer's replenishment date waits for these (wanted) products."""
-    rec = dict(view.get(WANTED) or {})
-    ids = wanted(view)
-    who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
+    rec = view.get(WANTED) or {}
+    listed = rec.get("ids")
+    ids = listed if isinstance(listed, dict) else {}  # only asked: not copied (up to 500 ids)
+    # Updated in place, as `want` does (the record is put again below when it changed).
+    listed_who = rec.get("who")
+    who = listed_who if isinstance(listed_who, dict) else {}
     changed = False
     for pid in product_ids:
         if pid not in ids:
@@ -101,20 +105,26 @@ def wanted(view: StateView) -> dict[str, str]:
 
 def want(view: StateView, product_ids: list[str], now: datetime) -> int:
     """Note products to read; returns how many were new to the list."""
-    listed = (view.get(WANTED) or {}).get("ids")
+    rec = view.get(WANTED) or {}
+    listed = rec.get("ids")
     known = listed if isinstance(listed, dict) else {}
     fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in known]
     if not fresh:
-        return 0  # the common case, with no copy of a list of up to MAX_WANTED ids
-    ids = dict(known)
+        return 0  # the common case
+    # The record's own lists are updated in place, not copied (up to MAX_WANTED ids, and as
+    # many waiting lists, for every order naming a product not cached yet): the view owns the
+    # records it holds (parsed from what it loaded, or put by this batch), nothing else keeps
+    # them, and the record is put again below.
+    ids = known
     at = iso_z(now)
-    ids.update(dict.fromkeys(fresh, at))
-    rec = view.get(WANTED) or {}
-    who = dict(rec.get("who") or {}) if isinstance(rec.get("who"), dict) else {}
+    for pid in fresh:
+        ids[pid] = at
+    listed_who = rec.get("who")
+    who = listed_who if isinstance(listed_who, dict) else {}
     if len(ids) > MAX_WANTED:
         # Oldest first out: the record keeps ids in the order they were first wanted.
         over = len(ids) - MAX_WANTED
-        for pid in list(ids)[:over]:
+        for pid in list(itertools.islice(ids, over)):
             del ids[pid]
             who.pop(pid, None)
         count(view, "products:wanted:forgotten", over)

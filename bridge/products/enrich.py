@@ -91,9 +91,11 @@ def product_ids(mapped: Mapped) -> list[str]:
     return [pid for pid in ids if pid is not None and valid_id(pid)]
 
 
-def record_names(mapped: Mapped) -> list[str]:
-    """The state records enrichment reads: each product's, and the wanted list."""
-    ids = product_ids(mapped)
+def record_names(mapped: Mapped, ids: list[str] | None = None) -> list[str]:
+    """The state records enrichment reads: each product's, and the wanted list. `ids`: the
+    webhook's `product_ids`, when the caller has them already."""
+    if ids is None:
+        ids = product_ids(mapped)
     if mapped.product is not None:
         return [record_name(mapped.product.product_id), WANTED]
     if not ids:
@@ -102,10 +104,19 @@ def record_names(mapped: Mapped) -> list[str]:
     return names if mapped.browse is not None else [*names, WANTED]
 
 
-def enrich(mapped: Mapped, view: StateView, keys: MetafieldKeys, now: datetime) -> Mapped:
+def enrich(
+    mapped: Mapped,
+    view: StateView,
+    keys: MetafieldKeys,
+    now: datetime,
+    ids: list[str] | None = None,
+) -> Mapped:
     """The webhook with its items' metadata filled from the cache; products missing from it
-    (or read with other metafield keys than the store's) are noted as wanted."""
-    ids = product_ids(mapped)
+    (or read with other metafield keys than the store's) are noted as wanted. `ids`: the
+    webhook's `product_ids` when the caller worked them out already (the processor does, for
+    the records it loads: each decide round would walk the items again)."""
+    if ids is None:
+        ids = product_ids(mapped)
     if not ids:
         return mapped
     missing: list[str] = []

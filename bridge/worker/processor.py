@@ -30,7 +30,7 @@ from bridge.jsonio import parse_body
 from bridge.logs import redact
 from bridge.monitoring import volume
 from bridge.products import cache as product_cache
-from bridge.products.enrich import enrich, record_names
+from bridge.products.enrich import enrich, product_ids, record_names
 from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
@@ -221,18 +221,33 @@ def process(
     # id in its browser's record instead (identity/browse_policy.py).
     seen_keys = [None if is_browse_topic(env.topic) else keys.seen(env.webhook_id) for env in envs]
     # Product records (and the wanted list) ride in the same MGET as the identity records.
-    names = [n for m in read if not isinstance(m, str) for n in (*keys_for(m), *record_names(m))]
+    # Each webhook's products are found once (a walk of all its items), for the load and for
+    # the enrichment of every decide round.
+    products = [None if isinstance(m, str) else product_ids(m) for m in read]
+    names = [
+        n
+        for m, ids in zip(read, products, strict=True)
+        if not isinstance(m, str)
+        for n in (*keys_for(m), *record_names(m, ids))
+    ]
     marked = [k for k in seen_keys if k is not None]
-    wanted = list(dict.fromkeys([key_of(n) for n in names] + marked))
+    # Each name's key once (a batch names an order's records ~3 times over), kept for the
+    # decide rounds' views.
+    name_keys: dict[str, str] = {}
+    for record in names:
+        if record not in name_keys:
+            name_keys[record] = str(key_of(record))
+    wanted = list(dict.fromkeys([*name_keys.values(), *marked]))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     markers = {key: loaded.pop(key, None) for key in dict.fromkeys(marked)}  # a key once
     done: set[str] = set()
     mapped: list[tuple[Envelope, Mapped]] = []
+    mapped_products: list[list[str]] = []  # each mapped webhook's product ids
     # Storefront browse events are not webhooks: neither charted nor logged as such (they are
     # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
     # out of its log.
     commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
-    for item, env, m, seen_key in zip(raw, envs, read, seen_keys, strict=True):
+    for item, env, m, seen_key, ids in zip(raw, envs, read, seen_keys, products, strict=True):
         if seen_key is not None:
             marker = markers[seen_key]
             claimed = marker is not None and env.claim is not None and marker == env.claim.encode()
@@ -256,6 +271,7 @@ def process(
             _park(commit, env, item, m[:MAX_REASON_CHARS])
             continue
         mapped.append((env, m))
+        mapped_products.append(ids or [])
         if env.topic in COMPLIANCE_TOPICS:
             # Committed with the batch; the drain carries it out after the commit (issue 7).
             commit.compliance.append(request_from(env, m).encode())
@@ -267,7 +283,7 @@ def process(
     while True:
         # Deciding is pure, so a round is simply redone: with records it read but was not
         # given, or without a webhook that failed in it (its partial writes die with the view).
-        view = DecisionView(loaded, key_of=key_of)
+        view = DecisionView(loaded, key_of=key_of, keys=name_keys)
         decided: list[tuple[Envelope, Mapped, _Outcome]] = []
         culprit: tuple[int, str] | None = None
         for i, (env, m) in enumerate(mapped):
@@ -275,7 +291,7 @@ def process(
                 continue
             try:
                 noted = len(view.notes)
-                m = enrich(m, view, config.metafields, policy.clock())
+                m = enrich(m, view, config.metafields, policy.clock(), mapped_products[i])
                 if m.product is not None:
                     product_cache.apply(view, m.product, config.product_ttl_s)
                 outcome = _decide_one(shop, env, m, view, policy)
@@ -436,6 +452,7 @@ def _decide_one(
     outcome = _Outcome([], [])
     if m.skipped:
         return outcome
+    hashes: dict[str, str] = {}  # person -> keyed hash: a webhook's calls are mostly one person's
     for out in decide(m, view, policy, parse_time(env.triggered_at)):
         call = out.call
         try:
@@ -450,7 +467,9 @@ def _decide_one(
                 outcome.refused.append((keyed.person_hash(out.person), name, mid, why))
             continue
         name = call.get("event") or call["type"]
-        person = keyed.person_hash(out.person)
+        person = hashes.get(out.person)
+        if person is None:
+            person = hashes[out.person] = keyed.person_hash(out.person)
         entry = OutboxEntry(
             raw_call, env.received_ms, out.person, out.guards, out.kind, name, person, env.topic
         )
