@@ -28,7 +28,7 @@ from bridge.delivery import render
 from bridge.delivery.calls import validate_call
 from bridge.ids import message_id_time
 from bridge.sources import MappingError
-from bridge.sources.shopify import ShopifySource, models
+from bridge.sources.shopify import ShopifySource, models, parts
 from tests.rules import map_context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "shopify"
@@ -513,3 +513,33 @@ def test_a_line_money_set_seen_before_is_what_reading_it_gives(body: Any) -> Non
         got = _outcome(models._money_set, body)
         assert got == fresh
         assert type(got) is type(fresh)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.dictionaries(st.sampled_from(sorted(LINE_READERS)), LINE_VALUES, max_size=13),
+    quantity=st.one_of(st.none(), st.integers(0, 5)),
+)
+def test_lines_and_items_built_as_tuples_are_their_named_tuples(
+    raw: dict[str, Any], quantity: int | None
+) -> None:
+    # Lines and items are built with tuple.__new__ (no Python __new__): every field in its
+    # place, and the defaults the named tuple gives the fields mapping leaves unset.
+    try:
+        line = models._read_line(raw)
+    except ValueError:
+        return
+    assert line == models.LineItem(**line._asdict())
+    got = parts.item(line, quantity=quantity)
+    price = line.price_set.amount if line.price_set else None
+    assert got == Item(
+        product_id=line.product_id,
+        variant_id=line.variant_id,
+        sku=line.sku,
+        name=line.title if line.title is not None else line.name,
+        price=price if price is not None else line.price,
+        quantity=(quantity if quantity is not None else line.quantity) or 0,
+        brand=line.vendor,
+        category=line.product_type,
+    )
+    assert len(got) == len(Item._fields)

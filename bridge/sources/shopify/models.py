@@ -255,6 +255,21 @@ def _money_key(v: Any) -> Any:
         return None
     shop = v.get("shop_money", _ABSENT)
     presentment = v.get("presentment_money", _ABSENT)
+    if type(shop) is dict and type(presentment) is dict:
+        # What Shopify sends: both monies, each an amount and a currency code, as strings.
+        a, b = shop.get("amount"), shop.get("currency_code")
+        c, d = presentment.get("amount"), presentment.get("currency_code")
+        if (
+            type(a) is str
+            and type(b) is str
+            and type(c) is str
+            and type(d) is str
+            and len(a) <= _KEPT_CHARS
+            and len(b) <= _KEPT_CHARS
+            and len(c) <= _KEPT_CHARS
+            and len(d) <= _KEPT_CHARS
+        ):
+            return (a, b, c, d)
     key: list[Any] = []
     for money in (shop, presentment):
         if money is _ABSENT or money is None:
