@@ -239,8 +239,9 @@ class Money(Payload):
 _ABSENT = object()
 # Longer strings are not kept as keys, so hostile payloads cannot pin megabytes.
 _KEPT_CHARS = 40
-# Validated objects kept per kind; the whole lot is dropped when full (they are cheap to redo).
-_KEPT_OBJECTS = 4096
+# Validated objects kept per kind (~2 KB each with its key at worst, so ~2 MB per kind);
+# the whole lot is dropped when full: one-off totals churn it, and they are cheap to redo.
+_KEPT_OBJECTS = 1024
 
 
 def _short(value: Any) -> bool:
