@@ -454,8 +454,21 @@ def _read_line(v: Any) -> LineItem:
     )
     quantity = c if type(c) is int and 0 <= c < _MAX_COUNT else None if c is None else _to_count(c)
     a, b, c = get("price"), get("line_price"), get("selling_plan_id")
-    price = _money_text(a) if type(a) is str and len(a) <= _KEPT_CHARS else _to_money(a)
-    line_price = _money_text(b) if type(b) is str and len(b) <= _KEPT_CHARS else _to_money(b)
+    price = (
+        _money_text(a)
+        if type(a) is str and len(a) <= _KEPT_CHARS
+        else None
+        if a is None
+        else _to_money(a)
+    )
+    line_price = (
+        _money_text(b)
+        if type(b) is str and len(b) <= _KEPT_CHARS
+        else None
+        if b is None
+        else _to_money(b)
+    )
+    price_set, line_price_set = get("price_set"), get("line_price_set")
     # tuple.__new__ rather than the named tuple's own __new__, a Python function: one frame
     # less per line (the fields are in order, and there are all of them).
     return _new_tuple(
@@ -471,9 +484,9 @@ def _read_line(v: Any) -> LineItem:
             product_type,
             quantity,
             price,
-            _money_set(get("price_set")),
+            None if price_set is None else _money_set(price_set),
             line_price,
-            _money_set(get("line_price_set")),
+            None if line_price_set is None else _money_set(line_price_set),
             None if c is None else _plan_id(c),
         ),
     )
