@@ -13,7 +13,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bridge.canonical import (
     ADDED_TO_CART,
@@ -28,7 +28,7 @@ from bridge.delivery import render
 from bridge.delivery.calls import validate_call
 from bridge.ids import message_id_time
 from bridge.sources import MappingError
-from bridge.sources.shopify import ShopifySource, models
+from bridge.sources.shopify import ShopifySource, models, parts
 from tests.rules import map_context
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "shopify"
@@ -425,3 +425,121 @@ def test_a_line_read_inline_is_what_the_validators_give(raw: dict[str, Any]) -> 
     assert got == expected
     if got is not ValueError:
         assert [type(x) for x in got] == [type(x) for x in expected]
+
+
+def _outcome(read: Any, value: Any) -> Any:
+    """What a reader gives for a value: its result, or its validation errors (path and type)."""
+    try:
+        return read(value)
+    except ValidationError as exc:
+        return [(e["loc"], e["type"]) for e in exc.errors(include_url=False)]
+    except ValueError as exc:
+        return (ValueError, str(exc))
+
+
+MONEY_TEXTS = st.one_of(
+    st.text(alphabet="0123456789.-+eE ,_xnaNIinf", max_size=12),
+    st.sampled_from(["", " ", "0.00", "89.99", " 7 ", "1e14", "1e15", "-0", "NaN", "1" * 45]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=MONEY_TEXTS)
+def test_an_amount_read_again_is_what_reading_it_gives(text: str) -> None:
+    # Short amounts are kept once read: the kept Decimal (exponent and all) or the error is
+    # the reader's, the first time and every time after.
+    fresh = _outcome(models._read_money_text, text)
+    for _ in range(2):
+        got = _outcome(models._to_money, text)
+        assert got == fresh
+        assert str(got) == str(fresh)
+
+
+MONEY_SIDES = st.one_of(
+    st.none(),
+    st.just([]),
+    st.just("x"),
+    st.dictionaries(
+        st.sampled_from(["amount", "currency_code", "other"]),
+        st.one_of(st.none(), MONEY_TEXTS, st.integers(), st.just(["USD"]), st.just("  ")),
+        max_size=3,
+    ),
+)
+MONEY_SET_BODIES = st.one_of(
+    st.none(),
+    st.just([]),
+    st.just(""),
+    st.integers(),
+    st.dictionaries(st.sampled_from(["shop_money", "presentment_money", "x"]), MONEY_SIDES),
+)
+ADDRESS_BODIES = st.one_of(
+    st.none(),
+    st.just([]),
+    st.integers(),
+    st.dictionaries(
+        st.sampled_from(["country_code", "city"]),
+        st.one_of(st.none(), st.text(max_size=4), st.integers(), st.just("X" * 45)),
+    ),
+)
+_PLAIN_MONEY_SET = TypeAdapter(models.Obj[models.MoneySet])
+_KNOWN_MONEY_SET = TypeAdapter(models.MoneySetOf)
+_PLAIN_ADDRESS = TypeAdapter(models.Obj[models.Address])
+_KNOWN_ADDRESS = TypeAdapter(models.AddressOf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=MONEY_SET_BODIES)
+def test_a_money_set_seen_before_is_what_validating_it_gives(body: Any) -> None:
+    fresh = _outcome(_PLAIN_MONEY_SET.validate_python, body)
+    for _ in range(2):  # the second time from what the first one kept
+        assert _outcome(_KNOWN_MONEY_SET.validate_python, body) == fresh
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=ADDRESS_BODIES)
+def test_an_address_seen_before_is_what_validating_it_gives(body: Any) -> None:
+    fresh = _outcome(_PLAIN_ADDRESS.validate_python, body)
+    for _ in range(2):
+        assert _outcome(_KNOWN_ADDRESS.validate_python, body) == fresh
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.one_of(MONEY_SET_BODIES, st.just({"shop_money": {"amount": "1", "currency_code": "U"}}))
+)
+def test_a_line_money_set_seen_before_is_what_reading_it_gives(body: Any) -> None:
+    fresh = _outcome(models._to_shop_money, body)
+    for _ in range(2):
+        got = _outcome(models._money_set, body)
+        assert got == fresh
+        assert type(got) is type(fresh)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=st.dictionaries(st.sampled_from(sorted(LINE_READERS)), LINE_VALUES, max_size=13),
+    quantity=st.one_of(st.none(), st.integers(0, 5)),
+)
+def test_lines_and_items_built_as_tuples_are_their_named_tuples(
+    raw: dict[str, Any], quantity: int | None
+) -> None:
+    # Lines and items are built with tuple.__new__ (no Python __new__): every field in its
+    # place, and the defaults the named tuple gives the fields mapping leaves unset.
+    try:
+        line = models._read_line(raw)
+    except ValueError:
+        return
+    assert line == models.LineItem(**line._asdict())
+    got = parts.item(line, quantity=quantity)
+    price = line.price_set.amount if line.price_set else None
+    assert got == Item(
+        product_id=line.product_id,
+        variant_id=line.variant_id,
+        sku=line.sku,
+        name=line.title if line.title is not None else line.name,
+        price=price if price is not None else line.price,
+        quantity=(quantity if quantity is not None else line.quantity) or 0,
+        brand=line.vendor,
+        category=line.product_type,
+    )
+    assert len(got) == len(Item._fields)

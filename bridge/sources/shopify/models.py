@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Annotated, Any, NamedTuple, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from bridge.ids import iso_z
 
@@ -59,18 +68,30 @@ def _to_text(v: Any) -> str | None:
     raise ValueError("expected a string")
 
 
+def _read_money_text(v: str) -> Decimal | None:
+    # Decimal() itself ignores surrounding whitespace; a blank string is "no amount".
+    try:
+        amount = Decimal(v)
+    except InvalidOperation:
+        if not v.strip():
+            return None
+        raise ValueError("money is not a decimal") from None
+    if not amount.is_finite() or amount.copy_abs() >= _MAX_MONEY:
+        raise ValueError("money out of range")
+    return amount
+
+
+# Amounts repeat across lines and webhooks ("0.00", a catalogue's prices): a short amount read
+# once is not read again. Decimals are immutable, so one instance serves every webhook; an
+# amount that fails is not kept (lru_cache keeps only results) and fails again the same way.
+# Only short strings are kept, so hostile payloads cannot pin megabytes of "0.000…1".
+_money_text = lru_cache(maxsize=4096)(_read_money_text)
+MONEY_TEXT_KEPT_CHARS = 40
+
+
 def _to_money(v: Any) -> Decimal | None:
     if type(v) is str:
-        # Decimal() itself ignores surrounding whitespace; a blank string is "no amount".
-        try:
-            amount = Decimal(v)
-        except InvalidOperation:
-            if not v.strip():
-                return None
-            raise ValueError("money is not a decimal") from None
-        if not amount.is_finite() or amount.copy_abs() >= _MAX_MONEY:
-            raise ValueError("money out of range")
-        return amount
+        return _money_text(v) if len(v) <= MONEY_TEXT_KEPT_CHARS else _read_money_text(v)
     if v is None:
         return None
     if isinstance(v, bool):
@@ -213,9 +234,83 @@ class Money(Payload):
     currency_code: Text = None
 
 
+# A key of a webhook's small objects that repeat across webhooks (money sets, addresses' country)
+# may hold an absent key, null or a short string, each distinct from the others.
+_ABSENT = object()
+# Longer strings are not kept as keys, so hostile payloads cannot pin megabytes.
+_KEPT_CHARS = 40
+# Validated objects kept per kind (~2 KB each with its key at worst, so ~2 MB per kind);
+# the whole lot is dropped when full: one-off totals churn it, and they are cheap to redo.
+_KEPT_OBJECTS = 1024
+
+
+def _short(value: Any) -> bool:
+    """True for what may stand in a key: absent, null, or a short string."""
+    return value is _ABSENT or value is None or (type(value) is str and len(value) <= _KEPT_CHARS)
+
+
+def _money_key(v: Any) -> Any:
+    """A money set's key: the amount and currency of its shop and presentment money (all a
+    MoneySet reads), or None when its shape is anything but plain (it is then validated)."""
+    if type(v) is not dict:
+        return None
+    shop = v.get("shop_money", _ABSENT)
+    presentment = v.get("presentment_money", _ABSENT)
+    if type(shop) is dict and type(presentment) is dict:
+        # What Shopify sends: both monies, each an amount and a currency code, as strings.
+        a, b = shop.get("amount"), shop.get("currency_code")
+        c, d = presentment.get("amount"), presentment.get("currency_code")
+        if (
+            type(a) is str
+            and type(b) is str
+            and type(c) is str
+            and type(d) is str
+            and len(a) <= _KEPT_CHARS
+            and len(b) <= _KEPT_CHARS
+            and len(c) <= _KEPT_CHARS
+            and len(d) <= _KEPT_CHARS
+        ):
+            return (a, b, c, d)
+    key: list[Any] = []
+    for money in (shop, presentment):
+        if money is _ABSENT or money is None:
+            key.append(money)
+            continue
+        if type(money) is not dict:
+            return None
+        amount = money.get("amount", _ABSENT)
+        code = money.get("currency_code", _ABSENT)
+        if not (_short(amount) and _short(code)):
+            return None
+        key.append((amount, code))
+    return tuple(key)
+
+
 class MoneySet(Payload):
     shop_money: Obj[Money] = None
     presentment_money: Obj[Money] = None
+
+
+def _known_money_set(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # An order carries five money sets and they repeat across webhooks ("0.00 USD" twice):
+    # validating one costs seven validator calls and three models, looking it up one call.
+    # A set is the same model whenever the values it reads are the same; anything else (an
+    # odd shape, a long string) is validated as it comes, and so are its errors.
+    key = _money_key(v)
+    if key is None:
+        return handler(v)
+    known = _MONEY_SETS.get(key)
+    if known is None:
+        known = handler(v)
+        if len(_MONEY_SETS) >= _KEPT_OBJECTS:
+            _MONEY_SETS.clear()
+        _MONEY_SETS[key] = known
+    return known
+
+
+_MONEY_SETS: dict[Any, MoneySet | None] = {}
+# A `*_set` of an order or refund: validated as `Obj[MoneySet]`, or the same set seen before.
+MoneySetOf = Annotated[Obj[MoneySet], WrapValidator(_known_money_set)]
 
 
 class ShopMoney(NamedTuple):
@@ -259,6 +354,27 @@ class Address(Payload):
     country_code: Text = None
 
 
+def _known_address(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # Up to three addresses per order, each a dozen fields of which one is read: the country
+    # an address says is the same model wherever it is said (as `_known_money_set`).
+    if type(v) is not dict:
+        return handler(v)
+    key = v.get("country_code", _ABSENT)
+    if not _short(key):
+        return handler(v)
+    known = _ADDRESSES.get(key)
+    if known is None:
+        known = handler(v)
+        if len(_ADDRESSES) >= _KEPT_OBJECTS:
+            _ADDRESSES.clear()
+        _ADDRESSES[key] = known
+    return known
+
+
+_ADDRESSES: dict[Any, Address | None] = {}
+AddressOf = Annotated[Obj[Address], WrapValidator(_known_address)]
+
+
 class Consent(Payload):
     state: Text = None
 
@@ -276,7 +392,7 @@ class Customer(Payload):
     accepts_marketing: Flag = None
     email_marketing_consent: Obj[Consent] = None
     sms_marketing_consent: Obj[Consent] = None
-    default_address: Obj[Address] = None
+    default_address: AddressOf = None
     created_at: Timestamp = None
     updated_at: Timestamp = None
 
@@ -315,34 +431,64 @@ def _read_line(v: Any) -> LineItem:
     if type(v) is not dict and not isinstance(v, dict):
         raise ValueError("a line item must be an object")
     get = v.get
-    # Inline rather than through `_id` / `_text` / `_count`: this runs ~13 times per line.
+    # Inline rather than through `_id` / `_text` / `_count`: this runs ~13 times per line, and
+    # a null (which each of them reads as None) calls nothing.
     a, b, c = get("id"), get("product_id"), get("variant_id")
-    line_id = str(a) if type(a) is int and -_MAX_ID < a < _MAX_ID else _to_id(a)
-    product_id = str(b) if type(b) is int and -_MAX_ID < b < _MAX_ID else _to_id(b)
-    variant_id = str(c) if type(c) is int and -_MAX_ID < c < _MAX_ID else _to_id(c)
+    line_id = (
+        str(a) if type(a) is int and -_MAX_ID < a < _MAX_ID else None if a is None else _to_id(a)
+    )
+    product_id = (
+        str(b) if type(b) is int and -_MAX_ID < b < _MAX_ID else None if b is None else _to_id(b)
+    )
+    variant_id = (
+        str(c) if type(c) is int and -_MAX_ID < c < _MAX_ID else None if c is None else _to_id(c)
+    )
     a, b, c = get("sku"), get("title"), get("name")
-    sku = a if type(a) is str and a and not a.isspace() else _to_text(a)
-    title = b if type(b) is str and b and not b.isspace() else _to_text(b)
-    name = c if type(c) is str and c and not c.isspace() else _to_text(c)
+    sku = a if type(a) is str and a and not a.isspace() else None if a is None else _to_text(a)
+    title = b if type(b) is str and b and not b.isspace() else None if b is None else _to_text(b)
+    name = c if type(c) is str and c and not c.isspace() else None if c is None else _to_text(c)
     a, b, c = get("vendor"), get("product_type"), get("quantity")
-    vendor = a if type(a) is str and a and not a.isspace() else _to_text(a)
-    product_type = b if type(b) is str and b and not b.isspace() else _to_text(b)
-    quantity = c if type(c) is int and 0 <= c < _MAX_COUNT else _to_count(c)
-    return LineItem(
-        line_id,
-        product_id,
-        variant_id,
-        sku,
-        title,
-        name,
-        vendor,
-        product_type,
-        quantity,
-        _to_money(get("price")),
-        _money_set(get("price_set")),
-        _to_money(get("line_price")),
-        _money_set(get("line_price_set")),
-        _plan_id(get("selling_plan_id")),
+    vendor = a if type(a) is str and a and not a.isspace() else None if a is None else _to_text(a)
+    product_type = (
+        b if type(b) is str and b and not b.isspace() else None if b is None else _to_text(b)
+    )
+    quantity = c if type(c) is int and 0 <= c < _MAX_COUNT else None if c is None else _to_count(c)
+    a, b, c = get("price"), get("line_price"), get("selling_plan_id")
+    price = (
+        _money_text(a)
+        if type(a) is str and len(a) <= _KEPT_CHARS
+        else None
+        if a is None
+        else _to_money(a)
+    )
+    line_price = (
+        _money_text(b)
+        if type(b) is str and len(b) <= _KEPT_CHARS
+        else None
+        if b is None
+        else _to_money(b)
+    )
+    price_set, line_price_set = get("price_set"), get("line_price_set")
+    # tuple.__new__ rather than the named tuple's own __new__, a Python function: one frame
+    # less per line (the fields are in order, and there are all of them).
+    return _new_tuple(
+        LineItem,
+        (
+            line_id,
+            product_id,
+            variant_id,
+            sku,
+            title,
+            name,
+            vendor,
+            product_type,
+            quantity,
+            price,
+            None if price_set is None else _money_set(price_set),
+            line_price,
+            None if line_price_set is None else _money_set(line_price_set),
+            None if c is None else _plan_id(c),
+        ),
     )
 
 
@@ -365,8 +511,25 @@ def _money_set(v: Any) -> ShopMoney | None:
     if type(v) is dict:
         shop = v.get("shop_money")
         if type(shop) is dict:
-            return ShopMoney(_to_money(shop.get("amount")), _text(shop.get("currency_code")))
+            amount, code = shop.get("amount"), shop.get("currency_code")
+            if type(amount) is not str or type(code) is not str:
+                return ShopMoney(_to_money(amount), _text(code))
+            # Two strings: the same shop money as every line that said them before.
+            if len(amount) > _KEPT_CHARS or len(code) > _KEPT_CHARS:
+                return ShopMoney(_to_money(amount), _text(code))
+            key = (amount, code)
+            known = _SHOP_MONIES.get(key)
+            if known is None:
+                known = ShopMoney(_to_money(amount), _text(code))
+                if len(_SHOP_MONIES) >= _KEPT_OBJECTS:
+                    _SHOP_MONIES.clear()
+                _SHOP_MONIES[key] = known
+            return known
     return _to_shop_money(v)
+
+
+_SHOP_MONIES: dict[tuple[str, str], ShopMoney] = {}
+_new_tuple = tuple.__new__
 
 
 def _to_line(v: Any) -> LineItem | None:
@@ -405,8 +568,8 @@ class Checkout(Payload):
     customer: Obj[Customer] = None
     line_items: Lines = Field(default_factory=list)
     note_attributes: Attributes = Field(default_factory=dict)
-    shipping_address: Obj[Address] = None
-    billing_address: Obj[Address] = None
+    shipping_address: AddressOf = None
+    billing_address: AddressOf = None
     abandoned_checkout_url: Text = None
     total_price: Amount = None
     currency: Text = None
@@ -432,20 +595,20 @@ class Order(Payload):
     checkout_id: ShopifyId = None
     note_attributes: Attributes = Field(default_factory=dict)
     line_items: Lines = Field(default_factory=list)
-    shipping_address: Obj[Address] = None
-    billing_address: Obj[Address] = None
+    shipping_address: AddressOf = None
+    billing_address: AddressOf = None
     test: Flag = None
     currency: Text = None
     presentment_currency: Text = None
     total_price: Amount = None
-    total_price_set: Obj[MoneySet] = None
+    total_price_set: MoneySetOf = None
     subtotal_price: Amount = None
-    subtotal_price_set: Obj[MoneySet] = None
+    subtotal_price_set: MoneySetOf = None
     total_tax: Amount = None
-    total_tax_set: Obj[MoneySet] = None
+    total_tax_set: MoneySetOf = None
     total_discounts: Amount = None
-    total_discounts_set: Obj[MoneySet] = None
-    total_shipping_price_set: Obj[MoneySet] = None
+    total_discounts_set: MoneySetOf = None
+    total_shipping_price_set: MoneySetOf = None
     discount_codes: ListOf[DiscountCode] = Field(default_factory=list)
     cancel_reason: Text = None
     created_at: Timestamp = None
@@ -458,7 +621,7 @@ class Order(Payload):
 class RefundLineItem(Payload):
     quantity: Count = None
     line_item: Line = None
-    subtotal_set: Obj[MoneySet] = None
+    subtotal_set: MoneySetOf = None
 
 
 class Transaction(Payload):

@@ -78,19 +78,29 @@ def lines_currency(lines: Iterable[LineItem]) -> str | None:
 
 def item(line: LineItem, *, quantity: int | None = None) -> Item:
     """One canonical item; `quantity` overrides the line's (refunds refund part of a line)."""
-    # `first()` spelled out: this runs for every line of every webhook.
+    # `first()` spelled out, and tuple.__new__ rather than the named tuple's own __new__ (a
+    # Python function): this runs for every line of every webhook.
     price_set = line.price_set
     price = price_set.amount if price_set is not None else None
-    return Item(
-        product_id=line.product_id,
-        variant_id=line.variant_id,
-        sku=line.sku,
-        name=line.title if line.title is not None else line.name,
-        price=price if price is not None else line.price,
-        quantity=(quantity if quantity is not None else line.quantity) or 0,
-        brand=line.vendor,
-        category=line.product_type,
+    return _new_tuple(
+        Item,
+        (
+            line.product_id,
+            line.variant_id,
+            line.sku,
+            line.title if line.title is not None else line.name,
+            price if price is not None else line.price,
+            (quantity if quantity is not None else line.quantity) or 0,
+            line.vendor,
+            line.product_type,
+            None,  # vendor, replenishable, days_to_replenish: from the product cache, later
+            None,
+            None,
+        ),
     )
+
+
+_new_tuple = tuple.__new__
 
 
 def items(
