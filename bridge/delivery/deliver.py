@@ -356,7 +356,7 @@ def deliver(services: Services, shop: str) -> None:
         if paused or gate.erasing:
             return  # the ticker wakes a paused shop for its probe; an erasure wakes it when done
         # The lease is let go and the outbox checked in one script (the lease first, as before).
-        more = services.store.finish_deliver(shop, lease.hand_over())
+        more = lease.release_with(lambda token: services.store.finish_deliver(shop, token))
     if more:
         services.deliver_soon(shop)
 

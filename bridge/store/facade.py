@@ -406,15 +406,15 @@ class Store:
         """Queue a verified webhook and claim its webhook id: one round trip of plain commands
         (see RawPipeline).
 
-        The webhook id's seen-marker is set here (NX) to a fresh token that the queued copy
-        carries (`Envelope.claim`), rather than looked up here and written by the drain's commit:
-        the drain processes the copy the marker names and skips any other as a duplicate. One
-        command a webhook fewer, and a redelivery is answered as a duplicate as soon as the
-        first copy is queued, not only once it was processed."""
+        The webhook id's claim (`Keys.claim`) is set here (NX) to a fresh token that the queued
+        copy carries (`Envelope.claim`), rather than the seen-marker looked up here and written
+        by the drain's commit: the drain processes the copy the claim names and skips any other
+        as a duplicate. One command a webhook fewer, and a redelivery is answered as a
+        duplicate as soon as the first copy is queued, not only once it was processed."""
         k = shop_keys(env.shop)
         at = env.received_ms or now_ms()
         claim = secrets.token_hex(6)
-        marker = k.seen(env.webhook_id)
+        marker = k.claim(env.webhook_id)
         commands: list[tuple[Any, ...]] = [
             ("RPUSH", k.inbound, msgspec.structs.replace(env, claim=claim).encode()),
             ("SET", marker, claim, "NX", "EX", dedupe_ttl_s),
@@ -834,7 +834,8 @@ class Store:
 
     def finish_deliver(self, shop: str, lease_token: str | None = None) -> bool:
         """Clear the delivery flag if the outbox is empty; True when calls remain. With
-        `lease_token`, the delivery lease is let go first in the same script (`Lease.hand_over`)."""
+        `lease_token`, the delivery lease is let go first in the same script
+        (`Lease.release_with`)."""
         k = Keys(shop)
         keys = [k.outbox, k.outbox_work, k.deliver_flag]
         if lease_token is None:

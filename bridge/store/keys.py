@@ -104,6 +104,12 @@ class Keys:
     def seen(self, webhook_id: str) -> str:
         return f"{self.prefix}seen:{webhook_id}"
 
+    def claim(self, webhook_id: str) -> str:
+        """The token of the queued copy that claimed the webhook id (`Store.accept`). A key of
+        its own, not the seen-marker: a worker of an older version, which reads any seen-marker
+        as "processed", still processes what a newer web claimed (a rollback loses nothing)."""
+        return f"{self.prefix}claim:{webhook_id}"
+
     def state(self, name: str) -> str:
         return f"{self.prefix}st:{name}"
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import redis
 
@@ -19,6 +20,8 @@ from bridge.store.facade import Store
 log = logging.getLogger(__name__)
 
 LEASE_TTL_MS = 10_000
+
+T = TypeVar("T")
 
 
 class Lease:
@@ -48,14 +51,13 @@ class Lease:
         errors."""
         return self.held and self.store.holds(self.key, self.token)
 
-    def hand_over(self) -> str | None:
-        """Stop renewing and leave the release to the caller, who lets the lease go in a script
-        with other work (`Store.finish_deliver`): the token, or None when not held."""
+    def release_with(self, release: Callable[[str], T]) -> T:
+        """Stop renewing and let the lease go by `release(token)`, a script that does other
+        work too (`Store.finish_deliver`); if it raises, `__exit__` still lets the lease go."""
         self._stop_keeping()
-        if not self.held:
-            return None
-        self.held = False  # __exit__ releases nothing
-        return self.token
+        outcome = release(self.token)
+        self.held = False  # let go by `release`: __exit__ releases nothing
+        return outcome
 
     def _stop_keeping(self) -> None:
         self._stop.set()

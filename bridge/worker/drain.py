@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bridge.compliance.erasure import run_pending
+from bridge.compliance.requests import COMPLIANCE_TOPICS
 from bridge.delivery.deadletters import log_dead_letter, webhook_letter
 from bridge.store import StoreError
 from bridge.store.facade import Begun, Commit, Keys
 from bridge.store.lease import Lease
-from bridge.store.wire import Envelope
+from bridge.store.wire import Envelope, envelope_topic
 from bridge.worker.processor import ProcessConfig, process
 from bridge.worker.queues import enqueue_drain, jobs_waiting
 
@@ -141,7 +142,13 @@ def drain(services: Services, shop: str) -> None:
                     None if last or gathered else services.store.send_take(shop, size, backlog=full)
                 )
                 commit = process(
-                    shop, batch, source=services.source, config=config, load=load, key_of=keys.state
+                    shop,
+                    batch,
+                    source=services.source,
+                    config=config,
+                    load=load,
+                    key_of=keys.state,
+                    mark_claimed=retried,
                 )
                 commit.retried, retried = retried, False
                 confirm_previous()
@@ -162,7 +169,7 @@ def drain(services: Services, shop: str) -> None:
                 if not batch and not last:
                     confirm_previous()  # delivery starts before the drain waits
                     batch = _linger(services, shop, lease, deadline)
-                    if batch:
+                    if batch and gathers_behind(batch[0]):
                         batch += _gather(services, shop, lease, deadline, size - len(batch))
                         gathered = len(batch) < size
             confirm_previous()
@@ -215,6 +222,13 @@ def _linger(services: Services, shop: str, lease: Lease, deadline: float) -> lis
 GATHER_SLICE_S = 0.1
 
 
+def gathers_behind(raw: bytes) -> bool:
+    """Whether more webhooks may gather behind this one in its batch: not behind a compliance
+    request, since what comes after it must be read once the erasure went through (as the
+    batch taken ahead is, in `drain`)."""
+    return envelope_topic(raw) not in COMPLIANCE_TOPICS
+
+
 def _gather(services: Services, shop: str, lease: Lease, deadline: float, room: int) -> list[bytes]:
     """Up to `room` more webhooks, taken once `DRAIN_GATHER_MS` has passed since the one the
     linger brought: a run of webhooks that trickle in is processed as one batch and delivered in
@@ -264,6 +278,7 @@ def _split(
             config=config,
             load=services.store.load_state,
             key_of=keys.state,
+            mark_claimed=True,
         )
         commit.retried = start + size >= len(work)  # the whole list went through
         _Committing(services, shop, commit, len(chunk)).confirm()

@@ -194,11 +194,14 @@ def process(
     load: Callable[[list[str]], Mapping[str, bytes | None]],
     key_of: Callable[[str], str],
     now: datetime | None = None,
+    mark_claimed: bool = False,
 ) -> Commit:
     """Map, resolve and validate a batch; `load` fetches state records by key in one call.
 
     `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
-    batch's clock for holds and waits (default: the wall clock).
+    batch's clock for holds and waits (default: the wall clock). `mark_claimed`: the batch is
+    a work list another drain left (its lease lost or its worker gone), so claimed copies are
+    marked seen too: that drain, if still running, then finds them processed.
     """
     commit = Commit(seen_ttl_s=config.dedupe_ttl_s, ledger_keep=config.ledger_calls)
     keys = Keys(shop)
@@ -210,12 +213,13 @@ def process(
         except Exception as exc:  # a schema surprise must not crash or stall the drain
             read.append(failure_reason(exc, "mapping failed"))
 
-    # Deduplication: the request path sets each webhook id's seen-marker to a token its queued
-    # copy carries (`Envelope.claim`); the copy the marker names is processed, and any other
-    # copy, or one whose id came earlier in this batch, is counted and skipped. A copy with no
-    # claim (backfill, a replay, an older version's) or whose marker is gone (it outlived the
-    # TTL in the queue) is processed unless its id has a marker, and is marked in this batch's
-    # commit, with its results.
+    # Deduplication: the request path sets each webhook id's claim to a token its queued copy
+    # carries (`Envelope.claim`, `Keys.claim`); the copy the claim names is processed, and any
+    # other copy, one whose id has a seen-marker (processed), or one whose id came earlier in
+    # this batch, is counted and skipped. A copy with no claim (backfill, a replay, an older
+    # version's web) or whose claim is gone (it outlived the TTL in the queue) is processed
+    # unless its id has a seen-marker, and is marked seen in this batch's commit, with its
+    # results.
     # Storefront pixel events get no seen-marker: a marker per browse event for 72 h would
     # cost more memory than all their other state, and each is deduplicated on its pixel event
     # id in its browser's record instead (identity/browse_policy.py).
@@ -231,6 +235,10 @@ def process(
         for n in (*keys_for(m), *record_names(m, ids))
     ]
     marked = [k for k in seen_keys if k is not None]
+    claim_keys = [
+        None if is_browse_topic(env.topic) else keys.claim(env.webhook_id) for env in envs
+    ]
+    marked += [k for k in claim_keys if k is not None]
     # Each name's key once (a batch names an order's records ~3 times over), kept for the
     # decide rounds' views.
     name_keys: dict[str, str] = {}
@@ -239,7 +247,8 @@ def process(
             name_keys[record] = str(key_of(record))
     wanted = list(dict.fromkeys([*name_keys.values(), *marked]))
     loaded: dict[str, bytes | None] = dict(load(wanted))
-    markers = {key: loaded.pop(key, None) for key in dict.fromkeys(marked)}  # a key once
+    # Popped once each (a webhook id may come more than once in a batch).
+    markers = {key: loaded.pop(key, None) for key in dict.fromkeys(marked)}
     done: set[str] = set()
     mapped: list[tuple[Envelope, Mapped]] = []
     mapped_products: list[list[str]] = []  # each mapped webhook's product ids
@@ -247,16 +256,22 @@ def process(
     # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
     # out of its log.
     commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
-    for item, env, m, seen_key, ids in zip(raw, envs, read, seen_keys, products, strict=True):
-        if seen_key is not None:
-            marker = markers[seen_key]
-            claimed = marker is not None and env.claim is not None and marker == env.claim.encode()
-            if seen_key in done or (marker is not None and not claimed):
+    for item, env, m, seen_key, claim_key, ids in zip(
+        raw, envs, read, seen_keys, claim_keys, products, strict=True
+    ):
+        if seen_key is not None and claim_key is not None:
+            claim = markers[claim_key]
+            claimed = claim is not None and env.claim is not None and claim == env.claim.encode()
+            if (
+                seen_key in done
+                or markers[seen_key] is not None  # processed
+                or (claim is not None and not claimed)  # another copy claimed the id
+            ):
                 commit.count(f"webhooks:{env.topic}:duplicate")
                 _log_webhook(commit, env, "duplicate")
                 continue
             done.add(seen_key)
-            if not claimed:
+            if not claimed or mark_claimed:
                 commit.seen.append(seen_key)
         # Only Shopify's webhooks carry its API version: not our backfill topics, and not
         # another source's (prefixed, "recharge/charge/failed": two slashes, Shopify's have one).

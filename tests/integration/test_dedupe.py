@@ -62,7 +62,7 @@ def test_copies_in_one_batch_and_in_later_batches_are_processed_once(
     drain(rt, SHOP)
     assert redis.lrange(K.outbox, 0, -1) == calls
     assert stats(redis)["webhooks:carts/create:duplicate"] == 3
-    assert redis.ttl(K.seen("w-order")) > 71 * 3600
+    assert redis.ttl(K.claim("w-order")) > 71 * 3600
 
 
 def test_a_batch_taken_but_not_committed_is_processed_on_the_redo(
@@ -70,15 +70,23 @@ def test_a_batch_taken_but_not_committed_is_processed_on_the_redo(
 ) -> None:
     body = fixture_bytes("carts-create")
     send(client, "carts/create", body, "w-cart")
-    # A worker took the batch and died before its commit: the id stays claimed by the copy.
+    # A worker took the batch and died before its commit (or stalled and lost its lease): the
+    # id stays claimed by the copy, and nothing is marked seen.
     [taken] = rt.store.take_inbound(SHOP, 10)
-    claim = redis.get(K.seen("w-cart"))
+    claim = redis.get(K.claim("w-cart"))
     assert claim and Envelope.decode(taken).claim == claim.decode()
+    assert redis.exists(K.seen("w-cart")) == 0
     drain(rt, SHOP)
     assert stats(redis)["webhooks:carts/create:processed"] == 1
     assert "webhooks:carts/create:duplicate" not in stats(redis)
-    assert redis.get(K.seen("w-cart")) == claim  # not written again by the commit
     assert redis.llen(K.inbound_work) == 0
+    # The drain that took over marked what it processed seen: the stalled one, if it goes on
+    # with its copy, finds it processed.
+    assert redis.exists(K.seen("w-cart")) == 1
+    redis.rpush(K.inbound, taken)
+    drain(rt, SHOP)
+    assert stats(redis)["webhooks:carts/create:processed"] == 1
+    assert stats(redis)["webhooks:carts/create:duplicate"] == 1
 
 
 def test_a_replayed_dead_letter_is_processed_again_not_skipped(
@@ -150,8 +158,23 @@ def test_a_copy_that_could_not_be_queued_claims_nothing(
         URL, data=body, headers=webhook_headers(body, "carts/create", webhook_id="w-503")
     )
     assert resp.status_code == 503
-    assert redis.exists(K.seen("w-503")) == 0
+    assert redis.exists(K.claim("w-503")) == 0
     redis.delete(K.inbound)
     assert send(client, "carts/create", body, "w-503") == {"ok": True}
     drain(rt, SHOP)
     assert stats(redis)["webhooks:carts/create:processed"] == 1
+
+
+def test_a_claim_is_no_seen_marker_for_an_older_worker(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    """During a deploy or a rollback, a worker of the version before claims reads any
+    seen-marker as "processed": queueing writes none, so that worker processes what this web
+    queued. And a copy this worker finds marked seen (processed by that worker) is skipped even
+    though its claim holds."""
+    send(client, "carts/create", fixture_bytes("carts-create"), "w-mixed")
+    assert redis.exists(K.seen("w-mixed")) == 0 and redis.exists(K.claim("w-mixed")) == 1
+    redis.set(K.seen("w-mixed"), 1)  # as the older worker's commit marks what it processed
+    drain(rt, SHOP)
+    assert stats(redis)["webhooks:carts/create:duplicate"] == 1
+    assert "webhooks:carts/create:processed" not in stats(redis)

@@ -9,6 +9,7 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from bridge.store.wire import Envelope
 from bridge.worker import drain
 
 
@@ -158,3 +159,13 @@ def test_no_gathering_when_off_full_stopping_or_lost() -> None:
     lost.lost.set()
     assert drain._gather(services(lost_store, FakeQueue([])), "s", lost, FAR, 5) == []
     assert not stopping_store.takes and not lost_store.takes
+
+
+def test_nothing_gathers_behind_a_compliance_request() -> None:
+    def queued(topic: str) -> bytes:
+        return Envelope("s.myshopify.com", topic, "w", b"{}").encode()
+
+    assert drain.gathers_behind(queued("carts/update"))
+    assert drain.gathers_behind(queued("orders/paid"))
+    for topic in ("customers/redact", "shop/redact", "customers/data_request"):
+        assert not drain.gathers_behind(queued(topic))
