@@ -19,8 +19,8 @@ stand-in's call count stopped moving and every queue is empty):
   bench's own reads (INFO, CONFIG, and the queue checks it counts itself), per journey;
 - bytes: INFO stats total_net_input_bytes + total_net_output_bytes, per journey (this includes
   RQ's wake-up jobs and the web's and workers' replies);
-- state: MEMORY USAGE of the journeys' shop state records (`st:*`) and dedupe markers (`seen:*`)
-  once they are written, per journey, and how many seen-markers a journey leaves.
+- state: MEMORY USAGE of the journeys' shop state records (`st:*`) and dedupe markers
+  (`claim:*`, `seen:*`) once they are written, per journey, and how many markers a journey leaves.
 While waiting it asks only the stand-in (HTTP), never Redis, so the counts are the bridge's.
 """
 
@@ -198,13 +198,15 @@ def _redis_cpu_s(client: redis_lib.Redis) -> float:
 
 
 def _state_bytes(client: redis_lib.Redis) -> tuple[int, int, int]:
-    """(bytes of state records, bytes of seen-markers, seen-markers) under the shop."""
+    """(bytes of state records, bytes of dedupe markers, dedupe markers) under the shop: the
+    claims the web sets as it queues (`claim:*`) and the seen-markers commits set (`seen:*`)."""
     state = seen = markers = 0
     for key in client.scan_iter(f"cb:{{{SHOP}}}:st:*", count=1000):
         state += int(client.memory_usage(key) or 0)
-    for key in client.scan_iter(f"cb:{{{SHOP}}}:seen:*", count=1000):
-        seen += int(client.memory_usage(key) or 0)
-        markers += 1
+    for pattern in (f"cb:{{{SHOP}}}:seen:*", f"cb:{{{SHOP}}}:claim:*"):
+        for key in client.scan_iter(pattern, count=1000):
+            seen += int(client.memory_usage(key) or 0)
+            markers += 1
     return state, seen, markers
 
 

@@ -320,7 +320,7 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
     """The INGEST script's keys and arguments for one webhook."""
     k = Keys(env.shop)
     return {
-        "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats],
+        "keys": [k.seen(env.webhook_id), k.inbound, k.drain_flag, k.stats, k.claim(env.webhook_id)],
         "args": [env.encode(), env.received_ms or now_ms(), FLAG_STALE_MS, "webhooks:" + env.topic],
     }
 
@@ -502,7 +502,8 @@ class Store:
             )
 
     def ingest(self, env: Envelope) -> int:
-        """Queue a webhook unless the drain already processed its id. Returns an INGEST_* code.
+        """Queue a webhook unless its id was processed or claimed by a queued copy (`accept`).
+        Returns an INGEST_* code.
 
         For backfill and reconcile, which report duplicates; the web uses `accept`. A webhook
         that woke its shop has the shop added to SHOPS_KEY before this returns: not in the

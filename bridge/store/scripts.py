@@ -4,13 +4,14 @@ A script that reads a record must agree with the Python codec that writes it: ea
 """
 
 # For producers that want to know about duplicates up front (backfill, reconcile): skip a
-# webhook whose id the drain already processed. Seen-markers are written only by the drain's
-# commit (processor.py), so a refused or lost write never marks anything as seen.
+# webhook whose id the drain already processed (its seen-marker, KEYS[1]) or a copy queued by the
+# web claimed (KEYS[5], `Store.accept`). This script claims nothing and marks nothing: the drain's
+# commit marks what it processed (processor.py), so a refused or lost write marks nothing.
 # Record format: ARGV[1] is an encoded `Envelope` (wire.py), queued as it is, never parsed.
 # Every key is the shop's (one cluster slot): the caller adds the shop to SHOPS_KEY when this
 # returns 2 (woken), before it acknowledges.
 INGEST = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('EXISTS', KEYS[1], KEYS[5]) > 0 then
   redis.call('HINCRBY', KEYS[4], ARGV[4] .. ':duplicate', 1)
   return 0
 end

@@ -16,7 +16,8 @@ made-up shop names cannot create series.
 Counter naming convention (hash `cb:{shop}:stats`, HINCRBY by anyone), mapped by PATTERN so that a
 counter added elsewhere shows up without touching this file:
 - `webhooks:{topic}:{result}` -> cartbridge_webhooks_total{shop, topic, result}
-  (accepted = queued by the web, duplicate = skipped by the drain as already processed,
+  (accepted = queued by the web, duplicate = skipped by the drain: another copy claimed or
+  processed the id,
   ignored, bad_signature, stale, rejected, processed, parked, skipped...);
 - `events:{event}:{outcome}` -> cartbridge_events_total{shop, event, outcome}
   (queued, delivered, suppressed, held, parked, dead_lettered...);

@@ -22,7 +22,8 @@ failing one answers:
 7. 200 {"ignored": true} for topics the Recharge source does not map (Recharge deletes a webhook
    that keeps failing, so a topic registered by mistake is acknowledged, not refused);
 8. the Shopify route's one Redis round trip (`webhooks.queue_envelope`): 200 {"ok": true}, 200
-   with "duplicate" when this delivery was already processed, 503 when Redis cannot take it.
+   with "duplicate" when this delivery was already queued or processed, 503 when Redis cannot
+   take it.
 
 The topic: the path's, else `X-Recharge-Topic` (which Recharge does not document: older
 integrations read it; like the path, it is not covered by the signature), else the wrapper

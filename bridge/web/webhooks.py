@@ -16,12 +16,12 @@ Checks run in one fixed order, the first failing one answers:
 6. 400 body not a JSON object;
 7. 200 {"ignored": "stale"} when X-Shopify-Triggered-At is older than STALE_AFTER_S (a filter,
    not a defence: the header is not signed), 200 {"ignored": true} for topics not mapped;
-8. one Redis round trip of plain commands (queue, count, wake a drain): 200, or 503 when
-   Redis cannot take it. 200 {"ok": true, "duplicate": true} when the webhook id was already
-   processed. Deduplication itself is the drain's (processor.py): it skips ids it processed
-   within WEBHOOK_DEDUPE_TTL_S and marks ids seen in the same commit as their results, so a
-   webhook is never marked seen before it is done. That keeps the request path free of Lua:
-   a script taking the 2-20 KB body as an argument cost Redis ~3x a plain RPUSH.
+8. one Redis round trip of plain commands (queue, claim the webhook id, wake a drain): 200, or
+   503 when Redis cannot take it. 200 {"ok": true, "duplicate": true} when the id was already
+   claimed: an earlier copy was queued (or processed) within WEBHOOK_DEDUPE_TTL_S. The claim is
+   a token the queued copy carries (`Store.accept`); the drain (processor.py) processes the
+   copy the claim names and skips the others. Plain commands keep the request path free of
+   Lua: a script taking the 2-20 KB body as an argument cost Redis ~3x a plain RPUSH.
 
 Error bodies are short JSON naming the check, never echoing a secret, header value or payload.
 Rejections are counted best effort (a failed count never changes the answer), every one of them;

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from bridge.config.settings import Settings
 from bridge.delivery.deadletters import DeadLetters
 from bridge.services import Services
-from bridge.store.facade import Keys, Store
+from bridge.store.facade import INGEST_DUPLICATE, Keys, Store
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -178,3 +178,15 @@ def test_a_claim_is_no_seen_marker_for_an_older_worker(
     drain(rt, SHOP)
     assert stats(redis)["webhooks:carts/create:duplicate"] == 1
     assert "webhooks:carts/create:processed" not in stats(redis)
+
+
+def test_backfill_finds_an_id_a_queued_copy_claimed(
+    client: FlaskClient, rt: Services, redis: redis_lib.Redis
+) -> None:
+    """INGEST (backfill, reconcile) reports as a duplicate an id the web claimed, not only one
+    the drain processed, and queues nothing for it."""
+    send(client, "carts/create", fixture_bytes("carts-create"), "w-both")
+    queued = redis.llen(K.inbound)
+    assert rt.store.ingest(Envelope.decode(_copy("w-both", None))) == INGEST_DUPLICATE
+    assert redis.llen(K.inbound) == queued
+    assert rt.store.ingest(Envelope.decode(_copy("w-neither", None))) != INGEST_DUPLICATE
