@@ -9,6 +9,7 @@ nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -244,6 +245,18 @@ _KEPT_CHARS = 40
 _KEPT_OBJECTS = 1024
 
 
+def _kept(cache: dict[Any, Any], key: Any, make: Callable[[], Any]) -> Any:
+    """`cache[key]`, made on first use and kept; the cache is emptied once it holds
+    `_KEPT_OBJECTS` (the values are immutable models, so sharing them is safe)."""
+    known = cache.get(key)
+    if known is None:
+        known = make()
+        if len(cache) >= _KEPT_OBJECTS:
+            cache.clear()
+        cache[key] = known
+    return known
+
+
 def _short(value: Any) -> bool:
     """True for what may stand in a key: absent, null, or a short string."""
     return value is _ABSENT or value is None or (type(value) is str and len(value) <= _KEPT_CHARS)
@@ -299,13 +312,7 @@ def _known_money_set(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     key = _money_key(v)
     if key is None:
         return handler(v)
-    known = _MONEY_SETS.get(key)
-    if known is None:
-        known = handler(v)
-        if len(_MONEY_SETS) >= _KEPT_OBJECTS:
-            _MONEY_SETS.clear()
-        _MONEY_SETS[key] = known
-    return known
+    return _kept(_MONEY_SETS, key, lambda: handler(v))
 
 
 _MONEY_SETS: dict[Any, MoneySet | None] = {}
@@ -362,13 +369,7 @@ def _known_address(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     key = v.get("country_code", _ABSENT)
     if not _short(key):
         return handler(v)
-    known = _ADDRESSES.get(key)
-    if known is None:
-        known = handler(v)
-        if len(_ADDRESSES) >= _KEPT_OBJECTS:
-            _ADDRESSES.clear()
-        _ADDRESSES[key] = known
-    return known
+    return _kept(_ADDRESSES, key, lambda: handler(v))
 
 
 _ADDRESSES: dict[Any, Address | None] = {}
