@@ -110,10 +110,7 @@ class ClusterRawPipeline:
         with self._lock:
             if time.monotonic() - self._refreshed < RETRY_WAIT_S:
                 return
-            try:
-                self.client.nodes_manager.initialize()
-            except redis.exceptions.RedisClusterException as exc:  # no node answers
-                raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc
+            self.client.nodes_manager.initialize()  # ConnectionError if no node answers
             self._refreshed = time.monotonic()
 
     def pipe(self, name: str) -> RawPipeline:
@@ -264,13 +261,38 @@ def client_options(url: str, *, tls_verify: bool, timeout_s: float) -> dict[str,
     return options
 
 
+def _unreachable_is_a_connection_error(client: RedisCluster[bytes]) -> None:
+    """Make the slot map's reload raise ConnectionError when no node answers.
+
+    redis-py reloads the slot map after a connection error, and raises RedisClusterException
+    (not a RedisError) when no node of the cluster answers: past the store, which promises
+    StoreError (RedisError) for any failure to reach Redis, that would be a crash of the web's
+    request (500, not 503) or of a worker's loop. Every RedisClusterException about
+    reachability comes from that one method (`NodesManager.initialize`), so it alone is wrapped,
+    on this client's own manager."""
+    manager: Any = client.nodes_manager
+    initialize = manager.initialize
+
+    def initialize_or_connection_error(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return initialize(*args, **kwargs)
+        except redis.exceptions.RedisClusterException as exc:
+            raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc
+
+    manager.initialize = initialize_or_connection_error
+
+
 def connect_cluster(
     url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
 ) -> RedisCluster[bytes]:
     """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL)."""
-    client: RedisCluster[bytes] = RedisCluster.from_url(
-        url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)
-    )
+    try:
+        client: RedisCluster[bytes] = RedisCluster.from_url(
+            url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)
+        )
+    except redis.exceptions.RedisClusterException as exc:  # no node answers at start
+        raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc
+    _unreachable_is_a_connection_error(client)
     # A command naming several keys of a slot being migrated, some moved and some not (an MGET,
     # a DEL), is refused with TRYAGAIN until they are together: redis-py tries 16 times (under a
     # second); this waits about as long as `ClusterRawPipeline` does (REDIRECT_DEADLINE_S).

@@ -988,10 +988,18 @@ class Store:
 
     # --- the server -------------------------------------------------------------------------
     def eviction_policy(self) -> str | None:
-        """Redis's maxmemory-policy (None when it does not say). Raises StoreError, or any
-        error of a server that refuses CONFIG."""
-        policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
-        return str(policy) if policy else None
+        """Redis's maxmemory-policy (None when it does not say); on a cluster, any master's
+        that is not noeviction (one evicting master loses its shops' queued webhooks). Raises
+        StoreError, or any error of a server that refuses CONFIG."""
+        if not self.cluster:
+            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+            return str(policy) if policy else None
+        replies = self.redis.config_get("maxmemory-policy", target_nodes="primaries")
+        policies = sorted(
+            {str(r["maxmemory-policy"]) for r in replies.values() if r.get("maxmemory-policy")}
+        )
+        evicting = [p for p in policies if p != "noeviction"]
+        return evicting[0] if evicting else (policies[0] if policies else None)
 
     def close(self) -> None:
         """Close the client's connections."""
