@@ -325,31 +325,38 @@ def _ingest_arguments(env: Envelope) -> dict[str, list[Any]]:
     }
 
 
-# Tries of `Store.settle_outbox` when its WATCH on the lease key trips while the lease is ours.
-SETTLE_TRIES = 5
-
-
 def _stage_settlement(
-    pipe: Any, shop: str, k: Keys, s: Settlement[Any]
+    cmds: CommandList, shop: str, k: Keys, s: Settlement[Any]
 ) -> tuple[list[tuple[Any, ...]], int]:
-    """A delivery round's writes (`Store.settle_outbox`), queued on a MULTI pipeline; the ops
-    console's commands and where they start among the queued commands (for their replies)."""
-    pipe.delete(k.outbox_work)
+    """A delivery round's writes (`Store.settle_outbox`), added to `cmds`; the ops console's
+    commands and where they start among them (for their replies)."""
+    cmds.add("DEL", k.outbox_work)
     for i in range(0, len(s.remaining), 1000):
-        pipe.rpush(k.outbox_work, *s.remaining[i : i + 1000])
+        cmds.add("RPUSH", k.outbox_work, *s.remaining[i : i + 1000])
     for h, entries, due, meta in s.held:
         for i in range(0, len(entries), 1000):
-            pipe.rpush(k.held(h), *entries[i : i + 1000])
-        pipe.zadd(k.out_due, {h: due})
-        pipe.hset(k.out_meta, h, meta)
+            cmds.add("RPUSH", k.held(h), *entries[i : i + 1000])
+        cmds.zadd(k.out_due, {h: due})
+        cmds.hset(k.out_meta, h, meta)
     if s.clear:
-        pipe.hdel(k.out_meta, *s.clear)
-    stage(pipe, shop, s.letters, now_ms())
+        cmds.add("HDEL", k.out_meta, *s.clear)
+    stage(cmds, shop, s.letters, now_ms())
     ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
-    first = len(pipe)  # commands queued so far (a cluster pipeline keeps no command_stack)
-    for command in ops:
-        pipe.execute_command(*command)
+    first = len(cmds.commands)
+    cmds.commands += ops
     return ops, first
+
+
+def if_held(lease: str, token: str, commands: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """One EVAL of `scripts.IF_HELD`: `commands` run only while `lease` holds `token`. Each
+    command's keys are declared: its first argument, or all of them for DEL."""
+    keys: dict[Any, None] = {lease: None}
+    args: list[Any] = [token, len(commands)]
+    for command in commands:
+        keys.update(dict.fromkeys(command[1:] if command[0] == "DEL" else command[1:2]))
+        args.append(len(command))
+        args += command
+    return ("EVAL", scripts.IF_HELD, len(keys), *keys, *args)
 
 
 # Every Store of the process, so that their unwritten counters are written at exit.
@@ -786,25 +793,20 @@ class Store:
     def settle_outbox(self, shop: str, lease_token: str, s: Settlement[Any]) -> None:
         """Write a round's outcome atomically, unless the lease changed hands (LeaseLost).
 
-        The MULTI is guarded by a WATCH on the lease key, which the lease keeper's renewal
-        (a PEXPIRE) also trips while the lease is still ours: then it is tried again, up to
-        SETTLE_TRIES times, and LeaseLost is raised only when the token changed."""
+        One script (`scripts.IF_HELD`) runs the writes only while the delivery lease holds
+        this round's token. It replaced a WATCH on the lease key around a MULTI, which the lease
+        keeper's renewal tripped (tried again up to five times), and which on a Redis Cluster
+        failed while the shop's slot migrated (redis-py's transactions do not follow ASK): the
+        window, delivered but not settled, then went out again."""
         k = Keys(shop)
-        for _ in range(SETTLE_TRIES):
-            with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(k.deliver_lease)
-                    holder: Any = pipe.get(k.deliver_lease)  # immediate while watching
-                    if holder != lease_token.encode():
-                        raise LeaseLost(shop)
-                    pipe.multi()
-                    ops, first = _stage_settlement(pipe, shop, k, s)
-                    replies = pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue  # the lease key was touched: still ours? (checked again above)
-        else:
+        cmds = CommandList()
+        ops, first = _stage_settlement(cmds, shop, k, s)
+        reply = self._raw.pipeline(if_held(k.deliver_lease, lease_token, cmds.commands))[0]
+        if reply is None:
             raise LeaseLost(shop)
+        replies = list(_checked(reply))
+        for each in replies:
+            _checked(each)  # a command refused (WRONGTYPE): the window is tried again
         self.tally.add(((k.stats, name), n) for name, n in s.counters.items())
         if s.ledger:
             long = long_ledgers(shop, ops, replies[first : first + len(ops)], s.ledger_keep)

@@ -113,6 +113,25 @@ if redis.call('GET', KEYS[4]) == ARGV[3] then redis.call('DEL', KEYS[4]) end
     + FINISH
 )
 
+# Run a list of commands, atomically, only while a lease key (KEYS[1]) holds the caller's token
+# (ARGV[1]); else nothing runs and the reply is nil. ARGV[2] is how many commands follow, each as
+# its argument count then its arguments. KEYS[2..] name every key the commands touch: the
+# script reads them from ARGV, but a Redis Cluster checks a script's declared keys to route it
+# and, while the slot migrates, to hold it back until they are all on one node (TRYAGAIN), so
+# nothing is read or written on the wrong side. Each command runs even if one before it failed
+# (pcall), as a MULTI's would; the reply lists their replies, errors among them. A delivery
+# round's settlement (`Store.settle_outbox`).
+IF_HELD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local replies, at = {}, 3
+for c = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[at])
+  replies[c] = redis.pcall(unpack(ARGV, at + 1, at + n))
+  at = at + n + 1
+end
+return replies
+"""
+
 # A drain starts: if the work list holds a batch a drain before it took and did not commit, one
 # more try on it is counted (and the size last tried returned); else the count is cleared.
 # Record format: the tries hash (`Keys.drain_tries`): fields "n" (tries) and "size" (integers).

@@ -25,7 +25,7 @@ from bridge.delivery.deliver import deliver
 from bridge.services import Services
 from bridge.store import StoreError
 from bridge.store.cluster import key_slot
-from bridge.store.facade import SHOPS_KEY, Commit, Keys
+from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -248,6 +248,47 @@ def test_commands_follow_ask_during_a_migration_and_moved_after(
     assert rt.store._raw.node_name(key_slot(k.inbound)) == f"127.0.0.1:{migration.target}"
     assert stats(rt)["webhooks:carts/create:processed"] == 3
     assert sorted(c["properties"]["cart_id"] for c in pipelines.calls) == ["t-1", "t-2", "t-3"]
+
+
+def test_a_delivery_round_settles_while_its_slot_migrates(
+    client: FlaskClient, rt: Services, cluster: LocalCluster
+) -> None:
+    """A round whose lease was taken once the migration of the shop's slot began holds it on
+    the target, while its window is still on the source: its settlement (one script guarded by
+    the lease, `scripts.IF_HELD`) waits until the keys are together (here the migration's end)
+    and goes through once, on the node that owns them. A script that declared only the lease
+    would run on the target and write a second, empty window there."""
+    k = Keys(SHOP)
+    for i in range(3):
+        post(client, "carts/create", cart(f"s-{i}", {11: 1}, "2024-11-06T01:00:00Z"))
+    drain(rt, SHOP)
+    window, _left = rt.store.take_window(SHOP, 1 << 20, 100)
+    assert len(window) == 3
+    migration = Migration(cluster, key_slot(k.outbox))
+    migration.begin()
+    assert rt.store.acquire(k.deliver_lease, "round-1", 30_000)
+    on_target = migration.dst.pipeline(transaction=False)
+    on_target.execute_command("ASKING")
+    on_target.exists(k.deliver_lease)
+    assert on_target.execute()[1] == 1
+    assert migration.src.exists(k.outbox_work)
+
+    def finish_later() -> None:
+        time.sleep(1.0)
+        while migration.move(100):
+            pass
+        migration.end()
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    try:
+        rt.store.settle_outbox(SHOP, "round-1", Settlement(counters={"calls:delivered": 3}))
+    finally:
+        finisher.join()
+    assert not migration.dst.exists(k.outbox_work, k.outbox)
+    assert rt.store.take_window(SHOP, 1 << 20, 100) == ([], 0)
+    rt.store.flush_counters(force=True)
+    assert stats(rt)["calls:delivered"] == 3
 
 
 def test_a_slot_migration_in_the_middle_of_traffic_loses_nothing_and_sends_nothing_twice(

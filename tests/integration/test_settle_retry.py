@@ -1,43 +1,19 @@
-"""A delivery round's settle (`Store.settle_outbox`) is guarded by a WATCH on the delivery lease.
-The lease keeper's renewal touches that key while the lease is still ours: the settle must go
-through then (tried again), and give up with LeaseLost only when the token really changed."""
+"""A delivery round's settle (`Store.settle_outbox`) runs only while the delivery lease holds the
+round's token (one script, `scripts.IF_HELD`). The lease keeper's renewal touches that key while
+the lease is still ours: the settle must go through then, and give up with LeaseLost, writing
+nothing, only when the token changed or the lease is gone."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 import redis as redis_lib
 
+from bridge.store import StoreError
 from bridge.store.facade import Keys, LeaseLost, Settlement, Store, connect
 from tests.conftest import SHOP, RedisServer
-
-
-class Touching:
-    """The store's client, with a second client doing `touch` (a renewal, a takeover) between
-    the settle's WATCH and its EXEC, the first `times` transactions."""
-
-    def __init__(self, client: redis_lib.Redis, touch: Any, times: int) -> None:
-        self._client = client
-        self._touch = touch
-        self.left = times
-
-    def pipeline(self, transaction: bool = True) -> Any:
-        pipe = self._client.pipeline(transaction=transaction)
-        if transaction:
-            execute = pipe.execute
-
-            def touched_then_execute(*args: Any, **kw: Any) -> Any:
-                if self.left > 0:
-                    self.left -= 1
-                    self._touch()
-                return execute(*args, **kw)
-
-            pipe.execute = touched_then_execute  # type: ignore[method-assign]
-        return pipe
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
 
 
 @pytest.fixture
@@ -46,49 +22,71 @@ def store(redis: redis_lib.Redis, redis_server: RedisServer) -> Store:
 
 
 def _settlement() -> Settlement[Any]:
-    return Settlement(remaining=[b"call-1", b"call-2"], counters={"delivered": 3})
+    return Settlement(
+        remaining=[b"call-1", b"call-2"],
+        held=[("person-1", [b"call-3"], 1_000, b"meta")],
+        clear={"person-2"},
+        counters={"delivered": 3},
+    )
 
 
-def test_a_renewal_between_watch_and_exec_does_not_lose_the_settle(
-    store: Store, redis: redis_lib.Redis
-) -> None:
+def test_renewals_all_along_never_lose_a_settle(store: Store, redis: redis_lib.Redis) -> None:
+    """The WATCH this replaced was tripped by each renewal (and gave up after five)."""
     k = Keys(SHOP)
     keeper = Store(connect(_url(redis)))
     assert store.acquire(k.deliver_lease, "ours", 10_000)
-    store.redis = Touching(  # type: ignore[assignment]
-        store.redis, lambda: keeper.renew(k.deliver_lease, "ours", 10_000), times=2
-    )
-    store.settle_outbox(SHOP, "ours", _settlement())
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.is_set():
+            keeper.renew(k.deliver_lease, "ours", 10_000)
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        for _ in range(200):
+            store.settle_outbox(SHOP, "ours", _settlement())
+    finally:
+        done.set()
+        renewer.join()
     assert redis.lrange(k.outbox_work, 0, -1) == [b"call-1", b"call-2"]
-    assert store.stats(SHOP)["delivered"] == 3
+    assert redis.lrange(k.held("person-1"), 0, -1) == [b"call-3"] * 200
+    assert redis.zscore(k.out_due, "person-1") == 1_000
+    assert store.stats(SHOP)["delivered"] == 600
 
 
-def test_a_lease_taken_over_between_watch_and_exec_is_lost_and_nothing_written(
-    store: Store, redis: redis_lib.Redis
+@pytest.mark.parametrize("holder", ["theirs", None])
+def test_a_lease_taken_over_or_gone_is_lost_and_nothing_written(
+    store: Store, redis: redis_lib.Redis, holder: str | None
 ) -> None:
     k = Keys(SHOP)
-    assert store.acquire(k.deliver_lease, "ours", 10_000)
     redis.rpush(k.outbox_work, b"in-flight")
-    store.redis = Touching(  # type: ignore[assignment]
-        store.redis, lambda: redis.set(k.deliver_lease, "theirs", px=10_000), times=1
-    )
+    redis.hset(k.out_meta, "person-2", b"retrying")
+    if holder:
+        redis.set(k.deliver_lease, holder, px=10_000)
     with pytest.raises(LeaseLost):
         store.settle_outbox(SHOP, "ours", _settlement())
     assert redis.lrange(k.outbox_work, 0, -1) == [b"in-flight"]
+    assert redis.hget(k.out_meta, "person-2") == b"retrying"
+    assert not redis.exists(k.held("person-1"), k.out_due)
+    store.flush_counters(force=True)
     assert "delivered" not in store.stats(SHOP)
 
 
-def test_a_lease_touched_at_every_try_gives_up_with_lease_lost(
+def test_a_refused_write_fails_the_settle_and_counts_nothing(
     store: Store, redis: redis_lib.Redis
 ) -> None:
+    """As a MULTI's EXEC did: the other writes go through, the error is raised (the window is
+    then tried again), and the round's counters are not counted."""
     k = Keys(SHOP)
     assert store.acquire(k.deliver_lease, "ours", 10_000)
-    store.redis = Touching(  # type: ignore[assignment]
-        store.redis, lambda: redis.pexpire(k.deliver_lease, 10_000), times=100
-    )
-    with pytest.raises(LeaseLost):
+    redis.set(k.held("person-1"), b"not a list")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
         store.settle_outbox(SHOP, "ours", _settlement())
-    assert not redis.exists(k.outbox_work)
+    assert redis.lrange(k.outbox_work, 0, -1) == [b"call-1", b"call-2"]
+    assert redis.hget(k.out_meta, "person-1") == b"meta"
+    store.flush_counters(force=True)
+    assert "delivered" not in store.stats(SHOP)
 
 
 def _url(client: redis_lib.Redis) -> str:
