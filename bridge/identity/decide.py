@@ -136,9 +136,10 @@ class _Run:
 
     def order_traits(self, who: Person, at: datetime, *, replenish: bool = False) -> None:
         if who.user_id:
-            traits = orders.order_traits(self.view, person_key(who.user_id))
+            person = person_key(who.user_id)
+            traits = orders.order_traits(self.view, person)
             if replenish and traits:  # issue 17: on orders, refunds, and products arriving
-                index = orders.index_name(person_key(who.user_id))
+                index = orders.index_name(person)
                 policy = self.policy
                 traits.update(
                     replenishment.traits(self.view, index, policy.metafields, policy.clock())

@@ -87,7 +87,8 @@ def is_email(user_id: str) -> bool:
 
 def person_key(user_id: str) -> str:
     """The suffix of a person's records (`person:`, `orders:`): customer id or email hash."""
-    return email_key(user_id) if is_email(user_id) else "cust:" + user_id
+    # `is_email` inlined: this runs ~12 times for every order.
+    return email_key(user_id) if "@" in user_id else "cust:" + user_id
 
 
 def checkout_ref(token: str | None, checkout_id: str | None) -> str | None:

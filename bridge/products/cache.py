@@ -109,6 +109,22 @@ def want(view: StateView, product_ids: list[str], now: datetime) -> int:
     listed = rec.get("ids")
     known = listed if isinstance(listed, dict) else {}
     fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in known]
+    return _noted(view, rec, known, fresh, now)
+
+
+def note_wanted(view: StateView, product_ids: list[str], now: datetime) -> int:
+    """`want` for ids already valid and distinct (enrichment's, from `enrich.product_ids`):
+    not checked a second time (8 checks for every order of 8 new products)."""
+    rec = view.get(WANTED) or {}
+    listed = rec.get("ids")
+    known = listed if isinstance(listed, dict) else {}
+    return _noted(view, rec, known, [pid for pid in product_ids if pid not in known], now)
+
+
+def _noted(
+    view: StateView, rec: dict[str, Any], known: dict[str, Any], fresh: list[str], now: datetime
+) -> int:
+    """Put `fresh` (ids not on the list `known`, the record `rec`'s) on the wanted list."""
     if not fresh:
         return 0  # the common case
     # The record's own lists are updated in place, not copied (up to MAX_WANTED ids, and as
