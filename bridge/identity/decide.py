@@ -924,9 +924,9 @@ def decide(
         subscribers.append(mapped.billing.person)
     if mapped.subscription is not None:
         subscribers.append(mapped.subscription.person)
-    run.release(
-        list(dict.fromkeys("subscriber:" + r.subscriber for r in subscribers if r and r.subscriber))
-    )
+    released = [r.subscriber for r in subscribers if r and r.subscriber]
+    if released:  # (most webhooks name no subscription app's customer)
+        run.release(list(dict.fromkeys("subscriber:" + s for s in released)))
     if mapped.browse is None:
         run.link_browsers(mapped)  # browsers that claimed this webhook's cart or checkout
     return run.outgoing()

@@ -175,8 +175,9 @@ def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
         if cid:
             if link.get("customer_id") != cid:
                 view.put(name, {"customer_id": cid})
-                orders.merge_index(view, person_key(ref.email), person_key(cid))
-                subscriptions.merge_index(view, person_key(ref.email), person_key(cid))
+                guest, customer = person_key(ref.email), person_key(cid)
+                orders.merge_index(view, guest, customer)
+                subscriptions.merge_index(view, guest, customer)
         elif link.get("customer_id"):
             cid = follow(view, str(link["customer_id"]))
     user = cid or ref.email

@@ -40,7 +40,7 @@ from bridge.ids import iso_z
 # The module, not its names: bridge.products.cache imports bridge.identity, which imports this
 # module, so importing the product cache first must find it here half-built without failing.
 from bridge.products import cache as product_cache
-from bridge.products.record import MetafieldKeys, metadata, record_name
+from bridge.products.record import MetafieldKeys
 
 REPLENISHMENT_TRAITS = ("next_replenishment_date", "replenishment_skus")
 MAX_ORDER_LINES = 20
@@ -99,7 +99,6 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
     """The lines with the days of products now cached; None when nothing changed."""
     out: list[Any] = []
     changed = False
-    get = view.get
     for line in lines:
         if not (isinstance(line, list) and len(line) == 4):
             changed = True
@@ -108,12 +107,11 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
         if days is not None:
             out.append(line)
             continue
-        rec = get(record_name(str(pid)))  # `product_cache.cached`, inlined (once a line)
-        if not isinstance(rec, dict):
+        rec, meta = product_cache.cached_metadata(view, str(pid), keys)
+        if rec is None:
             out.append(line)  # not cached yet: asked for by enrichment, resolved later
             continue
         changed = True
-        meta = metadata(rec, keys)
         if meta is not None and meta.replenishable and meta.days_to_replenish:
             out.append([pid, label, qty, meta.days_to_replenish])
     return out if changed else None
