@@ -113,6 +113,8 @@ def _distinct(refs: list[PersonRef | None]) -> list[PersonRef]:
     names are a function of the ref alone, so a repeat would only name them again."""
     out: list[PersonRef] = []
     for ref in refs:
-        if ref is not None and not any(ref is seen or ref == seen for seen in out):
+        if ref is None or (out and ref is out[-1]):  # (the same object again: the usual case)
+            continue
+        if not any(ref is seen or ref == seen for seen in out):
             out.append(ref)
     return out

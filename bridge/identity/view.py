@@ -11,7 +11,8 @@ from typing import Any
 
 from bridge.identity.records import StateView
 
-_UNLOADED: Any = object()  # what `get` finds under a key the view was never given
+# What `get` finds under a key the view was never given (compared by identity, never returned).
+_UNLOADED: dict[str, Any] = {}
 
 
 class DecisionView(StateView):

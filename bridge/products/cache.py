@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from bridge.canonical import ProductFact
 from bridge.identity.records import DAY_S, StateView
@@ -33,7 +33,7 @@ MAX_WAITING = 20
 DEFAULT_TTL_S = 7 * DAY_S
 
 
-def valid_id(product_id: str | None) -> bool:
+def valid_id(product_id: str | None) -> TypeGuard[str]:
     return (
         product_id is not None
         and 0 < len(product_id) <= MAX_ID_CHARS
