@@ -173,8 +173,8 @@ def cached_metadata(
 ) -> tuple[dict[str, Any] | None, Metadata | None]:
     """`cached(view, product_id)`, and `record.metadata` of it (None for no record, or a gone
     product), worked out once per record a batch: enrichment reads each line's product, and
-    replenishment the same products again (metadata was 2 of every 16 ms of an order batch's
-    decisions with its products cached; bench/order_path.py-like orders of 8 cached lines)."""
+    replenishment the same products again: a repeat read costs 0.27 µs, not the 2.2 µs of
+    reading and parsing the record (8 a bench/order_path.py order, its products cached)."""
     name = record_name(product_id)
     rec = view.get(name)
     if not isinstance(rec, dict):
