@@ -143,9 +143,11 @@ def enrich(
     missing: list[str] = []
     found: dict[str, Any] = {}
     uncached = 0
+    known = False  # some product has metadata: the items are rebuilt
     for pid in ids:
         rec, meta = cached_metadata(view, pid, keys)
         found[pid] = meta
+        known = known or meta is not None
         if rec is None:
             missing.append(pid)
             uncached += 1
@@ -188,7 +190,7 @@ def enrich(
 
     # Rebuilding the facts walks every field that may hold items: skipped when no product is
     # cached (a webhook of new products: the items go out as they came).
-    out: Mapped = _rebuilt(mapped, fill) if any(m is not None for m in found.values()) else mapped
+    out: Mapped = _rebuilt(mapped, fill) if known else mapped
     # A storefront browse event is unsigned and may name any id: it is enriched from the cache
     # but never asks for an Admin API read, so a forger can neither spend the shop's API budget
     # nor fill Redis with records of products that do not exist. Signed webhooks do ask.
