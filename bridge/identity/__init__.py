@@ -62,12 +62,14 @@ def keys_for(mapped: Mapped) -> list[str]:
             if subscribing:
                 names += [subscriptions.index_name(pk)]
         if ref.email:
-            pk = person_key(ref.email)
+            email = email_key(ref.email)
+            # `person_key` of an email is its email key (worked out once here, not twice).
+            pk = email if "@" in ref.email else person_key(ref.email)
             # The guest's subscription index is read whenever the email joins a customer
             # (graph.resolve merges it): naming it here spares the whole batch a second
             # decide round for one usually absent record.
             names += [
-                email_key(ref.email),
+                email,
                 "person:" + pk,
                 "orders:" + pk,
                 subscriptions.index_name(pk),
@@ -111,6 +113,8 @@ def _distinct(refs: list[PersonRef | None]) -> list[PersonRef]:
     names are a function of the ref alone, so a repeat would only name them again."""
     out: list[PersonRef] = []
     for ref in refs:
-        if ref is not None and not any(ref is seen or ref == seen for seen in out):
+        if ref is None or (out and ref is out[-1]):  # (the same object again: the usual case)
+            continue
+        if not any(ref is seen or ref == seen for seen in out):
             out.append(ref)
     return out

@@ -65,10 +65,18 @@ def claim_names(cart_token: str | None, checkout_token: str | None) -> list[str]
     """The claim records a cart and checkout token name."""
     names = []
     if cart_token:
-        names.append("claim:cart:" + record_digest("cart", cart_token))
+        names.append(_cart_claim(cart_token))
     if checkout_token:
-        names.append("claim:co:" + record_digest("co", checkout_token))
+        names.append(_checkout_claim(checkout_token))
     return names
+
+
+def _cart_claim(cart_token: str) -> str:
+    return "claim:cart:" + record_digest("cart", cart_token)
+
+
+def _checkout_claim(checkout_token: str) -> str:
+    return "claim:co:" + record_digest("co", checkout_token)
 
 
 def anonymous_ttl_s(policy: BrowsePolicy) -> int:
@@ -248,11 +256,14 @@ def link_claimants(
             # nothing.
             continue
         done.append(ref)
-        for claim, confirmed in zip(
-            claim_names(ref.cart_token, None) + claim_names(None, ref.checkout_token),
-            _confirmed(ref.cart_token, None) + _confirmed(None, ref.checkout_token),
-            strict=True,
-        ):
+        # Each token's claim record and the record that confirms it (as `claim_names` and
+        # `_confirmed` name them), paired without building four lists for every webhook.
+        pairs = []
+        if ref.cart_token:
+            pairs.append((_cart_claim(ref.cart_token), "cart:" + ref.cart_token))
+        if ref.checkout_token:
+            pairs.append((_checkout_claim(ref.checkout_token), "checkout:" + ref.checkout_token))
+        for claim, confirmed in pairs:
             rec = view.get(claim)
             claimants = list(rec.get("c") or []) if rec else []
             if not claimants:

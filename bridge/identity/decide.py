@@ -136,9 +136,10 @@ class _Run:
 
     def order_traits(self, who: Person, at: datetime, *, replenish: bool = False) -> None:
         if who.user_id:
-            traits = orders.order_traits(self.view, person_key(who.user_id))
+            person = person_key(who.user_id)
+            traits = orders.order_traits(self.view, person)
             if replenish and traits:  # issue 17: on orders, refunds, and products arriving
-                index = orders.index_name(person_key(who.user_id))
+                index = orders.index_name(person)
                 policy = self.policy
                 traits.update(
                     replenishment.traits(self.view, index, policy.metafields, policy.clock())
@@ -923,9 +924,9 @@ def decide(
         subscribers.append(mapped.billing.person)
     if mapped.subscription is not None:
         subscribers.append(mapped.subscription.person)
-    run.release(
-        list(dict.fromkeys("subscriber:" + r.subscriber for r in subscribers if r and r.subscriber))
-    )
+    released = [r.subscriber for r in subscribers if r and r.subscriber]
+    if released:  # (most webhooks name no subscription app's customer)
+        run.release(list(dict.fromkeys("subscriber:" + s for s in released)))
     if mapped.browse is None:
         run.link_browsers(mapped)  # browsers that claimed this webhook's cart or checkout
     return run.outgoing()

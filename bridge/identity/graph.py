@@ -87,7 +87,8 @@ def is_email(user_id: str) -> bool:
 
 def person_key(user_id: str) -> str:
     """The suffix of a person's records (`person:`, `orders:`): customer id or email hash."""
-    return email_key(user_id) if is_email(user_id) else "cust:" + user_id
+    # `is_email` inlined: this runs ~12 times for every order.
+    return email_key(user_id) if "@" in user_id else "cust:" + user_id
 
 
 def checkout_ref(token: str | None, checkout_id: str | None) -> str | None:
@@ -174,8 +175,9 @@ def resolve(ref: PersonRef | None, view: StateView, policy: Policy) -> Person:
         if cid:
             if link.get("customer_id") != cid:
                 view.put(name, {"customer_id": cid})
-                orders.merge_index(view, person_key(ref.email), person_key(cid))
-                subscriptions.merge_index(view, person_key(ref.email), person_key(cid))
+                guest, customer = person_key(ref.email), person_key(cid)
+                orders.merge_index(view, guest, customer)
+                subscriptions.merge_index(view, guest, customer)
         elif link.get("customer_id"):
             cid = follow(view, str(link["customer_id"]))
     user = cid or ref.email

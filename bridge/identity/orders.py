@@ -107,14 +107,21 @@ def order_traits(view: StateView, person: str) -> dict[str, Any]:
     if type(refunds) is not dict:
         refunds = dict(refunds)
     total = sum((Decimal(e["t"]) for e in orders.values()), Decimal(0))
-    refunded = sum((Decimal(r["a"]) for r in refunds.values() if r.get("o") in orders), Decimal(0))
+    if refunds:
+        refunded = sum(
+            (Decimal(r["a"]) for r in refunds.values() if r.get("o") in orders), Decimal(0)
+        )
+        total -= refunded
     # The first and last by (time, id): keys are unique, so min and max are the ends of the
-    # sorted order, without sorting the index.
-    first = min(orders.items(), key=_by_time)
-    last = max(orders.items(), key=_by_time)
+    # sorted order, without sorting the index (a first order is both).
+    if len(orders) == 1:
+        first = last = next(iter(orders.items()))
+    else:
+        first = min(orders.items(), key=_by_time)
+        last = max(orders.items(), key=_by_time)
     return {
         "orders_count": len(orders),
-        "lifetime_value": float(total - refunded),
+        "lifetime_value": float(total),
         "first_order_date": first[1]["at"],
         "last_order_date": last[1]["at"],
         "last_order_id": last[0],

@@ -48,6 +48,12 @@ class StateView:
         # Bumped by every write: what was read before is still what the view holds while it
         # is unchanged (decide.py reuses a person resolved at the same revision).
         self.revision = 0
+        # What the pure steps work out from one record and keep for the batch, by (purpose,
+        # record name), each with the record object it came from: a record put again is a new
+        # object, so nothing is ever answered from a record the view no longer holds
+        # (products/cache.py: a product's metadata, read for enrichment and replenishment).
+        # Bounded by the records the batch names; gone with the view.
+        self.derived: dict[tuple[str, str], tuple[Any, ...]] = {}
         for key, raw in (loaded or {}).items():
             self._values[key] = orjson.loads(raw) if raw else None
 
@@ -64,7 +70,8 @@ class StateView:
         key = self._keys[name]
         self._values[key] = value
         self._dirty[key] = ttl_s
-        self._deleted.discard(key)
+        if self._deleted:  # (mostly empty: an order's decision puts ~13 records)
+            self._deleted.discard(key)
         self.revision += 1
 
     def delete(self, name: str) -> None:

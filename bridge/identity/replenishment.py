@@ -40,7 +40,7 @@ from bridge.ids import iso_z
 # The module, not its names: bridge.products.cache imports bridge.identity, which imports this
 # module, so importing the product cache first must find it here half-built without failing.
 from bridge.products import cache as product_cache
-from bridge.products.record import MetafieldKeys, metadata
+from bridge.products.record import MetafieldKeys
 
 REPLENISHMENT_TRAITS = ("next_replenishment_date", "replenishment_skus")
 MAX_ORDER_LINES = 20
@@ -56,6 +56,8 @@ LAPSED_AFTER_DAYS = 365
 UNRESOLVED_AFTER_DAYS = 30
 MAX_SKUS = 20
 MAX_LABEL_CHARS = 100
+_LAPSED_AFTER = timedelta(days=LAPSED_AFTER_DAYS)
+_UNRESOLVED_AFTER = timedelta(days=UNRESOLVED_AFTER_DAYS)
 
 
 def _label(item: Item) -> str | None:
@@ -66,11 +68,15 @@ def _label(item: Item) -> str | None:
 def order_lines(items: Iterable[Item]) -> list[list[Any]]:
     """An order's lines as the index keeps them (unresolved: days null)."""
     out: list[list[Any]] = []
+    valid_id = product_cache.valid_id
     for item in items:
-        label = _label(item)
-        if not product_cache.valid_id(item.product_id) or label is None or item.quantity <= 0:
+        pid = item.product_id
+        # A valid product id is never empty, so the line always has a label (the SKU, else the
+        # variant, else the id; `_label`'s rule, not called for it).
+        if not valid_id(pid) or item.quantity <= 0:
             continue
-        out.append([item.product_id, label, min(item.quantity, MAX_QUANTITY), None])
+        label = item.sku or item.variant_id or pid
+        out.append([pid, label[:MAX_LABEL_CHARS], min(item.quantity, MAX_QUANTITY), None])
         if len(out) == MAX_ORDER_LINES:
             break
     return out
@@ -101,12 +107,11 @@ def _resolve(view: StateView, lines: list[Any], keys: MetafieldKeys) -> list[Any
         if days is not None:
             out.append(line)
             continue
-        rec = product_cache.cached(view, str(pid))
+        rec, meta = product_cache.cached_metadata(view, str(pid), keys)
         if rec is None:
             out.append(line)  # not cached yet: asked for by enrichment, resolved later
             continue
         changed = True
-        meta = metadata(rec, keys)
         if meta is not None and meta.replenishable and meta.days_to_replenish:
             out.append([pid, label, qty, meta.days_to_replenish])
     return out if changed else None
@@ -172,21 +177,25 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
         return {}
     orders: dict[str, Any] = dict(rec.get("o") or {})
     refunds: dict[str, Any] = dict(rec.get("r") or {})
-    if not any(isinstance(e, dict) and "rl" in e for e in orders.values()):
+    for e in orders.values():
+        if isinstance(e, dict) and "rl" in e:
+            break
+    else:
         return {}
-    latest = _latest(orders)
     dirty = False
-    for order_id, entry in list(orders.items()):
-        if order_id not in latest and isinstance(entry, dict) and "rl" in entry:
-            orders[order_id] = _without_lines(entry)  # too old to count: forgotten
-            dirty = True
-    for refund_id, entry in list(refunds.items()):
-        # The refunds of forgotten orders go with them (a refund whose order is not indexed yet,
-        # held for it, keeps its lines).
-        of = str(entry.get("o")) if isinstance(entry, dict) else None
-        if of is not None and "rl" in entry and of in orders and of not in latest:
-            refunds[refund_id] = _without_lines(entry)
-            dirty = True
+    if len(orders) > MAX_ORDERS:  # else every order is among the latest: nothing forgotten
+        latest = _latest(orders)
+        for order_id, entry in list(orders.items()):
+            if order_id not in latest and isinstance(entry, dict) and "rl" in entry:
+                orders[order_id] = _without_lines(entry)  # too old to count: forgotten
+                dirty = True
+        for refund_id, entry in list(refunds.items()):
+            # The refunds of forgotten orders go with them (a refund whose order is not indexed
+            # yet, held for it, keeps its lines).
+            of = str(entry.get("o")) if isinstance(entry, dict) else None
+            if of is not None and "rl" in entry and of in orders and of not in latest:
+                refunds[refund_id] = _without_lines(entry)
+                dirty = True
     refunded: dict[tuple[str, str], int] = {}
     for entry in refunds.values():
         for line in (entry.get("rl") or []) if isinstance(entry, dict) else []:
@@ -194,8 +203,8 @@ def traits(view: StateView, index_name: str, keys: MetafieldKeys, now: datetime)
                 key = (str(entry.get("o")), str(line[0]))
                 refunded[key] = refunded.get(key, 0) + line[1]
     cover: dict[str, datetime] = {}
-    lapsed_before = now - timedelta(days=LAPSED_AFTER_DAYS)
-    unresolved_before = now - timedelta(days=UNRESOLVED_AFTER_DAYS)
+    lapsed_before = now - _LAPSED_AFTER
+    unresolved_before = now - _UNRESOLVED_AFTER
     for order_id, entry in list(orders.items()):
         lines = entry.get("rl") if isinstance(entry, dict) else None
         if not lines:

@@ -18,6 +18,8 @@ from bridge.identity.records import StateView
 from bridge.ids import iso_z, message_id
 
 MAX_ANONS = 20
+# Values `render.to_json` gives back as they are.
+_JSON_SCALARS = frozenset({str, int, float, bool})
 LIVE_CART_TRAITS = ("cart_items", "cart_value", "cart_url", "checkout_url", "cart_updated_at")
 
 
@@ -66,7 +68,10 @@ class Identities:
         """Traits the bridge computes from its own state (order index, live cart): always win."""
         p = self._get(user, at, anon)
         for name, value in traits.items():
-            p.traits[name] = (render.to_json(value) if value is not None else None, None)
+            # Texts and numbers (most computed traits) are their own JSON: no call for them.
+            if value is not None and type(value) not in _JSON_SCALARS:
+                value = render.to_json(value)
+            p.traits[name] = (value, None)
 
     def touch(self, user: str, at: datetime, anon: str | None, *, force: bool = False) -> None:
         p = self._get(user, at, anon)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from bridge.canonical import ProductFact
 from bridge.identity.records import DAY_S, StateView
 from bridge.identity.view import count
 from bridge.ids import iso_z
-from bridge.products.record import merged, newer, record_name
+from bridge.products.record import Metadata, MetafieldKeys, merged, metadata, newer, record_name
 
 WANTED = "products:wanted"
 # Products waiting to be read at most: past it the oldest are forgotten (an item naming one
@@ -33,7 +33,7 @@ MAX_WAITING = 20
 DEFAULT_TTL_S = 7 * DAY_S
 
 
-def valid_id(product_id: str | None) -> bool:
+def valid_id(product_id: str | None) -> TypeGuard[str]:
     return (
         product_id is not None
         and 0 < len(product_id) <= MAX_ID_CHARS
@@ -109,6 +109,22 @@ def want(view: StateView, product_ids: list[str], now: datetime) -> int:
     listed = rec.get("ids")
     known = listed if isinstance(listed, dict) else {}
     fresh = [pid for pid in dict.fromkeys(product_ids) if valid_id(pid) and pid not in known]
+    return _noted(view, rec, known, fresh, now)
+
+
+def note_wanted(view: StateView, product_ids: list[str], now: datetime) -> int:
+    """`want` for ids already valid and distinct (enrichment's, from `enrich.product_ids`):
+    not checked a second time (8 checks for every order of 8 new products)."""
+    rec = view.get(WANTED) or {}
+    listed = rec.get("ids")
+    known = listed if isinstance(listed, dict) else {}
+    return _noted(view, rec, known, [pid for pid in product_ids if pid not in known], now)
+
+
+def _noted(
+    view: StateView, rec: dict[str, Any], known: dict[str, Any], fresh: list[str], now: datetime
+) -> int:
+    """Put `fresh` (ids not on the list `known`, the record `rec`'s) on the wanted list."""
     if not fresh:
         return 0  # the common case
     # The record's own lists are updated in place, not copied (up to MAX_WANTED ids, and as
@@ -150,3 +166,23 @@ def cached(view: StateView, product_id: str) -> dict[str, Any] | None:
     """The cached record of a product (a `gone` one included), or None."""
     rec = view.get(record_name(product_id))
     return rec if isinstance(rec, dict) else None
+
+
+def cached_metadata(
+    view: StateView, product_id: str, keys: MetafieldKeys
+) -> tuple[dict[str, Any] | None, Metadata | None]:
+    """`cached(view, product_id)`, and `record.metadata` of it (None for no record, or a gone
+    product), worked out once per record a batch: enrichment reads each line's product, and
+    replenishment the same products again: a repeat read costs 0.27 µs, not the 2.2 µs of
+    reading and parsing the record (8 a bench/order_path.py order, its products cached)."""
+    name = record_name(product_id)
+    rec = view.get(name)
+    if not isinstance(rec, dict):
+        return None, None
+    memo = view.derived
+    known = memo.get(("metadata", name))
+    if known is not None and known[0] is rec and (known[1] is keys or known[1] == keys):
+        return rec, known[2]
+    meta = metadata(rec, keys)
+    memo["metadata", name] = (rec, keys, meta)
+    return rec, meta

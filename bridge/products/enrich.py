@@ -22,8 +22,8 @@ from pydantic import BaseModel
 from bridge.canonical import Item, Mapped
 from bridge.identity.records import StateView
 from bridge.identity.view import count
-from bridge.products.cache import WANTED, cached, valid_id, want
-from bridge.products.record import MetafieldKeys, metadata, record_name
+from bridge.products.cache import WANTED, cached_metadata, note_wanted, valid_id
+from bridge.products.record import MetafieldKeys, record_name
 
 
 def _holds_items(annotation: Any) -> bool:
@@ -63,7 +63,9 @@ def _collect(value: Any, out: list[Item]) -> None:
                 _collect(v, out)
     elif isinstance(value, BaseModel):
         for name in _item_fields(type(value)):
-            _collect(getattr(value, name), out)
+            field = getattr(value, name)
+            if field is not None:  # most of a Mapped's facts are absent: no call for them
+                _collect(field, out)
 
 
 def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
@@ -74,20 +76,38 @@ def _rebuilt(value: Any, fn: Callable[[Item], Item]) -> Any:
         updates = {}
         for name in _item_fields(type(value)):
             old = getattr(value, name)
+            if old is None:  # an absent fact (most of a Mapped's): nothing to walk
+                continue
             new = _rebuilt(old, fn)
             if new is not old:
                 updates[name] = new
         return value.model_copy(update=updates) if updates else value
     if type(value) is tuple and value:
-        out = tuple(_rebuilt(v, fn) for v in value)
-        return value if all(a is b for a, b in zip(out, value, strict=True)) else out
+        # One loop, noting whether anything changed (not a generator, then another over pairs).
+        out = []
+        changed = False
+        for v in value:
+            new = fn(v) if type(v) is Item else _rebuilt(v, fn)
+            changed = changed or new is not v
+            out.append(new)
+        return tuple(out) if changed else value
     return value
+
+
+# What the cache gives an item, its last fields: `enrich` builds an enriched item from the
+# first fields of the item and these, by position: 1.5 µs an item, not `_replace`'s 3.9.
+_ENRICHED = ("category", "vendor", "replenishable", "days_to_replenish")
+_KEPT = len(Item._fields) - len(_ENRICHED)
+if Item._fields[_KEPT:] != _ENRICHED:
+    raise RuntimeError(
+        "enrich builds items by position: Item's last fields must be " + str(_ENRICHED)
+    )
 
 
 def product_ids(mapped: Mapped) -> list[str]:
     """Every product the webhook's items name (valid ids only, first-seen order)."""
     # Deduplicated before checked: an order's lines name a few products many times over.
-    ids = dict.fromkeys(item.product_id for item in _items(mapped))
+    ids = dict.fromkeys([item.product_id for item in _items(mapped)])
     return [pid for pid in ids if pid is not None and valid_id(pid)]
 
 
@@ -114,38 +134,66 @@ def enrich(
     """The webhook with its items' metadata filled from the cache; products missing from it
     (or read with other metafield keys than the store's) are noted as wanted. `ids`: the
     webhook's `product_ids` when the caller worked them out already (the processor does, for
-    the records it loads: each decide round would walk the items again)."""
+    the records it loads: each decide round would walk the items again); valid and distinct,
+    as `product_ids` gives them, so they are not checked again."""
     if ids is None:
         ids = product_ids(mapped)
     if not ids:
         return mapped
     missing: list[str] = []
     found: dict[str, Any] = {}
+    uncached = 0
+    known = False  # some product has metadata: the items are rebuilt
     for pid in ids:
-        rec = cached(view, pid)
-        meta = None if rec is None else metadata(rec, keys)
+        rec, meta = cached_metadata(view, pid, keys)
         found[pid] = meta
-        if rec is None or (meta is not None and meta.stale_keys):
+        known = known or meta is not None
+        if rec is None:
             missing.append(pid)
-        count(view, "products:cache:miss" if rec is None else "products:cache:hit")
+            uncached += 1
+        elif meta is not None and meta.stale_keys:
+            missing.append(pid)
+    # Counted once each, not once a product, in the order a product-by-product count would
+    # have named them first (the counters' order is the order the commit counts them).
+    # (The first product was not cached when it has no metadata and was the first noted
+    # missing: a gone product has none either, but is cached, so not missing.)
+    first_uncached = found[ids[0]] is None and missing[:1] == ids[:1]
+    tally = [("products:cache:miss", uncached), ("products:cache:hit", len(ids) - uncached)]
+    for name, n in tally if first_uncached else reversed(tally):
+        if n:
+            count(view, name, n)
+
+    # Each item once: an order's lines are the same Item objects in its event and its order
+    # fact (kept alive by `mapped` while this runs, so their ids are theirs).
+    filled: dict[int, Item] = {}
 
     def fill(item: Item) -> Item:
+        done = filled.get(id(item))
+        if done is not None:
+            return done
         meta = found.get(item.product_id) if item.product_id is not None else None
         if meta is None:
-            return item
-        return item._replace(
-            category=meta.category or item.category,
-            vendor=meta.vendor,
-            replenishable=meta.replenishable,
-            days_to_replenish=meta.days_to_replenish,
-        )
+            new = item
+        else:
+            # `item._replace(category=..., vendor=..., replenishable=..., days_to_replenish=...)`
+            new = Item._make(
+                (
+                    *item[:_KEPT],
+                    meta.category or item.category,
+                    meta.vendor,
+                    meta.replenishable,
+                    meta.days_to_replenish,
+                )
+            )
+        filled[id(item)] = new
+        return new
 
     # Rebuilding the facts walks every field that may hold items: skipped when no product is
     # cached (a webhook of new products: the items go out as they came).
-    out: Mapped = _rebuilt(mapped, fill) if any(m is not None for m in found.values()) else mapped
+    out: Mapped = _rebuilt(mapped, fill) if known else mapped
     # A storefront browse event is unsigned and may name any id: it is enriched from the cache
     # but never asks for an Admin API read, so a forger can neither spend the shop's API budget
     # nor fill Redis with records of products that do not exist. Signed webhooks do ask.
     if missing and mapped.browse is None:
-        want(view, missing, now)
+        note_wanted(view, missing, now)
     return out
