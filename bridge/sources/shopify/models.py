@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    ValidatorFunctionWrapHandler,
     WrapValidator,
 )
 
@@ -33,6 +32,8 @@ T = TypeVar("T")
 # lines or rendering ids can never raise anything but a validation error.
 _MAX_MONEY = Decimal(10) ** 15
 _MAX_ID = 10**40
+# Negated once here: `-_MAX_ID` in a line's checks built a new 133-bit int for every id.
+_MIN_ID = -_MAX_ID
 _MAX_COUNT = 10**9
 
 
@@ -41,7 +42,7 @@ _MAX_COUNT = 10**9
 
 
 def _to_id(v: Any) -> str | None:
-    if type(v) is int and -_MAX_ID < v < _MAX_ID:
+    if type(v) is int and _MIN_ID < v < _MAX_ID:
         return str(v)
     if v is None:
         return None
@@ -125,21 +126,36 @@ def _to_money(v: Any) -> Decimal | None:
 def _to_utc(v: Any) -> datetime | None:
     # Malformed timestamps are common enough in real payloads (see the fixtures README) that
     # one must not sink a whole webhook: anything unreadable, naive or out of range is None.
+    if type(v) is str and len(v) <= _KEPT_CHARS:
+        return _utc_text(v)
     if isinstance(v, datetime):
-        at = v
-    elif isinstance(v, str):
-        try:
-            at = datetime.fromisoformat(v.strip())
-        except ValueError:
-            return None
-    else:
+        return _utc(v)
+    if isinstance(v, str):
+        return _read_utc_text(v)
+    return None
+
+
+def _read_utc_text(v: str) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(v.strip())
+    except ValueError:
         return None
+    return _utc(at)
+
+
+def _utc(at: datetime) -> datetime | None:
     if at.tzinfo is None or at.utcoffset() is None:
         return None
     try:
         return at.astimezone(UTC)
     except (OverflowError, ValueError):
         return None
+
+
+# An order says the same time three or four times (created, processed, updated), and its
+# `orders/*` webhooks say it again: a short timestamp read once is not read again (as
+# `_money_text`; datetimes are immutable too).
+_utc_text = lru_cache(maxsize=4096)(_read_utc_text)
 
 
 def _to_count(v: Any) -> int | None:
@@ -304,20 +320,22 @@ class MoneySet(Payload):
     presentment_money: Obj[Money] = None
 
 
-def _known_money_set(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    # An order carries five money sets and they repeat across webhooks ("0.00 USD" twice):
-    # validating one costs seven validator calls and three models, looking it up one call.
-    # A set is the same model whenever the values it reads are the same; anything else (an
-    # odd shape, a long string) is validated as it comes, and so are its errors.
+def known_money_set(v: Any, validate: Callable[[Any], Any]) -> Any:
+    """A `*_set` as `validate(v)` makes it, or the same set made before.
+
+    An order carries five money sets and they repeat across webhooks ("0.00 USD" twice):
+    validating one costs seven validator calls and three models, looking it up one call.
+    A set is the same model whenever the values it reads are the same; anything else (an
+    odd shape, a long string) is validated as it comes, and so are its errors."""
     key = _money_key(v)
     if key is None:
-        return handler(v)
-    return _kept(_MONEY_SETS, key, lambda: handler(v))
+        return validate(v)
+    return _kept(_MONEY_SETS, key, lambda: validate(v))
 
 
 _MONEY_SETS: dict[Any, MoneySet | None] = {}
 # A `*_set` of an order or refund: validated as `Obj[MoneySet]`, or the same set seen before.
-MoneySetOf = Annotated[Obj[MoneySet], WrapValidator(_known_money_set)]
+MoneySetOf = Annotated[Obj[MoneySet], WrapValidator(known_money_set)]
 
 
 class ShopMoney(NamedTuple):
@@ -361,19 +379,21 @@ class Address(Payload):
     country_code: Text = None
 
 
-def _known_address(v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    # Up to three addresses per order, each a dozen fields of which one is read: the country
-    # an address says is the same model wherever it is said (as `_known_money_set`).
+def known_address(v: Any, validate: Callable[[Any], Any]) -> Any:
+    """An address as `validate(v)` makes it, or the same address made before.
+
+    Up to three addresses per order, each a dozen fields of which one is read: the country
+    an address says is the same model wherever it is said (as `known_money_set`)."""
     if type(v) is not dict:
-        return handler(v)
+        return validate(v)
     key = v.get("country_code", _ABSENT)
     if not _short(key):
-        return handler(v)
-    return _kept(_ADDRESSES, key, lambda: handler(v))
+        return validate(v)
+    return _kept(_ADDRESSES, key, lambda: validate(v))
 
 
 _ADDRESSES: dict[Any, Address | None] = {}
-AddressOf = Annotated[Obj[Address], WrapValidator(_known_address)]
+AddressOf = Annotated[Obj[Address], WrapValidator(known_address)]
 
 
 class Consent(Payload):
@@ -436,13 +456,13 @@ def _read_line(v: Any) -> LineItem:
     # a null (which each of them reads as None) calls nothing.
     a, b, c = get("id"), get("product_id"), get("variant_id")
     line_id = (
-        str(a) if type(a) is int and -_MAX_ID < a < _MAX_ID else None if a is None else _to_id(a)
+        str(a) if type(a) is int and _MIN_ID < a < _MAX_ID else None if a is None else _to_id(a)
     )
     product_id = (
-        str(b) if type(b) is int and -_MAX_ID < b < _MAX_ID else None if b is None else _to_id(b)
+        str(b) if type(b) is int and _MIN_ID < b < _MAX_ID else None if b is None else _to_id(b)
     )
     variant_id = (
-        str(c) if type(c) is int and -_MAX_ID < c < _MAX_ID else None if c is None else _to_id(c)
+        str(c) if type(c) is int and _MIN_ID < c < _MAX_ID else None if c is None else _to_id(c)
     )
     a, b, c = get("sku"), get("title"), get("name")
     sku = a if type(a) is str and a and not a.isspace() else None if a is None else _to_text(a)
