@@ -123,21 +123,24 @@ def segments_by_person(
     and every alias call alone. Pure; dict order is first appearance in the window."""
     out: dict[str, deque[Segment]] = {}
     for it in items:
-        q = out.setdefault(it.person, deque())
+        q = out.get(it.person)
+        if q is None:
+            q = out[it.person] = deque()
+        size = len(it.entry.call) + 1  # `Item.size`, once
         if it.entry.kind == ALIAS:
-            q.append(Segment(ALIAS, [it], it.size))
+            q.append(Segment(ALIAS, [it], size))
             continue
         last = q[-1] if q else None
         if (
             last is None
             or last.kind == ALIAS
-            or last.size + it.size > max_bytes
+            or last.size + size > max_bytes
             or len(last.items) >= max_calls
         ):
             last = Segment("batch")
             q.append(last)
         last.items.append(it)
-        last.size += it.size
+        last.size += size
     return out
 
 
@@ -361,6 +364,16 @@ def deliver(services: Services, shop: str) -> None:
         services.deliver_soon(shop)
 
 
+def _item(raw: bytes, index: int) -> Item:
+    """One call of the window, decoded (`OutboxEntry.decode`, `OutboxEntry.hold_name`, in
+    line: it runs for every call delivered)."""
+    h, call = wire.decode_outbox_entry(raw)
+    entry = OutboxEntry(
+        call, h.received_ms, h.person, h.guards, h.kind, h.event, h.person_hash, h.topic
+    )
+    return Item(raw, entry, index, wire.hold_name(h.person_hash, h.person))
+
+
 def _round(
     services: Services,
     shop: str,
@@ -370,10 +383,7 @@ def _round(
     window: list[bytes],
 ) -> bool:
     """Send one window in phases and settle it; returns True when the shop got paused."""
-    items = [
-        Item(raw, e, i, e.hold_name())
-        for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
-    ]
+    items = [_item(raw, i) for i, raw in enumerate(window)]
     settle: Settlement[deadletters.DeadLetter] = Settlement(
         ledger_keep=services.settings.ops_ledger_calls
     )

@@ -161,11 +161,15 @@ def item_dict(item: Item) -> dict[str, Any]:
 
 
 def _who(user_id: str | None, anonymous_id: str | None, kind: str) -> dict[str, str]:
-    who = {"userId": user_id, "anonymousId": anonymous_id}
-    out = {k: v for k, v in who.items() if v}
-    if not out:
-        raise InvalidCall(f"{kind} needs userId or anonymousId")
-    return out
+    # Each id tested in place rather than a dict filtered by a comprehension: two calls of an
+    # order go through here (~1 us each saved).
+    if user_id:
+        if anonymous_id:
+            return {"userId": user_id, "anonymousId": anonymous_id}
+        return {"userId": user_id}
+    if anonymous_id:
+        return {"anonymousId": anonymous_id}
+    raise InvalidCall(f"{kind} needs userId or anonymousId")
 
 
 def _track(mid: str, at: datetime, who: dict[str, str], event: str, props: dict[str, Any]) -> Call:
