@@ -492,7 +492,12 @@ def _ledger(
         (
             it.person,
             ops_records.ledger_entry(
-                now, event, outcome, message_id=mid, reason=redact(why), topic=it.entry.topic
+                now,
+                event,
+                outcome,
+                message_id=mid,
+                reason=redact(why) if why else "",  # a delivered call has no reason to redact
+                topic=it.entry.topic,
             ),
         )
     )

@@ -35,6 +35,7 @@ from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
 from bridge.store import ops as ops_records
+from bridge.store import wire
 from bridge.store.facade import Commit, Keys
 from bridge.store.wire import Envelope
 
@@ -482,11 +483,14 @@ def _decide_one(
         person = hashes.get(out.person)
         if person is None:
             person = hashes[out.person] = keyed.person_hash(out.person)
-        entry = OutboxEntry(
-            raw_call, env.received_ms, out.person, out.guards, out.kind, name, person, env.topic
+        # `OutboxEntry(...).encode()` without the named tuple in between (one per call queued).
+        header = wire.OutboxHeader(
+            env.received_ms, out.person, person, out.guards, out.kind, name, env.topic
         )
         mid = str(call.get("messageId") or "")
         # Calls of nobody in particular get no ledger.
         ledger = person if out.person else ""
-        outcome.entries.append((entry.encode(), name, call["type"], ledger, mid))
+        outcome.entries.append(
+            (wire.encode_outbox_entry(header, raw_call), name, call["type"], ledger, mid)
+        )
     return outcome
