@@ -77,3 +77,14 @@ def test_iso_z_pads_early_years_and_truncates_microseconds() -> None:
     assert iso_z(datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-5)))) == (
         "2026-01-01T05:00:00.000Z"
     )
+
+
+def test_message_ids_stay_the_reference_past_the_remembered_times() -> None:
+    # The time digits are remembered by millisecond, and forgotten all at once when full:
+    # ids before, across and after a forgetting are the reference ones.
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    moments = [start + timedelta(milliseconds=i) for i in range(3000)]
+    for at in moments + moments[::-1]:
+        assert message_id(at, "k", at.isoformat()) == reference_message_id(at, "k", at.isoformat())
+    for at in (datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)):  # time 0
+        assert message_id(at, "x") == reference_message_id(at, "x")
