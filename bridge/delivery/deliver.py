@@ -243,8 +243,13 @@ class RetryState:
         )
 
 
+# The bucket counters' names, formatted once (not twice per call delivered).
+_LATENCY_BUCKETS = tuple((b, f"latency_in_{b}") for b in LATENCY_BUCKETS_MS)
+
+
 def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
     counters: dict[str, int] = {}
+    names: dict[str, str] = {}  # event -> its counter's name, formatted once a round
     for it in items:
         received = it.entry.received_ms
         # issue 6: per-event outcome, read by /metrics as cartbridge_events_total{outcome}
@@ -252,7 +257,9 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
         if not event:  # an entry queued before headers named their event
             call = orjson.loads(it.entry.call)
             event = call.get("event") or call.get("type")
-        name = f"events:{event}:delivered"
+        name = names.get(event)
+        if name is None:
+            name = names[event] = f"events:{event}:delivered"
         counters[name] = counters.get(name, 0) + 1
         if received:
             ms = max(0, now - received)
@@ -261,9 +268,9 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
             # One counter for the bucket the latency falls in, not one for every bucket it is
             # under: /metrics adds them up into the cumulative histogram. Cumulative counters
             # cost nine HINCRBYs a delivery round, the most of any commit (issue 19).
-            for b in LATENCY_BUCKETS_MS:
+            for b, bucket in _LATENCY_BUCKETS:
                 if ms <= b:
-                    counters[f"latency_in_{b}"] = counters.get(f"latency_in_{b}", 0) + 1
+                    counters[bucket] = counters.get(bucket, 0) + 1
                     break
     return counters
 

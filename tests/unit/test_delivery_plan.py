@@ -14,6 +14,7 @@ from bridge.delivery.deliver import (
     Item,
     Segment,
     _item,
+    latency_counters,
     pack,
     segments_by_person,
     send_request,
@@ -193,3 +194,30 @@ def test_a_window_call_is_decoded_as_outbox_entry_decode_and_hold_name_give(
     it = _item(raw, 7)
     assert (it.raw, it.entry, it.index, it.person) == (raw, decoded, 7, decoded.hold_name())
     assert type(it.entry) is OutboxEntry
+
+
+def test_latency_counters_count_each_event_and_the_one_bucket_of_each_latency() -> None:
+    def delivered(event: str, received_ms: int, call: bytes = b'{"type":"track"}') -> Item:
+        entry = OutboxEntry(call, received_ms, "p", (), "batch", event)
+        return Item(entry.encode(), entry, 0, "p")
+
+    now = 100_000
+    items = [
+        delivered("order_completed", now - 40),
+        delivered("identify", now - 40),
+        delivered("order_completed", now - 70_000),  # past every bucket: none
+        delivered("", now - 100, b'{"type":"track","event":"cart_viewed"}'),  # queued unnamed
+        delivered("identify", 0),  # no arrival time: counted, no latency
+        delivered("alias", now + 5),  # a clock behind: latency 0
+    ]
+    counters = latency_counters(items, now)
+    assert list(counters.items()) == [
+        ("events:order_completed:delivered", 2),
+        ("latency_ms_sum", 40 + 40 + 70_000 + 100 + 0),
+        ("latency_count", 5),
+        ("latency_in_50", 3),
+        ("events:identify:delivered", 2),
+        ("events:cart_viewed:delivered", 1),
+        ("latency_in_100", 1),
+        ("events:alias:delivered", 1),
+    ]
