@@ -245,7 +245,7 @@ def process(
     marked += [k for k in claim_keys if k is not None]
     # Each name's key once (a batch names an order's records ~3 times over), kept for the
     # decide rounds' views.
-    name_keys = {record: str(key_of(record)) for record in dict.fromkeys(names)}
+    name_keys = {record: key_of(record) for record in dict.fromkeys(names)}
     wanted = list(dict.fromkeys([*name_keys.values(), *marked]))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     # Popped once each (a webhook id may come more than once in a batch).
