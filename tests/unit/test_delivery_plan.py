@@ -10,7 +10,15 @@ import pytest
 
 from bridge.delivery import pipelines
 from bridge.delivery.deadletters import DeadLetter, call_letter, log_dead_letter
-from bridge.delivery.deliver import Item, Segment, pack, segments_by_person, send_request
+from bridge.delivery.deliver import (
+    Item,
+    Segment,
+    _item,
+    latency_counters,
+    pack,
+    segments_by_person,
+    send_request,
+)
 from bridge.delivery.outbox import OutboxEntry
 from bridge.logs import JsonFormatter
 
@@ -159,3 +167,57 @@ def test_a_dead_letter_log_line_summarises_the_call_without_its_values(
     assert doc["call"]["fields"] == ["checkout_url", "email", "items"]
     assert doc["call"]["bytes"] > 80_000
     assert doc["reason"] == "refused: https://x.example/r?[redacted]"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        OutboxEntry(
+            b'{"type":"track"}', 12, "c:1", ("g1", "g2"), "batch", "e", "h1", "orders/paid"
+        ),
+        OutboxEntry(b'{"type":"alias"}', 0, "c:2", (), "alias", "alias", "", ""),
+        # An entry queued before headers carried the person's keyed hash: named as the take
+        # script names it.
+        OutboxEntry(b"{}", 5, "c:3", (), "batch", "", "", ""),
+    ],
+)
+def test_a_window_call_is_decoded_as_outbox_entry_decode_and_hold_name_give(
+    entry: OutboxEntry,
+) -> None:
+    raw = entry.encode()
+    if not entry.person_hash:  # `encode` fills it in: strip it again, as an old entry has none
+        header, _, call = raw.partition(b"\n")
+        stored = orjson.loads(header)
+        del stored["h"]
+        raw = orjson.dumps(stored) + b"\n" + call
+    decoded = OutboxEntry.decode(raw)
+    it = _item(raw, 7)
+    assert (it.raw, it.entry, it.index, it.person) == (raw, decoded, 7, decoded.hold_name())
+    assert type(it.entry) is OutboxEntry
+
+
+def test_latency_counters_count_each_event_and_the_one_bucket_of_each_latency() -> None:
+    def delivered(event: str, received_ms: int, call: bytes = b'{"type":"track"}') -> Item:
+        entry = OutboxEntry(call, received_ms, "p", (), "batch", event)
+        return Item(entry.encode(), entry, 0, "p")
+
+    now = 100_000
+    items = [
+        delivered("order_completed", now - 40),
+        delivered("identify", now - 40),
+        delivered("order_completed", now - 70_000),  # past every bucket: none
+        delivered("", now - 100, b'{"type":"track","event":"cart_viewed"}'),  # queued unnamed
+        delivered("identify", 0),  # no arrival time: counted, no latency
+        delivered("alias", now + 5),  # a clock behind: latency 0
+    ]
+    counters = latency_counters(items, now)
+    assert list(counters.items()) == [
+        ("events:order_completed:delivered", 2),
+        ("latency_ms_sum", 40 + 40 + 70_000 + 100 + 0),
+        ("latency_count", 5),
+        ("latency_in_50", 3),
+        ("events:identify:delivered", 2),
+        ("events:cart_viewed:delivered", 1),
+        ("latency_in_100", 1),
+        ("events:alias:delivered", 1),
+    ]

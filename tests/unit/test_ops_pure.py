@@ -158,6 +158,42 @@ def test_webhook_counts_go_to_day_keys_that_expire() -> None:
     assert expiries[k.webhook_buckets("1h", day)] == (day + 31) * 86400
 
 
+def _reference_webhook_counts(
+    shop: str, received_ms: list[int]
+) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
+    """webhook_counts one webhook at a time, as it was before it counted by the second."""
+    k = Keys(shop)
+    counts: dict[tuple[str, str], int] = {}
+    expiry: dict[str, int] = {}
+    for ms in received_ms:
+        if ms <= 0:
+            continue
+        s = ms // 1000
+        day = s // 86400
+        for size, width, keep in (("5m", 300, 2), ("1h", 3600, 30)):
+            key = k.webhook_buckets(size, day)
+            slot = (key, str(s // width * width))
+            counts[slot] = counts.get(slot, 0) + 1
+            expiry[key] = (day + keep + 1) * 86400
+    return counts, expiry
+
+
+@given(
+    at=st.lists(
+        st.one_of(
+            st.integers(-(10**6), 0),
+            st.integers(1_700_000_000_000, 1_700_000_000_000 + 3 * 86_400_000),
+        ),
+        max_size=40,
+    )
+)
+def test_webhook_counts_are_the_one_by_one_counts_in_the_same_order(at: list[int]) -> None:
+    counts, expiries = ops_records.webhook_counts("s.myshopify.com", at)
+    ref_counts, ref_expiries = _reference_webhook_counts("s.myshopify.com", at)
+    assert list(counts.items()) == list(ref_counts.items())
+    assert list(expiries.items()) == list(ref_expiries.items())
+
+
 def test_message_ids_are_found_without_parsing() -> None:
     assert ops_records.message_id_of(b'{"type":"track","messageId":"01ABC"}') == "01ABC"
     assert ops_records.message_id_of(b'{"type":"track"}') == ""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -589,3 +592,100 @@ def test_an_unreadable_stored_item_is_a_validation_error(bad: Any) -> None:
         CanonicalEvent(
             name=ADDED_TO_CART, timestamp=DOC_TIME, key="k", person=PersonRef(), items=(bad,)
         )
+
+
+def _reference_item_dict(item: Item) -> dict[str, Any]:
+    """item_dict as it was written before its hand-unrolled form: (name, value) pairs of the
+    item's fields, None left out, the price a float."""
+    fields = (
+        ("product_id", item.product_id),
+        ("variant_id", item.variant_id),
+        ("sku", item.sku),
+        ("name", item.name),
+        ("price", None if item.price is None else float(item.price)),
+        ("quantity", item.quantity),
+        ("brand", item.brand),
+        ("category", item.category),
+        ("vendor", item.vendor),
+        ("replenishable", item.replenishable),
+        ("days_to_replenish", item.days_to_replenish),
+    )
+    return {k: v for k, v in fields if v is not None}
+
+
+CACHED_ITEMS = st.builds(
+    lambda item, vendor, replenishable, days: item._replace(
+        vendor=vendor, replenishable=replenishable, days_to_replenish=days
+    ),
+    ITEMS,
+    st.one_of(st.none(), st.text(max_size=8)),
+    st.one_of(st.none(), st.booleans()),
+    st.one_of(st.none(), st.integers(-(2**70), 2**70)),
+)
+
+
+@given(item=CACHED_ITEMS)
+def test_item_dict_keeps_the_reference_fields_and_their_order(item: Item) -> None:
+    # The calls' bytes depend on key order, not only on the dict's contents.
+    out = render.item_dict(item)
+    assert list(out.items()) == list(_reference_item_dict(item).items())
+
+
+def _reference_to_json(value: Any) -> Any:
+    """to_json as it was before plain members were kept in place: one call per value."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {str(k): _reference_to_json(v) for k, v in value.items() if v is not None}
+    if kind is list or kind is tuple:
+        return [_reference_to_json(v) for v in value]
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return render.iso_z(value)
+    if isinstance(value, Mapping):
+        return {str(k): _reference_to_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_reference_to_json(v) for v in value]
+    return value
+
+
+class _Level(enum.IntEnum):
+    LOW = 1
+
+
+class _Text(str):
+    pass
+
+
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.text(max_size=6),
+    st.builds(_Text, st.text(max_size=4)),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.just(_Level.LOW),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
+    st.datetimes(timezones=st.just(UTC)),
+)
+JSON_TREES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.lists(inner, max_size=4).map(tuple),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(0, 9)), inner, max_size=4),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3).map(MappingProxyType),
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=JSON_TREES)
+def test_to_json_is_the_one_call_per_value_reference(value: Any) -> None:
+    out = render.to_json(value)
+    expected = _reference_to_json(value)
+    assert out == expected
+    # Same types and key order too (repr shows both): the calls are compared byte for byte.
+    assert repr(out) == repr(expected)
