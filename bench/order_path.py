@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write the calls the stand-in accepted here, in order (to compare two versions' "
         "outputs: the same orders must give the same calls)",
     )
+    p.add_argument("--json", action="store_true", help="print only the figures, as JSON")
     p.add_argument("--sort", default="tottime", help="pstats order: tottime or cumulative")
     args = p.parse_args(argv)
     global SORT
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = (json.dumps(c, sort_keys=True) for c in calls)
         Path(args.calls_out).write_text("\n".join(lines) + "\n")
     for k in ("drain_profile", "deliver_profile"):
-        if out[k]:
+        if out[k] and not args.json:
             print(f"== {k}\n{out[k]}")
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_profile")}))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT
 
@@ -107,6 +108,16 @@ def test_backfill_bench_runs() -> None:
     assert doc["calls"] >= 300, "every order's customer was identified through the stand-in"
     assert doc["backfill_peak_rss_mb"] > 0 and doc["worker_peak_rss_mb"][0] > 0
     assert len(doc["live_latency_idle_ms"]) == 1 and doc["live_missing"] == 0
+
+
+def test_order_path_bench_runs_and_writes_the_calls(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    doc = _run("bench/order_path.py", "--orders", "20", "--calls-out", str(calls))
+    assert doc["orders"] == 20 and doc["calls"] == 40, "an identify and order_completed each"
+    assert doc["drain_cpu_us_per_order"] > 0 and doc["deliver_cpu_us_per_order"] > 0
+    lines = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert len(lines) == 40
+    assert sum(c.get("event") == "order_completed" for c in lines) == 20
 
 
 def test_redis_cost_bench_runs_and_a_quiet_drain_sends_no_batch_of_empty_moves() -> None:
