@@ -330,9 +330,15 @@ def _stage_settlement(
 ) -> tuple[list[tuple[Any, ...]], int]:
     """A delivery round's writes (`Store.settle_outbox`), added to `cmds`; the ops console's
     commands and where they start among them (for their replies)."""
-    cmds.add("DEL", k.outbox_work)
-    for i in range(0, len(s.remaining), 1000):
-        cmds.add("RPUSH", k.outbox_work, *s.remaining[i : i + 1000])
+    # The window's key never vanishes mid-script while calls remain: on a Redis Cluster whose
+    # slot is MIGRATING, a script's command on a key that is missing on the source is refused
+    # ("non local key"), so DEL then RPUSH would lose `remaining`.
+    if s.remaining:
+        for i in range(0, len(s.remaining), 1000):
+            cmds.add("RPUSH", k.outbox_work, *s.remaining[i : i + 1000])
+        cmds.add("LTRIM", k.outbox_work, -len(s.remaining), -1)
+    else:
+        cmds.add("DEL", k.outbox_work)
     for h, entries, due, meta in s.held:
         for i in range(0, len(entries), 1000):
             cmds.add("RPUSH", k.held(h), *entries[i : i + 1000])

@@ -441,3 +441,24 @@ def test_a_cluster_with_no_node_answering_is_a_store_error(settings: Settings) -
                 read(SHOP)
         with pytest.raises(StoreError):
             services.store.eviction_policy()
+
+
+def test_a_round_that_leaves_calls_settles_on_the_source_while_its_slot_migrates(
+    rt: Services, cluster: LocalCluster
+) -> None:
+    """The lease taken before the migration began: every key the settlement declares is still
+    on the source, so its script runs there. A command of a script on a key missing from a
+    MIGRATING slot is refused ("non local key"): the window's key must never vanish in the
+    middle (a DEL then RPUSH lost the calls not yet sent)."""
+    k = Keys(SHOP)
+    assert rt.store.acquire(k.deliver_lease, "round-1", 30_000)
+    migration = Migration(cluster, key_slot(k.outbox))
+    migration.src.rpush(k.outbox_work, b"sent", b"left-1", b"left-2")
+    migration.begin()
+    try:
+        rt.store.settle_outbox(SHOP, "round-1", Settlement(remaining=[b"left-1", b"left-2"]))
+    finally:
+        while migration.move(100):
+            pass
+        migration.end()
+    assert rt.store.redis.lrange(k.outbox_work, 0, -1) == [b"left-1", b"left-2"]
