@@ -25,7 +25,7 @@ from __future__ import annotations
 import binascii
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
@@ -37,7 +37,21 @@ SLOTS = 16384
 # How long a command keeps being re-sent while the cluster redirects it (a migration of the slot
 # under way, a failover): past that its redirection error is its reply.
 REDIRECT_DEADLINE_S = 10.0
+# The first wait before a command refused with TRYAGAIN (or a split MULTI) is sent again; each
+# further wait doubles, up to RETRY_WAIT_MAX_S: a delivery's settlement carries its window's
+# calls (up to megabytes), sent again at each try for as long as the slot migrates.
 RETRY_WAIT_S = 0.02
+RETRY_WAIT_MAX_S = 0.5
+
+
+def retry_waits() -> Iterator[float]:
+    """RETRY_WAIT_S, doubling at each wait up to RETRY_WAIT_MAX_S."""
+    wait = RETRY_WAIT_S
+    while True:
+        yield wait
+        wait = min(2 * wait, RETRY_WAIT_MAX_S)
+
+
 # redis-py's tries of one command (its RedisClusterRequestTTL) while redirected: past the first
 # half it waits 50 ms after each TRYAGAIN, so 400 is about 10 s.
 REQUEST_TTL = 400
@@ -155,6 +169,7 @@ class ClusterRawPipeline:
         """`command`'s reply, following the redirection `reply` until it is not one (or
         REDIRECT_DEADLINE_S passed)."""
         deadline = time.monotonic() + REDIRECT_DEADLINE_S
+        waits = retry_waits()
         where = redirection(reply)
         while where is not None and time.monotonic() < deadline:
             kind, node = where
@@ -164,7 +179,7 @@ class ClusterRawPipeline:
                 if kind == "MOVED":
                     self.refresh()
                 else:
-                    time.sleep(RETRY_WAIT_S)
+                    time.sleep(next(waits))
                 reply = self.pipe(self._route(command)).pipeline(command)[0]
             where = redirection(reply)
         return reply
@@ -227,6 +242,7 @@ class ClusterTransaction:
         owner = self._owner
         replies = self._pending.result()
         deadline = time.monotonic() + REDIRECT_DEADLINE_S
+        waits = retry_waits()
         batch = (("MULTI",), *self._commands, ("EXEC",))
         while time.monotonic() < deadline:
             # MULTI's reply, each command's (QUEUED or a refusal), EXEC's.
@@ -242,7 +258,7 @@ class ClusterTransaction:
                 target = next(k[1] for k in queued if k is not None)
                 replies = owner.pipe(target).pipeline(("ASKING",), *batch)[1:]
             else:  # some keys moved, some not yet (or TRYAGAIN): wait for the migration
-                time.sleep(RETRY_WAIT_S)
+                time.sleep(next(waits))
                 replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
         return exec_results(replies)
 

@@ -34,6 +34,7 @@ from bridge.store.cluster import (
     client_options,
     connect_cluster,
     is_cluster,
+    redirection,
 )
 from bridge.store.deadletters import DeadLetterRecord, DeadLetterStore, stage
 from bridge.store.keys import REJECTED_KEY, SHOPS_KEY, Keys, shop_keys
@@ -344,13 +345,20 @@ def _stage_settlement(
             cmds.add("RPUSH", k.held(h), *entries[i : i + 1000])
         cmds.zadd(k.out_due, {h: due})
         cmds.hset(k.out_meta, h, meta)
-    if s.clear:
-        cmds.add("HDEL", k.out_meta, *s.clear)
+    clear = sorted(s.clear)
+    for i in range(0, len(clear), 1000):  # IF_HELD unpacks each command: Lua's limit is ~8000
+        cmds.add("HDEL", k.out_meta, *clear[i : i + 1000])
     stage(cmds, shop, s.letters, now_ms())
     ops = _ops_commands(shop, s.ledger, (), s.marks, keep=s.ledger_keep)
     first = len(cmds.commands)
     cmds.commands += ops
     return ops, first
+
+
+# How long a delivery round's settlement keeps being sent while a migration of the shop's slot
+# refuses it (TRYAGAIN, store/cluster.py): a slot with many keys takes longer to move than one
+# command's REDIRECT_DEADLINE_S.
+SETTLE_MIGRATION_WAIT_S = 120.0
 
 
 def if_held(lease: str, token: str, commands: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -803,14 +811,22 @@ class Store:
         """Write a round's outcome atomically, unless the lease changed hands (LeaseLost).
 
         One script (`scripts.IF_HELD`) runs the writes only while the delivery lease holds
-        this round's token. It replaced a WATCH on the lease key around a MULTI, which the lease
-        keeper's renewal tripped (tried again up to five times), and which on a Redis Cluster
-        failed while the shop's slot migrated (redis-py's transactions do not follow ASK): the
-        window, delivered but not settled, then went out again."""
+        this round's token. It replaced a WATCH on the lease key around a MULTI: the lease
+        keeper's renewal tripped it (tried again up to five times, then LeaseLost), and the
+        window, delivered but not settled, then went out again.
+
+        On a Redis Cluster whose slot for the shop is migrating, a settlement naming a key that
+        does not exist yet (a new person's ledger, a first held list) is refused with TRYAGAIN
+        until the migration ends: while the cluster redirects it, it is sent again for up to
+        SETTLE_MIGRATION_WAIT_S, since giving up sends the delivered window again."""
         k = Keys(shop)
         cmds = CommandList()
         ops, first = _stage_settlement(cmds, shop, k, s)
-        reply = self._raw.pipeline(if_held(k.deliver_lease, lease_token, cmds.commands))[0]
+        settle = if_held(k.deliver_lease, lease_token, cmds.commands)
+        deadline = time.monotonic() + SETTLE_MIGRATION_WAIT_S
+        reply = self._raw.pipeline(settle)[0]
+        while redirection(reply) is not None and time.monotonic() < deadline:
+            reply = self._raw.pipeline(settle)[0]  # the cluster client waited before answering
         if reply is None:
             raise LeaseLost(shop)
         replies = list(_checked(reply))
@@ -1012,9 +1028,14 @@ class Store:
         if not self.cluster:
             policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
             return str(policy) if policy else None
-        replies = self.redis.config_get("maxmemory-policy", target_nodes="primaries")
+        # One CONFIG GET a master (asked of all at once, redis-py unwraps a single answer).
+        cluster: Any = self.redis
+        replies = [
+            cluster.config_get("maxmemory-policy", target_nodes=node)
+            for node in cluster.get_primaries()
+        ]
         policies = sorted(
-            {str(r["maxmemory-policy"]) for r in replies.values() if r.get("maxmemory-policy")}
+            {str(r["maxmemory-policy"]) for r in replies if r.get("maxmemory-policy")}
         )
         evicting = [p for p in policies if p != "noeviction"]
         return evicting[0] if evicting else (policies[0] if policies else None)

@@ -24,6 +24,7 @@ from bridge.config.settings import Settings
 from bridge.delivery.deliver import deliver
 from bridge.services import Services
 from bridge.store import StoreError
+from bridge.store import cluster as cluster_mod
 from bridge.store.cluster import key_slot
 from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement
 from bridge.store.wire import Envelope
@@ -462,3 +463,37 @@ def test_a_round_that_leaves_calls_settles_on_the_source_while_its_slot_migrates
             pass
         migration.end()
     assert rt.store.redis.lrange(k.outbox_work, 0, -1) == [b"left-1", b"left-2"]
+
+
+def test_a_settlement_naming_a_new_key_waits_for_a_long_migration_to_end(
+    rt: Services, cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key that exists nowhere yet (a first-time person's ledger) keeps a script refused with
+    TRYAGAIN on both sides until the slot's migration ends, which for a busy shop outlasts one
+    command's redirect deadline (10 s, here 0.3 s): the settlement is sent again rather than
+    given up (giving up sends the delivered window again)."""
+    monkeypatch.setattr(cluster_mod, "REDIRECT_DEADLINE_S", 0.3)
+    k = Keys(SHOP)
+    assert rt.store.acquire(k.deliver_lease, "round-1", 30_000)
+    migration = Migration(cluster, key_slot(k.outbox))
+    migration.src.rpush(k.outbox_work, b"sent")
+    migration.begin()
+
+    def finish_later() -> None:
+        time.sleep(1.5)
+        while migration.move(100):
+            pass
+        migration.end()
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    try:
+        rt.store.settle_outbox(
+            SHOP,
+            "round-1",
+            Settlement(ledger=[("new-person", b"entry")], counters={"calls:delivered": 1}),
+        )
+    finally:
+        finisher.join()
+    assert not rt.store.redis.exists(k.outbox_work)
+    assert rt.store.redis.lrange(k.ledger("new-person"), 0, -1) == [b"entry"]

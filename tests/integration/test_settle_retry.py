@@ -92,3 +92,14 @@ def test_a_refused_write_fails_the_settle_and_counts_nothing(
 def _url(client: redis_lib.Redis) -> str:
     kw = client.connection_pool.connection_kwargs
     return f"redis://{kw['host']}:{kw['port']}/0"
+
+
+def test_a_round_clearing_thousands_of_people_settles(store: Store, redis: redis_lib.Redis) -> None:
+    """The script unpacks each command's arguments, which Lua caps near 8 000: the retry states
+    a round forgets go in commands of at most 1 000 people."""
+    k = Keys(SHOP)
+    people = [f"person-{i}" for i in range(9_000)]
+    redis.hset(k.out_meta, mapping=dict.fromkeys([*people, "still-waiting"], b"retrying"))
+    assert store.acquire(k.deliver_lease, "ours", 10_000)
+    store.settle_outbox(SHOP, "ours", Settlement(clear=set(people)))
+    assert redis.hkeys(k.out_meta) == [b"still-waiting"]

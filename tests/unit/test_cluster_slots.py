@@ -5,9 +5,11 @@ the slots against a real cluster's CLUSTER KEYSLOT."""
 
 from __future__ import annotations
 
+import itertools
+
 import redis
 
-from bridge.store.cluster import command_key, key_slot, redirection
+from bridge.store.cluster import RETRY_WAIT_MAX_S, command_key, key_slot, redirection, retry_waits
 from bridge.store.facade import SHOPS_KEY, Keys
 
 
@@ -47,3 +49,10 @@ def test_redirections_are_read_from_error_replies() -> None:
     assert redirection(redis.ResponseError("TRYAGAIN Multiple keys request during rehashing"))
     assert redirection(redis.ResponseError("WRONGTYPE Operation against a key")) is None
     assert redirection(b"MOVED 1 x:1") is None
+
+
+def test_waits_before_a_refused_command_goes_again_double_up_to_a_ceiling() -> None:
+    waits = list(itertools.islice(retry_waits(), 8))
+    assert waits[:4] == [0.02, 0.04, 0.08, 0.16]
+    assert waits[-1] == RETRY_WAIT_MAX_S == 0.5
+    assert all(b >= a for a, b in itertools.pairwise(waits))
