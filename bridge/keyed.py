@@ -26,6 +26,13 @@ def configure(key: bytes) -> None:
     global _key, _person_mac
     _key = key
     _person_mac = hmac.new(key, _PERSON, hashlib.sha256)
+    forget()
+
+
+def forget() -> None:
+    """Drop the memoised digests: the drain calls this after each batch (worker/processor.py),
+    so the emails, tokens and ids the memos hold as keys live no longer than the batch that
+    named them, and an erased person's email is not kept by a long-lived worker."""
     email_digest.cache_clear()
     record_digest.cache_clear()
 
@@ -33,7 +40,7 @@ def configure(key: bytes) -> None:
 # Memoised: deciding one order names its email's records about ten times (the email link, the
 # person, its order and subscription indexes, each read and written), and the HMAC was 6 % of
 # the order path (bench/pipeline.py --mix orders, profiled). Bounded, in process memory only,
-# and cleared with the key.
+# cleared with the key and after each batch (`forget`).
 @functools.lru_cache(maxsize=4096)
 def email_digest(email: str) -> str:
     """The keyed hash of a (trimmed, lower-cased) email: 32 hex digits."""

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bridge import keyed
 from bridge.identity import decide as real_decide
 from bridge.sources.shopify import ShopifySource
 from bridge.store.facade import Keys
@@ -144,3 +145,26 @@ def test_a_batch_of_fresh_shoppers_is_decided_in_one_load(topic: str, fixture: s
     assert not commit.letters
     assert commit.counters.get(f"webhooks:{topic}:processed") == 3
     assert len(loads) == 1, f"records read only after a first round: {loads[1:]}"
+
+
+def test_no_email_or_token_outlives_its_batch_in_the_digests_memos() -> None:
+    """The keyed digests are memoised (bridge/keyed.py) with the emails and tokens as the memos'
+    keys: a long-lived worker must not keep them past the batch, nor an erased person's."""
+    body = orjson.loads(fixture_bytes("orders-paid"))
+    body["test"] = False
+    seen: list[int] = []
+    real = processor.decide
+
+    def deciding(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        seen.append(keyed.email_digest.cache_info().currsize)
+        return out
+
+    processor.decide = deciding  # type: ignore[assignment]
+    try:
+        run([Envelope(SHOP, "orders/paid", "w-mail", orjson.dumps(body), received_ms=1).encode()])
+    finally:
+        processor.decide = real  # type: ignore[assignment]
+    assert seen and seen[0] > 0, "the batch's decision used the memo"
+    assert keyed.email_digest.cache_info().currsize == 0
+    assert keyed.record_digest.cache_info().currsize == 0
