@@ -12,6 +12,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _PERSON = b"person\x1f"  # keeps person hashes apart from `email_digest` of the same text
 
@@ -35,6 +40,19 @@ def forget() -> None:
     named them, and an erased person's email is not kept by a long-lived worker."""
     email_digest.cache_clear()
     record_digest.cache_clear()
+
+
+def forgetting(fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, then `forget` (however it ends): for the processing of one batch."""
+
+    @functools.wraps(fn)
+    def run_then_forget(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            forget()
+
+    return run_then_forget
 
 
 # Memoised: deciding one order names its email's records about ten times (the email link, the

@@ -186,6 +186,7 @@ def map_envelope(env: Envelope, source: Source, config: ProcessConfig) -> Mapped
     return source.map(env.topic, body, ctx)
 
 
+@keyed.forgetting  # the digests' memos hold the batch's emails and tokens as their keys
 def process(
     shop: str,
     raw: list[bytes],
@@ -204,32 +205,6 @@ def process(
     a work list another drain left (its lease lost or its worker gone), so claimed copies are
     marked seen too: that drain, if still running, then finds them processed.
     """
-    try:
-        return _process(
-            shop,
-            raw,
-            source=source,
-            config=config,
-            load=load,
-            key_of=key_of,
-            now=now,
-            mark_claimed=mark_claimed,
-        )
-    finally:
-        keyed.forget()  # the digests' memos hold the batch's emails and tokens as their keys
-
-
-def _process(
-    shop: str,
-    raw: list[bytes],
-    *,
-    source: Source,
-    config: ProcessConfig,
-    load: Callable[[list[str]], Mapping[str, bytes | None]],
-    key_of: Callable[[str], str],
-    now: datetime | None,
-    mark_claimed: bool,
-) -> Commit:
     commit = Commit(seen_ttl_s=config.dedupe_ttl_s, ledger_keep=config.ledger_calls)
     keys = Keys(shop)
     envs = [Envelope.decode(item) for item in raw]

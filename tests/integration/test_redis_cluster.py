@@ -196,6 +196,19 @@ class Migration:
         for port in (self.target, self.source, *self.cluster.ports):
             self.cluster.node(port).cluster("SETSLOT", self.slot, "NODE", target_id)
 
+    def finish_after(self, delay_s: float) -> threading.Thread:
+        """Move every key left and end the migration `delay_s` from now, on a thread (started)."""
+
+        def finish() -> None:
+            time.sleep(delay_s)
+            while self.move(100):
+                pass
+            self.end()
+
+        thread = threading.Thread(target=finish)
+        thread.start()
+        return thread
+
 
 def test_commands_follow_ask_during_a_migration_and_moved_after(
     client: FlaskClient, rt: Services, cluster: LocalCluster, pipelines: PipelinesStandIn
@@ -216,18 +229,8 @@ def test_commands_follow_ask_during_a_migration_and_moved_after(
     # A MULTI naming keys on both sides (the stats on the source, the others nowhere yet)
     # waits until they are all on one side: here the migration's end, then MOVED. So does an
     # MGET of keys that are nowhere yet (TRYAGAIN), longer than redis-py's own patience.
-    done = threading.Event()
     gate: list[Any] = []
-
-    def finish_later() -> None:
-        time.sleep(1.5)
-        while migration.move(100):
-            pass
-        migration.end()
-        done.set()
-
-    mover = threading.Thread(target=finish_later)
-    mover.start()
+    mover = migration.finish_after(1.5)
     reader = threading.Thread(target=lambda: gate.append(rt.store.delivery_gate(SHOP)))
     reader.start()
     commit = Commit(seen=[k.seen("w-x")], hash_set={(k.stats, "probe"): 1})
@@ -238,7 +241,6 @@ def test_commands_follow_ask_during_a_migration_and_moved_after(
     finally:
         mover.join()
     reader.join()
-    assert done.is_set()
     assert gate == [(None, None)]
     assert migration.dst.exists(k.state("probe"), k.seen("w-x"), k.stats) == 3
     assert migration.dst.hget(k.stats, "probe") == b"1"
@@ -275,14 +277,7 @@ def test_a_delivery_round_settles_while_its_slot_migrates(
     assert on_target.execute()[1] == 1
     assert migration.src.exists(k.outbox_work)
 
-    def finish_later() -> None:
-        time.sleep(1.0)
-        while migration.move(100):
-            pass
-        migration.end()
-
-    finisher = threading.Thread(target=finish_later)
-    finisher.start()
+    finisher = migration.finish_after(1.0)
     try:
         rt.store.settle_outbox(SHOP, "round-1", Settlement(counters={"calls:delivered": 3}))
     finally:
@@ -479,14 +474,7 @@ def test_a_settlement_naming_a_new_key_waits_for_a_long_migration_to_end(
     migration.src.rpush(k.outbox_work, b"sent")
     migration.begin()
 
-    def finish_later() -> None:
-        time.sleep(1.5)
-        while migration.move(100):
-            pass
-        migration.end()
-
-    finisher = threading.Thread(target=finish_later)
-    finisher.start()
+    finisher = migration.finish_after(1.5)
     try:
         rt.store.settle_outbox(
             SHOP,
