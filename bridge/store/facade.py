@@ -168,6 +168,9 @@ class Commit:
     compliance: list[bytes] = field(default_factory=list)  # encoded ComplianceRequests (issue 7)
     seen: list[str] = field(default_factory=list)  # seen-markers of the batch's webhooks
     seen_ttl_s: int = 72 * 3600
+    # The seen-markers of the webhooks processed, whether marked or claimed: the drain hands
+    # them to the next batch (`processed` of worker/processor.py), not to Redis.
+    processed: set[str] = field(default_factory=set)
     retried: bool = False  # the batch ends a run of failed tries: clear their count
     # issue 18 (store/ops.py): people's ledgers (person hash, entry), the webhook log's
     # entries and each webhook's arrival (ms) for the webhook charts

@@ -101,8 +101,8 @@ class RawPipeline:
             # An idle connection dropped (a Redis restart, a proxy timeout): one retry on a
             # fresh connection. Safe even if part of the first write landed: Redis discards a
             # MULTI its client left unfinished, and the drain deduplicates webhooks by id (two
-            # copies of one claim are one webhook when taken in one batch, as they are pushed
-            # back to back; see processor.py).
+            # copies of one claim, pushed back to back, are one webhook in one batch or in two
+            # batches of one drain; see processor.py).
             # Replies still owed on the old connection are lost: their `result` raises.
             self._drop()
             sock = self._link()[0]

@@ -135,6 +135,9 @@ def drain(services: Services, shop: str) -> None:
             # The batch was gathered after the queue ran empty (and is not full): the next is
             # waited for, not taken ahead, since a take now would find nothing.
             gathered = False
+            # The webhooks the last batch processed: two identical copies of one (the web's
+            # write sent again) can fall on either side of a batch boundary (processor.py).
+            processed: set[str] = set()
             while batch and not lease.lost.is_set():
                 last = time.monotonic() > deadline or services.stopping.is_set()
                 full = len(batch) >= size  # a backlog: the next take finds a full batch too
@@ -149,7 +152,9 @@ def drain(services: Services, shop: str) -> None:
                     load=load,
                     key_of=keys.state,
                     mark_claimed=retried,
+                    processed=processed,
                 )
+                processed = commit.processed
                 commit.retried, retried = retried, False
                 confirm_previous()
                 committing = _Committing(services, shop, commit, len(batch))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -197,13 +197,18 @@ def process(
     key_of: Callable[[str], str],
     now: datetime | None = None,
     mark_claimed: bool = False,
+    processed: Collection[str] = (),
 ) -> Commit:
     """Map, resolve and validate a batch; `load` fetches state records by key in one call.
 
     `load` is called at most MAX_LOAD_ROUNDS times per batch (never per webhook); `now` is the
     batch's clock for holds and waits (default: the wall clock). `mark_claimed`: the batch is
     a work list another drain left (its lease lost or its worker gone), so claimed copies are
-    marked seen too: that drain, if still running, then finds them processed.
+    marked seen too: that drain, if still running, then finds them processed. `processed`:
+    the seen-markers of webhooks the drain's batch before this one processed (its commit's
+    `processed`): a copy of one of them here is a duplicate, even one its claim names (two
+    identical copies, queued when the web's write was sent again on a new connection, can fall
+    on either side of a batch boundary; a claimed copy gets no seen-marker in Redis).
     """
     commit = Commit(seen_ttl_s=config.dedupe_ttl_s, ledger_keep=config.ledger_calls)
     keys = Keys(shop)
@@ -251,7 +256,7 @@ def process(
     loaded: dict[str, bytes | None] = dict(load(wanted))
     # Popped once each (a webhook id may come more than once in a batch).
     markers = {key: loaded.pop(key, None) for key in dict.fromkeys(marked)}
-    done: set[str] = set()
+    done = commit.processed  # this batch's (`processed`: the batch's before)
     mapped: list[tuple[Envelope, Mapped]] = []
     mapped_products: list[list[str]] = []  # each mapped webhook's product ids
     # Storefront browse events are not webhooks: neither charted nor logged as such (they are
@@ -269,6 +274,7 @@ def process(
             claimed = claim is not None and env.claim is not None and claim == env.claim.encode()
             if (
                 seen_key in done
+                or seen_key in processed  # by the drain's batch before this one
                 or markers[seen_key] is not None  # processed
                 or (claim is not None and not claimed)  # another copy claimed the id
             ):

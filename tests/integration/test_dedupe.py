@@ -132,6 +132,26 @@ def test_the_claimed_copy_wins_whatever_the_order(
     assert len(redis.lrange(K.outbox, 0, -1)) == 1
 
 
+def test_identical_copies_on_either_side_of_a_batch_boundary_are_processed_once(
+    settings: Settings, client: FlaskClient, redis: redis_lib.Redis
+) -> None:
+    """The web's one write is sent again on a new connection when the first failed while
+    writing (store/resp.py): if the first had landed, two identical copies of one claim are
+    queued back to back. In one batch the second is a duplicate of the first; across a batch
+    boundary too (a claimed copy gets no seen-marker, so the next batch is told by the drain)."""
+    rt = Services.build(settings.model_copy(update={"drain_batch_size": 2}))
+    send(client, "carts/create", fixture_bytes("carts-create"), "w-first")
+    send(client, "carts/update", fixture_bytes("carts-update"), "w-twice")
+    [_first, queued] = redis.lrange(K.inbound, 0, -1)
+    redis.rpush(K.inbound, queued)  # the same bytes, the same claim
+    drain(rt, SHOP)
+    s = stats(redis)
+    assert s["webhooks:carts/update:processed"] == 1
+    assert s["webhooks:carts/update:duplicate"] == 1
+    assert s["webhooks:carts/create:processed"] == 1
+    assert redis.llen(K.inbound) == redis.llen(K.inbound_work) == 0
+
+
 def test_copies_nobody_claimed_are_processed_once_and_marked(
     rt: Services, redis: redis_lib.Redis
 ) -> None:
