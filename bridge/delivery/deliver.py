@@ -257,9 +257,14 @@ def latency_counters(items: Sequence[Item], now: int) -> dict[str, int]:
         if not event:  # an entry queued before headers named their event
             call = orjson.loads(it.entry.call)
             event = call.get("event") or call.get("type")
-        name = names.get(event)
-        if name is None:
-            name = names[event] = f"events:{event}:delivered"
+        if type(event) is str:
+            name = names.get(event)
+            if name is None:
+                name = names[event] = f"events:{event}:delivered"
+        else:
+            # An unnamed entry's call that says no text (null, a number, an object): formatted
+            # as it always was, not remembered (True and 1 are one key; a dict is not a key).
+            name = f"events:{event}:delivered"
         counters[name] = counters.get(name, 0) + 1
         if received:
             ms = max(0, now - received)

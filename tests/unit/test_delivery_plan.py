@@ -221,3 +221,20 @@ def test_latency_counters_count_each_event_and_the_one_bucket_of_each_latency() 
         ("latency_in_100", 1),
         ("events:alias:delivered", 1),
     ]
+
+
+def test_latency_counters_name_an_unnamed_entry_odd_event_as_it_says() -> None:
+    """An entry queued before headers named their event is counted by its call's own "event":
+    not text in a malformed call (a boolean, a number, an object) is named as formatted, each
+    apart (True and 1 are one dict key; an object none), and never crashes the round."""
+
+    def unnamed(event: object) -> Item:
+        entry = OutboxEntry(orjson.dumps({"type": "track", "event": event}), 0, "p", (), "batch")
+        return Item(entry.encode(), entry, 0, "p")
+
+    counters = latency_counters([unnamed(True), unnamed(1), unnamed({"a": 1}), unnamed(True)], 0)
+    assert list(counters.items()) == [
+        ("events:True:delivered", 2),
+        ("events:1:delivered", 1),
+        ("events:{'a': 1}:delivered", 1),
+    ]

@@ -168,3 +168,20 @@ def test_no_email_or_token_outlives_its_batch_in_the_digests_memos() -> None:
     assert seen and seen[0] > 0, "the batch's decision used the memo"
     assert keyed.email_digest.cache_info().currsize == 0
     assert keyed.record_digest.cache_info().currsize == 0
+
+
+def test_an_erasure_run_after_its_batch_leaves_no_email_in_the_digests_memos() -> None:
+    """Compliance requests run once their batch is committed (worker/drain.py), after `process`
+    forgot the digests: a customers/redact names the erased email (`needles_for`), which must
+    not stay a memo key in an idle worker until some later batch."""
+    from bridge.compliance import erasure
+
+    class Requests:
+        def compliance_requests(self, shop: str) -> list[bytes]:
+            keyed.email_digest("erased.person@example.com")  # as `needles_for` does
+            return []
+
+    services: Any = type("Services", (), {"store": Requests()})()
+    keyed.forget()
+    erasure.run_pending(services, SHOP)
+    assert keyed.email_digest.cache_info().currsize == 0
