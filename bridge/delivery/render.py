@@ -114,6 +114,25 @@ def to_json(value: Any) -> Any:
     return value
 
 
+# item_dict unpacks an Item by position: a field renamed or moved must fail here, at import,
+# not mislabel every product sent.
+_ITEM_FIELDS = (
+    "product_id",
+    "variant_id",
+    "sku",
+    "name",
+    "price",
+    "quantity",
+    "brand",
+    "category",
+    "vendor",
+    "replenishable",
+    "days_to_replenish",
+)
+if Item._fields != _ITEM_FIELDS:
+    raise ImportError(f"render.item_dict expects Item's fields {_ITEM_FIELDS}, not {Item._fields}")
+
+
 def item_dict(item: Item) -> dict[str, Any]:
     """One product as calls carry it: product_id, variant_id, sku, name, price, quantity,
     brand, category, and the cached product's vendor, replenishable, days_to_replenish

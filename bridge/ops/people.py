@@ -130,6 +130,7 @@ def _follow(reader: _Reader, cid: str, merged: list[str] | None = None) -> str:
     return cid
 
 
+@keyed.forgetting  # the looked-up email is not kept by the web process (bridge/keyed.py)
 def lookup(store: Store, shop: str, kind: str, value: str) -> PersonView:
     """Find the person `value` (of `kind`, one of KINDS) names in `shop`. Raises
     BadLookup for an unknown kind or an empty or oversized value, StoreError on Redis."""

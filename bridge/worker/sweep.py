@@ -13,6 +13,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from bridge import keyed
 from bridge.delivery.deadletters import DeadLetters
 from bridge.identity import subscriptions
 from bridge.identity.carts import HELD_CHECKOUTS, expire_held
@@ -74,6 +75,7 @@ def tick(services: Services) -> None:
             continue  # Redis is away: the work loop waits for it too
 
 
+@keyed.forgetting  # emails the held identity work named are not kept past the sweep
 def sweep(services: Services) -> None:
     """Wake lost jobs, expire old dead letters and held identity work (once a minute per shop),
     then schedule the next sweep."""

@@ -436,3 +436,15 @@ def test_an_erasure_keeps_compliance_webhooks_still_queued(
     )
     erase_customer(rt.store, SHOP, needles)
     assert redis.lrange(k.inbound, 0, -1) == pending  # the cart is gone, the requests stay
+
+
+def test_the_sweep_keeps_no_email_in_the_digests_memos(settings: Settings) -> None:
+    """The sweep releases held identity work (which names emails) outside any batch: it empties
+    the keyed digests' memos when it ends, as a batch does (bridge/keyed.py)."""
+    from bridge import keyed
+    from bridge.worker.sweep import sweep
+
+    services = Services.build(settings)  # sets the hash key, which empties the memos
+    keyed.email_digest("held.person@example.com")
+    sweep(services)
+    assert keyed.email_digest.cache_info().currsize == 0

@@ -839,3 +839,15 @@ def test_a_forwarded_user_deleted_brings_no_ledger_back(
     )
     settle(services)
     assert _ledger_keys(redis) == []
+
+
+def test_a_person_looked_up_by_email_is_not_kept_by_the_web(settings: Settings) -> None:
+    """The lookup hashes the email (keyed.email_digest, memoised): the web process keeps no
+    memo of the emails its operators typed."""
+    from bridge import keyed
+    from bridge.ops.people import lookup
+    from bridge.services import Services
+
+    store = Services.build(settings).store  # sets the hash key, which empties the memos
+    lookup(store, SHOP, "email", "looked.up@example.com")
+    assert keyed.email_digest.cache_info().currsize == 0
