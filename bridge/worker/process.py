@@ -17,12 +17,14 @@ import ctypes
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from rq import SimpleWorker
 
+from bridge.config.settings import Settings
 from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.services import Services, install
 from bridge.store import StoreError
@@ -34,6 +36,7 @@ from bridge.worker.sweep import SWEEP_EVERY_S, schedule_sweep, tick
 log = logging.getLogger(__name__)
 
 REDIS_WAIT_MAX_S = 5.0
+T = TypeVar("T")
 
 
 class BridgeWorker(SimpleWorker):
@@ -107,21 +110,42 @@ def check_api_version(services: Services) -> None:
 
 def wait_for_redis(services: Services) -> bool:
     """Block until Redis answers a PING (True) or the process is asked to stop (False)."""
+
+    def ping() -> bool:
+        services.store.ping()
+        return True
+
+    return _until_redis_answers(ping, services.stopping) is True
+
+
+def connect_when_redis_answers(settings: Settings) -> Services:
+    """`Services.build`, tried again until Redis answers. A plain Redis is first reached by the
+    first command, but a Redis Cluster's client reads the slot map as it is built: a cluster
+    down when the worker starts would otherwise end the worker (SIGTERM still ends it here)."""
+    services = _until_redis_answers(lambda: Services.build(settings), threading.Event())
+    assert services is not None  # nothing sets the event: the loop ends only with Services
+    return services
+
+
+def _until_redis_answers(attempt: Callable[[], T], stopping: threading.Event) -> T | None:
+    """`attempt()`'s result once it raises no StoreError; None if `stopping` is set first. One
+    error line an outage, tries further and further apart (up to REDIS_WAIT_MAX_S)."""
     delay = 0.2
     logged = False
-    while not services.stopping.is_set():
+    while not stopping.is_set():
         try:
-            services.store.ping()
-            if logged:
-                log.warning("Redis is back; the worker goes on")
-            return True
+            result = attempt()
         except StoreError as exc:
             if not logged:
                 log.error("Redis unavailable; the worker waits for it", extra={"error": str(exc)})
                 logged = True
-        services.stopping.wait(delay)
+        else:
+            if logged:
+                log.warning("Redis is back; the worker goes on")
+            return result
+        stopping.wait(delay)
         delay = min(delay * 2, REDIS_WAIT_MAX_S)
-    return False
+    return None
 
 
 def run_worker(services: Services, *, burst: bool = False, **work_kwargs: Any) -> bool:

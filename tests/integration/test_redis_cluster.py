@@ -485,3 +485,24 @@ def test_a_settlement_naming_a_new_key_waits_for_a_long_migration_to_end(
         finisher.join()
     assert not rt.store.redis.exists(k.outbox_work)
     assert rt.store.redis.lrange(k.ledger("new-person"), 0, -1) == [b"entry"]
+
+
+def test_a_worker_started_before_its_cluster_waits_for_it(
+    csettings: Settings, pipelines: PipelinesStandIn
+) -> None:
+    """A cluster's client reads the slot map as it is built: a worker started while no node
+    answers waits (as for a plain Redis that is down), then works once the cluster is up."""
+    later = LocalCluster(3)  # its ports are chosen, nothing listens on them yet
+    settings = csettings.model_copy(update={"data_redis_url": later.url})
+    worker = start_worker(settings, DATA_REDIS_URL=later.url)
+    try:
+        time.sleep(2.0)
+        assert worker.poll() is None, "the worker ended while the cluster was down"
+        with later:
+            web = create_app(settings).test_client()
+            post(web, "carts/create", cart("late-1", {11: 1}, "2024-11-06T01:00:00Z"))
+            assert wait_until(lambda: len(pipelines.calls) >= 1, 60), "never delivered"
+    finally:
+        worker.terminate()
+        worker.wait(40)
+    assert [c["properties"]["cart_id"] for c in pipelines.calls] == ["late-1"]
