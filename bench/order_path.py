@@ -129,8 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix", default="orders", help="the WebhookFactory topic mix (shop: carts)")
     p.add_argument(
         "--calls-out",
-        help="write the calls the stand-in accepted here, in order (to compare two versions' "
-        "outputs: the same orders must give the same calls)",
+        help="write the calls the stand-in accepted here, one a line with their keys in the "
+        "order sent, the lines sorted (delivery's parallel requests arrive in no fixed order): "
+        "two versions given the same orders must write the same file (cmp)",
     )
     p.add_argument("--json", action="store_true", help="print only the figures, as JSON")
     p.add_argument("--sort", default="tottime", help="pstats order: tottime or cumulative")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run(args.orders, args.profile, args.top, args.mix)
     calls = out.pop("calls_made")
     if args.calls_out:
-        lines = (json.dumps(c, sort_keys=True) for c in calls)
+        lines = sorted(json.dumps(c) for c in calls)
         Path(args.calls_out).write_text("\n".join(lines) + "\n")
     for k in ("drain_profile", "deliver_profile"):
         if out[k] and not args.json:
