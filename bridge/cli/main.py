@@ -80,18 +80,14 @@ def worker(burst: bool) -> int:
     It drains webhooks, delivers calls and runs the periodic jobs (sweeps, volume checks).
     SIGTERM lets the current batch finish."""
     from bridge.gctune import tune_gc
-    from bridge.worker.process import (
-        connect_when_redis_answers,
-        limit_malloc_arenas,
-        log_start,
-        run_worker,
-    )
+    from bridge.services import Services
+    from bridge.worker.process import limit_malloc_arenas, log_start, run_worker
 
     settings = load_settings()
     require_service_config(settings)
     logs.setup(settings.log_level)
     limit_malloc_arenas()
-    services = connect_when_redis_answers(settings)
+    services = Services.build(settings)  # connects on first use (a cluster's client too)
     log_start(services)
     tune_gc()
     ok = run_worker(services, burst=burst)

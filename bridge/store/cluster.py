@@ -25,11 +25,12 @@ from __future__ import annotations
 import binascii
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 
 from bridge.store.resp import Pending, RawPipeline, exec_results
 
@@ -98,7 +99,7 @@ def redirection(reply: Any) -> tuple[str, str] | None:
 
 
 def is_cluster(client: Any) -> bool:
-    return isinstance(client, RedisCluster)
+    return isinstance(client, RedisCluster | ClusterOnFirstUse)
 
 
 class ClusterRawPipeline:
@@ -298,10 +299,53 @@ def _unreachable_is_a_connection_error(client: RedisCluster[bytes]) -> None:
     manager.initialize = initialize_or_connection_error
 
 
+class ClusterOnFirstUse:
+    """A `RedisCluster` client built when it is first used, not when the process starts.
+
+    redis-py's cluster client reads the slot map as it is built, and cannot be built while no
+    node answers. A web process started during a cluster outage must still start and answer 503
+    (as with a plain Redis that is down), not fail to boot: gunicorn then stops altogether, and
+    a platform backs off restarting it for minutes after the outage ended. Until a build
+    succeeds every use raises ConnectionError (a RedisError: the store's StoreError), and each
+    use tries again. Scripts are registered without a client (a script object only needs its
+    SHA until it runs)."""
+
+    def __init__(self, build: Callable[[], RedisCluster[bytes]]) -> None:
+        self._build = build
+        self._client: RedisCluster[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def client(self) -> RedisCluster[bytes]:
+        """The cluster's client: built now if it is not yet (ConnectionError if no node
+        answers)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                client = self._client
+                if client is None:
+                    client = self._client = self._build()
+        return client
+
+    def register_script(self, script: str) -> Script:
+        # `Script` computes its SHA from bytes without asking the client for its encoder.
+        return Script(cast("RedisCluster[bytes]", self), script.encode())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
+
+
 def connect_cluster(
     url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
 ) -> RedisCluster[bytes]:
-    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL)."""
+    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL), built on first use
+    (`ClusterOnFirstUse`: typed as the client it stands for)."""
+    return cast(
+        "RedisCluster[bytes]",
+        ClusterOnFirstUse(lambda: _build_cluster(url, tls_verify=tls_verify, timeout_s=timeout_s)),
+    )
+
+
+def _build_cluster(url: str, *, tls_verify: bool, timeout_s: float) -> RedisCluster[bytes]:
     try:
         client: RedisCluster[bytes] = RedisCluster.from_url(
             url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from rq import SimpleWorker
 
-from bridge.config.settings import Settings
 from bridge.monitoring.monitor import ensure_scheduled as ensure_check_scheduled
 from bridge.services import Services, install
 from bridge.store import StoreError
@@ -116,15 +115,6 @@ def wait_for_redis(services: Services) -> bool:
         return True
 
     return _until_redis_answers(ping, services.stopping) is True
-
-
-def connect_when_redis_answers(settings: Settings) -> Services:
-    """`Services.build`, tried again until Redis answers. A plain Redis is first reached by the
-    first command, but a Redis Cluster's client reads the slot map as it is built: a cluster
-    down when the worker starts would otherwise end the worker (SIGTERM still ends it here)."""
-    services = _until_redis_answers(lambda: Services.build(settings), threading.Event())
-    assert services is not None  # nothing sets the event: the loop ends only with Services
-    return services
 
 
 def _until_redis_answers(attempt: Callable[[], T], stopping: threading.Event) -> T | None:

@@ -9,8 +9,11 @@ the middle of traffic loses no call and sends none twice."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,7 +33,16 @@ from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
-from tests.conftest import SHOP, start_worker, wait_until, webhook_headers
+from tests.conftest import (
+    ROOT,
+    SHOP,
+    free_port,
+    service_env,
+    start_worker,
+    wait_until,
+    webhook_headers,
+)
+from tests.integration.test_end_to_end import Web, procfile_command
 from tests.journeys import CUSTOMER_ID, cart, order
 from tests.pipelines_standin import PipelinesStandIn
 from tests.redis_cluster import LocalCluster
@@ -506,3 +518,39 @@ def test_a_worker_started_before_its_cluster_waits_for_it(
         worker.terminate()
         worker.wait(40)
     assert [c["properties"]["cart_id"] for c in pipelines.calls] == ["late-1"]
+
+
+def test_a_web_process_started_before_its_cluster_answers_503_then_queues(
+    csettings: Settings,
+) -> None:
+    """gunicorn (the Procfile's command) started while no node of the cluster answers: it
+    must come up and answer 503 (Shopify sends the webhook again), not fail to boot (gunicorn
+    then stops for good), and queue webhooks once the cluster is up."""
+    later = LocalCluster(3)  # its ports are chosen, nothing listens on them yet
+    port = free_port()
+    env = service_env(csettings, PORT=str(port), WEB_CONCURRENCY="1", DATA_REDIS_URL=later.url)
+    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
+    web = Web(port, proc)
+    raw = json.dumps(cart("early-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        assert wait_until(answers, 20), f"gunicorn did not come up (exit {proc.poll()})"
+        assert web.post("carts/create", raw) == (503, {"error": "queue unavailable, retry later"})
+        with pytest.raises(urllib.error.HTTPError) as ready:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert ready.value.code == 503
+        with later:
+            assert web.post("carts/create", raw) == (200, {"ok": True})
+            rt = Services.build(csettings.model_copy(update={"data_redis_url": later.url}))
+            assert rt.store.depth(SHOP)["inbound"] == 1
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(20)
