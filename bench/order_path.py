@@ -9,7 +9,14 @@ through the real web app in-process, then times, one after the other and in this
   stand-in in a process of its own (delay 0).
 
 It prints microseconds of CPU per order for each, and with `--profile` the top functions of a
-cProfile of each phase (profiling slows everything ~2x; compare phases, not runs).
+cProfile of each phase (profiling slows everything ~2x; compare phases, not runs). The garbage
+collector is set as a worker sets it (`tune_gc`).
+
+It also times, on the same bodies, the two steps no order can skip, as a floor under the drain:
+reading the JSON (`orjson.loads`, the drain's parser) and validating it into the Shopify order
+model (`Order.model_validate`, `--mix orders` only). Against the official client's cost per call
+(`bench/pipeline.py --mix orders`, two calls an order) they say how much of a worker's budget
+is spent before any decision is made.
 
     .venv/bin/python bench/order_path.py --orders 2000 [--profile] [--top 30]
 """
@@ -41,6 +48,9 @@ from bench.common import (  # noqa: E402
 )
 from bridge.config.settings import load_settings  # noqa: E402
 from bridge.delivery.deliver import deliver  # noqa: E402
+from bridge.gctune import tune_gc  # noqa: E402
+from bridge.jsonio import parse_body  # noqa: E402
+from bridge.sources.shopify.models import Order  # noqa: E402
 from bridge.web.app import create_app  # noqa: E402
 from bridge.worker.drain import drain  # noqa: E402
 
@@ -75,6 +85,24 @@ def _phase(fn: Any, profile: bool, top: int) -> tuple[float, float, str]:
     return wall, cpu, text
 
 
+def _floor(bodies: list[bytes], *, validate: bool) -> tuple[float, float]:
+    """CPU seconds to parse every body, and to validate every parsed body into `Order` (0.0
+    when not `validate`), in batches of 100 as a drain holds them: best of three rounds."""
+    parse, check = float("inf"), float("inf")
+    for _ in range(3):
+        p = v = 0.0
+        for start in range(0, len(bodies), 100):
+            c0 = time.process_time()
+            parsed = [parse_body(b) for b in bodies[start : start + 100]]
+            c1 = time.process_time()
+            if validate:
+                for doc in parsed:
+                    Order.model_validate(doc)
+            p, v = p + c1 - c0, v + time.process_time() - c1
+        parse, check = min(parse, p), min(check, v)
+    return parse, check
+
+
 def run(orders: int, profile: bool, top: int, mix: str = "orders") -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="cb-bench-orders-"))
     redis_svc = start_redis()
@@ -94,14 +122,18 @@ def run(orders: int, profile: bool, top: int, mix: str = "orders") -> dict[str, 
         factory = WebhookFactory(seed=1, shops=1, mix=mix)
         client = app.test_client()
         shop = ""
+        bodies: list[bytes] = []
         for i in range(orders):
             hook = factory.make()
             shop = hook.shop
+            bodies.append(hook.body)
             r = client.post("/webhooks/shopify", data=hook.body, headers=hook.headers(f"w{i}"))
             if r.status_code != 200:
                 raise RuntimeError(f"webhook {i} answered {r.status_code}: {r.data!r}")
+        tune_gc()
         d_wall, d_cpu, d_prof = _phase(lambda: drain(services, shop), profile, top)
         v_wall, v_cpu, v_prof = _phase(lambda: deliver(services, shop), profile, top)
+        parse_cpu, validate_cpu = _floor(bodies, validate=mix == "orders")
     finally:
         records = stop_standin(standin)
         redis_svc.proc.terminate()
@@ -114,6 +146,8 @@ def run(orders: int, profile: bool, top: int, mix: str = "orders") -> dict[str, 
         "deliver_cpu_us_per_order": round(1e6 * v_cpu / orders, 1),
         "deliver_wall_us_per_order": round(1e6 * v_wall / orders, 1),
         "worker_cpu_us_per_call": round(1e6 * (d_cpu + v_cpu) / max(calls, 1), 1),
+        "parse_cpu_us_per_order": round(1e6 * parse_cpu / orders, 1),
+        "validate_cpu_us_per_order": round(1e6 * validate_cpu / orders, 1),
         "profiled": profile,
         "calls_made": [r["call"] for r in records],
         "drain_profile": d_prof,

@@ -115,6 +115,7 @@ def test_order_path_bench_runs_and_writes_the_calls(tmp_path: Path) -> None:
     doc = _run("bench/order_path.py", "--orders", "20", "--calls-out", str(calls))
     assert doc["orders"] == 20 and doc["calls"] == 40, "an identify and order_completed each"
     assert doc["drain_cpu_us_per_order"] > 0 and doc["deliver_cpu_us_per_order"] > 0
+    assert doc["parse_cpu_us_per_order"] > 0 and doc["validate_cpu_us_per_order"] > 0
     lines = [json.loads(line) for line in calls.read_text().splitlines()]
     assert len(lines) == 40
     assert sum(c.get("event") == "order_completed" for c in lines) == 20
