@@ -30,7 +30,7 @@ from bridge.services import Services
 from bridge.store import StoreError
 from bridge.store import cluster as cluster_mod
 from bridge.store.cluster import key_slot
-from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement
+from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement, flush_every_store
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -695,3 +695,37 @@ def test_a_hard_failover_the_killed_masters_replica_takes_over_and_delivery_goes
             f"{len(twice)} calls sent twice ({sorted(again)})",
             stacklevel=1,
         )
+
+
+def test_a_hard_failover_an_idle_web_finds_the_promoted_replica(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """The request path's client (`ClusterRawPipeline`) reads the slot map again after a
+    connection error, not only after MOVED: a dead master answers nothing, never MOVED, so a web
+    process whose only traffic is webhooks would otherwise send the shop's commands to it (and
+    answer 503) forever."""
+    cluster, csettings = replicated
+    web = create_app(csettings).test_client()
+    raw = json.dumps(cart("idle-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+
+    def status(body: bytes = raw) -> int:
+        return web.post(URL, data=body, headers=webhook_headers(body, "carts/create")).status_code
+
+    assert status() == 200
+    flush_every_store()  # its counters are written: nothing else of the web's talks to Redis
+    new = cluster.kill(cluster.owner(key_slot(Keys(SHOP).inbound)))
+    answers = Counter[int]()
+
+    def accepted() -> bool:
+        answers[code := status()] += 1
+        return code == 200
+
+    assert wait_until(accepted, 10, 0.1), answers
+    assert set(answers) <= {200, 503}, answers
+    live = Services.build(
+        csettings.model_copy(update={"data_redis_url": f"redis://127.0.0.1:{new}/0"})
+    )
+    try:
+        assert live.store.depth(SHOP)["inbound"] == 2
+    finally:
+        live.store.close()
