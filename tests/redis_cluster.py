@@ -56,7 +56,9 @@ class LocalCluster:
         self.ports: list[int] = []
         while len(self.ports) < masters * (1 + replicas):
             port = cluster_port()
-            if port not in self.ports:
+            # Neither a port already chosen nor one's cluster bus port (+10000), either way.
+            taken = {q + d for q in self.ports for d in (-10_000, 0, 10_000)}
+            if port not in taken:
                 self.ports.append(port)
         self.dir = Path(tempfile.mkdtemp(prefix="cb-cluster-"))
         self.procs: list[subprocess.Popen[bytes]] = []
