@@ -11,6 +11,9 @@ its slot's master, and follows the cluster's redirections when it reads the repl
   the target once, preceded by ASKING.
 - `TRYAGAIN` (a multi-key command whose keys are split by a migration under way): re-sent after
   a short wait.
+- A connection error (a master that died): the slot map is read again from the other nodes, and
+  the error raised (the command may have run). A dead master never answers MOVED: without this,
+  once its replica is promoted, every command of its slots would still go to it.
 
 A MULTI (the drain's commit) is one slot's. When a migration under way has moved some of its
 keys and not others, Redis refuses the commands of the missing keys with ASK: running the whole
@@ -26,6 +29,7 @@ import binascii
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
@@ -128,6 +132,31 @@ class ClusterRawPipeline:
             self.client.nodes_manager.initialize()  # ConnectionError if no node answers
             self._refreshed = time.monotonic()
 
+    def node_failed(self, name: str) -> None:
+        """A connection to the node `name` failed: read the slot map again, from the other nodes
+        first (as redis-py does after a connection error), so that the next command goes to
+        whichever node owns its slot by then (the replica promoted after a master died). At
+        most once per RETRY_WAIT_S; quiet if no node answers (the caller raises its own error)."""
+        with self._lock:
+            if time.monotonic() - self._refreshed < RETRY_WAIT_S:
+                return
+            manager = self.client.nodes_manager
+            try:
+                manager.move_node_to_end_of_cached_nodes(name)
+                manager.initialize(last_failed_node_name=name)
+            except redis.RedisError:
+                pass
+            self._refreshed = time.monotonic()
+
+    @contextmanager
+    def watching(self, name: str) -> Iterator[None]:
+        """Read the slot map again (`node_failed`) if the node `name` fails in this block."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.node_failed(name)
+            raise
+
     def pipe(self, name: str) -> RawPipeline:
         """The `RawPipeline` of the node `name` ("host:port"), made on first use."""
         pipe = self._pipes.get(name)
@@ -156,10 +185,10 @@ class ClusterRawPipeline:
         groups: dict[str, list[int]] = {}
         for i, command in enumerate(commands):
             groups.setdefault(self._route(command), []).append(i)
-        parts = [
-            (self.pipe(name).send(*(commands[i] for i in indices)), indices)
-            for name, indices in groups.items()
-        ]
+        parts = []
+        for name, indices in groups.items():
+            with self.watching(name):
+                parts.append((self.pipe(name).send(*(commands[i] for i in indices)), indices, name))
         return ClusterPending(self, commands, parts)
 
     def pipeline(self, *commands: tuple[Any, ...]) -> list[Any]:
@@ -175,13 +204,16 @@ class ClusterRawPipeline:
         while where is not None and time.monotonic() < deadline:
             kind, node = where
             if kind == "ASK":
-                reply = self.pipe(node).pipeline(("ASKING",), command)[1]
+                with self.watching(node):
+                    reply = self.pipe(node).pipeline(("ASKING",), command)[1]
             else:
                 if kind == "MOVED":
                     self.refresh()
                 else:
                     time.sleep(next(waits))
-                reply = self.pipe(self._route(command)).pipeline(command)[0]
+                node = self._route(command)
+                with self.watching(node):
+                    reply = self.pipe(node).pipeline(command)[0]
             where = redirection(reply)
         return reply
 
@@ -190,7 +222,8 @@ class ClusterRawPipeline:
         """MULTI, `commands`, EXEC in one write to the master of their (one) slot."""
         name = self._route(commands[0]) if commands else self.node_name(0)
         batch = (("MULTI",), *commands, ("EXEC",))
-        return ClusterTransaction(self, commands, self.pipe(name).send(*batch))
+        with self.watching(name):
+            return ClusterTransaction(self, commands, self.pipe(name).send(*batch), name)
 
     def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         return self.send_transaction(commands).result()
@@ -206,7 +239,7 @@ class ClusterPending:
         self,
         owner: ClusterRawPipeline,
         commands: Sequence[tuple[Any, ...]],
-        parts: list[tuple[Pending, list[int]]],
+        parts: list[tuple[Pending, list[int], str]],
     ) -> None:
         self._owner = owner
         self._commands = commands
@@ -216,8 +249,10 @@ class ClusterPending:
     def result(self) -> list[Any]:
         if self._replies is None:
             replies: list[Any] = [None] * len(self._commands)
-            for pending, indices in self._parts:
-                for i, reply in zip(indices, pending.result(), strict=True):
+            for pending, indices, name in self._parts:
+                with self._owner.watching(name):
+                    results = pending.result()
+                for i, reply in zip(indices, results, strict=True):
                     replies[i] = reply
             for i, reply in enumerate(replies):
                 if redirection(reply) is not None:
@@ -230,18 +265,24 @@ class ClusterTransaction:
     """A MULTI/EXEC sent to its slot's master; `result` gives EXEC's replies (re-sending the
     transaction while the cluster redirects it: module docstring) or raises the first error."""
 
-    __slots__ = ("_commands", "_owner", "_pending")
+    __slots__ = ("_commands", "_name", "_owner", "_pending")
 
     def __init__(
-        self, owner: ClusterRawPipeline, commands: Sequence[tuple[Any, ...]], pending: Pending
+        self,
+        owner: ClusterRawPipeline,
+        commands: Sequence[tuple[Any, ...]],
+        pending: Pending,
+        name: str,
     ) -> None:
         self._owner = owner
         self._commands = commands
         self._pending = pending
+        self._name = name
 
     def result(self) -> list[Any]:
         owner = self._owner
-        replies = self._pending.result()
+        with owner.watching(self._name):
+            replies = self._pending.result()
         deadline = time.monotonic() + REDIRECT_DEADLINE_S
         waits = retry_waits()
         batch = (("MULTI",), *self._commands, ("EXEC",))
@@ -253,14 +294,19 @@ class ClusterTransaction:
             queued = kinds[:-1]
             if any(k is not None and k[0] == "MOVED" for k in kinds):
                 owner.refresh()
-                replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
+                node = owner._route(self._commands[0])
+                with owner.watching(node):
+                    replies = owner.pipe(node).pipeline(*batch)
             elif queued and all(k is not None and k[0] == "ASK" for k in queued):
                 # Every key it names is on the migration's target already.
                 target = next(k[1] for k in queued if k is not None)
-                replies = owner.pipe(target).pipeline(("ASKING",), *batch)[1:]
+                with owner.watching(target):
+                    replies = owner.pipe(target).pipeline(("ASKING",), *batch)[1:]
             else:  # some keys moved, some not yet (or TRYAGAIN): wait for the migration
                 time.sleep(next(waits))
-                replies = owner.pipe(owner._route(self._commands[0])).pipeline(*batch)
+                node = owner._route(self._commands[0])
+                with owner.watching(node):
+                    replies = owner.pipe(node).pipeline(*batch)
         return exec_results(replies)
 
 

@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,7 +30,7 @@ from bridge.services import Services
 from bridge.store import StoreError
 from bridge.store import cluster as cluster_mod
 from bridge.store.cluster import key_slot
-from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement
+from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement, flush_every_store
 from bridge.store.wire import Envelope
 from bridge.web.app import create_app
 from bridge.worker.drain import drain
@@ -554,3 +555,177 @@ def test_a_web_process_started_before_its_cluster_answers_503_then_queues(
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+# --- a master's failover -------------------------------------------------------------------------
+@pytest.fixture
+def replicated(settings: Settings) -> Iterator[tuple[LocalCluster, Settings]]:
+    """A cluster of three masters with one replica each (its own: a test kills a master)."""
+    with LocalCluster(3, replicas=1) as local:
+        yield local, settings.model_copy(update={"data_redis_url": local.url})
+
+
+class Traffic:
+    """Webhooks posted through the web app on a thread, before, during and after a failover
+    (`AFTER` of them once `switched` is set). A webhook answered 503 is sent again with the same
+    id, as Shopify does, until it is answered 200; any other answer is an error."""
+
+    AFTER = 30
+
+    def __init__(self, web: FlaskClient) -> None:
+        self.web = web
+        self.switched = threading.Event()
+        self.accepted: list[str] = []  # cart ids whose webhook was answered 200
+        self.answers: Counter[int] = Counter()
+        self.cut = 0  # how many were accepted when the failover ended
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run)
+
+    def send(self, body: dict[str, Any], webhook_id: str) -> None:
+        raw = json.dumps(body).encode()
+        deadline = time.monotonic() + 20
+        while True:
+            headers = webhook_headers(raw, "carts/create", webhook_id=webhook_id)
+            resp = self.web.post(URL, data=raw, headers=headers)
+            self.answers[resp.status_code] += 1
+            if resp.status_code == 200:
+                return
+            assert resp.status_code == 503, (resp.status_code, resp.data)
+            assert time.monotonic() < deadline, "answered 503 for 20 s"
+            time.sleep(0.05)
+
+    def _run(self) -> None:
+        try:
+            after = 0
+            while after < self.AFTER:
+                i = len(self.accepted)
+                body = cart(f"fo-{i}", {11: 1}, "2024-11-06T01:00:00Z")
+                webhook_id = f"w-{uuid.uuid4()}"
+                self.send(body, webhook_id)
+                if i % 7 == 0:  # a redelivery by Shopify: the same id again
+                    self.send(body, webhook_id)
+                self.accepted.append(f"fo-{i}")
+                after += self.switched.is_set()
+                time.sleep(0.003)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+
+def failover_in_traffic(
+    cluster: LocalCluster,
+    csettings: Settings,
+    pipelines: PipelinesStandIn,
+    switch: Callable[[int], int],
+) -> tuple[Traffic, Counter[str]]:
+    """A real worker and webhooks posted through the web app; in the middle, `switch` (a
+    failover) of the master owning the test shop's slot. Returns the traffic and the calls
+    Pipelines received by cart id, once the shop's queues are empty (every round settled)."""
+    slot = key_slot(Keys(SHOP).inbound)
+    web = create_app(csettings).test_client()
+    traffic = Traffic(web)
+    worker = start_worker(csettings, DATA_REDIS_URL=cluster.url)
+    try:
+        traffic.thread.start()
+        assert wait_until(lambda: len(pipelines.calls) >= 10, 30), "no delivery before"
+        old = cluster.owner(slot)
+        new = switch(old)
+        assert new != old and cluster.owner(slot) == new
+        traffic.cut = len(traffic.accepted)
+        traffic.switched.set()
+        traffic.thread.join(60)
+        assert not traffic.errors, traffic.errors
+        # Done when nothing is queued: a window's calls stay in the outbox until its round
+        # settles, so a window that is to be sent again has been by then.
+        live = f"redis://127.0.0.1:{new}/0"  # csettings' node may be the one killed
+        rt = Services.build(csettings.model_copy(update={"data_redis_url": live}))
+        try:
+            quiet = wait_until(lambda: sum(rt.store.depth(SHOP).values()) == 0, 30)
+            assert quiet, rt.store.depth(SHOP)
+        finally:
+            rt.store.close()
+    finally:
+        worker.terminate()
+        worker.wait(40)
+    return traffic, Counter(c["properties"]["cart_id"] for c in pipelines.calls)
+
+
+def sent_twice(pipelines: PipelinesStandIn) -> dict[str, int]:
+    """The messageIds Pipelines received more than once, with their counts."""
+    return {m: n for m, n in Counter(c["messageId"] for c in pipelines.calls).items() if n > 1}
+
+
+def test_a_manual_failover_in_the_middle_of_traffic_loses_nothing_and_sends_nothing_twice(
+    replicated: tuple[LocalCluster, Settings], pipelines: PipelinesStandIn
+) -> None:
+    """CLUSTER FAILOVER sent to the replica of the shop's master: the replica catches up with
+    every write the master acknowledged (the master holds its clients meanwhile), then owns the
+    slot; the old master answers MOVED. Nothing is lost and, since no command failed, no
+    delivery window is sent twice (as in the migration test)."""
+    cluster, csettings = replicated
+    traffic, carts = failover_in_traffic(cluster, csettings, pipelines, cluster.failover)
+    assert carts == Counter(traffic.accepted), (sent_twice(pipelines), traffic.answers)
+    messages = [c["messageId"] for c in pipelines.calls]
+    assert len(messages) == len(set(messages)) == len(traffic.accepted) > 40
+
+
+def test_a_hard_failover_the_killed_masters_replica_takes_over_and_delivery_goes_on(
+    replicated: tuple[LocalCluster, Settings], pipelines: PipelinesStandIn
+) -> None:
+    """SIGKILL of the shop's master: until its replica is promoted (about two node timeouts,
+    2-3 s here) the web answers 503 (never 500) and the worker's rounds fail; then both find the
+    new master and every webhook answered 200 after the promotion reaches Pipelines once.
+
+    What is not guaranteed, and so only reported (a warning) when it happens: replication is
+    asynchronous, so a webhook the master acknowledged (200) in its last milliseconds, before
+    its replica had it, is lost with the master. And a delivery round whose settlement died with
+    the master is sent again whole (at-least-once: the same messageIds, once more)."""
+    cluster, csettings = replicated
+    traffic, carts = failover_in_traffic(cluster, csettings, pipelines, cluster.kill)
+    before, after = traffic.accepted[: traffic.cut + 1], traffic.accepted[traffic.cut + 1 :]
+    assert len(after) >= Traffic.AFTER - 1
+    assert all(carts[c] == 1 for c in after), [(c, carts[c]) for c in after]
+    assert set(carts) <= set(traffic.accepted)
+    twice = sent_twice(pipelines)
+    again = {c["properties"]["cart_id"] for c in pipelines.calls if c["messageId"] in twice}
+    assert set(twice.values()) <= {2} and again <= set(before), (twice, again)
+    lost = [c for c in before if c not in carts]
+    if lost or twice:
+        warnings.warn(
+            f"hard failover: {len(lost)} webhooks answered 200 lost with the master ({lost}); "
+            f"{len(twice)} calls sent twice ({sorted(again)})",
+            stacklevel=1,
+        )
+
+
+def test_a_hard_failover_an_idle_web_finds_the_promoted_replica(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """The request path's client (`ClusterRawPipeline`) reads the slot map again after a
+    connection error, not only after MOVED: a dead master answers nothing, never MOVED, so a web
+    process whose only traffic is webhooks would otherwise send the shop's commands to it (and
+    answer 503) forever."""
+    cluster, csettings = replicated
+    web = create_app(csettings).test_client()
+    raw = json.dumps(cart("idle-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+
+    def status(body: bytes = raw) -> int:
+        return web.post(URL, data=body, headers=webhook_headers(body, "carts/create")).status_code
+
+    assert status() == 200
+    flush_every_store()  # its counters are written: nothing else of the web's talks to Redis
+    new = cluster.kill(cluster.owner(key_slot(Keys(SHOP).inbound)))
+    answers = Counter[int]()
+
+    def accepted() -> bool:
+        answers[code := status()] += 1
+        return code == 200
+
+    assert wait_until(accepted, 10, 0.1), answers
+    assert set(answers) <= {200, 503}, answers
+    live = Services.build(
+        csettings.model_copy(update={"data_redis_url": f"redis://127.0.0.1:{new}/0"})
+    )
+    try:
+        assert live.store.depth(SHOP)["inbound"] == 2
+    finally:
+        live.store.close()
