@@ -376,6 +376,12 @@ class ClusterOnFirstUse:
         # `Script` computes its SHA from bytes without asking the client for its encoder.
         return Script(cast("RedisCluster[bytes]", self), script.encode())
 
+    def close(self) -> None:
+        """Close the client's connections; a client never built has none (and building it only
+        to close it would fail while no node answers)."""
+        if self._client is not None:
+            self._client.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client(), name)
 

@@ -729,3 +729,13 @@ def test_a_hard_failover_an_idle_web_finds_the_promoted_replica(
         assert live.store.depth(SHOP)["inbound"] == 2
     finally:
         live.store.close()
+
+
+def test_a_cluster_store_never_used_closes_while_no_node_answers(csettings: Settings) -> None:
+    """A process that stops before its first command (a web process stopped during an outage)
+    closes its store without reaching for the cluster."""
+    down = LocalCluster(3)  # nothing listens on its ports
+    services = Services.build(csettings.model_copy(update={"data_redis_url": down.url}))
+    with pytest.raises(StoreError):
+        services.store.stats(SHOP)
+    services.store.close()
