@@ -739,3 +739,25 @@ def test_a_cluster_store_never_used_closes_while_no_node_answers(csettings: Sett
     with pytest.raises(StoreError):
         services.store.stats(SHOP)
     services.store.close()
+
+
+def test_a_web_built_while_its_node_answered_serves_after_that_node_died(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """gunicorn preloads the app (its master builds `Services`) and forks its workers: a worker
+    whose first webhook comes after DATA_REDIS_URL's node died (a worker respawned after a
+    crash or a timeout, or one that had not served yet) must know the cluster's other nodes, as
+    the master did when it was built, and not answer 503 until that very node is back."""
+    cluster, csettings = replicated
+    web = create_app(csettings).test_client()  # built while every node answers; nothing sent
+    cluster.kill(cluster.ports[0])  # DATA_REDIS_URL's node; its replica takes over
+    raw = json.dumps(cart("named-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+    answers = Counter[int]()
+
+    def accepted() -> bool:
+        resp = web.post(URL, data=raw, headers=webhook_headers(raw, "carts/create"))
+        answers[resp.status_code] += 1
+        return resp.status_code == 200
+
+    assert wait_until(accepted, 10, 0.1), answers
+    assert set(answers) <= {200, 503}, answers
