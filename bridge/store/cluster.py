@@ -26,6 +26,7 @@ is never run (EXECABORT), so sending it again runs it once.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -389,12 +390,17 @@ class ClusterOnFirstUse:
 def connect_cluster(
     url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
 ) -> RedisCluster[bytes]:
-    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL), built on first use
-    (`ClusterOnFirstUse`: typed as the client it stands for)."""
-    return cast(
-        "RedisCluster[bytes]",
-        ClusterOnFirstUse(lambda: _build_cluster(url, tls_verify=tls_verify, timeout_s=timeout_s)),
+    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL): built now when a
+    node answers, else on first use (`ClusterOnFirstUse`: typed as the client it stands for).
+    Built now, its slot map names every node: gunicorn's master builds it before forking, so a
+    worker forked later (respawned, or idle until then) still knows the other nodes when the
+    URL's node is the one that died."""
+    lazy = ClusterOnFirstUse(
+        lambda: _build_cluster(url, tls_verify=tls_verify, timeout_s=timeout_s)
     )
+    with contextlib.suppress(redis.RedisError):  # else built on first use
+        lazy.client()
+    return cast("RedisCluster[bytes]", lazy)
 
 
 def _build_cluster(url: str, *, tls_verify: bool, timeout_s: float) -> RedisCluster[bytes]:
