@@ -9,6 +9,8 @@ the middle of traffic loses no call and sends none twice."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -18,6 +20,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -761,3 +764,50 @@ def test_a_web_built_while_its_node_answered_serves_after_that_node_died(
 
     assert wait_until(accepted, 10, 0.1), answers
     assert set(answers) <= {200, 503}, answers
+
+
+def test_a_respawned_gunicorn_worker_serves_after_the_named_node_died(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """The same through gunicorn (the Procfile's command, its master preloading the app): its
+    worker killed after DATA_REDIS_URL's node died, the worker gunicorn forks again queues
+    webhooks (once the replica took over), rather than answering 503 until that node is back."""
+    cluster, csettings = replicated
+    port = free_port()
+    env = service_env(csettings, PORT=str(port), WEB_CONCURRENCY="1", DATA_REDIS_URL=cluster.url)
+    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
+    web = Web(port, proc)
+    raw = json.dumps(cart("respawn-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    try:
+        assert wait_until(answers, 20), f"gunicorn did not come up (exit {proc.poll()})"
+        assert web.post("carts/create", raw)[0] == 200
+        cluster.kill(cluster.ports[0])
+        first = workers()
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: bool(workers()) and workers() != first and answers(), 20)
+        statuses = Counter[int]()
+
+        def accepted() -> bool:
+            body = json.dumps(cart("respawn-2", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+            code = web.post("carts/create", body)[0]
+            statuses[code] += 1
+            return code == 200
+
+        assert wait_until(accepted, 10, 0.1), statuses
+        assert set(statuses) <= {200, 503}, statuses
+    finally:
+        proc.terminate()
+        proc.wait(20)
