@@ -118,6 +118,7 @@ class ClusterRawPipeline:
         self._pipes: dict[str, RawPipeline] = {}
         self._lock = threading.Lock()
         self._refreshed = 0.0
+        self._reloading = False  # a reading of the slot map after a node failed is under way
 
     # --- the slot map -----------------------------------------------------------------------
     def node_name(self, slot: int) -> str:
@@ -136,18 +137,36 @@ class ClusterRawPipeline:
     def node_failed(self, name: str) -> None:
         """A connection to the node `name` failed: read the slot map again, from the other nodes
         first (as redis-py does after a connection error), so that the next command goes to
-        whichever node owns its slot by then (the replica promoted after a master died). At
-        most once per RETRY_WAIT_S; quiet if no node answers (the caller raises its own error)."""
+        whichever node owns its slot by then (the replica promoted after a master died).
+
+        On a thread of its own: the caller raises its error at once. Asking the nodes one after
+        the other costs up to a timeout each when they hang (a partition, a stuck host): in the
+        request, that was 2 s more per node before a webhook's 503 (and this lock held, and
+        the other threads' MOVED waiting on it). One reading at a time, at most once per
+        RETRY_WAIT_S; quiet if no node answers (the next failure tries again)."""
         with self._lock:
-            if time.monotonic() - self._refreshed < RETRY_WAIT_S:
+            if self._reloading or time.monotonic() - self._refreshed < RETRY_WAIT_S:
                 return
-            manager = self.client.nodes_manager
-            try:
-                manager.move_node_to_end_of_cached_nodes(name)
-                manager.initialize(last_failed_node_name=name)
-            except redis.RedisError:
-                pass
-            self._refreshed = time.monotonic()
+            self._reloading = True
+        try:
+            threading.Thread(
+                target=self._reload, args=(name,), name="cluster-slot-map", daemon=True
+            ).start()
+        except BaseException:
+            with self._lock:
+                self._reloading = False
+            raise
+
+    def _reload(self, failed: str) -> None:
+        try:
+            with contextlib.suppress(Exception):  # no node answers: the next failure tries again
+                manager = self.client.nodes_manager
+                manager.move_node_to_end_of_cached_nodes(failed)
+                manager.initialize(last_failed_node_name=failed)
+        finally:
+            with self._lock:
+                self._refreshed = time.monotonic()
+                self._reloading = False
 
     @contextmanager
     def watching(self, name: str) -> Iterator[None]:
