@@ -11,9 +11,10 @@ its slot's master, and follows the cluster's redirections when it reads the repl
   the target once, preceded by ASKING.
 - `TRYAGAIN` (a multi-key command whose keys are split by a migration under way): re-sent after
   a short wait.
-- A connection error (a master that died): the slot map is read again from the other nodes, and
-  the error raised (the command may have run). A dead master never answers MOVED: without this,
-  once its replica is promoted, every command of its slots would still go to it.
+- A connection error or a timeout (a master that died): the error is raised (the command may
+  have run) and the slot map read again from the other nodes, on a thread of its own. A dead
+  master never answers MOVED: without this, once its replica is promoted, every command of its
+  slots would still go to it.
 
 A MULTI (the drain's commit) is one slot's. When a migration under way has moved some of its
 keys and not others, Redis refuses the commands of the missing keys with ASK: running the whole
