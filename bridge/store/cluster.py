@@ -11,9 +11,10 @@ its slot's master, and follows the cluster's redirections when it reads the repl
   the target once, preceded by ASKING.
 - `TRYAGAIN` (a multi-key command whose keys are split by a migration under way): re-sent after
   a short wait.
-- A connection error (a master that died): the slot map is read again from the other nodes, and
-  the error raised (the command may have run). A dead master never answers MOVED: without this,
-  once its replica is promoted, every command of its slots would still go to it.
+- A connection error or a timeout (a master that died): the error is raised (the command may
+  have run) and the slot map read again from the other nodes, on a thread of its own. A dead
+  master never answers MOVED: without this, once its replica is promoted, every command of its
+  slots would still go to it.
 
 A MULTI (the drain's commit) is one slot's. When a migration under way has moved some of its
 keys and not others, Redis refuses the commands of the missing keys with ASK: running the whole
@@ -26,6 +27,7 @@ is never run (EXECABORT), so sending it again runs it once.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -117,6 +119,7 @@ class ClusterRawPipeline:
         self._pipes: dict[str, RawPipeline] = {}
         self._lock = threading.Lock()
         self._refreshed = 0.0
+        self._reloading = False  # a reading of the slot map after a node failed is under way
 
     # --- the slot map -----------------------------------------------------------------------
     def node_name(self, slot: int) -> str:
@@ -135,18 +138,36 @@ class ClusterRawPipeline:
     def node_failed(self, name: str) -> None:
         """A connection to the node `name` failed: read the slot map again, from the other nodes
         first (as redis-py does after a connection error), so that the next command goes to
-        whichever node owns its slot by then (the replica promoted after a master died). At
-        most once per RETRY_WAIT_S; quiet if no node answers (the caller raises its own error)."""
+        whichever node owns its slot by then (the replica promoted after a master died).
+
+        On a thread of its own: the caller raises its error at once. Asking the nodes one after
+        the other costs up to a timeout each when they hang (a partition, a stuck host): in the
+        request, that was 2 s more per node before a webhook's 503 (and this lock held, and
+        the other threads' MOVED waiting on it). One reading at a time, at most once per
+        RETRY_WAIT_S; quiet if no node answers (the next failure tries again)."""
         with self._lock:
-            if time.monotonic() - self._refreshed < RETRY_WAIT_S:
+            if self._reloading or time.monotonic() - self._refreshed < RETRY_WAIT_S:
                 return
-            manager = self.client.nodes_manager
-            try:
-                manager.move_node_to_end_of_cached_nodes(name)
-                manager.initialize(last_failed_node_name=name)
-            except redis.RedisError:
-                pass
-            self._refreshed = time.monotonic()
+            self._reloading = True
+        try:
+            threading.Thread(
+                target=self._reload, args=(name,), name="cluster-slot-map", daemon=True
+            ).start()
+        except BaseException:
+            with self._lock:
+                self._reloading = False
+            raise
+
+    def _reload(self, failed: str) -> None:
+        try:
+            with contextlib.suppress(Exception):  # no node answers: the next failure tries again
+                manager = self.client.nodes_manager
+                manager.move_node_to_end_of_cached_nodes(failed)
+                manager.initialize(last_failed_node_name=failed)
+        finally:
+            with self._lock:
+                self._refreshed = time.monotonic()
+                self._reloading = False
 
     @contextmanager
     def watching(self, name: str) -> Iterator[None]:
@@ -389,12 +410,17 @@ class ClusterOnFirstUse:
 def connect_cluster(
     url: str, *, tls_verify: bool = False, timeout_s: float = 5.0
 ) -> RedisCluster[bytes]:
-    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL), built on first use
-    (`ClusterOnFirstUse`: typed as the client it stands for)."""
-    return cast(
-        "RedisCluster[bytes]",
-        ClusterOnFirstUse(lambda: _build_cluster(url, tls_verify=tls_verify, timeout_s=timeout_s)),
+    """A client for a Redis Cluster, given any node's URL (DATA_REDIS_URL): built now when a
+    node answers, else on first use (`ClusterOnFirstUse`: typed as the client it stands for).
+    Built now, its slot map names every node: gunicorn's master builds it before forking, so a
+    worker forked later (respawned, or idle until then) still knows the other nodes when the
+    URL's node is the one that died."""
+    lazy = ClusterOnFirstUse(
+        lambda: _build_cluster(url, tls_verify=tls_verify, timeout_s=timeout_s)
     )
+    with contextlib.suppress(redis.RedisError):  # else built on first use
+        lazy.client()
+    return cast("RedisCluster[bytes]", lazy)
 
 
 def _build_cluster(url: str, *, tls_verify: bool, timeout_s: float) -> RedisCluster[bytes]:

@@ -9,6 +9,8 @@ the middle of traffic loses no call and sends none twice."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -18,6 +20,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,7 +35,7 @@ from bridge.store import cluster as cluster_mod
 from bridge.store.cluster import key_slot
 from bridge.store.facade import SHOPS_KEY, Commit, Keys, Settlement, flush_every_store
 from bridge.store.wire import Envelope
-from bridge.web.app import create_app
+from bridge.web.app import REDIS_TIMEOUT_S, create_app
 from bridge.worker.drain import drain
 from tests.conftest import (
     ROOT,
@@ -739,3 +742,97 @@ def test_a_cluster_store_never_used_closes_while_no_node_answers(csettings: Sett
     with pytest.raises(StoreError):
         services.store.stats(SHOP)
     services.store.close()
+
+
+def test_a_web_built_while_its_node_answered_serves_after_that_node_died(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """gunicorn preloads the app (its master builds `Services`) and forks its workers: a worker
+    whose first webhook comes after DATA_REDIS_URL's node died (a worker respawned after a
+    crash or a timeout, or one that had not served yet) must know the cluster's other nodes, as
+    the master did when it was built, and not answer 503 until that very node is back."""
+    cluster, csettings = replicated
+    web = create_app(csettings).test_client()  # built while every node answers; nothing sent
+    cluster.kill(cluster.ports[0])  # DATA_REDIS_URL's node; its replica takes over
+    raw = json.dumps(cart("named-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+    answers = Counter[int]()
+
+    def accepted() -> bool:
+        resp = web.post(URL, data=raw, headers=webhook_headers(raw, "carts/create"))
+        answers[resp.status_code] += 1
+        return resp.status_code == 200
+
+    assert wait_until(accepted, 10, 0.1), answers
+    assert set(answers) <= {200, 503}, answers
+
+
+def test_a_respawned_gunicorn_worker_serves_after_the_named_node_died(
+    replicated: tuple[LocalCluster, Settings],
+) -> None:
+    """The same through gunicorn (the Procfile's command, its master preloading the app): its
+    worker killed after DATA_REDIS_URL's node died, the worker gunicorn forks again queues
+    webhooks (once the replica took over), rather than answering 503 until that node is back."""
+    cluster, csettings = replicated
+    port = free_port()
+    env = service_env(csettings, PORT=str(port), WEB_CONCURRENCY="1", DATA_REDIS_URL=cluster.url)
+    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
+    web = Web(port, proc)
+    raw = json.dumps(cart("respawn-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def workers() -> list[int]:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    try:
+        assert wait_until(answers, 20), f"gunicorn did not come up (exit {proc.poll()})"
+        assert web.post("carts/create", raw)[0] == 200
+        cluster.kill(cluster.ports[0])
+        first = workers()
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: bool(workers()) and workers() != first and answers(), 20)
+        statuses = Counter[int]()
+
+        def accepted() -> bool:
+            body = json.dumps(cart("respawn-2", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+            code = web.post("carts/create", body)[0]
+            statuses[code] += 1
+            return code == 200
+
+        assert wait_until(accepted, 10, 0.1), statuses
+        assert set(statuses) <= {200, 503}, statuses
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_a_hung_cluster_answers_503_within_about_the_web_timeout(settings: Settings) -> None:
+    """Every node hung (stopped: connections are accepted, nothing answers, as in a network
+    partition or a stuck host): a webhook is answered 503 after about one Redis timeout, not
+    after one more timeout for each node asked for the slot map before the answer."""
+    with LocalCluster(3) as hung:
+        csettings = settings.model_copy(update={"data_redis_url": hung.url})
+        web = create_app(csettings).test_client()
+        raw = json.dumps(cart("hung-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+        headers = webhook_headers(raw, "carts/create")
+        assert web.post(URL, data=raw, headers=headers).status_code == 200
+        flush_every_store()
+        for proc in hung.procs:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            body = json.dumps(cart("hung-2", {11: 1}, "2024-11-06T01:00:00Z")).encode()
+            start = time.monotonic()
+            resp = web.post(URL, data=body, headers=webhook_headers(body, "carts/create"))
+            took = time.monotonic() - start
+        finally:
+            for proc in hung.procs:
+                os.kill(proc.pid, signal.SIGCONT)
+        assert resp.status_code == 503, resp.data
+        assert took < 1.5 * REDIS_TIMEOUT_S, took
