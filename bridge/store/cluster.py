@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -119,7 +120,8 @@ class ClusterRawPipeline:
         self._pipes: dict[str, RawPipeline] = {}
         self._lock = threading.Lock()
         self._refreshed = 0.0
-        self._reloading = False  # a reading of the slot map after a node failed is under way
+        # The pid of the process whose thread reads the slot map after a node failed (0: none).
+        self._reloading = 0
 
     # --- the slot map -----------------------------------------------------------------------
     def node_name(self, slot: int) -> str:
@@ -146,28 +148,31 @@ class ClusterRawPipeline:
         the other threads' MOVED waiting on it). One reading at a time, at most once per
         RETRY_WAIT_S; quiet if no node answers (the next failure tries again)."""
         with self._lock:
-            if self._reloading or time.monotonic() - self._refreshed < RETRY_WAIT_S:
+            # A reading under way in the process this one was forked from never ends here.
+            busy = self._reloading == os.getpid()
+            if busy or time.monotonic() - self._refreshed < RETRY_WAIT_S:
                 return
-            self._reloading = True
+            self._reloading = os.getpid()
         try:
             threading.Thread(
                 target=self._reload, args=(name,), name="cluster-slot-map", daemon=True
             ).start()
         except BaseException:
             with self._lock:
-                self._reloading = False
+                self._reloading = 0
             raise
 
     def _reload(self, failed: str) -> None:
         try:
             with contextlib.suppress(Exception):  # no node answers: the next failure tries again
                 manager = self.client.nodes_manager
-                manager.move_node_to_end_of_cached_nodes(failed)
+                with manager._lock:  # redis-py's own, over its node dicts other threads read
+                    manager.move_node_to_end_of_cached_nodes(failed)
                 manager.initialize(last_failed_node_name=failed)
         finally:
             with self._lock:
                 self._refreshed = time.monotonic()
-                self._reloading = False
+                self._reloading = 0
 
     @contextmanager
     def watching(self, name: str) -> Iterator[None]:
