@@ -53,24 +53,35 @@ class Web:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
 
-@pytest.fixture
-def web(settings: Settings) -> Iterator[Web]:
-    port = free_port()
-    env = service_env(settings, PORT=str(port), WEB_CONCURRENCY="2")
-    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
-
-    def up() -> bool:
+    def answers(self) -> bool:
+        """gunicorn is up: its /healthz answers (it asks nothing of Redis)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
                 return True
         except OSError:
             return False
 
-    assert wait_until(up, 20), "gunicorn did not come up"
-    yield Web(port, proc)
-    proc.terminate()
-    proc.wait(20)
+
+def start_web(settings: Settings, **extra: str) -> Web:
+    """gunicorn started with the Procfile's command on a free port, once it answers."""
+    port = free_port()
+    env = service_env(settings, PORT=str(port), **extra)
+    web = Web(port, subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT))
+    if not wait_until(web.answers, 20):
+        web.stop()
+        raise AssertionError(f"gunicorn did not come up (exit {web.proc.poll()})")
+    return web
+
+
+@pytest.fixture
+def web(settings: Settings) -> Iterator[Web]:
+    web = start_web(settings, WEB_CONCURRENCY="2")
+    yield web
+    web.stop()
 
 
 def order_paid_body() -> bytes:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -38,15 +37,12 @@ from bridge.store.wire import Envelope
 from bridge.web.app import REDIS_TIMEOUT_S, create_app
 from bridge.worker.drain import drain
 from tests.conftest import (
-    ROOT,
     SHOP,
-    free_port,
-    service_env,
     start_worker,
     wait_until,
     webhook_headers,
 )
-from tests.integration.test_end_to_end import Web, procfile_command
+from tests.integration.test_end_to_end import start_web
 from tests.journeys import CUSTOMER_ID, cart, order
 from tests.pipelines_standin import PipelinesStandIn
 from tests.redis_cluster import LocalCluster
@@ -531,33 +527,20 @@ def test_a_web_process_started_before_its_cluster_answers_503_then_queues(
     must come up and answer 503 (Shopify sends the webhook again), not fail to boot (gunicorn
     then stops for good), and queue webhooks once the cluster is up."""
     later = LocalCluster(3)  # its ports are chosen, nothing listens on them yet
-    port = free_port()
-    env = service_env(csettings, PORT=str(port), WEB_CONCURRENCY="1", DATA_REDIS_URL=later.url)
-    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
-    web = Web(port, proc)
+    web = start_web(csettings, WEB_CONCURRENCY="1", DATA_REDIS_URL=later.url)
     raw = json.dumps(cart("early-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
     try:
-        assert wait_until(answers, 20), f"gunicorn did not come up (exit {proc.poll()})"
         assert web.post("carts/create", raw) == (503, {"error": "queue unavailable, retry later"})
         with pytest.raises(urllib.error.HTTPError) as ready:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            urllib.request.urlopen(f"http://127.0.0.1:{web.port}/readyz", timeout=5)
         assert ready.value.code == 503
         with later:
             assert web.post("carts/create", raw) == (200, {"ok": True})
             rt = Services.build(csettings.model_copy(update={"data_redis_url": later.url}))
             assert rt.store.depth(SHOP)["inbound"] == 1
-        assert proc.poll() is None
+        assert web.proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(20)
+        web.stop()
 
 
 # --- a master's failover -------------------------------------------------------------------------
@@ -773,31 +756,21 @@ def test_a_respawned_gunicorn_worker_serves_after_the_named_node_died(
     worker killed after DATA_REDIS_URL's node died, the worker gunicorn forks again queues
     webhooks (once the replica took over), rather than answering 503 until that node is back."""
     cluster, csettings = replicated
-    port = free_port()
-    env = service_env(csettings, PORT=str(port), WEB_CONCURRENCY="1", DATA_REDIS_URL=cluster.url)
-    proc = subprocess.Popen(procfile_command("web"), env=env, cwd=ROOT)
-    web = Web(port, proc)
+    web = start_web(csettings, WEB_CONCURRENCY="1", DATA_REDIS_URL=cluster.url)
+    pid = web.proc.pid
     raw = json.dumps(cart("respawn-1", {11: 1}, "2024-11-06T01:00:00Z")).encode()
 
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return True
-        except OSError:
-            return False
-
     def workers() -> list[int]:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        return [int(pid) for pid in children]
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return [int(child) for child in children]
 
     try:
-        assert wait_until(answers, 20), f"gunicorn did not come up (exit {proc.poll()})"
         assert web.post("carts/create", raw)[0] == 200
         cluster.kill(cluster.ports[0])
         first = workers()
-        for pid in first:
-            os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: bool(workers()) and workers() != first and answers(), 20)
+        for child in first:
+            os.kill(child, signal.SIGKILL)
+        assert wait_until(lambda: bool(workers()) and workers() != first and web.answers(), 20)
         statuses = Counter[int]()
 
         def accepted() -> bool:
@@ -809,8 +782,7 @@ def test_a_respawned_gunicorn_worker_serves_after_the_named_node_died(
         assert wait_until(accepted, 10, 0.1), statuses
         assert set(statuses) <= {200, 503}, statuses
     finally:
-        proc.terminate()
-        proc.wait(20)
+        web.stop()
 
 
 def test_a_hung_cluster_answers_503_within_about_the_web_timeout(settings: Settings) -> None:
