@@ -185,7 +185,10 @@ class Settings(BaseSettings):
     @field_validator("data_redis_url")
     @classmethod
     def _data_redis_url(cls, v: str) -> str:
-        return check_redis_url(v) if v else v
+        # One node's URL, or several separated by commas (store/cluster.py `node_urls`).
+        for url in v.split(",") if v.strip() else ():
+            check_redis_url(url.strip())
+        return v
 
     @field_validator("shop_currency")
     @classmethod

@@ -36,8 +36,9 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
+from redis.connection import parse_url
 
 from bridge.store.resp import Pending, RawPipeline, exec_results
 
@@ -428,10 +429,21 @@ def connect_cluster(
     return cast("RedisCluster[bytes]", lazy)
 
 
+def node_urls(value: str) -> list[str]:
+    """The nodes DATA_REDIS_URL names: one URL, or several separated by commas (the first one's
+    scheme, password and options apply to all), so that a process can start while any one of
+    them is down."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def _build_cluster(url: str, *, tls_verify: bool, timeout_s: float) -> RedisCluster[bytes]:
+    first, *others = node_urls(url)
+    seeds = [ClusterNode(o["host"], o.get("port", 6379)) for o in map(parse_url, others)]
     try:
         client: RedisCluster[bytes] = RedisCluster.from_url(
-            url, **client_options(url, tls_verify=tls_verify, timeout_s=timeout_s)
+            first,
+            startup_nodes=seeds,
+            **client_options(first, tls_verify=tls_verify, timeout_s=timeout_s),
         )
     except redis.exceptions.RedisClusterException as exc:  # no node answers at start
         raise redis.ConnectionError(f"no Redis Cluster node answers: {exc}") from exc

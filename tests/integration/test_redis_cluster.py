@@ -45,7 +45,7 @@ from tests.conftest import (
 from tests.integration.test_end_to_end import start_web
 from tests.journeys import CUSTOMER_ID, cart, order
 from tests.pipelines_standin import PipelinesStandIn
-from tests.redis_cluster import LocalCluster
+from tests.redis_cluster import LocalCluster, cluster_port
 
 URL = "/webhooks/shopify"
 
@@ -820,3 +820,17 @@ def test_a_hung_cluster_answers_503_without_reading_the_slot_map_in_the_request(
                 os.kill(proc.pid, signal.SIGCONT)
         assert resp.status_code == 503, resp.data
         assert threading.get_ident() not in readers, "the request read the slot map itself"
+
+
+def test_a_process_starts_while_one_of_the_nodes_it_names_is_down(
+    csettings: Settings, cluster: LocalCluster
+) -> None:
+    """DATA_REDIS_URL may name several nodes (commas): a process started while the first is
+    down reads the slot map from another, and queues webhooks."""
+    dead = f"redis://127.0.0.1:{cluster_port()}/0"  # nothing listens there
+    settings = csettings.model_copy(update={"data_redis_url": f"{dead},{cluster.url}"})
+    web = create_app(settings).test_client()
+    rt = Services.build(csettings)
+    before = rt.store.depth(SHOP)["inbound"]
+    post(web, "carts/create", cart("seeds-1", {11: 1}, "2024-11-06T01:00:00Z"))  # 200
+    assert rt.store.depth(SHOP)["inbound"] == before + 1

@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import redis
 
-from bridge.store.cluster import RETRY_WAIT_MAX_S, command_key, key_slot, redirection, retry_waits
+from bridge.config.settings import ConfigError, load_settings
+from bridge.store.cluster import (
+    RETRY_WAIT_MAX_S,
+    command_key,
+    key_slot,
+    node_urls,
+    redirection,
+    retry_waits,
+)
 from bridge.store.facade import SHOPS_KEY, Keys
 
 
@@ -56,3 +65,13 @@ def test_waits_before_a_refused_command_goes_again_double_up_to_a_ceiling() -> N
     assert waits[:4] == [0.02, 0.04, 0.08, 0.16]
     assert waits[-1] == RETRY_WAIT_MAX_S == 0.5
     assert all(b >= a for a, b in itertools.pairwise(waits))
+
+
+def test_data_redis_url_names_one_node_or_several() -> None:
+    assert node_urls("redis://a:7000") == ["redis://a:7000"]
+    assert node_urls(" redis://a:7000 , rediss://b:7001,") == ["redis://a:7000", "rediss://b:7001"]
+    base = {"shopify_webhook_secret": "s", "pipelines_write_key": "k"}
+    ok = load_settings(**base, data_redis_url="redis://a:7000,redis://b:7001")
+    assert ok.data_redis_url == "redis://a:7000,redis://b:7001"
+    with pytest.raises(ConfigError, match="DATA_REDIS_URL"):
+        load_settings(**base, data_redis_url="redis://a:7000,b:7001")  # the second lacks a scheme
